@@ -1,0 +1,101 @@
+"""The hyper-parameters of one training stage, validated once, before anything runs.
+
+Defaults are the paper's (PAPER.md "Training"): SGD momentum 0.9, weight decay 1e-3,
+batch 32, LR 0.01, 80 epochs, LR x0.1 after epoch 60. Decision (PAPER.md): stage 1 uses the
+same schedule as stage 2, because the paper only gives stage 1's initial LR.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from fer_core.errors import FerError
+
+SELECTIONS = ("heldout", "inner")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+NAN_POLICIES = ("fail", "skip")
+LOSS_NAMES = ("ce", "focal", "joint")
+
+Alpha = float | list[float] | None
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One stage's loss and optimisation settings (a stage of a strategy chain)."""
+
+    loss: str = "ce"
+    alpha: Alpha = None
+    gamma: float = 0.0
+    joint_weight: float = 1.0
+    aux_weight: float = 0.4
+    epochs: int = 80
+    lr: float = 0.01
+    lr_step_epoch: int | None = 60
+    lr_decay: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-3
+    batch_size: int = 32
+    selection: str = "heldout"
+    seed: int = 0
+    precision: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    nan_policy: str = "fail"
+
+    def __post_init__(self) -> None:
+        _check_choice("loss", self.loss, LOSS_NAMES)
+        _check_choice("selection", self.selection, SELECTIONS)
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("nan_policy", self.nan_policy, NAN_POLICIES)
+        _check_positive_int("epochs", self.epochs)
+        _check_positive_int("batch_size", self.batch_size)
+        for key in ("lr", "lr_decay"):
+            _check_positive_float(key, getattr(self, key))
+        for key in ("momentum", "weight_decay", "aux_weight", "joint_weight", "gamma"):
+            value = getattr(self, key)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise FerError(f"{key}: {value!r} must be a finite number >= 0")
+        if self.lr_step_epoch is not None:
+            _check_positive_int("lr_step_epoch", self.lr_step_epoch)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise FerError(f"seed: {self.seed!r} must be an integer")
+        from fer_core.losses import build_loss
+
+        build_loss(self.loss, alpha=self.alpha, gamma=self.gamma, joint_weight=self.joint_weight)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "stage") -> StageConfig:
+        """Build from a mapping, rejecting unknown keys by name (typos must not pass)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise FerError(
+                f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(known))}"
+            )
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate of 0-based `epoch`: x lr_decay once `lr_step_epoch` epochs are done."""
+        if self.lr_step_epoch is not None and epoch >= self.lr_step_epoch:
+            return self.lr * self.lr_decay
+        return self.lr
+
+
+def _check_choice(key: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise FerError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+
+
+def _check_positive_int(key: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise FerError(f"{key}: {value!r} must be a positive integer")
+
+
+def _check_positive_float(key: str, value: object) -> None:
+    if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise FerError(f"{key}: {value!r} must be a finite number > 0")

@@ -1,0 +1,215 @@
+"""A training unit: one stage of one strategy chain on one fold — the scheduler's unit of work.
+
+`run_unit(spec, work_dir)` is the single entry point a worker (subprocess, SLURM job, Ray
+trial) calls. It takes and returns plain data, so the orchestrator never handles tensors:
+the spec is the unit's canonical config, the result is the rows of the `runs`,
+`predictions` and `epochs` tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import fer_core
+from fer_core.config import StageConfig
+from fer_core.data.faces import FaceSet
+from fer_core.data.folds import inner_validation_fold
+from fer_core.errors import FerError
+from fer_core.evaluate import Evaluation
+from fer_core.models import BACKBONES, FerNet, build_model
+from fer_core.train import BEST, StageData, load_best, load_checkpoint, score, train_stage
+
+
+@dataclass(frozen=True)
+class UnitSpec:
+    """Everything that determines a unit's result (its id is a hash of this, minus paths)."""
+
+    unit_id: str
+    dataset: str
+    data_dir: str
+    fold: int
+    backbone: str
+    strategy: str  # the chain up to and including this stage, e.g. "ce>focal"
+    stage: int
+    config: dict[str, Any] = field(default_factory=dict)  # StageConfig fields
+    parent_id: str | None = None
+    parent_dir: str | None = None  # the parent unit's work dir (holds its best.pt)
+    n_folds: int = 10
+    weights: str = "none"
+    input_size: int | None = None
+    device: str = "auto"
+    grid: str = ""
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> UnitSpec:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise FerError(f"unit spec: unknown key {unknown[0]!r}")
+        return cls(**values)
+
+    def stage_config(self) -> StageConfig:
+        return StageConfig.from_dict(self.config, where=f"unit {self.unit_id}")
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def weights_digest(model: FerNet) -> str:
+    """sha256 of the non-head weights: shows that stage 2 started from its parent's best."""
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        if key.startswith(tuple(model.head_prefixes)):
+            continue
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def stage_data(faces: FaceSet, fold: int, n_folds: int, selection: str) -> StageData:
+    """Split a dataset's crops for test fold `fold`.
+
+    `heldout` (the paper's protocol) selects the best epoch on the test fold itself;
+    `inner` holds out the next fold of the training folds, so the test fold is only scored.
+    """
+    test = faces.folds == fold
+    if selection == "inner":
+        select = faces.folds == inner_validation_fold(fold, n_folds)
+        train = ~test & ~select
+    else:
+        select, train = test, ~test
+    if not bool(test.any()):
+        raise FerError(f"fold {fold}: no images in this fold of {faces.dataset}")
+    return StageData(
+        faces.images[train],
+        faces.labels[train],
+        faces.images[select],
+        faces.labels[select],
+        len(faces.classes),
+    )
+
+
+def _process_started_at() -> float:
+    """Wall-clock start of this process (for the start-up overhead figure)."""
+    try:
+        import psutil
+
+        return psutil.Process(os.getpid()).create_time()
+    except Exception:
+        return time.time()
+
+
+def run_unit(spec_values: dict[str, Any], work_dir: str | Path) -> dict[str, Any]:
+    """Train and score one unit; returns {"run": {...}, "predictions": [...], "epochs": [...]}."""
+    process_start = _process_started_at()
+    started_at = time.time()
+    spec = UnitSpec.from_dict(spec_values)
+    config = spec.stage_config()
+    work_dir = Path(work_dir)
+    device = resolve_device(spec.device)
+    faces = FaceSet.load(Path(spec.data_dir))
+    if spec.backbone not in BACKBONES:
+        raise FerError(f"backbone: {spec.backbone!r} is unknown")
+    input_size = spec.input_size or BACKBONES[spec.backbone].input_size
+
+    model = build_model(
+        spec.backbone, len(faces.classes), weights="none" if spec.parent_dir else spec.weights
+    )
+    parent_digest = None
+    if spec.parent_dir:
+        parent_best = load_checkpoint(Path(spec.parent_dir) / BEST)
+        model.load_state_dict(parent_best["model"])
+        parent_digest = weights_digest(model)
+    model.reset_head(torch.Generator().manual_seed(config.seed + spec.stage))
+    start_digest = weights_digest(model)
+
+    data = stage_data(faces, spec.fold, spec.n_folds, config.selection)
+    outcome = train_stage(model, data, config, work_dir, input_size, device)
+    load_best(model, work_dir)
+    test = faces.folds == spec.fold
+    result = score(model, faces.images[test], faces.labels[test], input_size, device,
+                   config.precision)
+    finished_at = time.time()
+    run = _run_row(spec, config, outcome, result, device, started_at, finished_at)
+    run.update(
+        input_size=input_size,
+        start_weights_sha=start_digest,
+        parent_weights_sha=parent_digest,
+        startup_seconds=outcome.first_step_at - process_start,
+    )
+    test_ids = [i for i, t in zip(faces.image_ids, test.tolist()) if t]
+    test_subjects = [s for s, t in zip(faces.subjects, test.tolist()) if t]
+    return {
+        "run": run,
+        "predictions": _prediction_rows(spec.unit_id, result, test_ids, test_subjects,
+                                        faces.classes),
+        "epochs": [{"unit_id": spec.unit_id, **epoch} for epoch in outcome.epochs],
+    }
+
+
+def _run_row(spec, config, outcome, result: Evaluation, device, started_at, finished_at):
+    alpha = config.alpha
+    return {
+        "unit_id": spec.unit_id,
+        "parent_id": spec.parent_id,
+        "grid": spec.grid,
+        "dataset": spec.dataset,
+        "fold": spec.fold,
+        "backbone": spec.backbone,
+        "strategy": spec.strategy,
+        "stage": spec.stage,
+        "loss": config.loss,
+        "alpha": None if alpha is None else str(alpha),
+        "gamma": float(config.gamma),
+        "selection": config.selection,
+        "seed": config.seed,
+        "epochs": config.epochs,
+        "best_epoch": outcome.best_epoch,
+        "selection_accuracy": outcome.best_selection_accuracy,
+        "test_accuracy": result.accuracy,
+        "n_test": len(result.labels),
+        "resumed_from_epoch": outcome.resumed_from_epoch,
+        "train_seconds": outcome.train_seconds,
+        "images_per_second": outcome.images_per_second,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "package_version": fer_core.__version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "host": socket.gethostname(),
+        "config": json.dumps(asdict(config), sort_keys=True),
+        "started_at": started_at,
+        "finished_at": finished_at,
+    }
+
+
+def _prediction_rows(unit_id, result: Evaluation, image_ids, subjects, classes):
+    rows = []
+    probabilities = result.probabilities.tolist()
+    for i, image_id in enumerate(image_ids):
+        rows.append(
+            {
+                "unit_id": unit_id,
+                "image_id": image_id,
+                "subject": subjects[i],
+                "label": int(result.labels[i]),
+                "predicted": int(result.predicted[i]),
+                "label_name": classes[int(result.labels[i])],
+                "predicted_name": classes[int(result.predicted[i])],
+                "probabilities": probabilities[i],
+            }
+        )
+    return rows

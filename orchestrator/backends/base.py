@@ -1,0 +1,41 @@
+"""The interface every backend implements: submit units, report their scheduler state, cancel.
+
+Backends receive units in topological order. A unit's dependencies are either already done
+(in the store) or in the same submission; a backend must not start a unit before its
+dependencies are done, and must not start it at all if one failed.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+from orchestrator.dag import Unit
+from orchestrator.rundir import RunDir
+
+# Scheduler states a backend reports for units it knows about.
+PENDING, RUNNING, FAILED, CANCELLED, COMPLETED = (
+    "pending", "running", "failed", "cancelled", "completed"
+)
+ACTIVE = (PENDING, RUNNING)
+
+
+class Backend(ABC):
+    """Runs units somewhere: this machine, a SLURM cluster, a Ray cluster."""
+
+    name: str = ""
+
+    def __init__(self, profile: dict[str, Any]):
+        self.profile = profile
+
+    @abstractmethod
+    def submit(self, rundir: RunDir, units: list[Unit], wait: bool) -> None:
+        """Start (or queue) `units`; record their job ids in the run dir."""
+
+    @abstractmethod
+    def states(self, rundir: RunDir) -> dict[str, str]:
+        """unit id -> scheduler state, for the units this run dir submitted here."""
+
+    @abstractmethod
+    def cancel(self, rundir: RunDir) -> list[str]:
+        """Cancel this run dir's active units (nothing else); returns their ids."""

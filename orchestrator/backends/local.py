@@ -1,0 +1,133 @@
+"""The embedded default backend: units as subprocesses on this machine, N at a time.
+
+Each unit runs as `python -m orchestrator.worker RUN_DIR UNIT_ID` in its own process (a
+crash or a leak in one training cannot take the launcher down), started as soon as its
+dependencies are done; `launch` blocks until all have finished and prints progress as they do.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+
+from orchestrator.backends.base import RUNNING, Backend
+from orchestrator.dag import Unit
+from orchestrator.progress import Progress
+from orchestrator.rundir import RunDir
+
+
+def process_alive(pid: int, unit_id: str) -> bool:
+    """True if `pid` is a live (non-zombie) worker of `unit_id`.
+
+    Reads /proc rather than `kill -0`: a zombie answers `kill -0` too, and PID 1 in some
+    containers reaps slowly.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    state = stat.rsplit(")", 1)[-1].split()[0]
+    return state not in ("Z", "X") and unit_id in cmdline
+
+
+class LocalBackend(Backend):
+    name = "local"
+    _record_lock = threading.Lock()  # submissions.json is read-modify-written per start
+
+    def submit(self, rundir: RunDir, units: list[Unit], wait: bool = True) -> None:
+        jobs = int(self.profile.get("jobs", 1))
+        by_id = {unit.id: unit for unit in units}
+        pending = list(units)
+        failed: set[str] = set()
+        running: dict[Future, Unit] = {}
+        progress = Progress(len(units))
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            while pending or running:
+                for unit in list(pending):
+                    if len(running) >= jobs:
+                        break
+                    if any(dep in failed for dep in unit.deps):
+                        pending.remove(unit)
+                        failed.add(unit.id)
+                        progress.finished(unit, "blocked", "a dependency failed")
+                        continue
+                    waiting = [d for d in unit.deps if d in by_id and not self._done(rundir, d)]
+                    if waiting:
+                        continue
+                    pending.remove(unit)
+                    running[pool.submit(self._run_one, rundir, unit)] = unit
+                if not running:
+                    break
+                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for future in finished:
+                    unit = running.pop(future)
+                    code = future.result()
+                    if code == 0:
+                        progress.finished(unit, "done", _summary(rundir, unit))
+                    else:
+                        failed.add(unit.id)
+                        reason = rundir.failure(unit.id) or f"exit status {code}"
+                        progress.finished(unit, "failed", reason)
+        progress.close()
+
+    @staticmethod
+    def _done(rundir: RunDir, unit_id: str) -> bool:
+        return rundir.store.is_done(unit_id, rundir.read_spec(unit_id)["kind"])
+
+    def _run_one(self, rundir: RunDir, unit: Unit) -> int:
+        log_path = rundir.unit_dir(unit.id) / "local.log"
+        env = {**os.environ, "FER_SCHEDULER": "local", "PYTHONUNBUFFERED": "1"}
+        threads = self.profile.get("threads_per_job")
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "orchestrator.worker", str(rundir.path), unit.id],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+            with self._record_lock:
+                rundir.record_submissions(
+                    {unit.id: {"backend": self.name, "job_id": str(process.pid)}}
+                )
+            return process.wait()
+
+    def states(self, rundir: RunDir) -> dict[str, str]:
+        return {
+            unit_id: RUNNING
+            for unit_id, record in rundir.submissions().items()
+            if record.get("backend") == self.name and process_alive(int(record["job_id"]), unit_id)
+        }
+
+    def cancel(self, rundir: RunDir) -> list[str]:
+        cancelled = []
+        for unit_id in self.states(rundir):
+            pid = int(rundir.submissions()[unit_id]["job_id"])
+            os.kill(pid, signal.SIGTERM)
+            cancelled.append(unit_id)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and self.states(rundir):
+            time.sleep(0.2)
+        return cancelled
+
+
+def _summary(rundir: RunDir, unit: Unit) -> str:
+    if unit.kind != "train":
+        table = rundir.store.read("prepare", {unit.id})
+        if table is None:
+            return ""
+        row = table.to_pylist()[0]
+        return f"{row['images']} images, {row['detected']} faces detected, {row['fallback']} fell back"
+    table = rundir.store.read("runs", {unit.id})
+    if table is None:
+        return ""
+    row = table.to_pylist()[0]
+    return f"test acc {row['test_accuracy']:.3f}, best epoch {row['best_epoch']}"

@@ -1,0 +1,45 @@
+"""A unit's state, from the store (done), the run dir (failed) and the scheduler (active).
+
+done      its result files are in the store
+running   the scheduler runs it now          pending   queued / waiting on a dependency
+failed    it ran and failed (reason in units/<id>/failed.json) or the scheduler says so
+blocked   a dependency failed, so it cannot run until that is fixed and re-launched
+todo      not done and never submitted (or submitted and gone without a trace)
+"""
+
+from __future__ import annotations
+
+from orchestrator.backends.base import ACTIVE, CANCELLED, FAILED, Backend
+from orchestrator.dag import Unit
+from orchestrator.rundir import RunDir
+
+DONE, RUNNING, PENDING, FAILED_STATE, BLOCKED, TODO = (
+    "done", "running", "pending", "failed", "blocked", "todo"
+)
+ORDER = (DONE, RUNNING, PENDING, FAILED_STATE, BLOCKED, TODO)
+
+
+def unit_states(rundir: RunDir, units: list[Unit], backend: Backend | None) -> dict[str, str]:
+    """unit id -> state, for `units` in topological order."""
+    scheduler = backend.states(rundir) if backend is not None else {}
+    states: dict[str, str] = {}
+    for unit in units:
+        if rundir.store.is_done(unit.id, unit.kind):
+            states[unit.id] = DONE
+        elif scheduler.get(unit.id) in ACTIVE:
+            states[unit.id] = scheduler[unit.id]
+        elif rundir.failure(unit.id) is not None or scheduler.get(unit.id) == FAILED:
+            states[unit.id] = FAILED_STATE
+        elif any(states.get(dep) in (FAILED_STATE, BLOCKED) for dep in unit.deps):
+            states[unit.id] = BLOCKED
+        elif scheduler.get(unit.id) == CANCELLED and any(
+            states.get(dep) != DONE for dep in unit.deps
+        ):
+            states[unit.id] = BLOCKED
+        else:
+            states[unit.id] = TODO
+    return states
+
+
+def counts(states: dict[str, str]) -> dict[str, int]:
+    return {state: sum(1 for s in states.values() if s == state) for state in ORDER}

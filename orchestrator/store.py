@@ -1,0 +1,63 @@
+"""The results store: Parquet files under `RUN_DIR/store/<table>/<unit id>.parquet`.
+
+One file per finished unit and table, each written atomically (temp + rename), so a reader
+sees a unit's rows completely or not at all, and re-running a unit replaces its rows instead
+of duplicating them. The `runs` file is written last: its presence is what "done" means.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fer_core.io import atomic_write_bytes, is_temp_file
+
+TABLES = ("runs", "predictions", "epochs", "prepare", "trials")
+DONE_TABLE = {"train": "runs", "prepare": "prepare"}
+
+
+class Store:
+    """Read and write the per-unit Parquet files of one run directory."""
+
+    def __init__(self, run_dir: Path):
+        self.root = Path(run_dir) / "store"
+
+    def path(self, table: str, unit_id: str) -> Path:
+        return self.root / table / f"{unit_id}.parquet"
+
+    def write(self, table: str, unit_id: str, rows: list[dict[str, Any]]) -> Path:
+        """Replace `unit_id`'s rows of `table` atomically."""
+        buffer = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows), buffer)
+        path = self.path(table, unit_id)
+        atomic_write_bytes(path, buffer.getvalue())
+        return path
+
+    def write_unit(self, unit_id: str, result: dict[str, Any]) -> None:
+        """Store a training unit's result; `runs` last, so done implies complete."""
+        self.write("predictions", unit_id, result["predictions"])
+        self.write("epochs", unit_id, result["epochs"])
+        self.write("runs", unit_id, [result["run"]])
+
+    def files(self, table: str) -> list[Path]:
+        folder = self.root / table
+        if not folder.is_dir():
+            return []
+        return sorted(p for p in folder.glob("*.parquet") if not is_temp_file(p))
+
+    def done_ids(self, kind: str = "train") -> set[str]:
+        return {p.stem for p in self.files(DONE_TABLE[kind])}
+
+    def is_done(self, unit_id: str, kind: str) -> bool:
+        return self.path(DONE_TABLE[kind], unit_id).is_file()
+
+    def read(self, table: str, unit_ids: set[str] | None = None) -> pa.Table | None:
+        """All rows of `table` (restricted to `unit_ids` if given), or None when empty."""
+        paths = [p for p in self.files(table) if unit_ids is None or p.stem in unit_ids]
+        if not paths:
+            return None
+        return pa.concat_tables([pq.read_table(p) for p in paths], promote_options="default")

@@ -1,0 +1,109 @@
+"""train_stage on the synthetic twin: it learns, resumes exactly, and refuses NaN."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fer_core.config import StageConfig
+from fer_core.data.faces import FaceSet
+from fer_core.errors import FerError
+from fer_core.models import build_model
+from fer_core.train import BEST, DIGESTS, LAST, load_best, score, train_stage
+from fer_core.unit import stage_data
+
+CPU = torch.device("cpu")
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _model(classes: int, seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_model("tiny", classes)
+    model.reset_head(torch.Generator().manual_seed(seed))
+    return model
+
+
+@pytest.fixture(scope="module")
+def faces(twin_faces) -> FaceSet:
+    return FaceSet.load(twin_faces)
+
+
+@pytest.mark.slow
+def test_tiny_cnn_learns_the_twin_well_above_chance(faces, tmp_path):
+    config = StageConfig(epochs=10, lr_step_epoch=8, batch_size=32)
+    data = stage_data(faces, fold=1, n_folds=10, selection="inner")
+    model = _model(len(faces.classes))
+    outcome = train_stage(model, data, config, tmp_path, input_size=32, device=CPU)
+    load_best(model, tmp_path)
+    test = faces.folds == 1
+    result = score(model, faces.images[test], faces.labels[test], 32, CPU)
+    majority = torch.bincount(faces.labels[test]).max().item() / int(test.sum())
+    assert outcome.best_epoch >= 1
+    assert result.accuracy > majority + 0.2, (result.accuracy, majority)
+
+
+def test_resume_after_a_kill_equals_a_straight_run(faces, tmp_path):
+    config = StageConfig(epochs=4, lr_step_epoch=3, batch_size=64)
+    data = stage_data(faces, fold=2, n_folds=10, selection="heldout")
+
+    straight = _model(len(faces.classes))
+    train_stage(straight, data, config, tmp_path / "straight", 32, CPU)
+
+    def kill_after_two(record):
+        if record["epoch"] == 2:
+            raise Interrupted
+
+    interrupted = _model(len(faces.classes))
+    with pytest.raises(Interrupted):
+        train_stage(interrupted, data, config, tmp_path / "resumed", 32, CPU, on_epoch=kill_after_two)
+    resumed = _model(len(faces.classes), seed=123)  # a fresh process: other start weights
+    outcome = train_stage(resumed, data, config, tmp_path / "resumed", 32, CPU)
+
+    assert outcome.resumed_from_epoch == 2
+    assert [e["epoch"] for e in outcome.epochs] == [1, 2, 3, 4]
+    for key, value in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoints_carry_digests_and_a_corrupt_resume_state_restarts(faces, tmp_path):
+    config = StageConfig(epochs=1, batch_size=64)
+    data = stage_data(faces, fold=3, n_folds=10, selection="heldout")
+    train_stage(_model(len(faces.classes)), data, config, tmp_path, 32, CPU)
+    digests = json.loads((tmp_path / DIGESTS).read_text())
+    assert set(digests) == {LAST, BEST}
+
+    (tmp_path / LAST).write_bytes(b"truncated")
+    outcome = train_stage(_model(len(faces.classes)), data, config, tmp_path, 32, CPU)
+    assert outcome.resumed_from_epoch == 0  # not trusted: trained from the start again
+
+
+def test_a_corrupt_best_checkpoint_is_detected(faces, tmp_path):
+    config = StageConfig(epochs=1, batch_size=64)
+    data = stage_data(faces, fold=3, n_folds=10, selection="heldout")
+    model = _model(len(faces.classes))
+    train_stage(model, data, config, tmp_path, 32, CPU)
+    raw = bytearray((tmp_path / BEST).read_bytes())
+    raw[-10] ^= 0xFF
+    (tmp_path / BEST).write_bytes(bytes(raw))
+    with pytest.raises(FerError, match="corrupt"):
+        load_best(model, tmp_path)
+
+
+def test_a_diverging_loss_stops_with_the_epoch_named(faces, tmp_path):
+    config = StageConfig(epochs=3, lr=1e12, momentum=0.0, batch_size=64)
+    data = stage_data(faces, fold=1, n_folds=10, selection="heldout")
+    with pytest.raises(FerError, match=r"epoch \d+: training loss is (nan|inf)"):
+        train_stage(_model(len(faces.classes)), data, config, tmp_path, 32, CPU)
+
+
+def test_inner_selection_never_uses_the_test_fold(faces):
+    data = stage_data(faces, fold=4, n_folds=10, selection="inner")
+    test_count = int((faces.folds == 4).sum())
+    inner_count = int((faces.folds == 5).sum())
+    assert len(data.select_labels) == inner_count
+    assert len(data.train_labels) == len(faces.labels) - test_count - inner_count
