@@ -1,0 +1,181 @@
+"""The one-node SLURM from scripts/local_slurm.sh, driven with the real client tools.
+
+These tests check the cluster itself (the things the SLURM backend relies on), not our code:
+a job runs and `sacct` reports it, a failed job's `afterok` dependant is cancelled rather than
+left pending, and two one-CPU jobs share the node. Start the cluster first:
+`sudo scripts/local_slurm.sh up`.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.skipif(
+        shutil.which("sbatch") is None,
+        reason="sbatch not on PATH; start a local cluster with scripts/local_slurm.sh up",
+    ),
+]
+
+JOB_TIMEOUT_S = 45.0  # a one-second job; generous for a loaded CI box
+POLL_S = 0.25
+TERMINAL = (
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+)
+# Only this session's jobs: a state dir rebuilt from scratch restarts job ids at 1, and
+# slurmdbd may still hold older jobs with the same ids.
+SINCE = (datetime.now() - timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def run(*argv: str, timeout: float = 20.0) -> str:
+    """Run a SLURM client command (argv, no shell) and return its stdout."""
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster_is_up() -> None:
+    """Fail (not skip) with the fix when sbatch exists but no controller answers."""
+    try:
+        out = run("scontrol", "ping", timeout=10)
+    except (AssertionError, subprocess.TimeoutExpired) as exc:
+        pytest.fail(f"no SLURM controller answers ({exc}); run: sudo scripts/local_slurm.sh up")
+    assert "UP" in out, f"scontrol ping: {out.strip()}; run: sudo scripts/local_slurm.sh up"
+
+
+@pytest.fixture
+def submit(tmp_path: Path) -> Iterator:
+    """sbatch --wrap a command; returns the job id. Cancels leftovers at teardown."""
+    jobs: list[str] = []
+
+    def _submit(command: str, *options: str, name: str = "fer-test") -> str:
+        out = run(
+            "sbatch",
+            "--parsable",
+            f"--job-name={name}",
+            f"--chdir={tmp_path}",
+            f"--output={tmp_path}/%j.out",
+            "--ntasks=1",
+            "--cpus-per-task=1",
+            "--time=00:02:00",
+            *options,
+            f"--wrap={command}",
+        )
+        job_id = out.strip().split(";")[0]  # "id" or "id;cluster"
+        assert job_id.isdigit(), f"sbatch printed {out!r}"
+        jobs.append(job_id)
+        return job_id
+
+    yield _submit
+    subprocess.run(["scancel", *jobs], capture_output=True, timeout=20, check=False)
+
+
+def sacct(job_id: str) -> dict[str, str]:
+    """The allocation's accounting record (State, ExitCode, Start), {} if none yet."""
+    out = run(
+        "sacct", "-n", "-X", "-P", "-j", job_id, "-S", SINCE, "--format=JobID,State,ExitCode,Start"
+    )
+    rows = [line.split("|") for line in out.splitlines() if line.startswith(f"{job_id}|")]
+    if not rows:
+        return {}
+    _, state, exit_code, start = rows[-1]
+    return {"State": state, "ExitCode": exit_code, "Start": start}
+
+
+def wait_for_end(job_id: str, timeout: float = JOB_TIMEOUT_S) -> dict[str, str]:
+    """Poll sacct until the job reaches a terminal state; bounded, never hangs."""
+    deadline = time.monotonic() + timeout
+    record: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        record = sacct(job_id)
+        if record.get("State", "").startswith(TERMINAL):
+            return record
+        time.sleep(POLL_S)
+    queue = subprocess.run(
+        ["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=10
+    )
+    pytest.fail(
+        f"job {job_id} not finished after {timeout:.0f}s; sacct: {record}; "
+        f"scontrol: {queue.stdout.strip() or queue.stderr.strip()}"
+    )
+
+
+def job_fields(job_id: str) -> dict[str, str]:
+    """`scontrol show job -o` as a dict (values up to the next space)."""
+    out = run("scontrol", "show", "job", "-o", job_id)
+    return dict(re.findall(r"(\w+)=(\S*)", out))
+
+
+def test_a_job_runs_and_sacct_reports_it_completed(submit, tmp_path):
+    job = submit("echo hello-from-slurm")
+    record = wait_for_end(job)
+    assert record["State"] == "COMPLETED", record
+    assert record["ExitCode"] == "0:0", record
+    assert (tmp_path / f"{job}.out").read_text().strip() == "hello-from-slurm"
+
+
+def test_afterok_on_a_failed_job_cancels_the_dependant(submit, tmp_path):
+    # Held, so the dependency is still pending when we look at it.
+    first = submit("sleep 1; exit 3", "--hold", name="fer-test-fails")
+    second = submit(
+        "echo must-not-run",
+        f"--dependency=afterok:{first}",
+        "--kill-on-invalid-dep=yes",
+        name="fer-test-dependant",
+    )
+    pending = job_fields(second)
+    assert pending["JobState"] == "PENDING", pending
+    assert pending["Reason"] == "Dependency", pending
+    assert pending["Dependency"].startswith(f"afterok:{first}"), pending
+
+    run("scontrol", "release", first)
+    failed = wait_for_end(first)
+    assert failed["State"] == "FAILED", failed
+    assert failed["ExitCode"] == "3:0", failed
+
+    cancelled = wait_for_end(second)
+    assert cancelled["State"].startswith("CANCELLED"), cancelled
+    assert cancelled["Start"] in ("None", "Unknown", ""), f"dependant started: {cancelled}"
+    assert not (tmp_path / f"{second}.out").exists()
+
+
+def test_two_one_cpu_jobs_run_at_once(submit):
+    name, cpus, usage = run("sinfo", "-h", "-N", "-o", "%N %c %C").split()
+    idle = int(usage.split("/")[1])  # %C is allocated/idle/other/total
+    if int(cpus) < 2:
+        pytest.skip(f"node {name} has {cpus} CPU; needs 2 to share")
+    if idle < 2:
+        pytest.skip(f"node {name} busy (CPUs allocated/idle/other/total: {usage})")
+    jobs = [submit("sleep 3", name=f"fer-test-share{i}") for i in range(2)]
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    states: list[str] = []
+    while time.monotonic() < deadline:
+        out = run("squeue", "-h", "-j", ",".join(jobs), "-o", "%T")
+        states = out.split()
+        if states == ["RUNNING", "RUNNING"]:
+            break
+        assert len(states) == 2, f"a job left the queue before both ran together: {states}"
+        time.sleep(POLL_S)
+    else:
+        pytest.fail(f"the two one-CPU jobs never ran together (last states {states})")
+    for job in jobs:
+        assert wait_for_end(job)["State"] == "COMPLETED"
