@@ -1,0 +1,137 @@
+"""PNG figures for the report: confusion heat maps (the paper's Figs 3 and 5) and per-fold
+accuracy strips.
+
+Drawn on `matplotlib.figure.Figure` with the Agg canvas, never through pyplot: no global
+state and no display needed, so a report can be built on a headless login node or inside a
+worker. Functions return PNG bytes; the caller writes them atomically.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+PANELS_PER_ROW = 3
+
+
+@dataclass(frozen=True)
+class ConfusionPanel:
+    """One heat map: a row-normalised matrix with its title."""
+
+    title: str
+    matrix: np.ndarray  # rows ground truth, columns prediction, each row sums to 1 (or 0)
+
+
+@dataclass(frozen=True)
+class FoldPanel:
+    """One axes of the per-fold figure: accuracy per fold of each strategy."""
+
+    title: str
+    folds: Mapping[str, Mapping[int, float]]  # strategy -> fold -> accuracy %
+    paper: Mapping[str, float]  # strategy -> the paper's mean, where it has one
+
+
+def _png(figure: Figure) -> bytes:
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
+
+
+def confusion_figure(panels: Sequence[ConfusionPanel], classes: Sequence[str], title: str) -> bytes:
+    """Heat maps side by side with cell percentages; rows truth, columns prediction."""
+    n = len(classes)
+    size = 0.55 * n + 1.6
+    columns = min(len(panels), PANELS_PER_ROW)
+    rows = (len(panels) + columns - 1) // columns
+    figure = Figure(figsize=(size * columns + 0.8, (size + 0.6) * rows), layout="constrained")
+    grid = figure.subplots(rows, columns, squeeze=False)
+    axes = grid.ravel()[: len(panels)]
+    for spare in grid.ravel()[len(panels) :]:
+        spare.set_visible(False)
+    image = None
+    for ax, panel in zip(axes, panels, strict=True):
+        image = ax.imshow(panel.matrix, cmap="Blues", vmin=0.0, vmax=1.0)
+        for i in range(n):
+            for j in range(n):
+                value = panel.matrix[i, j]
+                if value <= 0:
+                    continue
+                ax.text(
+                    j,
+                    i,
+                    f"{100 * value:.0f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if value > 0.6 else "black",
+                )
+        ax.set_xticks(range(n), labels=classes, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(n), labels=classes, fontsize=8)
+        ax.set_xlabel("predicted")
+        ax.set_title(panel.title, fontsize=9)
+    for ax in grid[:, 0]:
+        ax.set_ylabel("ground truth")
+    if image is not None:
+        bar = figure.colorbar(image, ax=list(axes), fraction=0.025, pad=0.01)
+        bar.set_label("share of the true class")
+    figure.suptitle(title, fontsize=10)
+    return _png(figure)
+
+
+def fold_figure(panels: Sequence[FoldPanel]) -> bytes:
+    """Per strategy: a box over folds, each fold a dot, the same fold joined across strategies
+    (pairing is what the paired tests use), and the paper's mean as a red cross."""
+    columns = min(len(panels), 3)
+    rows = (len(panels) + columns - 1) // columns
+    width = max(3.2, 1.1 * max(len(p.folds) for p in panels) + 1.5)
+    figure = Figure(figsize=(width * columns, 3.6 * rows), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for ax, panel in zip(axes, panels, strict=False):  # spare axes stay empty
+        strategies = list(panel.folds)
+        all_folds = sorted({f for folds in panel.folds.values() for f in folds})
+        for fold in all_folds:
+            xs = [i for i, s in enumerate(strategies) if fold in panel.folds[s]]
+            ys = [panel.folds[strategies[i]][fold] for i in xs]
+            ax.plot(xs, ys, color="0.75", linewidth=0.8, zorder=1)
+        boxed = [(i, list(panel.folds[s].values())) for i, s in enumerate(strategies)]
+        boxed = [(i, v) for i, v in boxed if v]
+        if boxed:
+            ax.boxplot(
+                [v for _, v in boxed],
+                positions=[i for i, _ in boxed],
+                widths=0.45,
+                showfliers=False,
+                medianprops={"color": "tab:orange"},
+            )
+        label = "paper mean (real data)"
+        for i, strategy in enumerate(strategies):
+            values = list(panel.folds[strategy].values())
+            ax.scatter([i] * len(values), values, s=14, color="tab:blue", zorder=3)
+            if strategy in panel.paper:
+                ax.scatter(
+                    [i],
+                    [panel.paper[strategy]],
+                    marker="x",
+                    s=60,
+                    color="tab:red",
+                    zorder=4,
+                    label=label,
+                )
+                label = None
+        labels = [f"{s}\n{len(panel.folds[s])} folds" for s in strategies]
+        ax.set_xticks(range(len(strategies)), labels=labels, fontsize=8)
+        ax.set_xlim(-0.6, len(strategies) - 0.4)
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(panel.title, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+        if panel.paper:
+            ax.legend(fontsize=7, loc="lower right")
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    return _png(figure)

@@ -1,0 +1,143 @@
+"""`run_query`: DuckDB views over the store, output formats, errors, read-only guarantees."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fer_core.errors import FerError
+from orchestrator.query import run_query
+from tests.orchestrator.fake_results import IMAGES_PER_FOLD, make_run
+
+N_RUNS = 2 * 3 * 2  # datasets x folds x (ce, ce>focal stage 2)
+N_PREDICTIONS = 3 * 2 * (IMAGES_PER_FOLD["ckplus"] + IMAGES_PER_FOLD["oulu"])
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("query") / "run")
+
+
+def _count(run, table: str) -> int:
+    return json.loads(run_query(run.path, f"SELECT count(*) AS n FROM {table}", fmt="json"))[0]["n"]
+
+
+def test_row_counts_of_runs_predictions_and_epochs(run):
+    assert _count(run, "runs") == N_RUNS
+    assert _count(run, "predictions") == N_PREDICTIONS
+    assert _count(run, "epochs") == N_RUNS * 3
+    assert _count(run, "prepare") == 2
+
+
+def test_table_format_is_aligned_with_a_row_count(run):
+    text = run_query(run.path, "SELECT dataset, count(*) AS n FROM runs GROUP BY 1 ORDER BY 1")
+    lines = text.splitlines()
+    assert lines[0].split() == ["dataset", "n"]
+    assert set(lines[1].replace(" ", "")) == {"-"}
+    assert lines[2].split() == ["ckplus", "6"] and lines[3].split() == ["oulu", "6"]
+    assert lines[-1] == "(2 rows)"
+    assert len(lines[2]) == len(lines[3])  # numbers right-aligned in one column
+
+
+def test_csv_and_json_formats(run):
+    sql = (
+        "SELECT strategy, count(*) AS n, any_value(alpha) FILTER (alpha IS NULL) AS a "
+        "FROM runs WHERE dataset = 'ckplus' GROUP BY 1 ORDER BY 1"
+    )
+    csv_text = run_query(run.path, sql, fmt="csv")
+    assert csv_text.splitlines() == ["strategy,n,a", "ce,3,", "ce>focal,3,"]
+    records = json.loads(run_query(run.path, sql, fmt="json"))
+    assert records == [
+        {"strategy": "ce", "n": 3, "a": None},
+        {"strategy": "ce>focal", "n": 3, "a": None},
+    ]
+
+
+def test_json_renders_lists_and_nan(run):
+    sql = "SELECT probabilities, 'nan'::DOUBLE AS x FROM predictions LIMIT 1"
+    record = json.loads(run_query(run.path, sql, fmt="json"))[0]
+    assert isinstance(record["probabilities"], list) and record["x"] is None
+
+
+def test_describe_summarize_show_and_several_statements(run):
+    assert "test_accuracy" in run_query(run.path, "DESCRIBE runs")
+    assert "test_accuracy" in run_query(run.path, "SUMMARIZE runs")
+    assert "predictions" in run_query(run.path, "SHOW TABLES")
+    assert "predictions" in run_query(run.path, "PRAGMA show_tables")
+    last = run_query(run.path, "SELECT 1 AS a; SELECT 2 AS b;", fmt="csv")
+    assert last == "b\n2"
+
+
+def test_bad_sql_is_a_one_line_fer_error(run):
+    with pytest.raises(FerError, match="syntax error") as info:
+        run_query(run.path, "SELEC * FROM runs")
+    assert "\n" not in str(info.value)
+    with pytest.raises(FerError, match="nosuch"):
+        run_query(run.path, "SELECT nosuch FROM runs")
+
+
+def test_writes_are_refused(run, tmp_path):
+    target = tmp_path / "x.csv"
+    with pytest.raises(FerError, match="COPY statements are refused"):
+        run_query(run.path, f"COPY (SELECT * FROM runs) TO '{target}'")
+    assert not target.exists()
+    with pytest.raises(FerError, match="refused"):
+        run_query(run.path, "COPY runs TO '/tmp/x'")
+    # the store's own files are readable by the views, so overwriting them must be refused too
+    store_file = next((run.path / "store" / "runs").glob("*.parquet"))
+    before = store_file.read_bytes()
+    with pytest.raises(FerError, match="refused"):
+        run_query(
+            run.path, f"COPY (SELECT 1) TO '{store_file}' (FORMAT parquet, use_tmp_file false)"
+        )
+    assert store_file.read_bytes() == before
+    for sql in (
+        "CREATE TABLE t AS SELECT 1",
+        "ATTACH 'x.db'",
+        "SET threads = 1",
+        "EXPLAIN ANALYZE COPY (SELECT 1) TO '/tmp/x'",
+        "INSTALL httpfs",
+        "PRAGMA threads=1",
+    ):
+        with pytest.raises(FerError, match="refused"):
+            run_query(run.path, sql)
+
+
+def test_other_files_cannot_be_read(run):
+    with pytest.raises(FerError, match="disabled"):
+        run_query(run.path, "SELECT * FROM read_csv('/etc/hostname')")
+
+
+def test_explain_of_a_select_is_allowed(run):
+    assert run_query(run.path, "EXPLAIN SELECT count(*) FROM runs")
+
+
+def test_temp_files_are_ignored(tmp_path):
+    run = make_run(tmp_path / "run", datasets=("ckplus",), folds=(1,))
+    folder = run.path / "store" / "runs"
+    (folder / ".tmp-half-written.parquet").write_bytes(b"PAR1 not really parquet")
+    assert _count(run, "runs") == 2
+
+
+def test_missing_table_says_it_has_no_rows_yet(run):
+    with pytest.raises(FerError, match=r"table trials has no rows yet in .*run"):
+        run_query(run.path, "SELECT * FROM trials")
+    with pytest.raises(FerError, match="table trials has no rows yet"):
+        run_query(run.path, "SELECT r.unit_id FROM runs r JOIN trials t USING (unit_id)")
+
+
+def test_empty_run_dir_has_no_tables(tmp_path):
+    with pytest.raises(FerError, match="table runs has no rows yet"):
+        run_query(tmp_path, "SELECT * FROM runs")
+    assert run_query(tmp_path, "SELECT 42 AS answer", fmt="csv") == "answer\n42"
+
+
+def test_missing_run_dir_and_bad_format(tmp_path, run):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FerError, match=str(missing)):
+        run_query(missing, "SELECT 1")
+    with pytest.raises(FerError, match="format 'xml'"):
+        run_query(run.path, "SELECT 1", fmt="xml")
+    with pytest.raises(FerError, match="no SQL statement"):
+        run_query(run.path, "  ")
