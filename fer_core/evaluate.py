@@ -75,7 +75,8 @@ def predict(
             logits = model(batch)
         chunks.append(torch.softmax(logits.float(), dim=1))
     if not chunks:
-        return torch.empty(0, 0)
+        classes = getattr(model, "num_classes", 0)
+        return torch.empty(0, classes)
     return torch.cat(chunks).cpu()
 
 

@@ -14,6 +14,7 @@ import os
 import platform
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,8 +114,18 @@ def _process_started_at() -> float:
         return time.time()
 
 
-def run_unit(spec_values: dict[str, Any], work_dir: str | Path) -> dict[str, Any]:
-    """Train and score one unit; returns {"run": {...}, "predictions": [...], "epochs": [...]}."""
+def run_unit(
+    spec_values: dict[str, Any],
+    work_dir: str | Path,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    score_test: bool = True,
+) -> dict[str, Any]:
+    """Train and score one unit; returns {"run": {...}, "predictions": [...], "epochs": [...]}.
+
+    `on_epoch` sees each epoch's record (a tuner reports it); `score_test=False` leaves the
+    test fold untouched (a search trial must not see it: nested cross-validation), and the
+    result then has no predictions and a NaN test accuracy.
+    """
     process_start = _process_started_at()
     started_at = time.time()
     spec = UnitSpec.from_dict(spec_values)
@@ -138,9 +149,11 @@ def run_unit(spec_values: dict[str, Any], work_dir: str | Path) -> dict[str, Any
     start_digest = weights_digest(model)
 
     data = stage_data(faces, spec.fold, spec.n_folds, config.selection)
-    outcome = train_stage(model, data, config, work_dir, input_size, device)
+    outcome = train_stage(model, data, config, work_dir, input_size, device, on_epoch)
     load_best(model, work_dir)
     test = faces.folds == spec.fold
+    if not score_test:
+        test = torch.zeros_like(test)
     result = score(model, faces.images[test], faces.labels[test], input_size, device,
                    config.precision)
     finished_at = time.time()

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The GPU checks of the speed issue, as one prepared script for a lent H100/H200:
+#   run from the repo root; writes figures to ${OUT:-bench/out}.
+# Budget: about 6 minutes. The machine's own python3 has torch/torchvision; fer_core's
+# other imports (facenet-pytorch, pyarrow) are only needed for backbones/paths not run here.
+set -uo pipefail
+OUT=${OUT:-bench/out}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/device.txt"
+python3 -c "import torch, torchvision; print(torch.__version__, torchvision.__version__)" | tee -a "$OUT/device.txt"
+# (1) Inception-v3 @299, batch 32: usual pipeline vs fast path vs compute bound.
+timeout 180 python3 bench/throughput.py --backbone inception_v3 --size 299 --batch 32 \
+    --steps 60 --images 1024 --workers 8 --json "$OUT/inception_v3.json" 2>&1 | tee "$OUT/throughput.log"
+# (2) ResNet-18 @224 for the same three figures.
+timeout 90 python3 bench/throughput.py --backbone resnet18 --size 224 --batch 32 \
+    --steps 60 --images 1024 --workers 8 --json "$OUT/resnet18.json" 2>&1 | tee -a "$OUT/throughput.log"
+# (3) Packing: k units on one GPU, utilisation sampled with nvidia-smi.
+timeout 150 python3 bench/packing.py --backbone inception_v3 --size 299 --packs 1 2 4 \
+    --json "$OUT/packing.json" 2>&1 | tee "$OUT/packing.log"
