@@ -1,0 +1,262 @@
+"""The stage losses of the paper: cross-entropy, focal loss, and both together (PAPER.md "Losses").
+
+Focal loss is `-α_t (1 - p_t)^γ log p_t`. It is computed from `log_softmax`, never from
+`log(softmax + eps)`, and the modulating factor `(1 - p_t)^γ` is formed so that its gradient
+stays finite when p_t -> 1 with γ < 1 (the paper's Oulu-CASIA setting is γ = 0.5), where the
+naive form yields `0 * inf = NaN`.
+
+α semantics (PAPER.md Decision):
+- `None`: no class weighting.
+- a scalar in (0, 1]: multiplies every class (the paper's formula). The paper's Oulu-CASIA
+  "α = 0" would make the loss identically zero; this project reads it as "no weighting" and
+  rejects a literal 0 so nobody trains on a zero loss by accident: write `alpha: null`.
+- a per-class vector (list, tuple or 1-D tensor, one entry per class): relative class weights,
+  each finite and > 0 (no upper bound: only their ratios and overall scale matter; see
+  `inverse_frequency_alpha`, whose largest entry is 1). α_t is the entry of the true class.
+
+With `reduction="mean"` the loss is the plain mean over the batch, also with per-class α.
+This follows the paper's per-sample formula; note that `torch.nn.CrossEntropyLoss(weight=...)`
+instead divides by the sum of the weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fer_core.errors import FerError
+
+Alpha = float | Sequence[float] | torch.Tensor | None
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _check_alpha(alpha: object) -> float | torch.Tensor | None:
+    """Validate α once: None, a float in (0, 1], or a CPU float tensor of weights > 0."""
+    if alpha is None:
+        return None
+    if isinstance(alpha, bool | str | bytes):
+        raise FerError(f"alpha: {alpha!r} must be null, a number in (0, 1] or a list of weights")
+    if isinstance(alpha, torch.Tensor) and alpha.ndim == 0:
+        alpha = float(alpha)
+    if isinstance(alpha, int | float):
+        value = float(alpha)
+        if value == 0:
+            raise FerError(
+                "alpha: 0 would make the focal loss identically zero; the paper's 'alpha = 0' "
+                "means no class weighting here: use alpha: null"
+            )
+        if not math.isfinite(value) or not 0 < value <= 1:
+            raise FerError(f"alpha: {alpha!r} must be in (0, 1] (or null for no weighting)")
+        return value
+    if isinstance(alpha, torch.Tensor | Sequence) or hasattr(alpha, "__array__"):
+        try:
+            weights = torch.as_tensor(alpha, dtype=torch.float32).detach().cpu()
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise FerError(f"alpha: {alpha!r} is not a list of numbers") from exc
+        if weights.ndim == 0:  # a numpy scalar
+            return _check_alpha(float(weights))
+        if weights.ndim != 1 or weights.numel() == 0:
+            raise FerError(f"alpha: {alpha!r} must be a flat list with one weight per class")
+        bad = ~torch.isfinite(weights) | (weights <= 0)
+        if bool(bad.any()):
+            index = int(bad.nonzero()[0])
+            raise FerError(
+                f"alpha[{index}]: {weights[index].item()!r} must be a finite weight > 0 "
+                "(per-class alpha entries are relative class weights)"
+            )
+        return weights
+    raise FerError(f"alpha: {alpha!r} must be null, a number in (0, 1] or a list of weights")
+
+
+def _check_gamma(gamma: object) -> float:
+    if isinstance(gamma, bool) or not isinstance(gamma, int | float):
+        raise FerError(f"gamma: {gamma!r} must be a finite number >= 0")
+    if not math.isfinite(gamma) or gamma < 0:
+        raise FerError(f"gamma: {gamma!r} must be a finite number >= 0")
+    return float(gamma)
+
+
+def _check_reduction(reduction: object) -> str:
+    if reduction not in REDUCTIONS:
+        raise FerError(f"reduction: {reduction!r} is not one of {', '.join(REDUCTIONS)}")
+    return str(reduction)
+
+
+def _at_least_float32(logits: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 logits (autocast) are upcast: log-probabilities near 0 need the precision."""
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
+def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+def _focal(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float | torch.Tensor | None,
+    gamma: float,
+    reduction: str,
+) -> torch.Tensor:
+    """Focal loss with already validated arguments (no host synchronisation)."""
+    if logits.ndim != 2 or target.ndim != 1 or target.shape[0] != logits.shape[0]:
+        raise FerError(
+            f"focal loss: logits {tuple(logits.shape)} and target {tuple(target.shape)} "
+            "must be N x C and N"
+        )
+    logp_t = F.log_softmax(_at_least_float32(logits), dim=1).gather(1, target[:, None]).squeeze(1)
+    loss = -logp_t
+    if gamma != 0:
+        one_minus_p = (-torch.expm1(logp_t)).clamp(min=0)
+        # Where 1 - p_t is exactly 0 the factor is 0, but d(x^γ)/dx = inf there for γ < 1, and
+        # inf * 0 = NaN; feed pow a harmless base there and select 0 (the "double where").
+        positive = one_minus_p > 0
+        safe = torch.where(positive, one_minus_p, torch.ones_like(one_minus_p))
+        loss = loss * torch.where(positive, safe.pow(gamma), torch.zeros_like(safe))
+    if isinstance(alpha, torch.Tensor):
+        if alpha.numel() != logits.shape[1]:
+            raise FerError(
+                f"alpha: {alpha.numel()} per-class weights given for {logits.shape[1]} classes; "
+                "give one weight per class"
+            )
+        loss = loss * alpha.to(device=loss.device)[target]
+    elif alpha is not None:
+        loss = loss * alpha
+    return _reduce(loss, reduction)
+
+
+def focal_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    alpha: Alpha = None,
+    gamma: float = 0.0,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """`-α_t (1 - p_t)^γ log p_t` of N x C `logits` against N class indices `target`.
+
+    γ = 0 and α = None give exactly the cross-entropy; γ = 0 and a scalar α give α × CE (the
+    paper's CK+ setting α = 0.25, γ = 0 is 0.25 × CE). See the module docstring for α.
+    """
+    return _focal(
+        logits, target, _check_alpha(alpha), _check_gamma(gamma), _check_reduction(reduction)
+    )
+
+
+class FocalLoss(nn.Module):
+    """Focal loss as a module; α and γ are validated once, a per-class α follows `.to(device)`."""
+
+    def __init__(self, alpha: Alpha = None, gamma: float = 0.0, reduction: str = "mean") -> None:
+        super().__init__()
+        checked = _check_alpha(alpha)
+        self.gamma = _check_gamma(gamma)
+        self.reduction = _check_reduction(reduction)
+        self.alpha_scalar: float | None = None
+        self.alpha_vector: torch.Tensor | None
+        if isinstance(checked, torch.Tensor):
+            self.register_buffer("alpha_vector", checked, persistent=False)
+        else:
+            self.alpha_vector = None
+            self.alpha_scalar = checked
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        alpha = self.alpha_vector if self.alpha_vector is not None else self.alpha_scalar
+        return _focal(logits, target, alpha, self.gamma, self.reduction)
+
+    def extra_repr(self) -> str:
+        alpha = self.alpha_vector.tolist() if self.alpha_vector is not None else self.alpha_scalar
+        return f"alpha={alpha}, gamma={self.gamma}, reduction={self.reduction!r}"
+
+
+class CrossEntropyLoss(nn.Module):
+    """The paper's CE stage loss: `-log p_t`, computed like the focal loss (float32 log_softmax)."""
+
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        self.reduction = _check_reduction(reduction)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(_at_least_float32(logits), target, reduction=self.reduction)
+
+
+class JointLoss(nn.Module):
+    """CE and focal loss in one stage: `ce + weight × focal`.
+
+    PAPER.md Decision: the paper gives no weighting, so the default is the plain sum (1.0).
+    """
+
+    def __init__(
+        self,
+        alpha: Alpha = None,
+        gamma: float = 0.0,
+        weight: float = 1.0,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__()
+        if isinstance(weight, bool) or not isinstance(weight, int | float):
+            raise FerError(f"joint_weight: {weight!r} must be a finite number >= 0")
+        if not math.isfinite(weight) or weight < 0:
+            raise FerError(f"joint_weight: {weight!r} must be a finite number >= 0")
+        self.weight = float(weight)
+        self.ce = CrossEntropyLoss(reduction)
+        self.focal = FocalLoss(alpha, gamma, reduction)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.ce(logits, target) + self.weight * self.focal(logits, target)
+
+
+LOSSES = ("ce", "focal", "joint")
+
+
+def build_loss(
+    name: str, alpha: Alpha = None, gamma: float = 0.0, joint_weight: float = 1.0
+) -> nn.Module:
+    """The stage loss `name` (`ce`, `focal` or `joint`) with mean reduction.
+
+    `ce` takes no α or γ: a value there would be silently ignored while still changing the
+    unit's identity (and so its dedup), so it is rejected instead.
+    """
+    if name == "ce":
+        if alpha is not None or gamma != 0:
+            raise FerError(
+                f"loss ce: alpha={alpha!r}, gamma={gamma!r} have no effect on cross-entropy; "
+                "leave them unset or use loss focal / joint"
+            )
+        return CrossEntropyLoss()
+    if name == "focal":
+        return FocalLoss(alpha, gamma)
+    if name == "joint":
+        return JointLoss(alpha, gamma, joint_weight)
+    raise FerError(f"loss: {name!r} is unknown; known losses: {', '.join(LOSSES)}")
+
+
+def inverse_frequency_alpha(labels: torch.Tensor | Sequence[int], num_classes: int) -> list[float]:
+    """Per-class α = inverse class frequency of `labels`, scaled so the largest entry is 1.
+
+    A plain list of floats, so it can go into a config (and its hash) as is. A class absent
+    from `labels` never is a target in that training set, so its weight cannot matter; it
+    gets 1.0 rather than infinity.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise FerError(f"num_classes: {num_classes!r} must be a positive integer")
+    values = torch.as_tensor(labels).reshape(-1).long().cpu()
+    if values.numel() == 0:
+        raise FerError("labels: empty; inverse-frequency alpha needs the training labels")
+    bad = (values < 0) | (values >= num_classes)
+    if bool(bad.any()):
+        raise FerError(
+            f"labels: value {int(values[bad][0])} is outside 0..{num_classes - 1} "
+            f"for num_classes={num_classes}"
+        )
+    counts = torch.bincount(values, minlength=num_classes).double()
+    present = counts > 0
+    inverse = torch.where(present, 1.0 / counts.clamp(min=1), torch.zeros_like(counts))
+    alpha = torch.where(present, inverse / inverse.max(), torch.ones_like(counts))
+    return [float(a) for a in alpha]

@@ -1,0 +1,248 @@
+"""The feature extractors FerNet puts its new head on, and what each expects (PAPER.md "Networks").
+
+Each backbone is the original network with its classifier replaced by `Identity`, so its
+state-dict keys stay those of the original model: pre-trained files load without renaming.
+A backbone returns N x `feature_dim` features; one with an auxiliary head (Inception-v3)
+returns `(features, aux_logits)` in training mode.
+
+Inputs: every backbone is fed RGB images normalised with the ImageNet mean/std (what
+`fer_core.data.augment` produces); `input_norm` says how FerNet converts that to what the
+pre-trained weights were trained on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torchvision.models import Inception_V3_Weights, ResNet18_Weights
+from torchvision.models import inception as tv_inception
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Where each pre-trained file lives in the local cache (see `weights.pretrained_candidates`).
+TORCHVISION_CACHE = "torchvision"  # $TORCH_HOME/hub/checkpoints (torch.hub.get_dir())
+FACENET_CACHE = "facenet"  # $TORCH_HOME/checkpoints (facenet_pytorch's get_torch_home())
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What FerNet needs to know about a backbone, and where its pre-trained weights come from.
+
+    `classifier_keys` are the state-dict prefixes of the original classifier(s): ignored when
+    loading weights, since FerNet replaces them. `input_norm` is one of `imagenet` (no change),
+    `inception` (the [-1, 1] scaling of the TF-ported Inception-v3 weights, as torchvision's
+    `transform_input`) or `facenet` (facenet-pytorch's `(x*255 - 127.5) / 128`).
+    """
+
+    name: str
+    input_size: int
+    min_input_size: int
+    feature_dim: int
+    has_aux: bool
+    weights_file: str | None
+    weights_url: str | None
+    weights_cache: str | None
+    classifier_keys: tuple[str, ...]
+    input_norm: str
+    layout: str  # the model whose state-dict keys a weights file must have
+    description: str
+    build: Callable[[], nn.Module] = field(repr=False, compare=False)
+    aux_fc: str | None = None  # attribute path of the aux head's last FC inside the backbone
+
+
+class TinyCNN(nn.Module):
+    """A small CNN for tests and the CPU demo (input 48 px), not a model of the paper.
+
+    Three conv-BN-ReLU blocks (16/32/64 channels) that downsample by stride 2 rather than by
+    max-pooling: on a 2-core CPU the full-resolution conv + pool of the pooled variant cost
+    about half the step time (measured training at batch 32, 48 px: ~1000 img/s pooled vs
+    ~2000+ img/s strided).
+    """
+
+    feature_dim = 64
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for cin, cout in ((3, 16), (16, 32), (32, 64)):
+            layers += [
+                nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            ]
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.pool(self.features(x)), 1)
+
+
+class InceptionAuxAnySize(tv_inception.InceptionAux):
+    """torchvision's Inception-v3 aux head, also usable below ~299 px input.
+
+    The original pools 17 x 17 maps with a 5 x 5 / stride-3 window and then applies a 5 x 5
+    conv, so it fails for inputs much smaller than 299 px. Where the map is too small for
+    that (< 17), this pools adaptively to 5 x 5 instead; at the paper's 299 px it is exactly
+    the original. Same parameters, same state-dict keys.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if min(x.shape[-2:]) >= 17:
+            return super().forward(x)
+        x = F.adaptive_avg_pool2d(x, 5)
+        x = self.conv1(self.conv0(x))
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return self.fc(x)
+
+
+def _inception_v3() -> nn.Module:
+    blocks = [
+        tv_inception.BasicConv2d,
+        tv_inception.InceptionA,
+        tv_inception.InceptionB,
+        tv_inception.InceptionC,
+        tv_inception.InceptionD,
+        tv_inception.InceptionE,
+        InceptionAuxAnySize,
+    ]
+    # transform_input=False: FerNet applies the same scaling itself (input_norm "inception").
+    model = tv_inception.Inception3(
+        aux_logits=True, transform_input=False, inception_blocks=blocks, init_weights=False
+    )
+    model.fc = nn.Identity()
+    model.dropout = nn.Identity()  # FerNet's own dropout sits before the new FC
+    return model
+
+
+def _resnet18() -> nn.Module:
+    model = torchvision.models.resnet18(weights=None)
+    model.fc = nn.Identity()
+    return model
+
+
+def _vgg16() -> nn.Module:
+    model = torchvision.models.vgg16(weights=None, init_weights=False)
+    # classifier = [fc6, relu, dropout, fc7, relu, dropout, fc8]: keep fc6/fc7 (pre-trained),
+    # drop fc8 and the dropout before it (FerNet's own dropout takes that place).
+    model.classifier[5] = nn.Identity()
+    model.classifier[6] = nn.Identity()
+    return model
+
+
+def _inception_resnet_v1() -> nn.Module:
+    from facenet_pytorch import InceptionResnetV1
+
+    # classify=True skips the L2 normalisation of the embedding; its `logits` layer (the
+    # VGGFace2 identity classifier) is replaced. Internal dropout off: FerNet has its own.
+    model = InceptionResnetV1(classify=True, num_classes=1, dropout_prob=0.0)
+    model.logits = nn.Identity()
+    return model
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    spec.name: spec
+    for spec in (
+        BackboneSpec(
+            name="inception_v3",
+            input_size=299,
+            min_input_size=75,
+            feature_dim=2048,
+            has_aux=True,
+            weights_file=Inception_V3_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1],
+            weights_url=Inception_V3_Weights.IMAGENET1K_V1.url,
+            weights_cache=TORCHVISION_CACHE,
+            classifier_keys=("fc.", "AuxLogits.fc."),
+            input_norm="inception",
+            layout="torchvision inception_v3",
+            description="torchvision Inception-v3, ImageNet weights (the paper's main network)",
+            build=_inception_v3,
+            aux_fc="AuxLogits.fc",
+        ),
+        BackboneSpec(
+            name="resnet18",
+            input_size=224,
+            min_input_size=32,
+            feature_dim=512,
+            has_aux=False,
+            weights_file=ResNet18_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1],
+            weights_url=ResNet18_Weights.IMAGENET1K_V1.url,
+            weights_cache=TORCHVISION_CACHE,
+            classifier_keys=("fc.",),
+            input_norm="imagenet",
+            layout="torchvision resnet18",
+            description="torchvision ResNet-18, ImageNet weights (paper Table 5)",
+            build=_resnet18,
+        ),
+        BackboneSpec(
+            name="vgg_face",
+            input_size=224,
+            min_input_size=32,
+            feature_dim=4096,
+            has_aux=False,
+            weights_file=None,
+            weights_url=None,
+            weights_cache=None,
+            classifier_keys=("classifier.6.",),
+            input_norm="imagenet",
+            layout="torchvision vgg16",
+            description=(
+                "VGG-16 (torchvision layout) with user-supplied VGG-Face weights (paper Table 5; "
+                "converting the original Caffe/Torch files is up to the user)"
+            ),
+            build=_vgg16,
+        ),
+        BackboneSpec(
+            name="inception_resnet_v1",
+            input_size=160,
+            min_input_size=75,
+            feature_dim=512,
+            has_aux=False,
+            weights_file="20180402-114759-vggface2.pt",
+            weights_url=(
+                "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/"
+                "20180402-114759-vggface2.pt"
+            ),
+            weights_cache=FACENET_CACHE,
+            classifier_keys=("logits.",),
+            input_norm="facenet",
+            layout="facenet-pytorch InceptionResnetV1",
+            description="facenet-pytorch InceptionResnetV1, VGGFace2 weights (not in the paper)",
+            build=_inception_resnet_v1,
+        ),
+        BackboneSpec(
+            name="tiny",
+            input_size=48,
+            min_input_size=8,
+            feature_dim=TinyCNN.feature_dim,
+            has_aux=False,
+            weights_file=None,
+            weights_url=None,
+            weights_cache=None,
+            classifier_keys=(),
+            input_norm="imagenet",
+            layout="fer_core TinyCNN",
+            description="a three-conv CNN for tests and the CPU demo (not in the paper)",
+            build=TinyCNN,
+        ),
+    )
+}
+
+
+def input_affine(input_norm: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per-channel (scale, shift), 1 x 3 x 1 x 1, turning ImageNet-normalised input into what
+    the backbone's weights expect; None when nothing needs changing."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    if input_norm == "imagenet":
+        return None
+    if input_norm == "inception":  # ((x*std + mean) - 0.5) / 0.5, as torchvision's transform_input
+        return std / 0.5, (mean - 0.5) / 0.5
+    if input_norm == "facenet":  # ((x*std + mean) * 255 - 127.5) / 128
+        return std * 255 / 128, (mean * 255 - 127.5) / 128
+    raise ValueError(f"unknown input_norm {input_norm!r}")

@@ -1,0 +1,128 @@
+"""FerNet: a backbone, dropout and a new last FC sized to the expression classes.
+
+PAPER.md "Networks": the last FC (and Inception-v3's aux FC) has `num_classes` outputs, weights
+drawn from N(0, 0.001²) and bias 0, re-drawn at the start of every stage (`reset_head`), with
+dropout 0.5 before it. Decision: Inception-v3 trains with its aux logits (the trainer adds
+0.4 × the aux loss) and is evaluated on the main logits.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fer_core.errors import FerError
+from fer_core.models.backbones import BACKBONES, BackboneSpec, input_affine
+from fer_core.models.weights import load_backbone_weights, read_state_dict, resolve_pretrained
+
+
+class FerNet(nn.Module):
+    """`backbone -> dropout -> head`; input is RGB normalised with the ImageNet mean/std.
+
+    `forward` returns logits, or `(logits, aux_logits)` in training mode when the backbone has
+    an aux head. `head_prefixes` are the state-dict prefixes of the freshly drawn layers, so a
+    caller can check that a stage started from its parent's weights everywhere else.
+    """
+
+    def __init__(
+        self,
+        spec: BackboneSpec,
+        backbone: nn.Module,
+        num_classes: int,
+        dropout: float = 0.5,
+        fc_std: float = 0.001,
+    ) -> None:
+        super().__init__()
+        self.backbone_name = spec.name
+        self.input_size = spec.input_size
+        self.num_classes = num_classes
+        self.fc_std = fc_std
+        self.weights_source = "none"
+        self.backbone = backbone
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(spec.feature_dim, num_classes)
+        prefixes = ["head."]
+        if spec.aux_fc is not None:
+            parent_path, _, leaf = spec.aux_fc.rpartition(".")
+            parent = backbone.get_submodule(parent_path) if parent_path else backbone
+            old = getattr(parent, leaf)
+            setattr(parent, leaf, nn.Linear(old.in_features, num_classes))
+            prefixes.append(f"backbone.{spec.aux_fc}.")
+        self.head_prefixes: tuple[str, ...] = tuple(prefixes)
+        affine = input_affine(spec.input_norm)
+        # Not persistent: a fixed property of the backbone, not a weight to checkpoint.
+        self.register_buffer("input_scale", None if affine is None else affine[0], persistent=False)
+        self.register_buffer("input_shift", None if affine is None else affine[1], persistent=False)
+        self.reset_head()
+
+    def heads(self) -> list[nn.Linear]:
+        """The freshly drawn FC layers: the main head, then the aux head if any."""
+        layers = [self.get_submodule(p.removesuffix(".")) for p in self.head_prefixes]
+        return [layer for layer in layers if isinstance(layer, nn.Linear)]
+
+    @torch.no_grad()
+    def reset_head(self, generator: torch.Generator | None = None) -> None:
+        """Re-draw the head(s): weights N(0, fc_std²), bias 0 (called at every stage start).
+
+        Drawn on the CPU (a CPU `generator` gives the same weights on any device), then copied.
+        """
+        for layer in self.heads():
+            weight = torch.empty(layer.weight.shape).normal_(0.0, self.fc_std, generator=generator)
+            layer.weight.copy_(weight)
+            if layer.bias is not None:
+                layer.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if self.input_scale is not None:
+            x = x * self.input_scale + self.input_shift  # broadcast: keeps channels-last
+        out = self.backbone(x)
+        aux = None
+        if isinstance(out, tuple):  # torchvision's InceptionOutputs in training mode
+            out, aux = out
+        logits = self.head(self.dropout(out))
+        if aux is not None:
+            return logits, aux
+        return logits
+
+
+def build_model(
+    backbone: str,
+    num_classes: int,
+    weights: str | os.PathLike[str] = "none",
+    dropout: float = 0.5,
+    fc_std: float = 0.001,
+) -> FerNet:
+    """A FerNet on `backbone` with a fresh `num_classes`-way head.
+
+    `weights`: `none` (random init, e.g. for tests or when a parent checkpoint is loaded next),
+    `pretrained` (the backbone's file in the local torch cache; never downloaded) or the path of
+    a state dict in the original model's key layout. The original classifier is ignored.
+    """
+    spec = BACKBONES.get(backbone)
+    if spec is None:
+        raise FerError(
+            f"backbone: {backbone!r} is unknown; known backbones: {', '.join(BACKBONES)}"
+        )
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise FerError(f"num_classes: {num_classes!r} must be an integer >= 2")
+    if not isinstance(dropout, int | float) or not 0 <= dropout < 1:
+        raise FerError(f"dropout: {dropout!r} must be in [0, 1)")
+    if not isinstance(fc_std, int | float) or not math.isfinite(fc_std) or fc_std <= 0:
+        raise FerError(f"fc_std: {fc_std!r} must be a finite number > 0")
+    source: Path | None = None
+    if weights == "pretrained":
+        source = resolve_pretrained(spec)
+    elif weights != "none":
+        if not isinstance(weights, str | os.PathLike) or str(weights) == "":
+            raise FerError(f"weights: {weights!r} must be none, pretrained or a file path")
+        source = Path(weights)
+    state = read_state_dict(source) if source is not None else None
+    model = FerNet(spec, spec.build(), num_classes, dropout, fc_std)
+    if state is not None and source is not None:
+        load_backbone_weights(model.backbone, spec, state, source)
+        model.weights_source = str(source)
+    return model
