@@ -30,7 +30,7 @@ class Evaluation:
     def accuracy(self) -> float:
         if len(self.labels) == 0:
             return float("nan")
-        return float((self.predicted == self.labels).float().mean())
+        return int((self.predicted == self.labels).sum()) / len(self.labels)
 
     def confusion(self) -> torch.Tensor:
         """Counts, rows = ground truth, columns = prediction."""

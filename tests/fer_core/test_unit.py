@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from fer_core.unit import run_unit
+from tests.conftest import CROP
 
 
 def _spec(twin_faces, unit_id, stage, loss, parent=None, parent_dir=None):
@@ -14,7 +15,7 @@ def _spec(twin_faces, unit_id, stage, loss, parent=None, parent_dir=None):
         "data_dir": str(twin_faces),
         "fold": 1,
         "backbone": "tiny",
-        "input_size": 32,
+        "input_size": CROP,
         "strategy": "ce" if stage == 1 else "ce>focal",
         "stage": stage,
         "config": {"loss": loss, "epochs": 2, "batch_size": 64, "alpha": 0.25 if loss == "focal" else None},

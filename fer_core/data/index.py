@@ -1,0 +1,242 @@
+"""The dataset index: one row per used image, with its label and subject-independent fold.
+
+Everything downstream (face crops, training units, results) starts from this table, so it is
+built once from the raw layout, checked (labels parse, sequences are not empty, images open),
+and written as Parquet. `dataset_fingerprint` hashes the paths, file contents and labels, so a
+changed image or label changes every id derived from the data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from fer_core.data import ckplus, oulu
+from fer_core.data.folds import subject_folds
+from fer_core.data.manifest import read_manifest
+from fer_core.errors import FerError
+from fer_core.io import atomic_write_bytes, sha256_file
+
+DATASETS = ("ckplus", "oulu", "manifest")
+LAST_FRAMES = 3  # the paper keeps the last three frames (the apex) of each sequence
+FORMAT = 1
+_META_KEY = b"fer_core.index"
+
+SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("subject", pa.string()),
+        ("sequence", pa.string()),
+        ("frame", pa.int64()),
+        ("label", pa.int64()),
+        ("label_name", pa.string()),
+        ("fold", pa.int64()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One used image. `path` is relative to the dataset root (POSIX); `label` is 0-based,
+    `fold` 1-based. The path doubles as the image id: unique and stable across machines."""
+
+    path: str
+    subject: str
+    sequence: str
+    frame: int
+    label: int
+    label_name: str
+    fold: int
+
+    @property
+    def image_id(self) -> str:
+        return self.path
+
+
+@dataclass
+class DatasetIndex:
+    """The images of one dataset with their classes and folds; `root` is absolute."""
+
+    dataset: str
+    root: str
+    classes: list[str]
+    records: list[ImageRecord] = field(default_factory=list)
+    n_folds: int = 10
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def subjects(self) -> list[str]:
+        return sorted({r.subject for r in self.records})
+
+    def path_of(self, record: ImageRecord) -> Path:
+        """The absolute path of a record's image file."""
+        return Path(self.root) / record.path
+
+    def class_counts(self) -> dict[str, int]:
+        counts = Counter(r.label for r in self.records)
+        return {name: counts.get(label, 0) for label, name in enumerate(self.classes)}
+
+    def to_table(self) -> pa.Table:
+        """The records as a pyarrow Table; dataset, root, classes and n_folds ride along in
+        the schema metadata so the Parquet file alone rebuilds the index."""
+        columns = {f.name: [getattr(r, f.name) for r in self.records] for f in fields(ImageRecord)}
+        meta = {
+            "format": FORMAT,
+            "dataset": self.dataset,
+            "root": self.root,
+            "classes": self.classes,
+            "n_folds": self.n_folds,
+        }
+        schema = SCHEMA.with_metadata({_META_KEY: json.dumps(meta).encode()})
+        return pa.Table.from_pydict(columns, schema=schema)
+
+    def write(self, path: str | Path) -> None:
+        """Write the index as Parquet, atomically (temp file + rename)."""
+        sink = pa.BufferOutputStream()
+        pq.write_table(self.to_table(), sink)
+        atomic_write_bytes(Path(path), sink.getvalue().to_pybytes())
+
+    @classmethod
+    def read(cls, path: str | Path, root: str | Path | None = None) -> DatasetIndex:
+        """Read an index written by `write`; `root` overrides the stored dataset root (the
+        data moved, e.g. onto a cluster's scratch disk)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FerError(
+                f"index: {path} does not exist; build it with `python -m orchestrator data index`"
+            )
+        try:
+            table = pq.read_table(path)
+            meta = json.loads((table.schema.metadata or {})[_META_KEY])
+            rows = table.select([f.name for f in SCHEMA]).to_pylist()
+        except (pa.ArrowException, OSError, KeyError, ValueError) as exc:
+            raise FerError(f"index: {path} is not a dataset index ({exc}); rebuild it") from None
+        records = [ImageRecord(**row) for row in rows]
+        return cls(
+            dataset=meta["dataset"],
+            root=str(Path(root).resolve()) if root is not None else meta["root"],
+            classes=list(meta["classes"]),
+            records=records,
+            n_folds=int(meta["n_folds"]),
+        )
+
+
+def detect_dataset(root: str | Path) -> str:
+    """`ckplus` or `oulu` from the folder layout under `root`, else a FerError."""
+    root = _existing_root(root)
+    if ckplus.looks_like_ckplus(root):
+        return "ckplus"
+    if oulu.looks_like_oulu(root):
+        return "oulu"
+    raise FerError(
+        f"root: {root} is neither CK+ (cohn-kanade-images/ + Emotion/) nor Oulu-CASIA "
+        f"({oulu.BASE_DIR}/); for other data write a manifest CSV (path,subject,label)"
+    )
+
+
+def build_index(
+    dataset: str,
+    root: str | Path,
+    manifest: str | Path | None = None,
+    n_folds: int = 10,
+    *,
+    classes: list[str] | None = None,
+    last_frames: int = LAST_FRAMES,
+    verify: bool = True,
+) -> DatasetIndex:
+    """Scan a raw dataset folder into a `DatasetIndex`.
+
+    `dataset` is `ckplus`, `oulu`, `manifest` or `auto` (CK+ or Oulu from the layout). For
+    CK+ and Oulu the last `last_frames` frames of each labelled sequence are kept; a manifest
+    lists its images itself (default `ROOT/manifest.csv`). `verify` opens every kept image so
+    a truncated file fails here, naming it, instead of mid-training.
+    """
+    root = _existing_root(root)
+    if dataset == "auto":
+        dataset = detect_dataset(root)
+    if dataset == "ckplus":
+        names, frames = (
+            list(ckplus.CLASSES),
+            _last_frames(root, ckplus.scan_ckplus(root), last_frames),
+        )
+    elif dataset == "oulu":
+        names, frames = list(oulu.CLASSES), _last_frames(root, oulu.scan_oulu(root), last_frames)
+    elif dataset == "manifest":
+        path = Path(manifest) if manifest is not None else root / "manifest.csv"
+        names, frames = read_manifest(root, path, classes)
+    else:
+        raise FerError(f"dataset: {dataset!r} is not one of {', '.join(DATASETS)} or auto")
+    if classes is not None and dataset != "manifest" and list(classes) != names:
+        raise FerError(f"classes: {classes} differ from {dataset}'s fixed classes {names}")
+    if verify:
+        for path, *_ in frames:
+            check_image(root / path)
+    folds = subject_folds((f[1] for f in frames), n_folds)
+    records = [
+        ImageRecord(path, subject, sequence, frame, label, names[label], folds[subject])
+        for path, subject, sequence, frame, label in frames
+    ]
+    return DatasetIndex(dataset, str(root), names, records, n_folds)
+
+
+def check_image(path: Path) -> None:
+    """Cheap integrity check: the header parses and (PNG) every chunk checksum holds or
+    (JPEG) the end-of-image marker is present, so truncated copies are caught."""
+    try:
+        with Image.open(path) as image:
+            image.verify()
+            kind = image.format
+    except Exception as exc:  # PIL raises many types for bad files
+        raise FerError(f"{path}: not a readable image ({exc}); re-copy or remove it") from None
+    if kind == "JPEG":
+        with open(path, "rb") as handle:
+            handle.seek(max(0, path.stat().st_size - 64))
+            if b"\xff\xd9" not in handle.read():
+                raise FerError(f"{path}: truncated JPEG (no end-of-image marker); re-copy it")
+
+
+def dataset_fingerprint(index: DatasetIndex) -> str:
+    """sha256 over the classes and, per image (in path order), its path, the sha256 of its
+    bytes, label, subject and fold. Independent of where the data lives (root)."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"dataset": index.dataset, "classes": index.classes}).encode())
+    for record in sorted(index.records, key=lambda r: r.path):
+        content = sha256_file(index.path_of(record))
+        line = [record.path, content, record.label, record.subject, record.fold]
+        digest.update((json.dumps(line) + "\n").encode())
+    return digest.hexdigest()
+
+
+def _existing_root(root: str | Path) -> Path:
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise FerError(f"root: {path} is not an existing folder; give the dataset's root folder")
+    return path.resolve()
+
+
+def _last_frames(root: Path, frames: list[ckplus.Frame], keep: int) -> list[ckplus.Frame]:
+    if keep < 1:
+        raise FerError(f"last_frames: {keep} must be >= 1")
+    sequences: dict[tuple[str, str], list[ckplus.Frame]] = {}
+    for frame in frames:
+        sequences.setdefault((frame[1], frame[2]), []).append(frame)
+    kept: list[ckplus.Frame] = []
+    for items in sequences.values():
+        items.sort(key=lambda f: f[3])
+        if len(items) < keep:
+            folder = (root / items[0][0]).parent
+            raise FerError(
+                f"{folder}: sequence has {len(items)} frame(s) but the protocol keeps the last "
+                f"{keep}; restore its frames or lower last_frames"
+            )
+        kept.extend(items[-keep:])
+    return kept

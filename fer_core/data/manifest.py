@@ -1,0 +1,88 @@
+"""Your own dataset: a CSV manifest `path,subject,label` (optional `sequence`, `frame`).
+
+Paths are relative to the dataset root (POSIX slashes). Every listed image is used, with no
+last-frames rule: the manifest already says which images count. Labels are class names; the
+classes are the sorted unique names unless given, so the label order is reproducible.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path, PurePosixPath
+
+from fer_core.errors import FerError
+
+REQUIRED = ("path", "subject", "label")
+
+# (path relative to root, subject, sequence, frame, label)
+Frame = tuple[str, str, str, int, int]
+
+
+def read_manifest(
+    root: Path, manifest: Path, classes: list[str] | None = None
+) -> tuple[list[str], list[Frame]]:
+    """The classes and one entry per manifest row; every path must exist under `root`."""
+    if not manifest.is_file():
+        raise FerError(
+            f"manifest: {manifest} does not exist; give a CSV with columns path,subject,label"
+        )
+    with open(manifest, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        missing = [c for c in REQUIRED if c not in columns]
+        if missing:
+            raise FerError(
+                f"{manifest}: missing column {missing[0]!r} (has {columns}); the manifest needs "
+                "columns path,subject,label"
+            )
+        rows = [
+            ({k.strip(): (v or "").strip() for k, v in row.items() if k}, reader.line_num)
+            for row in reader
+        ]
+    if not rows:
+        raise FerError(f"{manifest}: has a header but no rows; list one image per row")
+    names = sorted({row["label"] for row, _ in rows}) if classes is None else list(classes)
+    lookup = {name: label for label, name in enumerate(names)}
+    frames: list[Frame] = []
+    seen: set[str] = set()
+    for row, line in rows:
+        where = f"{manifest}:{line}"
+        path = _relative_path(root, row["path"], where)
+        if path in seen:
+            raise FerError(f"{where}: path {path!r} listed twice; keep one row per image")
+        seen.add(path)
+        if not row["subject"]:
+            raise FerError(f"{where}: empty subject; every image needs a subject id")
+        if row["label"] not in lookup:
+            raise FerError(f"{where}: unknown label {row['label']!r}; known classes are {names}")
+        frame = _frame_number(row.get("frame", ""), where)
+        frames.append((path, row["subject"], row.get("sequence", ""), frame, lookup[row["label"]]))
+    return names, frames
+
+
+def _relative_path(root: Path, text: str, where: str) -> str:
+    if not text:
+        raise FerError(f"{where}: empty path")
+    path = Path(text)
+    if path.is_absolute():
+        try:
+            path = path.relative_to(root)
+        except ValueError:
+            raise FerError(
+                f"{where}: path {text!r} is outside root {root}; make it relative"
+            ) from None
+    posix = PurePosixPath(path.as_posix())
+    if ".." in posix.parts:
+        raise FerError(f"{where}: path {text!r} leaves the root; make it relative to {root}")
+    if not (root / posix).is_file():
+        raise FerError(f"{where}: image {root / posix} does not exist; fix the path or the root")
+    return posix.as_posix()
+
+
+def _frame_number(text: str, where: str) -> int:
+    if not text:
+        return 0
+    try:
+        return int(text)
+    except ValueError:
+        raise FerError(f"{where}: frame {text!r} is not an integer") from None
