@@ -16,11 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
-import torchvision
 from torch import nn
-from torchvision.models import Inception_V3_Weights, ResNet18_Weights
-from torchvision.models import inception as tv_inception
+
+# torchvision's IMAGENET1K_V1 files (tests check these against torchvision's weight enums;
+# kept as strings so that importing fer_core does not import torchvision: a worker running
+# the tiny CNN starts seconds faster).
+INCEPTION_V3_URL = "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth"
+RESNET18_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -85,56 +87,22 @@ class TinyCNN(nn.Module):
         return torch.flatten(self.pool(self.features(x)), 1)
 
 
-class InceptionAuxAnySize(tv_inception.InceptionAux):
-    """torchvision's Inception-v3 aux head, also usable below ~299 px input.
-
-    The original pools 17 x 17 maps with a 5 x 5 / stride-3 window and then applies a 5 x 5
-    conv, so it fails for inputs much smaller than 299 px. Where the map is too small for
-    that (< 17), this pools adaptively to 5 x 5 instead; at the paper's 299 px it is exactly
-    the original. Same parameters, same state-dict keys.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if min(x.shape[-2:]) >= 17:
-            return super().forward(x)
-        x = F.adaptive_avg_pool2d(x, 5)
-        x = self.conv1(self.conv0(x))
-        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
-        return self.fc(x)
-
-
 def _inception_v3() -> nn.Module:
-    blocks = [
-        tv_inception.BasicConv2d,
-        tv_inception.InceptionA,
-        tv_inception.InceptionB,
-        tv_inception.InceptionC,
-        tv_inception.InceptionD,
-        tv_inception.InceptionE,
-        InceptionAuxAnySize,
-    ]
-    # transform_input=False: FerNet applies the same scaling itself (input_norm "inception").
-    model = tv_inception.Inception3(
-        aux_logits=True, transform_input=False, inception_blocks=blocks, init_weights=False
-    )
-    model.fc = nn.Identity()
-    model.dropout = nn.Identity()  # FerNet's own dropout sits before the new FC
-    return model
+    from fer_core.models.torchvision_backbones import inception_v3
+
+    return inception_v3()
 
 
 def _resnet18() -> nn.Module:
-    model = torchvision.models.resnet18(weights=None)
-    model.fc = nn.Identity()
-    return model
+    from fer_core.models.torchvision_backbones import resnet18
+
+    return resnet18()
 
 
 def _vgg16() -> nn.Module:
-    model = torchvision.models.vgg16(weights=None, init_weights=False)
-    # classifier = [fc6, relu, dropout, fc7, relu, dropout, fc8]: keep fc6/fc7 (pre-trained),
-    # drop fc8 and the dropout before it (FerNet's own dropout takes that place).
-    model.classifier[5] = nn.Identity()
-    model.classifier[6] = nn.Identity()
-    return model
+    from fer_core.models.torchvision_backbones import vgg16
+
+    return vgg16()
 
 
 def _inception_resnet_v1() -> nn.Module:
@@ -156,8 +124,8 @@ BACKBONES: dict[str, BackboneSpec] = {
             min_input_size=75,
             feature_dim=2048,
             has_aux=True,
-            weights_file=Inception_V3_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1],
-            weights_url=Inception_V3_Weights.IMAGENET1K_V1.url,
+            weights_file=INCEPTION_V3_URL.rsplit("/", 1)[-1],
+            weights_url=INCEPTION_V3_URL,
             weights_cache=TORCHVISION_CACHE,
             classifier_keys=("fc.", "AuxLogits.fc."),
             input_norm="inception",
@@ -172,8 +140,8 @@ BACKBONES: dict[str, BackboneSpec] = {
             min_input_size=32,
             feature_dim=512,
             has_aux=False,
-            weights_file=ResNet18_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1],
-            weights_url=ResNet18_Weights.IMAGENET1K_V1.url,
+            weights_file=RESNET18_URL.rsplit("/", 1)[-1],
+            weights_url=RESNET18_URL,
             weights_cache=TORCHVISION_CACHE,
             classifier_keys=("fc.",),
             input_norm="imagenet",

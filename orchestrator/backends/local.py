@@ -13,7 +13,8 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_any
 from pathlib import Path
 
 from orchestrator.backends.base import RUNNING, Backend
@@ -65,7 +66,7 @@ class LocalBackend(Backend):
                     running[pool.submit(self._run_one, rundir, unit)] = unit
                 if not running:
                     break
-                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                finished, _ = wait_any(list(running), return_when=FIRST_COMPLETED)
                 for future in finished:
                     unit = running.pop(future)
                     code = future.result()

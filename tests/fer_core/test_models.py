@@ -311,7 +311,7 @@ def test_inception_input_scaling_matches_torchvision_transform_input(tmp_path):
 def test_inception_aux_is_the_original_at_paper_size():
     from torchvision.models.inception import InceptionAux
 
-    from fer_core.models.backbones import InceptionAuxAnySize
+    from fer_core.models.torchvision_backbones import InceptionAuxAnySize
 
     torch.manual_seed(0)
     ours = InceptionAuxAnySize(768, 7).eval()
@@ -321,3 +321,12 @@ def test_inception_aux_is_the_original_at_paper_size():
     with torch.no_grad():
         assert torch.equal(ours(x), original(x))
         assert ours(torch.randn(2, 768, 3, 3)).shape == (2, 7)  # 75 px input
+
+
+def test_pretrained_urls_match_torchvisions_weight_enums():
+    from torchvision.models import Inception_V3_Weights, ResNet18_Weights
+
+    from fer_core.models.backbones import INCEPTION_V3_URL, RESNET18_URL
+
+    assert Inception_V3_Weights.IMAGENET1K_V1.url == INCEPTION_V3_URL
+    assert ResNet18_Weights.IMAGENET1K_V1.url == RESNET18_URL
