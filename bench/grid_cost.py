@@ -60,8 +60,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"paper grid: {len(units)} trainings; throughput from {label}")
     print(f"  usual pipeline  {usual:8.1f} img/s  -> {hours_usual:7.1f} GPU-hours")
     print(f"  fast path       {fast:8.1f} img/s  -> {hours_fast:7.1f} GPU-hours")
-    print(f"  saving: {hours_usual / hours_fast:.2f}x; start-up is {startup_share:.0%} of the "
-          f"fast path's time ({args.startup_s:.0f} s per unit)")
+    print(
+        f"  saving: {hours_usual / hours_fast:.2f}x; start-up is {startup_share:.0%} of the "
+        f"fast path's time ({args.startup_s:.0f} s per unit)"
+    )
 
 
 if __name__ == "__main__":

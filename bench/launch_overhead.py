@@ -47,8 +47,12 @@ def main() -> None:
         _timed("load + validate paper grid", lambda: load_grid("paper", roots))
         grid = load_grid("paper", roots)
         exp = _timed("expand paper grid -> DAG", lambda: expand(grid, run_dir))
-        dry = _timed("launch --dry-run (paper)", lambda: launch(
-            "paper", run_dir=run_dir, dry_run=True, data_roots=roots, out=io.StringIO()))
+        dry = _timed(
+            "launch --dry-run (paper)",
+            lambda: launch(
+                "paper", run_dir=run_dir, dry_run=True, data_roots=roots, out=io.StringIO()
+            ),
+        )
 
         units = expand(grid, run_dir)
         rundir = RunDir(run_dir)
@@ -57,10 +61,14 @@ def main() -> None:
         for unit in units:  # a finished store: one (tiny) result file per unit
             table = "runs" if unit.kind == "train" else "prepare"
             rundir.store.write(table, unit.id, [{"unit_id": unit.id}])
-        noop = _timed("launch on a finished paper store (no-op)", lambda: launch(
-            "paper", run_dir=run_dir, data_roots=roots, out=io.StringIO()))
-        print(f"units: {len(units)}; expand per unit: {exp / len(units) * 1e6:.0f} us; "
-              f"no-op launch / dry run: {noop / dry:.1f}x")
+        noop = _timed(
+            "launch on a finished paper store (no-op)",
+            lambda: launch("paper", run_dir=run_dir, data_roots=roots, out=io.StringIO()),
+        )
+        print(
+            f"units: {len(units)}; expand per unit: {exp / len(units) * 1e6:.0f} us; "
+            f"no-op launch / dry run: {noop / dry:.1f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -32,15 +32,29 @@ def _worker(backbone: str, size: int, batch: int, steps: int, queue) -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     images, labels = synthetic_crops(512, size, 7)
     amp = autocast_dtype("auto", device)
-    queue.put(run_fast(model, optimizer, build_loss("ce").to(device), images, labels, size,
-                       batch, steps, device, amp))
+    queue.put(
+        run_fast(
+            model,
+            optimizer,
+            build_loss("ce").to(device),
+            images,
+            labels,
+            size,
+            batch,
+            steps,
+            device,
+            amp,
+        )
+    )
 
 
 def _sample_utilisation(stop: threading.Event, samples: list[float]) -> None:
     while not stop.is_set():
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         ).stdout.strip()
         if out:
             samples.append(float(out.splitlines()[0]))
@@ -60,8 +74,12 @@ def main() -> None:
     results = []
     for k in args.packs:
         queue = ctx.Queue()
-        procs = [ctx.Process(target=_worker, args=(args.backbone, args.size, args.batch,
-                                                   args.steps, queue)) for _ in range(k)]
+        procs = [
+            ctx.Process(
+                target=_worker, args=(args.backbone, args.size, args.batch, args.steps, queue)
+            )
+            for _ in range(k)
+        ]
         samples: list[float] = []
         stop = threading.Event()
         sampler = threading.Thread(target=_sample_utilisation, args=(stop, samples))

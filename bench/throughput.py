@@ -76,8 +76,12 @@ def _sync(device: torch.device) -> None:
 def run_usual(model, optimizer, criterion, files, labels, size, batch, steps, device, workers):
     loader = DataLoader(
         CropFiles(files, labels, pil_train_transform(size)),
-        batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
-        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
     )
     model.train()
     done, start = 0, None
@@ -160,16 +164,31 @@ def main(argv: list[str] | None = None) -> dict:
             path.parent.mkdir(exist_ok=True)
             Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
             files.append(path)
-        usual = run_usual(*fresh(), files, labels.tolist(), args.size, args.batch, args.steps,
-                          device, args.workers)
+        usual = run_usual(
+            *fresh(),
+            files,
+            labels.tolist(),
+            args.size,
+            args.batch,
+            args.steps,
+            device,
+            args.workers,
+        )
     fast = run_fast(*fresh(), images, labels, args.size, args.batch, args.steps, device, amp)
     bound = run_bound(*fresh(), args.size, args.batch, classes, args.steps, device, amp)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     figures = {
-        "device": name, "backbone": args.backbone, "size": args.size, "batch": args.batch,
-        "threads": torch.get_num_threads(), "amp": str(amp),
-        "usual_img_s": usual, "fast_img_s": fast, "bound_img_s": bound,
-        "fast_over_usual": fast / usual, "fast_over_bound": fast / bound,
+        "device": name,
+        "backbone": args.backbone,
+        "size": args.size,
+        "batch": args.batch,
+        "threads": torch.get_num_threads(),
+        "amp": str(amp),
+        "usual_img_s": usual,
+        "fast_img_s": fast,
+        "bound_img_s": bound,
+        "fast_over_usual": fast / usual,
+        "fast_over_bound": fast / bound,
     }
     print(f"device {name}, {args.backbone} @ {args.size}px, batch {args.batch}, amp {amp}")
     print(f"  (a) usual pipeline  {usual:9.1f} img/s  (DataLoader, {args.workers} workers, fp32)")

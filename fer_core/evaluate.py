@@ -43,7 +43,9 @@ class Evaluation:
         counts = self.confusion().double()
         totals = counts.sum(dim=1)
         diagonal = counts.diagonal()
-        return [float(d / t) if t > 0 else float("nan") for d, t in zip(diagonal, totals)]
+        return [
+            float(d / t) if t > 0 else float("nan") for d, t in zip(diagonal, totals, strict=True)
+        ]
 
 
 def row_normalised(confusion: torch.Tensor) -> torch.Tensor:
@@ -61,7 +63,7 @@ def predict(
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
 ) -> torch.Tensor:
-    """Class probabilities (N x C, CPU float32) of uint8 face crops already on the model's device."""
+    """Class probabilities (N x C, CPU float32) of uint8 crops already on the model's device."""
     model.eval()
     device = images.device
     chunks = []

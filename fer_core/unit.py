@@ -154,8 +154,9 @@ def run_unit(
     test = faces.folds == spec.fold
     if not score_test:
         test = torch.zeros_like(test)
-    result = score(model, faces.images[test], faces.labels[test], input_size, device,
-                   config.precision)
+    result = score(
+        model, faces.images[test], faces.labels[test], input_size, device, config.precision
+    )
     finished_at = time.time()
     run = _run_row(spec, config, outcome, result, device, started_at, finished_at)
     run.update(
@@ -164,12 +165,13 @@ def run_unit(
         parent_weights_sha=parent_digest,
         startup_seconds=outcome.first_step_at - process_start,
     )
-    test_ids = [i for i, t in zip(faces.image_ids, test.tolist()) if t]
-    test_subjects = [s for s, t in zip(faces.subjects, test.tolist()) if t]
+    test_ids = [i for i, t in zip(faces.image_ids, test.tolist(), strict=True) if t]
+    test_subjects = [s for s, t in zip(faces.subjects, test.tolist(), strict=True) if t]
     return {
         "run": run,
-        "predictions": _prediction_rows(spec.unit_id, result, test_ids, test_subjects,
-                                        faces.classes),
+        "predictions": _prediction_rows(
+            spec.unit_id, result, test_ids, test_subjects, faces.classes
+        ),
         "epochs": [{"unit_id": spec.unit_id, **epoch} for epoch in outcome.epochs],
     }
 

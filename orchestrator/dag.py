@@ -147,8 +147,17 @@ def expand(grid: Grid, run_dir: Path, problems: list[str] | None = None) -> list
                 backbone = grid.backbones[backbone_name]
                 for strategy in experiment.strategies:
                     for fold in grid.folds_of(dataset.name):
-                        _add_chain(units, grid, dataset, backbone, strategy, fold, prepare_id,
-                                   data_dir, run_dir)
+                        _add_chain(
+                            units,
+                            grid,
+                            dataset,
+                            backbone,
+                            strategy,
+                            fold,
+                            prepare_id,
+                            data_dir,
+                            run_dir,
+                        )
     return list(units.values())
 
 

@@ -49,18 +49,21 @@ def run(args: argparse.Namespace) -> int:
             synth.write_oulu_twin(out, **kwargs)
         print(f"wrote a synthetic {args.dataset} twin to {out}")
         return 0
-    index = build_index(args.dataset, Path(args.root), manifest=args.manifest,
-                        n_folds=args.n_folds)
+    index = build_index(args.dataset, Path(args.root), manifest=args.manifest, n_folds=args.n_folds)
     if args.data_command == "index":
         index.write(Path(args.out))
         subjects = len({r.subject for r in index.records})
-        print(f"{len(index.records)} images, {subjects} subjects, {len(index.classes)} classes "
-              f"-> {args.out}")
+        print(
+            f"{len(index.records)} images, {subjects} subjects, {len(index.classes)} classes "
+            f"-> {args.out}"
+        )
         return 0
     from fer_core.data.faces import prepare_faces
 
     out = Path(args.out) if args.out else Path(args.root) / f".fer-faces-{args.crop_size}"
     report = prepare_faces(index, out, args.crop_size, detector=args.detector)
-    print(f"faces: {report.detected} detected, {report.fallback} fell back to a centre crop, "
-          f"{report.reused} reused -> {out}")
+    print(
+        f"faces: {report.detected} detected, {report.fallback} fell back to a centre crop, "
+        f"{report.reused} reused -> {out}"
+    )
     return 0

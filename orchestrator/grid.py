@@ -25,11 +25,27 @@ KNOWN_BACKBONES = ("inception_v3", "resnet18", "vgg_face", "inception_resnet_v1"
 FOCAL_LOSSES = ("focal", "joint")
 
 GRID_KEYS = {
-    "name", "description", "seed", "folds", "selection", "device",
-    "datasets", "backbones", "experiments", "train", "stages",
+    "name",
+    "description",
+    "seed",
+    "folds",
+    "selection",
+    "device",
+    "datasets",
+    "backbones",
+    "experiments",
+    "train",
+    "stages",
 }
 DATASET_KEYS = {
-    "kind", "root", "manifest", "synthetic", "image_size", "crop_size", "detector", "n_folds",
+    "kind",
+    "root",
+    "manifest",
+    "synthetic",
+    "image_size",
+    "crop_size",
+    "detector",
+    "n_folds",
     "focal",
 }
 BACKBONE_KEYS = {"weights", "input_size"}
@@ -170,14 +186,20 @@ def load_grid(name_or_path: str, data_roots: dict[str, str] | None = None) -> Gr
         folds = tuple(sorted(set(folds)))
 
     train = raw.get("train") or {}
-    check_keys(train, set(StageConfig.__dataclass_fields__) - {"loss", "selection", "seed"},
-               f"{where}: train")
+    check_keys(
+        train,
+        set(StageConfig.__dataclass_fields__) - {"loss", "selection", "seed"},
+        f"{where}: train",
+    )
     stages = {}
     for key, values in (raw.get("stages") or {}).items():
         if isinstance(key, bool) or not isinstance(key, int) or key < 1:
             raise FerError(f"{where}: stages: key {key!r} must be a stage number (1, 2, ...)")
-        check_keys(values or {}, set(train) | set(StageConfig.__dataclass_fields__)
-                   - {"loss", "selection", "seed"}, f"{where}: stages.{key}")
+        check_keys(
+            values or {},
+            set(train) | set(StageConfig.__dataclass_fields__) - {"loss", "selection", "seed"},
+            f"{where}: stages.{key}",
+        )
         stages[key] = dict(values or {})
 
     grid = Grid(
@@ -229,8 +251,11 @@ def _dataset(name: str, raw: Any, where: str, root_override: str | None) -> Data
             raise FerError(f"{where}: {key} {value!r} must be an integer >= 2")
     image_size = raw.get("image_size")
     if image_size is not None:
-        if not (isinstance(image_size, list) and len(image_size) == 2
-                and all(isinstance(v, int) and v >= 32 for v in image_size)):
+        if not (
+            isinstance(image_size, list)
+            and len(image_size) == 2
+            and all(isinstance(v, int) and v >= 32 for v in image_size)
+        ):
             raise FerError(f"{where}: image_size {image_size!r} must be [width, height] >= 32")
         image_size = tuple(image_size)
     focal = raw.get("focal") or {}

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from fer_core.errors import FerError
 from orchestrator import states as st
 from orchestrator.backends import make_backend
 from orchestrator.dag import Unit, expand, summary
@@ -33,9 +34,12 @@ def launch(
     wait: bool = False,
     data_roots: dict[str, str] | None = None,
     cluster_file: Path | None = None,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> RunDir:
     """Validate everything, then submit the units that still need to run."""
+    out = out or sys.stdout
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+        raise FerError(f"--jobs {jobs!r}: must be an integer >= 1")
     profile = load_profile(cluster, cluster_file)
     if jobs is not None:
         profile["jobs" if profile["backend"] == "local" else "array_parallelism"] = jobs
@@ -83,10 +87,14 @@ def _print_plan(grid: Grid, units: list[Unit], rundir: RunDir, out: TextIO) -> N
     done = rundir.store.done_ids("train") | rundir.store.done_ids("prepare")
     stages = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()) if k.startswith("stage"))
     print(f"grid {grid.name} ({grid.path})", file=out)
-    print(f"  {counts['prepare']} preparation jobs + {counts['train']} trainings ({stages})",
-          file=out)
-    print(f"  {strategies} strategy results; {shared} stage-1 trainings shared by "
-          f"a stage-2 chain (trained once)", file=out)
+    print(
+        f"  {counts['prepare']} preparation jobs + {counts['train']} trainings ({stages})", file=out
+    )
+    print(
+        f"  {strategies} strategy results; {shared} stage-1 trainings shared by "
+        f"a stage-2 chain (trained once)",
+        file=out,
+    )
     print(f"  already done in {rundir.path}: {sum(1 for u in units if u.id in done)}", file=out)
     print("  dry run: nothing submitted", file=out)
 

@@ -86,6 +86,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "cpus_per_trial": _number(0.01),
         "gpus_per_trial": _number(0),
         "max_concurrent": _int(1),
+        "max_failures": _int(0),
+        "reuse_actors": lambda v: None if isinstance(v, bool) else "must be true or false",
         "connect_timeout_s": _number(1),
     },
 }

@@ -11,6 +11,7 @@ import time
 from typing import TextIO
 
 from orchestrator.dag import Unit
+from orchestrator.rundir import RunDir
 
 
 class Progress:
@@ -32,3 +33,21 @@ class Progress:
     def close(self) -> None:
         elapsed = time.monotonic() - self.started
         print(f"{self.count} units finished in {elapsed:.1f}s", file=self.stream, flush=True)
+
+
+def unit_summary(rundir: RunDir, unit: Unit) -> str:
+    """A finished unit's headline: accuracy and best epoch, or its data preparation counts."""
+    if unit.kind != "train":
+        table = rundir.store.read("prepare", {unit.id})
+        if table is None:
+            return ""
+        row = table.to_pylist()[0]
+        if row["detector"] == "center":
+            return f"{row['images']} images, centre crops (detector: center)"
+        detected, fallback = row["detected"], row["fallback"]
+        return f"{row['images']} images, {detected} faces detected, {fallback} fell back"
+    table = rundir.store.read("runs", {unit.id})
+    if table is None:
+        return ""
+    row = table.to_pylist()[0]
+    return f"test acc {row['test_accuracy']:.3f}, best epoch {row['best_epoch']}"

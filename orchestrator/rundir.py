@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -62,9 +63,7 @@ class RunDir:
 
     # --- the DAG ----------------------------------------------------------------------------
     def write_dag(self, units: list[Unit]) -> None:
-        atomic_write_text(
-            self.path / "dag.json", json.dumps([asdict(u) for u in units], indent=1)
-        )
+        atomic_write_text(self.path / "dag.json", json.dumps([asdict(u) for u in units], indent=1))
         for unit in units:
             spec_path = self.unit_dir(unit.id) / "spec.json"
             body = json.dumps({"kind": unit.kind, "name": unit.name, "spec": unit.spec}, indent=1)
@@ -128,16 +127,29 @@ class RunDir:
 
     @contextmanager
     def launch_lock(self) -> Iterator[None]:
-        """Held while launching; a second launch on the same run dir is refused at once."""
+        """Held while launching; a second launch on the same run dir is refused at once.
+
+        The holder's pid is written into the lock file, so the refusal can name it. The lock
+        is the kernel's (flock): a launcher that dies, even by SIGKILL, releases it.
+        """
         self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / "launch.lock", "w") as handle:
+        lock_path = self.path / "launch.lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)  # no truncation before the lock
+        try:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as exc:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
                 raise FerError(
-                    f"{self.path}: another launch is running on this run dir; wait for it"
+                    f"{self.path}: the run dir is busy: another launch (pid {holder}) holds "
+                    f"{lock_path.name}; wait for it to finish or stop it, then launch again"
                 ) from exc
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             try:
                 yield
             finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                os.ftruncate(fd, 0)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)

@@ -14,7 +14,12 @@ from orchestrator.dag import Unit
 from orchestrator.rundir import RunDir
 
 DONE, RUNNING, PENDING, FAILED_STATE, BLOCKED, TODO = (
-    "done", "running", "pending", "failed", "blocked", "todo"
+    "done",
+    "running",
+    "pending",
+    "failed",
+    "blocked",
+    "todo",
 )
 ORDER = (DONE, RUNNING, PENDING, FAILED_STATE, BLOCKED, TODO)
 
@@ -30,15 +35,19 @@ def unit_states(rundir: RunDir, units: list[Unit], backend: Backend | None) -> d
             states[unit.id] = scheduler[unit.id]
         elif rundir.failure(unit.id) is not None or scheduler.get(unit.id) == FAILED:
             states[unit.id] = FAILED_STATE
-        elif any(states.get(dep) in (FAILED_STATE, BLOCKED) for dep in unit.deps):
-            states[unit.id] = BLOCKED
-        elif scheduler.get(unit.id) == CANCELLED and any(
-            states.get(dep) != DONE for dep in unit.deps
-        ):
+        elif _blocked(unit, states, scheduler.get(unit.id)):
             states[unit.id] = BLOCKED
         else:
             states[unit.id] = TODO
     return states
+
+
+def _blocked(unit: Unit, states: dict[str, str], scheduler_state: str | None) -> bool:
+    """A dependency failed, or the scheduler cancelled the unit (kill-on-invalid-dep) while a
+    dependency was not done."""
+    if any(states.get(dep) in (FAILED_STATE, BLOCKED) for dep in unit.deps):
+        return True
+    return scheduler_state == CANCELLED and any(states.get(dep) != DONE for dep in unit.deps)
 
 
 def counts(states: dict[str, str]) -> dict[str, int]:

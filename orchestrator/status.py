@@ -55,8 +55,10 @@ def print_status(
     rows = status_rows(rundir, backend)
     counts = st.counts({r["unit_id"]: r["state"] for r in rows})
     if as_json:
-        print(json.dumps({"run_dir": str(rundir.path), "counts": counts, "units": rows},
-                         indent=1), file=out)
+        print(
+            json.dumps({"run_dir": str(rundir.path), "counts": counts, "units": rows}, indent=1),
+            file=out,
+        )
         return 0
     print(f"{rundir.path}: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v), file=out)
     interesting = [r for r in rows if r["state"] != st.DONE]
@@ -64,6 +66,8 @@ def print_status(
         width = max(len(r["name"]) for r in interesting)
         for row in interesting:
             job = row["job_id"] or "-"
-            print(f"  {row['state']:<8} {row['name']:<{width}}  job {job:<10} {row['detail']}",
-                  file=out)
+            print(
+                f"  {row['state']:<8} {row['name']:<{width}}  job {job:<10} {row['detail']}",
+                file=out,
+            )
     return 0

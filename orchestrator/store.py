@@ -3,17 +3,22 @@
 One file per finished unit and table, each written atomically (temp + rename), so a reader
 sees a unit's rows completely or not at all, and re-running a unit replaces its rows instead
 of duplicating them. The `runs` file is written last: its presence is what "done" means.
+A file that is not a whole Parquet file (truncated by a crash of an older, non-atomic
+version, or damaged after the fact) is invisible to readers and does not count as done,
+so the unit runs again and replaces it.
 """
 
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fer_core.errors import FerError
 from fer_core.io import atomic_write_bytes, is_temp_file
 
 TABLES = ("runs", "predictions", "epochs", "prepare", "trials")
@@ -47,17 +52,49 @@ class Store:
         folder = self.root / table
         if not folder.is_dir():
             return []
-        return sorted(p for p in folder.glob("*.parquet") if not is_temp_file(p))
+        return sorted(
+            p for p in folder.glob("*.parquet") if not is_temp_file(p) and is_whole_parquet(p)
+        )
 
     def done_ids(self, kind: str = "train") -> set[str]:
         return {p.stem for p in self.files(DONE_TABLE[kind])}
 
     def is_done(self, unit_id: str, kind: str) -> bool:
-        return self.path(DONE_TABLE[kind], unit_id).is_file()
+        return is_whole_parquet(self.path(DONE_TABLE[kind], unit_id))
 
     def read(self, table: str, unit_ids: set[str] | None = None) -> pa.Table | None:
         """All rows of `table` (restricted to `unit_ids` if given), or None when empty."""
         paths = [p for p in self.files(table) if unit_ids is None or p.stem in unit_ids]
         if not paths:
             return None
-        return pa.concat_tables([pq.read_table(p) for p in paths], promote_options="default")
+        return pa.concat_tables([_read(p) for p in paths], promote_options="default")
+
+
+PARQUET_MAGIC = b"PAR1"
+
+
+def is_whole_parquet(path: Path) -> bool:
+    """True if `path` is a file that starts and ends like a complete Parquet file (cheap:
+    reads 12 bytes). A truncated file loses its footer and its closing magic."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+            size = os.fstat(handle.fileno()).st_size
+            if size < 12 or head != PARQUET_MAGIC:
+                return False
+            handle.seek(size - 8)
+            tail = handle.read(8)
+    except OSError:
+        return False
+    footer = int.from_bytes(tail[:4], "little")
+    return tail[4:] == PARQUET_MAGIC and footer <= size - 12
+
+
+def _read(path: Path) -> pa.Table:
+    try:
+        return pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise FerError(
+            f"{path}: not a readable Parquet file ({type(exc).__name__}); delete it and "
+            "re-launch to recompute that unit"
+        ) from exc

@@ -28,7 +28,8 @@ def load_yaml_mapping(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise FerError(f"{path}: not a text file") from exc
     if not isinstance(data, dict):
-        raise FerError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+        kind = type(data).__name__
+        raise FerError(f"{path}: the top level must be a mapping of keys, got {kind}")
     return data
 
 
@@ -38,4 +39,5 @@ def check_keys(mapping: dict[str, Any], allowed: set[str], where: str) -> None:
         raise FerError(f"{where}: expected a mapping, got {type(mapping).__name__}")
     unknown = sorted(str(k) for k in set(mapping) - allowed)
     if unknown:
-        raise FerError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
+        known = ", ".join(sorted(allowed))
+        raise FerError(f"{where}: unknown key {unknown[0]!r}; allowed: {known}")

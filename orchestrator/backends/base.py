@@ -15,7 +15,11 @@ from orchestrator.rundir import RunDir
 
 # Scheduler states a backend reports for units it knows about.
 PENDING, RUNNING, FAILED, CANCELLED, COMPLETED = (
-    "pending", "running", "failed", "cancelled", "completed"
+    "pending",
+    "running",
+    "failed",
+    "cancelled",
+    "completed",
 )
 ACTIVE = (PENDING, RUNNING)
 

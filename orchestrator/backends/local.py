@@ -19,7 +19,7 @@ from pathlib import Path
 
 from orchestrator.backends.base import RUNNING, Backend
 from orchestrator.dag import Unit
-from orchestrator.progress import Progress
+from orchestrator.progress import Progress, unit_summary
 from orchestrator.rundir import RunDir
 
 
@@ -71,7 +71,7 @@ class LocalBackend(Backend):
                     unit = running.pop(future)
                     code = future.result()
                     if code == 0:
-                        progress.finished(unit, "done", _summary(rundir, unit))
+                        progress.finished(unit, "done", unit_summary(rundir, unit))
                     else:
                         failed.add(unit.id)
                         reason = rundir.failure(unit.id) or f"exit status {code}"
@@ -118,17 +118,3 @@ class LocalBackend(Backend):
         while time.monotonic() < deadline and self.states(rundir):
             time.sleep(0.2)
         return cancelled
-
-
-def _summary(rundir: RunDir, unit: Unit) -> str:
-    if unit.kind != "train":
-        table = rundir.store.read("prepare", {unit.id})
-        if table is None:
-            return ""
-        row = table.to_pylist()[0]
-        return f"{row['images']} images, {row['detected']} faces detected, {row['fallback']} fell back"
-    table = rundir.store.read("runs", {unit.id})
-    if table is None:
-        return ""
-    row = table.to_pylist()[0]
-    return f"test acc {row['test_accuracy']:.3f}, best epoch {row['best_epoch']}"

@@ -61,7 +61,9 @@ def test_resume_after_a_kill_equals_a_straight_run(faces, tmp_path):
 
     interrupted = _model(len(faces.classes))
     with pytest.raises(Interrupted):
-        train_stage(interrupted, data, config, tmp_path / "resumed", CROP, CPU, on_epoch=kill_after_two)
+        train_stage(
+            interrupted, data, config, tmp_path / "resumed", CROP, CPU, on_epoch=kill_after_two
+        )
     resumed = _model(len(faces.classes), seed=123)  # a fresh process: other start weights
     outcome = train_stage(resumed, data, config, tmp_path / "resumed", CROP, CPU)
 

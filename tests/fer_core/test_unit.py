@@ -18,7 +18,12 @@ def _spec(twin_faces, unit_id, stage, loss, parent=None, parent_dir=None):
         "input_size": CROP,
         "strategy": "ce" if stage == 1 else "ce>focal",
         "stage": stage,
-        "config": {"loss": loss, "epochs": 2, "batch_size": 64, "alpha": 0.25 if loss == "focal" else None},
+        "config": {
+            "loss": loss,
+            "epochs": 2,
+            "batch_size": 64,
+            "alpha": 0.25 if loss == "focal" else None,
+        },
         "parent_id": parent,
         "parent_dir": parent_dir,
     }

@@ -1,4 +1,4 @@
-"""The CLI's contract for bad input: one line on stderr naming the culprit, exit 2, nothing written."""
+"""CLI contract for bad input: one line on stderr naming the culprit, exit 2, nothing written."""
 
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ from tests.conftest import REPO, SMALL_GRID
 def _cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "orchestrator", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=120,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
     )
 
@@ -55,8 +58,15 @@ def test_slurm_without_sbatch_submits_nothing(tmp_path, grid):
     bare = tmp_path / "bin"
     bare.mkdir()
     result = _cli(
-        "launch", "--grid", str(grid), "--cluster", "slurm-local", "--run-dir",
-        str(tmp_path / "run"), cwd=tmp_path, env={"PATH": str(bare)},
+        "launch",
+        "--grid",
+        str(grid),
+        "--cluster",
+        "slurm-local",
+        "--run-dir",
+        str(tmp_path / "run"),
+        cwd=tmp_path,
+        env={"PATH": str(bare)},
     )
     _assert_one_line_error(result, "sbatch")
     assert not (tmp_path / "run").exists()
@@ -68,8 +78,9 @@ def test_status_of_a_missing_run_dir(tmp_path):
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
-    result = _cli("launch", "--grid", "paper", "--dry-run", "--run-dir", str(tmp_path / "r"),
-                  cwd=tmp_path)
+    result = _cli(
+        "launch", "--grid", "paper", "--dry-run", "--run-dir", str(tmp_path / "r"), cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert "2 preparation jobs + 180 trainings" in result.stdout
     assert not (tmp_path / "r").exists()

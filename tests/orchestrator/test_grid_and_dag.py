@@ -57,7 +57,7 @@ def test_a_changed_hyper_parameter_changes_only_the_affected_ids(tmp_path):
 @pytest.mark.parametrize(
     ("edit", "culprit"),
     [
-        (("strategies: [ce, \"ce>focal\"]", "strategies: [ce, \"ce>hinge\"]"), "hinge"),
+        (('strategies: [ce, "ce>focal"]', 'strategies: [ce, "ce>hinge"]'), "hinge"),
         (("tiny: {weights: none", "resnet99: {weights: none"), "resnet99"),
         (("gamma: 0.0", "gamma: -1"), "-1"),
         (("alpha: 0.25", "alpha: 0"), "alpha"),
