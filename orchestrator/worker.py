@@ -69,14 +69,18 @@ def prepare(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(run_dir: str | Path, unit_id: str) -> str:
-    """Run unit `unit_id` of `run_dir` unless it is already done; returns its state."""
-    from fer_core.unit import run_unit
+    """Run unit `unit_id` of `run_dir` unless it is already done; returns its state.
 
+    A failure is recorded in `failed.json` for `status`; an interruption (SystemExit from a
+    scheduler's requeue, Ctrl-C) is not a failure and is not recorded.
+    """
     rundir = RunDir(Path(run_dir))
     body = rundir.read_spec(unit_id)
     if rundir.store.is_done(unit_id, body["kind"]):
         return "already done"
     try:
+        from fer_core.unit import run_unit  # inside: a broken install is a recorded failure
+
         if body["kind"] == "prepare":
             row = prepare(body["spec"])
             rundir.store.write("prepare", unit_id, [{"unit_id": unit_id, **row}])
@@ -84,6 +88,8 @@ def run(run_dir: str | Path, unit_id: str) -> str:
             result = run_unit(body["spec"], rundir.work_dir(unit_id))
             result["run"].update(scheduler_info(), worker_host=socket.gethostname())
             rundir.store.write_unit(unit_id, result)
+    except (SystemExit, KeyboardInterrupt):
+        raise
     except BaseException as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if not isinstance(exc, FerError):
