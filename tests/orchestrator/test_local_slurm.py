@@ -154,8 +154,9 @@ def test_afterok_on_a_failed_job_cancels_the_dependant(submit, tmp_path):
 
     cancelled = wait_for_end(second)
     assert cancelled["State"].startswith("CANCELLED"), cancelled
-    assert cancelled["Start"] in ("None", "Unknown", ""), f"dependant started: {cancelled}"
-    assert not (tmp_path / f"{second}.out").exists()
+    # sacct may stamp Start with the cancel time of a job that never ran; what shows that it
+    # never ran is that its batch script never wrote its output file.
+    assert not (tmp_path / f"{second}.out").exists(), f"dependant started: {cancelled}"
 
 
 def test_two_one_cpu_jobs_run_at_once(submit):
