@@ -84,8 +84,11 @@ def _finish(rundir) -> int:
         return 0
     bad = counts[st.FAILED_STATE] + counts[st.BLOCKED]
     if bad:
-        print(f"{bad} units failed or blocked: see `python -m orchestrator status "
-              f"--run-dir {rundir.path}`", file=sys.stderr)
+        print(
+            f"{bad} units failed or blocked: see `python -m orchestrator status "
+            f"--run-dir {rundir.path}`",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -143,8 +146,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return run_tune(args)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error contract: one line `error: ...` on stderr, exit 2
+    (argparse's default prints the usage first; `--help` still shows it)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m orchestrator", description=__doc__)
+    parser = _Parser(prog="python -m orchestrator", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def run_dir_args(p: argparse.ArgumentParser) -> None:
@@ -182,12 +193,23 @@ def build_parser() -> argparse.ArgumentParser:
     run_dir_args(p)
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("tune", help="Ray Tune search over stage-2 focal alpha/gamma")
-    p.add_argument("--grid", default="tune")
-    p.add_argument("--cluster", default="ray")
-    p.add_argument("--cluster-file")
-    p.add_argument("--run-dir")
-    p.add_argument("--samples", type=int)
+    p = sub.add_parser("tune", help="Ray Tune search over stage-2 focal alpha/gamma (nested)")
+    p.add_argument("--grid", default="tune", help="a tune grid (default: jobs/tune.yaml)")
+    p.add_argument(
+        "--cluster",
+        default="ray",
+        help="profile: ray (local Ray or address:), local, or slurm (Ray in sbatch)",
+    )
+    p.add_argument("--cluster-file", help="another cluster.yaml")
+    p.add_argument("--run-dir", help="run directory (default: runs/GRID); re-run to resume")
+    p.add_argument("--samples", type=int, help="trials of a random search (overrides the grid)")
+    p.add_argument("--data", action="append", metavar="NAME=DIR", help="a dataset's raw root")
+    p.add_argument("--nodes", type=int, help="SLURM nodes for the Ray cluster (--cluster slurm)")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (slurm: write the sbatch script), run nothing",
+    )
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("data", help="synthesise, index or face-crop a dataset")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fer_core.io import atomic_write_bytes, atomic_write_text
-from orchestrator import figures
+from orchestrator import figures, report_tune
 from orchestrator import paper_numbers as paper
 from orchestrator import report_compare as compare
 from orchestrator import report_sections as sections
@@ -114,7 +114,9 @@ def write_report(run_dir: str | Path) -> Report:
         confusion_section(study, out_dir),
         compare.focal_note(study),
         sections.cost_section(study),
+        report_tune.tune_section(results.rundir.path, out_dir),
     ]
+    parts = [part for part in parts if part]
     path = out_dir / "report.md"
     atomic_write_text(path, "\n\n".join(parts) + "\n")
     return Report(path, sections.strategy_text(study))
