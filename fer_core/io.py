@@ -1,37 +1,61 @@
 """Atomic file writes: a reader sees either the old file or the complete new one, never a part.
 
 Everything is written to a hidden temp file in the destination folder, flushed and fsynced,
-then renamed over the destination (rename is atomic within one file system).
+then renamed over the destination (rename is atomic within one file system). A full disk
+(ENOSPC, EDQUOT) is a `FerError` that says "disk full" and names the file and its free space;
+the temp file is removed and the previous version of the destination stays as it was.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from fer_core.errors import FerError
+
 TEMP_PREFIX = ".tmp-"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_error(path: Path, exc: OSError) -> FerError:
+    """The one-line error for a write that hit a full disk (or quota): file, free space, fix."""
+    try:
+        free = f"{shutil.disk_usage(Path(path).parent).free // 1024} KiB free"
+    except OSError:
+        free = "free space unknown"
+    return FerError(
+        f"disk full: could not write {path} ({os.strerror(exc.errno or errno.ENOSPC)}; {free} "
+        f"on the file system of {Path(path).parent}); the previous {Path(path).name}, if any, "
+        "is intact; free some space there and re-launch to resume"
+    )
 
 
 def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX + path.name + ".", dir=path.parent)
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX + path.name + ".", dir=path.parent)
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are shared files
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            raise disk_full_error(path, exc) from exc
         raise
 
 

@@ -9,14 +9,21 @@ device and read back once per epoch (no per-step host synchronisation, unless
 Checkpoints (all written atomically, each with its sha256 in `checkpoints.json`):
 - `last.pt`: everything needed to resume after the epoch it was written (weights, optimiser,
   RNG states, best-so-far, per-epoch history). A unit killed mid-epoch redoes at most that epoch.
+- `last.prev.pt`: the `last.pt` before it. A `last.pt` that fails its checksum or does not
+  load (damaged after the fact, truncated by an older version) is not trusted: the unit
+  resumes from `last.prev.pt` (one more epoch redone) and starts from scratch only if that
+  is bad too. Each fallback is one line on stderr (the unit's log).
 - `best.pt`: the weights of the epoch with the highest selection accuracy so far; stage 2
-  starts from its parent's `best.pt`.
+  starts from its parent's `best.pt`. A resume state whose `best.pt` is damaged is dropped
+  (the best weights cannot be rebuilt without retraining).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,10 +37,17 @@ from fer_core.config import StageConfig
 from fer_core.data.augment import train_transform
 from fer_core.errors import FerError
 from fer_core.evaluate import Evaluation, evaluate
-from fer_core.io import atomic_torch_save, atomic_write_text, sha256_file
+from fer_core.io import (
+    TEMP_PREFIX,
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_text,
+    sha256_file,
+)
 from fer_core.losses import build_loss
 
 LAST = "last.pt"
+LAST_PREV = "last.prev.pt"  # the resume state one epoch before last.pt
 BEST = "best.pt"
 DIGESTS = "checkpoints.json"
 PROGRESS = "progress.json"  # epochs done, for `status` while a unit runs
@@ -105,22 +119,72 @@ def _digests(work_dir: Path) -> dict[str, str]:
         return {}
 
 
+def _write_digests(work_dir: Path, digests: dict[str, str]) -> None:
+    atomic_write_text(work_dir / DIGESTS, json.dumps(digests, indent=1, sort_keys=True))
+
+
 def _save(obj: Any, work_dir: Path, name: str) -> None:
     digest = atomic_torch_save(obj, work_dir / name)
     digests = _digests(work_dir)
     digests[name] = digest
-    atomic_write_text(work_dir / DIGESTS, json.dumps(digests, indent=1, sort_keys=True))
+    _write_digests(work_dir, digests)
 
 
-def _resume_state(work_dir: Path) -> dict[str, Any] | None:
-    """The last good resume state, or None to start fresh (a corrupt one is not trusted)."""
-    path = work_dir / LAST
-    if not path.exists():
-        return None
+def _save_last(state: dict[str, Any], work_dir: Path, rotate: bool) -> None:
+    """Write last.pt; with `rotate` (last.pt is known good) keep the old one as last.prev.pt.
+
+    last.pt stays in place until the new one replaces it (last.prev.pt is a hard link to it,
+    or a copy where links are not supported), and `checkpoints.json` stays true to the files
+    at every point a crash could hit: last.prev.pt's digest is recorded before the link, and
+    a crash after the new last.pt but before its digest leaves a mismatch: a fallback to prev.
+    """
+    last, prev = work_dir / LAST, work_dir / LAST_PREV
+    digests = _digests(work_dir)
+    if rotate and last.is_file() and LAST in digests:
+        digests[LAST_PREV] = digests[LAST]
+        _write_digests(work_dir, digests)
+        link = work_dir / f"{TEMP_PREFIX}{LAST_PREV}.link"
+        link.unlink(missing_ok=True)
+        try:
+            os.link(last, link)
+            os.replace(link, prev)
+        except OSError:
+            link.unlink(missing_ok=True)
+            atomic_write_bytes(prev, last.read_bytes())
+    _save(state, work_dir, LAST)
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _resume_state(work_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """The newest good resume state and its file name, or (None, None) to start fresh.
+
+    A state is good if its checksum matches and it loads; last.pt is tried, then
+    last.prev.pt. Both rely on best.pt (the best weights so far): if that is damaged,
+    nothing can be resumed.
+    """
+    digests = _digests(work_dir)
+    names = [name for name in (LAST, LAST_PREV) if (work_dir / name).exists()]
+    if not names:
+        return None, None
     try:
-        return load_checkpoint(path, _digests(work_dir).get(LAST))
-    except FerError:
-        return None
+        load_checkpoint(work_dir / BEST, digests.get(BEST))
+    except FerError as exc:
+        _warn(f"starting from scratch: the resume state relies on {BEST}, which is bad: {exc}")
+        return None, None
+    for name in names:
+        try:
+            state = load_checkpoint(work_dir / name, digests.get(name))
+        except FerError as exc:
+            _warn(f"not resuming from {name}: {exc}")
+            continue
+        if name != LAST:
+            _warn(f"resuming from {name} (after epoch {state['epoch'] + 1}) instead of {LAST}")
+        return state, name
+    _warn("starting from scratch: no good resume state")
+    return None, None
 
 
 def _stage_loss(model_output: Any, target: torch.Tensor, criterion: nn.Module, aux_weight: float):
@@ -166,7 +230,8 @@ def train_stage(
 
     history: list[dict[str, Any]] = []
     best_accuracy, best_epoch, start_epoch = -1.0, -1, 0
-    state = _resume_state(work_dir)
+    state, resumed_from = _resume_state(work_dir)
+    last_is_good = resumed_from == LAST  # only a verified last.pt becomes last.prev.pt
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -191,15 +256,16 @@ def train_stage(
         order = torch.randperm(n_train, generator=generator).to(device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        skipped = 0
+        skipped, used = 0, 0
         for start in range(0, n_train, config.batch_size):
             index = order[start : start + config.batch_size]
             batch = train_transform(data.train_images[index], input_size, generator)
             if config.channels_last and device.type == "cuda":
                 batch = batch.contiguous(memory_format=torch.channels_last)
             target = data.train_labels[index]
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                                enabled=amp_dtype is not None):
+            with torch.autocast(
+                device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+            ):
                 output = step_model(batch)
                 loss = _stage_loss(output, target, criterion, config.aux_weight)
             if config.nan_policy == "skip" and not bool(torch.isfinite(loss)):
@@ -215,15 +281,25 @@ def train_stage(
             logits = output[0] if isinstance(output, tuple) else output
             loss_sum += loss.detach().float() * len(index)
             correct += (logits.argmax(dim=1) == target).sum()
-        train_loss = float(loss_sum) / n_train
+            used += len(index)
+        if used == 0:
+            raise FerError(
+                f"epoch {epoch + 1}: the loss was not finite for every batch ({skipped} "
+                "skipped under nan_policy: skip); the weights have diverged: lower the LR"
+            )
+        train_loss = float(loss_sum) / used
         if not math.isfinite(train_loss):
             raise FerError(
                 f"epoch {epoch + 1}: training loss is {train_loss} (not finite); lower the LR, "
                 "or set nan_policy: skip to drop such batches"
             )
         selection = evaluate(
-            model, data.select_images, data.select_labels, input_size,
-            autocast_dtype=amp_dtype, channels_last=config.channels_last and device.type == "cuda",
+            model,
+            data.select_images,
+            data.select_labels,
+            input_size,
+            autocast_dtype=amp_dtype,
+            channels_last=config.channels_last and device.type == "cuda",
         )
         busy_seconds += time.perf_counter() - started
         images_seen += n_train
@@ -231,7 +307,7 @@ def train_stage(
             "epoch": epoch + 1,
             "lr": lr,
             "train_loss": train_loss,
-            "train_accuracy": float(correct) / n_train,
+            "train_accuracy": float(correct) / used,
             "selection_accuracy": selection.accuracy,
             "skipped_batches": skipped,
             "seconds": time.perf_counter() - started,
@@ -240,7 +316,7 @@ def train_stage(
         if selection.accuracy > best_accuracy:
             best_accuracy, best_epoch = selection.accuracy, epoch + 1
             _save({"model": model.state_dict(), "epoch": epoch + 1}, work_dir, BEST)
-        _save(
+        _save_last(
             {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -253,8 +329,9 @@ def train_stage(
                 "epoch": epoch,
             },
             work_dir,
-            LAST,
+            rotate=last_is_good,
         )
+        last_is_good = True
         atomic_write_text(
             work_dir / PROGRESS, json.dumps({"epoch": epoch + 1, "epochs": config.epochs})
         )
@@ -281,11 +358,18 @@ def load_best(model: nn.Module, work_dir: Path) -> None:
 
 
 def score(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, input_size: int,
-    device: torch.device, precision: str = "auto",
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    input_size: int,
+    device: torch.device,
+    precision: str = "auto",
 ) -> Evaluation:
     """Score `model` on uint8 crops (moved to `device`) — used for the test fold."""
     return evaluate(
-        model.to(device), images.to(device), labels, input_size,
+        model.to(device),
+        images.to(device),
+        labels,
+        input_size,
         autocast_dtype=autocast_dtype(precision, device),
     )

@@ -137,6 +137,9 @@ def run_unit(
         raise FerError(f"backbone: {spec.backbone!r} is unknown")
     input_size = spec.input_size or BACKBONES[spec.backbone].input_size
 
+    # Randomly initialised layers draw from the global RNG: seed it, so a unit's start weights
+    # depend on its seed only, not on what ran before in this process (a reused Ray actor).
+    torch.manual_seed(config.seed)
     model = build_model(
         spec.backbone, len(faces.classes), weights="none" if spec.parent_dir else spec.weights
     )

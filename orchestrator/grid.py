@@ -9,6 +9,7 @@ runs on every dataset and fold. A strategy is a chain of stage losses joined by 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ SYNTHETIC_KINDS = ("ckplus", "oulu")
 DETECTORS = ("mtcnn", "center")
 KNOWN_BACKBONES = ("inception_v3", "resnet18", "vgg_face", "inception_resnet_v1", "tiny")
 FOCAL_LOSSES = ("focal", "joint")
+DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 GRID_KEYS = {
     "name",
@@ -233,6 +235,9 @@ def _mapping(raw: dict[str, Any], key: str, where: str) -> dict[str, Any]:
 
 
 def _dataset(name: str, raw: Any, where: str, root_override: str | None) -> DatasetSpec:
+    # The name becomes a folder (RUN_DIR/data/NAME), a job name and an env var (FER_DATA_NAME).
+    if not isinstance(name, str) or not DATASET_NAME.fullmatch(name):
+        raise FerError(f"{where}: dataset name {name!r} must be letters, digits, '-' or '_'")
     check_keys(raw, DATASET_KEYS, where)
     kind = raw.get("kind", name)
     if kind not in DATASET_KINDS:

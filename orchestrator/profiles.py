@@ -41,7 +41,7 @@ def _number(min_value: float) -> Any:
 def _optional_name(value: Any) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not SLURM_NAME.match(value):
+    if not isinstance(value, str) or not SLURM_NAME.fullmatch(value):  # `$` allows a final \n
         return "must be a SLURM name (letters, digits, '_', '-', '.', ',', ':')"
     return None
 

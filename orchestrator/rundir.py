@@ -42,6 +42,8 @@ class RunDir:
     # --- identity -------------------------------------------------------------------------
     def claim(self, grid_name: str, grid_path: Path) -> None:
         """Bind this run dir to a grid; refuse a run dir that holds another grid's results."""
+        if self.path.exists() and not self.path.is_dir():
+            raise FerError(f"--run-dir {self.path}: is a file, not a folder; give a folder")
         info_path = self.path / "run.json"
         if info_path.is_file():
             info = json.loads(info_path.read_text())

@@ -94,7 +94,10 @@ def run(run_dir: str | Path, unit_id: str) -> str:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if not isinstance(exc, FerError):
             reason = f"{type(exc).__name__}: {reason}"
-        rundir.mark_failed(unit_id, reason)
+        try:
+            rundir.mark_failed(unit_id, reason)
+        except (OSError, FerError):  # e.g. the run dir's disk is full too: keep the cause
+            print(f"error: {reason}", file=sys.stderr)
         raise
     rundir.clear_failed(unit_id)
     return "done"

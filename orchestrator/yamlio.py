@@ -1,6 +1,7 @@
 """Reading YAML config files safely, with errors that name the file and the key.
 
-`yaml.safe_load` only: a `!!python/object` tag is refused, never executed.
+`yaml.safe_load`'s loader only: a `!!python/object` tag is refused, never executed. A key
+given twice in one mapping is refused too (YAML would silently keep the last one).
 """
 
 from __future__ import annotations
@@ -13,13 +14,28 @@ import yaml
 from fer_core.errors import FerError
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys instead of keeping the last."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml_mapping(path: Path) -> dict[str, Any]:
     """The top-level mapping of a YAML file; any problem is a one-line FerError naming it."""
     path = Path(path)
     if not path.is_file():
         raise FerError(f"{path}: file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""

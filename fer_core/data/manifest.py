@@ -26,19 +26,24 @@ def read_manifest(
         raise FerError(
             f"manifest: {manifest} does not exist; give a CSV with columns path,subject,label"
         )
-    with open(manifest, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        missing = [c for c in REQUIRED if c not in columns]
-        if missing:
-            raise FerError(
-                f"{manifest}: missing column {missing[0]!r} (has {columns}); the manifest needs "
-                "columns path,subject,label"
-            )
-        rows = [
-            ({k.strip(): (v or "").strip() for k, v in row.items() if k}, reader.line_num)
-            for row in reader
-        ]
+    try:
+        with open(manifest, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = [c.strip() for c in reader.fieldnames or []]
+            missing = [c for c in REQUIRED if c not in columns]
+            if missing:
+                raise FerError(
+                    f"{manifest}: missing column {missing[0]!r} (has {columns}); the manifest "
+                    "needs columns path,subject,label"
+                )
+            rows = [
+                ({k.strip(): (v or "").strip() for k, v in row.items() if k}, reader.line_num)
+                for row in reader
+            ]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise FerError(
+            f"{manifest}: not a UTF-8 CSV file ({type(exc).__name__}); save it as UTF-8 CSV"
+        ) from None
     if not rows:
         raise FerError(f"{manifest}: has a header but no rows; list one image per row")
     names = sorted({row["label"] for row, _ in rows}) if classes is None else list(classes)

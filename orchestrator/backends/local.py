@@ -7,6 +7,7 @@ dependencies are done; `launch` blocks until all have finished and prints progre
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -17,10 +18,29 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_any
 from pathlib import Path
 
+from fer_core.errors import FerError
 from orchestrator.backends.base import RUNNING, Backend
 from orchestrator.dag import Unit
 from orchestrator.progress import Progress, unit_summary
 from orchestrator.rundir import RunDir
+
+POLL_S = 1.0  # how often a unit waiting on another launch's worker looks again
+WAIT = "wait"
+
+
+def _death_reason(code: int, log_path: Path) -> str:
+    """Why a worker ended without recording an error itself (it was killed, or crashed)."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        why = {"SIGKILL": " (out of memory, or killed by hand)", "SIGTERM": " (stopped)"}
+        return (
+            f"the worker process was killed by {name}{why.get(name, '')} before it finished; "
+            "a re-launch resumes it from its last epoch checkpoint"
+        )
+    return f"the worker exited with status {code} without recording an error; see {log_path}"
 
 
 def process_alive(pid: int, unit_id: str) -> bool:
@@ -62,11 +82,22 @@ class LocalBackend(Backend):
                     waiting = [d for d in unit.deps if d in by_id and not self._done(rundir, d)]
                     if waiting:
                         continue
+                    blocker = self._outside_blocker(rundir, unit, by_id)
+                    if blocker == WAIT:
+                        continue
+                    if blocker:
+                        pending.remove(unit)
+                        failed.add(unit.id)
+                        progress.finished(unit, "blocked", blocker)
+                        continue
                     pending.remove(unit)
                     running[pool.submit(self._run_one, rundir, unit)] = unit
                 if not running:
-                    break
-                finished, _ = wait_any(list(running), return_when=FIRST_COMPLETED)
+                    if not pending:
+                        break
+                    time.sleep(POLL_S)  # only units waiting on a worker of an earlier launch
+                    continue
+                finished, _ = wait_any(list(running), POLL_S, return_when=FIRST_COMPLETED)
                 for future in finished:
                     unit = running.pop(future)
                     code = future.result()
@@ -81,6 +112,19 @@ class LocalBackend(Backend):
     @staticmethod
     def _done(rundir: RunDir, unit_id: str) -> bool:
         return rundir.store.is_done(unit_id, rundir.read_spec(unit_id)["kind"])
+
+    def _outside_blocker(self, rundir: RunDir, unit: Unit, by_id: dict[str, Unit]) -> str:
+        """For dependencies outside this submission (still running from an earlier launch
+        whose launcher died: its worker lives on): WAIT while one runs, a reason if one is
+        neither running nor done, "" when all are done."""
+        outside = [d for d in unit.deps if d not in by_id and not self._done(rundir, d)]
+        if not outside:
+            return ""
+        alive = self.states(rundir)
+        if any(d in alive for d in outside):
+            return WAIT
+        gone = [d for d in outside if not self._done(rundir, d)]  # it may have just finished
+        return f"dependency {gone[0]} is neither done nor running" if gone else ""
 
     def _run_one(self, rundir: RunDir, unit: Unit) -> int:
         log_path = rundir.unit_dir(unit.id) / "local.log"
@@ -99,7 +143,11 @@ class LocalBackend(Backend):
                 rundir.record_submissions(
                     {unit.id: {"backend": self.name, "job_id": str(process.pid)}}
                 )
-            return process.wait()
+            code = process.wait()
+        if code != 0 and rundir.failure(unit.id) is None and not self._done(rundir, unit.id):
+            with contextlib.suppress(OSError, FerError):  # a full disk: the log has the cause
+                rundir.mark_failed(unit.id, _death_reason(code, log_path))
+        return code
 
     def states(self, rundir: RunDir) -> dict[str, str]:
         return {

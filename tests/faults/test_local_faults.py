@@ -1,0 +1,168 @@
+"""Faults on the local backend, through the real CLI (`python -m orchestrator launch` as a
+subprocess): a worker SIGKILLed mid-epoch, the launcher SIGKILLed mid-grid, two launches on
+one run dir at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+import torch
+
+from fer_core.unit import run_unit
+from orchestrator.backends.local import LocalBackend
+from orchestrator.rundir import RunDir
+from orchestrator.status import status_rows
+from tests.faults.common import (
+    Background,
+    alive,
+    assert_grid_done_once,
+    cli,
+    epochs_done,
+    roles,
+    temp_files,
+    wait_until,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def _launch_args(grid, run) -> list[str]:
+    return ["launch", "--grid", grid, "--run-dir", run, "--jobs", "1"]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_relaunch_resumes_from_the_last_epoch(study, tmp_path):
+    """Fault: the training process of a unit gets SIGKILL in the middle of an epoch.
+    Expect: the launch names the death; a re-launch resumes from the last epoch checkpoint
+    (at most the interrupted epoch is redone), one row set lands, equal to a clean run's."""
+    epochs = 6
+    grid, run = study(strategies="[ce]", epochs=epochs)
+    first = Background(*_launch_args(grid, run), cwd=tmp_path, name="first")
+    rundir = RunDir(run)
+    try:
+        wait_until(lambda: (run / "dag.json").is_file(), 120, "the DAG", explain=first.output)
+        unit = roles(rundir.read_dag())["s1f1"]
+        wait_until(
+            lambda: 2 <= epochs_done(rundir, unit.id) < epochs - 1,
+            240,
+            "epoch 2 of the unit",
+            interval=0.05,
+            explain=first.output,
+        )
+        pid = int(rundir.submissions()[unit.id]["job_id"])
+        os.kill(pid, signal.SIGKILL)
+        done_at_kill = epochs_done(rundir, unit.id)
+        code = first.wait(120)
+    finally:
+        first.kill_group()
+    assert code == 1, first.output()
+    reason = rundir.failure(unit.id)
+    assert reason and "killed by SIGKILL" in reason and "re-launch resumes" in reason
+    assert "killed by SIGKILL" in first.output()  # the launch said so too
+    rows = {r["unit_id"]: r for r in status_rows(rundir, LocalBackend({}))}
+    assert rows[unit.id]["state"] == "failed" and "SIGKILL" in rows[unit.id]["detail"]
+    assert rundir.store.read("runs") is None  # nothing half-done in the store
+
+    again = cli(*_launch_args(grid, run), cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert rundir.submissions()[unit.id]["attempts"] == 2
+    run_row = assert_grid_done_once(rundir, epochs)[unit.id]
+    redone = done_at_kill + 1 - run_row["resumed_from_epoch"]  # the killed epoch counts
+    assert run_row["resumed_from_epoch"] >= done_at_kill and redone <= 1, run_row
+    assert rundir.failure(unit.id) is None
+    assert not temp_files(run)
+
+    # Deterministic on the CPU: equal to one uninterrupted run of the same unit.
+    torch.set_num_threads(1)
+    clean = run_unit(rundir.read_spec(unit.id)["spec"], tmp_path / "clean")
+    assert clean["run"]["test_accuracy"] == run_row["test_accuracy"]
+    assert clean["run"]["best_epoch"] == run_row["best_epoch"]
+    resumed = rundir.store.read("epochs", {unit.id}).to_pylist()
+    for mine, theirs in zip(resumed, clean["epochs"], strict=True):
+        assert mine["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-5)
+        assert mine["selection_accuracy"] == theirs["selection_accuracy"]
+    predicted = rundir.store.read("predictions", {unit.id}).column("predicted").to_pylist()
+    assert predicted == [p["predicted"] for p in clean["predictions"]]
+
+
+@pytest.mark.slow
+def test_launcher_sigkilled_mid_grid_then_relaunch_neither_duplicates_nor_jumps_ahead(
+    study, tmp_path
+):
+    """Fault: the launcher itself gets SIGKILL while stage 1 trains (its worker lives on).
+    Expect: a re-launch leaves the live worker alone (no second worker on the same unit),
+    starts stage 2 only once stage 1 is done, and the grid completes once."""
+    epochs = 4
+    grid, run = study(strategies='["ce>focal"]', epochs=epochs)
+    first = Background(*_launch_args(grid, run), cwd=tmp_path, name="first")
+    rundir = RunDir(run)
+    try:
+        wait_until(lambda: (run / "dag.json").is_file(), 120, "the DAG", explain=first.output)
+        unit = roles(rundir.read_dag())
+        wait_until(
+            lambda: 1 <= epochs_done(rundir, unit["s1f1"].id) < epochs - 1,
+            240,
+            "stage 1 epoch 1",
+            interval=0.05,
+            explain=first.output,
+        )
+        os.kill(first.pid, signal.SIGKILL)  # the launcher only: its worker is orphaned
+        first.process.wait(30)
+        worker = int(rundir.submissions()[unit["s1f1"].id]["job_id"])
+        assert alive(worker), "the stage-1 worker should outlive its launcher"
+        # Hold the orphan still while the re-launch decides, so that stage 1 is surely
+        # unfinished then: a re-launch that jumped ahead would start stage 2 meanwhile.
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            again = Background(*_launch_args(grid, run), cwd=tmp_path, name="again")
+            wait_until(lambda: "submitting" in again.output(), 120, "the re-launch")
+            time.sleep(3)
+            assert unit["s2f1"].id not in rundir.submissions(), "stage 2 started too early"
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        code = again.wait(300)
+    finally:
+        first.kill_group()
+    assert code == 0, again.output()
+    assert "submitting 1 units" in again.output() and "1 active" in again.output()
+    records = rundir.submissions()
+    assert (
+        records[unit["s1f1"].id]["attempts"] == 1
+        and int(records[unit["s1f1"].id]["job_id"]) == worker
+    )
+    assert records[unit["s2f1"].id]["attempts"] == 1
+    runs = assert_grid_done_once(rundir, epochs)
+    stage1, stage2 = runs[unit["s1f1"].id], runs[unit["s2f1"].id]
+    assert stage1["resumed_from_epoch"] == 0  # it was never interrupted
+    assert stage2["started_at"] >= stage1["finished_at"]  # not from a half-trained parent
+    assert stage2["parent_weights_sha"] == stage2["start_weights_sha"]
+
+
+@pytest.mark.slow
+def test_two_launches_at_once_one_wins_the_other_says_busy(study, tmp_path):
+    """Fault: two `launch` commands on the same run dir at the same moment.
+    Expect: exactly one runs the grid; the other exits 2 at once saying the run dir is busy
+    (naming the holder's pid) and submits nothing; every unit runs once."""
+    grid, run = study(strategies="[ce]", epochs=2)
+    a = Background(*_launch_args(grid, run), cwd=tmp_path, name="a")
+    b = Background(*_launch_args(grid, run), cwd=tmp_path, name="b")
+    try:
+        codes = {"a": a.wait(300), "b": b.wait(300)}
+    finally:
+        a.kill_group()
+        b.kill_group()
+    loser, winner = (b, a) if codes["b"] == 2 else (a, b)
+    assert sorted(codes.values()) == [0, 2], a.output() + b.output()
+    lines = loser.stderr().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), loser.stderr()
+    assert "busy" in lines[0] and f"pid {winner.pid}" in lines[0]
+    assert "submitting" not in loser.output()
+    rundir = RunDir(run)
+    assert {r["attempts"] for r in rundir.submissions().values()} == {1}
+    assert_grid_done_once(rundir, 2)
+    assert json.loads((run / "run.json").read_text())["grid"] == "faults"
