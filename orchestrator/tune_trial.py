@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fer_core.io import atomic_write_text
+from fer_core.runtime import use_threads
 from orchestrator.dag import content_id
 
 TUNE_DIR = "tune"
@@ -158,12 +159,9 @@ def run_trial(
     """The Tune function trainable (bound with tune.with_parameters)."""
     from ray import tune
 
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    import torch
-
+    use_threads(threads)
     from fer_core.unit import run_unit
 
-    torch.set_num_threads(threads)
     trial_id = tune.get_context().get_trial_id()
     cid = config_id(config, splits, stage2)
     history = history_path(run_dir, experiment, trial_id)

@@ -1,6 +1,7 @@
 """Runs one unit inside whatever process a backend gives it (subprocess, SLURM job, Ray trial).
 
-`python -m orchestrator.worker RUN_DIR UNIT_ID`, or `run(run_dir, unit_id)` from submitit/Ray.
+`python -m orchestrator.worker RUN_DIR UNIT_ID`, `run(run_dir, unit_id)` from submitit/Ray, or
+`run_forked(...)` in a process the local backend forks from its pre-loaded server.
 Idempotent: a unit already in the store is not run again. A failure leaves
 `units/<id>/failed.json` with a one-line reason for `status`, and re-raises.
 """
@@ -101,6 +102,26 @@ def run(run_dir: str | Path, unit_id: str) -> str:
         raise
     rundir.clear_failed(unit_id)
     return "done"
+
+
+def run_forked(
+    run_dir: str, unit_id: str, log_path: str, env: dict[str, str], threads: int
+) -> None:
+    """`python -m orchestrator.worker RUN_DIR UNIT_ID` in a process forked from a server that
+    has torch loaded already: same environment, log and exit status as that command, without
+    its seconds of imports. Exits the process."""
+    os.environ.clear()
+    os.environ.update(env)
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+        os.dup2(log, stream.fileno())
+        stream.reconfigure(line_buffering=True)  # as PYTHONUNBUFFERED: the log is live
+    os.close(log)
+    from fer_core.runtime import use_threads
+
+    use_threads(threads)
+    sys.exit(main([run_dir, unit_id]))
 
 
 def main(argv: list[str] | None = None) -> int:

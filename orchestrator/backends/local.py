@@ -1,17 +1,20 @@
-"""The embedded default backend: units as subprocesses on this machine, N at a time.
+"""The embedded default backend: units as processes on this machine, N at a time.
 
-Each unit runs as `python -m orchestrator.worker RUN_DIR UNIT_ID` in its own process (a
-crash or a leak in one training cannot take the launcher down), started as soon as its
-dependencies are done; `launch` blocks until all have finished and prints progress as they do.
+Each unit runs in its own process (a crash or a leak in one training cannot take the
+launcher down), started as soon as its dependencies are done; `launch` blocks until all have
+finished and prints progress as they do. The processes are forked from a server that loaded
+torch once (multiprocessing's forkserver, preloading fer_core.runtime.PRELOAD): a fresh
+`python -m orchestrator.worker` spends 3-6 s of a 2-core machine importing torch and
+torch._dynamo, more than a small unit trains. A forked worker behaves as that command would
+(same environment, log file, exit status; it outlives a killed launcher).
 """
 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
@@ -19,10 +22,13 @@ from concurrent.futures import wait as wait_any
 from pathlib import Path
 
 from fer_core.errors import FerError
+from fer_core.runtime import PRELOAD
 from orchestrator.backends.base import RUNNING, Backend
 from orchestrator.dag import Unit
+from orchestrator.processes import process_start
 from orchestrator.progress import Progress, unit_summary
 from orchestrator.rundir import RunDir
+from orchestrator.worker import run_forked
 
 POLL_S = 1.0  # how often a unit waiting on another launch's worker looks again
 WAIT = "wait"
@@ -43,24 +49,22 @@ def _death_reason(code: int, log_path: Path) -> str:
     return f"the worker exited with status {code} without recording an error; see {log_path}"
 
 
-def process_alive(pid: int, unit_id: str) -> bool:
-    """True if `pid` is a live (non-zombie) worker of `unit_id`.
+def _alive(record: dict) -> bool:
+    """True while the worker process a submission record names still runs."""
+    start = record.get("pid_start")
+    return start is not None and process_start(int(record["job_id"])) == start
 
-    Reads /proc rather than `kill -0`: a zombie answers `kill -0` too, and PID 1 in some
-    containers reaps slowly.
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return False
-    state = stat.rsplit(")", 1)[-1].split()[0]
-    return state not in ("Z", "X") and unit_id in cmdline
+
+def _worker_context() -> multiprocessing.context.ForkServerContext:
+    """The forkserver that workers fork from; it loads PRELOAD when it first starts."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([*PRELOAD, "orchestrator.worker"])
+    return context
 
 
 class LocalBackend(Backend):
     name = "local"
-    _record_lock = threading.Lock()  # submissions.json is read-modify-written per start
+    _start_lock = threading.Lock()  # submissions.json is read-modify-written per start
 
     def submit(self, rundir: RunDir, units: list[Unit], wait: bool = True) -> None:
         jobs = int(self.profile.get("jobs", 1))
@@ -129,21 +133,15 @@ class LocalBackend(Backend):
     def _run_one(self, rundir: RunDir, unit: Unit) -> int:
         log_path = rundir.unit_dir(unit.id) / "local.log"
         env = {**os.environ, "FER_SCHEDULER": "local", "PYTHONUNBUFFERED": "1"}
-        threads = self.profile.get("threads_per_job")
-        if threads:
-            env["OMP_NUM_THREADS"] = str(threads)
-        with open(log_path, "ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "orchestrator.worker", str(rundir.path), unit.id],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-            with self._record_lock:
-                rundir.record_submissions(
-                    {unit.id: {"backend": self.name, "job_id": str(process.pid)}}
-                )
-            code = process.wait()
+        threads = int(self.profile.get("threads_per_job", 1))
+        args = (str(rundir.path), unit.id, str(log_path), env, threads)
+        process = _worker_context().Process(target=run_forked, args=args, name=unit.id)
+        with self._start_lock:
+            process.start()
+            record = {"job_id": str(process.pid), "pid_start": process_start(process.pid)}
+            rundir.record_submissions({unit.id: {"backend": self.name, **record}})
+        process.join()
+        code = process.exitcode
         if code != 0 and rundir.failure(unit.id) is None and not self._done(rundir, unit.id):
             with contextlib.suppress(OSError, FerError):  # a full disk: the log has the cause
                 rundir.mark_failed(unit.id, _death_reason(code, log_path))
@@ -153,7 +151,7 @@ class LocalBackend(Backend):
         return {
             unit_id: RUNNING
             for unit_id, record in rundir.submissions().items()
-            if record.get("backend") == self.name and process_alive(int(record["job_id"]), unit_id)
+            if record.get("backend") == self.name and _alive(record)
         }
 
     def cancel(self, rundir: RunDir) -> list[str]:

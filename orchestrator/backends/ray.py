@@ -27,7 +27,6 @@ import json
 import math
 import os
 import socket
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,9 +35,11 @@ from typing import Any
 
 from fer_core.errors import FerError
 from fer_core.io import atomic_write_text
+from fer_core.runtime import use_threads
 from orchestrator.backends.base import PENDING, RUNNING, Backend
 from orchestrator.backends.ray_cluster import RaySettings, check_fits, ray_session
 from orchestrator.dag import Unit
+from orchestrator.processes import process_start
 from orchestrator.progress import Progress, unit_summary
 from orchestrator.rundir import RunDir
 
@@ -89,13 +90,10 @@ def make_trainable(runner: Runner) -> Callable[[dict[str, Any]], None]:
         context = tune.get_context()
         os.environ["FER_SCHEDULER"] = "ray"
         os.environ["FER_JOB_ID"] = f"{config['experiment']}/{context.get_trial_id()}"
-        threads = str(config.get("threads") or 1)
-        os.environ["OMP_NUM_THREADS"] = threads
         rundir = RunDir(Path(run_dir))
         try:
             with _output_to(rundir.unit_dir(unit_id) / "ray.log"):
-                if "torch" in sys.modules:  # a reused actor; else OMP_NUM_THREADS rules
-                    sys.modules["torch"].set_num_threads(int(threads))
+                use_threads(int(config.get("threads") or 1))  # an actor may be reused
                 state = runner(run_dir, unit_id)
         except Exception as exc:
             # Deterministic (bad data, NaN loss, CUDA OOM): end the trial as failed rather
@@ -109,18 +107,6 @@ def make_trainable(runner: Runner) -> Callable[[dict[str, Any]], None]:
 
 
 # --- the launcher's record (for status and cancel from other shells) --------------------------
-
-
-def _process_start(pid: int) -> str | None:
-    """The start time of live process `pid` (clock ticks since boot); None if dead/zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[-1].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return fields[19]
 
 
 class LauncherRecord:
@@ -148,7 +134,7 @@ class LauncherRecord:
     def _write(self) -> None:
         body = {
             "pid": os.getpid(),
-            "pid_start": _process_start(os.getpid()),
+            "pid_start": process_start(os.getpid()),
             "host": socket.gethostname(),
             "active": self.active,
         }
@@ -164,7 +150,7 @@ class LauncherRecord:
             return None
         if body.get("host") != socket.gethostname():
             return None  # another machine's launcher: its /proc is not ours to read
-        if _process_start(int(body["pid"])) != body.get("pid_start"):
+        if process_start(int(body["pid"])) != body.get("pid_start"):
             return None  # gone, or the pid was reused
         return body
 

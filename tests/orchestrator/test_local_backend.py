@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from orchestrator import states as st
 from orchestrator.backends.local import LocalBackend
 from orchestrator.launch import launch
+from orchestrator.processes import process_start
 from orchestrator.status import status_rows
 from tests.conftest import SMALL_GRID
 
@@ -39,6 +41,26 @@ def test_every_unit_lands_once_with_the_right_rows(finished_run):
     assert len(predictions) == sum(r["n_test"] for r in runs)
     stage2 = [r for r in runs if r["stage"] == 2]
     assert all(r["parent_weights_sha"] == r["start_weights_sha"] for r in stage2)
+
+
+def test_forked_workers_log_to_their_unit_and_record_a_nameable_process(finished_run):
+    """Workers are forked from a pre-loaded server, yet each writes its own log (as the
+    command `python -m orchestrator.worker` would) and its record names exactly one process:
+    the same pid with another start time (a recycled pid) is not that worker."""
+    _, rundir = finished_run
+    records = rundir.submissions()
+    train = [u for u in rundir.read_dag() if u.kind == "train"]
+    for unit in train:
+        log = (rundir.unit_dir(unit.id) / "local.log").read_text()
+        assert log.rstrip().endswith(f"{unit.id}: done"), log[-300:]
+        assert records[unit.id]["pid_start"].isdigit()
+    backend = LocalBackend({"jobs": 1})
+    assert backend.states(rundir) == {}  # all exited
+    me = {"backend": "local", "job_id": str(os.getpid())}
+    rundir.record_submissions({train[0].id: {**me, "pid_start": process_start(os.getpid())}})
+    assert backend.states(rundir) == {train[0].id: st.RUNNING}
+    rundir.record_submissions({train[0].id: {**me, "pid_start": "1"}})
+    assert backend.states(rundir) == {}
 
 
 def test_relaunching_a_finished_grid_is_a_no_op(finished_run, capsys):

@@ -1,0 +1,24 @@
+"""Process-level settings for a training process: its CPU thread budget, and what to load early.
+
+torch reads OMP_NUM_THREADS once, when it loads. A process that had torch loaded before its
+budget was known (a forked worker, a reused Ray actor) must set the budget explicitly, or it
+runs with as many threads as the machine has cores and oversubscribes the CPUs it shares.
+"""
+
+from __future__ import annotations
+
+import os
+
+# What a training process imports before its first step. torch._dynamo is not loaded by
+# `import torch` but by the first optimizer built (torch.optim wraps `step` with dynamo's
+# disable), and costs about as much as torch itself; a worker pool loads it once for all.
+PRELOAD = ("torch", "torch._dynamo", "fer_core.unit")
+
+
+def use_threads(threads: int) -> None:
+    """Run torch's CPU kernels on `threads` threads in this process and its children."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
