@@ -47,8 +47,6 @@ def landscape_png(rows: list[dict[str, Any]], alpha_order: list[str]) -> bytes:
     figure = Figure(figsize=(7.0, 1.2 + 0.55 * len(labels)), layout="constrained")
     ax = figure.subplots()
     complete = [r for r in rows if r["status"] == "complete"]
-    stopped = [r for r in rows if r["status"] == "stopped"]
-    failed = [r for r in rows if r["status"] == "error"]
     if complete:
         points = ax.scatter(
             [r["gamma"] for r in complete],
@@ -62,26 +60,21 @@ def landscape_png(rows: list[dict[str, Any]], alpha_order: list[str]) -> bytes:
             label="complete (colour: mean inner-val %)",
         )
         figure.colorbar(points, ax=ax, pad=0.01).set_label("inner-val accuracy (%)")
-    if stopped:
-        ax.scatter(
-            [r["gamma"] for r in stopped],
-            [y_of[r["alpha"]] for r in stopped],
-            marker="x",
-            color="0.55",
-            s=45,
-            zorder=2,
-            label="stopped early (ASHA)",
-        )
-    if failed:
-        ax.scatter(
-            [r["gamma"] for r in failed],
-            [y_of[r["alpha"]] for r in failed],
-            marker="X",
-            color="tab:red",
-            s=45,
-            zorder=2,
-            label="failed",
-        )
+    for status, marker, color, label in (
+        ("stopped", "x", "0.55", "stopped early (ASHA)"),
+        ("error", "X", "tab:red", "failed"),
+    ):
+        ended = [r for r in rows if r["status"] == status]
+        if ended:
+            ax.scatter(
+                [r["gamma"] for r in ended],
+                [y_of[r["alpha"]] for r in ended],
+                marker=marker,
+                color=color,
+                s=45,
+                zorder=2,
+                label=label,
+            )
     chosen = [r for r in rows if r.get("chosen")]
     if chosen:
         ax.scatter(

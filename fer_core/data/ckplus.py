@@ -15,15 +15,13 @@ import math
 import re
 from pathlib import Path
 
+from fer_core.data.layout import Frame, numbered_frames, subdirs
 from fer_core.errors import FerError
 
 CLASSES = ["anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise"]
 IMAGES_DIR = "cohn-kanade-images"
 EMOTION_DIR = "Emotion"
 _FRAME = re.compile(r"^.+_(\d+)\.png$", re.IGNORECASE)
-
-# (path relative to root, subject, sequence, frame, label) for every frame of a sequence.
-Frame = tuple[str, str, str, int, int]
 
 
 def looks_like_ckplus(root: Path) -> bool:
@@ -39,8 +37,8 @@ def scan_ckplus(root: Path) -> list[Frame]:
             "in it; point --root at the folder that holds both"
         )
     frames: list[Frame] = []
-    for subject_dir in _subdirs(root / EMOTION_DIR):
-        for sequence_dir in _subdirs(subject_dir):
+    for subject_dir in subdirs(root / EMOTION_DIR):
+        for sequence_dir in subdirs(subject_dir):
             label = _read_label(sequence_dir)
             if label is None:
                 continue
@@ -55,10 +53,6 @@ def scan_ckplus(root: Path) -> list[Frame]:
             "labelled, check that the Emotion folder was extracted"
         )
     return frames
-
-
-def _subdirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def _read_label(sequence_dir: Path) -> int | None:
@@ -87,16 +81,9 @@ def _sequence_frames(image_dir: Path) -> list[tuple[int, str]]:
             f"{image_dir}: missing, but its sequence has an Emotion file; restore the images "
             "or remove the Emotion file"
         )
-    found: list[tuple[int, str]] = []
-    for path in image_dir.iterdir():
-        if path.name.startswith(".") or path.suffix.lower() != ".png":
-            continue
-        match = _FRAME.match(path.name)
-        if match is None:
-            raise FerError(
-                f"{path}: not a CK+ frame name (SXXX_YYY_NNNNNNNN.png); rename or remove it"
-            )
-        found.append((int(match.group(1)), path.name))
-    if not found:
-        raise FerError(f"{image_dir}: sequence folder holds no .png frame; restore its images")
-    return sorted(found)
+    return numbered_frames(image_dir, (".png",), _frame_number, "CK+: SXXX_YYY_NNNNNNNN.png")
+
+
+def _frame_number(name: str) -> int | None:
+    match = _FRAME.match(name)
+    return int(match.group(1)) if match else None

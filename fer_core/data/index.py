@@ -20,6 +20,7 @@ from PIL import Image
 
 from fer_core.data import ckplus, oulu
 from fer_core.data.folds import subject_folds
+from fer_core.data.layout import Frame
 from fer_core.data.manifest import read_manifest
 from fer_core.errors import FerError
 from fer_core.io import atomic_write_bytes, sha256_file
@@ -223,13 +224,13 @@ def _existing_root(root: str | Path) -> Path:
     return path.resolve()
 
 
-def _last_frames(root: Path, frames: list[ckplus.Frame], keep: int) -> list[ckplus.Frame]:
+def _last_frames(root: Path, frames: list[Frame], keep: int) -> list[Frame]:
     if keep < 1:
         raise FerError(f"last_frames: {keep} must be >= 1")
-    sequences: dict[tuple[str, str], list[ckplus.Frame]] = {}
+    sequences: dict[tuple[str, str], list[Frame]] = {}
     for frame in frames:
         sequences.setdefault((frame[1], frame[2]), []).append(frame)
-    kept: list[ckplus.Frame] = []
+    kept: list[Frame] = []
     for items in sequences.values():
         items.sort(key=lambda f: f[3])
         if len(items) < keep:

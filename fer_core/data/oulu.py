@@ -12,15 +12,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fer_core.data.layout import Frame, numbered_frames, subdirs
 from fer_core.errors import FerError
 
 CLASSES = ["anger", "disgust", "fear", "happiness", "sadness", "surprise"]
 FOLDERS = {name.capitalize(): label for label, name in enumerate(CLASSES)}
 BASE_DIR = "OriginalImg/VL/Strong"
 _SUFFIXES = (".jpeg", ".jpg")
-
-# (path relative to root, subject, sequence, frame, label) for every frame of a sequence.
-Frame = tuple[str, str, str, int, int]
 
 
 def looks_like_oulu(root: Path) -> bool:
@@ -36,8 +34,8 @@ def scan_oulu(root: Path) -> list[Frame]:
             "--root at the folder that holds OriginalImg"
         )
     frames: list[Frame] = []
-    for subject_dir in _subdirs(root / BASE_DIR):
-        for expression_dir in _subdirs(subject_dir):
+    for subject_dir in subdirs(root / BASE_DIR):
+        for expression_dir in subdirs(subject_dir):
             label = FOLDERS.get(expression_dir.name)
             if label is None:
                 raise FerError(
@@ -45,7 +43,10 @@ def scan_oulu(root: Path) -> list[Frame]:
                     f"{', '.join(FOLDERS)}"
                 )
             subject, sequence = subject_dir.name, expression_dir.name
-            for frame, name in _sequence_frames(expression_dir):
+            frames_here = numbered_frames(
+                expression_dir, _SUFFIXES, _frame_number, "Oulu-CASIA: NNN.jpeg"
+            )
+            for frame, name in frames_here:
                 path = f"{BASE_DIR}/{subject}/{sequence}/{name}"
                 frames.append((path, subject, sequence, frame, label))
     if not frames:
@@ -53,21 +54,6 @@ def scan_oulu(root: Path) -> list[Frame]:
     return frames
 
 
-def _subdirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _sequence_frames(folder: Path) -> list[tuple[int, str]]:
-    found: list[tuple[int, str]] = []
-    for path in folder.iterdir():
-        if path.name.startswith(".") or path.suffix.lower() not in _SUFFIXES:
-            continue
-        try:
-            found.append((int(path.stem), path.name))
-        except ValueError:
-            raise FerError(
-                f"{path}: not an Oulu-CASIA frame name (expected NNN.jpeg); rename or remove it"
-            ) from None
-    if not found:
-        raise FerError(f"{folder}: sequence folder holds no .jpeg frame; restore its images")
-    return sorted(found)
+def _frame_number(name: str) -> int | None:
+    stem = name.rsplit(".", 1)[0]
+    return int(stem) if stem.isdigit() else None
