@@ -75,6 +75,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "mem_gb": _number(0.1),
         "time_min": _int(1),
         "array_parallelism": _int(1),
+        "units_per_job": _int(1),
         "setup": _string_list,
         "python": _optional_string,
         "env": _mapping_of_strings,

@@ -1,22 +1,32 @@
-"""The slurm backend: one submitit job per unit, stage 2 chained to stage 1 with `afterok`.
+"""The slurm backend: units as submitit jobs, stage 2 chained to stage 1 with `afterok`.
 
-A unit whose dependency is in the same submission (or still queued/running from an earlier
-launch) is submitted with `--dependency=afterok:<job id>` and `--kill-on-invalid-dep=yes`, so
-SLURM starts it only after its parent succeeded and cancels it if the parent failed (without
-that flag it would stay pending forever). Each job id is recorded in the run dir right after
-its `sbatch`, so a launch killed halfway leaves an exact record and a re-launch submits only
-what is missing. `launch` returns once everything is queued unless asked to wait.
+One job per unit, or with `units_per_job: k` up to k units that can start together in one
+job, run as k parallel worker processes (`slurm_pack` says which units share a job). A job
+whose dependency is in the same submission (or still queued/running from an earlier launch)
+is submitted with `--dependency=afterok:<job ids>` and `--kill-on-invalid-dep=yes`, so SLURM
+starts it only after its parents succeeded and cancels it if one failed (without that flag
+it would stay pending forever). `launch` returns once everything is queued unless asked to
+wait.
 
-Job files live in `RUN_DIR/units/<unit id>/slurm/` (keyed by unit id, never by job id):
-`<job id>_submission.sh`, `<job id>_0_log.out`, the pickled call. Profile values reach the
-sbatch file only as submitit parameters (submitit quotes them); `setup:` lines are the one
-place a profile writes shell, by design (`module load ...`); `env:` is set inside the job's
-Python before torch loads. One job per unit, so `array_parallelism` (and `--jobs`) is
-accepted and has no effect here: SLURM's own limits pace the queue.
+Each job id is recorded in the run dir right after its `sbatch`, so a launch killed between
+two sbatch calls leaves an exact record. Killed between an sbatch and its record, it leaves a
+job only SLURM knows of: every job carries `--comment=fer:<run dir hash>:<unit ids>`, and
+the next launch adopts such a job from `squeue` (records it, waits on it, makes dependants
+depend on it) instead of submitting its units again; `cancel` finds it the same way.
+
+Job files are keyed by unit ids, never by job id: a single unit's in
+`RUN_DIR/units/<unit id>/slurm/` (`<job id>_submission.sh`, `<job id>_0_log.out`, the
+pickled call), a pack's in `RUN_DIR/packs/<hash of its unit ids>/`, with each unit's worker
+log in its own folder (`<job id>_pack_log.out`). Profile values reach the sbatch file only
+as submitit parameters (submitit quotes them); `setup:` lines are the one place a profile
+writes shell, by design (`module load ...`); `env:` is set inside the job's Python before
+torch loads. `array_parallelism` (and `--jobs`) is accepted and has no effect here: SLURM's
+own limits pace the queue.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shlex
 import shutil
@@ -28,7 +38,15 @@ from typing import Any
 
 from fer_core.errors import FerError
 from orchestrator.backends.base import ACTIVE, CANCELLED, Backend
-from orchestrator.backends.slurm_jobs import UnitJob, normalise_state, raw_states
+from orchestrator.backends.slurm_jobs import (
+    PackJob,
+    UnitJob,
+    job_comment,
+    normalise_state,
+    raw_states,
+    unrecorded_jobs,
+)
+from orchestrator.backends.slurm_pack import Pack, plan_packs
 from orchestrator.dag import Unit
 from orchestrator.progress import Progress, unit_summary
 from orchestrator.rundir import RunDir
@@ -46,6 +64,11 @@ def job_name(unit: Unit) -> str:
     return "fer-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", unit.name).strip("_")
 
 
+def pack_job_name(units: list[Unit]) -> str:
+    """A pack of 2 starting with `ckplus/f01/tiny/ce` -> `fer-pack2-ckplus_f01_tiny_ce`."""
+    return f"fer-pack{len(units)}-" + job_name(units[0]).removeprefix("fer-")
+
+
 class SlurmBackend(Backend):
     name = "slurm"
 
@@ -58,11 +81,14 @@ class SlurmBackend(Backend):
             )
 
     # --- submission -------------------------------------------------------------------------
-    def job_parameters(self, unit: Unit, dependency: list[str]) -> dict[str, Any]:
-        """submitit SlurmExecutor parameters for `unit` (profile values passed as data)."""
+    def job_parameters(
+        self, rundir: RunDir, units: list[Unit], dependency: list[str]
+    ) -> dict[str, Any]:
+        """submitit SlurmExecutor parameters for a job of `units` (profile values as data)."""
         profile = self.profile
         params: dict[str, Any] = {
-            "job_name": job_name(unit),
+            "job_name": job_name(units[0]) if len(units) == 1 else pack_job_name(units),
+            "comment": job_comment(rundir.path, [unit.id for unit in units]),
             "nodes": 1,
             "ntasks_per_node": 1,
             "cpus_per_task": int(profile.get("cpus_per_job", 1)),
@@ -83,61 +109,127 @@ class SlurmBackend(Backend):
             params["additional_parameters"] = {"kill_on_invalid_dep": "yes"}
         return params
 
-    def job_env(self) -> dict[str, str]:
-        """Set inside the job before torch loads: threads = cpus per job, then profile env."""
-        cpus = str(int(self.profile.get("cpus_per_job", 1)))
-        env = {"OMP_NUM_THREADS": cpus, "MKL_NUM_THREADS": cpus}
+    def job_env(self, units: int = 1) -> dict[str, str]:
+        """Set before torch loads: threads = each unit's share of the job's CPUs, then the
+        profile's env."""
+        threads = str(max(1, int(self.profile.get("cpus_per_job", 1)) // units))
+        env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         env.update({k: str(v) for k, v in (self.profile.get("env") or {}).items()})
         return env
 
     def executor(self, rundir: RunDir, unit: Unit, dependency: list[str]) -> Any:
+        """The submitit executor of a job of `unit` alone."""
+        return self._executor(rundir, [unit], dependency, job_folder(rundir, unit.id))
+
+    def pack_executor(self, rundir: RunDir, units: list[Unit], dependency: list[str]) -> Any:
+        """The submitit executor of a job of the pack `units`."""
+        return self._executor(rundir, units, dependency, pack_folder(rundir, units))
+
+    def _executor(
+        self, rundir: RunDir, units: list[Unit], dependency: list[str], folder: Path
+    ) -> Any:
         from submitit import SlurmExecutor
 
         python = self.profile.get("python") or sys.executable
         executor = SlurmExecutor(
-            folder=job_folder(rundir, unit.id),
+            folder=folder,
             max_num_timeout=MAX_TIMEOUT_REQUEUES,
             python=shlex.quote(str(python)),  # submitit puts it in the command line as is
         )
-        executor.update_parameters(**self.job_parameters(unit, dependency))
+        executor.update_parameters(**self.job_parameters(rundir, units, dependency))
         return executor
 
     def submit(self, rundir: RunDir, units: list[Unit], wait: bool = False) -> None:
-        in_submission = {unit.id for unit in units}
-        earlier = self._active_jobs(rundir, units, in_submission)
-        job_ids: dict[str, str] = {}
-        for unit in units:
-            dependency = []
-            for dep in unit.deps:
-                if dep in in_submission:
-                    dependency.append(job_ids[dep])
-                elif dep in earlier:
-                    dependency.append(earlier[dep])
-            executor = self.executor(rundir, unit, dependency)
-            try:
-                job = executor.submit(UnitJob(self.job_env()), str(rundir.path), unit.id)
-            except Exception as exc:  # submitit raises its own error types for sbatch failures
-                _remove_unsubmitted(job_folder(rundir, unit.id))
-                message = " ".join(str(exc).split())[-400:]
-                before = (
-                    f"the {len(job_ids)} units before it are queued (recorded in "
-                    f"{rundir.path / 'submissions.json'})"
-                    if job_ids
-                    else "nothing was submitted"
-                )
-                raise FerError(
-                    f"sbatch refused unit {unit.name} ({unit.id}): {message}; {before}; "
-                    f"fix the profile (or the cluster) and re-launch"
-                ) from exc
-            job_ids[unit.id] = str(job.job_id)
-            rundir.record_submissions({unit.id: {"backend": self.name, "job_id": job_ids[unit.id]}})
+        earlier = self._active_jobs(rundir, units, {unit.id for unit in units})
+        adopted = self._adopt_unrecorded(rundir, units)
+        todo = [u for u in units if u.id not in adopted and not _is_done(rundir, u.id)]
+        per_job = int(self.profile.get("units_per_job", 1))
+        packs = plan_packs(todo, per_job, {**earlier, **adopted})
+        job_ids: list[str] = []
+        for pack in packs:
+            dependency = [job_ids[i] for i in pack.parents] + list(pack.external)
+            queued = sum(len(p.units) for p in packs[: len(job_ids)])
+            job_ids.append(self._sbatch(rundir, pack, dependency, queued))
+            record: dict[str, Any] = {"backend": self.name, "job_id": job_ids[-1]}
+            if len(pack.units) > 1:
+                record["pack"] = [unit.id for unit in pack.units]
+            rundir.record_submissions({unit.id: record for unit in pack.units})
         print(
-            f"submitted {len(job_ids)} SLURM jobs ({_id_range(list(job_ids.values()))}); "
-            f"follow with: python -m orchestrator status --run-dir {rundir.path}",
+            f"submitted {len(job_ids)} SLURM jobs for {len(todo)} units "
+            f"({_id_range(job_ids)}); follow with: python -m orchestrator status "
+            f"--run-dir {rundir.path}",
             flush=True,
         )
         if wait:
             self.wait(rundir, units)
+
+    def _sbatch(self, rundir: RunDir, pack: Pack, dependency: list[str], queued: int) -> str:
+        """Submit the job of `pack`; its job id. A refusal says what is queued already."""
+        units = list(pack.units)
+        if len(units) == 1:
+            executor = self.executor(rundir, units[0], dependency)
+            call = (UnitJob(self.job_env()), str(rundir.path), units[0].id)
+        else:
+            executor = self.pack_executor(rundir, units, dependency)
+            call = (PackJob(self.job_env(len(units))), str(rundir.path), [u.id for u in units])
+        try:
+            job = executor.submit(*call)
+        except Exception as exc:  # submitit raises its own error types for sbatch failures
+            _remove_unsubmitted(Path(executor.folder))
+            message = " ".join(str(exc).split())[-400:]
+            what = (
+                f"unit {units[0].name} ({units[0].id})"
+                if len(units) == 1
+                else f"a job of {len(units)} units ({', '.join(u.name for u in units)})"
+            )
+            before = (
+                f"the {queued} units before it are queued (recorded in "
+                f"{rundir.path / 'submissions.json'})"
+                if queued
+                else "nothing was submitted"
+            )
+            raise FerError(
+                f"sbatch refused {what}: {message}; {before}; "
+                f"fix the profile (or the cluster) and re-launch"
+            ) from exc
+        return str(job.job_id)
+
+    def _adopt_unrecorded(self, rundir: RunDir, units: list[Unit]) -> dict[str, str]:
+        """Record the jobs of `units` that sbatch accepted but no record holds (a launch was
+        killed in between); unit id -> job id of those still queued or running, which are
+        not submitted again.
+
+        One that ended is recorded as the attempt it was, and its units are submitted again
+        unless done: a failed or cancelled job's unit is retried, a completed one's is in
+        the store.
+        """
+        found = self._unrecorded(rundir, {unit.id for unit in units})
+        by_job: dict[str, list[str]] = {}
+        for unit_id, (job, _, _) in found.items():
+            by_job.setdefault(job, []).append(unit_id)
+        adopted: dict[str, str] = {}
+        for job, unit_ids in by_job.items():
+            _, state, job_units = found[unit_ids[0]]
+            record: dict[str, Any] = {"backend": self.name, "job_id": job}
+            if len(job_units) > 1:
+                record["pack"] = job_units
+            rundir.record_submissions(dict.fromkeys(unit_ids, record))
+            if normalise_state(state) in ACTIVE:
+                adopted.update(dict.fromkeys(unit_ids, job))
+        if by_job:
+            print(
+                f"recorded {len(by_job)} SLURM jobs that a killed launch had submitted without "
+                f"recording ({_id_range(sorted(by_job, key=int))}); "
+                f"{len(set(adopted.values()))} still queued or running: not submitted again",
+                flush=True,
+            )
+        return adopted
+
+    def _unrecorded(
+        self, rundir: RunDir, wanted: set[str] | None = None
+    ) -> dict[str, tuple[str, str, list[str]]]:
+        recorded = {unit: str(record["job_id"]) for unit, record in self._jobs(rundir).items()}
+        return unrecorded_jobs(rundir.path, recorded, wanted)
 
     def _active_jobs(
         self, rundir: RunDir, units: list[Unit], in_submission: set[str]
@@ -166,7 +258,8 @@ class SlurmBackend(Backend):
     def wait(self, rundir: RunDir, units: list[Unit]) -> None:
         """Block until every unit's job has finished; one progress line per finished unit."""
         progress = Progress(len(units))
-        remaining = {unit.id: unit for unit in units}
+        by_id = {unit.id: unit for unit in units}
+        remaining = dict(by_id)
         outcome: dict[str, str] = {}
         seen_at: dict[str, float] = {unit.id: time.monotonic() for unit in units}
         interval = POLL_FIRST_S
@@ -185,7 +278,8 @@ class SlurmBackend(Backend):
                 elif now - seen_at[unit_id] < UNKNOWN_GRACE_S:
                     continue
                 unit = remaining.pop(unit_id)
-                outcome[unit_id] = self._finished(rundir, unit, state)
+                job_units = [by_id.get(u, unit) for u in records.get(unit_id, {}).get("pack", [])]
+                outcome[unit_id] = self._finished(rundir, unit, state, job_units or [unit])
                 detail = (
                     unit_summary(rundir, unit)
                     if outcome[unit_id] == "done"
@@ -198,12 +292,16 @@ class SlurmBackend(Backend):
         progress.close()
 
     @staticmethod
-    def _finished(rundir: RunDir, unit: Unit, state: str | None) -> str:
+    def _finished(rundir: RunDir, unit: Unit, state: str | None, job_units: list[Unit]) -> str:
+        """done, blocked or failed: `unit`'s job (shared by `job_units`) has ended."""
         if _is_done(rundir, unit.id):
             return "done"
         cancelled = state is not None and normalise_state(state) == CANCELLED
-        if cancelled and any(not _is_done(rundir, dep) for dep in unit.deps):
-            return "blocked"  # kill-on-invalid-dep: its parent failed or was cancelled
+        deps = {dep for member in job_units for dep in member.deps}
+        if cancelled and any(not _is_done(rundir, dep) for dep in deps):
+            # kill-on-invalid-dep: a parent of the job (of this unit, or of a unit packed
+            # with it) failed or was cancelled
+            return "blocked"
         return "failed"
 
     # --- state and cancel -------------------------------------------------------------------
@@ -227,11 +325,24 @@ class SlurmBackend(Backend):
         }
 
     def cancel(self, rundir: RunDir) -> list[str]:
+        """Cancel this run dir's active jobs: the recorded ones, and those a killed launch
+        submitted without recording (found by their comment)."""
         jobs = self._jobs(rundir)
-        active = sorted(unit for unit, state in self.states(rundir).items() if state in ACTIVE)
+        targets = {
+            unit: str(jobs[unit]["job_id"])
+            for unit, state in self.states(rundir).items()
+            if state in ACTIVE
+        }
+        orphans = {
+            (unit, job)
+            for unit, (job, state, _) in self._unrecorded(rundir).items()
+            if normalise_state(state) in ACTIVE
+        }
+        active = sorted(set(targets) | {unit for unit, _ in orphans})
         if not active:
             return []
-        argv = ["scancel", *(str(jobs[unit]["job_id"]) for unit in active)]
+        job_ids = set(targets.values()) | {job for _, job in orphans}
+        argv = ["scancel", *sorted(job_ids, key=int)]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
         if done.returncode != 0:
             # scancel also fails when a job ended between the query and the call: re-check.
@@ -278,6 +389,12 @@ def _id_range(ids: list[str]) -> str:
 def job_folder(rundir: RunDir, unit_id: str) -> Path:
     """A unit's submitit folder: submission scripts, logs, the pickled call."""
     return rundir.unit_dir(unit_id) / "slurm"
+
+
+def pack_folder(rundir: RunDir, units: list[Unit]) -> Path:
+    """A pack's submitit folder, keyed by its units (the same pack re-submitted reuses it)."""
+    key = hashlib.sha256(",".join(sorted(unit.id for unit in units)).encode()).hexdigest()
+    return rundir.path / "packs" / key[:16]
 
 
 def submission_text(executor: Any) -> str:

@@ -1,6 +1,7 @@
 """Faults on a real one-node SLURM (scripts/local_slurm.sh up): a job requeued by hand and a
 job hitting its --time (submitit checkpoints and requeues it), slurmd killed under running
-jobs, and the orchestrator killed halfway through submitting a grid.
+jobs, the orchestrator killed halfway through submitting a grid (between two sbatch calls,
+and between an sbatch and its record), and a unit failing inside a job of packed units.
 
 Each test's dataset has a name of its own, so its SLURM job names (fer-<dataset>_f01_...) are
 unique and `sacct --name` counts exactly this test's submissions.
@@ -23,9 +24,11 @@ import pytest
 
 from orchestrator.backends import base
 from orchestrator.backends.slurm import SlurmBackend, job_name
+from orchestrator.backends.slurm_jobs import tagged_jobs
 from orchestrator.launch import launch
 from orchestrator.profiles import load_profile
 from orchestrator.rundir import RunDir
+from orchestrator.status import status_rows
 from tests.faults.common import (
     REPO,
     alive,
@@ -54,13 +57,25 @@ test:
   cpus_per_job: 1
   mem_gb: 1
   time_min: 10
-short:                    # submitit asks for USR2 90 s before the end: ~30-60 s into a job
+short:                    # USR2 asked for 90 s before the end: seen 1-60 s into a job here
   backend: slurm
   partition: debug
   cpus_per_job: 1
   mem_gb: 1
   time_min: 2
+packed:                   # two units per job, one CPU thread each
+  backend: slurm
+  partition: debug
+  cpus_per_job: 2
+  mem_gb: 2
+  time_min: 10
+  units_per_job: 2
 """
+# slurmd refuses a job whose credential is not newer (in whole seconds) than the revocation
+# at its requeue ("Job credential revoked": the job fails), so a release waits this long.
+REQUEUE_GAP_S = 1.5
+# sacct -S without -s leaves out a job cancelled before it started (never eligible).
+SACCT_STATES = "PD,R,RQ,RS,S,CA,CD,F,TO,OOM,NF,PR,DL,BF"
 SLURMD_PID = Path(os.environ.get("FER_SLURM_STATE", "/var/lib/fer-slurm")) / "run" / "slurmd.pid"
 
 
@@ -90,9 +105,11 @@ def scontrol_job(job: str) -> str:
 
 
 def release_if_held(job: str) -> None:
-    """A requeued job waits ~120 s (BeginTime) before it may start again: start it now."""
+    """A requeued job waits ~120 s (BeginTime) before it may start again: start it now, but
+    not within the second of its requeue (REQUEUE_GAP_S)."""
     info = scontrol_job(job)
     if "JobState=PENDING" in info and "Reason=BeginTime" in info:
+        time.sleep(REQUEUE_GAP_S)
         subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=False)
 
 
@@ -107,9 +124,10 @@ def jobs_by_name(names: list[str], since: float) -> Counter:
     """How many SLURM jobs carry each of `names`: the controller's (squeue, which knows a job
     the moment sbatch returns) and the accounting's (sacct, since `since`), by job id."""
     start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since - 5))
+    sacct = ["sacct", "-X", "-n", "-P", "-S", start, "-s", SACCT_STATES, "-o", "JobID,JobName"]
     queries = (
         ["squeue", "-h", "-t", "all", "-o", "%i|%j", "--name", ",".join(names)],
-        ["sacct", "-X", "-n", "-P", "-S", start, "-o", "JobID,JobName", "--name", ",".join(names)],
+        [*sacct, "--name", ",".join(names)],
     )
     jobs: dict[str, str] = {}
     for argv in queries:
@@ -298,28 +316,87 @@ def test_launcher_killed_halfway_through_submitting_then_relaunch_submits_each_u
     _assert_one_job_per_unit(rundir, since)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="slurm backend: a job that sbatch accepted but the launcher had not yet recorded "
-    "when it died is submitted again by the re-launch (a duplicate job on the same unit)",
-)
 def test_launcher_killed_between_sbatch_and_its_record_does_not_duplicate_the_job(
     slurm_study, tmp_path
 ):
     """Fault: the launch process is SIGKILLed after `sbatch` accepted its 2nd job but before
-    the job id reached submissions.json. Expect: the re-launch finds that job (it is queued
-    under the unit's job name and folder) instead of submitting the unit a second time."""
+    the job id reached submissions.json. Expect: the re-launch finds that job (squeue, by the
+    run dir and unit ids in its --comment) and adopts it into the record instead of
+    submitting the unit a second time."""
     grid, run, cluster, since = slurm_study(strategies="[ce]", folds="[1, 2]", epochs=1)
-    names = [job_name(u) for u in prepare_run(grid, run)[0].read_dag() if u.kind == "train"]
+    train = [u for u in prepare_run(grid, run)[0].read_dag() if u.kind == "train"]
+    names = [job_name(u) for u in train]
     try:
         killed = _killed_launch("before-record", 2, grid, cluster, run)
         assert killed.returncode == -signal.SIGKILL, killed.stderr
         rundir = RunDir(run)
         assert len(rundir.submissions()) == 1
+        orphan = next(u for u in train if u.id not in rundir.submissions())
+        [job] = tagged_jobs(run).keys() - {str(rundir.submissions()[train[0].id]["job_id"])}
         args = ("launch", "--grid", grid, "--cluster", "test", "--cluster-file", cluster)
         again = cli(*args, "--run-dir", run, cwd=tmp_path, timeout=300)
         assert again.returncode == 0, again.stdout + again.stderr
+        assert "a killed launch had submitted without recording" in again.stdout, again.stdout
+        assert "submitted 0 SLURM jobs" in again.stdout, again.stdout
         counts = jobs_by_name(names, since)
         assert counts == Counter(dict.fromkeys(names, 1)), f"SLURM jobs per unit: {counts}"
+        assert rundir.submissions()[orphan.id]["job_id"] == job
+        assert {r["attempts"] for r in rundir.submissions().values()} == {1}
     finally:
         subprocess.run(["scancel", "--name", ",".join(names)], check=False)
+
+
+# --- case 5: a unit fails inside a job of packed units (units_per_job: 2) -----------------------
+def jobs_of(dataset: str, since: float) -> set[str]:
+    """The ids of every SLURM job whose name carries `dataset` (this test's own), from the
+    controller and the accounting."""
+    start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since - 5))
+    queries = (
+        ["squeue", "-h", "-t", "all", "-o", "%i|%j"],
+        ["sacct", "-X", "-n", "-P", "-S", start, "-s", SACCT_STATES, "-o", "JobID,JobName"],
+    )
+    jobs = set()
+    for argv in queries:
+        done = subprocess.run(argv, capture_output=True, text=True, check=True)
+        for line in done.stdout.splitlines():
+            job, _, name = line.strip().partition("|")
+            if dataset in name:
+                jobs.add(job)
+    return jobs
+
+
+def test_packed_units_a_failure_keeps_its_siblings_results_and_relaunch_runs_only_it(
+    slurm_study, capsys
+):
+    """units_per_job: 2 on ce and ce>focal over 2 folds (4 trainings). Fault: fold 2's stage 2
+    cannot start (its work dir is a file). Expect: 2 jobs for the 4 units, the stage-2 pack
+    afterok on the stage-1 pack; fold 1's stage 2 is done although the job it shared failed;
+    after the fix a re-launch submits only the failed unit, and the grid completes with every
+    unit done once."""
+    grid, run, cluster, since = slurm_study(strategies='[ce, "ce>focal"]', folds="[1, 2]", epochs=1)
+    rundir, unit = prepare_run(grid, run)
+    broken = rundir.work_dir(unit["s2f2"].id)
+    broken.write_text("not a directory")
+    launch(str(grid), cluster="packed", cluster_file=cluster, run_dir=run)
+    backend = SlurmBackend(load_profile("packed", cluster))
+    job = {k: str(rundir.submissions()[unit[k].id]["job_id"]) for k in unit if k != "prepare"}
+    assert job["s1f1"] == job["s1f2"] != job["s2f1"] == job["s2f2"], job
+    info = scontrol_job(job["s2f1"])
+    assert f"Dependency=afterok:{job['s1f1']}" in info and "KillOInInvalidDependent=Yes" in info
+    wait_until(
+        lambda: finished(backend, rundir), 180, "the packs", interval=1, explain=explain(rundir)
+    )
+    states = {row["unit_id"]: row["state"] for row in status_rows(rundir, backend)}
+    assert [states[unit[k].id] for k in ("s1f1", "s1f2", "s2f1")] == ["done"] * 3
+    assert states[unit["s2f2"].id] == "failed", rundir.failure(unit["s2f2"].id)
+    assert backend.states(rundir)[unit["s2f1"].id] == base.FAILED  # the job it shared
+
+    broken.unlink()
+    capsys.readouterr()
+    launch(str(grid), cluster="packed", cluster_file=cluster, run_dir=run, wait=True)
+    assert "submitted 1 SLURM jobs for 1 units" in capsys.readouterr().out
+    runs = assert_grid_done_once(rundir, 1)
+    attempts = {k: rundir.submissions()[unit[k].id]["attempts"] for k in job}
+    assert attempts == {"s1f1": 1, "s1f2": 1, "s2f1": 1, "s2f2": 2}
+    assert runs[unit["s2f1"].id]["job_id"] == job["s2f1"]
+    assert len(jobs_of(unit["s1f1"].dataset, since)) == 3  # for 5 unit submissions

@@ -25,7 +25,14 @@ import pytest
 from fer_core.errors import FerError
 from orchestrator.backends import base
 from orchestrator.backends.slurm import SlurmBackend, job_name, submission_text
-from orchestrator.backends.slurm_jobs import STATE_MAP, normalise_state, raw_states
+from orchestrator.backends.slurm_jobs import (
+    STATE_MAP,
+    normalise_state,
+    raw_states,
+    run_tag,
+    tagged_jobs,
+)
+from orchestrator.backends.slurm_pack import plan_packs
 from orchestrator.dag import Unit, expand
 from orchestrator.grid import load_grid
 from orchestrator.launch import launch
@@ -188,7 +195,7 @@ def _fake_slurm_tools(monkeypatch, tmp_path: Path) -> None:
 
 
 def _normalised(text: str, rundir: RunDir) -> str:
-    text = text.replace(str(rundir.path), "RUN_DIR")
+    text = text.replace(str(rundir.path), "RUN_DIR").replace(run_tag(rundir.path), "RUN_TAG")
     return text.replace(sys.executable, "PYTHON")
 
 
@@ -340,7 +347,7 @@ def test_scancel_then_relaunch_resumes_and_preemption_requeues(tmp_path, cleanup
     assert [rundir.submissions()[u.id]["attempts"] for u in (stage1, stage2)] == [2, 2]
 
     # Preempt stage 2 (USR2, as SLURM signals before a time limit): submitit checkpoints and
-    # requeues the same job id. SLURM holds a requeued job for 120 s; release it at once.
+    # requeues the same job id. SLURM holds a requeued job for 120 s; release it sooner.
     wait_until(
         lambda: 2 <= epochs_done(rundir, stage2) < 6, 150, "stage 2 epoch 2", rundir, interval=0.2
     )
@@ -348,6 +355,9 @@ def test_scancel_then_relaunch_resumes_and_preemption_requeues(tmp_path, cleanup
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
     wait_until(lambda: "Restarts=1" in scontrol_job(job), 60, "the requeue", rundir)
     wait_until(lambda: "JobState=PENDING" in scontrol_job(job), 60, "the requeued job", rundir)
+    # Not within the second of the requeue: slurmd would refuse the job's credential as no
+    # newer than its revocation (whole seconds), and the job would fail.
+    time.sleep(1.5)
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
     wait_until(lambda: all_finished(backend, rundir), 150, "the requeued stage 2", rundir)
 
@@ -466,6 +476,48 @@ def test_relaunch_after_a_partial_launch_and_cancel_touch_only_this_run(tmp_path
         subprocess.run(["scancel", other], check=False)
 
 
+class _Killed(Exception):
+    """Stands for a SIGKILL of the launcher right after an sbatch, before its record."""
+
+
+@pytest.mark.slurm
+@needs_slurm
+def test_cancel_finds_a_job_a_killed_launch_did_not_record_and_only_in_its_run_dir(
+    tmp_path, cleanup, monkeypatch
+):
+    grid, cluster = write_study(tmp_path, "slurmorphan")
+    backend = SlurmBackend(load_profile("test", cluster))
+    runs: list[RunDir] = []
+    for name in ("run-a", "run-b"):  # one grid, so the same unit ids, in two run dirs
+        rundir = RunDir(tmp_path / name)
+        cleanup(rundir)
+        units = expand(load_grid(str(grid)), rundir.path)
+        rundir.claim("slurmorphan", grid)
+        rundir.write_dag(units)
+        with monkeypatch.context() as patch:
+            patch.setattr(RunDir, "record_submissions", _raise_killed)
+            with pytest.raises(_Killed):
+                backend.submit(rundir, units[:1], wait=False)
+        assert rundir.submissions() == {}
+        runs.append(rundir)
+    jobs = [list(tagged_jobs(rundir.path)) for rundir in runs]
+    assert len(jobs[0]) == len(jobs[1]) == 1 and jobs[0] != jobs[1]
+    try:
+        assert backend.cancel(runs[0]) == [units[0].id]
+        wait_until(
+            lambda: normalise_state(raw_states(jobs[0]).get(jobs[0][0], "")) == base.CANCELLED,
+            60,
+            "the unrecorded job to be cancelled",
+        )
+        assert normalise_state(raw_states(jobs[1])[jobs[1][0]]) in base.ACTIVE
+    finally:
+        assert backend.cancel(runs[1]) == [units[0].id]
+
+
+def _raise_killed(self, records):
+    raise _Killed(records)
+
+
 def test_a_dependency_neither_done_nor_queued_is_refused_before_any_sbatch(monkeypatch, tmp_path):
     _fake_slurm_tools(monkeypatch, tmp_path)  # sbatch exits 99: it must not even be called
     grid, _ = write_study(tmp_path, "orphan")
@@ -483,3 +535,95 @@ def test_job_name_is_safe_for_any_unit_name():
     unit = Unit(id="x", kind="prepare", name="ckplus/prepare", dataset="ckplus", deps=(), spec={})
     assert job_name(unit) == "fer-ckplus_prepare"
     assert re.fullmatch(r"[A-Za-z0-9_.-]+", job_name(unit))
+
+
+# --- packing (units_per_job), no cluster needed --------------------------------------------
+def _chain(n_folds: int) -> list[Unit]:
+    """prepare -> stage 1 per fold -> stage 2 per fold, in topological order."""
+    units = [Unit(id="p", kind="prepare", name="d/prepare", dataset="d", deps=(), spec={})]
+    for stage, parent in ((1, "p"), (2, "a")):
+        for fold in range(1, n_folds + 1):
+            deps = ("p",) if parent == "p" else (f"a{fold}",)
+            name = "ab"[stage - 1] + str(fold)
+            units.append(Unit(id=name, kind="train", name=name, dataset="d", deps=deps, spec={}))
+    return units
+
+
+def _plan(units: list[Unit], per_job: int, known: dict[str, str] | None = None):
+    return [
+        ([u.id for u in pack.units], list(pack.parents), list(pack.external))
+        for pack in plan_packs(units, per_job, known or {})
+    ]
+
+
+def test_packs_keep_the_children_of_one_pack_together_and_never_a_unit_with_its_parent():
+    assert _plan(_chain(4), 2) == [
+        (["p"], [], []),
+        (["a1", "a2"], [0], []),
+        (["a3", "a4"], [0], []),
+        (["b1", "b2"], [1], []),
+        (["b3", "b4"], [2], []),
+    ]
+    # Leftovers of groups that wait on different packs share a pack that waits on both.
+    assert _plan(_chain(3)[1:], 2, {"p": "41"}) == [
+        (["a1", "a2"], [], ["41"]),
+        (["a3"], [], ["41"]),
+        (["b1", "b2"], [0], []),
+        (["b3"], [1], []),
+    ]
+    assert _plan(_chain(3)[4:], 2, {"a1": "7", "a2": "7", "a3": "9"}) == [
+        (["b1", "b2"], [], ["7"]),
+        (["b3"], [], ["9"]),
+    ]
+    mixed = _chain(3)[1:4] + [_chain(3)[4], _chain(3)[6]]  # b1 and b3: different parent packs
+    assert _plan(mixed, 2, {"p": "41"})[-1] == (["b1", "b3"], [0, 1], [])
+
+
+def test_one_unit_per_job_keeps_the_submission_order():
+    units = _chain(2)
+    assert _plan(units, 1) == [
+        (["p"], [], []),
+        (["a1"], [0], []),
+        (["a2"], [0], []),
+        (["b1"], [1], []),
+        (["b2"], [2], []),
+    ]
+
+
+def test_units_per_job_must_be_a_positive_integer(tmp_path):
+    path = tmp_path / "cluster.yaml"
+    path.write_text(CLUSTER + "  units_per_job: 0\n")
+    with pytest.raises(FerError, match=r"test\.units_per_job: 0 must be an integer >= 1"):
+        load_profile("test", path)
+    path.write_text(CLUSTER + "  units_per_job: 3\n")
+    assert load_profile("test", path)["units_per_job"] == 3
+
+
+def test_a_pack_job_splits_the_cpus_and_is_tagged_with_its_run_and_units(monkeypatch, tmp_path):
+    _fake_slurm_tools(monkeypatch, tmp_path)
+    backend = SlurmBackend({"partition": "debug", "cpus_per_job": 8, "units_per_job": 3})
+    rundir = RunDir(tmp_path / "run")
+    units = _chain(3)[1:4]
+    text = submission_text(backend.pack_executor(rundir, units, ["41"]))
+    assert "--job-name=fer-pack3-a1" in text and "--cpus-per-task=8" in text
+    assert f"--comment={run_tag(rundir.path)}:a1,a2,a3" in text
+    assert str(rundir.path / "packs") in text and "--dependency=afterok:41" in text
+    assert backend.job_env(3)["OMP_NUM_THREADS"] == "2"
+    assert run_tag(tmp_path / "run") != run_tag(tmp_path / "other")  # same grid, other dir
+
+
+def test_a_pack_job_fails_for_a_failed_unit_and_keeps_its_siblings_results(tmp_path):
+    """PackJob outside SLURM: one unit already done (its worker returns at once), one whose
+    spec is missing (its worker exits 1 before it can record why)."""
+    from orchestrator.backends.slurm_jobs import PackJob
+
+    rundir = RunDir(tmp_path / "run")
+    done = Unit(id="done1", kind="prepare", name="d/prepare", dataset="d", deps=(), spec={})
+    rundir.write_dag([done])
+    rundir.store.write("prepare", done.id, [{"unit_id": done.id}])
+    with pytest.raises(FerError, match=r"1 of the 2 units of this job failed: missing1 "):
+        PackJob({"OMP_NUM_THREADS": "1"})(str(rundir.path), [done.id, "missing1"])
+    assert rundir.failure(done.id) is None and rundir.store.is_done(done.id, "prepare")
+    assert "exited with status 1" in rundir.failure("missing1")
+    log = next((rundir.unit_dir("missing1") / "slurm").glob("*_pack_log.out")).read_text()
+    assert "unit spec not found" in log
