@@ -5,7 +5,9 @@
 Small-data trainings (an FER epoch is ~1,000 images) leave a big GPU idle between kernels;
 running several units at once (Ray fractional GPUs; one SLURM GPU job running k units)
 fills it. For each k this starts k processes of the fast path (bench/throughput.py's
-`run_fast`) and samples `nvidia-smi` utilisation while they run. Needs a CUDA device.
+`run_fast`) and samples `nvidia-smi` utilisation while they run. `--device cpu` runs the
+same processes on the CPU (one thread each, no utilisation figure): the script's check on a
+machine without a GPU.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import time
 from pathlib import Path
 
 
-def _worker(backbone: str, size: int, batch: int, steps: int, queue) -> None:
+def _worker(backbone: str, size: int, batch: int, steps: int, device_name: str, queue) -> None:
     import torch
 
     from bench.throughput import run_fast, synthetic_crops
@@ -27,7 +29,9 @@ def _worker(backbone: str, size: int, batch: int, steps: int, queue) -> None:
     from fer_core.models import build_model
     from fer_core.train import autocast_dtype
 
-    device = torch.device("cuda")
+    device = torch.device(device_name)
+    if device.type == "cpu":
+        torch.set_num_threads(1)
     model = build_model(backbone, 7).to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     images, labels = synthetic_crops(512, size, 7)
@@ -68,6 +72,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--packs", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--device", default="cuda")
     parser.add_argument("--json")
     args = parser.parse_args()
     ctx = mp.get_context("spawn")
@@ -76,7 +81,8 @@ def main() -> None:
         queue = ctx.Queue()
         procs = [
             ctx.Process(
-                target=_worker, args=(args.backbone, args.size, args.batch, args.steps, queue)
+                target=_worker,
+                args=(args.backbone, args.size, args.batch, args.steps, args.device, queue),
             )
             for _ in range(k)
         ]
@@ -86,10 +92,13 @@ def main() -> None:
         for p in procs:
             p.start()
         time.sleep(5)  # model build + warm-up before sampling
-        sampler.start()
+        on_gpu = args.device.startswith("cuda")
+        if on_gpu:
+            sampler.start()
         rates = [queue.get() for _ in procs]
         stop.set()
-        sampler.join()
+        if on_gpu:
+            sampler.join()
         for p in procs:
             p.join()
         util = sum(samples) / len(samples) if samples else float("nan")
