@@ -1,8 +1,12 @@
-"""Shared fixtures: a small synthetic CK+ twin and its prepared face crops, built once."""
+"""Shared fixtures: a small synthetic CK+ twin and its prepared face crops, built once; the small
+grid and the cluster profiles the backend tests launch with; a local Ray that a module's
+in-process launches and searches share."""
 
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,22 +52,123 @@ def write_grid(path: Path, body: str) -> Path:
     return path
 
 
-SMALL_GRID = """
-name: small
+# --- a small grid ------------------------------------------------------------------------------
+GRID_TEMPLATE = """
+name: {name}
 seed: 0
-folds: [1]
+folds: {folds}
 datasets:
-  ckplus:
+  {dataset}:
     kind: ckplus
-    synthetic: true
-    image_size: [96, 72]
-    crop_size: 32
+{source}
+    crop_size: {crop}
     detector: center
-    focal: {alpha: 0.25, gamma: 0.0}
+    focal: {{alpha: 0.25, gamma: 0.0}}
 backbones:
-  tiny: {weights: none, input_size: 32}
+  tiny: {{weights: none, input_size: {crop}}}
 experiments:
   - backbones: [tiny]
-    strategies: [ce, "ce>focal"]
-train: {epochs: 2, lr_step_epoch: 1, batch_size: 32}
+    strategies: {strategies}
+train: {train}
 """
+
+
+def small_grid(
+    name: str = "small",
+    folds: str = "[1]",
+    strategies: str = '[ce, "ce>focal"]',
+    root: Path | None = None,
+    image_size: tuple[int, int] = (96, 72),
+    crop: int = 32,
+    dataset: str = "ckplus",
+    epochs: int = 2,
+    **train: object,
+) -> str:
+    """The text of a small grid on CK+ (tiny CNN): the twin at `root`, or, without one, the
+    synthetic twin its prepare unit writes at `image_size`. Kept as text, not dumped YAML, so
+    that tests can edit it by string replacement."""
+    if root is None:
+        source = f"    synthetic: true\n    image_size: [{image_size[0]}, {image_size[1]}]"
+    else:
+        source = f"    root: {root}"
+    settings = {"epochs": epochs, "lr_step_epoch": max(1, epochs - 1), "batch_size": 32, **train}
+    return GRID_TEMPLATE.format(
+        name=name,
+        folds=folds,
+        dataset=dataset,
+        source=source,
+        crop=crop,
+        strategies=strategies,
+        train="{" + ", ".join(f"{k}: {v}" for k, v in settings.items()) + "}",
+    )
+
+
+SMALL_GRID = small_grid()
+
+
+# --- cluster profiles and a shared local Ray ---------------------------------------------------
+CLUSTER = """
+local:
+  backend: local
+  jobs: 2
+  threads_per_job: 1
+ray:
+  backend: ray
+  address: null
+  num_cpus: 2
+  cpus_per_trial: 1
+  gpus_per_trial: 0
+  connect_timeout_s: 5
+dead:
+  backend: ray
+  address: "127.0.0.1:1"
+  connect_timeout_s: 5
+slurm:
+  backend: slurm
+  partition: gpu
+  gpus_per_job: 4
+  cpus_per_job: 16
+  time_min: 120
+  setup: ["module load cuda/12.4"]
+"""
+
+
+@pytest.fixture(scope="session")
+def cluster_file(tmp_path_factory) -> Path:
+    """CLUSTER as a cluster.yaml: the tests' own profiles, whatever the shipped file says."""
+    path = tmp_path_factory.mktemp("cluster") / "cluster.yaml"
+    path.write_text(CLUSTER)
+    return path
+
+
+def ray_running() -> bool:
+    """Whether this process is connected to a Ray (without importing Ray to find out)."""
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
+@pytest.fixture(scope="module")
+def local_ray(cluster_file) -> Iterator[dict[str, float]]:
+    """A local Ray (the `ray` profile) in this process for the rest of the module.
+
+    `ray_session` reuses a Ray its process already runs, so each in-process launch or search
+    of the module skips starting and stopping its own (~6 s on 2 cores). Started by
+    `ray_session` itself: the teardown checks that it shuts down the Ray it started.
+    """
+    from orchestrator.backends.ray_cluster import RaySettings, ray_session
+    from orchestrator.profiles import load_profile
+
+    assert not ray_running(), "a Ray was left running before this module's"
+    settings = RaySettings.from_profile(load_profile("ray", cluster_file))
+    with ray_session(settings) as resources:
+        yield resources
+    assert not ray_running(), "ray_session did not shut down the Ray it started"
+
+
+@pytest.fixture
+def ray_left_as_found() -> Iterator[None]:
+    """A test leaves Ray in this process as it found it: it starts none that outlives it, and
+    it does not shut down the module's shared one (ray_session stops only what it started)."""
+    before = ray_running()
+    yield
+    assert ray_running() == before

@@ -17,51 +17,14 @@ import pytest
 
 from orchestrator.dag import Unit
 from orchestrator.rundir import RunDir
+from tests.conftest import REPO, small_grid
 
-REPO = Path(__file__).resolve().parents[2]
 CROP = 48  # slow enough (~1 s/epoch on a CPU core) to catch a unit mid-run, fast to finish
 
-STUDY_GRID = """
-name: {name}
-seed: 0
-folds: {folds}
-datasets:
-  {dataset}:
-    kind: ckplus
-    root: {root}
-    crop_size: {crop}
-    detector: center
-    focal: {{alpha: 0.25, gamma: 0.0}}
-backbones:
-  tiny: {{weights: none, input_size: {crop}}}
-experiments:
-  - backbones: [tiny]
-    strategies: {strategies}
-train: {train}
-"""
 
-
-def study_grid(
-    root: Path,
-    strategies: str = "[ce]",
-    epochs: int = 2,
-    name: str = "faults",
-    folds: str = "[1]",
-    dataset: str = "ckplus",
-    **train: Any,
-) -> str:
-    """The text of a small grid on the twin at `root` (one fold, tiny CNN)."""
-    settings = {"epochs": epochs, "lr_step_epoch": max(1, epochs - 1), "batch_size": 32, **train}
-    body = "{" + ", ".join(f"{k}: {v}" for k, v in settings.items()) + "}"
-    return STUDY_GRID.format(
-        name=name,
-        folds=folds,
-        root=root,
-        crop=CROP,
-        strategies=strategies,
-        train=body,
-        dataset=dataset,
-    )
+def study_grid(root: Path, strategies: str = "[ce]", name: str = "faults", **kwargs: Any) -> str:
+    """The text of a small grid on the twin at `root` (one fold, tiny CNN at CROP px)."""
+    return small_grid(name=name, strategies=strategies, root=root, crop=CROP, **kwargs)
 
 
 def roles(units: list[Unit]) -> dict[str, Unit]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -14,20 +15,18 @@ from pathlib import Path
 import pytest
 
 from orchestrator.rundir import RunDir
-from tests.faults.common import Background, assert_grid_done_once, epochs_done, roles, wait_until
+from tests.faults.common import (
+    Background,
+    assert_grid_done_once,
+    epochs_done,
+    roles,
+    study_grid,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-CLUSTER = """
-ray:
-  backend: ray
-  address: null
-  num_cpus: 2
-  cpus_per_trial: 1
-  gpus_per_trial: 0
-  connect_timeout_s: 30
-"""
-EPOCHS = 8
+EPOCHS = 6  # the kill lands after epoch 2, with epochs left to resume
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
@@ -74,21 +73,15 @@ def _host(local: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def killed_trial_run(prepared_template, twin_root, tmp_path_factory):
-    """A Ray launch of one 8-epoch unit whose trial process is SIGKILLed after epoch 2."""
-    import shutil
-
-    from tests.faults.common import study_grid
-
+def killed_trial_run(prepared_template, twin_root, cluster_file, tmp_path_factory):
+    """A Ray launch of one EPOCHS-epoch unit whose trial process is SIGKILLed after epoch 2."""
     tmp = tmp_path_factory.mktemp("ray-faults")
     grid = tmp / "grid.yaml"
-    grid.write_text(study_grid(twin_root, strategies="[ce]", epochs=EPOCHS))
-    cluster = tmp / "cluster.yaml"
-    cluster.write_text(CLUSTER)
+    grid.write_text(study_grid(twin_root, epochs=EPOCHS))
     run = tmp / "run"
     shutil.copytree(prepared_template / "data", run / "data")
     shutil.copytree(prepared_template / "store" / "prepare", run / "store" / "prepare")
-    args = ("launch", "--grid", grid, "--cluster", "ray", "--cluster-file", cluster)
+    args = ("launch", "--grid", grid, "--cluster", "ray", "--cluster-file", cluster_file)
     launcher = Background(*args, "--run-dir", run, cwd=tmp, name="ray")
     rundir = RunDir(run)
     facts: dict = {}

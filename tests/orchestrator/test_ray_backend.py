@@ -1,8 +1,9 @@
 """The Ray backend on a real local Ray (2 CPUs): waves, rows, resume, failures, connect errors.
 
-`test_grid_*` train the small grid for real through `launch(..., cluster="ray")`. The
-failure tests swap `orchestrator.worker.run` for a scripted fake (no training), so they can
-make a unit raise, or kill its trial process once, cheaply.
+`test_grid_*` train a one-fold grid for real through `launch --cluster ray` (the CLI, with a
+local Ray of its own). The failure tests swap `orchestrator.worker.run` for a scripted fake (no
+training), so they can make a unit raise, or kill its trial process once, cheaply; they share
+the module's local Ray (`local_ray`) and run while the grid trains in the background.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,56 +32,30 @@ from orchestrator.grid import load_grid
 from orchestrator.launch import launch
 from orchestrator.rundir import RunDir
 from orchestrator.status import status_rows
+from tests.conftest import ray_running, small_grid
+from tests.faults.common import Background, assert_grid_done_once
 
-REPO = Path(__file__).resolve().parents[2]
-GRID = """
-name: raysmall
-seed: 0
-folds: [1, 2]
-datasets:
-  ckplus:
-    kind: ckplus
-    synthetic: true
-    image_size: [64, 48]
-    crop_size: 32
-    detector: center
-    focal: {alpha: 0.25, gamma: 0.0}
-backbones:
-  tiny: {weights: none, input_size: 32}
-experiments:
-  - backbones: [tiny]
-    strategies: [ce, "ce>focal", focal]
-train: {epochs: 2, lr_step_epoch: 1, batch_size: 32}
-"""
+pytestmark = pytest.mark.usefixtures("ray_left_as_found")
+
+# Stage 1 twice and stage 2 once per fold: three waves, two trials at once in the second.
+GRID = small_grid(
+    name="raysmall", folds="[1, 2]", strategies='[ce, "ce>focal", focal]', image_size=(64, 48)
+)
+TRAINED_GRID = GRID.replace("folds: [1, 2]", "folds: [1]")  # the one trained for real
 EPOCHS = 2
-CLUSTER = """
-ray:
-  backend: ray
-  address: null
-  num_cpus: 2
-  cpus_per_trial: 1
-  gpus_per_trial: 0
-  connect_timeout_s: 5
-dead:
-  backend: ray
-  address: "127.0.0.1:1"
-  connect_timeout_s: 5
-"""
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory) -> tuple[Path, Path]:
-    tmp = tmp_path_factory.mktemp("rayfiles")
-    (tmp / "grid.yaml").write_text(GRID)
-    (tmp / "cluster.yaml").write_text(CLUSTER)
-    return tmp / "grid.yaml", tmp / "cluster.yaml"
+def grid(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("raygrid") / "grid.yaml"
+    path.write_text(GRID)
+    return path
 
 
 # --- no Ray needed -------------------------------------------------------------------------
 
 
-def test_waves_follow_the_dag(files, tmp_path):
-    grid, _ = files
+def test_waves_follow_the_dag(grid, tmp_path):
     units = expand(load_grid(str(grid)), tmp_path)
     waves = wave_numbers(units)
     by_wave = {
@@ -103,11 +79,11 @@ def test_the_launcher_record_reports_its_units_only_while_it_lives(tmp_path):
     assert backend.states(rundir) == {}  # pid 1 is alive, but it is not the launcher
 
 
-def test_an_unreachable_address_fails_fast_naming_it(files, tmp_path):
-    grid, cluster = files
+def test_an_unreachable_address_fails_fast_naming_it(grid, cluster_file, tmp_path):
+    assert not ray_running()  # else launch would reuse that Ray and never try the address
     started = time.monotonic()
     with pytest.raises(FerError, match=r"127\.0\.0\.1:1"):
-        launch(str(grid), cluster="dead", cluster_file=cluster, run_dir=tmp_path / "run")
+        launch(str(grid), cluster="dead", cluster_file=cluster_file, run_dir=tmp_path / "run")
     assert time.monotonic() - started < 5 + 5
 
 
@@ -162,64 +138,6 @@ def test_the_slurm_sbatch_starts_a_head_then_workers_then_launches():
         render_ray_sbatch("paper", "/x", nodes=0)
 
 
-# --- a real local Ray, real training --------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def finished_run(files, tmp_path_factory):
-    grid, cluster = files
-    run_dir = tmp_path_factory.mktemp("rayrun") / "run"
-    started = time.monotonic()
-    rundir = launch(str(grid), cluster="ray", cluster_file=cluster, run_dir=run_dir)
-    return rundir, time.monotonic() - started
-
-
-@pytest.mark.ray
-@pytest.mark.slow
-def test_grid_every_unit_trains_once_with_the_right_rows(finished_run):
-    rundir, _ = finished_run
-    units = rundir.read_dag()
-    train = [u for u in units if u.kind == "train"]
-    assert len(train) == 6  # 2 folds x (ce, focal, ce>focal stage 2)
-    runs = rundir.store.read("runs").to_pylist()
-    assert sorted(r["unit_id"] for r in runs) == sorted(u.id for u in train)
-    assert {r["scheduler"] for r in runs} == {"ray"}
-    epochs = rundir.store.read("epochs").to_pylist()
-    assert len(epochs) == 6 * EPOCHS  # no unit trained twice
-    predictions = rundir.store.read("predictions").to_pylist()
-    test_images = {r["fold"]: r["n_test"] for r in runs}
-    assert len(predictions) == sum(test_images[r["fold"]] for r in runs)
-    submissions = rundir.submissions()
-    assert {s["attempts"] for s in submissions.values()} == {1}
-    assert {s["backend"] for s in submissions.values()} == {"ray"}
-    assert len(submissions) == len(units)
-
-
-@pytest.mark.ray
-@pytest.mark.slow
-def test_grid_stage_2_starts_from_its_stage_1_checkpoint(finished_run):
-    rundir, _ = finished_run
-    runs = {r["unit_id"]: r for r in rundir.store.read("runs").to_pylist()}
-    stage2 = [r for r in runs.values() if r["stage"] == 2]
-    assert len(stage2) == 2
-    for row in stage2:
-        assert row["parent_id"] in runs and runs[row["parent_id"]]["stage"] == 1
-        assert row["parent_weights_sha"] == row["start_weights_sha"]
-
-
-@pytest.mark.ray
-@pytest.mark.slow
-def test_grid_relaunch_is_a_no_op(finished_run, files):
-    grid, cluster = files
-    rundir, _ = finished_run
-    before = {p: p.stat().st_mtime_ns for p in rundir.store.files("runs")}
-    out = io.StringIO()
-    launch(str(grid), cluster="ray", cluster_file=cluster, run_dir=rundir.path, out=out)
-    assert "nothing to submit" in out.getvalue()
-    assert {p: p.stat().st_mtime_ns for p in rundir.store.files("runs")} == before
-    assert RayBackend({"backend": "ray"}).states(rundir) == {}
-
-
 # --- a real local Ray, a scripted fake worker ---------------------------------------------------
 
 FAKE_WORKER = '''
@@ -260,8 +178,9 @@ def fake_run(run_dir, unit_id):
 
 
 @pytest.fixture(scope="module")
-def fake_worker(tmp_path_factory):
-    """The fake worker as an importable module, pickled by value into Ray's workers."""
+def fake_worker(grid_launch, tmp_path_factory):
+    """The fake worker as an importable module, pickled by value into Ray's workers (while
+    the real grid trains: see grid_launch)."""
     folder = tmp_path_factory.mktemp("fakeworker")
     (folder / "ray_fake_worker.py").write_text(FAKE_WORKER)
     sys.path.insert(0, str(folder))
@@ -275,17 +194,9 @@ def fake_worker(tmp_path_factory):
         sys.path.remove(str(folder))
 
 
-@pytest.fixture(scope="module")
-def shared_ray():
-    """One local Ray for the fake-worker tests (submit reuses a Ray it did not start)."""
-    from orchestrator.backends.ray_cluster import ray_session
-
-    with ray_session(RaySettings(num_cpus=2)) as resources:
-        yield resources
-
-
-def _fake_rundir(files, path: Path, script: dict, prepared: bool = False) -> tuple[RunDir, list]:
-    grid, _ = files
+def _fake_rundir(
+    grid: Path, path: Path, script: dict, prepared: bool = False
+) -> tuple[RunDir, list]:
     rundir = RunDir(path)
     rundir.claim("raysmall", grid)
     units = expand(load_grid(str(grid)), rundir.path)
@@ -302,17 +213,25 @@ def _counts(rundir: RunDir, units: list) -> dict[str, int]:
     return {u.name: invocations.count(u.id) for u in units}
 
 
-# reuse_actors: one trial process per CPU per wave, not one per unit (~3.5 s each here).
-PROFILE = {"backend": "ray", "cpus_per_trial": 1, "gpus_per_trial": 0, "reuse_actors": True}
+# reuse_actors: one trial process per CPU per wave, not one per unit (~3.5 s each here);
+# max_failures 1: a trial that dies every time is retried once, then failed; the default (2)
+# would show the same for one more trial process start.
+PROFILE = {
+    "backend": "ray",
+    "cpus_per_trial": 1,
+    "gpus_per_trial": 0,
+    "reuse_actors": True,
+    "max_failures": 1,
+}
 
 
 @pytest.mark.ray
 def test_failures_block_dependants_and_a_dead_trial_is_retried(
-    files, fake_worker, shared_ray, tmp_path
+    grid, fake_worker, local_ray, tmp_path
 ):
     _, fake_run = fake_worker
     rundir, units = _fake_rundir(
-        files,
+        grid,
         tmp_path / "run",
         {
             "raise": ["ckplus/f01/tiny/ce"],
@@ -334,9 +253,9 @@ def test_failures_block_dependants_and_a_dead_trial_is_retried(
     assert counts["ckplus/f01/tiny/ce"] == 1  # a unit that raised is not run again
     assert counts["ckplus/f02/tiny/ce"] == 2  # a trial whose process died is
     assert counts["ckplus/f01/tiny/ce>focal"] == 0  # blocked: never submitted
-    assert counts["ckplus/f02/tiny/focal"] == 1 + 2  # max_failures (default 2) retries
+    assert counts["ckplus/f02/tiny/focal"] == 1 + PROFILE["max_failures"]  # then it failed
     assert counts["ckplus/prepare"] == 0  # done before: never submitted
-    assert sum(counts.values()) == 6 - 1 + 1 + 2
+    assert sum(counts.values()) == 6 - 1 + 1 + PROFILE["max_failures"]
     by_id = {u.id: u.name for u in units}
     assert "ckplus/f01/tiny/ce>focal" not in {by_id[u] for u in rundir.submissions()}
     assert RayBackend(PROFILE).states(rundir) == {}
@@ -344,11 +263,11 @@ def test_failures_block_dependants_and_a_dead_trial_is_retried(
 
 @pytest.mark.ray
 def test_cancel_stops_a_running_launch_and_a_relaunch_resumes(
-    files, fake_worker, shared_ray, tmp_path
+    grid, fake_worker, local_ray, tmp_path
 ):
     _, fake_run = fake_worker
     slow = {"ckplus/f01/tiny/ce": 120, "ckplus/f02/tiny/ce": 120}
-    rundir, units = _fake_rundir(files, tmp_path / "run", {"sleep": slow}, prepared=True)
+    rundir, units = _fake_rundir(grid, tmp_path / "run", {"sleep": slow}, prepared=True)
     todo = [u for u in units if u.kind == "train"]
     stage2 = {u.id for u in todo if u.stage == 2}
     backend = RayBackend(PROFILE)
@@ -385,10 +304,64 @@ def test_cancel_stops_a_running_launch_and_a_relaunch_resumes(
     assert all(n <= 2 for n in _counts(rundir, units).values())
 
 
-@pytest.fixture(autouse=True)
-def _no_stray_ray(request):
-    """A test leaves no Ray of its own behind (the shared one ends with the module)."""
-    yield
-    ray = sys.modules.get("ray")
-    if "shared_ray" not in request.fixturenames:
-        assert ray is None or not ray.is_initialized()
+# --- a real local Ray, real training --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def grid_launch(cluster_file, tmp_path_factory) -> Iterator[tuple[Background, Path, Path]]:
+    """(the launcher, grid, run dir) of the one-fold grid launched on Ray by the CLI, as a user
+    does (with a local Ray of its own), in the background: the fake-worker tests run meanwhile
+    (`fake_worker` asks for it), as the 2 cores do both faster than one after the other."""
+    tmp = tmp_path_factory.mktemp("rayrun")
+    grid, run = tmp / "grid.yaml", tmp / "run"
+    grid.write_text(TRAINED_GRID)
+    args = ("launch", "--grid", grid, "--cluster", "ray", "--cluster-file", cluster_file)
+    launcher = Background(*args, "--run-dir", run, cwd=tmp, name="launch")
+    try:
+        yield launcher, grid, run
+    finally:
+        launcher.kill_group()  # a no-op once it has ended
+
+
+@pytest.fixture(scope="module")
+def finished_run(grid_launch) -> tuple[Path, RunDir]:
+    launcher, grid, run = grid_launch
+    assert launcher.wait(600) == 0, launcher.output()
+    return grid, RunDir(run)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_grid_every_unit_trains_once_with_the_right_rows(finished_run):
+    _, rundir = finished_run
+    units = rundir.read_dag()
+    assert len([u for u in units if u.kind == "train"]) == 3  # ce, focal, ce>focal stage 2
+    runs = assert_grid_done_once(rundir, EPOCHS).values()
+    assert {r["scheduler"] for r in runs} == {"ray"}
+    submissions = rundir.submissions()
+    assert {s["attempts"] for s in submissions.values()} == {1}
+    assert {s["backend"] for s in submissions.values()} == {"ray"}
+    assert len(submissions) == len(units)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_grid_stage_2_starts_from_its_stage_1_checkpoint(finished_run):
+    _, rundir = finished_run
+    runs = {r["unit_id"]: r for r in rundir.store.read("runs").to_pylist()}
+    (row,) = [r for r in runs.values() if r["stage"] == 2]
+    parent = runs[row["parent_id"]]
+    assert (parent["stage"], parent["strategy"], parent["fold"]) == (1, "ce", row["fold"])
+    assert row["parent_weights_sha"] == row["start_weights_sha"]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_grid_relaunch_is_a_no_op(finished_run, cluster_file):
+    grid, rundir = finished_run
+    before = {p: p.stat().st_mtime_ns for p in rundir.store.files("runs")}
+    out = io.StringIO()
+    launch(str(grid), cluster="ray", cluster_file=cluster_file, run_dir=rundir.path, out=out)
+    assert "nothing to submit" in out.getvalue()
+    assert {p: p.stat().st_mtime_ns for p in rundir.store.files("runs")} == before
+    assert RayBackend({"backend": "ray"}).states(rundir) == {}

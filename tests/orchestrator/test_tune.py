@@ -1,12 +1,15 @@
 """`tune`: the α/γ search with nested selection, on a real local Ray (2 CPUs).
 
 Two real searches on copies of the small CK+ twin share the work of the slow tests:
-- A: a plain search, in this process;
-- B: the same search on a copy whose test-fold labels are permuted, interrupted (SIGINT)
-  after its first trial finished and then resumed.
+- A: a plain search, in this process, on the module's local Ray (`local_ray`);
+- B: the same search on a copy whose test-fold labels are permuted, run by the CLI (with a
+  local Ray of its own) and interrupted (SIGINT) after its first trial finished, then resumed
+  in this process. Its first run goes on in the background while A runs: the two fill the
+  2 cores better than one after the other.
 A and B must choose the same α/γ with identical trial metrics (the test folds never reach the
 search) and B's resume must run only the trials that had not finished. Trials run one at a time
-(search.max_concurrent: 1) so that ASHA's decisions do not depend on timing.
+(search.max_concurrent: 1) so that ASHA's decisions do not depend on timing, nor on B sharing
+the machine with A.
 The bad-input tests need no Ray.
 """
 
@@ -17,9 +20,9 @@ import math
 import os
 import shutil
 import signal
-import subprocess
-import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,12 +30,16 @@ import yaml
 
 from fer_core.errors import FerError
 from orchestrator.cli import main as cli_main
+from orchestrator.profiles import load_profile
 from orchestrator.query import run_query
 from orchestrator.rundir import RunDir
 from orchestrator.tune import choose
 from orchestrator.tune_slurm import render_tune_sbatch
 from orchestrator.tune_space import load_tune
-from tests.conftest import REPO
+from tests.conftest import REPO, ray_running
+from tests.faults.common import Background, cli
+
+pytestmark = pytest.mark.usefixtures("ray_left_as_found")
 
 TEST_FOLDS = [1]
 SEARCH_FOLDS = 2
@@ -60,30 +67,6 @@ GRID = {
         "seed": 0,
     },
 }
-CLUSTER = """
-local:
-  backend: local
-  jobs: 2
-  threads_per_job: 1
-ray:
-  backend: ray
-  address: null
-  num_cpus: 2
-  cpus_per_trial: 1
-  gpus_per_trial: 0
-  connect_timeout_s: 5
-dead:
-  backend: ray
-  address: "127.0.0.1:1"
-  connect_timeout_s: 5
-slurm:
-  backend: slurm
-  partition: gpu
-  gpus_per_job: 4
-  cpus_per_job: 16
-  time_min: 120
-  setup: ["module load cuda/12.4"]
-"""
 
 
 def _write_grid(path: Path, **search_changes) -> Path:
@@ -95,10 +78,8 @@ def _write_grid(path: Path, **search_changes) -> Path:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("tunefiles")
-    (folder / "cluster.yaml").write_text(CLUSTER)
-    return _write_grid(folder / "grid.yaml"), folder / "cluster.yaml"
+def grid(tmp_path_factory) -> Path:
+    return _write_grid(tmp_path_factory.mktemp("tunegrid") / "grid.yaml")
 
 
 def _args(grid: Path, cluster_file: Path, run_dir: Path, root: Path | None = None, **kw):
@@ -170,20 +151,8 @@ def test_the_shipped_tune_grid_is_valid():
     assert spec.budget == spec.stage2_config()["epochs"] * len(spec.search_folds)
 
 
-def _cli(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator", *argv],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-
-
-def test_samples_zero_is_one_line_error(files, tmp_path):
-    grid, cluster = files
-    result = _cli(*_args(grid, cluster, tmp_path / "run", samples=0))
+def test_samples_zero_is_one_line_error(grid, cluster_file, tmp_path):
+    result = cli(*_args(grid, cluster_file, tmp_path / "run", samples=0), cwd=REPO)
     assert result.returncode == 2
     assert result.stderr.strip() == "error: --samples: 0 must be a positive integer (trials to run)"
     assert not (tmp_path / "run").exists()
@@ -209,21 +178,18 @@ def test_grid_search_runs_every_point_once_and_takes_no_samples(tmp_path):
         load_tune(str(path), samples=5)
 
 
-def test_a_dead_ray_address_fails_fast_naming_it(files, tmp_path, capsys):
-    grid, cluster = files
+def test_a_dead_ray_address_fails_fast_naming_it(grid, cluster_file, tmp_path, capsys):
+    assert not ray_running()  # else tune would reuse that Ray and never try the address
     started = time.monotonic()
-    code = cli_main(_args(grid, cluster, tmp_path / "run", cluster="dead"))
+    code = cli_main(_args(grid, cluster_file, tmp_path / "run", cluster="dead"))
     assert code == 2
     assert "127.0.0.1:1" in capsys.readouterr().err
     assert time.monotonic() - started < 5 + 5
-    ray = sys.modules.get("ray")
-    assert ray is None or not ray.is_initialized()
 
 
-def test_slurm_renders_a_ray_cluster_script_that_runs_tune(files, tmp_path):
-    grid, cluster = files
+def test_slurm_renders_a_ray_cluster_script_that_runs_tune(grid, cluster_file, tmp_path):
     spec = load_tune(str(grid))
-    profile = yaml.safe_load(CLUSTER)["slurm"]
+    profile = load_profile("slurm", cluster_file)
     text = render_tune_sbatch(
         spec,
         tmp_path / "run",
@@ -242,28 +208,14 @@ def test_slurm_renders_a_ray_cluster_script_that_runs_tune(files, tmp_path):
     assert "--cluster ray" in command[1] and "--samples 6 --data ckplus=/data/CK+" in command[1]
 
 
-def test_slurm_submits_the_script_with_sbatch(files, tmp_path):
-    grid, cluster = files
+def test_slurm_submits_the_script_with_sbatch(grid, cluster_file, tmp_path, monkeypatch, capsys):
     fake = tmp_path / "bin"
     fake.mkdir()
     (fake / "sbatch").write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/args"\necho 4242\n')
     (fake / "sbatch").chmod(0o755)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{fake}:{os.environ['PATH']}"}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "orchestrator",
-            *_args(grid, cluster, tmp_path / "run", cluster="slurm", nodes=2),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "submitted SLURM job 4242" in result.stdout
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    assert cli_main(_args(grid, cluster_file, tmp_path / "run", cluster="slurm", nodes=2)) == 0
+    assert "submitted SLURM job 4242" in capsys.readouterr().out
     script = tmp_path / "run" / "tune" / "ray-slurm.sbatch"
     assert (fake / "args").read_text().split() == ["--parsable", str(script)]
     assert "#SBATCH --nodes=2" in script.read_text()
@@ -310,41 +262,58 @@ def roots(twin_root, tmp_path_factory) -> tuple[Path, Path]:
     return plain, permuted
 
 
+def _interrupt_after_first_trial(search: Background, rows: Path, finished: set[str]) -> None:
+    """SIGINT to the `tune` driver once a trial's row has landed (the driver only, as Tune's
+    own handler stops its trials); `finished` gets the trials done by then."""
+    while search.process.poll() is None:
+        finished.update(p.stem for p in rows.glob("*.parquet"))
+        if finished:
+            search.process.send_signal(signal.SIGINT)
+            return
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
-def search_a(files, roots, tmp_path_factory) -> RunDir:
-    grid, cluster = files
+def search_b_started(
+    grid, cluster_file, roots, tmp_path_factory
+) -> Iterator[tuple[Background, Path, threading.Thread, set[str]]]:
+    """B's first run, in the background: (the CLI process, its run dir, the thread that
+    interrupts it, the trials finished before the interrupt)."""
+    folder = tmp_path_factory.mktemp("tuneB")
+    run_dir = folder / "run"
+    search = Background(*_args(grid, cluster_file, run_dir, roots[1]), cwd=folder, name="tune")
+    finished: set[str] = set()
+    rows = run_dir / "store" / "trials"
+    watcher = threading.Thread(target=_interrupt_after_first_trial, args=(search, rows, finished))
+    watcher.start()
+    try:
+        yield search, run_dir, watcher, finished
+    finally:
+        search.kill_group()  # a no-op once it has ended; else it and its Ray go
+        watcher.join()
+
+
+@pytest.fixture(scope="module")
+def search_a(search_b_started, local_ray, grid, cluster_file, roots, tmp_path_factory) -> RunDir:
+    """A, while B's first run goes on (hence `search_b_started`)."""
     run_dir = tmp_path_factory.mktemp("tuneA") / "run"
-    assert cli_main(_args(grid, cluster, run_dir, roots[0])) == 0
+    assert cli_main(_args(grid, cluster_file, run_dir, roots[0])) == 0
     return RunDir(run_dir)
 
 
 @pytest.fixture(scope="module")
-def search_b(files, roots, tmp_path_factory) -> tuple[RunDir, set[str], str]:
-    """B: interrupted once its first trial has finished, then resumed."""
-    grid, cluster = files
-    run_dir = tmp_path_factory.mktemp("tuneB") / "run"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", *_args(grid, cluster, run_dir, roots[1])],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    rows = run_dir / "store" / "trials"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and process.poll() is None:
-        if rows.is_dir() and any(rows.glob("*.parquet")):
-            break
-        time.sleep(0.1)
-    finished_before = {p.stem for p in rows.glob("*.parquet")}
-    process.send_signal(signal.SIGINT)  # the driver only: its trials are stopped by Tune
-    out, _ = process.communicate(timeout=300)
-    assert process.returncode == 2, out
+def search_b(search_b_started, local_ray, grid, cluster_file, roots) -> tuple[RunDir, set[str]]:
+    """B: interrupted once its first trial had finished, then resumed here."""
+    search, run_dir, watcher, finished = search_b_started
+    code = search.wait(600)
+    watcher.join()
+    out = search.output()
+    assert code == 2, out
     assert "interrupted" in out and "run `tune` again" in out, out
+    assert finished, out
     assert not (run_dir / "tune" / "choice.json").exists()
-    assert cli_main(_args(grid, cluster, run_dir, roots[1])) == 0
-    return RunDir(run_dir), finished_before, out
+    assert cli_main(_args(grid, cluster_file, run_dir, roots[1])) == 0
+    return RunDir(run_dir), finished
 
 
 def _trials(rundir: RunDir) -> list[dict]:
@@ -423,7 +392,7 @@ def test_the_search_never_sees_the_test_folds(search_a):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_permuted_test_labels_change_nothing_in_the_search(search_a, search_b):
-    rundir_b, _, _ = search_b
+    rundir_b, _ = search_b
 
     def key(row):
         return (row["alpha"], round(row["gamma"], 9))
@@ -454,7 +423,7 @@ def test_permuted_test_labels_change_nothing_in_the_search(search_a, search_b):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_resume_after_an_interrupt_runs_only_unfinished_trials(search_b):
-    rundir, finished_before, _ = search_b
+    rundir, finished_before = search_b
     experiment = _choice(rundir)["experiment"]
     lines = (rundir.path / "tune" / experiment / "invocations.jsonl").read_text().splitlines()
     starts: dict[str, int] = {}
@@ -469,12 +438,11 @@ def test_resume_after_an_interrupt_runs_only_unfinished_trials(search_b):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_tune_again_on_a_finished_run_dir_trains_nothing(search_a, files, roots):
-    grid, cluster = files
+def test_tune_again_on_a_finished_run_dir_trains_nothing(search_a, grid, cluster_file, roots):
     stamps = {p: p.stat().st_mtime_ns for p in search_a.store.files("runs")}
     experiment = _choice(search_a)["experiment"]
     starts = (search_a.path / "tune" / experiment / "invocations.jsonl").read_text()
-    assert cli_main(_args(grid, cluster, search_a.path, roots[0])) == 0
+    assert cli_main(_args(grid, cluster_file, search_a.path, roots[0])) == 0
     assert {p: p.stat().st_mtime_ns for p in search_a.store.files("runs")} == stamps
     assert (search_a.path / "tune" / experiment / "invocations.jsonl").read_text() == starts
 
@@ -497,10 +465,3 @@ def test_no_search_no_section(tmp_path):
     from orchestrator.report_tune import tune_section
 
     assert tune_section(tmp_path, tmp_path) == ""
-
-
-@pytest.fixture(autouse=True)
-def _no_stray_ray():
-    yield
-    ray = sys.modules.get("ray")
-    assert ray is None or not ray.is_initialized()
