@@ -9,6 +9,7 @@ Idempotent: a unit already in the store is not run again. A failure leaves
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 import time
@@ -102,6 +103,22 @@ def run(run_dir: str | Path, unit_id: str) -> str:
         raise
     rundir.clear_failed(unit_id)
     return "done"
+
+
+def death_reason(code: int, log_path: Path) -> str:
+    """Why a worker process ended with `code` without recording an error itself (it was
+    killed, or crashed): the reason `status` shows, whichever backend started it."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        why = {"SIGKILL": " (out of memory, or killed by hand)", "SIGTERM": " (stopped)"}
+        return (
+            f"the worker process was killed by {name}{why.get(name, '')} before it finished; "
+            "a re-launch resumes it from its last epoch checkpoint"
+        )
+    return f"the worker exited with status {code} without recording an error; see {log_path}"
 
 
 def run_forked(

@@ -19,7 +19,6 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_any
-from pathlib import Path
 
 from fer_core.errors import FerError
 from fer_core.runtime import PRELOAD
@@ -28,25 +27,10 @@ from orchestrator.dag import Unit
 from orchestrator.processes import process_start
 from orchestrator.progress import Progress, unit_summary
 from orchestrator.rundir import RunDir
-from orchestrator.worker import run_forked
+from orchestrator.worker import death_reason, run_forked
 
 POLL_S = 1.0  # how often a unit waiting on another launch's worker looks again
 WAIT = "wait"
-
-
-def _death_reason(code: int, log_path: Path) -> str:
-    """Why a worker ended without recording an error itself (it was killed, or crashed)."""
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        why = {"SIGKILL": " (out of memory, or killed by hand)", "SIGTERM": " (stopped)"}
-        return (
-            f"the worker process was killed by {name}{why.get(name, '')} before it finished; "
-            "a re-launch resumes it from its last epoch checkpoint"
-        )
-    return f"the worker exited with status {code} without recording an error; see {log_path}"
 
 
 def _alive(record: dict) -> bool:
@@ -144,7 +128,7 @@ class LocalBackend(Backend):
         code = process.exitcode
         if code != 0 and rundir.failure(unit.id) is None and not self._done(rundir, unit.id):
             with contextlib.suppress(OSError, FerError):  # a full disk: the log has the cause
-                rundir.mark_failed(unit.id, _death_reason(code, log_path))
+                rundir.mark_failed(unit.id, death_reason(code, log_path))
         return code
 
     def states(self, rundir: RunDir) -> dict[str, str]:

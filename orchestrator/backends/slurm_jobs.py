@@ -153,22 +153,13 @@ def _record_deaths(run_dir: str, codes: dict[str, int]) -> None:
     """A worker that died without recording why (killed, crashed at start): say so for
     `status`, as the local backend does."""
     from orchestrator.rundir import RunDir  # after the workers: keeps this module light
+    from orchestrator.worker import death_reason
 
     rundir = RunDir(Path(run_dir))
     for unit_id, code in codes.items():
         if rundir.failure(unit_id) is not None:
             continue
-        if code < 0:
-            name = signal.Signals(-code).name if -code in signal.valid_signals() else str(code)
-            reason = (
-                f"the worker process was killed by {name} before it finished; a re-launch "
-                "resumes it from its last epoch checkpoint"
-            )
-        else:
-            reason = (
-                f"the worker exited with status {code} without recording an error; see "
-                f"{_pack_log(run_dir, unit_id)}"
-            )
+        reason = death_reason(code, _pack_log(run_dir, unit_id))
         rundir.mark_failed(unit_id, reason)
 
 
