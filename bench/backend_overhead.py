@@ -7,7 +7,7 @@ this machine's cores) are launched into one run dir, and for each unit the time 
 submission (the job id recorded in submissions.json) to the start of `run_unit` (imports
 done, data not yet loaded) is read back, with the unit's own start-up figure (process start
 -> first training step, from `runs`) and its training time. The baseline, run first in the
-same process, is the same units as fresh `python -m orchestrator.worker RUN_DIR UNIT`
+same process, is the same units as fresh `python -m orchestrator.run.worker RUN_DIR UNIT`
 processes: what a SLURM job runs, and what the local backend ran before it forked its
 workers from a pre-loaded server. `slurm` needs the one-node SLURM of
 scripts/local_slurm.sh (profile `slurm-local`); a backend that cannot start is reported
@@ -29,10 +29,10 @@ from pathlib import Path
 import yaml
 
 from fer_core.errors import FerError
-from orchestrator.dag import expand
-from orchestrator.grid import load_grid
-from orchestrator.launch import launch
-from orchestrator.rundir import RunDir
+from orchestrator.plan.dag import expand
+from orchestrator.plan.grid import load_grid
+from orchestrator.run.launch import launch
+from orchestrator.run.rundir import RunDir
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = {"local": "local", "slurm": "slurm-local", "ray": "ray"}
@@ -73,7 +73,7 @@ def _figures(rundir: RunDir, unit_ids: list[str], submitted: dict[str, float]) -
 
 
 def _baseline(rundir: RunDir, grid_path: str) -> dict:
-    """The units as fresh `python -m orchestrator.worker` processes, all at once."""
+    """The units as fresh `python -m orchestrator.run.worker` processes, all at once."""
     grid = load_grid(grid_path)
     units = expand(grid, rundir.path)
     rundir.write_dag(units)
@@ -82,7 +82,7 @@ def _baseline(rundir: RunDir, grid_path: str) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as the local profile's threads_per_job
     for unit_id in unit_ids:
         submitted[unit_id] = time.time()
-        argv = [sys.executable, "-m", "orchestrator.worker", str(rundir.path), unit_id]
+        argv = [sys.executable, "-m", "orchestrator.run.worker", str(rundir.path), unit_id]
         processes.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, env=env))
     if any(p.wait() != 0 for p in processes):
         raise FerError("a baseline worker failed")

@@ -18,8 +18,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from orchestrator.dag import expand
-from orchestrator.grid import load_grid
+from orchestrator.plan.dag import expand
+from orchestrator.plan.grid import load_grid
 
 IMAGES = {"ckplus": 981, "oulu": 1440}
 EVAL_SPEEDUP = 3.0  # a forward pass without backward or augmentation

@@ -14,10 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from orchestrator.dag import expand
-from orchestrator.grid import load_grid
-from orchestrator.launch import launch
-from orchestrator.rundir import RunDir
+from orchestrator.plan.dag import expand
+from orchestrator.plan.grid import load_grid
+from orchestrator.run.launch import launch
+from orchestrator.run.rundir import RunDir
 
 
 def _timed(label: str, func, repeats: int = 5) -> float:

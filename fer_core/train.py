@@ -311,6 +311,7 @@ def train_stage(
             "selection_accuracy": selection.accuracy,
             "skipped_batches": skipped,
             "seconds": time.perf_counter() - started,
+            "finished_at": time.time(),  # wall clock: which run of a requeued job did it
         }
         history.append(record)
         if selection.accuracy > best_accuracy:

@@ -22,7 +22,7 @@ from typing import Any
 import duckdb
 
 from fer_core.errors import FerError
-from orchestrator.store import TABLES, Store
+from orchestrator.run.store import TABLES, Store
 from orchestrator.texttable import text_table
 
 FORMATS = ("table", "csv", "json")

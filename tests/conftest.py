@@ -27,7 +27,7 @@ CROP = 48
 @pytest.fixture(scope="session")
 def twin_root(tmp_path_factory) -> Path:
     """A CK+-layout synthetic twin (the real roster) at a small frame size."""
-    from fer_core.data import synth
+    from fer_core.data.synthetic import twins as synth
 
     root = tmp_path_factory.mktemp("twin") / "ckplus"
     synth.write_ckplus_twin(root, synth.DEFAULT_ROSTER, image_size=SMALL_IMAGE)
@@ -155,8 +155,8 @@ def local_ray(cluster_file) -> Iterator[dict[str, float]]:
     of the module skips starting and stopping its own (~6 s on 2 cores). Started by
     `ray_session` itself: the teardown checks that it shuts down the Ray it started.
     """
-    from orchestrator.backends.ray_cluster import RaySettings, ray_session
-    from orchestrator.profiles import load_profile
+    from orchestrator.backends.ray.cluster import RaySettings, ray_session
+    from orchestrator.plan.profiles import load_profile
 
     assert not ray_running(), "a Ray was left running before this module's"
     settings = RaySettings.from_profile(load_profile("ray", cluster_file))

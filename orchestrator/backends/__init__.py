@@ -16,9 +16,9 @@ def make_backend(profile: dict[str, Any]) -> Backend:
 
         return LocalBackend(settings)
     if name == "slurm":
-        from orchestrator.backends.slurm import SlurmBackend
+        from orchestrator.backends.slurm.backend import SlurmBackend
 
         return SlurmBackend(settings)
-    from orchestrator.backends.ray import RayBackend
+    from orchestrator.backends.ray.backend import RayBackend
 
     return RayBackend(settings)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
-from orchestrator.dag import Unit
-from orchestrator.rundir import RunDir
+from orchestrator.plan.dag import Unit
+from orchestrator.run.rundir import RunDir
 
 # Scheduler states a backend reports for units it knows about.
 PENDING, RUNNING, FAILED, CANCELLED, COMPLETED = (

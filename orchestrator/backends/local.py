@@ -4,7 +4,7 @@ Each unit runs in its own process (a crash or a leak in one training cannot take
 launcher down), started as soon as its dependencies are done; `launch` blocks until all have
 finished and prints progress as they do. The processes are forked from a server that loaded
 torch once (multiprocessing's forkserver, preloading fer_core.runtime.PRELOAD): a fresh
-`python -m orchestrator.worker` spends 3-6 s of a 2-core machine importing torch and
+`python -m orchestrator.run.worker` spends 3-6 s of a 2-core machine importing torch and
 torch._dynamo, more than a small unit trains. A forked worker behaves as that command would
 (same environment, log file, exit status; it outlives a killed launcher).
 """
@@ -23,11 +23,11 @@ from concurrent.futures import wait as wait_any
 from fer_core.errors import FerError
 from fer_core.runtime import PRELOAD
 from orchestrator.backends.base import RUNNING, Backend
-from orchestrator.dag import Unit
-from orchestrator.processes import process_start
-from orchestrator.progress import Progress, unit_summary
-from orchestrator.rundir import RunDir
-from orchestrator.worker import death_reason, run_forked
+from orchestrator.plan.dag import Unit
+from orchestrator.run.processes import process_start
+from orchestrator.run.progress import Progress, unit_summary
+from orchestrator.run.rundir import RunDir
+from orchestrator.run.worker import death_reason, run_forked
 
 POLL_S = 1.0  # how often a unit waiting on another launch's worker looks again
 WAIT = "wait"
@@ -42,7 +42,7 @@ def _alive(record: dict) -> bool:
 def _worker_context() -> multiprocessing.context.ForkServerContext:
     """The forkserver that workers fork from; it loads PRELOAD when it first starts."""
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([*PRELOAD, "orchestrator.worker"])
+    context.set_forkserver_preload([*PRELOAD, "orchestrator.run.worker"])
     return context
 
 

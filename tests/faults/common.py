@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.dag import Unit
-from orchestrator.rundir import RunDir
+from orchestrator.plan.dag import Unit
+from orchestrator.run.rundir import RunDir
 from tests.conftest import REPO, small_grid
 
 CROP = 48  # slow enough (~1 s/epoch on a CPU core) to catch a unit mid-run, fast to finish
@@ -153,8 +153,8 @@ def temp_files(folder: Path) -> list[Path]:
 
 def prepare_run(grid: Path, run: Path) -> tuple[RunDir, dict[str, Unit]]:
     """Claim `run` for `grid` and write its DAG (what launch does before submitting)."""
-    from orchestrator.dag import expand
-    from orchestrator.grid import load_grid
+    from orchestrator.plan.dag import expand
+    from orchestrator.plan.grid import load_grid
 
     loaded = load_grid(str(grid))
     units = expand(loaded, run)

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.dag import expand
-from orchestrator.grid import load_grid
-from orchestrator.rundir import RunDir
+from orchestrator.plan.dag import expand
+from orchestrator.plan.grid import load_grid
+from orchestrator.run.rundir import RunDir
 from tests.faults.common import study_grid
 
 
 @pytest.fixture(scope="session")
 def prepared_template(twin_root, tmp_path_factory) -> Path:
     """A run dir whose data unit (index + face crops of the session twin) is done."""
-    from orchestrator import worker
+    from orchestrator.run import worker
 
     tmp = tmp_path_factory.mktemp("fault-template")
     grid = tmp / "grid.yaml"

@@ -76,7 +76,7 @@ def main(argv: list[str]) -> None:
         die_at_rename(".tmp-last.pt.", int(kill_at))
         train(Path(faces_dir), Path(work_dir), int(epochs))
     elif argv[0] == "unit":
-        from orchestrator import worker
+        from orchestrator.run import worker
 
         run_dir, unit_id, table = argv[1:]
         die_at_rename(f".tmp-{unit_id}.parquet.", 1 if table == "predictions" else 3)

@@ -14,7 +14,7 @@ import signal
 import sys
 
 from orchestrator.cli import main
-from orchestrator.rundir import RunDir
+from orchestrator.run.rundir import RunDir
 
 
 def die_at(when: str, n: int) -> None:

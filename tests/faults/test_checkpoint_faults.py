@@ -19,10 +19,10 @@ from fer_core.data.faces import FaceSet
 from fer_core.errors import FerError
 from fer_core.io import sha256_file
 from fer_core.train import BEST, DIGESTS, LAST, LAST_PREV, load_checkpoint
-from orchestrator import worker
 from orchestrator.backends.local import LocalBackend
-from orchestrator.rundir import RunDir
-from orchestrator.status import status_rows
+from orchestrator.run import worker
+from orchestrator.run.rundir import RunDir
+from orchestrator.run.status import status_rows
 from tests.faults.common import REPO, assert_grid_done_once, cli_env, prepare_run, temp_files
 from tests.faults.crash_child import model_for, train
 

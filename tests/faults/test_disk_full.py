@@ -19,10 +19,10 @@ import pytest
 from fer_core.errors import FerError
 from fer_core.io import atomic_torch_save, atomic_write_bytes
 from fer_core.train import BEST, DIGESTS, LAST, load_checkpoint
-from orchestrator import worker
 from orchestrator.backends.local import LocalBackend
-from orchestrator.status import status_rows
-from orchestrator.store import Store
+from orchestrator.run import worker
+from orchestrator.run.status import status_rows
+from orchestrator.run.store import Store
 from tests.faults.common import assert_grid_done_once, prepare_run, temp_files
 from tests.faults.crash_child import train
 

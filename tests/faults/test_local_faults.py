@@ -15,8 +15,8 @@ import torch
 
 from fer_core.unit import run_unit
 from orchestrator.backends.local import LocalBackend
-from orchestrator.rundir import RunDir
-from orchestrator.status import status_rows
+from orchestrator.run.rundir import RunDir
+from orchestrator.run.status import status_rows
 from tests.faults.common import (
     Background,
     alive,

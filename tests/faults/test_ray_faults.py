@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.rundir import RunDir
+from orchestrator.run.rundir import RunDir
 from tests.faults.common import (
     Background,
     assert_grid_done_once,

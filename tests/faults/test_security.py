@@ -15,8 +15,8 @@ import torch
 from fer_core.data.faces import FaceSet
 from fer_core.errors import FerError
 from fer_core.train import load_checkpoint
-from orchestrator.grid import load_grid
-from orchestrator.profiles import load_profile
+from orchestrator.plan.grid import load_grid
+from orchestrator.plan.profiles import load_profile
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCES = sorted(p for d in ("fer_core", "orchestrator") for p in (REPO / d).rglob("*.py"))
@@ -72,7 +72,7 @@ def test_every_yaml_load_in_the_code_uses_a_safe_loader():
         assert isinstance(loader, ast.Name) and loader.id == "_UniqueKeyLoader", path
     import yaml
 
-    from orchestrator.yamlio import _UniqueKeyLoader
+    from orchestrator.plan.yamlio import _UniqueKeyLoader
 
     assert issubclass(_UniqueKeyLoader, yaml.SafeLoader)
 
@@ -172,9 +172,9 @@ def test_slurm_values_are_single_argv_items_even_when_unvalidated(tmp_path, monk
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     (tmp_path / "sbatch").write_text("#!/bin/sh\nexit 1\n")
     (tmp_path / "sbatch").chmod(0o755)
-    from orchestrator.backends.slurm import SlurmBackend, job_name, submission_text
-    from orchestrator.dag import Unit
-    from orchestrator.rundir import RunDir
+    from orchestrator.backends.slurm.backend import SlurmBackend, job_name, submission_text
+    from orchestrator.plan.dag import Unit
+    from orchestrator.run.rundir import RunDir
 
     unit = Unit("u1", "train", "x; rm -rf ~/f01/tiny/ce", "x", (), {}, 1, 1, "tiny", "ce")
     backend = SlurmBackend({"partition": "debug; touch /tmp/pwned", "time_min": 5})

@@ -8,7 +8,7 @@ import pytest
 
 from fer_core.errors import FerError
 from orchestrator.query import run_query
-from tests.orchestrator.fake_results import IMAGES_PER_FOLD, make_run
+from tests.orchestrator.report.fake_results import IMAGES_PER_FOLD, make_run
 
 N_RUNS = 2 * 3 * 2  # datasets x folds x (ce, ce>focal stage 2)
 N_PREDICTIONS = 3 * 2 * (IMAGES_PER_FOLD["ckplus"] + IMAGES_PER_FOLD["oulu"])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fer_core.data.synth import DEFAULT_ROSTER, write_ckplus_twin, write_oulu_twin
+from fer_core.data.synthetic.twins import DEFAULT_ROSTER, write_ckplus_twin, write_oulu_twin
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,429 @@
+"""The Ray backend: units as Ray Tune trials, the DAG run in waves.
+
+Tune trials cannot wait on one another, so the DAG runs as waves: wave k holds the units
+whose dependencies all finished in earlier waves (data preparation, then stage 1, then
+stage 2, ...), and each wave is one `tune.Tuner` grid over its unit ids. A unit whose
+dependency failed is reported blocked and not submitted; a done unit is never submitted.
+
+Failures. A unit that raises (bad data, NaN loss, CUDA OOM: deterministic, a retry would
+fail again) ends its trial with `state: failed` in the trial's result instead of raising,
+because Tune retries every error alike; worker.run has written the reason to
+units/<id>/failed.json. A trial whose *process* died (killed, OOM-killed, node lost) is what
+Tune's `FailureConfig(max_failures)` retries (profile key `max_failures`, default 2), and
+fer_core resumes it from the unit's last.pt in its work dir.
+
+Lifetime. A local Ray (address: null) lives only as long as the launcher, so `launch` blocks
+until the waves finish, printing one line per finished unit. The launcher keeps
+RUN_DIR/ray/launcher.json (its pid and the states of its units) so that `status` from another
+shell can show them running/pending and `cancel` can ask it to stop; once the launcher is
+gone nothing of this run is left on Ray, so `states` returns {} and `cancel` returns [].
+Tune's own records are under RUN_DIR/ray/<launch>-w<k>/<unit id>/; a unit's output goes to
+units/<id>/ray.log. On a multi-node cluster RUN_DIR must be on a shared file system.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from fer_core.errors import FerError
+from fer_core.io import atomic_write_text
+from fer_core.runtime import use_threads
+from orchestrator.backends.base import PENDING, RUNNING, Backend
+from orchestrator.backends.ray.cluster import RaySettings, check_fits, ray_session
+from orchestrator.plan.dag import Unit
+from orchestrator.run.processes import process_start
+from orchestrator.run.progress import Progress, unit_summary
+from orchestrator.run.rundir import RunDir
+
+LAUNCHER_FILE = "launcher.json"
+CANCEL_FILE = "cancel-requested"
+CANCEL_WAIT_S = 60.0
+
+Runner = Callable[[str, str], str]
+
+
+def ray_dir(rundir: RunDir) -> Path:
+    return rundir.path / "ray"
+
+
+# --- inside a trial (a Ray worker process) ---------------------------------------------------
+
+
+@contextmanager
+def _output_to(path: Path) -> Iterator[None]:
+    """Send this process's stdout/stderr (file descriptors too) to `path` for the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    saved = [os.dup(1), os.dup(2)]
+    with open(path, "ab", buffering=0) as log:
+        try:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+def _metrics(rundir: RunDir, unit_id: str, state: str) -> dict[str, Any]:
+    table = rundir.store.read("runs", {unit_id})
+    accuracy = float(table.column("test_accuracy")[0].as_py()) if table is not None else math.nan
+    return {"state": state, "test_accuracy": accuracy}
+
+
+def make_trainable(runner: Runner) -> Callable[[dict[str, Any]], None]:
+    """The Tune function trainable: run one unit with `runner` (orchestrator.run.worker.run)."""
+
+    def run_unit_trial(config: dict[str, Any]) -> None:
+        from ray import tune
+
+        unit_id, run_dir = config["unit_id"], config["run_dir"]
+        context = tune.get_context()
+        os.environ["FER_SCHEDULER"] = "ray"
+        os.environ["FER_JOB_ID"] = f"{config['experiment']}/{context.get_trial_id()}"
+        rundir = RunDir(Path(run_dir))
+        try:
+            with _output_to(rundir.unit_dir(unit_id) / "ray.log"):
+                use_threads(int(config.get("threads") or 1))  # an actor may be reused
+                state = runner(run_dir, unit_id)
+        except Exception as exc:
+            # Deterministic (bad data, NaN loss, CUDA OOM): end the trial as failed rather
+            # than raise, which Tune would retry. Only a dead process is worth a retry.
+            reason = rundir.failure(unit_id) or f"{type(exc).__name__}: {exc}"
+            tune.report({"state": "failed", "reason": reason, "test_accuracy": math.nan})
+            return
+        tune.report(_metrics(rundir, unit_id, state))
+
+    return run_unit_trial
+
+
+# --- the launcher's record (for status and cancel from other shells) --------------------------
+
+
+class LauncherRecord:
+    """RUN_DIR/ray/launcher.json: this launcher's pid and its units' scheduler states."""
+
+    def __init__(self, rundir: RunDir):
+        self.path = ray_dir(rundir) / LAUNCHER_FILE
+        self.active: dict[str, str] = {}
+
+    def open(self, unit_ids: list[str]) -> None:
+        self.active = dict.fromkeys(unit_ids, PENDING)
+        self._write()
+
+    def set(self, unit_id: str, state: str | None) -> None:
+        if state is None:
+            self.active.pop(unit_id, None)
+        else:
+            self.active[unit_id] = state
+        self._write()
+
+    def close(self) -> None:
+        self.active = {}
+        self._write()
+
+    def _write(self) -> None:
+        body = {
+            "pid": os.getpid(),
+            "pid_start": process_start(os.getpid()),
+            "host": socket.gethostname(),
+            "active": self.active,
+        }
+        atomic_write_text(self.path, json.dumps(body, indent=1))
+
+    @staticmethod
+    def read_live(rundir: RunDir) -> dict[str, Any] | None:
+        """The record if its launcher still runs (on this host), else None."""
+        path = ray_dir(rundir) / LAUNCHER_FILE
+        try:
+            body = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        if body.get("host") != socket.gethostname():
+            return None  # another machine's launcher: its /proc is not ours to read
+        if process_start(int(body["pid"])) != body.get("pid_start"):
+            return None  # gone, or the pid was reused
+        return body
+
+
+# --- the driver side ------------------------------------------------------------------------
+
+
+def wave_numbers(units: list[Unit]) -> dict[str, int]:
+    """unit id -> wave (1-based): one after the latest of its dependencies in `units`."""
+    waves: dict[str, int] = {}
+    for unit in units:  # topological order
+        waves[unit.id] = 1 + max((waves[d] for d in unit.deps if d in waves), default=0)
+    return waves
+
+
+class RayBackend(Backend):
+    name = "ray"
+
+    def __init__(self, profile: dict[str, Any], runner: Runner | None = None):
+        super().__init__(profile)
+        self.settings = RaySettings.from_profile(profile)
+        self.runner = runner  # None: orchestrator.run.worker.run (tests pass their own)
+
+    # The interface ---------------------------------------------------------------------------
+    def submit(self, rundir: RunDir, units: list[Unit], wait: bool = True) -> None:
+        """Run `units` wave by wave; blocks (`wait` is moot: Ray lives as long as we do)."""
+        from orchestrator.run import worker
+
+        runner = self.runner or worker.run
+        cancel_path = ray_dir(rundir) / CANCEL_FILE
+        cancel_path.unlink(missing_ok=True)
+        waves = wave_numbers(units)
+        by_id = {unit.id: unit for unit in units}
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        progress = Progress(len(units))
+        failed: set[str] = set()
+        launcher = LauncherRecord(rundir)
+        launcher.open([u.id for u in units])
+        interrupted: list[Unit] = []
+        try:
+            with ray_session(self.settings) as resources:
+                check_fits(self.settings, resources, "ray profile")
+                for wave in range(1, max(waves.values(), default=0) + 1):
+                    ready = []
+                    for unit in (u for u in units if waves[u.id] == wave):
+                        if interrupted or cancel_path.exists():
+                            interrupted.append(unit)
+                            continue
+                        blocker = self._blocker(rundir, unit, by_id, failed)
+                        if blocker:
+                            failed.add(unit.id)
+                            launcher.set(unit.id, None)
+                            progress.finished(unit, "blocked", blocker)
+                        elif _done(rundir, unit):  # never submit a done unit
+                            launcher.set(unit.id, None)
+                            progress.finished(unit, "done", "already done")
+                        else:
+                            ready.append(unit)
+                    if ready:
+                        experiment = f"{stamp}-w{wave}"
+                        interrupted += self._run_wave(
+                            rundir, ready, experiment, runner, progress, failed, launcher
+                        )
+        finally:
+            launcher.close()
+            cancel_path.unlink(missing_ok=True)
+        progress.close()
+        if interrupted:
+            raise FerError(
+                f"{rundir.path}: the Ray launch was cancelled or interrupted; "
+                f"{len(interrupted)} units did not finish (their checkpoints are kept): "
+                "launch again to resume"
+            )
+
+    def states(self, rundir: RunDir) -> dict[str, str]:
+        """The states its launcher reports while it runs; {} once it is gone (Ray went too)."""
+        record = LauncherRecord.read_live(rundir)
+        return dict(record["active"]) if record else {}
+
+    def cancel(self, rundir: RunDir) -> list[str]:
+        """Ask a running launcher to stop its trials; [] once it is gone (nothing runs then).
+
+        The launcher's Tune stopper sees RUN_DIR/ray/cancel-requested, stops the running
+        trials (their last.pt stays: a re-launch resumes) and submits no further wave.
+        """
+        record = LauncherRecord.read_live(rundir)
+        if not record or not record["active"]:
+            return []
+        active = list(record["active"])
+        atomic_write_text(ray_dir(rundir) / CANCEL_FILE, str(time.time()))
+        deadline = time.monotonic() + CANCEL_WAIT_S
+        while time.monotonic() < deadline and self.states(rundir):
+            time.sleep(0.5)
+        return active
+
+    # Waves -----------------------------------------------------------------------------------
+    @staticmethod
+    def _blocker(rundir: RunDir, unit: Unit, by_id: dict[str, Unit], failed: set[str]) -> str:
+        for dep in unit.deps:
+            if dep in failed:
+                return "a dependency failed"
+            kind = by_id[dep].kind if dep in by_id else rundir.read_spec(dep)["kind"]
+            if not rundir.store.is_done(dep, kind):
+                return f"dependency {dep} is not done"
+        return ""
+
+    def _run_wave(
+        self,
+        rundir: RunDir,
+        ready: list[Unit],
+        experiment: str,
+        runner: Runner,
+        progress: Progress,
+        failed: set[str],
+        launcher: LauncherRecord,
+    ) -> list[Unit]:
+        """One Tuner over `ready`; returns the units that did not finish (cancelled)."""
+        from ray import tune
+
+        settings = self.settings
+        rundir.record_submissions(
+            {
+                unit.id: {
+                    "backend": self.name,
+                    "job_id": f"ray:{experiment}/{unit.id}",
+                    "launcher_pid": os.getpid(),
+                }
+                for unit in ready
+            }
+        )
+        cancel_path = ray_dir(rundir) / CANCEL_FILE
+        callback = _unit_callback(rundir, {u.id: u for u in ready}, progress, failed, launcher)
+        tuner = tune.Tuner(
+            tune.with_resources(make_trainable(runner), settings.resources_per_trial),
+            param_space={
+                "unit_id": tune.grid_search([u.id for u in ready]),
+                "run_dir": str(rundir.path),
+                "experiment": experiment,
+                "threads": max(1, int(settings.cpus_per_trial)),
+            },
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=settings.max_concurrent,
+                trial_name_creator=_trial_name,
+                trial_dirname_creator=_trial_name,
+                reuse_actors=settings.reuse_actors,
+            ),
+            run_config=tune.RunConfig(
+                name=experiment,
+                storage_path=str(ray_dir(rundir)),
+                failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+                stop=_cancel_stopper(cancel_path),
+                callbacks=[callback],
+                verbose=0,
+            ),
+        )
+        with _quiet_tune():
+            tuner.fit()
+        return [u for u in ready if u.id not in callback.finished]
+
+
+@contextmanager
+def _quiet_tune() -> Iterator[None]:
+    """Our progress lines instead of Tune's tables and tracebacks (failed.json has reasons)."""
+    import logging
+
+    previous = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the old engine is silent at verbose=0
+    tune_logger = logging.getLogger("ray.tune")
+    level = tune_logger.level
+    tune_logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        tune_logger.setLevel(level)
+        if previous is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = previous
+
+
+def _trial_name(trial: Any) -> str:
+    return str(trial.config["unit_id"])
+
+
+def _done(rundir: RunDir, unit: Unit) -> bool:
+    return rundir.store.is_done(unit.id, unit.kind)
+
+
+def _trial_error(trial: Any) -> str:
+    """The last line of a trial's error file (the exception), or a generic reason."""
+    try:
+        lines = [line for line in Path(trial.error_file).read_text().splitlines() if line.strip()]
+    except (OSError, TypeError):
+        lines = []
+    if not lines:
+        return "ray trial failed"
+    last = lines[-1].split(" Some common causes")[0].strip()  # Ray's generic advice follows
+    return f"ray trial failed after {trial.num_failures} tries: {last[:240]}"
+
+
+def _cancel_stopper(path: Path) -> Any:
+    """A Tune stopper that stops every trial of the wave once `cancel` left its request."""
+    from ray import tune
+
+    class CancelStopper(tune.Stopper):
+        def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+            return False
+
+        def stop_all(self) -> bool:
+            return path.exists()
+
+    return CancelStopper()
+
+
+def _unit_callback(
+    rundir: RunDir,
+    units: dict[str, Unit],
+    progress: Progress,
+    failed: set[str],
+    launcher: LauncherRecord,
+) -> Any:
+    """Driver-side Tune callback: launcher states and a progress line per finished unit.
+
+    Tune is imported here, not at module level: `status` and `cancel` read launcher.json
+    without paying for a Ray import.
+    """
+    from ray import tune
+
+    class UnitCallback(tune.Callback):
+        def __init__(self) -> None:
+            self.finished: set[str] = set()
+
+        def __reduce__(self):
+            # Tune pickles its run config into the experiment dir (for Tuner.restore); this
+            # callback holds the launcher's stream and state, so it is saved as a no-op one.
+            return (tune.Callback, ())
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            launcher.set(trial.config["unit_id"], RUNNING)
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            unit = units[trial.config["unit_id"]]
+            print(
+                f"  retrying {unit.name}: its trial process died "
+                f"(retry {trial.num_failures} of {trial.max_failures})",
+                file=progress.stream,
+                flush=True,
+            )
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._finish(trial, errored=False)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._finish(trial, errored=True)
+
+        def _finish(self, trial, errored: bool) -> None:
+            unit = units[trial.config["unit_id"]]
+            if unit.id in self.finished:
+                return
+            launcher.set(unit.id, None)
+            if _done(rundir, unit):
+                self.finished.add(unit.id)
+                progress.finished(unit, "done", unit_summary(rundir, unit))
+                return
+            result = trial.last_result or {}
+            if not errored and result.get("state") != "failed":
+                return  # stopped (cancel, Ctrl+C) before it finished: a re-launch resumes it
+            self.finished.add(unit.id)
+            reason = rundir.failure(unit.id)
+            if reason is None:  # the process died, or failed before worker.run could record
+                reason = result.get("reason") or _trial_error(trial)
+                rundir.mark_failed(unit.id, reason)
+            failed.add(unit.id)
+            progress.finished(unit, "failed", reason)
+
+    return UnitCallback()

@@ -1,0 +1,278 @@
+"""The SLURM side of the slurm backend: what a job runs, and what SLURM says about jobs.
+
+`UnitJob` (one unit) and `PackJob` (k units as k worker processes) are the callables
+submitit pickles into a job. Both are checkpointable: on a timeout or preemption signal
+submitit calls `checkpoint()` and requeues the same job id, and the requeued run trains on
+from each unit's `work/last.pt` (the trainer resumes from it by itself; a unit already done
+returns at once). This module imports nothing heavy: a job unpickles it before torch is
+loaded, so the environment it sets (thread counts, profile `env:`) is in place when torch
+starts.
+
+`raw_states(job_ids)` asks `squeue` (the controller) and, for the jobs it no longer holds,
+`sacct` (the accounting record), both as argv lists; never submitit's `job.state`, which
+hangs without accounting. `tagged_jobs(run_dir)` finds a run dir's jobs by their
+`--comment` (`job_comment`), whether or not the run dir recorded them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from submitit.helpers import Checkpointable
+
+from fer_core.errors import FerError
+
+# SLURM job state (first word: "CANCELLED by 0" -> CANCELLED) -> backend state name.
+STATE_MAP = {
+    "PENDING": "pending",
+    "CONFIGURING": "pending",
+    "REQUEUED": "pending",
+    "REQUEUE_FED": "pending",
+    "REQUEUE_HOLD": "pending",
+    "RESIZING": "pending",
+    "SUSPENDED": "pending",
+    "STOPPED": "pending",
+    "RUNNING": "running",
+    "COMPLETING": "running",
+    "SIGNALING": "running",
+    "STAGE_OUT": "running",
+    "FAILED": "failed",
+    "TIMEOUT": "failed",
+    "OUT_OF_MEMORY": "failed",
+    "NODE_FAIL": "failed",
+    "BOOT_FAIL": "failed",
+    "SPECIAL_EXIT": "failed",
+    "CANCELLED": "cancelled",
+    "DEADLINE": "cancelled",
+    "PREEMPTED": "cancelled",  # a preempted job that was requeued shows REQUEUED/PENDING
+    "REVOKED": "cancelled",
+    "COMPLETED": "completed",
+}
+QUERY_TIMEOUT_S = 60
+
+
+class UnitJob(Checkpointable):
+    """Runs one unit of a run dir inside a SLURM job; requeued (not restarted) on preemption."""
+
+    def __init__(self, env: dict[str, str] | None = None):
+        self.env = dict(env or {})
+
+    def __call__(self, run_dir: str, unit_id: str) -> str:
+        # submitit ignores SIGTERM, so `scancel` would leave training running until SIGKILL
+        # (KillWait, often 30 s) while SLURM already reports the job cancelled. Stop at once:
+        # the unit resumes from its last epoch either way. Time limits and preemption notices
+        # still arrive as USR2 first (submitit's checkpoint-and-requeue handler).
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.environ.update(self.env)
+        from orchestrator.run.worker import run
+
+        return run(run_dir, unit_id)
+
+    def checkpoint(self, run_dir: str, unit_id: str) -> Any:
+        # Nothing to save here: the trainer writes work/last.pt after every epoch, and the
+        # requeued job's worker resumes from it. Resubmit the same call.
+        return super().checkpoint(run_dir, unit_id)
+
+
+class PackJob(Checkpointable):
+    """Runs the units of one pack as parallel worker processes inside one SLURM job.
+
+    Each unit is `python -m orchestrator.run.worker RUN_DIR UNIT_ID` in a process of its own (a
+    crash in one cannot take its siblings down) with `env` (its share of the job's CPU
+    threads) and, when the job has several GPUs, one of them round robin; its output goes to
+    `units/<id>/slurm/<job id>_pack_log.out`. The job fails when any unit failed, so that
+    afterok dependants do not start; the siblings' results are in the store regardless.
+    """
+
+    def __init__(self, env: dict[str, str] | None = None):
+        self.env = dict(env or {})
+
+    def __call__(self, run_dir: str, unit_ids: list[str]) -> str:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as UnitJob: scancel stops it at once
+        workers: dict[str, subprocess.Popen] = {}
+        try:
+            for index, unit_id in enumerate(unit_ids):
+                workers[unit_id] = self._start(run_dir, unit_id, index)
+            codes = {unit_id: worker.wait() for unit_id, worker in workers.items()}
+        finally:  # submitit exits from its USR2 handler to requeue: the workers go with it
+            for worker in workers.values():
+                if worker.poll() is None:
+                    worker.kill()
+                    worker.wait()
+        failed = [unit_id for unit_id, code in codes.items() if code != 0]
+        if failed:
+            _record_deaths(run_dir, {unit_id: codes[unit_id] for unit_id in failed})
+            raise FerError(
+                f"{len(failed)} of the {len(unit_ids)} units of this job failed: "
+                f"{', '.join(failed)} (reasons in {run_dir}/units/<id>/failed.json)"
+            )
+        return f"{len(unit_ids)} units done"
+
+    def _start(self, run_dir: str, unit_id: str, index: int) -> subprocess.Popen:
+        env = {**os.environ, **self.env}
+        gpus = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g]
+        if len(gpus) > 1:
+            env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+        log = _pack_log(run_dir, unit_id)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as out:
+            return subprocess.Popen(
+                [sys.executable, "-u", "-m", "orchestrator.run.worker", run_dir, unit_id],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                # SLURM signals every process of the job: only submitit's handler in this
+                # process may act on USR2 (checkpoint and requeue the whole job).
+                preexec_fn=_ignore_usr2,
+            )
+
+    def checkpoint(self, run_dir: str, unit_ids: list[str]) -> Any:
+        # As UnitJob: the workers checkpoint every epoch; the requeued job runs the same
+        # units, and those already done return at once.
+        return super().checkpoint(run_dir, unit_ids)
+
+
+def _ignore_usr2() -> None:
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
+def _pack_log(run_dir: str, unit_id: str) -> Path:
+    """A packed unit's worker output, beside its own job files (`slurm.job_folder`)."""
+    job = os.environ.get("SLURM_JOB_ID", "nojob")
+    return Path(run_dir) / "units" / unit_id / "slurm" / f"{job}_pack_log.out"
+
+
+def _record_deaths(run_dir: str, codes: dict[str, int]) -> None:
+    """A worker that died without recording why (killed, crashed at start): say so for
+    `status`, as the local backend does."""
+    from orchestrator.run.rundir import RunDir  # after the workers: keeps this module light
+    from orchestrator.run.worker import death_reason
+
+    rundir = RunDir(Path(run_dir))
+    for unit_id, code in codes.items():
+        if rundir.failure(unit_id) is not None:
+            continue
+        reason = death_reason(code, _pack_log(run_dir, unit_id))
+        rundir.mark_failed(unit_id, reason)
+
+
+def run_tag(run_dir: Path) -> str:
+    """`fer:<12 hex>`: names a run dir (by its resolved path) in the comment of its jobs.
+
+    The path, not the grid: two run dirs of one grid must not take each other's jobs, and a
+    job works on the run dir at the path it was submitted with.
+    """
+    return "fer:" + hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
+
+
+def job_comment(run_dir: Path, unit_ids: list[str]) -> str:
+    """`--comment` of a job: its run dir's tag and the units it runs."""
+    return f"{run_tag(run_dir)}:{','.join(unit_ids)}"
+
+
+def tagged_jobs(run_dir: Path) -> dict[str, tuple[str, list[str]]]:
+    """job id -> (raw state, unit ids) of every job the controller holds for `run_dir`.
+
+    Read from the jobs' comments, which sbatch hands to the controller with each job: unlike
+    submissions.json they cannot miss a job that sbatch accepted. squeue also lists jobs that
+    ended less than MinJobAge ago; older ones have ended, so nothing of them is left to wait
+    on or to run twice (sacct would not help: it keeps comments only with
+    AccountingStoreFlags=job_comment). A squeue that does not answer is an error, not
+    "none": that guess could submit a unit twice.
+    """
+    argv = ["squeue", "--me", "--noheader", "--states=all", "--format=%i|%T|%k"]
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=QUERY_TIMEOUT_S, check=False
+        )
+        failure = done.stderr.strip() if done.returncode != 0 else ""
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        failure = str(exc)
+    if failure:
+        raise FerError(
+            f"squeue failed ({' '.join(failure.split())[:200]}): cannot check {run_dir} for "
+            f"jobs a killed launch left unrecorded; retry once the SLURM controller answers"
+        )
+    prefix = run_tag(run_dir) + ":"
+    jobs: dict[str, tuple[str, list[str]]] = {}
+    for line in done.stdout.splitlines():
+        job_id, _, rest = line.strip().partition("|")
+        state, _, comment = rest.partition("|")
+        if job_id.isdigit() and comment.startswith(prefix):
+            jobs[job_id] = (state, comment[len(prefix) :].split(","))
+    return jobs
+
+
+def unrecorded_jobs(
+    run_dir: Path, recorded: dict[str, str], wanted: set[str] | None = None
+) -> dict[str, tuple[str, str, list[str]]]:
+    """unit id -> (job id, raw state, the job's units) of the newest job of `run_dir` (by its
+    comment) that is newer than the unit's recorded job (`recorded`: unit id -> job id), for
+    the `wanted` units (default: all).
+
+    SLURM hands out job ids in increasing order, so a tagged job older than the record is an
+    earlier attempt, not a missed one; a requeued job keeps its id.
+    """
+    found: dict[str, tuple[str, str, list[str]]] = {}
+    for job, (state, unit_ids) in sorted(tagged_jobs(run_dir).items(), key=lambda j: int(j[0])):
+        for unit_id in unit_ids:
+            newer = unit_id not in recorded or int(job) > int(recorded[unit_id])
+            if newer and (wanted is None or unit_id in wanted):
+                found[unit_id] = (job, state, unit_ids)  # ascending: the newest wins
+    return found
+
+
+def normalise_state(raw: str) -> str:
+    """`CANCELLED by 0`, `CANCELLED+` -> `cancelled`; unknown states count as pending."""
+    word = raw.split()[0].rstrip("+") if raw.strip() else "PENDING"
+    return STATE_MAP.get(word, "pending")
+
+
+def _query(argv: list[str]) -> dict[str, str]:
+    """`JOBID|STATE` lines of a sacct/squeue call -> {job id: raw state}; {} when it fails."""
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=QUERY_TIMEOUT_S, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    if done.returncode != 0:  # squeue: all ids unknown; sacct: no accounting storage
+        return {}
+    states = {}
+    for line in done.stdout.splitlines():
+        job_id, sep, state = line.strip().partition("|")
+        if sep and job_id:
+            states[job_id] = state.strip()
+    return states
+
+
+def raw_states(job_ids: list[str], since: float | None = None) -> dict[str, str]:
+    """job id -> raw SLURM state for `job_ids` (those neither squeue nor sacct knows are left out).
+
+    The controller (`squeue`) first: it is ahead of accounting, and only it shows a cancelled
+    job as COMPLETING while its processes are still being killed (sacct already says
+    CANCELLED), which keeps a re-launch from starting a second worker on the same work dir.
+    `sacct` for the jobs the controller has forgotten (MinJobAge after they ended); `since`
+    (epoch seconds, the earliest submission) bounds its time window, which otherwise starts
+    at midnight and would miss a launch of an earlier day.
+    """
+    job_ids = list(dict.fromkeys(job_ids))  # the units of a pack share one job
+    if not job_ids:
+        return {}
+    squeue = ["squeue", "-h", "-t", "all", "-o", "%i|%T", "-j", ",".join(job_ids)]
+    states = {k: v for k, v in _query(squeue).items() if k in job_ids}
+    missing = [j for j in job_ids if j not in states]
+    if missing:
+        sacct = ["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(missing)]
+        if since is not None:
+            start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since - 86400))
+            sacct += ["-S", start]
+        states.update({k: v for k, v in _query(sacct).items() if k in missing})
+    return states

@@ -1,0 +1,235 @@
+"""Grid -> DAG of units with content-addressed ids.
+
+A unit's id is a hash of what determines its result (never of paths or scheduler ids):
+a data-preparation unit hashes the dataset's source (a fingerprint of its raw tree) and crop
+settings; a training unit hashes its data unit, fold, backbone and the full config of every
+stage of its chain up to itself. So `ce` and `ce>focal` share their stage-1 unit, which
+trains once, and re-expanding an unchanged grid gives the same ids (resume, dedup).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fer_core.errors import FerError
+from orchestrator.plan.grid import DatasetSpec, Grid, parse_strategy
+
+ID_LENGTH = 16
+LAYOUT_MARKERS = {
+    "ckplus": ("cohn-kanade-images", "Emotion"),
+    "oulu": ("OriginalImg/VL/Strong",),
+}
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One job: prepare a dataset, or train one stage of one strategy on one fold."""
+
+    id: str
+    kind: str  # "prepare" | "train"
+    name: str  # human-readable, e.g. "ckplus/f03/tiny/ce>focal"
+    dataset: str
+    deps: tuple[str, ...]
+    spec: dict[str, Any]
+    stage: int = 0
+    fold: int = 0
+    backbone: str = ""
+    strategy: str = ""
+    strategies: tuple[str, ...] = field(default_factory=tuple)  # grid strategies it serves
+
+
+def content_id(identity: dict[str, Any]) -> str:
+    """A short sha256 of a canonical JSON rendering."""
+    text = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:ID_LENGTH]
+
+
+def tree_fingerprint(root: Path) -> str:
+    """A cheap fingerprint of a raw dataset tree: relative paths, sizes and mtimes.
+
+    Cheap enough for `launch` on a login node; a changed, added or removed file changes it.
+    """
+    digest = hashlib.sha256()
+    for directory, subdirs, files in os.walk(root):
+        subdirs.sort()
+        for name in sorted(files):
+            path = Path(directory) / name
+            stat = path.stat()
+            digest.update(f"{path.relative_to(root)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def dataset_root(spec: DatasetSpec, run_dir: Path) -> Path:
+    """Where the raw tree is: the configured root, or the run's synthetic twin."""
+    if spec.synthetic and spec.root is None:
+        return run_dir / "data" / spec.name / "raw"
+    if spec.root is None:
+        raise FerError(
+            f"dataset {spec.name!r} has no root: pass --data {spec.name}=DIR, set "
+            f"FER_DATA_{spec.name.upper()}, or set root: in the grid"
+        )
+    return Path(spec.root).expanduser().resolve()
+
+
+def _source_identity(spec: DatasetSpec, root: Path) -> dict[str, Any]:
+    if spec.synthetic:
+        return {"synthetic": spec.kind, "image_size": spec.image_size}
+    if not root.is_dir():
+        raise FerError(
+            f"dataset {spec.name!r}: root {root} does not exist; pass --data {spec.name}=DIR"
+        )
+    for marker in LAYOUT_MARKERS.get(spec.kind, ()):
+        if not (root / marker).is_dir():
+            raise FerError(
+                f"dataset {spec.name!r}: {root} is not a {spec.kind} tree (no {marker}/ inside)"
+            )
+    if spec.kind == "manifest":
+        manifest = Path(spec.manifest or root / "manifest.csv")
+        if not manifest.is_file():
+            raise FerError(f"dataset {spec.name!r}: manifest {manifest} not found")
+    return {"root": str(root), "tree": tree_fingerprint(root), "manifest": spec.manifest}
+
+
+def expand(grid: Grid, run_dir: Path, problems: list[str] | None = None) -> list[Unit]:
+    """All units of the grid in topological order (each unit after its dependencies).
+
+    A missing or malformed data root is an error, unless `problems` is given (a dry run):
+    then the message is appended there and the plan is still expanded.
+    """
+    run_dir = Path(run_dir).resolve()
+    units: dict[str, Unit] = {}
+    for dataset in grid.datasets.values():
+        try:
+            root = dataset_root(dataset, run_dir)
+            source = _source_identity(dataset, root)
+        except FerError as exc:
+            if problems is None:
+                raise
+            problems.append(str(exc))
+            root, source = Path(dataset.root or "<unset>"), {"unresolved": dataset.name}
+        prepare_id = content_id(
+            {
+                "kind": "prepare",
+                "dataset": dataset.kind,
+                "source": source,
+                "crop_size": dataset.crop_size,
+                "detector": dataset.detector,
+                "n_folds": dataset.n_folds,
+            }
+        )
+        data_dir = run_dir / "data" / dataset.name / prepare_id
+        units[prepare_id] = Unit(
+            id=prepare_id,
+            kind="prepare",
+            name=f"{dataset.name}/prepare",
+            dataset=dataset.name,
+            deps=(),
+            spec={
+                "dataset": dataset.kind,
+                "name": dataset.name,
+                "root": str(root),
+                "manifest": dataset.manifest,
+                "synthetic": dataset.synthetic,
+                "image_size": list(dataset.image_size) if dataset.image_size else None,
+                "crop_size": dataset.crop_size,
+                "detector": dataset.detector,
+                "n_folds": dataset.n_folds,
+                "out_dir": str(data_dir),
+            },
+        )
+        for experiment in grid.experiments:
+            for backbone_name in experiment.backbones:
+                backbone = grid.backbones[backbone_name]
+                for strategy in experiment.strategies:
+                    for fold in grid.folds_of(dataset.name):
+                        _add_chain(
+                            units,
+                            grid,
+                            dataset,
+                            backbone,
+                            strategy,
+                            fold,
+                            prepare_id,
+                            data_dir,
+                            run_dir,
+                        )
+    return list(units.values())
+
+
+def _add_chain(units, grid, dataset, backbone, strategy, fold, prepare_id, data_dir, run_dir):
+    losses = parse_strategy(strategy, str(grid.path))
+    chain: list[dict[str, Any]] = []
+    parent: str | None = None
+    for stage, loss in enumerate(losses, start=1):
+        chain.append(grid.stage_config(dataset.name, loss, stage))
+        unit_id = content_id(
+            {
+                "kind": "train",
+                "data": prepare_id,
+                "fold": fold,
+                "n_folds": dataset.n_folds,
+                "backbone": backbone.name,
+                "weights": backbone.weights,
+                "input_size": backbone.input_size,
+                "device": grid.device,
+                "chain": chain,
+            }
+        )
+        chain_name = ">".join(losses[:stage])
+        existing = units.get(unit_id)
+        if existing is not None:
+            if strategy not in existing.strategies and stage == len(losses):
+                units[unit_id] = _with_strategy(existing, strategy)
+        else:
+            units[unit_id] = Unit(
+                id=unit_id,
+                kind="train",
+                name=f"{dataset.name}/f{fold:02d}/{backbone.name}/{chain_name}",
+                dataset=dataset.name,
+                deps=(prepare_id,) if parent is None else (parent,),
+                stage=stage,
+                fold=fold,
+                backbone=backbone.name,
+                strategy=chain_name,
+                strategies=(strategy,) if stage == len(losses) else (),
+                spec={
+                    "unit_id": unit_id,
+                    "grid": grid.name,
+                    "dataset": dataset.name,
+                    "data_dir": str(data_dir),
+                    "fold": fold,
+                    "n_folds": dataset.n_folds,
+                    "backbone": backbone.name,
+                    "weights": backbone.weights,
+                    "input_size": backbone.input_size,
+                    "device": grid.device,
+                    "strategy": chain_name,
+                    "stage": stage,
+                    "config": chain[-1],
+                    "parent_id": parent,
+                    "parent_dir": str(run_dir / "units" / parent / "work") if parent else None,
+                },
+            )
+        parent = unit_id
+
+
+def _with_strategy(unit: Unit, strategy: str) -> Unit:
+    from dataclasses import replace
+
+    return replace(unit, strategies=unit.strategies + (strategy,))
+
+
+def summary(units: list[Unit]) -> dict[str, int]:
+    """Counts for `--dry-run`: preparation jobs, trainings per stage."""
+    counts: dict[str, int] = {"prepare": 0, "train": 0}
+    for unit in units:
+        counts[unit.kind] += 1
+        if unit.kind == "train":
+            key = f"stage {unit.stage}"
+            counts[key] = counts.get(key, 0) + 1
+    return counts

@@ -1,0 +1,317 @@
+"""Grid files (`jobs/NAME.yaml`): the study as data, validated completely before anything runs.
+
+A grid names datasets, backbones and experiments (backbones x strategies); every strategy
+runs on every dataset and fold. A strategy is a chain of stage losses joined by `>`
+(`ce>focal` = CE, then focal from CE's best checkpoint). Per-dataset `focal:` settings give
+α and γ to every stage whose loss is `focal` or `joint`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fer_core.config import LOSS_NAMES, StageConfig
+from fer_core.errors import FerError
+from orchestrator.plan.yamlio import check_keys, load_yaml_mapping
+
+JOBS_DIR = Path(__file__).resolve().parents[2] / "jobs"
+DATASET_KINDS = ("ckplus", "oulu", "manifest")
+SYNTHETIC_KINDS = ("ckplus", "oulu")
+DETECTORS = ("mtcnn", "center")
+KNOWN_BACKBONES = ("inception_v3", "resnet18", "vgg_face", "inception_resnet_v1", "tiny")
+FOCAL_LOSSES = ("focal", "joint")
+DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+GRID_KEYS = {
+    "name",
+    "description",
+    "seed",
+    "folds",
+    "selection",
+    "device",
+    "datasets",
+    "backbones",
+    "experiments",
+    "train",
+    "stages",
+}
+DATASET_KEYS = {
+    "kind",
+    "root",
+    "manifest",
+    "synthetic",
+    "image_size",
+    "crop_size",
+    "detector",
+    "n_folds",
+    "focal",
+}
+BACKBONE_KEYS = {"weights", "input_size"}
+EXPERIMENT_KEYS = {"backbones", "strategies"}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset of the grid: where its raw tree is and how faces are cropped."""
+
+    name: str
+    kind: str
+    root: str | None
+    manifest: str | None = None
+    synthetic: bool = False
+    image_size: tuple[int, int] | None = None
+    crop_size: int = 299
+    detector: str = "mtcnn"
+    n_folds: int = 10
+    focal: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    weights: str = "none"
+    input_size: int | None = None
+
+
+@dataclass(frozen=True)
+class Experiment:
+    backbones: tuple[str, ...]
+    strategies: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A validated grid file."""
+
+    name: str
+    path: Path
+    description: str
+    seed: int
+    folds: tuple[int, ...] | None  # None: every fold of each dataset
+    selection: str
+    device: str
+    datasets: dict[str, DatasetSpec]
+    backbones: dict[str, BackboneSpec]
+    experiments: tuple[Experiment, ...]
+    train: dict[str, Any]
+    stages: dict[int, dict[str, Any]]
+
+    def stage_config(self, dataset: str, loss: str, stage: int) -> dict[str, Any]:
+        """The full StageConfig values of stage `stage` (1-based) with loss `loss`."""
+        values = dict(self.train)
+        values.update(self.stages.get(stage, {}))
+        values.update(loss=loss, selection=self.selection, seed=self.seed)
+        if loss in FOCAL_LOSSES:
+            values.update(self.datasets[dataset].focal)
+        return StageConfig.from_dict(values, where=f"{self.path}: train").to_dict()
+
+    def folds_of(self, dataset: str) -> tuple[int, ...]:
+        n_folds = self.datasets[dataset].n_folds
+        return self.folds if self.folds is not None else tuple(range(1, n_folds + 1))
+
+
+def parse_strategy(strategy: str, where: str) -> tuple[str, ...]:
+    """`ce>focal` -> ("ce", "focal"); an unknown stage loss is an error naming it."""
+    if not isinstance(strategy, str) or not strategy:
+        raise FerError(f"{where}: strategy {strategy!r} must be a non-empty string like 'ce>focal'")
+    losses = tuple(part.strip() for part in strategy.split(">"))
+    for loss in losses:
+        if loss not in LOSS_NAMES:
+            raise FerError(
+                f"{where}: strategy {strategy!r} has unknown stage loss {loss!r}; "
+                f"known: {', '.join(LOSS_NAMES)}"
+            )
+    return losses
+
+
+def find_grid(name_or_path: str) -> Path:
+    """`--grid NAME` finds `jobs/NAME.yaml`; a path works too."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+        if not candidate.is_file():
+            raise FerError(f"{candidate}: grid file not found")
+        return candidate
+    path = JOBS_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in JOBS_DIR.glob("*.yaml"))
+        raise FerError(f"grid {name_or_path!r}: no {path}; known grids: {', '.join(known)}")
+    return path
+
+
+def load_grid(name_or_path: str, data_roots: dict[str, str] | None = None) -> Grid:
+    """Load and validate a grid; `data_roots` (from `--data NAME=DIR`) override `root:` keys."""
+    path = find_grid(name_or_path)
+    raw = load_yaml_mapping(path)
+    check_keys(raw, GRID_KEYS, str(path))
+    where = str(path)
+    name = raw.get("name", path.stem)
+    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+        raise FerError(f"{where}: name {name!r} must be letters, digits, '-' or '_'")
+    seed = raw.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise FerError(f"{where}: seed {seed!r} must be an integer")
+
+    datasets = {
+        key: _dataset(key, value, f"{where}: datasets.{key}", (data_roots or {}).get(key))
+        for key, value in _mapping(raw, "datasets", where).items()
+    }
+    if not datasets:
+        raise FerError(f"{where}: datasets is empty")
+    for key in data_roots or {}:
+        if key not in datasets:
+            raise FerError(f"--data {key}=...: the grid has no dataset {key!r}")
+    backbones = {
+        key: _backbone(key, value or {}, f"{where}: backbones.{key}")
+        for key, value in _mapping(raw, "backbones", where).items()
+    }
+    experiments = tuple(
+        _experiment(item, backbones, f"{where}: experiments[{i}]")
+        for i, item in enumerate(raw.get("experiments") or [])
+    )
+    if not experiments:
+        raise FerError(f"{where}: experiments is empty; list backbones x strategies to run")
+
+    folds = raw.get("folds")
+    if folds is not None:
+        if isinstance(folds, int) and not isinstance(folds, bool):
+            folds = list(range(1, folds + 1))
+        if not isinstance(folds, list) or not folds:
+            raise FerError(f"{where}: folds {folds!r} must be a count or a non-empty list")
+        for fold in folds:
+            limit = min(d.n_folds for d in datasets.values())
+            if isinstance(fold, bool) or not isinstance(fold, int) or not 1 <= fold <= limit:
+                raise FerError(f"{where}: folds: {fold!r} is not a fold number in 1..{limit}")
+        folds = tuple(sorted(set(folds)))
+
+    train = raw.get("train") or {}
+    check_keys(
+        train,
+        set(StageConfig.__dataclass_fields__) - {"loss", "selection", "seed"},
+        f"{where}: train",
+    )
+    stages = {}
+    for key, values in (raw.get("stages") or {}).items():
+        if isinstance(key, bool) or not isinstance(key, int) or key < 1:
+            raise FerError(f"{where}: stages: key {key!r} must be a stage number (1, 2, ...)")
+        check_keys(
+            values or {},
+            set(train) | set(StageConfig.__dataclass_fields__) - {"loss", "selection", "seed"},
+            f"{where}: stages.{key}",
+        )
+        stages[key] = dict(values or {})
+
+    grid = Grid(
+        name=name,
+        path=path.resolve(),
+        description=str(raw.get("description", "")),
+        seed=seed,
+        folds=folds,
+        selection=raw.get("selection", "heldout"),
+        device=str(raw.get("device", "auto")),
+        datasets=datasets,
+        backbones=backbones,
+        experiments=experiments,
+        train=dict(train),
+        stages=stages,
+    )
+    # Build every stage config once: bad α/γ/epochs fail here, before anything runs.
+    for experiment in experiments:
+        for strategy in experiment.strategies:
+            for dataset in datasets:
+                for stage, loss in enumerate(parse_strategy(strategy, where), start=1):
+                    grid.stage_config(dataset, loss, stage)
+    return grid
+
+
+def _mapping(raw: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = raw.get(key) or {}
+    if not isinstance(value, dict):
+        raise FerError(f"{where}: {key} must be a mapping")
+    return value
+
+
+def _dataset(name: str, raw: Any, where: str, root_override: str | None) -> DatasetSpec:
+    # The name becomes a folder (RUN_DIR/data/NAME), a job name and an env var (FER_DATA_NAME).
+    if not isinstance(name, str) or not DATASET_NAME.fullmatch(name):
+        raise FerError(f"{where}: dataset name {name!r} must be letters, digits, '-' or '_'")
+    check_keys(raw, DATASET_KEYS, where)
+    kind = raw.get("kind", name)
+    if kind not in DATASET_KINDS:
+        raise FerError(f"{where}: kind {kind!r} is not one of {', '.join(DATASET_KINDS)}")
+    synthetic = bool(raw.get("synthetic", False))
+    if synthetic and kind not in SYNTHETIC_KINDS:
+        raise FerError(f"{where}: synthetic twins exist for {', '.join(SYNTHETIC_KINDS)} only")
+    root = root_override or os.environ.get(f"FER_DATA_{name.upper()}") or raw.get("root")
+    detector = raw.get("detector", "mtcnn")
+    if detector not in DETECTORS:
+        raise FerError(f"{where}: detector {detector!r} is not one of {', '.join(DETECTORS)}")
+    crop_size = raw.get("crop_size", 299)
+    n_folds = raw.get("n_folds", 10)
+    for key, value in (("crop_size", crop_size), ("n_folds", n_folds)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+            raise FerError(f"{where}: {key} {value!r} must be an integer >= 2")
+    image_size = raw.get("image_size")
+    if image_size is not None:
+        if not (
+            isinstance(image_size, list)
+            and len(image_size) == 2
+            and all(isinstance(v, int) and v >= 32 for v in image_size)
+        ):
+            raise FerError(f"{where}: image_size {image_size!r} must be [width, height] >= 32")
+        image_size = tuple(image_size)
+    focal = raw.get("focal") or {}
+    check_keys(focal, {"alpha", "gamma"}, f"{where}.focal")
+    return DatasetSpec(
+        name=name,
+        kind=kind,
+        root=str(root) if root is not None else None,
+        manifest=raw.get("manifest"),
+        synthetic=synthetic,
+        image_size=image_size,
+        crop_size=crop_size,
+        detector=detector,
+        n_folds=n_folds,
+        focal=dict(focal),
+    )
+
+
+def _backbone(name: str, raw: Any, where: str) -> BackboneSpec:
+    if name not in KNOWN_BACKBONES:
+        raise FerError(f"{where}: unknown backbone {name!r}; known: {', '.join(KNOWN_BACKBONES)}")
+    check_keys(raw, BACKBONE_KEYS, where)
+    weights = raw.get("weights", "none")
+    if weights is None or not isinstance(weights, str):
+        raise FerError(f"{where}: weights {weights!r} must be 'none', 'pretrained' or a file path")
+    input_size = raw.get("input_size")
+    if input_size is not None and (not isinstance(input_size, int) or input_size < 16):
+        raise FerError(f"{where}: input_size {input_size!r} must be an integer >= 16")
+    return BackboneSpec(name, weights, input_size)
+
+
+def _experiment(raw: Any, backbones: dict[str, BackboneSpec], where: str) -> Experiment:
+    check_keys(raw, EXPERIMENT_KEYS, where)
+    names = raw.get("backbones") or []
+    strategies = raw.get("strategies") or []
+    if not names or not strategies:
+        raise FerError(f"{where}: needs non-empty backbones and strategies lists")
+    for name in names:
+        if name not in backbones:
+            raise FerError(f"{where}: backbone {name!r} is not declared under backbones:")
+    for strategy in strategies:
+        parse_strategy(strategy, where)
+    return Experiment(tuple(names), tuple(strategies))
+
+
+def parse_data_roots(pairs: list[str] | tuple[str, ...] | None) -> dict[str, str]:
+    """`--data NAME=DIR` pairs from the command line -> {dataset name: raw root}."""
+    roots = {}
+    for pair in pairs or []:
+        name, sep, root = pair.partition("=")
+        if not sep or not name or not root:
+            raise FerError(f"--data {pair!r}: expected NAME=DIR, e.g. --data ckplus=/data/CK+")
+        roots[name] = root
+    return roots

@@ -1,0 +1,121 @@
+"""`report`: `RUN_DIR/report/report.md` with PNG figures beside it, from the store alone.
+
+Everything is recomputed from the Parquet rows of the current grid's units on every call, so
+the report is never stale and works on partial results (rows say how many folds are in).
+Files are written atomically; a reader never sees half a report.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from fer_core.io import atomic_write_bytes, atomic_write_text
+from orchestrator.report import compare, figures, sections
+from orchestrator.report import paper_numbers as paper
+from orchestrator.report import tune as report_tune
+from orchestrator.report.aggregate import Group, row_normalised
+from orchestrator.report.results import load_results
+from orchestrator.report.study import Study, build_study
+
+REPORT_DIR = "report"
+FOLDS_FIGURE = "folds.png"
+
+
+@dataclass(frozen=True)
+class Report:
+    """Where the report went, and the strategy table for the terminal."""
+
+    path: Path
+    strategy_table: str
+
+
+def _slug(*parts: str) -> str:
+    return "-".join(re.sub(r"[^A-Za-z0-9_.]+", "_", p) for p in parts)
+
+
+def _stage_label(strategy: str) -> str:
+    return f"stage {strategy.count('>') + 1}"
+
+
+def confusion_section(study: Study, out_dir: Path) -> str:
+    """One PNG per dataset × backbone (× selection): each strategy's pooled, row-normalised
+    confusion side by side, stage 1 before stage 2 as in the paper's Figs 3 and 5."""
+    lines = ["## Confusion matrices (pooled over folds, rows = ground truth)", ""]
+    drawn = 0
+    for group in study.groups:
+        panels, classes = [], None
+        for strategy in study.strategies(group):
+            found = study.confusion(group, strategy)
+            if found is None or (classes is not None and len(found[1]) != len(classes)):
+                continue
+            counts, classes = found
+            accuracy = 100.0 * counts.trace() / max(counts.sum(), 1)
+            n = study.result(group, strategy).n
+            title = (
+                f"{strategy} ({_stage_label(strategy)})\n"
+                f"{accuracy:.1f}% of {int(counts.sum())} images, {n} folds"
+            )
+            panels.append(figures.ConfusionPanel(title, row_normalised(counts)))
+        if not panels or classes is None:
+            continue
+        name = f"confusion-{_slug(group.dataset, group.backbone, group.selection)}.png"
+        title = sections.group_title(group)
+        atomic_write_bytes(out_dir / name, figures.confusion_figure(panels, classes, title))
+        lines += [f"### {title}", "", f"![confusion matrices, {title}]({name})", ""]
+        drawn += 1
+    if not drawn:
+        lines.append("No predictions stored yet.")
+    return "\n".join(lines).rstrip()
+
+
+def folds_section(study: Study, out_dir: Path) -> str:
+    """A strip/box plot of per-fold accuracy per strategy, one axes per group."""
+    panels = []
+    for group in study.groups:
+        kind = study.results.kind_of(group.dataset)
+        folds = {s: study.result(group, s).folds for s in study.strategies(group)}
+        if not any(folds.values()):
+            continue
+        numbers = {s: paper.paper_accuracy(kind, group.backbone, s) for s in folds}
+        paper_means = {s: v for s, v in numbers.items() if v is not None}
+        panels.append(figures.FoldPanel(_fold_title(study, group), folds, paper_means))
+    if not panels:
+        return "## Accuracy per fold\n\nNo finished folds yet."
+    atomic_write_bytes(out_dir / FOLDS_FIGURE, figures.fold_figure(panels))
+    return (
+        "## Accuracy per fold\n\nEach dot is one test fold; grey lines join the same fold "
+        "across strategies (the pairing the tests use); red crosses are the paper's means"
+        " (real data).\n\n"
+        f"![per-fold accuracy]({FOLDS_FIGURE})"
+    )
+
+
+def _fold_title(study: Study, group: Group) -> str:
+    title = sections.group_title(group)
+    return title + (" SYNTHETIC" if study.results.is_synthetic(group.dataset) else "")
+
+
+def write_report(run_dir: str | Path) -> Report:
+    """Build `RUN_DIR/report/report.md` and its figures; return its path and the text table."""
+    results = load_results(run_dir)
+    study = build_study(results)
+    out_dir = results.rundir.path / REPORT_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parts = [
+        sections.header(study),
+        sections.data_section(study),
+        sections.strategy_section(study),
+        folds_section(study, out_dir),
+        compare.paired_section(study),
+        compare.per_class_section(study),
+        confusion_section(study, out_dir),
+        compare.focal_note(study),
+        sections.cost_section(study),
+        report_tune.tune_section(results.rundir.path, out_dir),
+    ]
+    parts = [part for part in parts if part]
+    path = out_dir / "report.md"
+    atomic_write_text(path, "\n\n".join(parts) + "\n")
+    return Report(path, sections.strategy_text(study))

@@ -1,0 +1,259 @@
+"""The descriptive Markdown sections of the report (header, data, strategy table, cost) and
+the cell formatters shared with `report_compare`; functions of the study, no file I/O.
+
+The wording is deliberate: the report must say which selection protocol produced a number,
+when a dataset is a synthetic twin, and how small a difference is in images, because those
+are the things a reader comparing against the paper would otherwise get wrong.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from statistics import median
+from typing import Any
+
+from orchestrator.report import aggregate as agg
+from orchestrator.report import paper_numbers as paper
+from orchestrator.report.aggregate import Group
+from orchestrator.report.study import Study
+from orchestrator.texttable import markdown_table, text_table
+
+SELECTION_TEXT = {
+    "heldout": "**heldout**: the paper's protocol. Each stage's best epoch was chosen on the "
+    "test fold itself, so these accuracies are optimistic (the test fold helped pick the model).",
+    "inner": "**inner**: each stage's best epoch was chosen on an inner, subject-independent "
+    "validation fold taken from the training folds; the test fold was only scored. This is not "
+    "the paper's protocol; expect numbers below the paper's.",
+}
+NONE = "–"
+
+
+def pct(value: float | None, digits: int = 2) -> str:
+    return NONE if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def signed(value: float | None, digits: int = 2) -> str:
+    return NONE if value is None or math.isnan(value) else f"{value:+.{digits}f}"
+
+
+def pvalue(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def mean_pm_std(result: agg.StrategyResult) -> str:
+    """`98.37 ± 1.20`; just the mean with one fold; a dash with none."""
+    if result.n == 0:
+        return NONE
+    if result.n == 1:
+        return pct(result.mean)
+    return f"{pct(result.mean)} ± {pct(result.std)}"
+
+
+def folds_cell(result: agg.StrategyResult) -> str:
+    return f"{result.n}/{result.expected_folds}" if result.expected_folds else str(result.n)
+
+
+def group_title(group: Group) -> str:
+    return f"{group.dataset} · {group.backbone} ({group.selection})"
+
+
+def _utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(seconds))
+
+
+def _counted(values: list[Any]) -> str:
+    counts = Counter(str(v) for v in values if v is not None)
+    return ", ".join(f"{k} ×{n}" for k, n in counts.most_common()) or NONE
+
+
+# --- header ---------------------------------------------------------------------------------
+def header(study: Study) -> str:
+    results = study.results
+    runs = results.runs
+    grid = results.info.get("grid") or next((r.get("grid") for r in runs if r.get("grid")), "?")
+    train = results.train_units
+    prepare = [u for u in results.units if u.kind == "prepare"]
+    done_train = sum(u.id in results.done for u in train)
+    done_prepare = sum(u.id in results.done for u in prepare)
+    lines = [
+        "# Two-stage CE → focal training for FER: study report",
+        "",
+        f"- Grid: **{grid}** (`{results.info.get('grid_file', '?')}`), run dir "
+        f"`{results.rundir.path}`",
+        f"- Generated {_utc(time.time())}"
+        + (
+            f"; results from {_utc(min(r['started_at'] for r in runs))} to "
+            f"{_utc(max(r['finished_at'] for r in runs))}"
+            if runs and all(r.get("started_at") and r.get("finished_at") for r in runs)
+            else ""
+        ),
+        f"- Units done: **{done_train + done_prepare} of {len(results.units)}** "
+        f"(training {done_train}/{len(train)}, data preparation {done_prepare}/{len(prepare)})",
+        f"- Devices: {_counted([r.get('device') for r in runs])}; schedulers: "
+        f"{_counted([r.get('scheduler') for r in runs])}; hosts: "
+        f"{len({r.get('host') for r in runs if r.get('host')})}",
+        "",
+        "**Model selection** (which epoch of a stage is kept):",
+        "",
+    ]
+    selections = sorted({g.selection for g in study.groups})
+    for selection in selections or ["heldout"]:
+        lines.append(f"- {SELECTION_TEXT.get(selection, f'**{selection}**')}")
+    if len(selections) > 1:
+        lines.append("- This run mixes protocols: compare numbers only within one selection.")
+    return "\n".join(lines)
+
+
+# --- data -----------------------------------------------------------------------------------
+def data_section(study: Study) -> str:
+    results = study.results
+    lines = ["## Data", ""]
+    for name, info in results.datasets.items():
+        if info.synthetic:
+            lines += [
+                f"> **SYNTHETIC twin: `{name}` is not {info.kind} data.** It is generated "
+                f"drawings in the {info.kind} layout. Its numbers show the pipeline works; they "
+                "say nothing about the paper's claims. The paper column below shows real-data "
+                "numbers for orientation only.",
+                "",
+            ]
+    rows = []
+    for name, info in results.datasets.items():
+        row = results.prepare.get(name)
+        kind_cell = f"{info.kind} (SYNTHETIC)" if info.synthetic else info.kind
+        if row is None:
+            rows.append([name, kind_cell, "not prepared yet", "", "", "", "", ""])
+            continue
+        classes = str(row.get("classes") or "")
+        rows.append(
+            [
+                name,
+                kind_cell,
+                row.get("images"),
+                row.get("subjects"),
+                f"{len(classes.split(','))}: {classes.replace(',', ', ')}" if classes else NONE,
+                row.get("detector"),
+                row.get("detected"),
+                row.get("fallback"),
+            ]
+        )
+    headers = [
+        "dataset",
+        "kind",
+        "images",
+        "subjects",
+        "classes",
+        "detector",
+        "faces detected",
+        "fell back to centre crop",
+    ]
+    lines.append(markdown_table(headers, rows))
+    return "\n".join(lines)
+
+
+# --- the strategy table (Tables 2-5) --------------------------------------------------------
+def _paper_header(study: Study) -> str:
+    return (
+        "paper (real data)"
+        if any(study.results.is_synthetic(g.dataset) for g in study.groups)
+        else "paper"
+    )
+
+
+def strategy_rows(study: Study) -> tuple[list[str], list[list[Any]]]:
+    headers = [
+        "dataset",
+        "backbone",
+        "strategy",
+        "selection",
+        "ours (%)",
+        "folds",
+        _paper_header(study),
+        "paper table",
+    ]
+    rows = []
+    for group in study.groups:
+        kind = study.results.kind_of(group.dataset)
+        for strategy in study.strategies(group):
+            result = study.result(group, strategy)
+            number = paper.paper_accuracy(kind, group.backbone, strategy)
+            rows.append(
+                [
+                    group.dataset,
+                    group.backbone,
+                    strategy,
+                    group.selection,
+                    mean_pm_std(result),
+                    folds_cell(result),
+                    NONE if number is None else f"{number:.1f}",
+                    paper.paper_source(kind, group.backbone, strategy) or "",
+                ]
+            )
+    return headers, rows
+
+
+def strategy_text(study: Study) -> str:
+    """The terminal version: aligned columns, a caption line, no Markdown."""
+    headers, rows = strategy_rows(study)
+    if not rows:
+        return "no training units in this grid"
+    caption = "test accuracy, mean ± std over folds (%)"
+    if any(study.results.is_synthetic(g.dataset) for g in study.groups):
+        caption += "; SYNTHETIC data: the paper column is the paper's real-data number"
+    right = [False, False, False, False, True, True, True, False]
+    return caption + "\n" + text_table(headers, rows, right=right, max_width=None)
+
+
+def strategy_section(study: Study) -> str:
+    headers, rows = strategy_rows(study)
+    lines = [
+        "## Accuracy by strategy (the paper's Tables 2–5)",
+        "",
+        "Test accuracy in %, mean ± sample std over the folds finished so far ('folds' = "
+        "finished/planned). The paper reports 10-fold means with `heldout` selection.",
+        "",
+        markdown_table(headers, rows, right=[False] * 4 + [True] * 3 + [False])
+        if rows
+        else "No training units in this grid.",
+    ]
+    kinds = [
+        k
+        for k in dict.fromkeys(study.results.kind_of(g.dataset) for g in study.groups)
+        if k in paper.PRIOR_ART
+    ]
+    for kind in kinds:
+        prior = ", ".join(f"{name} {value:.1f}" for name, value in paper.PRIOR_ART[kind].items())
+        lines += ["", f"Prior art the paper lists for {kind} (Tables 2–3): {prior}."]
+    return "\n".join(lines)
+
+
+# --- cost -----------------------------------------------------------------------------------
+def cost_section(study: Study) -> str:
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in study.results.runs:
+        groups.setdefault((str(row.get("backbone")), str(row.get("device"))), []).append(row)
+
+    def med(rows: list[dict[str, Any]], key: str) -> str:
+        values = [float(r[key]) for r in rows if r.get(key) is not None]
+        return NONE if not values else f"{median(values):.1f}"
+
+    rows = [
+        [
+            backbone,
+            device,
+            len(rs),
+            med(rs, "train_seconds"),
+            med(rs, "images_per_second"),
+            med(rs, "startup_seconds"),
+        ]
+        for (backbone, device), rs in groups.items()
+    ]
+    if not rows:
+        return "## Cost\n\nNo finished training units yet."
+    return "## Cost\n\n" + markdown_table(
+        ["backbone", "device", "units", "median train s", "median images/s", "median start-up s"],
+        rows,
+        right=[False, False, True, True, True, True],
+    )

@@ -1,0 +1,159 @@
+"""Runs one unit inside whatever process a backend gives it (subprocess, SLURM job, Ray trial).
+
+`python -m orchestrator.run.worker RUN_DIR UNIT_ID`, `run(run_dir, unit_id)` from submitit/Ray, or
+`run_forked(...)` in a process the local backend forks from its pre-loaded server.
+Idempotent: a unit already in the store is not run again. A failure leaves
+`units/<id>/failed.json` with a one-line reason for `status`, and re-raises.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fer_core.errors import FerError
+from orchestrator.run.rundir import RunDir
+
+
+def scheduler_info() -> dict[str, Any]:
+    """Which scheduler runs this process, its job id and how often it was requeued."""
+    if "SLURM_JOB_ID" in os.environ:
+        return {
+            "scheduler": "slurm",
+            "job_id": os.environ.get("SLURM_ARRAY_JOB_ID", os.environ["SLURM_JOB_ID"]),
+            "requeues": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
+        }
+    return {
+        "scheduler": os.environ.get("FER_SCHEDULER", "local"),
+        "job_id": os.environ.get("FER_JOB_ID", str(os.getpid())),
+        "requeues": 0,
+    }
+
+
+def prepare(spec: dict[str, Any]) -> dict[str, Any]:
+    """Make a dataset ready for training: synthetic twin if asked, index, face crops."""
+    from fer_core.data.faces import prepare_faces
+    from fer_core.data.index import build_index
+    from fer_core.data.synthetic import twins as synth
+
+    root = Path(spec["root"])
+    if spec["synthetic"]:  # built atomically, reused when present with the same parameters
+        size = {"image_size": tuple(spec["image_size"])} if spec.get("image_size") else {}
+        if spec["dataset"] == "ckplus":
+            synth.write_ckplus_twin(root, synth.DEFAULT_ROSTER, **size)
+        else:
+            synth.write_oulu_twin(root, **size)
+    out_dir = Path(spec["out_dir"])
+    index = build_index(spec["dataset"], root, manifest=spec["manifest"], n_folds=spec["n_folds"])
+    index.write(out_dir / "index.parquet")
+    report = prepare_faces(index, out_dir, spec["crop_size"], detector=spec["detector"])
+    return {
+        "dataset": spec["name"],
+        "kind": spec["dataset"],
+        "root": str(root),
+        "synthetic": bool(spec["synthetic"]),
+        "images": len(index.records),
+        "subjects": len({r.subject for r in index.records}),
+        "classes": ",".join(index.classes),
+        "detector": spec["detector"],
+        "crop_size": spec["crop_size"],
+        "detected": report.detected,
+        "fallback": report.fallback,
+        "reused": report.reused,
+        "fingerprint": report.fingerprint,
+        "prepared_at": time.time(),
+    }
+
+
+def run(run_dir: str | Path, unit_id: str) -> str:
+    """Run unit `unit_id` of `run_dir` unless it is already done; returns its state.
+
+    A failure is recorded in `failed.json` for `status`; an interruption (SystemExit from a
+    scheduler's requeue, Ctrl-C) is not a failure and is not recorded.
+    """
+    rundir = RunDir(Path(run_dir))
+    body = rundir.read_spec(unit_id)
+    if rundir.store.is_done(unit_id, body["kind"]):
+        return "already done"
+    try:
+        from fer_core.unit import run_unit  # inside: a broken install is a recorded failure
+
+        if body["kind"] == "prepare":
+            row = prepare(body["spec"])
+            rundir.store.write("prepare", unit_id, [{"unit_id": unit_id, **row}])
+        else:
+            result = run_unit(body["spec"], rundir.work_dir(unit_id))
+            result["run"].update(scheduler_info(), worker_host=socket.gethostname())
+            rundir.store.write_unit(unit_id, result)
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if not isinstance(exc, FerError):
+            reason = f"{type(exc).__name__}: {reason}"
+        try:
+            rundir.mark_failed(unit_id, reason)
+        except (OSError, FerError):  # e.g. the run dir's disk is full too: keep the cause
+            print(f"error: {reason}", file=sys.stderr)
+        raise
+    rundir.clear_failed(unit_id)
+    return "done"
+
+
+def death_reason(code: int, log_path: Path) -> str:
+    """Why a worker process ended with `code` without recording an error itself (it was
+    killed, or crashed): the reason `status` shows, whichever backend started it."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        why = {"SIGKILL": " (out of memory, or killed by hand)", "SIGTERM": " (stopped)"}
+        return (
+            f"the worker process was killed by {name}{why.get(name, '')} before it finished; "
+            "a re-launch resumes it from its last epoch checkpoint"
+        )
+    return f"the worker exited with status {code} without recording an error; see {log_path}"
+
+
+def run_forked(
+    run_dir: str, unit_id: str, log_path: str, env: dict[str, str], threads: int
+) -> None:
+    """`python -m orchestrator.run.worker RUN_DIR UNIT_ID` in a process forked from a server that
+    has torch loaded already: same environment, log and exit status as that command, without
+    its seconds of imports. Exits the process."""
+    os.environ.clear()
+    os.environ.update(env)
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+        os.dup2(log, stream.fileno())
+        stream.reconfigure(line_buffering=True)  # as PYTHONUNBUFFERED: the log is live
+    os.close(log)
+    from fer_core.runtime import use_threads
+
+    use_threads(threads)
+    sys.exit(main([run_dir, unit_id]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m orchestrator.run.worker RUN_DIR UNIT_ID", file=sys.stderr)
+        return 2
+    try:
+        state = run(args[0], args[1])
+    except FerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args[1]}: {state}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""`tune --cluster slurm`: the search on a Ray cluster started inside one SLURM allocation.
+
+The sbatch script comes from `orchestrator.backends.ray.cluster.render_ray_sbatch` (a Ray head
+on the first node, a worker on each other node, a cluster profile pointing at the head), with
+its final command running `tune --cluster ray` instead of `launch`. Inside the allocation the
+stage-1 units, the trials and the final units all run on that Ray cluster. The run dir must
+be on a file system every node sees. Submitting the same script again (or `tune` again)
+resumes: units and trials that finished are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fer_core.errors import FerError
+from fer_core.io import atomic_write_text
+from orchestrator.backends.ray.cluster import render_ray_sbatch
+from orchestrator.plan.profiles import load_profile
+from orchestrator.run.rundir import RunDir
+from orchestrator.tune.space import TuneSpec
+from orchestrator.tune.trial import tune_dir
+
+if TYPE_CHECKING:
+    from orchestrator.tune.nested import TuneRequest
+
+SCRIPT = "ray-slurm.sbatch"
+SBATCH_TIMEOUT_S = 60
+_LAUNCH = re.compile(
+    r"-m orchestrator launch --grid (?P<grid>\S+) --run-dir (?P<run>\S+) \\\n"
+    r"\s*--cluster ray --cluster-file \"\$cluster_file\""
+)
+
+
+def render_tune_sbatch(
+    spec: TuneSpec,
+    run_dir: Path,
+    profile: dict[str, Any],
+    trial_profile: dict[str, Any],
+    nodes: int = 1,
+    samples: int | None = None,
+    data: list[str] | None = None,
+) -> str:
+    """The sbatch text: Ray head + workers in the allocation, then `tune --cluster ray`."""
+    gpus = int(profile.get("gpus_per_job", 0))
+    text = render_ray_sbatch(
+        spec.grid.name,  # names the job; the command below gets the grid's path
+        str(run_dir),
+        nodes=nodes,
+        cpus_per_node=int(profile.get("cpus_per_job", 1)),
+        gpus_per_node=gpus,
+        time_min=int(profile.get("time_min", 240)),
+        cpus_per_trial=float(trial_profile.get("cpus_per_trial", 1)),
+        gpus_per_trial=float(trial_profile.get("gpus_per_trial", 1 if gpus else 0)),
+        partition=profile.get("partition"),
+        account=profile.get("account"),
+        qos=profile.get("qos"),
+        setup=list(profile.get("setup") or []),
+        python=profile.get("python") or sys.executable,
+        connect_timeout_s=float(trial_profile.get("connect_timeout_s", 60)),
+    )
+    grid = shlex.quote(str(spec.path))
+    extra = f" --samples {samples}" if samples is not None else ""
+    extra += "".join(f" --data {shlex.quote(pair)}" for pair in data or [])
+    text, count = _LAUNCH.subn(
+        lambda m: (
+            f"-m orchestrator tune --grid {grid} --run-dir {m['run']} \\\n"
+            f'  --cluster ray --cluster-file "$cluster_file"{extra}'
+        ),
+        text,
+    )
+    if count != 1:
+        raise FerError(
+            "tune --cluster slurm: the Ray sbatch template of orchestrator.backends.ray.cluster "
+            "no longer ends with the launch command this module rewrites; update tune_slurm.py"
+        )
+    return text
+
+
+def submit_tune_job(
+    spec: TuneSpec, args: TuneRequest, profile: dict[str, Any], run_dir: Path
+) -> int:
+    """Write the sbatch script under RUN_DIR/tune/ and submit it (unless --dry-run)."""
+    nodes = args.nodes or 1
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
+        raise FerError(f"--nodes: {nodes!r} must be a positive integer")
+    try:  # per-trial resources come from the ray profile of the same cluster file
+        trial_profile = load_profile("ray", args.cluster_file)
+    except FerError:
+        trial_profile = {}
+    if int(profile.get("gpus_per_job", 0)) and not trial_profile.get("gpus_per_trial"):
+        print(
+            "warning: the allocation has GPUs but the ray profile gives trials none; set "
+            "gpus_per_trial there (fractions such as 0.25 pack trials onto one GPU)"
+        )
+    rundir = RunDir(run_dir.resolve())
+    rundir.claim(spec.grid.name, spec.path)
+    text = render_tune_sbatch(
+        spec, rundir.path, profile, trial_profile, nodes, args.samples, list(args.data) or None
+    )
+    path = tune_dir(rundir.path) / SCRIPT
+    atomic_write_text(path, text)
+    if args.dry_run:
+        print(f"sbatch script: {path} (dry run: not submitted)")
+        return 0
+    try:
+        done = subprocess.run(
+            ["sbatch", "--parsable", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=SBATCH_TIMEOUT_S,
+        )
+    except FileNotFoundError as exc:
+        raise FerError("tune --cluster slurm: sbatch not found; run on a SLURM login node") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise FerError(f"sbatch did not answer within {SBATCH_TIMEOUT_S}s") from exc
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise FerError(f"sbatch {path} failed: {last}")
+    job_id = done.stdout.strip().split(";")[0]
+    record = {"job_id": job_id, "script": str(path), "nodes": nodes, "submitted_at": time.time()}
+    atomic_write_text(tune_dir(rundir.path) / "slurm.json", json.dumps(record, indent=1))
+    print(f"submitted SLURM job {job_id}: a Ray cluster on {nodes} node(s) running the search")
+    print(f"  script {path}; log {rundir.path}/fer-ray-{spec.grid.name}-{job_id}.out")
+    print("  when it has finished: python -m orchestrator report --run-dir " + str(rundir.path))
+    return 0

@@ -1,0 +1,629 @@
+"""The slurm backend: sbatch text (golden file), and on a real one-node SLURM the afterok
+chain, failure -> blocked -> retry of only that chain, resume after scancel, requeue on
+preemption, and a cancel that touches only this run's jobs.
+
+The cluster tests need `scripts/local_slurm.sh up` (partition `debug`, accounting on);
+they are skipped only where there is no `sbatch` at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from fer_core.errors import FerError
+from orchestrator.backends import base
+from orchestrator.backends.slurm.backend import SlurmBackend, job_name, submission_text
+from orchestrator.backends.slurm.jobs import (
+    STATE_MAP,
+    normalise_state,
+    raw_states,
+    run_tag,
+    tagged_jobs,
+)
+from orchestrator.backends.slurm.pack import plan_packs
+from orchestrator.plan.dag import Unit, expand
+from orchestrator.plan.grid import load_grid
+from orchestrator.plan.profiles import DEFAULT_FILE, load_profile
+from orchestrator.run.launch import launch
+from orchestrator.run.rundir import RunDir
+from orchestrator.run.status import status_rows
+
+REPO = Path(__file__).resolve().parents[4]
+GOLDEN = Path(__file__).parent / "golden" / "sbatch_slurm_profile.txt"
+
+needs_slurm = pytest.mark.skipif(
+    shutil.which("sbatch") is None,
+    reason="no sbatch on PATH: start the one-node SLURM with `sudo scripts/local_slurm.sh up`",
+)
+
+GRID = """
+name: {name}
+seed: 0
+folds: {folds}
+datasets:
+  ckplus:
+    kind: ckplus
+{source}
+    crop_size: {crop}
+    detector: center
+    focal: {{alpha: 0.25, gamma: 0.0}}
+backbones:
+  tiny: {{weights: none, input_size: {crop}}}
+experiments:
+  - backbones: [tiny]
+    strategies: [ce, "ce>focal"]
+train: {{epochs: {epochs}, lr_step_epoch: 1, batch_size: 32}}
+"""
+CLUSTER = """
+test:
+  backend: slurm
+  partition: debug
+  cpus_per_job: 1
+  mem_gb: 1
+  time_min: 10
+"""
+
+
+def write_study(
+    tmp: Path,
+    name: str,
+    folds: str = "[1]",
+    epochs: int = 2,
+    crop: int = 32,
+    root: Path | None = None,
+) -> tuple[Path, Path]:
+    """A grid on the synthetic CK+ twin: generated inside the prepare job, or at `root`."""
+    if root is None:
+        source = "    synthetic: true\n    image_size: [64, 48]"
+    else:
+        source = f"    root: {root}"
+    grid = tmp / f"{name}.yaml"
+    grid.write_text(GRID.format(name=name, folds=folds, epochs=epochs, crop=crop, source=source))
+    cluster = tmp / "cluster.yaml"
+    cluster.write_text(CLUSTER)
+    return grid, cluster
+
+
+def units_by_role(grid: Path, run: Path) -> dict[str, Unit]:
+    """'prepare', 's1f1', 's2f1', ... for the units of a test grid."""
+    roles = {}
+    for unit in expand(load_grid(str(grid)), run):
+        roles["prepare" if unit.kind == "prepare" else f"s{unit.stage}f{unit.fold}"] = unit
+    return roles
+
+
+def wait_until(
+    predicate, timeout: float, what: str, rundir: RunDir | None = None, interval: float = 0.5
+):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}" + _logs(rundir))
+
+
+def _logs(rundir: RunDir | None) -> str:
+    """The tail of every job log of a run dir, to explain a timeout."""
+    if rundir is None:
+        return ""
+    parts = []
+    for log in sorted(rundir.path.glob("units/*/slurm/*_log.out")):
+        lines = log.read_text(errors="replace").splitlines()[-8:]
+        parts.append(f"\n--- {log.relative_to(rundir.path)}\n" + "\n".join(lines))
+    return "".join(parts)
+
+
+def all_finished(backend: SlurmBackend, rundir: RunDir) -> bool:
+    states = backend.states(rundir)
+    return len(states) == len(rundir.submissions()) and not any(
+        s in base.ACTIVE for s in states.values()
+    )
+
+
+def job_id(rundir: RunDir, unit: Unit) -> str:
+    return str(rundir.submissions()[unit.id]["job_id"])
+
+
+def scontrol_job(job: str) -> str:
+    return subprocess.run(
+        ["scontrol", "show", "job", job], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def epochs_done(rundir: RunDir, unit: Unit) -> int:
+    try:
+        return int(json.loads((rundir.work_dir(unit.id) / "progress.json").read_text())["epoch"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+@pytest.fixture
+def cleanup():
+    """Cancel whatever the test's run dirs still have queued, pass or fail."""
+    rundirs: list[RunDir] = []
+    yield rundirs.append
+    for rundir in rundirs:
+        with contextlib.suppress(Exception):  # the cluster may be the thing that broke
+            SlurmBackend(load_profile("test", rundir.path.parent / "cluster.yaml")).cancel(rundir)
+
+
+# --- no cluster needed --------------------------------------------------------------------
+def test_without_sbatch_the_backend_refuses_before_submitting(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(FerError, match="--cluster slurm: no sbatch on PATH"):
+        SlurmBackend({"partition": "debug"})
+
+
+def test_every_slurm_state_maps_to_a_backend_state():
+    assert set(STATE_MAP.values()) <= {
+        base.PENDING,
+        base.RUNNING,
+        base.FAILED,
+        base.CANCELLED,
+        base.COMPLETED,
+    }
+    assert normalise_state("CANCELLED by 0") == base.CANCELLED
+    assert normalise_state("REQUEUED") == base.PENDING
+    assert normalise_state("COMPLETING") == base.RUNNING
+    for failed in ("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL"):
+        assert normalise_state(failed) == base.FAILED
+    assert normalise_state("COMPLETED") == base.COMPLETED
+
+
+def _fake_slurm_tools(monkeypatch, tmp_path: Path) -> None:
+    """sbatch/srun stand-ins on PATH: the sbatch text is rendered, never submitted."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).write_text("#!/bin/sh\nexit 99\n")
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+def _normalised(text: str, rundir: RunDir) -> str:
+    text = text.replace(str(rundir.path), "RUN_DIR").replace(run_tag(rundir.path), "RUN_TAG")
+    return text.replace(sys.executable, "PYTHON")
+
+
+def test_sbatch_text_of_the_slurm_profile_matches_the_golden_file(monkeypatch, tmp_path):
+    _fake_slurm_tools(monkeypatch, tmp_path)
+    profile = load_profile("slurm", DEFAULT_FILE)
+    profile.pop("backend")
+    profile["setup"] = ["module load cuda/12.4"]  # cluster.yaml ships none; show where they go
+    backend = SlurmBackend(profile)
+    rundir = RunDir(tmp_path / "run")
+    unit = Unit(
+        id="0123456789abcdef",
+        kind="train",
+        name="ckplus/f03/inception_v3/ce>focal",
+        dataset="ckplus",
+        deps=("fedcba9876543210",),
+        spec={},
+        stage=2,
+        fold=3,
+    )
+    text = _normalised(submission_text(backend.executor(rundir, unit, ["4242"])), rundir)
+    if os.environ.get("FER_UPDATE_GOLDEN") == "1":
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text(), "sbatch text changed; FER_UPDATE_GOLDEN=1 rewrites it"
+
+
+def test_profile_values_reach_sbatch_only_as_quoted_parameters(monkeypatch, tmp_path):
+    _fake_slurm_tools(monkeypatch, tmp_path)
+    backend = SlurmBackend(
+        {
+            "partition": "debug",
+            "mem_gb": 1.5,
+            "gpus_per_job": 0,
+            "env": {"FER_SECRET_LOOKING": "$(touch /tmp/pwned)"},
+        }
+    )
+    rundir = RunDir(tmp_path / "run")
+    unit = Unit(
+        id="abc",
+        kind="train",
+        name="my set/f01/tiny/ce>focal; rm -rf ~",
+        dataset="x",
+        deps=(),
+        spec={},
+    )
+    text = submission_text(backend.executor(rundir, unit, []))
+    assert "--job-name=fer-my_set_f01_tiny_ce_focal_rm_-rf" in text
+    assert job_name(unit) == "fer-my_set_f01_tiny_ce_focal_rm_-rf"
+    assert "--mem=1536MB" in text and "gpus" not in text and "dependency" not in text
+    assert "pwned" not in text  # env is set inside the job's Python, never in the script
+    assert backend.job_env()["FER_SECRET_LOOKING"] == "$(touch /tmp/pwned)"
+    assert backend.job_env()["OMP_NUM_THREADS"] == "1"
+
+
+# --- a real one-node SLURM --------------------------------------------------------------
+@pytest.mark.slurm
+@needs_slurm
+def test_chain_runs_with_afterok_a_failure_blocks_and_relaunch_retries_that_chain(
+    tmp_path, cleanup, twin_root
+):
+    grid, cluster = write_study(tmp_path, "slurmchain", folds="[1, 2]", root=twin_root)
+    run = tmp_path / "run"
+    roles = units_by_role(grid, run)
+    # A real failure for fold 2's stage 1: its work dir is a file, so training cannot start.
+    broken = RunDir(run).work_dir(roles["s1f2"].id)
+    broken.parent.mkdir(parents=True)
+    broken.write_text("not a directory")
+
+    cleanup(RunDir(run))
+    rundir = launch(str(grid), cluster="test", cluster_file=cluster, run_dir=run)
+    backend = SlurmBackend(load_profile("test", cluster))
+    assert len(rundir.submissions()) == 5
+    for stage2, stage1 in (("s2f1", "s1f1"), ("s2f2", "s1f2"), ("s1f1", "prepare")):
+        info = scontrol_job(job_id(rundir, roles[stage2]))
+        assert f"Dependency=afterok:{job_id(rundir, roles[stage1])}" in info, info
+        assert "KillOInInvalidDependent=Yes" in info
+    assert "Dependency=(null)" in scontrol_job(job_id(rundir, roles["prepare"]))
+
+    wait_until(lambda: all_finished(backend, rundir), 240, "the first launch", rundir)
+    rows = {row["unit_id"]: row for row in status_rows(rundir, backend)}
+    assert rows[roles["s1f1"].id]["state"] == "done"
+    assert rows[roles["s2f1"].id]["state"] == "done"
+    assert rows[roles["s1f2"].id]["state"] == "failed"
+    assert "work" in rows[roles["s1f2"].id]["detail"]
+    assert rows[roles["s2f2"].id]["state"] == "blocked"
+    assert backend.states(rundir)[roles["s2f2"].id] == base.CANCELLED
+    prepare_log = next((run / "units" / roles["prepare"].id / "slurm").glob("*_log.out"))
+    assert prepare_log.stat().st_size > 0
+
+    broken.unlink()  # the fix; this time launch waits (bounded here by a thread join)
+    out = io.StringIO()
+    errors: list[BaseException] = []
+
+    def launch_and_wait() -> None:
+        try:
+            launch(str(grid), cluster="test", cluster_file=cluster, run_dir=run, wait=True, out=out)
+        except BaseException as exc:  # surfaced in the test below
+            errors.append(exc)
+
+    with contextlib.redirect_stdout(out):
+        waiter = threading.Thread(target=launch_and_wait)
+        waiter.start()
+        waiter.join(240)
+    assert not waiter.is_alive(), "launch --wait did not return" + _logs(rundir)
+    assert not errors, errors
+    attempts = {u: r["attempts"] for u, r in rundir.submissions().items()}
+    retried = {u for u, n in attempts.items() if n == 2}
+    assert retried == {roles["s1f2"].id, roles["s2f2"].id}
+    assert all(n == 1 for u, n in attempts.items() if u not in retried)
+    lines = out.getvalue().splitlines()
+    assert any(re.match(r"\[1/2\] .* done +ckplus/f02/tiny/ce ", line) for line in lines), lines
+    assert any(re.match(r"\[2/2\] .* done +ckplus/f02/tiny/ce>focal", line) for line in lines)
+    assert {r["state"] for r in status_rows(rundir, backend)} == {"done"}
+    runs = rundir.store.read("runs").to_pylist()
+    assert len(runs) == 4 and {r["scheduler"] for r in runs} == {"slurm"}
+    by_unit = {r["unit_id"]: r for r in runs}
+    assert by_unit[roles["s1f2"].id]["job_id"] == job_id(rundir, roles["s1f2"])
+
+
+@pytest.mark.slurm
+@needs_slurm
+def test_scancel_then_relaunch_resumes_and_preemption_requeues(tmp_path, cleanup, twin_root):
+    # The session's twin (shared with other tests); 48 px crops make epochs of a second or
+    # more, so a unit can be caught between epoch 2 and its last (6).
+    grid, cluster = write_study(tmp_path, "slurmresume", epochs=6, crop=48, root=twin_root)
+    run = tmp_path / "run"
+    roles = units_by_role(grid, run)
+    cleanup(RunDir(run))
+    rundir = launch(str(grid), cluster="test", cluster_file=cluster, run_dir=run)
+    backend = SlurmBackend(load_profile("test", cluster))
+    stage1, stage2 = roles["s1f1"], roles["s2f1"]
+
+    # scancel stage 1 mid-run: its worker stops at once (not after KillWait), stage 2 is
+    # cancelled with it (kill-on-invalid-dep), and a re-launch resumes stage 1.
+    wait_until(
+        lambda: 2 <= epochs_done(rundir, stage1) < 6, 150, "stage 1 epoch 2", rundir, interval=0.2
+    )
+    subprocess.run(["scancel", job_id(rundir, stage1)], check=True)
+    wait_until(lambda: all_finished(backend, rundir), 30, "the scancel", rundir)
+    assert backend.states(rundir) == {
+        roles["prepare"].id: base.COMPLETED,
+        stage1.id: base.CANCELLED,
+        stage2.id: base.CANCELLED,
+    }
+    states = {r["unit_id"]: r["state"] for r in status_rows(rundir, backend)}
+    assert (states[stage1.id], states[stage2.id]) == ("todo", "blocked")
+    launch(str(grid), cluster="test", cluster_file=cluster, run_dir=run)
+    assert [rundir.submissions()[u.id]["attempts"] for u in (stage1, stage2)] == [2, 2]
+
+    # Preempt stage 2 (USR2, as SLURM signals before a time limit): submitit checkpoints and
+    # requeues the same job id. SLURM holds a requeued job for 120 s; release it sooner.
+    wait_until(
+        lambda: 2 <= epochs_done(rundir, stage2) < 6, 150, "stage 2 epoch 2", rundir, interval=0.2
+    )
+    job = job_id(rundir, stage2)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    wait_until(lambda: "Restarts=1" in scontrol_job(job), 60, "the requeue", rundir)
+    wait_until(lambda: "JobState=PENDING" in scontrol_job(job), 60, "the requeued job", rundir)
+    # Not within the second of the requeue: slurmd would refuse the job's credential as no
+    # newer than its revocation (whole seconds), and the job would fail.
+    time.sleep(1.5)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+    wait_until(lambda: all_finished(backend, rundir), 150, "the requeued stage 2", rundir)
+
+    runs = {r["unit_id"]: r for r in rundir.store.read("runs").to_pylist()}
+    assert runs[stage1.id]["resumed_from_epoch"] >= 2
+    assert runs[stage2.id]["resumed_from_epoch"] >= 2
+    assert runs[stage2.id]["requeues"] == 1 and runs[stage2.id]["job_id"] == job
+    assert [e["epoch"] for e in rundir.store.read("epochs", {stage1.id}).to_pylist()] == list(
+        range(1, 7)
+    )
+
+
+@pytest.mark.slurm
+@needs_slurm
+def test_a_partition_sbatch_refuses_is_one_clear_error_and_nothing_recorded(tmp_path):
+    grid, cluster = write_study(tmp_path, "slurmrefused")
+    cluster.write_text(CLUSTER.replace("partition: debug", "partition: no-such-partition"))
+    with pytest.raises(FerError, match=r"sbatch refused unit ckplus/prepare .*partition"):
+        launch(str(grid), cluster="test", cluster_file=cluster, run_dir=tmp_path / "run")
+    assert RunDir(tmp_path / "run").submissions() == {}
+
+
+@pytest.mark.slurm
+@needs_slurm
+def test_relaunch_after_a_partial_launch_and_cancel_touch_only_this_run(tmp_path, cleanup):
+    # Someone else's job holds the whole node, so every job of ours stays pending meanwhile.
+    other = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "-p",
+            "debug",
+            "--exclusive",
+            "--mem=100M",
+            "-J",
+            "not-ours",
+            "-o",
+            str(tmp_path / "not-ours.out"),
+            "--wrap",
+            "sleep 120",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    try:
+        wait_until(
+            lambda: normalise_state(raw_states([other]).get(other, "")) == base.RUNNING,
+            60,
+            "the other job to hold the node",
+        )
+        grid, cluster = write_study(tmp_path, "slurmcancel")
+        run = tmp_path / "run"
+        rundir = RunDir(run)
+        cleanup(rundir)
+        # A launch killed after two of its three sbatch calls: the record says exactly that.
+        units = expand(load_grid(str(grid)), run)
+        rundir.claim("slurmcancel", grid)
+        rundir.write_dag(units)
+        SlurmBackend(load_profile("test", cluster)).submit(rundir, units[:2], wait=False)
+        assert set(rundir.submissions()) == {units[0].id, units[1].id}
+
+        cli = [sys.executable, "-m", "orchestrator"]
+        launched = subprocess.run(
+            [
+                *cli,
+                "launch",
+                "--grid",
+                str(grid),
+                "--cluster",
+                "test",
+                "--cluster-file",
+                str(cluster),
+                "--run-dir",
+                str(run),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=120,
+        )
+        assert launched.returncode == 0, launched.stderr
+        assert "submitting 1 units" in launched.stdout and "(0 done, 2 active)" in launched.stdout
+        records = rundir.submissions()
+        assert [records[u.id]["attempts"] for u in units] == [1, 1, 1]
+        stage2 = scontrol_job(str(records[units[2].id]["job_id"]))
+        assert f"Dependency=afterok:{records[units[1].id]['job_id']}" in stage2
+
+        ours = [str(records[u.id]["job_id"]) for u in units]
+        cancelled = subprocess.run(
+            [*cli, "cancel", "--run-dir", str(run)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=120,
+        )
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert "cancelled 3 units" in cancelled.stdout
+        wait_until(
+            lambda: (
+                [normalise_state(raw_states(ours).get(j, "")) for j in ours] == [base.CANCELLED] * 3
+            ),
+            60,
+            "this run's jobs to be cancelled",
+        )
+        assert normalise_state(raw_states([other])[other]) == base.RUNNING
+        again = subprocess.run(
+            [*cli, "cancel", "--run-dir", str(run)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=120,
+        )
+        assert "cancelled 0 units" in again.stdout
+    finally:
+        subprocess.run(["scancel", other], check=False)
+
+
+class _Killed(Exception):
+    """Stands for a SIGKILL of the launcher right after an sbatch, before its record."""
+
+
+@pytest.mark.slurm
+@needs_slurm
+def test_cancel_finds_a_job_a_killed_launch_did_not_record_and_only_in_its_run_dir(
+    tmp_path, cleanup, monkeypatch
+):
+    grid, cluster = write_study(tmp_path, "slurmorphan")
+    backend = SlurmBackend(load_profile("test", cluster))
+    runs: list[RunDir] = []
+    for name in ("run-a", "run-b"):  # one grid, so the same unit ids, in two run dirs
+        rundir = RunDir(tmp_path / name)
+        cleanup(rundir)
+        units = expand(load_grid(str(grid)), rundir.path)
+        rundir.claim("slurmorphan", grid)
+        rundir.write_dag(units)
+        with monkeypatch.context() as patch:
+            patch.setattr(RunDir, "record_submissions", _raise_killed)
+            with pytest.raises(_Killed):
+                backend.submit(rundir, units[:1], wait=False)
+        assert rundir.submissions() == {}
+        runs.append(rundir)
+    jobs = [list(tagged_jobs(rundir.path)) for rundir in runs]
+    assert len(jobs[0]) == len(jobs[1]) == 1 and jobs[0] != jobs[1]
+    try:
+        assert backend.cancel(runs[0]) == [units[0].id]
+        wait_until(
+            lambda: normalise_state(raw_states(jobs[0]).get(jobs[0][0], "")) == base.CANCELLED,
+            60,
+            "the unrecorded job to be cancelled",
+        )
+        assert normalise_state(raw_states(jobs[1])[jobs[1][0]]) in base.ACTIVE
+    finally:
+        assert backend.cancel(runs[1]) == [units[0].id]
+
+
+def _raise_killed(self, records):
+    raise _Killed(records)
+
+
+def test_a_dependency_neither_done_nor_queued_is_refused_before_any_sbatch(monkeypatch, tmp_path):
+    _fake_slurm_tools(monkeypatch, tmp_path)  # sbatch exits 99: it must not even be called
+    grid, _ = write_study(tmp_path, "orphan")
+    run = tmp_path / "run"
+    units = expand(load_grid(str(grid)), run)
+    rundir = RunDir(run)
+    rundir.claim("orphan", grid)
+    rundir.write_dag(units)
+    with pytest.raises(FerError, match=f"unit {units[0].id} is needed by this submission"):
+        SlurmBackend({"partition": "debug"}).submit(rundir, units[1:], wait=False)
+    assert rundir.submissions() == {}
+
+
+def test_job_name_is_safe_for_any_unit_name():
+    unit = Unit(id="x", kind="prepare", name="ckplus/prepare", dataset="ckplus", deps=(), spec={})
+    assert job_name(unit) == "fer-ckplus_prepare"
+    assert re.fullmatch(r"[A-Za-z0-9_.-]+", job_name(unit))
+
+
+# --- packing (units_per_job), no cluster needed --------------------------------------------
+def _chain(n_folds: int) -> list[Unit]:
+    """prepare -> stage 1 per fold -> stage 2 per fold, in topological order."""
+    units = [Unit(id="p", kind="prepare", name="d/prepare", dataset="d", deps=(), spec={})]
+    for stage, parent in ((1, "p"), (2, "a")):
+        for fold in range(1, n_folds + 1):
+            deps = ("p",) if parent == "p" else (f"a{fold}",)
+            name = "ab"[stage - 1] + str(fold)
+            units.append(Unit(id=name, kind="train", name=name, dataset="d", deps=deps, spec={}))
+    return units
+
+
+def _plan(units: list[Unit], per_job: int, known: dict[str, str] | None = None):
+    return [
+        ([u.id for u in pack.units], list(pack.parents), list(pack.external))
+        for pack in plan_packs(units, per_job, known or {})
+    ]
+
+
+def test_packs_keep_the_children_of_one_pack_together_and_never_a_unit_with_its_parent():
+    assert _plan(_chain(4), 2) == [
+        (["p"], [], []),
+        (["a1", "a2"], [0], []),
+        (["a3", "a4"], [0], []),
+        (["b1", "b2"], [1], []),
+        (["b3", "b4"], [2], []),
+    ]
+    # Leftovers of groups that wait on different packs share a pack that waits on both.
+    assert _plan(_chain(3)[1:], 2, {"p": "41"}) == [
+        (["a1", "a2"], [], ["41"]),
+        (["a3"], [], ["41"]),
+        (["b1", "b2"], [0], []),
+        (["b3"], [1], []),
+    ]
+    assert _plan(_chain(3)[4:], 2, {"a1": "7", "a2": "7", "a3": "9"}) == [
+        (["b1", "b2"], [], ["7"]),
+        (["b3"], [], ["9"]),
+    ]
+    mixed = _chain(3)[1:4] + [_chain(3)[4], _chain(3)[6]]  # b1 and b3: different parent packs
+    assert _plan(mixed, 2, {"p": "41"})[-1] == (["b1", "b3"], [0, 1], [])
+
+
+def test_one_unit_per_job_keeps_the_submission_order():
+    units = _chain(2)
+    assert _plan(units, 1) == [
+        (["p"], [], []),
+        (["a1"], [0], []),
+        (["a2"], [0], []),
+        (["b1"], [1], []),
+        (["b2"], [2], []),
+    ]
+
+
+def test_units_per_job_must_be_a_positive_integer(tmp_path):
+    path = tmp_path / "cluster.yaml"
+    path.write_text(CLUSTER + "  units_per_job: 0\n")
+    with pytest.raises(FerError, match=r"test\.units_per_job: 0 must be an integer >= 1"):
+        load_profile("test", path)
+    path.write_text(CLUSTER + "  units_per_job: 3\n")
+    assert load_profile("test", path)["units_per_job"] == 3
+
+
+def test_a_pack_job_splits_the_cpus_and_is_tagged_with_its_run_and_units(monkeypatch, tmp_path):
+    _fake_slurm_tools(monkeypatch, tmp_path)
+    backend = SlurmBackend({"partition": "debug", "cpus_per_job": 8, "units_per_job": 3})
+    rundir = RunDir(tmp_path / "run")
+    units = _chain(3)[1:4]
+    text = submission_text(backend.pack_executor(rundir, units, ["41"]))
+    assert "--job-name=fer-pack3-a1" in text and "--cpus-per-task=8" in text
+    assert f"--comment={run_tag(rundir.path)}:a1,a2,a3" in text
+    assert str(rundir.path / "packs") in text and "--dependency=afterok:41" in text
+    assert backend.job_env(3)["OMP_NUM_THREADS"] == "2"
+    assert run_tag(tmp_path / "run") != run_tag(tmp_path / "other")  # same grid, other dir
+
+
+def test_a_pack_job_fails_for_a_failed_unit_and_keeps_its_siblings_results(tmp_path):
+    """PackJob outside SLURM: one unit already done (its worker returns at once), one whose
+    spec is missing (its worker exits 1 before it can record why)."""
+    from orchestrator.backends.slurm.jobs import PackJob
+
+    rundir = RunDir(tmp_path / "run")
+    done = Unit(id="done1", kind="prepare", name="d/prepare", dataset="d", deps=(), spec={})
+    rundir.write_dag([done])
+    rundir.store.write("prepare", done.id, [{"unit_id": done.id}])
+    with pytest.raises(FerError, match=r"1 of the 2 units of this job failed: missing1 "):
+        PackJob({"OMP_NUM_THREADS": "1"})(str(rundir.path), [done.id, "missing1"])
+    assert rundir.failure(done.id) is None and rundir.store.is_done(done.id, "prepare")
+    assert "exited with status 1" in rundir.failure("missing1")
+    log = next((rundir.unit_dir("missing1") / "slurm").glob("*_pack_log.out")).read_text()
+    assert "unit spec not found" in log

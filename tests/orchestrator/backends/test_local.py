@@ -1,0 +1,106 @@
+"""The local backend end to end on a small grid: rows, resume, no-op, failure and retry."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from orchestrator.backends.local import LocalBackend
+from orchestrator.run import states as st
+from orchestrator.run.launch import launch
+from orchestrator.run.processes import process_start
+from orchestrator.run.status import status_rows
+from tests.conftest import SMALL_GRID
+
+GRID = SMALL_GRID.replace("folds: [1]", "folds: [1, 2]").replace(
+    'strategies: [ce, "ce>focal"]', 'strategies: [ce, "ce>focal", focal]'
+)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("local")
+    grid = tmp / "grid.yaml"
+    grid.write_text(GRID)
+    rundir = launch(str(grid), run_dir=tmp / "run", jobs=2)
+    return grid, rundir
+
+
+def test_every_unit_lands_once_with_the_right_rows(finished_run):
+    _, rundir = finished_run
+    units = rundir.read_dag()
+    train = [u for u in units if u.kind == "train"]
+    assert len(train) == 6  # 2 folds x (ce, focal, ce>focal stage 2)
+    runs = rundir.store.read("runs").to_pylist()
+    assert sorted(r["unit_id"] for r in runs) == sorted(u.id for u in train)
+    epochs = rundir.store.read("epochs").to_pylist()
+    assert len(epochs) == 6 * 2
+    predictions = rundir.store.read("predictions").to_pylist()
+    assert len(predictions) == sum(r["n_test"] for r in runs)
+    stage2 = [r for r in runs if r["stage"] == 2]
+    assert all(r["parent_weights_sha"] == r["start_weights_sha"] for r in stage2)
+
+
+def test_forked_workers_log_to_their_unit_and_record_a_nameable_process(finished_run):
+    """Workers are forked from a pre-loaded server, yet each writes its own log (as the
+    command `python -m orchestrator.run.worker` would) and its record names exactly one process:
+    the same pid with another start time (a recycled pid) is not that worker."""
+    _, rundir = finished_run
+    records = rundir.submissions()
+    train = [u for u in rundir.read_dag() if u.kind == "train"]
+    for unit in train:
+        log = (rundir.unit_dir(unit.id) / "local.log").read_text()
+        assert log.rstrip().endswith(f"{unit.id}: done"), log[-300:]
+        assert records[unit.id]["pid_start"].isdigit()
+    backend = LocalBackend({"jobs": 1})
+    assert backend.states(rundir) == {}  # all exited
+    me = {"backend": "local", "job_id": str(os.getpid())}
+    rundir.record_submissions({train[0].id: {**me, "pid_start": process_start(os.getpid())}})
+    assert backend.states(rundir) == {train[0].id: st.RUNNING}
+    rundir.record_submissions({train[0].id: {**me, "pid_start": "1"}})
+    assert backend.states(rundir) == {}
+
+
+def test_relaunching_a_finished_grid_is_a_no_op(finished_run, capsys):
+    grid, rundir = finished_run
+    before = {p: p.stat().st_mtime_ns for p in rundir.store.files("runs")}
+    launch(str(grid), run_dir=rundir.path)
+    assert "nothing to submit" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in rundir.store.files("runs")} == before
+
+
+def test_a_failed_unit_blocks_its_chain_and_a_relaunch_retries_only_that(finished_run, tmp_path):
+    grid, rundir = finished_run
+    changed = tmp_path / "grid.yaml"  # same data unit, new trainings (3 epochs)
+    changed.write_text(GRID.replace("epochs: 2", "epochs: 3"))
+    faces = next(rundir.path.glob("data/ckplus/*/faces.pt"))
+    backup = tmp_path / "faces.pt"
+    shutil.copy(faces, backup)
+    faces.write_bytes(b"damaged on a shared file system")
+
+    launch(str(changed), run_dir=rundir.path)
+    rows = {r["name"]: r for r in status_rows(rundir, LocalBackend({}))}
+    assert rows["ckplus/f01/tiny/ce"]["state"] == st.FAILED_STATE
+    assert "faces.pt" in rows["ckplus/f01/tiny/ce"]["detail"]
+    assert rows["ckplus/f01/tiny/ce>focal"]["state"] == st.BLOCKED
+    assert rows["ckplus/prepare"]["state"] == st.DONE
+
+    shutil.copy(backup, faces)
+    launch(str(changed), run_dir=rundir.path)
+    rows = status_rows(rundir, LocalBackend({}))
+    assert {r["state"] for r in rows} == {st.DONE}
+    attempts = {r["name"]: r["attempts"] for r in rows}
+    assert attempts["ckplus/f01/tiny/ce"] == 2  # failed once, retried once
+    assert attempts["ckplus/f01/tiny/ce>focal"] == 1  # blocked: never ran, then ran once
+
+
+def test_a_run_dir_of_another_grid_is_refused(finished_run, tmp_path):
+    from fer_core.errors import FerError
+
+    _, rundir = finished_run
+    other = tmp_path / "other.yaml"
+    other.write_text(GRID.replace("name: small", "name: other"))
+    with pytest.raises(FerError, match="holds results of grid 'small'"):
+        launch(str(other), run_dir=rundir.path)

@@ -1,0 +1,101 @@
+"""Grids expand into the right DAG; ids are content-addressed; bad grids fail by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fer_core.errors import FerError
+from orchestrator.plan.dag import expand, summary
+from orchestrator.plan.grid import load_grid
+from tests.conftest import SMALL_GRID
+
+
+def _paper_units(tmp_path: Path):
+    problems: list[str] = []
+    return expand(load_grid("paper"), tmp_path, problems), problems
+
+
+def test_paper_grid_is_180_trainings_and_2_preparations(tmp_path):
+    units, problems = _paper_units(tmp_path)
+    counts = summary(units)
+    assert counts["prepare"] == 2 and counts["train"] == 180
+    assert counts["stage 1"] == 100 and counts["stage 2"] == 80
+    assert len(problems) == 2  # no data roots given: reported, not fatal, in a dry run
+
+
+def test_shared_stage_one_trains_once_and_ids_are_stable(tmp_path):
+    units, _ = _paper_units(tmp_path)
+    again, _ = _paper_units(tmp_path)
+    assert [u.id for u in units] == [u.id for u in again]
+    by_id = {u.id: u for u in units}
+    ce_first = [u for u in units if u.name == "ckplus/f01/inception_v3/ce"]
+    assert len(ce_first) == 1
+    children = [u for u in units if ce_first[0].id in u.deps]
+    assert [c.strategy for c in children] == ["ce>focal"]
+    assert set(ce_first[0].strategies) == {"ce"}
+    # topological order: every dependency comes first
+    seen: set[str] = set()
+    for unit in units:
+        assert all(dep in seen for dep in unit.deps), unit.name
+        seen.add(unit.id)
+    assert len(by_id) == len(units)
+
+
+def test_a_changed_hyper_parameter_changes_only_the_affected_ids(tmp_path):
+    grid_a = tmp_path / "a.yaml"
+    grid_b = tmp_path / "b.yaml"
+    grid_a.write_text(SMALL_GRID)
+    grid_b.write_text(SMALL_GRID.replace("gamma: 0.0", "gamma: 2.0"))
+    a = {u.name: u.id for u in expand(load_grid(str(grid_a)), tmp_path)}
+    b = {u.name: u.id for u in expand(load_grid(str(grid_b)), tmp_path)}
+    assert a["ckplus/f01/tiny/ce"] == b["ckplus/f01/tiny/ce"]
+    assert a["ckplus/f01/tiny/ce>focal"] != b["ckplus/f01/tiny/ce>focal"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "culprit"),
+    [
+        (('strategies: [ce, "ce>focal"]', 'strategies: [ce, "ce>hinge"]'), "hinge"),
+        (("tiny: {weights: none", "resnet99: {weights: none"), "resnet99"),
+        (("gamma: 0.0", "gamma: -1"), "-1"),
+        (("alpha: 0.25", "alpha: 0"), "alpha"),
+        (("alpha: 0.25", "alpha: 1.5"), "1.5"),
+        (("batch_size: 32", "batch_sise: 32"), "batch_sise"),
+        (("detector: center", "detector: haar"), "haar"),
+        (("folds: [1]", "folds: [11]"), "11"),
+        (("kind: ckplus", "kind: fer2013"), "fer2013"),
+    ],
+)
+def test_bad_grids_name_the_culprit(tmp_path, edit, culprit):
+    path = tmp_path / "bad.yaml"
+    old, new = edit
+    assert old in SMALL_GRID
+    path.write_text(SMALL_GRID.replace(old, new))
+    with pytest.raises(FerError, match=culprit):
+        load_grid(str(path))
+
+
+def test_unknown_grid_name_lists_the_known_ones():
+    with pytest.raises(FerError, match="demo"):
+        load_grid("no-such-grid")
+
+
+def test_yaml_python_tags_are_refused(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("name: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(FerError, match="not valid YAML"):
+        load_grid(str(path))
+
+
+def test_missing_data_root_says_how_to_point_at_it(tmp_path):
+    with pytest.raises(FerError, match="--data ckplus=DIR"):
+        expand(load_grid("paper"), tmp_path)
+
+
+def test_wrong_layout_is_refused(tmp_path):
+    (tmp_path / "not-ck").mkdir()
+    grid = load_grid("paper", {"ckplus": str(tmp_path / "not-ck"), "oulu": str(tmp_path)})
+    with pytest.raises(FerError, match="not a ckplus tree"):
+        expand(grid, tmp_path)
