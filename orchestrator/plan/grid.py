@@ -50,6 +50,7 @@ DATASET_KEYS = {
     "n_folds",
     "focal",
 }
+FOCAL_KEYS = {"alpha", "gamma"}
 BACKBONE_KEYS = {"weights", "input_size"}
 EXPERIMENT_KEYS = {"backbones", "strategies"}
 
@@ -264,7 +265,7 @@ def _dataset(name: str, raw: Any, where: str, root_override: str | None) -> Data
             raise FerError(f"{where}: image_size {image_size!r} must be [width, height] >= 32")
         image_size = tuple(image_size)
     focal = raw.get("focal") or {}
-    check_keys(focal, {"alpha", "gamma"}, f"{where}.focal")
+    check_keys(focal, FOCAL_KEYS, f"{where}.focal")
     return DatasetSpec(
         name=name,
         kind=kind,
