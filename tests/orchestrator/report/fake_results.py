@@ -8,6 +8,7 @@ accuracy is known by hand), and `epochs` rows. The default: CK+ (7 classes) and 
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +95,7 @@ def make_run(
     synthetic: bool = False,
     skip: set[tuple[str, str, int]] | frozenset = frozenset(),
     errors: dict[tuple, list[int]] = ERRORS,
-    selection: str = "heldout",
+    selection: str | tuple[str, ...] = "heldout",
     seeds: tuple[int, ...] = (0,),
     record_n_train: bool = True,
     extra_columns: dict[str, Any] | None = None,
@@ -102,6 +103,7 @@ def make_run(
 ) -> FakeRun:
     """Write the fake run; `skip` lists (dataset, strategy, fold) units left unfinished.
 
+    `selection` may name several protocols (units of each; non-heldout ids are tagged);
     `errors` is keyed by (dataset, strategy) or, for one seed, (dataset, strategy, seed);
     `record_n_train=False` writes runs rows as older versions did (no `n_train` column);
     `extra_columns` are added to every runs row; `kinds` maps a dataset name to its kind
@@ -143,18 +145,19 @@ def make_run(
                 }
             ],
         )
-        for seed in seeds:
-            for fold in folds:
-                for strategy in strategies:
-                    _add_chain(
-                        fake,
-                        Cell(dataset, backbone, strategy, fold, seed, selection),
-                        prepare_id,
-                        skip,
-                        errors,
-                        extra_columns or {},
-                        record_n_train,
-                    )
+        protocols = (selection,) if isinstance(selection, str) else selection
+        for protocol, seed, fold, strategy in itertools.product(
+            protocols, seeds, folds, strategies
+        ):
+            _add_chain(
+                fake,
+                Cell(dataset, backbone, strategy, fold, seed, protocol),
+                prepare_id,
+                skip,
+                errors,
+                extra_columns or {},
+                record_n_train,
+            )
     rundir.write_dag(units)
     return fake
 
@@ -174,7 +177,9 @@ def _add_chain(fake, cell: Cell, prepare_id, skip, errors, extra, record_n_train
     parent = None
     for stage in range(1, len(losses) + 1):
         chain = ">".join(losses[:stage])
-        seed_tag = f"-s{cell.seed}" if cell.seed else ""
+        seed_tag = (f"-s{cell.seed}" if cell.seed else "") + (
+            f"-{cell.selection}" if cell.selection != "heldout" else ""
+        )
         unit_id = f"{cell.dataset}-{cell.backbone}-{chain.replace('>', '_')}-f{cell.fold}{seed_tag}"
         if unit_id not in {u.id for u in fake.units}:
             config = _config(cell.dataset, losses[stage - 1], cell.selection, cell.seed)
@@ -199,8 +204,8 @@ def _add_chain(fake, cell: Cell, prepare_id, skip, errors, extra, record_n_train
                     },
                 )
             )
-            if not cell.seed:
-                fake.train_ids[(cell.dataset, chain, cell.fold)] = unit_id
+            if not cell.seed:  # seed 0 of the first protocol
+                fake.train_ids.setdefault((cell.dataset, chain, cell.fold), unit_id)
             if (cell.dataset, chain, cell.fold) not in skip:
                 wrong = _errors(errors, cell.dataset, chain, cell.seed)
                 _write_unit(fake.rundir, unit_id, parent, cell, chain, stage, config, wrong, extra)
