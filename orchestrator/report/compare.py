@@ -159,20 +159,22 @@ def _ratio_text(study: Study) -> str:
 
 
 def _family(study: Study) -> list[str]:
+    n = len(study.comparisons)
     tested = [c for c in study.comparisons if c.holm_pvalue is not None]
+    head = f"**Multiple comparisons.** This report makes {n} comparison{'s' * (n != 1)}; "
+    if not tested:
+        return [head + "none has a defined corrected p yet, so there is nothing to correct."]
     lines = [
-        f"**Multiple comparisons.** This report makes {len(study.comparisons)} comparisons; "
-        f"{len(tested)} have a defined corrected p and form the family of Holm's correction "
+        head + f"{len(tested)} with a defined corrected p form the family of Holm's correction "
         f"(m = {len(tested)}). 'Holm p' is the corrected p after Holm's step-down correction: "
         "claiming only the comparisons with Holm p < 0.05 keeps the chance of any false claim "
         "among these at 5 %:",
         "",
     ]
-    lines += [
+    return lines + [
         f"{i}. {group_title(c.group)}: `{c.paired.a}` − `{c.paired.b}`"
         for i, c in enumerate(tested, start=1)
     ]
-    return lines if tested else lines[:1]
 
 
 def paired_section(study: Study) -> str:
@@ -194,7 +196,8 @@ def paired_section(study: Study) -> str:
         + ".",
         "- **paired t p** and **Wilcoxon p** (signed-rank) ignore that overlap and are "
         "anti-conservative; they are shown for comparison. With J units the Wilcoxon p cannot "
-        "go below 2/2ᴶ (0.25 at 3, 0.002 at 10). n/a: fewer than 2 units or no variation.",
+        "go below 2/2ᴶ (0.25 at 3, 0.002 at 10). n/a: fewer than 2 units, no variation, or "
+        "(corrected test only) training-set sizes unknown.",
         "- **test-fold selections**: how many times each side's test fold chose the kept epoch.",
     ]
     if any(c.group.selection == "heldout" for c in study.comparisons):

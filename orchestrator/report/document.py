@@ -145,7 +145,9 @@ def write_report(run_dir: str | Path) -> Report:
         confusion_section(study, out_dir),
         compare.focal_note(study),
         sections.cost_section(study),
-        report_tune.tune_section(results.rundir.path, out_dir),
+        report_tune.tune_section(
+            results.rundir.path, out_dir, {n for n, d in results.datasets.items() if d.synthetic}
+        ),
     ]
     parts = [part for part in parts if part]
     path = out_dir / "report.md"

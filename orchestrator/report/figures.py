@@ -38,10 +38,12 @@ class FoldPanel:
     majority: float | None = None  # % of test images in the most frequent class
 
 
-def _png(figure: Figure) -> bytes:
+def _png(figure: Figure, title: str) -> bytes:
+    """PNG bytes; `title` also goes into the PNG's Title text chunk, so a file separated from
+    the report still says what it shows (and whether it is SYNTHETIC)."""
     FigureCanvasAgg(figure)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
+    figure.savefig(buffer, format="png", dpi=110, metadata={"Title": title})
     return buffer.getvalue()
 
 
@@ -84,7 +86,7 @@ def confusion_figure(panels: Sequence[ConfusionPanel], classes: Sequence[str], t
         bar = figure.colorbar(image, ax=list(axes), fraction=0.025, pad=0.01)
         bar.set_label("% of the true class")
     figure.suptitle(title, fontsize=10)
-    return _png(figure)
+    return _png(figure, title)
 
 
 def fold_figure(panels: Sequence[FoldPanel]) -> bytes:
@@ -154,4 +156,4 @@ def fold_figure(panels: Sequence[FoldPanel]) -> bytes:
             ax.legend(fontsize=7, loc="lower right")
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
-    return _png(figure)
+    return _png(figure, " | ".join(panel.title for panel in panels))
