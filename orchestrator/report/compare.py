@@ -46,7 +46,7 @@ def per_class_section(study: Study) -> str:
                 continue
             found = True
             acc_a, acc_b = agg.per_class_accuracy(a[0]), agg.per_class_accuracy(b[0])
-            with_paper = kind in paper.PAPER_KINDS
+            with_paper = (kind, group.backbone) in paper.PER_CLASS_CHANGE
             rows = [
                 [
                     name,

@@ -22,7 +22,8 @@ from orchestrator.texttable import markdown_table, text_table
 
 SELECTION_TEXT = {
     "heldout": "**heldout**: the paper's protocol. Each stage's best epoch was chosen on the "
-    "test fold itself, so these accuracies are optimistic (the test fold helped pick the model).",
+    "test fold itself, so these accuracies are optimistic (the test fold helped pick the model), "
+    "and more so for longer chains: a k-stage strategy had k such rounds of selection.",
     "inner": "**inner**: each stage's best epoch was chosen on an inner, subject-independent "
     "validation fold taken from the training folds; the test fold was only scored. This is not "
     "the paper's protocol; expect numbers below the paper's.",
@@ -115,8 +116,12 @@ def data_section(study: Study) -> str:
             lines += [
                 f"> **SYNTHETIC twin: `{name}` is not {info.kind} data.** It is generated "
                 f"drawings in the {info.kind} layout. Its numbers show the pipeline works; they "
-                "say nothing about the paper's claims. The paper column below shows real-data "
-                "numbers for orientation only.",
+                "say nothing about the paper's claims."
+                + (
+                    " The paper column below shows real-data numbers for orientation only."
+                    if _has_paper_numbers(study)
+                    else ""
+                ),
                 "",
             ]
     rows = []
@@ -160,6 +165,15 @@ def shows_paper(study: Study) -> bool:
     return any(study.results.kind_of(g.dataset) in paper.PAPER_KINDS for g in study.groups)
 
 
+def _has_paper_numbers(study: Study) -> bool:
+    """True when the paper prints a number for some row (not for a `tiny` backbone, say)."""
+    return any(
+        paper.paper_accuracy(study.results.kind_of(g.dataset), g.backbone, s) is not None
+        for g in study.groups
+        for s in study.strategies(g)
+    )
+
+
 def _paper_header(study: Study) -> str:
     return (
         "paper (real data)"
@@ -175,13 +189,13 @@ def _seed_cells(result: agg.StrategyResult) -> list[Any]:
 
 def strategy_rows(study: Study) -> tuple[list[str], list[list[Any]], list[bool]]:
     """Headers, rows and right-alignment of the strategy table; seed columns only when the
-    run has replicates, paper columns only beside the paper's datasets."""
+    run has replicates, paper columns only where the paper has numbers."""
     headers = ["dataset", "backbone", "strategy", "selection", "ours (%)", "folds"]
     right = [False] * 4 + [True] * 2
     if study.multi_seed:
         headers += ["seeds", "std between seeds"]
         right += [True, True]
-    with_paper = shows_paper(study)
+    with_paper = _has_paper_numbers(study)
     if with_paper:
         headers += [_paper_header(study), "paper table"]
         right += [True, False]
@@ -218,7 +232,8 @@ def strategy_text(study: Study) -> str:
     caption = "test accuracy, fold-mean ± std between folds (%)"
     if study.multi_seed:
         caption += "; folds averaged over seeds"
-    if any(study.results.is_synthetic(g.dataset) for g in study.groups) and shows_paper(study):
+    synthetic = any(study.results.is_synthetic(g.dataset) for g in study.groups)
+    if synthetic and _has_paper_numbers(study):
         caption += "; SYNTHETIC data: the paper column is the paper's real-data number"
     return caption + "\n" + text_table(headers, rows, right=right, max_width=None)
 

@@ -279,3 +279,12 @@ def test_a_users_dataset_is_not_set_beside_the_paper(tmp_path):
         assert phrase not in text, phrase
     assert "## Accuracy by strategy\n" in text
     assert "paper" not in report.strategy_table
+
+
+def test_no_paper_column_where_the_paper_has_no_number(tmp_path):
+    run = make_run(tmp_path / "run", datasets=("ckplus",), backbone="tiny", synthetic=True)
+    report = write_report(run.path)
+    text = report.path.read_text()
+    assert "paper (real data)" not in text and "paper" not in report.strategy_table
+    assert "paper change" not in text
+    assert "Tables 2–5" in text  # still CK+: the heading points to the paper's tables
