@@ -2,8 +2,9 @@
 
 Pure functions over plain rows (dicts) and numpy arrays, so they are easy to check by hand
 and the report never stores a number it could recompute. Accuracies here are in percent
-(the store keeps fractions); standard deviations are the sample std over folds (ddof=1),
-the spread a reader needs to judge a difference of a few images.
+(the store keeps fractions); standard deviations are sample stds (ddof=1) between folds and,
+with replicates, between seeds: the spreads a reader needs to judge a difference of a few
+images. The tests themselves live in `significance`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class Group:
     selection: str
 
 
-Unit = tuple[int, int]  # (test fold, seed): one cross-validation unit of a strategy
+FoldSeed = tuple[int, int]  # (test fold, seed): one cross-validation unit of a strategy
 
 
 @dataclass
@@ -39,7 +40,7 @@ class StrategyResult:
 
     group: Group
     strategy: str
-    cells: dict[Unit, float] = field(default_factory=dict)  # (fold, seed) -> accuracy %
+    cells: dict[FoldSeed, float] = field(default_factory=dict)  # (fold, seed) -> accuracy %
     unit_ids: dict[int, list[str]] = field(default_factory=dict)  # fold -> its run rows' units
     n_test: dict[int, int] = field(default_factory=dict)  # fold -> test images
     n_train: dict[int, int] = field(default_factory=dict)  # fold -> training images (if known)
@@ -74,7 +75,7 @@ class StrategyResult:
         return mean_std(list(self.seeds.values()))[1]
 
 
-def _means(cells: Mapping[Unit, float], position: int) -> dict[int, float]:
+def _means(cells: Mapping[FoldSeed, float], position: int) -> dict[int, float]:
     grouped: dict[int, list[float]] = {}
     for key, value in cells.items():
         grouped.setdefault(key[position], []).append(value)
@@ -92,7 +93,7 @@ class Paired:
 
     a: str
     b: str
-    units: tuple[Unit, ...]
+    units: tuple[FoldSeed, ...]
     differences: tuple[float, ...]
     mean_difference: float
     test_train_ratio: float | None  # mean n_test / n_train over the units
@@ -149,7 +150,7 @@ def strategy_results(runs: Iterable[Mapping[str, Any]]) -> dict[tuple[Group, str
     `n_train` (training images) is kept where the row records it.
     """
     out: dict[tuple[Group, str], StrategyResult] = {}
-    values: dict[tuple[Group, str, Unit], list[float]] = {}
+    values: dict[tuple[Group, str, FoldSeed], list[float]] = {}
     for row in runs:
         accuracy = row.get("test_accuracy")
         if accuracy is None or not math.isfinite(float(accuracy)):
@@ -183,7 +184,7 @@ def net_images(a: StrategyResult, b: StrategyResult) -> tuple[float, int]:
     return net, images
 
 
-def test_train_ratio(result: StrategyResult, units: Sequence[Unit]) -> float | None:
+def test_train_ratio(result: StrategyResult, units: Sequence[FoldSeed]) -> float | None:
     """Mean n_test / n_train over `units` (Nadeau & Bengio's correction term); None when a
     unit's sizes are unknown."""
     ratios = []
