@@ -164,6 +164,7 @@ def run_unit(
     run = _run_row(spec, config, outcome, result, device, started_at, finished_at)
     run.update(
         input_size=input_size,
+        n_train=len(data.train_labels),
         start_weights_sha=start_digest,
         parent_weights_sha=parent_digest,
         startup_seconds=outcome.first_step_at - process_start,

@@ -2,20 +2,21 @@
 
 Pure functions over plain rows (dicts) and numpy arrays, so they are easy to check by hand
 and the report never stores a number it could recompute. Accuracies here are in percent
-(the store keeps fractions); standard deviations are the sample std over folds (ddof=1),
-the spread a reader needs to judge a difference of a few images.
+(the store keeps fractions); standard deviations are sample stds (ddof=1) between folds and,
+with replicates, between seeds: the spreads a reader needs to judge a difference of a few
+images. The tests themselves live in `significance`.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import stats
+
+from orchestrator.report import significance as sig
 
 # Strategies in the paper's Table 4 order; unknown chains sort after them, by name.
 STRATEGY_ORDER = ("ce", "focal", "joint", "focal>ce", "ce>focal")
@@ -30,16 +31,30 @@ class Group:
     selection: str
 
 
+FoldSeed = tuple[int, int]  # (test fold, seed): one cross-validation unit of a strategy
+
+
 @dataclass
 class StrategyResult:
-    """One strategy's test accuracy per fold (percent) within a group."""
+    """One strategy's test accuracy (percent) per fold and seed within a group."""
 
     group: Group
     strategy: str
-    folds: dict[int, float] = field(default_factory=dict)
+    cells: dict[FoldSeed, float] = field(default_factory=dict)  # (fold, seed) -> accuracy %
     unit_ids: dict[int, list[str]] = field(default_factory=dict)  # fold -> its run rows' units
     n_test: dict[int, int] = field(default_factory=dict)  # fold -> test images
+    n_train: dict[int, int] = field(default_factory=dict)  # fold -> training images (if known)
     expected_folds: int = 0  # how many folds the grid asks for (0 = unknown)
+
+    @property
+    def folds(self) -> dict[int, float]:
+        """Accuracy per fold, averaged over the seeds that fold has."""
+        return _means(self.cells, position=0)
+
+    @property
+    def seeds(self) -> dict[int, float]:
+        """Accuracy per seed, averaged over the folds that seed has."""
+        return _means(self.cells, position=1)
 
     @property
     def n(self) -> int:
@@ -51,24 +66,53 @@ class StrategyResult:
 
     @property
     def std(self) -> float:
+        """Spread between folds (sample std of the per-fold means)."""
         return mean_std(list(self.folds.values()))[1]
+
+    @property
+    def seed_std(self) -> float:
+        """Spread between seeds (sample std of the per-seed means); NaN with one seed."""
+        return mean_std(list(self.seeds.values()))[1]
+
+
+def _means(cells: Mapping[FoldSeed, float], position: int) -> dict[int, float]:
+    grouped: dict[int, list[float]] = {}
+    for key, value in cells.items():
+        grouped.setdefault(key[position], []).append(value)
+    return {k: float(np.mean(v)) for k, v in sorted(grouped.items())}
 
 
 @dataclass(frozen=True)
 class Paired:
-    """Strategy `a` minus strategy `b` over the folds both have (points of accuracy)."""
+    """Strategy `a` minus strategy `b` over the (fold, seed) units both have (points).
+
+    `corrected` is Nadeau & Bengio's corrected resampled t-test (None when undefined or when
+    the training-set sizes are unknown), `paired_t` the ordinary paired t-test; both carry
+    the 95 % interval of the mean difference under their variance.
+    """
 
     a: str
     b: str
-    folds: tuple[int, ...]
+    units: tuple[FoldSeed, ...]
     differences: tuple[float, ...]
     mean_difference: float
-    t_pvalue: float | None  # paired t-test; None when undefined (n < 2, no variance)
-    wilcoxon_pvalue: float | None  # Wilcoxon signed-rank; None when undefined
+    test_train_ratio: float | None  # mean n_test / n_train over the units
+    corrected: sig.TTest | None
+    paired_t: sig.TTest | None
+    wilcoxon_pvalue: float | None
 
     @property
     def n(self) -> int:
-        return len(self.folds)
+        return len(self.units)
+
+    @property
+    def folds(self) -> tuple[int, ...]:
+        return tuple(sorted({fold for fold, _ in self.units}))
+
+    @property
+    def fold_differences(self) -> dict[int, float]:
+        """Per-fold difference, averaged over the seeds both have on that fold."""
+        return _means(dict(zip(self.units, self.differences, strict=True)), position=0)
 
 
 def strategy_sort_key(strategy: str) -> tuple[int, int, str]:
@@ -98,14 +142,15 @@ def group_of(row: Mapping[str, Any]) -> Group:
 
 
 def strategy_results(runs: Iterable[Mapping[str, Any]]) -> dict[tuple[Group, str], StrategyResult]:
-    """Per (group, strategy): test accuracy per fold, in percent.
+    """Per (group, strategy): test accuracy per (fold, seed), in percent.
 
     A run row belongs to the strategy its `strategy` column names (the chain up to its
     stage), so `ce` is read from stage-1 units and `ce>focal` from stage-2 units. Two rows
-    for the same fold (should not happen within one grid) are averaged.
+    for the same fold and seed (should not happen within one grid) are averaged. A row's
+    `n_train` (training images) is kept where the row records it.
     """
     out: dict[tuple[Group, str], StrategyResult] = {}
-    sums: dict[tuple[Group, str, int], list[float]] = {}
+    values: dict[tuple[Group, str, FoldSeed], list[float]] = {}
     for row in runs:
         accuracy = row.get("test_accuracy")
         if accuracy is None or not math.isfinite(float(accuracy)):
@@ -113,61 +158,62 @@ def strategy_results(runs: Iterable[Mapping[str, Any]]) -> dict[tuple[Group, str
         key = (group_of(row), str(row["strategy"]))
         result = out.setdefault(key, StrategyResult(*key))
         fold = int(row["fold"])
-        sums.setdefault((*key, fold), []).append(100.0 * float(accuracy))
-        result.folds[fold] = float(np.mean(sums[(*key, fold)]))
+        unit = (fold, int(row.get("seed") or 0))
+        values.setdefault((*key, unit), []).append(100.0 * float(accuracy))
+        result.cells[unit] = float(np.mean(values[(*key, unit)]))
         result.unit_ids.setdefault(fold, []).append(str(row["unit_id"]))
         result.n_test[fold] = int(row.get("n_test") or 0)
+        if row.get("n_train"):
+            result.n_train[fold] = int(row["n_train"])
     for result in out.values():
-        result.folds = dict(sorted(result.folds.items()))
+        result.cells = dict(sorted(result.cells.items()))
     return out
 
 
 def net_images(a: StrategyResult, b: StrategyResult) -> tuple[float, int]:
-    """(test images `a` got right minus those `b` got right, images scored) over shared folds.
+    """(test images `a` got right minus those `b` got right, images scored) over shared folds,
+    per seed (a fold's difference is averaged over its seeds first).
 
     Puts a difference in points into the unit that matters on small datasets: on CK+ 0.6
     points is about 6 of 981 images.
     """
-    folds = sorted(set(a.folds) & set(b.folds))
+    a_folds, b_folds = a.folds, b.folds
+    folds = sorted(set(a_folds) & set(b_folds))
     images = sum(a.n_test.get(f, 0) for f in folds)
-    net = sum((a.folds[f] - b.folds[f]) * a.n_test.get(f, 0) / 100.0 for f in folds)
+    net = sum((a_folds[f] - b_folds[f]) * a.n_test.get(f, 0) / 100.0 for f in folds)
     return net, images
 
 
-def _pvalue(compute) -> float | None:
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        try:
-            value = float(compute().pvalue)
-        except ValueError:
+def test_train_ratio(result: StrategyResult, units: Sequence[FoldSeed]) -> float | None:
+    """Mean n_test / n_train over `units` (Nadeau & Bengio's correction term); None when a
+    unit's sizes are unknown."""
+    ratios = []
+    for fold, _ in units:
+        n_test, n_train = result.n_test.get(fold), result.n_train.get(fold)
+        if not n_test or not n_train:
             return None
-    return value if math.isfinite(value) else None
+        ratios.append(n_test / n_train)
+    return float(np.mean(ratios)) if ratios else None
 
 
-def paired_comparison(
-    a: str, a_folds: Mapping[int, float], b: str, b_folds: Mapping[int, float]
-) -> Paired:
-    """`a` vs `b` on the folds both have: per-fold differences, mean, t-test and Wilcoxon p.
-
-    With fewer than two paired folds the tests are undefined (None, shown as "n/a").
+def paired_comparison(a: StrategyResult, b: StrategyResult) -> Paired:
+    """`a` vs `b` on the (fold, seed) units both have: differences, their mean, the corrected
+    resampled t-test (sizes from `a`, which shares its folds with `b`), the paired t-test and
+    the Wilcoxon signed-rank test. Undefined tests (fewer than 2 units, no variation) are None.
     """
-    folds = tuple(sorted(set(a_folds) & set(b_folds)))
-    diffs = np.array([a_folds[f] - b_folds[f] for f in folds], dtype=float)
-    if len(folds) < 2:
-        t_p = w_p = None
-    else:
-        x = np.array([a_folds[f] for f in folds])
-        y = np.array([b_folds[f] for f in folds])
-        t_p = _pvalue(lambda: stats.ttest_rel(x, y))
-        w_p = None if not np.any(diffs) else _pvalue(lambda: stats.wilcoxon(diffs))
+    units = tuple(sorted(set(a.cells) & set(b.cells)))
+    diffs = [a.cells[u] - b.cells[u] for u in units]
+    ratio = test_train_ratio(a, units)
     return Paired(
-        a=a,
-        b=b,
-        folds=folds,
+        a=a.strategy,
+        b=b.strategy,
+        units=units,
         differences=tuple(float(d) for d in diffs),
-        mean_difference=float(diffs.mean()) if len(diffs) else math.nan,
-        t_pvalue=t_p,
-        wilcoxon_pvalue=w_p,
+        mean_difference=float(np.mean(diffs)) if diffs else math.nan,
+        test_train_ratio=ratio,
+        corrected=None if ratio is None else sig.resampled_t(diffs, ratio),
+        paired_t=sig.resampled_t(diffs, 0.0),
+        wilcoxon_pvalue=sig.wilcoxon_pvalue(diffs),
     )
 
 

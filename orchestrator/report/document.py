@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fer_core.io import atomic_write_bytes, atomic_write_text
-from orchestrator.report import compare, figures, sections
+from orchestrator.report import compare, figures, methods, sections
 from orchestrator.report import paper_numbers as paper
 from orchestrator.report import tune as report_tune
 from orchestrator.report.aggregate import Group, row_normalised
@@ -42,7 +42,15 @@ def _stage_label(strategy: str) -> str:
 def confusion_section(study: Study, out_dir: Path) -> str:
     """One PNG per dataset × backbone (× selection): each strategy's pooled, row-normalised
     confusion side by side, stage 1 before stage 2 as in the paper's Figs 3 and 5."""
-    lines = ["## Confusion matrices (pooled over folds, rows = ground truth)", ""]
+    lines = [
+        "## Confusion matrices (pooled over folds, rows = ground truth)",
+        "",
+        "Each panel pools the predictions of all finished folds"
+        + (" and seeds" if study.multi_seed else "")
+        + "; its title gives the **pooled** accuracy (correct / test images), which differs "
+        "from the fold-mean accuracy of the tables when folds differ in size.",
+        "",
+    ]
     drawn = 0
     for group in study.groups:
         panels, classes = [], None
@@ -52,16 +60,18 @@ def confusion_section(study: Study, out_dir: Path) -> str:
                 continue
             counts, classes = found
             accuracy = 100.0 * counts.trace() / max(counts.sum(), 1)
-            n = study.result(group, strategy).n
+            result = study.result(group, strategy)
+            seeds = f" × {len(result.seeds)} seeds" if len(result.seeds) > 1 else ""
             title = (
                 f"{strategy} ({_stage_label(strategy)})\n"
-                f"{accuracy:.1f}% of {int(counts.sum())} images, {n} folds"
+                f"pooled {accuracy:.1f}% of {int(counts.sum())} predictions, "
+                f"{result.n} folds{seeds}"
             )
             panels.append(figures.ConfusionPanel(title, row_normalised(counts)))
         if not panels or classes is None:
             continue
         name = f"confusion-{_slug(group.dataset, group.backbone, group.selection)}.png"
-        title = sections.group_title(group)
+        title = _figure_title(study, group)
         atomic_write_bytes(out_dir / name, figures.confusion_figure(panels, classes, title))
         lines += [f"### {title}", "", f"![confusion matrices, {title}]({name})", ""]
         drawn += 1
@@ -80,19 +90,40 @@ def folds_section(study: Study, out_dir: Path) -> str:
             continue
         numbers = {s: paper.paper_accuracy(kind, group.backbone, s) for s in folds}
         paper_means = {s: v for s, v in numbers.items() if v is not None}
-        panels.append(figures.FoldPanel(_fold_title(study, group), folds, paper_means))
+        chance, majority = _floors(study, group)
+        panels.append(
+            figures.FoldPanel(_figure_title(study, group), folds, paper_means, chance, majority)
+        )
     if not panels:
         return "## Accuracy per fold\n\nNo finished folds yet."
     atomic_write_bytes(out_dir / FOLDS_FIGURE, figures.fold_figure(panels))
+    seeds = " (averaged over its seeds)" if study.multi_seed else ""
+    paper_text = "; red crosses are the paper's means" + (
+        " (real data)" if any(study.results.is_synthetic(g.dataset) for g in study.groups) else ""
+    )
     return (
-        "## Accuracy per fold\n\nEach dot is one test fold; grey lines join the same fold "
-        "across strategies (the pairing the tests use); red crosses are the paper's means"
-        " (real data).\n\n"
+        f"## Accuracy per fold\n\nEach dot is one test fold's accuracy{seeds}; grey lines "
+        "join the same fold across strategies (the pairing the tests use)"
+        + (paper_text if sections.shows_paper(study) else "")
+        + ". Dotted: chance (1 / number of classes); dashed: always predicting the majority "
+        "class (its share of the test images).\n\n"
         f"![per-fold accuracy]({FOLDS_FIGURE})"
     )
 
 
-def _fold_title(study: Study, group: Group) -> str:
+def _floors(study: Study, group: Group) -> tuple[float | None, float | None]:
+    """(chance %, majority-class share %) of the group's test images, from any strategy's
+    pooled predictions; (None, None) before any are stored."""
+    for strategy in study.strategies(group):
+        found = study.confusion(group, strategy)
+        if found is not None:
+            per_class = found[0].sum(axis=1)
+            return 100.0 / len(per_class), 100.0 * per_class.max() / max(per_class.sum(), 1)
+    return None, None
+
+
+def _figure_title(study: Study, group: Group) -> str:
+    """The group's title, tagged SYNTHETIC on every figure of a synthetic twin."""
     title = sections.group_title(group)
     return title + (" SYNTHETIC" if study.results.is_synthetic(group.dataset) else "")
 
@@ -105,6 +136,7 @@ def write_report(run_dir: str | Path) -> Report:
     out_dir.mkdir(parents=True, exist_ok=True)
     parts = [
         sections.header(study),
+        methods.setup_section(study),
         sections.data_section(study),
         sections.strategy_section(study),
         folds_section(study, out_dir),
@@ -113,7 +145,9 @@ def write_report(run_dir: str | Path) -> Report:
         confusion_section(study, out_dir),
         compare.focal_note(study),
         sections.cost_section(study),
-        report_tune.tune_section(results.rundir.path, out_dir),
+        report_tune.tune_section(
+            results.rundir.path, out_dir, {n for n, d in results.datasets.items() if d.synthetic}
+        ),
     ]
     parts = [part for part in parts if part]
     path = out_dir / "report.md"

@@ -34,17 +34,22 @@ class FoldPanel:
     title: str
     folds: Mapping[str, Mapping[int, float]]  # strategy -> fold -> accuracy %
     paper: Mapping[str, float]  # strategy -> the paper's mean, where it has one
+    chance: float | None = None  # 100 / number of classes
+    majority: float | None = None  # % of test images in the most frequent class
 
 
-def _png(figure: Figure) -> bytes:
+def _png(figure: Figure, title: str) -> bytes:
+    """PNG bytes; `title` also goes into the PNG's Title text chunk, so a file separated from
+    the report still says what it shows (and whether it is SYNTHETIC)."""
     FigureCanvasAgg(figure)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
+    figure.savefig(buffer, format="png", dpi=110, metadata={"Title": title})
     return buffer.getvalue()
 
 
 def confusion_figure(panels: Sequence[ConfusionPanel], classes: Sequence[str], title: str) -> bytes:
-    """Heat maps side by side with cell percentages; rows truth, columns prediction."""
+    """Heat maps side by side with cell percentages; rows truth, columns prediction; the
+    colour bar is in % like the cell labels."""
     n = len(classes)
     size = 0.55 * n + 1.6
     columns = min(len(panels), PANELS_PER_ROW)
@@ -56,7 +61,7 @@ def confusion_figure(panels: Sequence[ConfusionPanel], classes: Sequence[str], t
         spare.set_visible(False)
     image = None
     for ax, panel in zip(axes, panels, strict=True):
-        image = ax.imshow(panel.matrix, cmap="Blues", vmin=0.0, vmax=1.0)
+        image = ax.imshow(100.0 * panel.matrix, cmap="Blues", vmin=0.0, vmax=100.0)
         for i in range(n):
             for j in range(n):
                 value = panel.matrix[i, j]
@@ -79,14 +84,16 @@ def confusion_figure(panels: Sequence[ConfusionPanel], classes: Sequence[str], t
         ax.set_ylabel("ground truth")
     if image is not None:
         bar = figure.colorbar(image, ax=list(axes), fraction=0.025, pad=0.01)
-        bar.set_label("share of the true class")
+        bar.set_label("% of the true class")
     figure.suptitle(title, fontsize=10)
-    return _png(figure)
+    return _png(figure, title)
 
 
 def fold_figure(panels: Sequence[FoldPanel]) -> bytes:
     """Per strategy: a box over folds, each fold a dot, the same fold joined across strategies
-    (pairing is what the paired tests use), and the paper's mean as a red cross."""
+    (pairing is what the paired tests use), the paper's mean as a red cross, and two floors a
+    result must clear to mean anything: chance (uniform guess) and always predicting the
+    majority class."""
     columns = min(len(panels), 3)
     rows = (len(panels) + columns - 1) // columns
     width = max(3.2, 1.1 * max(len(p.folds) for p in panels) + 1.5)
@@ -109,6 +116,21 @@ def fold_figure(panels: Sequence[FoldPanel]) -> bytes:
                 showfliers=False,
                 medianprops={"color": "tab:orange"},
             )
+        for level, style, text, below in (
+            (panel.chance, ":", "chance", True),
+            (panel.majority, "--", "majority class", False),
+        ):
+            if level is not None:
+                ax.axhline(level, color="0.45", linestyle=style, linewidth=1, zorder=0)
+                ax.annotate(  # chance below its line, majority above: they may coincide
+                    f"{text} {level:.1f}%",
+                    (0.0, level),
+                    xycoords=("axes fraction", "data"),
+                    xytext=(3, -9 if below else 2),
+                    textcoords="offset points",
+                    fontsize=7,
+                    color="0.35",
+                )
         label = "paper mean (real data)"
         for i, strategy in enumerate(strategies):
             values = list(panel.folds[strategy].values())
@@ -127,11 +149,11 @@ def fold_figure(panels: Sequence[FoldPanel]) -> bytes:
         labels = [f"{s}\n{len(panel.folds[s])} folds" for s in strategies]
         ax.set_xticks(range(len(strategies)), labels=labels, fontsize=8)
         ax.set_xlim(-0.6, len(strategies) - 0.4)
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylabel("test accuracy of the fold (%)")
         ax.set_title(panel.title, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
         if panel.paper:
             ax.legend(fontsize=7, loc="lower right")
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
-    return _png(figure)
+    return _png(figure, " | ".join(panel.title for panel in panels))

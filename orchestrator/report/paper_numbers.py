@@ -74,6 +74,11 @@ FOCAL_SETTINGS: dict[str, tuple[float | None, float]] = {
 STAGE_PAIR = ("ce", "ce>focal")
 
 
+# The dataset kinds the paper reports on; any other dataset (a user's manifest) is not the
+# paper's, and the report does not set it beside the paper's tables.
+PAPER_KINDS = frozenset(kind for kind, _, _ in ACCURACY)
+
+
 def paper_accuracy(kind: str, backbone: str, strategy: str) -> float | None:
     """The paper's accuracy (%) for this cell of Tables 2–5, or None where it has none."""
     entry = ACCURACY.get((kind, backbone, strategy))

@@ -32,6 +32,7 @@ class DatasetInfo:
     kind: str  # ckplus | oulu | manifest
     synthetic: bool
     prepare_id: str
+    n_folds: int = 10
 
 
 @dataclass
@@ -94,7 +95,11 @@ def load_results(run_dir: str | Path) -> Results:
 
     datasets = {
         u.dataset: DatasetInfo(
-            u.dataset, str(u.spec.get("dataset", u.dataset)), bool(u.spec.get("synthetic")), u.id
+            u.dataset,
+            str(u.spec.get("dataset", u.dataset)),
+            bool(u.spec.get("synthetic")),
+            u.id,
+            int(u.spec.get("n_folds") or 10),
         )
         for u in units
         if u.kind == "prepare"

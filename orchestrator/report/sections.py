@@ -22,7 +22,8 @@ from orchestrator.texttable import markdown_table, text_table
 
 SELECTION_TEXT = {
     "heldout": "**heldout**: the paper's protocol. Each stage's best epoch was chosen on the "
-    "test fold itself, so these accuracies are optimistic (the test fold helped pick the model).",
+    "test fold itself, so these accuracies are optimistic (the test fold helped pick the model), "
+    "and more so for longer chains: a k-stage strategy had k such rounds of selection.",
     "inner": "**inner**: each stage's best epoch was chosen on an inner, subject-independent "
     "validation fold taken from the training folds; the test fold was only scored. This is not "
     "the paper's protocol; expect numbers below the paper's.",
@@ -115,8 +116,12 @@ def data_section(study: Study) -> str:
             lines += [
                 f"> **SYNTHETIC twin: `{name}` is not {info.kind} data.** It is generated "
                 f"drawings in the {info.kind} layout. Its numbers show the pipeline works; they "
-                "say nothing about the paper's claims. The paper column below shows real-data "
-                "numbers for orientation only.",
+                "say nothing about the paper's claims."
+                + (
+                    " The paper column below shows real-data numbers for orientation only."
+                    if _has_paper_numbers(study)
+                    else ""
+                ),
                 "",
             ]
     rows = []
@@ -154,6 +159,21 @@ def data_section(study: Study) -> str:
 
 
 # --- the strategy table (Tables 2-5) --------------------------------------------------------
+def shows_paper(study: Study) -> bool:
+    """True when some dataset is one the paper reports on (CK+, Oulu-CASIA): only then does
+    the report set its numbers beside the paper's."""
+    return any(study.results.kind_of(g.dataset) in paper.PAPER_KINDS for g in study.groups)
+
+
+def _has_paper_numbers(study: Study) -> bool:
+    """True when the paper prints a number for some row (not for a `tiny` backbone, say)."""
+    return any(
+        paper.paper_accuracy(study.results.kind_of(g.dataset), g.backbone, s) is not None
+        for g in study.groups
+        for s in study.strategies(g)
+    )
+
+
 def _paper_header(study: Study) -> str:
     return (
         "paper (real data)"
@@ -162,61 +182,80 @@ def _paper_header(study: Study) -> str:
     )
 
 
-def strategy_rows(study: Study) -> tuple[list[str], list[list[Any]]]:
-    headers = [
-        "dataset",
-        "backbone",
-        "strategy",
-        "selection",
-        "ours (%)",
-        "folds",
-        _paper_header(study),
-        "paper table",
-    ]
+def _seed_cells(result: agg.StrategyResult) -> list[Any]:
+    seeds = result.seeds
+    return [len(seeds), pct(result.seed_std) if len(seeds) > 1 else NONE]
+
+
+def strategy_rows(study: Study) -> tuple[list[str], list[list[Any]], list[bool]]:
+    """Headers, rows and right-alignment of the strategy table; seed columns only when the
+    run has replicates, paper columns only where the paper has numbers."""
+    headers = ["dataset", "backbone", "strategy", "selection", "ours (%)", "folds"]
+    right = [False] * 4 + [True] * 2
+    if study.multi_seed:
+        headers += ["seeds", "std between seeds"]
+        right += [True, True]
+    with_paper = _has_paper_numbers(study)
+    if with_paper:
+        headers += [_paper_header(study), "paper table"]
+        right += [True, False]
     rows = []
     for group in study.groups:
         kind = study.results.kind_of(group.dataset)
         for strategy in study.strategies(group):
             result = study.result(group, strategy)
-            number = paper.paper_accuracy(kind, group.backbone, strategy)
-            rows.append(
-                [
-                    group.dataset,
-                    group.backbone,
-                    strategy,
-                    group.selection,
-                    mean_pm_std(result),
-                    folds_cell(result),
+            row = [
+                group.dataset,
+                group.backbone,
+                strategy,
+                group.selection,
+                mean_pm_std(result),
+                folds_cell(result),
+            ]
+            if study.multi_seed:
+                row += _seed_cells(result)
+            if with_paper:
+                number = paper.paper_accuracy(kind, group.backbone, strategy)
+                row += [
                     NONE if number is None else f"{number:.1f}",
                     paper.paper_source(kind, group.backbone, strategy) or "",
                 ]
-            )
-    return headers, rows
+            rows.append(row)
+    return headers, rows, right
 
 
 def strategy_text(study: Study) -> str:
     """The terminal version: aligned columns, a caption line, no Markdown."""
-    headers, rows = strategy_rows(study)
+    headers, rows, right = strategy_rows(study)
     if not rows:
         return "no training units in this grid"
-    caption = "test accuracy, mean ± std over folds (%)"
-    if any(study.results.is_synthetic(g.dataset) for g in study.groups):
+    caption = "test accuracy, fold-mean ± std between folds (%)"
+    if study.multi_seed:
+        caption += "; folds averaged over seeds"
+    synthetic = any(study.results.is_synthetic(g.dataset) for g in study.groups)
+    if synthetic and _has_paper_numbers(study):
         caption += "; SYNTHETIC data: the paper column is the paper's real-data number"
-    right = [False, False, False, False, True, True, True, False]
     return caption + "\n" + text_table(headers, rows, right=right, max_width=None)
 
 
 def strategy_section(study: Study) -> str:
-    headers, rows = strategy_rows(study)
+    headers, rows, right = strategy_rows(study)
+    with_paper = shows_paper(study)
+    seeds = (
+        " Each fold's accuracy is first averaged over its seeds; 'std between seeds' is the "
+        "sample std of the per-seed fold-means, the spread a re-run with another seed gives."
+        if study.multi_seed
+        else ""
+    )
     lines = [
-        "## Accuracy by strategy (the paper's Tables 2–5)",
+        "## Accuracy by strategy" + (" (cf. the paper's Tables 2–5)" if with_paper else ""),
         "",
-        "Test accuracy in %, mean ± sample std over the folds finished so far ('folds' = "
-        "finished/planned). The paper reports 10-fold means with `heldout` selection.",
+        "Test accuracy in %, **fold-mean** (the mean over test folds of each fold's accuracy) "
+        "± sample std between folds, over the folds finished so far ('folds' = "
+        f"finished/planned).{seeds}"
+        + (" The paper reports 10-fold means with `heldout` selection." if with_paper else ""),
         "",
-        markdown_table(headers, rows, right=[False] * 4 + [True] * 3 + [False])
-        if rows
-        else "No training units in this grid.",
+        markdown_table(headers, rows, right=right) if rows else "No training units in this grid.",
     ]
     kinds = [
         k

@@ -7,24 +7,52 @@ strategy with no finished fold still gets a row that says so.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from fer_core.data.folds import inner_validation_fold
 from orchestrator.report import aggregate as agg
-from orchestrator.report.aggregate import Group, StrategyResult
+from orchestrator.report import significance as sig
+from orchestrator.report.aggregate import Group, Paired, StrategyResult
 from orchestrator.report.results import Results
 
 BASELINE = "ce"
 
 
+def selection_rounds(strategy: str) -> int:
+    """Rounds of model selection a chain had: one per stage (each stage keeps its best epoch).
+    Under `heldout` each round looked at the test fold."""
+    return strategy.count(">") + 1
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One test of the report's family: `paired.a` minus `paired.b` within `group`.
+
+    `holm_pvalue` is the corrected resampled t-test's p after Holm's correction over every
+    comparison of the report; `headline` marks the comparisons the report leads with (the
+    `inner` ones when the run has any: their test folds chose nothing)."""
+
+    group: Group
+    paired: Paired
+    holm_pvalue: float | None
+    headline: bool
+
+    @property
+    def rounds(self) -> tuple[int, int]:
+        return selection_rounds(self.paired.a), selection_rounds(self.paired.b)
+
+
 @dataclass
 class Study:
-    """Strategy results by (group, strategy), in report order."""
+    """Strategy results by (group, strategy), in report order, and the comparisons."""
 
     results: Results
     by_key: dict[tuple[Group, str], StrategyResult]
     groups: list[Group]
+    comparisons: list[Comparison] = field(default_factory=list)
+    derived_n_train: set[Group] = field(default_factory=set)  # sizes not in the runs rows
 
     def strategies(self, group: Group) -> list[str]:
         found = {s for g, s in self.by_key if g == group}
@@ -34,16 +62,36 @@ class Study:
         return self.by_key[(group, strategy)]
 
     def pairs(self, group: Group) -> list[tuple[str, str]]:
-        """(a, b) comparisons: every strategy against the `ce` baseline, and every chain
-        against the chain it continues (`focal>ce` vs `focal`); each pair once."""
+        """(a, b) comparisons: every strategy against the `ce` baseline, every chain against
+        the chain it continues (`focal>ce` vs `focal`), and a chain against the same stages
+        in another order (`ce>focal` vs `focal>ce`, the ordering question of Table 4); each
+        pair once."""
         present = self.strategies(group)
         pairs: list[tuple[str, str]] = []
         for strategy in present:
-            for other in (BASELINE, agg.parent_strategy(strategy)):
+            reordered = [
+                other
+                for other in present
+                if other != strategy
+                and ">" in other
+                and sorted(other.split(">")) == sorted(strategy.split(">"))
+                and agg.strategy_sort_key(other) < agg.strategy_sort_key(strategy)
+            ]
+            for other in (BASELINE, agg.parent_strategy(strategy), *reordered):
                 usable = other and other != strategy and other in present
                 if usable and (strategy, other) not in pairs:
                     pairs.append((strategy, other))
         return pairs
+
+    @property
+    def multi_seed(self) -> bool:
+        """True when some strategy has results of more than one seed (replicates)."""
+        return any(len(r.seeds) > 1 for r in self.by_key.values())
+
+    @property
+    def headline_selection(self) -> str | None:
+        """`inner` when the run has inner results (the headline comparisons use them)."""
+        return "inner" if any(g.selection == "inner" for g in self.groups) else None
 
     def stage_pairs(self, group: Group) -> list[tuple[str, str]]:
         """(stage before, chain) for every multi-stage chain whose parent is in the group."""
@@ -100,4 +148,47 @@ def build_study(results: Results) -> Study:
             g.selection,
         ),
     )
-    return Study(results, by_key, groups)
+    study = Study(results, by_key, groups)
+    study.derived_n_train = _fill_training_sizes(study)
+    study.comparisons = _compare(study)
+    return study
+
+
+def _fill_training_sizes(study: Study) -> set[Group]:
+    """Training-set sizes of folds whose runs rows do not record `n_train` (rows written
+    before the column existed), from the prepare row's image count minus the test fold
+    (and, under `inner`, minus the inner-validation fold). Returns the groups derived so."""
+    fold_sizes: dict[str, dict[int, int]] = {}
+    for (group, _), result in study.by_key.items():
+        fold_sizes.setdefault(group.dataset, {}).update(result.n_test)
+    derived: set[Group] = set()
+    for (group, _), result in study.by_key.items():
+        total = study.results.prepare.get(group.dataset, {}).get("images")
+        info = study.results.datasets.get(group.dataset)
+        for fold, n_test in result.n_test.items():
+            if fold in result.n_train or not total or not n_test:
+                continue
+            held_out = n_test
+            if group.selection == "inner" and info is not None:
+                inner = fold_sizes[group.dataset].get(inner_validation_fold(fold, info.n_folds))
+                if inner is None:
+                    continue
+                held_out += inner
+            result.n_train[fold] = int(total) - held_out
+            derived.add(group)
+    return derived
+
+
+def _compare(study: Study) -> list[Comparison]:
+    """Every pair of every group, tested, with Holm's correction over the whole family."""
+    found = [
+        (group, agg.paired_comparison(study.result(group, a), study.result(group, b)))
+        for group in study.groups
+        for a, b in study.pairs(group)
+    ]
+    adjusted = sig.holm([p.corrected.pvalue if p.corrected else None for _, p in found])
+    headline = study.headline_selection
+    return [
+        Comparison(group, paired, holm_p, headline is None or group.selection == headline)
+        for (group, paired), holm_p in zip(found, adjusted, strict=True)
+    ]

@@ -9,6 +9,7 @@ import io
 import json
 import math
 import statistics
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,9 @@ def _load(run_dir: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     return choice, rows
 
 
-def landscape_png(rows: list[dict[str, Any]], alpha_order: list[str]) -> bytes:
-    """γ (x) against α (y, categorical), complete trials coloured by inner-val mean."""
+def landscape_png(rows: list[dict[str, Any]], alpha_order: list[str], synthetic: bool) -> bytes:
+    """γ (x) against α (y, categorical), complete trials coloured by inner-val mean (%);
+    tagged SYNTHETIC when the searched dataset is a synthetic twin."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -93,10 +95,12 @@ def landscape_png(rows: list[dict[str, Any]], alpha_order: list[str]) -> bytes:
     ax.set_ylabel("α")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.22), ncols=4, frameon=False)
-    ax.set_title("α/γ search: inner-validation accuracy (test folds never seen)", fontsize=9)
+    title = "α/γ search: inner-validation accuracy (test folds never seen)"
+    title += " SYNTHETIC" if synthetic else ""
+    ax.set_title(title, fontsize=9)
     FigureCanvasAgg(figure)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
+    figure.savefig(buffer, format="png", dpi=110, metadata={"Title": title})
     return buffer.getvalue()
 
 
@@ -121,14 +125,16 @@ def _row(label: str, per_fold: dict[str, float]) -> list[str]:
     return [label, str(len(values)), f"{_pct(mean)}{spread}", folds]
 
 
-def tune_section(run_dir: str | Path, out_dir: Path) -> str:
-    """The Markdown section (and its PNG in `out_dir`), or "" when no search ran here."""
+def tune_section(run_dir: str | Path, out_dir: Path, synthetic: Collection[str] = ()) -> str:
+    """The Markdown section (and its PNG in `out_dir`), or "" when no search ran here;
+    `synthetic` names the run's synthetic datasets (their figure is tagged SYNTHETIC)."""
     run_dir = Path(run_dir)
     choice, rows = _load(run_dir)
     if not rows:
         return ""
     alpha_order = choice["search_space"]["alpha"] if choice else []
-    atomic_write_bytes(out_dir / FIGURE, landscape_png(rows, alpha_order))
+    is_synthetic = any(r.get("dataset") in synthetic for r in rows)
+    atomic_write_bytes(out_dir / FIGURE, landscape_png(rows, alpha_order, is_synthetic))
     counts = {s: sum(1 for r in rows if r["status"] == s) for s in ("complete", "stopped", "error")}
     lines = ["## α/γ search (Ray Tune, nested model selection)", ""]
     if choice is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from fer_core.data.faces import FaceSet
 from fer_core.unit import run_unit
 from tests.conftest import CROP
 
@@ -42,6 +43,7 @@ def test_stage_two_starts_from_the_parents_best_weights(twin_faces, tmp_path):
 
     n_test = run1["n_test"]
     assert n_test == len(stage1["predictions"]) > 0
+    assert run1["n_train"] == len(FaceSet.load(twin_faces).labels) - n_test  # heldout
     assert len(stage1["epochs"]) == 2
     prediction = stage1["predictions"][0]
     assert abs(sum(prediction["probabilities"]) - 1) < 1e-4

@@ -8,10 +8,13 @@ accuracy is known by hand), and `epochs` rows. The default: CK+ (7 classes) and 
 
 from __future__ import annotations
 
+import itertools
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fer_core.config import StageConfig
 from orchestrator.plan.dag import Unit
 from orchestrator.run.rundir import RunDir
 
@@ -41,10 +44,15 @@ class FakeRun:
         return self.rundir.path
 
 
-def accuracy(dataset: str, strategy: str, fold: int, errors=ERRORS) -> float:
+def accuracy(dataset: str, strategy: str, fold: int, errors=ERRORS, seed: int = 0) -> float:
     """The fake's test accuracy in percent."""
     n = IMAGES_PER_FOLD[dataset]
-    return 100.0 * (n - errors[(dataset, strategy)][fold - 1]) / n
+    return 100.0 * (n - _errors(errors, dataset, strategy, seed)[fold - 1]) / n
+
+
+def _errors(errors, dataset: str, strategy: str, seed: int) -> list[int]:
+    """Wrong predictions per fold: the seed's own entry if given, else the strategy's."""
+    return errors.get((dataset, strategy, seed)) or errors[(dataset, strategy)]
 
 
 def _predictions(unit_id: str, dataset: str, fold: int, wrong: int) -> list[dict[str, Any]]:
@@ -71,9 +79,11 @@ def _predictions(unit_id: str, dataset: str, fold: int, wrong: int) -> list[dict
     return rows
 
 
-def _config(dataset: str, loss: str, selection: str) -> dict[str, Any]:
+def _config(dataset: str, loss: str, selection: str, seed: int) -> dict[str, Any]:
+    """The full stage configuration, as the grid's DAG and the runs rows hold it."""
     extra = FOCAL[dataset] if loss == "focal" else {"alpha": None, "gamma": 0.0}
-    return {"loss": loss, "selection": selection, "epochs": 3, "seed": 0, **extra}
+    values = {"loss": loss, "selection": selection, "epochs": 3, "seed": seed, **extra}
+    return StageConfig.from_dict({**values, "lr_step_epoch": 2}).to_dict()
 
 
 def make_run(
@@ -84,16 +94,28 @@ def make_run(
     backbone: str = "inception_v3",
     synthetic: bool = False,
     skip: set[tuple[str, str, int]] | frozenset = frozenset(),
-    errors: dict[tuple[str, str], list[int]] = ERRORS,
-    selection: str = "heldout",
+    errors: dict[tuple, list[int]] = ERRORS,
+    selection: str | tuple[str, ...] = "heldout",
+    seeds: tuple[int, ...] = (0,),
+    record_n_train: bool = True,
+    extra_columns: dict[str, Any] | None = None,
+    kinds: dict[str, str] | None = None,
 ) -> FakeRun:
-    """Write the fake run; `skip` lists (dataset, strategy, fold) units left unfinished."""
+    """Write the fake run; `skip` lists (dataset, strategy, fold) units left unfinished.
+
+    `selection` may name several protocols (units of each; non-heldout ids are tagged);
+    `errors` is keyed by (dataset, strategy) or, for one seed, (dataset, strategy, seed);
+    `record_n_train=False` writes runs rows as older versions did (no `n_train` column);
+    `extra_columns` are added to every runs row; `kinds` maps a dataset name to its kind
+    (default: the name, e.g. `ckplus`; `manifest` for a user's own data).
+    """
     rundir = RunDir(run_dir)
     rundir.claim("fake", Path("jobs/fake.yaml"))
     units: list[Unit] = []
     fake = FakeRun(rundir, units)
     for dataset in datasets:
         prepare_id = f"prep-{dataset}"
+        kind = (kinds or {}).get(dataset, dataset)
         units.append(
             Unit(
                 id=prepare_id,
@@ -101,7 +123,7 @@ def make_run(
                 name=f"{dataset}/prepare",
                 dataset=dataset,
                 deps=(),
-                spec={"dataset": dataset, "name": dataset, "synthetic": synthetic},
+                spec={"dataset": kind, "name": dataset, "synthetic": synthetic, "n_folds": 10},
             )
         )
         n_images = IMAGES_PER_FOLD[dataset] * 10
@@ -112,7 +134,7 @@ def make_run(
                 {
                     "unit_id": prepare_id,
                     "dataset": dataset,
-                    "kind": dataset,
+                    "kind": kind,
                     "synthetic": synthetic,
                     "images": n_images,
                     "subjects": 20,
@@ -123,94 +145,122 @@ def make_run(
                 }
             ],
         )
-        for fold in folds:
-            for strategy in strategies:
-                _add_chain(
-                    fake, dataset, backbone, strategy, fold, prepare_id, skip, errors, selection
-                )
+        protocols = (selection,) if isinstance(selection, str) else selection
+        for protocol, seed, fold, strategy in itertools.product(
+            protocols, seeds, folds, strategies
+        ):
+            _add_chain(
+                fake,
+                Cell(dataset, backbone, strategy, fold, seed, protocol),
+                prepare_id,
+                skip,
+                errors,
+                extra_columns or {},
+                record_n_train,
+            )
     rundir.write_dag(units)
     return fake
 
 
-def _add_chain(
-    fake, dataset, backbone, strategy, fold, prepare_id, skip, errors, selection
-) -> None:
-    losses = strategy.split(">")
+@dataclass(frozen=True)
+class Cell:
+    dataset: str
+    backbone: str
+    strategy: str
+    fold: int
+    seed: int
+    selection: str
+
+
+def _add_chain(fake, cell: Cell, prepare_id, skip, errors, extra, record_n_train) -> None:
+    losses = cell.strategy.split(">")
     parent = None
     for stage in range(1, len(losses) + 1):
         chain = ">".join(losses[:stage])
-        unit_id = f"{dataset}-{backbone}-{chain.replace('>', '_')}-f{fold}"
+        seed_tag = (f"-s{cell.seed}" if cell.seed else "") + (
+            f"-{cell.selection}" if cell.selection != "heldout" else ""
+        )
+        unit_id = f"{cell.dataset}-{cell.backbone}-{chain.replace('>', '_')}-f{cell.fold}{seed_tag}"
         if unit_id not in {u.id for u in fake.units}:
-            config = _config(dataset, losses[stage - 1], selection)
+            config = _config(cell.dataset, losses[stage - 1], cell.selection, cell.seed)
             fake.units.append(
                 Unit(
                     id=unit_id,
                     kind="train",
-                    name=f"{dataset}/f{fold:02d}/{backbone}/{chain}",
-                    dataset=dataset,
+                    name=f"{cell.dataset}/f{cell.fold:02d}/{cell.backbone}/{chain}{seed_tag}",
+                    dataset=cell.dataset,
                     deps=(parent or prepare_id,),
                     stage=stage,
-                    fold=fold,
-                    backbone=backbone,
+                    fold=cell.fold,
+                    backbone=cell.backbone,
                     strategy=chain,
-                    strategies=(strategy,) if stage == len(losses) else (),
-                    spec={"unit_id": unit_id, "config": config, "strategy": chain},
+                    strategies=(cell.strategy,) if stage == len(losses) else (),
+                    spec={
+                        "unit_id": unit_id,
+                        "config": config,
+                        "strategy": chain,
+                        "weights": "pretrained",
+                        "input_size": 299,
+                    },
                 )
             )
-            fake.train_ids[(dataset, chain, fold)] = unit_id
-            if (dataset, chain, fold) not in skip:
-                _write_unit(
-                    fake.rundir,
-                    unit_id,
-                    parent,
-                    dataset,
-                    backbone,
-                    chain,
-                    stage,
-                    fold,
-                    config,
-                    errors,
-                )
+            if not cell.seed:  # seed 0 of the first protocol
+                fake.train_ids.setdefault((cell.dataset, chain, cell.fold), unit_id)
+            if (cell.dataset, chain, cell.fold) not in skip:
+                wrong = _errors(errors, cell.dataset, chain, cell.seed)
+                _write_unit(fake.rundir, unit_id, parent, cell, chain, stage, config, wrong, extra)
+                if not record_n_train:
+                    _drop_n_train(fake.rundir, unit_id)
         parent = unit_id
 
 
-def _write_unit(rundir, unit_id, parent, dataset, backbone, chain, stage, fold, config, errors):
-    wrong = errors[(dataset, chain)][fold - 1]
+def _write_unit(rundir, unit_id, parent, cell: Cell, chain, stage, config, errors, extra):
+    dataset, fold = cell.dataset, cell.fold
+    wrong = errors[fold - 1]
     n = IMAGES_PER_FOLD[dataset]
     alpha = config["alpha"]
+    held_out = 2 if cell.selection == "inner" else 1  # test fold (+ inner-validation fold)
+    run = {
+        "unit_id": unit_id,
+        "parent_id": parent,
+        "grid": "fake",
+        "dataset": dataset,
+        "fold": fold,
+        "backbone": cell.backbone,
+        "strategy": chain,
+        "stage": stage,
+        "loss": config["loss"],
+        "alpha": None if alpha is None else str(alpha),
+        "gamma": float(config["gamma"]),
+        "selection": config["selection"],
+        "seed": cell.seed,
+        "epochs": 3,
+        "best_epoch": 2,
+        "selection_accuracy": (n - wrong) / n,
+        "test_accuracy": (n - wrong) / n,
+        "n_test": n,
+        "n_train": n * (10 - held_out),
+        "input_size": 299,
+        "train_seconds": 10.0 + fold,
+        "images_per_second": 100.0,
+        "startup_seconds": 2.0,
+        "device": "cpu",
+        "host": "node1",
+        "scheduler": "local",
+        "job_id": "1",
+        "requeues": 0,
+        "package_version": "0.1.0",
+        "torch_version": "2.5.1",
+        "python_version": "3.12.3",
+        "config": json.dumps(config, sort_keys=True),
+        "started_at": 1_700_000_000.0 + fold,
+        "finished_at": 1_700_000_100.0 + fold,
+    }
+    run.update(extra)
     rundir.store.write_unit(
         unit_id,
         {
-            "run": {
-                "unit_id": unit_id,
-                "parent_id": parent,
-                "grid": "fake",
-                "dataset": dataset,
-                "fold": fold,
-                "backbone": backbone,
-                "strategy": chain,
-                "stage": stage,
-                "loss": config["loss"],
-                "alpha": None if alpha is None else str(alpha),
-                "gamma": float(config["gamma"]),
-                "selection": config["selection"],
-                "seed": 0,
-                "epochs": 3,
-                "best_epoch": 2,
-                "selection_accuracy": (n - wrong) / n,
-                "test_accuracy": (n - wrong) / n,
-                "n_test": n,
-                "train_seconds": 10.0 + fold,
-                "images_per_second": 100.0,
-                "startup_seconds": 2.0,
-                "device": "cpu",
-                "host": "node1",
-                "scheduler": "local",
-                "job_id": "1",
-                "requeues": 0,
-                "started_at": 1_700_000_000.0 + fold,
-                "finished_at": 1_700_000_100.0 + fold,
-            },
+            "run": run,
             "predictions": _predictions(unit_id, dataset, fold, wrong),
             "epochs": [
                 {
@@ -227,3 +277,10 @@ def _write_unit(rundir, unit_id, parent, dataset, backbone, chain, stage, fold, 
             ],
         },
     )
+
+
+def _drop_n_train(rundir: RunDir, unit_id: str) -> None:
+    """Rewrite the unit's runs row without `n_train`, as rows written before it existed."""
+    row = rundir.store.read("runs", {unit_id}).to_pylist()[0]
+    del row["n_train"]
+    rundir.store.write("runs", unit_id, [row])

@@ -55,38 +55,83 @@ def test_duplicate_folds_are_averaged_and_missing_accuracies_skipped():
     assert ce.unit_ids == {1: ["a", "b"]}
 
 
+def test_seeds_and_training_sizes_from_rows():
+    rows = [_row(1, 0.8, seed=0, n_train=90), _row(1, 0.9, seed=1, n_train=90), _row(2, 0.7)]
+    ce = agg.strategy_results(rows)[(HELDOUT, "ce")]
+    assert ce.cells == pytest.approx({(1, 0): 80.0, (1, 1): 90.0, (2, 0): 70.0})
+    assert ce.folds == pytest.approx({1: 85.0, 2: 70.0})
+    assert ce.n_train == {1: 90}  # fold 2's row does not record it
+
+
 def test_selection_protocols_are_kept_apart():
     rows = [_row(1, 0.8), {**_row(1, 0.6), "selection": "inner"}]
     keys = set(agg.strategy_results(rows))
     assert keys == {(HELDOUT, "ce"), (Group("ckplus", "inception_v3", "inner"), "ce")}
 
 
+def _result(strategy, cells, n_test=10, n_train=40):
+    """A StrategyResult from {fold: accuracy} or {(fold, seed): accuracy}."""
+    cells = {(k if isinstance(k, tuple) else (k, 0)): v for k, v in cells.items()}
+    folds = {f for f, _ in cells}
+    return agg.StrategyResult(
+        HELDOUT,
+        strategy,
+        cells,
+        n_test={f: n_test for f in folds},
+        n_train={f: n_train for f in folds} if n_train else {},
+    )
+
+
 def test_paired_comparison_matches_hand_and_scipy():
-    a = {1: 92.0, 2: 95.0, 3: 97.0, 4: 99.0}
-    b = {1: 90.0, 2: 94.0, 3: 97.5, 4: 96.0, 5: 80.0}  # fold 5 has no partner
-    paired = agg.paired_comparison("ce>focal", a, "ce", b)
+    a = _result("ce>focal", {1: 92.0, 2: 95.0, 3: 97.0, 4: 99.0})
+    b = _result("ce", {1: 90.0, 2: 94.0, 3: 97.5, 4: 96.0, 5: 80.0})  # fold 5 has no partner
+    paired = agg.paired_comparison(a, b)
     assert paired.folds == (1, 2, 3, 4) and paired.n == 4
     assert paired.differences == pytest.approx((2.0, 1.0, -0.5, 3.0))
     assert paired.mean_difference == pytest.approx(1.375)
     diffs = np.array([2.0, 1.0, -0.5, 3.0])
     t = diffs.mean() / (diffs.std(ddof=1) / math.sqrt(4))
-    assert paired.t_pvalue == pytest.approx(2 * stats.t.sf(abs(t), df=3))
-    assert paired.t_pvalue == pytest.approx(
+    assert paired.paired_t.pvalue == pytest.approx(2 * stats.t.sf(abs(t), df=3))
+    assert paired.paired_t.pvalue == pytest.approx(
         stats.ttest_rel([92, 95, 97, 99], [90, 94, 97.5, 96]).pvalue
     )
+    # Nadeau-Bengio with n_test/n_train = 10/40: variance x (1/4 + 1/4) instead of 1/4
+    assert paired.test_train_ratio == pytest.approx(0.25)
+    assert paired.corrected.statistic == pytest.approx(t / math.sqrt(2))
     assert paired.wilcoxon_pvalue == pytest.approx(stats.wilcoxon(diffs).pvalue)
-    # exact signed-rank: ranks 3, 2, 1(neg), 4 -> W- = 1; P(W <= 1) * 2 = 2 * 2 / 16
-    assert paired.wilcoxon_pvalue == pytest.approx(0.25)
+    assert paired.wilcoxon_pvalue == pytest.approx(0.25)  # exact: 2 * 2 / 16
 
 
 def test_paired_comparison_undefined_cases_are_none():
-    one = agg.paired_comparison("a", {1: 90.0, 2: 91.0}, "b", {1: 89.0})
-    assert one.n == 1 and one.t_pvalue is None and one.wilcoxon_pvalue is None
-    assert one.mean_difference == pytest.approx(1.0)
-    same = agg.paired_comparison("a", {1: 90.0, 2: 91.0}, "b", {1: 90.0, 2: 91.0})
-    assert same.t_pvalue is None and same.wilcoxon_pvalue is None
-    none = agg.paired_comparison("a", {}, "b", {1: 90.0})
+    one = agg.paired_comparison(_result("a", {1: 90.0, 2: 91.0}), _result("b", {1: 89.0}))
+    assert one.n == 1 and one.paired_t is None and one.corrected is None
+    assert one.wilcoxon_pvalue is None and one.mean_difference == pytest.approx(1.0)
+    same = agg.paired_comparison(_result("a", {1: 90.0, 2: 91.0}), _result("b", {1: 90.0, 2: 91.0}))
+    assert same.paired_t is None and same.wilcoxon_pvalue is None
+    none = agg.paired_comparison(_result("a", {}), _result("b", {1: 90.0}))
     assert none.n == 0 and math.isnan(none.mean_difference)
+    unknown = agg.paired_comparison(
+        _result("a", {1: 90.0, 2: 93.0}, n_train=0), _result("b", {1: 89.0, 2: 90.0})
+    )
+    assert unknown.test_train_ratio is None and unknown.corrected is None
+    assert unknown.paired_t is not None  # the plain test needs no sizes
+
+
+def test_seeds_are_paired_units_and_spread_is_split():
+    # fold 1: seeds 0, 1; fold 2: seeds 0, 1 -> 4 units
+    a = _result("ce>focal", {(1, 0): 90.0, (1, 1): 94.0, (2, 0): 80.0, (2, 1): 82.0})
+    b = _result("ce", {(1, 0): 89.0, (1, 1): 90.0, (2, 0): 80.0, (2, 1): 79.0})
+    assert a.folds == pytest.approx({1: 92.0, 2: 81.0})
+    assert a.seeds == pytest.approx({0: 85.0, 1: 88.0})
+    assert a.mean == pytest.approx(86.5)
+    assert a.std == pytest.approx(statistics.stdev([92.0, 81.0]))  # between folds
+    assert a.seed_std == pytest.approx(statistics.stdev([85.0, 88.0]))  # between seeds
+    paired = agg.paired_comparison(a, b)
+    assert paired.units == ((1, 0), (1, 1), (2, 0), (2, 1))
+    assert paired.differences == pytest.approx((1.0, 4.0, 0.0, 3.0))
+    assert paired.fold_differences == pytest.approx({1: 2.5, 2: 1.5})
+    assert paired.corrected.df == 3  # J = folds x seeds = 4
+    assert math.isnan(_result("ce", {1: 90.0, 2: 80.0}).seed_std)
 
 
 def test_confusion_row_normalised_and_per_class():
@@ -106,8 +151,8 @@ def test_class_names_prefer_the_prepare_row():
 
 
 def test_net_images():
-    a = agg.StrategyResult(HELDOUT, "ce>focal", {1: 100.0, 2: 90.0}, n_test={1: 10, 2: 10})
-    b = agg.StrategyResult(HELDOUT, "ce", {1: 90.0, 2: 90.0, 3: 50.0}, n_test={1: 10, 2: 10})
+    a = _result("ce>focal", {1: 100.0, 2: 90.0})
+    b = _result("ce", {1: 90.0, 2: 90.0, 3: 50.0})
     net, images = agg.net_images(a, b)
     assert (net, images) == (pytest.approx(1.0), 20)
 
@@ -178,6 +223,7 @@ def test_pairs_cover_baseline_and_parent(tmp_path):
         ("focal>ce", "ce"),
         ("focal>ce", "focal"),
         ("ce>focal", "ce"),
+        ("ce>focal", "focal>ce"),  # Table 4's ordering question
     ]
     assert study.stage_pairs(HELDOUT) == [("focal", "focal>ce"), ("ce", "ce>focal")]
 
@@ -187,3 +233,90 @@ def test_only_units_of_the_current_dag_count(tmp_path):
     run.rundir.store.write("runs", "stale-unit", [_row(1, 0.1, unit="stale-unit")])
     study = build_study(load_results(run.path))
     assert study.result(HELDOUT, "ce").folds == pytest.approx({1: accuracy("ckplus", "ce", 1)})
+
+
+# --- comparisons over a fake store ----------------------------------------------------------
+def _corrected_by_hand(diffs, ratio):
+    """Nadeau-Bengio's t and two-sided p, written out."""
+    d = np.asarray(diffs)
+    t = d.mean() / math.sqrt((1 / len(d) + ratio) * d.var(ddof=1))
+    return t, 2 * stats.t.sf(abs(t), len(d) - 1)
+
+
+def test_comparisons_are_corrected_and_holm_adjusted(study):
+    full = build_study(load_results(make_run(study.results.rundir.path.parent / "full").path))
+    assert [(c.group.dataset, c.paired.a, c.paired.b) for c in full.comparisons] == [
+        ("ckplus", "ce>focal", "ce"),
+        ("oulu", "ce>focal", "ce"),
+    ]
+    ckplus, oulu = full.comparisons
+    # ckplus: 14 test and 9 x 14 = 126 training images per fold; diffs (1/14, 0, 1/14) x 100
+    assert ckplus.paired.test_train_ratio == pytest.approx(14 / 126)
+    t, p = _corrected_by_hand([100 / 14, 0.0, 100 / 14], 14 / 126)
+    assert ckplus.paired.corrected.statistic == pytest.approx(t)
+    assert ckplus.paired.corrected.pvalue == pytest.approx(p)
+    _, p_oulu = _corrected_by_hand([100 / 12, -100 / 12, 300 / 12], 12 / 108)
+    assert oulu.paired.corrected.pvalue == pytest.approx(p_oulu)
+    # Holm with m = 2: the smaller p doubled; the larger max(itself, the doubled smaller)
+    low, high = sorted([p, p_oulu])
+    assert sorted([ckplus.holm_pvalue, oulu.holm_pvalue]) == pytest.approx(
+        [2 * low, max(high, 2 * low)]
+    )
+    assert not full.derived_n_train and all(c.headline for c in full.comparisons)
+    assert ckplus.rounds == (2, 1)
+
+
+@pytest.mark.parametrize(("selection", "ratio"), [("heldout", 14 / 126), ("inner", 14 / 112)])
+def test_training_sizes_derived_for_rows_without_them(tmp_path, selection, ratio):
+    folds = tuple(range(1, 11))  # under inner, fold f's training set also loses fold f + 1
+    errors = {("ckplus", "ce"): [2, 1, 3, 0, 2] * 2, ("ckplus", "ce>focal"): [1, 1, 2, 0, 0] * 2}
+    kwargs = {"datasets": ("ckplus",), "selection": selection, "folds": folds, "errors": errors}
+    recorded = build_study(load_results(make_run(tmp_path / "a", **kwargs).path))
+    derived = build_study(
+        load_results(make_run(tmp_path / "b", record_n_train=False, **kwargs).path)
+    )
+    assert recorded.comparisons[0].paired.test_train_ratio == pytest.approx(ratio)
+    assert derived.comparisons[0].paired.test_train_ratio == pytest.approx(ratio)
+    assert derived.comparisons[0].paired.corrected.pvalue == pytest.approx(
+        recorded.comparisons[0].paired.corrected.pvalue
+    )
+    assert not recorded.derived_n_train
+    assert derived.derived_n_train == {Group("ckplus", "inception_v3", selection)}
+
+
+def test_unknown_inner_fold_size_leaves_the_corrected_test_undefined(tmp_path):
+    # folds 1-3 only: fold 3's inner-validation fold (4) never ran, so its size is unknown
+    run = make_run(tmp_path / "run", datasets=("ckplus",), selection="inner", record_n_train=False)
+    (comparison,) = build_study(load_results(run.path)).comparisons
+    assert comparison.paired.corrected is None and comparison.holm_pvalue is None
+    assert comparison.paired.paired_t is not None
+
+
+def test_inner_results_are_the_headline(tmp_path):
+    run = make_run(tmp_path / "run", datasets=("ckplus",), selection=("heldout", "inner"))
+    study = build_study(load_results(run.path))
+    assert study.headline_selection == "inner"
+    roles = {(c.group.selection, c.headline) for c in study.comparisons}
+    assert roles == {("heldout", False), ("inner", True)}
+    assert len([c for c in study.comparisons if c.holm_pvalue is not None]) == 2  # one family
+
+
+def test_seeds_multiply_units_and_give_a_between_seed_spread(tmp_path):
+    errors = {
+        ("ckplus", "ce"): [2, 1, 3],
+        ("ckplus", "ce>focal"): [1, 1, 2],
+        ("ckplus", "ce", 1): [4, 1, 3],
+        ("ckplus", "ce>focal", 1): [1, 0, 2],
+    }
+    run = make_run(tmp_path / "run", datasets=("ckplus",), seeds=(0, 1), errors=errors)
+    study = build_study(load_results(run.path))
+    assert study.multi_seed
+    ce = study.result(HELDOUT, "ce")
+    seed_means = [
+        statistics.mean(accuracy("ckplus", "ce", f, errors, seed) for f in (1, 2, 3))
+        for seed in (0, 1)
+    ]
+    assert ce.seeds == pytest.approx(dict(enumerate(seed_means)))
+    assert ce.seed_std == pytest.approx(statistics.stdev(seed_means))
+    (comparison,) = study.comparisons
+    assert comparison.paired.n == 6 and comparison.paired.corrected.df == 5

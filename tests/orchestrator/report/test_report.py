@@ -5,10 +5,14 @@ from __future__ import annotations
 import statistics
 
 import pytest
+from PIL import Image
 
 from fer_core.errors import FerError
+from orchestrator.report import document, methods
 from orchestrator.report.document import write_report
-from tests.orchestrator.report.fake_results import accuracy, make_run
+from orchestrator.report.results import load_results
+from orchestrator.report.study import build_study
+from tests.orchestrator.report.fake_results import ERRORS, accuracy, make_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -74,7 +78,13 @@ def test_per_class_paired_and_focal_note(full):
     assert "| contempt | 6 | 66.7 | 83.3 | +16.7 | +5.6 |" in text
     assert "87.1 → 89.6 (+2.5)" in text
     # ckplus: ce>focal - ce per fold = +7.14, 0, +7.14 (errors 2,1,3 -> 1,1,2 of 14)
-    assert "| ce>focal − ce | +7.14 | +0.00 | +7.14 | +4.76 | +2 of 42 | 3 |" in text
+    # Nadeau-Bengio over diffs (+7.14, 0, +7.14) with n_test/n_train = 14/126: p = 0.225;
+    # Holm over the report's 2 comparisons doubles the smaller p (the other is oulu's 0.531)
+    assert (
+        "| ce>focal − ce | +4.76 | [-7.07, +16.59] | +2 of 42 | 3 | 0.225 | 0.451 | 0.184 | 0.5 "
+        "| 2 vs 1: favours first |"
+    ) in text
+    assert "| ce>focal − ce | +7.14 | +0.00 | +7.14 |" in text  # per fold
     assert "exactly 0.25 × cross-entropy" in text
     assert "ckplus: the focal stage of `ce>focal` ran with γ = 0 and α = 0.25" in text
 
@@ -102,7 +112,8 @@ def test_partial_results(tmp_path):
     ours = _mean_pm_std("ckplus", "ce>focal", folds=(1, 2))
     assert ours in text and "2/3" in text and "0/3" in text
     assert "Units done: **9 of 14**" in text
-    assert "| ce>focal − ce | +7.14 | +0.00 | +3.57 | +1 of 28 | 2 |" in text
+    assert "| ce>focal − ce | +7.14 | +0.00 |\n" in text  # per fold, folds 1-2 only
+    assert "| ce>focal − ce | +3.57 | [" in text and "| +1 of 28 | 2 |" in text
     assert "### oulu · inception_v3 (heldout): `ce` → `ce>focal`" not in text
     assert "0/3" in report.strategy_table
 
@@ -110,7 +121,11 @@ def test_partial_results(tmp_path):
 def test_one_fold_gives_na_p_values(tmp_path):
     run = make_run(tmp_path / "run", datasets=("oulu",), folds=(1,))
     text = write_report(run.path).path.read_text()
-    assert "| ce>focal − ce | +8.33 | +8.33 | +1 of 12 | 1 | n/a | n/a |" in text
+    assert (
+        "| ce>focal − ce | +8.33 | – | +1 of 12 | 1 | n/a | n/a | n/a | n/a "
+        "| 2 vs 1: favours first |"
+    ) in text
+    assert "makes 1 comparison; none has a defined corrected p yet" in text
 
 
 def test_nothing_finished_yet(tmp_path):
@@ -146,3 +161,130 @@ def test_missing_run_dir_or_dag(tmp_path):
         write_report(tmp_path / "nowhere")
     with pytest.raises(FerError, match="no dag.json"):
         write_report(tmp_path)
+
+
+# --- statistics, replicates and the methods section ---------------------------------------
+def _png_title(path) -> str:
+    with Image.open(path) as image:
+        return image.text.get("Title", "")
+
+
+def test_every_figure_of_a_synthetic_run_says_so(tmp_path):
+    synthetic = write_report(make_run(tmp_path / "syn", synthetic=True).path).path.parent
+    real = write_report(make_run(tmp_path / "real").path).path.parent
+    assert sorted(p.name for p in synthetic.glob("*.png")) == sorted(
+        p.name for p in real.glob("*.png")
+    )
+    for png in synthetic.glob("*.png"):
+        assert "SYNTHETIC" in _png_title(png), png.name
+    for png in real.glob("*.png"):
+        assert "heldout" in _png_title(png) and "SYNTHETIC" not in _png_title(png), png.name
+
+
+def test_fold_plot_floors_chance_and_majority(tmp_path):
+    run = make_run(tmp_path / "run", datasets=("ckplus",))
+    study = build_study(load_results(run.path))
+    chance, majority = document._floors(study, study.groups[0])
+    assert chance == pytest.approx(100 / 7)
+    assert majority == pytest.approx(100 * 6 / 42)  # two images per class and fold, 3 folds
+
+
+def test_setup_block_from_rows_and_dag(full):
+    _, report = full
+    text = report.path.read_text()
+    assert text.index("## Setup") < text.index("## Data")
+    stage1 = "| 1 | ce | ckplus, oulu | 3 | 0.01, ×0.1 after epoch 2 | 0.9 | 0.001 | 32 | 0.4 |"
+    assert stage1 in text
+    assert "| 2 | focal (α 0.25, γ 0) | ckplus | 3 |" in text
+    assert "| 2 | focal (α none, γ 0.5) | oulu | 3 |" in text
+    assert "`inception_v3` (weights `pretrained`, input 299 px)" in text
+    assert "test folds run: 1–3" in text and "**Seeds**: 0." in text
+    assert "requested `auto`; used: not recorded" in text
+    assert "tool commit not recorded" in text and "torch 2.5.1" in text
+    assert "**Deterministic algorithms**: not recorded" in text
+    assert "no copy kept in this run dir" in text
+    assert "**fold-mean**" in text and "**pooled** (micro)" in text
+
+
+def test_setup_block_shows_recorded_lineage(tmp_path):
+    extra = {"git_commit": "abc1234", "precision_used": "bfloat16", "deterministic": True}
+    run = make_run(tmp_path / "run", datasets=("ckplus",), extra_columns=extra)
+    (run.path / "grid.yaml").write_text("name: fake\n")
+    text = write_report(run.path).path.read_text()
+    assert "tool commit abc1234" in text
+    assert "requested `auto`; used: bfloat16" in text
+    assert "**Deterministic algorithms**: True" in text
+    assert "[`grid.yaml`](../grid.yaml) in the run dir" in text
+
+
+def test_augmentation_text_matches_the_library():
+    from fer_core.data import augment
+
+    assert f"horizontal flip p = {augment.P_HFLIP:g}" in methods.AUGMENTATION
+    assert f"vertical flip p = {augment.P_VFLIP:g}" in methods.AUGMENTATION
+    assert f"±{augment.MAX_DEGREES:g}°" in methods.AUGMENTATION
+
+
+def test_holm_family_is_listed(full):
+    _, report = full
+    text = report.path.read_text()
+    assert "makes 2 comparisons; 2 with a defined corrected p" in text and "(m = 2)" in text
+    assert "1. ckplus · inception_v3 (heldout): `ce>focal` − `ce`" in text
+    assert "2. oulu · inception_v3 (heldout): `ce>focal` − `ce`" in text
+    assert "biased toward multi-stage strategies" in text
+
+
+def test_ordering_question_and_inner_headline(tmp_path):
+    strategies = ("ce", "focal", "focal>ce", "ce>focal")
+    errors = {("ckplus", s): [1, 2, 0] for s in strategies}
+    errors[("ckplus", "ce>focal")] = [0, 1, 0]
+    run = make_run(
+        tmp_path / "run",
+        datasets=("ckplus",),
+        strategies=strategies,
+        errors=errors,
+        selection=("heldout", "inner"),
+    )
+    text = write_report(run.path).path.read_text()
+    headline = text.index("### ckplus · inception_v3 (inner): headline")
+    biased = text.index("### ckplus · inception_v3 (heldout): biased toward multi-stage strategies")
+    assert headline < biased
+    assert "The headline comparisons below use the `inner` results." in text
+    assert "| ce>focal − focal>ce | +4.76 |" in text
+    assert "2 vs 2: both optimistic" in text and "| 0 vs 0 |" in text
+    assert "makes 10 comparisons" in text  # 5 pairs x 2 protocols, one Holm family
+
+
+def test_seeds_show_between_seed_spread(tmp_path):
+    errors = {("ckplus", "ce", 1): [4, 1, 3], ("ckplus", "ce>focal", 1): [1, 0, 2], **ERRORS}
+    run = make_run(tmp_path / "run", datasets=("ckplus",), seeds=(0, 1), errors=errors)
+    report = write_report(run.path)
+    text = report.path.read_text()
+    seed_means = [
+        statistics.mean(accuracy("ckplus", "ce", f, errors, seed) for f in (1, 2, 3))
+        for seed in (0, 1)
+    ]
+    row = next(r for r in text.splitlines() if r.startswith("| ckplus | inception_v3 | ce |"))
+    assert f"| 2 | {statistics.stdev(seed_means):.2f} |" in row
+    assert "std between seeds" in text and "std between seeds" in report.strategy_table
+    assert "**Seeds**: 0, 1 (replicates" in text
+    assert "a unit is one test fold, per seed" in text and "| 6 |" in text
+
+
+def test_a_users_dataset_is_not_set_beside_the_paper(tmp_path):
+    run = make_run(tmp_path / "run", datasets=("ckplus",), kinds={"ckplus": "manifest"})
+    report = write_report(run.path)
+    text = report.path.read_text()
+    for phrase in ("Tables 2–5", "981", "paper change", "Prior art", "paper mean", "| paper |"):
+        assert phrase not in text, phrase
+    assert "## Accuracy by strategy\n" in text
+    assert "paper" not in report.strategy_table
+
+
+def test_no_paper_column_where_the_paper_has_no_number(tmp_path):
+    run = make_run(tmp_path / "run", datasets=("ckplus",), backbone="tiny", synthetic=True)
+    report = write_report(run.path)
+    text = report.path.read_text()
+    assert "paper (real data)" not in text and "paper" not in report.strategy_table
+    assert "paper change" not in text
+    assert "Tables 2–5" in text  # still CK+: the heading points to the paper's tables

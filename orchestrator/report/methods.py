@@ -1,0 +1,187 @@
+"""The report's setup block: how the numbers were produced, written as a methods section.
+
+Read from what the run itself recorded: each training unit's stage configuration (the runs
+row's `config` JSON once it has run, the DAG's spec before), the runs rows' versions,
+precision, determinism and git commit, and the copy of the effective grid in the run dir.
+A fact the rows do not carry (run dirs from before a column existed) is shown as "not
+recorded", never guessed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+from orchestrator.report.sections import NONE
+from orchestrator.report.study import Study
+from orchestrator.texttable import markdown_table
+
+GRID_COPY = "grid.yaml"  # the effective grid, kept in the run dir at launch
+NOT_RECORDED = "not recorded"
+# What `fer_core.data.augment` does (a test keeps this in step with its constants).
+AUGMENTATION = (
+    "training images, drawn anew each epoch: resize to the input size, horizontal flip "
+    "p = 0.5, vertical flip p = 0.5, rotation uniform in ±10°; test images: resize only"
+)
+
+
+def _configs(study: Study) -> list[tuple[Any, dict[str, Any]]]:
+    """(unit, its stage config) for every training unit: as run where it has a row."""
+    rows = {r["unit_id"]: r for r in study.results.runs}
+    out = []
+    for unit in study.results.train_units:
+        row = rows.get(unit.id)
+        config = json.loads(row["config"]) if row and row.get("config") else None
+        out.append((unit, config or unit.spec.get("config", {})))
+    return out
+
+
+def _loss_text(config: dict[str, Any]) -> str:
+    loss = str(config.get("loss"))
+    if loss == "ce":
+        return "ce"
+    alpha = config.get("alpha")
+    params = f"α {'none' if alpha is None else alpha}, γ {config.get('gamma', 0):g}"
+    if loss == "joint":
+        params += f", focal weight {config.get('joint_weight', 1):g}"
+    return f"{loss} ({params})"
+
+
+def _schedule(config: dict[str, Any]) -> str:
+    if config.get("lr") is None:
+        return NONE
+    text = f"{config['lr']:g}"
+    step = config.get("lr_step_epoch")
+    if step is not None and step < int(config.get("epochs") or 0):
+        text += f", ×{config.get('lr_decay'):g} after epoch {step}"
+    return text
+
+
+def _stage_table(study: Study) -> str:
+    keys: dict[tuple[Any, ...], set[str]] = {}
+    for unit, config in _configs(study):
+        key = (
+            unit.stage,
+            _loss_text(config),
+            config.get("epochs"),
+            _schedule(config),
+            config.get("momentum"),
+            config.get("weight_decay"),
+            config.get("batch_size"),
+            config.get("aux_weight"),
+        )
+        keys.setdefault(key, set()).add(unit.dataset)
+    rows = [[*key[:2], ", ".join(sorted(names)), *key[2:]] for key, names in sorted(keys.items())]
+    headers = [
+        "stage",
+        "loss",
+        "datasets",
+        "epochs",
+        "learning rate",
+        "momentum",
+        "weight decay",
+        "batch",
+        "aux-head weight",
+    ]
+    return markdown_table(headers, rows, [True, False, False] + [True] * 6)
+
+
+def _counted(values: list[Any], missing: str = NOT_RECORDED) -> str:
+    counts = Counter(str(v) for v in values if v is not None and v != "")
+    if not counts:
+        return missing
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{k} ×{n}" for k, n in counts.most_common())
+
+
+def _recorded(study: Study, column: str, why: str) -> str:
+    """A runs column's values, or "not recorded" (and why) when no row carries it."""
+    runs = study.results.runs
+    if not runs:
+        return "no finished units yet"
+    values = [r.get(column) for r in runs]
+    if all(v is None for v in values):
+        return f"{NOT_RECORDED} ({why})"
+    missing = sum(v is None for v in values)
+    text = _counted(values)
+    return text + (f"; {missing} rows {NOT_RECORDED}" if missing else "")
+
+
+def _folds(study: Study) -> list[str]:
+    lines = []
+    for name, info in study.results.datasets.items():
+        run = sorted({u.fold for u in study.results.train_units if u.dataset == name})
+        if not run:
+            continue
+        shown = f"{run[0]}–{run[-1]}" if run == list(range(run[0], run[-1] + 1)) else run
+        lines.append(
+            f"`{name}`: {info.n_folds} subject-independent folds (subject ids sorted ascending, "
+            f"the i-th subject, counted from 0, goes to fold i mod {info.n_folds} + 1); "
+            f"test folds run: {shown}"
+        )
+    return lines
+
+
+def _backbones(study: Study) -> str:
+    rows = {r["unit_id"]: r for r in study.results.runs}
+    seen: dict[str, set[str]] = {}
+    for unit in study.results.train_units:
+        size = (rows.get(unit.id) or {}).get("input_size") or unit.spec.get("input_size")
+        weights = unit.spec.get("weights", "?")
+        text = f"weights `{weights}`, input {size or 'the network default'} px"
+        seen.setdefault(unit.backbone, set()).add(text)
+    return "; ".join(f"`{b}` ({' / '.join(sorted(t))})" for b, t in seen.items()) or NONE
+
+
+def _grid_copy(study: Study) -> str:
+    info = study.results.info
+    source = f"launched from `{info.get('grid_file', '?')}`"
+    if (study.results.rundir.path / GRID_COPY).is_file():
+        return f"[`{GRID_COPY}`](../{GRID_COPY}) in the run dir ({source})"
+    return f"no copy kept in this run dir (it predates `{GRID_COPY}`); {source}"
+
+
+def setup_section(study: Study) -> str:
+    """The methods block: training per stage, data handling, protocol, software."""
+    configs = _configs(study)
+    if not configs:
+        return ""
+    seeds = sorted({int(c.get("seed") or 0) for _, c in configs})
+    requested = _counted([c.get("precision") for _, c in configs], NONE)
+    selections = ", ".join(
+        f"`{s}`" for s in dict.fromkeys(str(c.get("selection")) for _, c in configs)
+    )
+    lines = [
+        "## Setup",
+        "",
+        "Training per stage (SGD; every stage re-draws the last layer, and a later stage "
+        "starts from the best checkpoint of the stage before it):",
+        "",
+        _stage_table(study),
+        "",
+        f"- **Networks**: {_backbones(study)}.",
+        f"- **Augmentation**: {AUGMENTATION}.",
+        *(f"- **Folds**: {line}." for line in _folds(study)),
+        f"- **Model selection**: {selections} (what that means: see above).",
+        f"- **Seeds**: {', '.join(str(s) for s in seeds)}"
+        + (" (replicates: one unit per fold and seed)." if len(seeds) > 1 else "."),
+        f"- **Precision**: requested `{requested}`; used: "
+        + _recorded(study, "precision_used", "these rows predate the `precision_used` column")
+        + ".",
+        "- **Deterministic algorithms**: "
+        + _recorded(study, "deterministic", "these rows predate the `deterministic` column")
+        + ".",
+        "- **Software**: tool commit "
+        + _recorded(study, "git_commit", "these rows predate the `git_commit` column")
+        + f"; fer_core {_recorded(study, 'package_version', 'no version column')}"
+        + f"; torch {_recorded(study, 'torch_version', 'no version column')}"
+        + f"; Python {_recorded(study, 'python_version', 'no version column')}.",
+        f"- **Effective grid**: {_grid_copy(study)}.",
+        "- **Accuracy**, two definitions: tables and tests use the **fold-mean** accuracy (each "
+        "test fold's accuracy, averaged over folds); figure titles and per-class tables use "
+        "the **pooled** (micro) accuracy (correct predictions over all test images of those "
+        "folds). They differ when folds differ in size or class mix.",
+    ]
+    return "\n".join(lines)
