@@ -22,6 +22,7 @@ def _run_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
+    from orchestrator.plan.overrides import parse_settings
     from orchestrator.run.launch import launch
     from orchestrator.run.rundir import RunDir
 
@@ -34,6 +35,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
         wait=args.wait,
         data_roots=parse_data_roots(args.data),
         cluster_file=Path(args.cluster_file) if args.cluster_file else None,
+        settings=parse_settings(args.set),
+        live=args.live,
     )
     if args.dry_run:
         return 0
@@ -90,6 +93,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     rundir = RunDir(_run_dir(args))
     rundir.info()
+    if args.watch:
+        from orchestrator.run.progress import watch
+
+        if args.interval <= 0:
+            raise FerError(f"--interval {args.interval}: must be > 0 seconds")
+        return watch(rundir, _backend_of(rundir), args.interval)
     return print_status(rundir, _backend_of(rundir), as_json=args.json)
 
 
@@ -104,8 +113,13 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from orchestrator.query import run_query
+    from orchestrator.query import describe_tables, run_query
 
+    if args.tables:
+        print(describe_tables(_run_dir(args)))
+        return 0
+    if not args.sql:
+        raise FerError("query: give the SQL to run, or --tables to list the tables")
     fmt = "csv" if args.csv else "json" if args.json else "table"
     print(run_query(_run_dir(args), args.sql, fmt=fmt))
     return 0
@@ -144,6 +158,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             data=tuple(args.data or ()),
             nodes=args.nodes,
             dry_run=args.dry_run,
+            settings=tuple(args.set or ()),
         )
     )
 

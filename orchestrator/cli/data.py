@@ -47,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--root", required=True, help="the dataset's raw root folder")
     p.add_argument(
-        "--manifest", help="CSV path,subject,label for --dataset manifest (default: ROOT/manifest.csv)"
+        "--manifest",
+        help="CSV path,subject,label for --dataset manifest (default: ROOT/manifest.csv)",
     )
     p.add_argument("--out", required=True, help="the Parquet file to write")
     p.add_argument("--n-folds", type=int, default=10, help="subject-independent folds")
@@ -63,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--root", required=True, help="the dataset's raw root folder")
     p.add_argument(
-        "--manifest", help="CSV path,subject,label for --dataset manifest (default: ROOT/manifest.csv)"
+        "--manifest",
+        help="CSV path,subject,label for --dataset manifest (default: ROOT/manifest.csv)",
     )
     p.add_argument("--out", help="cache folder (default: ROOT/.fer-faces-SIZE)")
     p.add_argument("--crop-size", type=int, default=299, help="side of the square crops, pixels")

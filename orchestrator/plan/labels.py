@@ -58,7 +58,9 @@ def _text(value: Any) -> str:
 
 
 def distinct_names(units: list[Unit]) -> list[Unit]:
-    """`units` (topological order) renamed so that no two share a name."""
+    """`units` (topological order) renamed so that no two share a name (again after units
+    were added: names are rebuilt from their base)."""
+    units = [replace(u, name=re.split(r"[@#]", u.name)[0]) for u in units]
     groups: dict[str, list[Unit]] = {}
     for unit in units:
         groups.setdefault(unit.name, []).append(unit)

@@ -40,7 +40,9 @@ from orchestrator.plan.grid import (
 from orchestrator.plan.labels import distinct_names
 from orchestrator.plan.yamlio import load_yaml_mapping
 
-_TRAIN = {key: None for key in set(StageConfig.__dataclass_fields__) - {"loss", "selection", "seed"}}
+_TRAIN = {
+    key: None for key in set(StageConfig.__dataclass_fields__) - {"loss", "selection", "seed"}
+}
 NAMED, NUMBERED, OPEN = "<name>", "<number>", "<any>"
 # What a dotted key may walk through: None is a value; NAMED children must already be in the
 # grid (a dataset, a backbone); NUMBERED ones are list indexes or stage numbers.
@@ -141,7 +143,9 @@ def assign(raw: dict[str, Any], key: str, value: Any, schema: dict[str, Any] = S
         elif NAMED in shape:
             if not isinstance(node, dict) or part not in node:
                 names = ", ".join(sorted(map(str, node))) if isinstance(node, dict) else "none"
-                raise FerError(f"--set {key}: the grid has no {walked[-1]} entry {part!r} ({names})")
+                raise FerError(
+                    f"--set {key}: the grid has no {walked[-1]} entry {part!r} ({names})"
+                )
             child_shape = shape[NAMED]
         elif NUMBERED in shape:
             if not part.isdigit():
@@ -222,7 +226,9 @@ def load_grids(
     for key, values in sweeps.items():
         for value in values:
             check(base, {**defaults, key: value}, f"--set {key}={_text(value)}")
-    points = [dict(zip(sweeps, combo, strict=True)) for combo in itertools.product(*sweeps.values())]
+    points = [
+        dict(zip(sweeps, combo, strict=True)) for combo in itertools.product(*sweeps.values())
+    ]
     grids = tuple(
         check(base, point, "sweep point " + ", ".join(f"{k}={_text(v)}" for k, v in point.items()))
         for point in points

@@ -6,6 +6,7 @@ the units they blocked) are retried. Launching a finished grid is a no-op that s
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -18,6 +19,7 @@ from orchestrator.plan.grid import Grid
 from orchestrator.plan.overrides import GridPlan, Setting, dump_effective, expand_plan, load_grids
 from orchestrator.plan.profiles import load_profile
 from orchestrator.run import states as st
+from orchestrator.run.progress import LiveView
 from orchestrator.run.rundir import RunDir
 
 DEFAULT_RUNS = Path("runs")
@@ -38,10 +40,13 @@ def launch(
     cluster_file: Path | None = None,
     out: TextIO | None = None,
     settings: list[Setting] | None = None,
+    live: str = "auto",
 ) -> RunDir:
     """Validate everything, then submit the units that still need to run.
 
     `settings` (`--set KEY=VALUE`) override grid keys; a `KEY=a,b` sweep launches every point.
+    `live` ("auto": on a terminal, "on", "off") shows the live view while a local or Ray
+    backend runs the units.
     """
     out = out or sys.stdout
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
@@ -84,8 +89,18 @@ def launch(
             file=out,
             flush=True,
         )
-        backend.submit(rundir, todo, wait=wait)
+        with _live_view(live, backend, rundir, out):
+            backend.submit(rundir, todo, wait=wait)
     return rundir
+
+
+def _live_view(live: str, backend, rundir: RunDir, out: TextIO):
+    """The live view when asked for (or, with "auto", on a terminal) and the backend blocks
+    while its units run (local, ray); a do-nothing context otherwise."""
+    wanted = live == "on" or (live == "auto" and out is sys.stdout and sys.stdout.isatty())
+    if wanted and backend.name in ("local", "ray") and out is sys.stdout:
+        return LiveView(rundir, backend)
+    return contextlib.nullcontext()
 
 
 def _plural(count: int, noun: str) -> str:
@@ -100,7 +115,9 @@ def _print_plan(grid: Grid, plan: GridPlan, units: list[Unit], rundir: RunDir, o
     stages = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()) if k.startswith("stage"))
     print(f"grid {grid.name} ({grid.path})", file=out)
     if len(plan.points) > 1:
-        swept = ", ".join(f"{key} x{len(values)}" for key, values in plan.effective["sweep"].items())
+        swept = ", ".join(
+            f"{key} x{len(values)}" for key, values in plan.effective["sweep"].items()
+        )
         print(f"  {len(plan.points)} sweep points ({swept})", file=out)
     print(
         f"  {_plural(counts['prepare'], 'preparation job')} + "
