@@ -53,7 +53,8 @@ _MISSING = re.compile(r"Table with name (\w+) does not exist", re.IGNORECASE)
 UNIT_TABLES = ("runs", "predictions", "epochs", "prepare")  # one file per unit: current or not
 WITH_UNIT = ("predictions", "epochs")  # carry their unit's metadata from runs
 UNIT_COLUMNS = (
-    "dataset", "backbone", "strategy", "fold", "seed", "stage", "selection", "unit_label", "variant",
+    "dataset", "backbone", "strategy", "fold", "seed", "stage", "selection",
+    "unit_label", "variant",
 )  # fmt: skip
 # A PIVOT without an IN list parses as several statements (MULTI) whose type says nothing:
 # it is accepted when it starts like a query and names no writing or configuring keyword.

@@ -89,15 +89,22 @@ def distinct_names(units: list[Unit]) -> list[Unit]:
     return [replace(u, name=f"{u.name}#{u.id[:8]}") if seen[u.name] > 1 else u for u in named]
 
 
-def label_parts(name: str, spec: dict[str, Any], kind: str) -> list[str]:
-    """Path components of a unit's readable folder (see the module docstring)."""
+def label_parts(
+    name: str,
+    dataset: str,
+    backbone: str = "",
+    strategy: str = "",
+    fold: int = 0,
+    seed: int | None = None,
+) -> list[str]:
+    """Path components of a unit's readable folder (see the module docstring); a unit with
+    no backbone is a dataset's preparation."""
     extra = name.partition(SEPARATOR)[2]
-    if kind != "train":
-        parts = [spec["name"], "prepare"]
+    if not backbone:
+        parts = [dataset, "prepare"]
     else:
-        seed = (spec.get("config") or {}).get("seed", 0)
-        strategy = spec["strategy"].replace(">", "-")
-        parts = [spec["dataset"], spec["backbone"], strategy, f"f{spec['fold']:02d}", f"seed{seed}"]
+        strategy = strategy.replace(">", "-")
+        parts = [dataset, backbone, strategy, f"f{fold:02d}", f"seed{seed or 0}"]
     if extra:
         parts.append(extra)
     return [_UNSAFE.sub("_", part).strip("_.") or "_" for part in parts]

@@ -83,7 +83,9 @@ class RunDir:
 
     def label_path(self, unit: Unit) -> Path:
         """A unit's readable alias, `RUN_DIR/by-label/...` (a symlink to its folder)."""
-        return self.path.joinpath(BY_LABEL, *label_parts(unit.name, unit.spec, unit.kind))
+        seed = (unit.spec.get("config") or {}).get("seed")
+        parts = label_parts(unit.name, unit.dataset, unit.backbone, unit.strategy, unit.fold, seed)
+        return self.path.joinpath(BY_LABEL, *parts)
 
     def _link_labels(self, units: list[Unit]) -> None:
         """Point `by-label/` at the units of this DAG: stale links go, each link is replaced

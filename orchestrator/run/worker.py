@@ -120,7 +120,14 @@ def run(run_dir: str | Path, unit_id: str) -> str:
 def _epoch_logger(rundir: RunDir, unit_id: str, body: dict[str, Any]):
     """After each epoch: TensorBoard scalars and the live view's `live.json`."""
     spec = body["spec"]
-    parts = label_parts(body["name"], spec, body["kind"])
+    parts = label_parts(
+        body["name"],
+        spec["dataset"],
+        spec["backbone"],
+        spec["strategy"],
+        spec["fold"],
+        spec["config"].get("seed"),
+    )
     events = EventWriter(rundir.path.joinpath(TB_DIR, *parts))
     epochs = int(spec["config"]["epochs"])
 
