@@ -163,13 +163,25 @@ def cmd_tune(args: argparse.Namespace) -> int:
     )
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written; each option's help ends with its default, unless the help
+    says it already or there is none to show (None, a False flag)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "(default" in text or default in (None, False, argparse.SUPPRESS) or not text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with the CLI's error contract: one line `error: ...` on stderr, exit 2
     (argparse's default prints the usage first; `--help` still shows it). Help texts show
     each option's default."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # type: ignore[override]
@@ -203,14 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, summary: str, description: str | None = None) -> _Parser:
-        return sub.add_parser(
-            name,
-            help=summary,
-            description=description or summary,
-            formatter_class=argparse.RawDescriptionHelpFormatter
-            if description
-            else argparse.ArgumentDefaultsHelpFormatter,
-        )
+        return sub.add_parser(name, help=summary, description=description or summary)
 
     def run_dir_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--run-dir", help="run directory (default: runs/GRID)")

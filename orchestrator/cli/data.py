@@ -13,12 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", required=True, metavar="STEP")
 
     def step(name: str, summary: str) -> argparse.ArgumentParser:
-        return sub.add_parser(
-            name,
-            help=summary,
-            description=summary,
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        )
+        return sub.add_parser(name, help=summary, description=summary)
 
     p = step(
         "synth",
