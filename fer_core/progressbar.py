@@ -2,8 +2,8 @@
 
 On a terminal the bar redraws itself in place (`\\r`, at most 10 times a second); anywhere else
 (a log file, CI, a SLURM output file) it prints a plain line at every tenth of the work and at
-the end, so a log shows progress without thousands of lines. It writes to stderr, beside
-warnings, so a command's stdout stays its result.
+the end, so a log shows progress without thousands of lines. It writes to stdout: stderr
+is kept for the one-line `error: ...` of a failure (the CLI's contract).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class ProgressBar:
 
     def __init__(self, what: str, stream: TextIO | None = None, tty: bool | None = None):
         self.what = what
-        self.stream = stream or sys.stderr
+        self.stream = stream or sys.stdout
         self.tty = self.stream.isatty() if tty is None else tty
         self.started = time.monotonic()
         self.drawn_at = 0.0

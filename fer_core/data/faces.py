@@ -167,7 +167,7 @@ def prepare_faces(
     before squaring and clamping to the frame. `detector="center"` skips MTCNN and takes the
     centre square of every frame: a declared option for synthetic data and quick runs.
     `device` runs MTCNN there (default: cuda when available). `progress(done, total)` is
-    called after each batch (default: a `fer_core.progressbar.ProgressBar` on stderr).
+    called after each batch (default: a `fer_core.progressbar.ProgressBar` on stdout).
     Reuses the cache when the fingerprint matches; writes atomically (faces.pt first,
     faces.json last as the seal).
     """

@@ -181,10 +181,12 @@ def build_index(
         raise FerError(f"classes: {classes} differ from {dataset}'s fixed classes {names}")
     if verify:
         bar = ProgressBar(f"index {dataset}")
-        for done, (path, *_) in enumerate(frames, start=1):
-            check_image(root / path)
-            bar(done, len(frames))
-        bar.close()
+        try:
+            for done, (path, *_) in enumerate(frames, start=1):
+                check_image(root / path)
+                bar(done, len(frames))
+        finally:
+            bar.close()  # a bad image's error starts on a line of its own
     folds = subject_folds((f[1] for f in frames), n_folds)
     records = [
         ImageRecord(path, subject, sequence, frame, label, names[label], folds[subject])

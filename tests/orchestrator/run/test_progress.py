@@ -71,11 +71,11 @@ def test_indexing_and_cropping_report_progress_and_centre_crops_say_so(
 ):
     index = build_index("manifest", manifest_tree, n_folds=2)
     report = prepare_faces(index, tmp_path / "faces", 32, detector="center")
-    err = capsys.readouterr().err.splitlines()
-    assert err[0].startswith("index manifest: 2/20 (10%)") and err[9].startswith(
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("index manifest: 2/20 (10%)") and out[9].startswith(
         "index manifest: 20/20 (100%)"
     )
-    assert err[-1].startswith("faces (center): 20/20 (100%)")
+    assert out[-1].startswith("faces (center): 20/20 (100%)")
     assert (report.total, report.detected, report.fallback) == (20, 0, 0)
 
 
