@@ -218,7 +218,9 @@ def _status_rows(rundir: RunDir, backend: Backend | None) -> list[dict[str, Any]
 
 def watch(rundir: RunDir, backend: Backend | None, interval: float, out: TextIO | None = None):
     """`status --watch`: redraw (a terminal) or print when it changes (a log) until no unit
-    is queued or running; exit status 1 if any unit failed or is blocked, else 0."""
+    is queued or running and no launch is at work on the run dir (a local or Ray launch
+    starts units as their dependencies finish); exit status 1 if any unit failed or is
+    blocked, else 0."""
     out = out or sys.stdout
     tty = out.isatty()
     block = _Block(out)
@@ -232,7 +234,8 @@ def watch(rundir: RunDir, backend: Backend | None, interval: float, out: TextIO 
         elif lines != shown:
             print("\n".join(lines), file=out, flush=True)
         shown = lines
-        if not any(r["state"] in (st.RUNNING, st.PENDING) for r in rows):
+        active = any(r["state"] in (st.RUNNING, st.PENDING) for r in rows)
+        if not active and rundir.launcher() is None:  # a blocking launch starts more
             break
         time.sleep(interval)
     return 1 if any(r["state"] in (st.FAILED_STATE, st.BLOCKED) for r in rows) else 0

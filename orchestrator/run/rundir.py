@@ -167,6 +167,24 @@ class RunDir:
             current[unit_id] = {**record, "attempts": attempts, "submitted_at": time.time()}
         atomic_write_text(self.path / "submissions.json", json.dumps(current, indent=1))
 
+    def launcher(self) -> int | None:
+        """The pid of the live launch holding `launch.lock` (it writes its pid there and
+        empties the file on release), or None. Read, never locked: a launch starting now
+        must not find the lock taken by a reader."""
+        try:
+            pid = int((self.path / "launch.lock").read_text().strip() or 0)
+        except (OSError, ValueError):
+            return None
+        if pid <= 0:
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None  # killed without releasing: the kernel dropped its flock
+        except PermissionError:
+            pass
+        return pid
+
     @contextmanager
     def launch_lock(self) -> Iterator[None]:
         """Held while launching; a second launch on the same run dir is refused at once.

@@ -31,6 +31,7 @@ def status_rows(rundir: RunDir, backend: Backend | None) -> list[dict]:
             {
                 "unit_id": unit.id,
                 "name": unit.name,
+                "folder": str(rundir.label_path(unit).relative_to(rundir.path)),
                 "state": state,
                 "job_id": record.get("job_id"),
                 "attempts": record.get("attempts", 0),
@@ -61,4 +62,5 @@ def print_status(
                 f"  {row['state']:<8} {row['name']:<{width}}  job {job:<10} {row['detail']}",
                 file=out,
             )
+    print(f"unit folders by label: {rundir.path / 'by-label'}", file=out)
     return 0

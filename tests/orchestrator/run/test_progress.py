@@ -4,6 +4,7 @@ and TensorBoard event files (read back with TensorBoard's own reader)."""
 from __future__ import annotations
 
 import io
+import os
 import time
 
 import pytest
@@ -135,3 +136,13 @@ def test_event_files_are_read_by_tensorboard(tmp_path):
     ]
     assert [e.value for e in accumulator.Scalars("lr")] == pytest.approx([0.05, 0.05, 0.005])
     assert accumulator.Scalars("selection/accuracy")[2].value == pytest.approx(0.6)
+
+
+def test_watch_keeps_going_while_a_launch_holds_the_run_dir(tmp_path):
+    """Between one unit's end and its dependant's start nothing runs: a local launch still
+    has work, so `status --watch` must not end then."""
+    fake = make_run(tmp_path / "run", datasets=("ckplus",), folds=(1,))
+    assert fake.rundir.launcher() is None
+    with fake.rundir.launch_lock():
+        assert fake.rundir.launcher() == os.getpid()
+    assert fake.rundir.launcher() is None
