@@ -170,7 +170,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if "(default" in text or default in (None, False, argparse.SUPPRESS) or not text:
+        hidden = default is None or default is False or default == argparse.SUPPRESS
+        if "(default" in text or hidden or not text:
             return text
         return f"{text} (default: %(default)s)"
 
