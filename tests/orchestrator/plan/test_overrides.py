@@ -157,3 +157,17 @@ def test_by_label_links_point_at_the_unit_folders(grid, tmp_path):
 def test_label_parts_are_shell_safe():
     parts = label_parts("ckplus/f01/tiny/ce>focal@alpha=[0.1,0.2]", "ckplus", "tiny", "ce>focal", 1)
     assert parts == ["ckplus", "tiny", "ce-focal", "f01", "seed0", "alpha=_0.1,0.2"]
+
+
+def test_tune_takes_single_overrides_checked_as_its_yaml_is():
+    from orchestrator.tune.space import load_tune
+
+    spec = load_tune("tune", None, None, ("train.epochs=3", "search.samples=2"))
+    assert spec.grid.train["epochs"] == 3 and spec.samples == 2
+    for pair, culprit in (
+        ("train.epochz=3", "--set train.epochz: unknown key 'epochz'"),
+        ("train.lr=0.1,0.2", "sweeps are for launch"),
+        ("search.sampls=2", "search: unknown key 'sampls'"),
+    ):
+        with pytest.raises(FerError, match=culprit):
+            load_tune("tune", None, None, (pair,))
