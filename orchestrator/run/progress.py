@@ -12,6 +12,7 @@ after every epoch (`record_epoch`).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 import threading
@@ -25,6 +26,7 @@ from orchestrator.run import states as st
 from orchestrator.run.rundir import RunDir
 
 LIVE_FILE = "live.json"
+_ETA = re.compile(r"  ETA \S+$")
 MAX_RUNNING_LINES = 12
 
 
@@ -229,11 +231,12 @@ def watch(rundir: RunDir, backend: Backend | None, interval: float, out: TextIO 
         rows = _status_rows(rundir, backend)
         width = shutil.get_terminal_size().columns if tty else 10_000
         lines = render(rundir, rows, width)
+        state = [_ETA.sub("", line) for line in lines]  # a log gets a block per change
         if tty:
             block.draw(lines)
-        elif lines != shown:
+        elif state != shown:
             print("\n".join(lines), file=out, flush=True)
-        shown = lines
+        shown = state
         active = any(r["state"] in (st.RUNNING, st.PENDING) for r in rows)
         if not active and rundir.launcher() is None:  # a blocking launch starts more
             break
