@@ -1,11 +1,22 @@
 """`query`: read-only SQL (DuckDB, in-process) over a run directory's Parquet store.
 
-Each store table with at least one file becomes a view over an explicit file list, so the
-`.tmp-*` files of writes in progress are never read. The connection is locked down before the
-user's SQL runs: only the store files may be touched (`allowed_paths`), external access is off,
-the configuration is locked, and only reading statements (SELECT and its kin, EXPLAIN of a
-SELECT, a few SHOW-style PRAGMAs) are accepted. The statement check matters: `allowed_paths`
-alone would let `COPY ... TO` overwrite a store file.
+Views, each over an explicit file list (so the `.tmp-*` files of writes in progress are never
+read):
+- `runs`, `predictions`, `epochs`, `prepare`: the rows of the units of the run dir's current
+  DAG (`dag.json`, the last launch), the units `report` reads too. A grid edited and
+  re-launched into the same run dir leaves the old units' files in the store: they stay
+  reachable as `runs_all`, `predictions_all`, `epochs_all`, `prepare_all`, with a `current`
+  column (true for the current DAG's units), and are never mixed in silently.
+- `predictions` and `epochs` carry their unit's dataset, backbone, strategy, fold, seed,
+  stage and selection (from `runs`), so no question needs a join on `unit_id`.
+- `trials` (written by `tune`). Columns ending in `_at` (epoch seconds in the files) are
+  TIMESTAMPs (UTC).
+
+The connection is locked down before the user's SQL runs: only the store files may be
+touched (`allowed_paths`), external access is off, the configuration is locked, and only
+reading statements are accepted (SELECT and its kin: WITH, FROM, PIVOT, UNPIVOT, DESCRIBE,
+SUMMARIZE, SHOW; EXPLAIN of those; a few SHOW-style PRAGMAs). The statement check matters:
+`allowed_paths` alone would let `COPY ... TO` overwrite a store file.
 """
 
 from __future__ import annotations
@@ -39,31 +50,90 @@ READ_PRAGMAS = {
 _EXPLAIN = re.compile(r"^\s*explain(\s+analy[sz]e)?\s+", re.IGNORECASE)
 _PRAGMA = re.compile(r"^\s*pragma\s+(\w+)", re.IGNORECASE)
 _MISSING = re.compile(r"Table with name (\w+) does not exist", re.IGNORECASE)
+UNIT_TABLES = ("runs", "predictions", "epochs", "prepare")  # one file per unit: current or not
+WITH_UNIT = ("predictions", "epochs")  # carry their unit's metadata from runs
+UNIT_COLUMNS = (
+    "dataset", "backbone", "strategy", "fold", "seed", "stage", "selection",
+    "unit_label", "variant",
+)  # fmt: skip
+# A PIVOT without an IN list parses as several statements (MULTI) whose type says nothing:
+# it is accepted when it starts like a query and names no writing or configuring keyword.
+_QUERY_START = {"select", "with", "from", "pivot", "unpivot", "values", "table", "explain", "("}
+_WRITE_WORDS = {
+    "insert", "update", "delete", "copy", "create", "attach", "detach", "drop", "alter",
+    "set", "reset", "install", "load", "export", "import", "call", "pragma", "checkpoint",
+    "vacuum", "merge", "truncate", "use",
+}  # fmt: skip
+_LITERALS = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/", re.DOTALL)
 
 
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _connect(store: Store) -> tuple[duckdb.DuckDBPyConnection, list[str]]:
-    """An in-memory connection with one view per non-empty table; returns it and the empties."""
+def _current_ids(run_dir: Path) -> set[str] | None:
+    """Unit ids of the run dir's current DAG; None without a dag.json (then all rows count)."""
+    path = run_dir / "dag.json"
+    if not path.is_file():
+        return None
+    return {unit["id"] for unit in json.loads(path.read_text())}
+
+
+def _timestamps(con: duckdb.DuckDBPyConnection, source: str) -> str:
+    """`* REPLACE (...)` turning numeric `*_at` columns (epoch seconds) into TIMESTAMPs."""
+    columns = con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()
+    replaced = [
+        f"CASE WHEN isfinite({name}) THEN make_timestamp(CAST({name} * 1e6 AS BIGINT)) END "
+        f"AS {name}"
+        for name, kind, *_ in columns
+        if name.endswith("_at") and kind in ("DOUBLE", "FLOAT", "BIGINT", "INTEGER")
+    ]
+    return f"* REPLACE ({', '.join(replaced)})" if replaced else "*"
+
+
+def _connect(store: Store, current: set[str] | None) -> tuple[duckdb.DuckDBPyConnection, list[str]]:
+    """An in-memory connection with the views of the module docstring; returns it and the
+    tables that have no rows at all yet."""
     con = duckdb.connect(":memory:")
     missing, allowed = [], []
+    sources: dict[str, tuple[str, str]] = {}  # table -> (source of all rows, current filter)
     for table in TABLES:
-        files = [str(p.resolve()) for p in store.files(table)]
+        files = [p.resolve() for p in store.files(table)]
         if not files:
             missing.append(table)
             continue
-        allowed.extend(files)
-        listing = ", ".join(_quote(f) for f in files)
-        con.execute(
-            f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{listing}], union_by_name=true)"
-        )
+        allowed.extend(str(f) for f in files)
+        listing = ", ".join(_quote(str(f)) for f in files)
+        source = f"read_parquet([{listing}], union_by_name=true, filename=true)"
+        now = [str(f) for f in files if current is None or f.stem in current]
+        is_current = f"filename IN ({', '.join(_quote(f) for f in now)})" if now else "false"
+        sources[table] = (f"(SELECT {_timestamps(con, source)} FROM {source})", is_current)
+    for table, (source, is_current) in sources.items():
+        if table not in UNIT_TABLES:
+            con.execute(f"CREATE VIEW {table} AS SELECT * EXCLUDE (filename) FROM {source}")
+            continue
+        rows = f"SELECT * EXCLUDE (filename), {is_current} AS current FROM {source}"
+        if table in WITH_UNIT and "runs" in sources:
+            names = {c[0] for c in con.execute(f"DESCRIBE {rows}").fetchall()}
+            runs = {c[0] for c in con.execute(f"DESCRIBE FROM {sources['runs'][0]}").fetchall()}
+            meta = ", ".join(c for c in UNIT_COLUMNS if c in runs and c not in names)
+            rows = (
+                f"SELECT t.*, {meta} FROM ({rows}) t JOIN (SELECT unit_id, {meta} "
+                f"FROM {sources['runs'][0]}) USING (unit_id)"
+            )
+        con.execute(f"CREATE VIEW {table}_all AS {rows}")
+        con.execute(f"CREATE VIEW {table} AS SELECT * EXCLUDE (current) FROM {table}_all "
+                    "WHERE current")  # fmt: skip
     if allowed:
         con.execute(f"SET allowed_paths=[{', '.join(_quote(f) for f in allowed)}]")
     con.execute("SET enable_external_access=false")
     con.execute("SET lock_configuration=true")
     return con, missing
+
+
+def _words(text: str) -> list[str]:
+    """The SQL's words outside string literals, quoted identifiers and comments."""
+    return re.findall(r"[a-z_]+|\(", _LITERALS.sub(" ", text.lower()))
 
 
 def _check_read_only(statement: duckdb.Statement) -> None:
@@ -80,10 +150,17 @@ def _check_read_only(statement: duckdb.Statement) -> None:
         match = _PRAGMA.match(text)
         if match and match.group(1).lower() in READ_PRAGMAS:
             return
-    first = text.split(None, 1)[0].upper() if text else "?"
+    words = _words(text)
+    if kind == duckdb.StatementType.MULTI and words and words[0] in _QUERY_START:
+        writes = [w for w in words if w in _WRITE_WORDS]
+        if not writes:
+            return
+        first = writes[0].upper()
+    else:
+        first = words[0].upper() if words else "?"
     raise FerError(
         f"query: {first} statements are refused; queries are read-only "
-        "(SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN)"
+        "(SELECT, WITH, FROM, PIVOT, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN)"
     )
 
 
@@ -98,7 +175,11 @@ def _statements(sql: str) -> list[duckdb.Statement]:
 
 
 def _one_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    """DuckDB's whole message on one line (its hints too: `Did you mean "runs"?`), without
+    the `LINE 1: ...` echo of the SQL and its caret line."""
+    lines = [line.strip() for line in str(exc).strip().splitlines()]
+    kept = [line for line in lines if line and not line.startswith("LINE ") and set(line) != {"^"}]
+    return " ".join(kept) or type(exc).__name__
 
 
 def _missing_error(sql: str, missing: list[str], run_dir: Path) -> FerError | None:
@@ -115,8 +196,8 @@ def _missing_error(sql: str, missing: list[str], run_dir: Path) -> FerError | No
 def run_query(run_dir: str | Path, sql: str, fmt: str = "table") -> str:
     """Run read-only `sql` over `run_dir`'s store; the last statement's rows as `fmt` text.
 
-    Tables: runs, predictions, epochs, prepare, trials (a table no unit has written yet
-    does not exist; referring to it is an error that says so).
+    Tables: see the module docstring (a table no unit has written yet does not exist;
+    referring to it is an error that says so).
     """
     if fmt not in FORMATS:
         raise FerError(f"query: format {fmt!r} is unknown; use one of {', '.join(FORMATS)}")
@@ -126,7 +207,7 @@ def run_query(run_dir: str | Path, sql: str, fmt: str = "table") -> str:
     statements = _statements(sql)
     for statement in statements:
         _check_read_only(statement)
-    con, missing = _connect(Store(run_dir))
+    con, missing = _connect(Store(run_dir), _current_ids(run_dir))
     try:
         cursor = None
         for statement in statements:
@@ -147,6 +228,50 @@ def run_query(run_dir: str | Path, sql: str, fmt: str = "table") -> str:
     finally:
         con.close()
     return render(columns, rows, fmt)
+
+
+TABLE_HELP = {
+    "runs": "one row per finished training of the current DAG",
+    "predictions": "one row per test image of the current DAG's trainings",
+    "epochs": "one row per epoch of the current DAG's trainings",
+    "prepare": "one row per prepared dataset of the current DAG",
+    "trials": "one row per tune trial",
+}
+
+
+def describe_tables(run_dir: str | Path, width: int = 100) -> str:
+    """`query --tables`: every table with its row count and its columns and types."""
+    import textwrap
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FerError(f"run dir {run_dir} does not exist; pass --run-dir of a launched grid")
+    con, missing = _connect(Store(run_dir), _current_ids(run_dir))
+    try:
+        lines = []
+        views = [
+            r[0]
+            for r in con.execute(
+                "SELECT view_name FROM duckdb_views() WHERE NOT internal"
+            ).fetchall()
+        ]
+        order = {name: i for i, name in enumerate(t + s for t in TABLES for s in ("", "_all"))}
+        for view in sorted(views, key=lambda v: order.get(v, len(order))):
+            count = con.execute(f"SELECT count(*) FROM {view}").fetchone()[0]
+            if view not in TABLE_HELP:  # a *_all view: the same columns and `current`
+                lines.append(
+                    f"{view} ({count} row{'s' if count != 1 else ''}): as {view[:-4]}, with "
+                    "the rows of earlier DAGs too; column `current` says which"
+                )
+                continue
+            columns = con.execute(f"DESCRIBE {view}").fetchall()
+            listing = ", ".join(f"{name} {kind}" for name, kind, *_ in columns)
+            lines.append(f"{view} ({count} row{'s' if count != 1 else ''}): {TABLE_HELP[view]}")
+            lines.extend(textwrap.wrap(listing, width, initial_indent="  ", subsequent_indent="  "))
+        lines.extend(f"{table}: no rows yet" for table in missing)
+    finally:
+        con.close()
+    return "\n".join(lines)
 
 
 def _plain(value: Any) -> Any:

@@ -33,6 +33,7 @@ from PIL import Image
 from fer_core.data.index import DatasetIndex, dataset_fingerprint
 from fer_core.errors import FerError
 from fer_core.io import atomic_torch_save, atomic_write_text
+from fer_core.progressbar import ProgressBar
 
 DETECTORS = ("mtcnn", "center")
 FORMAT = 1
@@ -165,8 +166,10 @@ def prepare_faces(
     `margin` widens the detected box's longer side by that fraction (0.2 = 10 % each side)
     before squaring and clamping to the frame. `detector="center"` skips MTCNN and takes the
     centre square of every frame: a declared option for synthetic data and quick runs.
-    `device` runs MTCNN there (default: cuda when available). Reuses the cache when the
-    fingerprint matches; writes atomically (faces.pt first, faces.json last as the seal).
+    `device` runs MTCNN there (default: cuda when available). `progress(done, total)` is
+    called after each batch (default: a `fer_core.progressbar.ProgressBar` on stdout).
+    Reuses the cache when the fingerprint matches; writes atomically (faces.pt first,
+    faces.json last as the seal).
     """
     _check_args(crop_size, detector, batch_size, margin)
     out_dir = Path(out_dir)
@@ -194,6 +197,9 @@ def prepare_faces(
 
     started = time.time()
     n = len(index.records)
+    bar = None
+    if progress is None:
+        progress = bar = ProgressBar(f"faces ({detector})")
     images = torch.zeros((n, 3, crop_size, crop_size), dtype=torch.uint8)
     boxes = torch.zeros((n, 4), dtype=torch.float32)
     detected = torch.zeros(n, dtype=torch.bool)
@@ -214,8 +220,9 @@ def prepare_faces(
             crop = frame.resize((crop_size, crop_size), Image.Resampling.BILINEAR, box=box)
             images[i] = torch.from_numpy(np.asarray(crop).copy()).permute(2, 0, 1)
         done += len(batch)
-        if progress is not None:
-            progress(done, n)
+        progress(done, n)
+    if bar is not None:
+        bar.close()
 
     records = index.records
     fallback = [records[i].path for i in range(n) if not detected[i]] if mtcnn else []

@@ -24,6 +24,7 @@ from fer_core.data.layout import Frame
 from fer_core.data.manifest import read_manifest
 from fer_core.errors import FerError
 from fer_core.io import atomic_write_bytes, sha256_file
+from fer_core.progressbar import ProgressBar
 
 DATASETS = ("ckplus", "oulu", "manifest")
 LAST_FRAMES = 3  # the paper keeps the last three frames (the apex) of each sequence
@@ -179,8 +180,13 @@ def build_index(
     if classes is not None and dataset != "manifest" and list(classes) != names:
         raise FerError(f"classes: {classes} differ from {dataset}'s fixed classes {names}")
     if verify:
-        for path, *_ in frames:
-            check_image(root / path)
+        bar = ProgressBar(f"index {dataset}")
+        try:
+            for done, (path, *_) in enumerate(frames, start=1):
+                check_image(root / path)
+                bar(done, len(frames))
+        finally:
+            bar.close()  # a bad image's error starts on a line of its own
     folds = subject_folds((f[1] for f in frames), n_folds)
     records = [
         ImageRecord(path, subject, sequence, frame, label, names[label], folds[subject])

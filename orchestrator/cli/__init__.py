@@ -22,6 +22,7 @@ def _run_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
+    from orchestrator.plan.overrides import parse_settings
     from orchestrator.run.launch import launch
     from orchestrator.run.rundir import RunDir
 
@@ -34,6 +35,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
         wait=args.wait,
         data_roots=parse_data_roots(args.data),
         cluster_file=Path(args.cluster_file) if args.cluster_file else None,
+        settings=parse_settings(args.set),
+        live=args.live,
     )
     if args.dry_run:
         return 0
@@ -90,6 +93,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     rundir = RunDir(_run_dir(args))
     rundir.info()
+    if args.watch:
+        from orchestrator.run.progress import watch
+
+        if args.interval <= 0:
+            raise FerError(f"--interval {args.interval}: must be > 0 seconds")
+        return watch(rundir, _backend_of(rundir), args.interval)
     return print_status(rundir, _backend_of(rundir), as_json=args.json)
 
 
@@ -104,8 +113,13 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from orchestrator.query import run_query
+    from orchestrator.query import describe_tables, run_query
 
+    if args.tables:
+        print(describe_tables(_run_dir(args)))
+        return 0
+    if not args.sql:
+        raise FerError("query: give the SQL to run, or --tables to list the tables")
     fmt = "csv" if args.csv else "json" if args.json else "table"
     print(run_query(_run_dir(args), args.sql, fmt=fmt))
     return 0
@@ -144,69 +158,151 @@ def cmd_tune(args: argparse.Namespace) -> int:
             data=tuple(args.data or ()),
             nodes=args.nodes,
             dry_run=args.dry_run,
+            settings=tuple(args.set or ()),
         )
     )
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written; each option's help ends with its default, unless the help
+    says it already or there is none to show (None, a False flag)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        hidden = default is None or default is False or default == argparse.SUPPRESS
+        if "(default" in text or hidden or not text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with the CLI's error contract: one line `error: ...` on stderr, exit 2
-    (argparse's default prints the usage first; `--help` still shows it)."""
+    (argparse's default prints the usage first; `--help` still shows it). Help texts show
+    each option's default."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"error: {self.prog}: {message}\n")
 
 
+SET_HELP = (
+    "override a grid key by dotted path, value read as YAML (train.lr=0.05, stages.2.epochs=40, "
+    "datasets.ckplus.focal.gamma=1); KEY=a,b,c sweeps the values (cartesian across keys), "
+    "each point its own units; repeatable"
+)
+QUERY_HELP = """Read-only SQL (DuckDB) over the run dir's result tables.
+
+Tables (the units of the run dir's current DAG, dag.json, i.e. of the last launch):
+  runs         one row per finished training: config, accuracies, timings, versions
+  predictions  one row per test image: label, prediction, probabilities
+  epochs       one row per epoch of each training: loss, accuracy, LR, seconds
+  prepare      one row per prepared dataset: images, subjects, face detector counts
+  trials       one row per tune trial (written by `tune`)
+predictions and epochs also carry the unit's dataset, backbone, strategy, fold, seed, stage
+and selection. Rows of units that an earlier version of the grid launched into this run dir
+stay reachable as runs_all, predictions_all, epochs_all, prepare_all (same columns plus
+`current`, true for the current DAG's units). `--tables` lists tables and columns.
+Reading statements work (SELECT, WITH, PIVOT, DESCRIBE, SUMMARIZE, SHOW, EXPLAIN); writes,
+settings and file access are refused.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m orchestrator", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, summary: str, description: str | None = None) -> _Parser:
+        return sub.add_parser(name, help=summary, description=description or summary)
 
     def run_dir_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--run-dir", help="run directory (default: runs/GRID)")
-        p.add_argument("--grid", default="demo", help="grid name for the default run dir")
+        p.add_argument("--grid", default="demo", help="grid name, for the default run dir")
 
-    p = sub.add_parser("launch", help="run a grid (only what is not done yet)")
-    p.add_argument("--grid", default="demo", help="jobs/NAME.yaml or a path (default: demo)")
-    p.add_argument("--cluster", default="local", help="profile of cluster.yaml (default: local)")
-    p.add_argument("--cluster-file", help="another cluster.yaml")
+    p = command("launch", "run a grid (only what is not done yet); re-run to resume")
+    p.add_argument("--grid", default="demo", help="jobs/NAME.yaml, or a path to a grid file")
+    p.add_argument("--cluster", default="local", help="execution profile of cluster.yaml")
+    p.add_argument("--cluster-file", help="another cluster.yaml (default: the repo's)")
     p.add_argument("--run-dir", help="run directory (default: runs/GRID)")
-    p.add_argument("--jobs", type=int, help="units at once (local) / array parallelism")
-    p.add_argument("--data", action="append", metavar="NAME=DIR", help="a dataset's raw root")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        help="units at once (local) or array parallelism (slurm) (default: the profile's)",
+    )
+    p.add_argument(
+        "--data", action="append", metavar="NAME=DIR", help="a dataset's raw root; repeatable"
+    )
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", dest="set", help=SET_HELP)
     p.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")
-    p.add_argument("--wait", action="store_true", help="block until the cluster jobs finish")
+    p.add_argument(
+        "--wait", action="store_true", help="block until the cluster jobs finish (slurm, ray)"
+    )
+    p.add_argument(
+        "--live",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="a live view of the units while a local/ray launch runs (auto: on a terminal)",
+    )
     p.set_defaults(func=cmd_launch)
 
-    p = sub.add_parser("status", help="units by state")
+    p = command("status", "units by state; running ones with epoch, loss and ETA")
     run_dir_args(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="redraw until nothing is queued or running (any backend)",
+    )
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between redraws")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("cancel", help="cancel what this run submitted")
+    p = command("cancel", "cancel what this run submitted (nothing else)")
     run_dir_args(p)
     p.set_defaults(func=cmd_cancel)
 
-    p = sub.add_parser("query", help="SQL over the runs/predictions/epochs/trials tables")
-    p.add_argument("sql")
+    p = command("query", "read-only SQL over the result tables", QUERY_HELP)
+    p.add_argument("sql", nargs="?", help="the SQL; several statements print the last's rows")
     run_dir_args(p)
-    p.add_argument("--csv", action="store_true")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--tables", action="store_true", help="list the tables and their columns")
+    p.add_argument("--csv", action="store_true", help="print CSV with a header (default: a table)")
+    p.add_argument(
+        "--json", action="store_true", help="print a JSON list of records (default: a table)"
+    )
     p.set_defaults(func=cmd_query)
 
-    p = sub.add_parser("report", help="Markdown report with tables and figures")
+    p = command("report", "write the Markdown report with tables and figures")
     run_dir_args(p)
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("tune", help="Ray Tune search over stage-2 focal alpha/gamma (nested)")
-    p.add_argument("--grid", default="tune", help="a tune grid (default: jobs/tune.yaml)")
+    p = command("tune", "Ray Tune search over stage-2 focal alpha/gamma (nested)")
+    p.add_argument("--grid", default="tune", help="a tune grid: jobs/NAME.yaml or a path")
     p.add_argument(
         "--cluster",
         default="ray",
         help="profile: ray (local Ray or address:), local, or slurm (Ray in sbatch)",
     )
-    p.add_argument("--cluster-file", help="another cluster.yaml")
+    p.add_argument("--cluster-file", help="another cluster.yaml (default: the repo's)")
     p.add_argument("--run-dir", help="run directory (default: runs/GRID); re-run to resume")
-    p.add_argument("--samples", type=int, help="trials of a random search (overrides the grid)")
-    p.add_argument("--data", action="append", metavar="NAME=DIR", help="a dataset's raw root")
-    p.add_argument("--nodes", type=int, help="SLURM nodes for the Ray cluster (--cluster slurm)")
+    p.add_argument(
+        "--samples", type=int, help="trials of a random search (default: the grid's search.samples)"
+    )
+    p.add_argument(
+        "--data", action="append", metavar="NAME=DIR", help="a dataset's raw root; repeatable"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        dest="set",
+        help="override a grid key by dotted path (train.lr=0.05, search.samples=8); "
+        "single values only; repeatable",
+    )
+    p.add_argument(
+        "--nodes", type=int, help="SLURM nodes for the Ray cluster (--cluster slurm) (default: 1)"
+    )
     p.add_argument(
         "--dry-run",
         action="store_true",
@@ -214,15 +310,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_tune)
 
-    p = sub.add_parser("data", help="synthesise, index or face-crop a dataset")
     from orchestrator.cli import data as datacli
 
+    p = command("data", "synthesise, index or face-crop a dataset by hand", datacli.__doc__)
     datacli.add_arguments(p)
     p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("cluster", help="a real one-node SLURM on this machine")
-    p.add_argument("which", choices=["local-slurm"])
-    p.add_argument("action", choices=["install", "up", "down", "status"])
+    p = command(
+        "cluster",
+        "manage a real one-node SLURM on this machine",
+        """Manage a real one-node SLURM (slurmctld, slurmd, slurmdbd with MariaDB accounting,
+munge) on this machine, for `--cluster slurm-local` or CI (scripts/local_slurm.sh; run as
+root). Every daemon listens on 127.0.0.1 only; state in $FER_SLURM_STATE
+(default /var/lib/fer-slurm), logs in its log/ folder.
+
+actions:
+  install  apt-install the daemons (quick when they are present)
+  up       install if needed, configure, start, wait until the node is idle
+  down     stop slurmd, slurmctld, slurmdbd, munged, mariadbd
+  status   each daemon and sinfo; exit 0 only if jobs can run and sacct works
+""",
+    )
+    p.add_argument("which", choices=["local-slurm"], help="the cluster to manage")
+    p.add_argument(
+        "action", choices=["install", "up", "down", "status"], help="what to do (see above)"
+    )
     p.set_defaults(func=cmd_cluster)
     return parser
 

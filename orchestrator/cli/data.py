@@ -10,28 +10,67 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="data_command", required=True)
-    p = sub.add_parser("synth", help="write a synthetic twin in the dataset's raw layout")
-    p.add_argument("--dataset", required=True, choices=["ckplus", "oulu"])
-    p.add_argument("--out", required=True)
-    p.add_argument("--image-size", type=int, nargs=2, metavar=("W", "H"))
-    p.add_argument("--seed", type=int, default=0)
+    sub = parser.add_subparsers(dest="data_command", required=True, metavar="STEP")
 
-    p = sub.add_parser("index", help="index a raw tree (with folds) into a Parquet file")
-    p.add_argument("--dataset", required=True, choices=["ckplus", "oulu", "manifest"])
-    p.add_argument("--root", required=True)
-    p.add_argument("--manifest", help="CSV path,subject,label (for --dataset manifest)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--n-folds", type=int, default=10)
+    def step(name: str, summary: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, description=summary)
 
-    p = sub.add_parser("faces", help="build or reuse the MTCNN face-crop cache")
-    p.add_argument("--dataset", required=True, choices=["ckplus", "oulu", "manifest"])
-    p.add_argument("--root", required=True)
-    p.add_argument("--manifest")
+    p = step(
+        "synth",
+        "write a synthetic twin of CK+ (the real roster and class imbalance) or Oulu-CASIA in "
+        "the dataset's raw layout, faces drawn procedurally",
+    )
+    p.add_argument("--dataset", required=True, choices=["ckplus", "oulu"], help="which twin")
+    p.add_argument("--out", required=True, help="folder to write the raw tree into")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        metavar=("W", "H"),
+        help="frame size in pixels (default: ckplus 640 490, oulu 320 240)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed of the drawing")
+
+    p = step(
+        "index",
+        "scan a raw tree (CK+, Oulu-CASIA or a CSV manifest) into a Parquet index: one row per "
+        "kept frame with subject, label and subject-independent fold; every image is opened "
+        "once to catch truncated files",
+    )
+    p.add_argument(
+        "--dataset", required=True, choices=["ckplus", "oulu", "manifest"], help="raw layout"
+    )
+    p.add_argument("--root", required=True, help="the dataset's raw root folder")
+    p.add_argument(
+        "--manifest",
+        help="CSV path,subject,label for --dataset manifest (default: ROOT/manifest.csv)",
+    )
+    p.add_argument("--out", required=True, help="the Parquet file to write")
+    p.add_argument("--n-folds", type=int, default=10, help="subject-independent folds")
+
+    p = step(
+        "faces",
+        "crop one face per indexed frame into a cache (faces.pt + faces.json), reused when "
+        "the images and settings are unchanged; a frame without a detected face falls back to "
+        "a centre crop and is counted",
+    )
+    p.add_argument(
+        "--dataset", required=True, choices=["ckplus", "oulu", "manifest"], help="raw layout"
+    )
+    p.add_argument("--root", required=True, help="the dataset's raw root folder")
+    p.add_argument(
+        "--manifest",
+        help="CSV path,subject,label for --dataset manifest (default: ROOT/manifest.csv)",
+    )
     p.add_argument("--out", help="cache folder (default: ROOT/.fer-faces-SIZE)")
-    p.add_argument("--crop-size", type=int, default=299)
-    p.add_argument("--detector", choices=["mtcnn", "center"], default="mtcnn")
-    p.add_argument("--n-folds", type=int, default=10)
+    p.add_argument("--crop-size", type=int, default=299, help="side of the square crops, pixels")
+    p.add_argument(
+        "--detector",
+        choices=["mtcnn", "center"],
+        default="mtcnn",
+        help="mtcnn: detect the face; center: the centre square of every frame, no detection",
+    )
+    p.add_argument("--n-folds", type=int, default=10, help="subject-independent folds")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,8 +101,13 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else Path(args.root) / f".fer-faces-{args.crop_size}"
     report = prepare_faces(index, out, args.crop_size, detector=args.detector)
-    print(
-        f"faces: {report.detected} detected, {report.fallback} fell back to a centre crop, "
-        f"{report.reused} reused -> {out}"
-    )
+    if args.detector == "center":
+        made = f"{report.total} centre crops (detector: center, nothing detected)"
+    else:
+        made = (
+            f"{report.total} crops: {report.detected} faces detected, {report.fallback} fell "
+            "back to a centre crop"
+        )
+    reused = ", all reused from the cache" if report.reused else ""
+    print(f"faces: {made}{reused} -> {out}")
     return 0

@@ -38,6 +38,7 @@ GRID_KEYS = {
     "experiments",
     "train",
     "stages",
+    "sweep",  # dotted key -> list of values (orchestrator.plan.overrides expands it)
 }
 DATASET_KEYS = {
     "kind",
@@ -146,9 +147,23 @@ def find_grid(name_or_path: str) -> Path:
 def load_grid(name_or_path: str, data_roots: dict[str, str] | None = None) -> Grid:
     """Load and validate a grid; `data_roots` (from `--data NAME=DIR`) override `root:` keys."""
     path = find_grid(name_or_path)
-    raw = load_yaml_mapping(path)
+    return grid_from_mapping(load_yaml_mapping(path), path, data_roots)
+
+
+def grid_from_mapping(
+    raw: dict[str, Any], path: Path, data_roots: dict[str, str] | None = None
+) -> Grid:
+    """Validate the mapping of grid file `path` (as read, or with `--set` overrides applied).
+
+    A `sweep:` with more than one point is expanded by `orchestrator.plan.overrides` first.
+    """
     check_keys(raw, GRID_KEYS, str(path))
     where = str(path)
+    if raw.get("sweep"):
+        raise FerError(
+            f"{where}: sweep: is expanded by launch (orchestrator.plan.overrides); "
+            "this command takes one grid point"
+        )
     name = raw.get("name", path.stem)
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
         raise FerError(f"{where}: name {name!r} must be letters, digits, '-' or '_'")

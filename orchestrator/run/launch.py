@@ -6,16 +6,20 @@ the units they blocked) are retried. Launching a finished grid is a no-op that s
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import TextIO
 
 from fer_core.errors import FerError
+from fer_core.io import atomic_write_text
 from orchestrator.backends import make_backend
-from orchestrator.plan.dag import Unit, expand, summary
-from orchestrator.plan.grid import Grid, load_grid
+from orchestrator.plan.dag import Unit, summary
+from orchestrator.plan.grid import Grid
+from orchestrator.plan.overrides import GridPlan, Setting, dump_effective, expand_plan, load_grids
 from orchestrator.plan.profiles import load_profile
 from orchestrator.run import states as st
+from orchestrator.run.progress import LiveView
 from orchestrator.run.rundir import RunDir
 
 DEFAULT_RUNS = Path("runs")
@@ -35,27 +39,36 @@ def launch(
     data_roots: dict[str, str] | None = None,
     cluster_file: Path | None = None,
     out: TextIO | None = None,
+    settings: list[Setting] | None = None,
+    live: str = "auto",
 ) -> RunDir:
-    """Validate everything, then submit the units that still need to run."""
+    """Validate everything, then submit the units that still need to run.
+
+    `settings` (`--set KEY=VALUE`) override grid keys; a `KEY=a,b` sweep launches every point.
+    `live` ("auto": on a terminal, "on", "off") shows the live view while a local or Ray
+    backend runs the units.
+    """
     out = out or sys.stdout
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
         raise FerError(f"--jobs {jobs!r}: must be an integer >= 1")
     profile = load_profile(cluster, cluster_file)
     if jobs is not None:
         profile["jobs" if profile["backend"] == "local" else "array_parallelism"] = jobs
-    grid = load_grid(grid_name, data_roots)
+    plan = load_grids(grid_name, data_roots, settings)
+    grid = plan.grids[0]
     rundir = RunDir(run_dir or default_run_dir(grid))
     if dry_run:
         problems: list[str] = []
-        units = expand(grid, rundir.path, problems)
-        _print_plan(grid, units, rundir, out)
+        units = expand_plan(plan, rundir.path, problems)
+        _print_plan(grid, plan, units, rundir, out)
         for problem in problems:
             print(f"  warning: {problem}", file=out)
         return rundir
-    units = expand(grid, rundir.path)
+    units = expand_plan(plan, rundir.path)
     backend = make_backend(profile)
     rundir.claim(grid.name, grid.path)
     with rundir.launch_lock():
+        atomic_write_text(rundir.path / "grid.yaml", dump_effective(plan))
         rundir.write_dag(units)
         states = st.unit_states(rundir, units, backend)
         todo = [u for u in units if states[u.id] in (st.TODO, st.FAILED_STATE, st.BLOCKED)]
@@ -76,19 +89,40 @@ def launch(
             file=out,
             flush=True,
         )
-        backend.submit(rundir, todo, wait=wait)
+        with _live_view(live, backend, rundir, out):
+            backend.submit(rundir, todo, wait=wait)
     return rundir
 
 
-def _print_plan(grid: Grid, units: list[Unit], rundir: RunDir, out: TextIO) -> None:
+def _live_view(live: str, backend, rundir: RunDir, out: TextIO):
+    """The live view when asked for (or, with "auto", on a terminal) and the backend blocks
+    while its units run (local, ray); a do-nothing context otherwise."""
+    wanted = live == "on" or (live == "auto" and out is sys.stdout and sys.stdout.isatty())
+    if wanted and backend.name in ("local", "ray") and out is sys.stdout:
+        return LiveView(rundir, backend)
+    return contextlib.nullcontext()
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def _print_plan(grid: Grid, plan: GridPlan, units: list[Unit], rundir: RunDir, out: TextIO) -> None:
     counts = summary(units)
     shared = sum(1 for u in units if u.kind == "train" and u.stage == 1 and _children(u, units))
     strategies = sum(len(u.strategies) for u in units)
     done = rundir.store.done_ids("train") | rundir.store.done_ids("prepare")
     stages = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()) if k.startswith("stage"))
     print(f"grid {grid.name} ({grid.path})", file=out)
+    if len(plan.points) > 1:
+        swept = ", ".join(
+            f"{key} x{len(values)}" for key, values in plan.effective["sweep"].items()
+        )
+        print(f"  {len(plan.points)} sweep points ({swept})", file=out)
     print(
-        f"  {counts['prepare']} preparation jobs + {counts['train']} trainings ({stages})", file=out
+        f"  {_plural(counts['prepare'], 'preparation job')} + "
+        f"{_plural(counts['train'], 'training')} ({stages})",
+        file=out,
     )
     print(
         f"  {strategies} strategy results; {shared} stage-1 trainings shared by "

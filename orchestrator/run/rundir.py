@@ -9,6 +9,11 @@ RUN_DIR/submissions.json      unit id -> backend, scheduler job id, submit time,
 RUN_DIR/data/<dataset>/...    raw synthetic twins and prepared data (index, face crops)
 RUN_DIR/store/<table>/<id>.parquet  the results (orchestrator.run.store)
 RUN_DIR/launch.lock           held while a launch submits (two launches cannot interleave)
+RUN_DIR/grid.yaml             the effective grid of the last launch (file + --set overrides)
+RUN_DIR/by-label/<dataset>/<backbone>/<strategy>/fNN/seedS[/values] -> ../units/<id>
+                              readable aliases of the current DAG's unit folders (symlinks;
+                              `>` is `-` there: `ce-focal`; orchestrator.plan.labels)
+RUN_DIR/tensorboard/...       TensorBoard event files, one run per unit, same layout
 ```
 Paths are keyed by unit id, never by scheduler job id, so logs and checkpoints survive
 requeues and re-launches.
@@ -29,7 +34,10 @@ from typing import Any
 from fer_core.errors import FerError
 from fer_core.io import atomic_write_text
 from orchestrator.plan.dag import Unit
+from orchestrator.plan.labels import label_parts
 from orchestrator.run.store import Store
+
+BY_LABEL = "by-label"
 
 
 class RunDir:
@@ -71,6 +79,38 @@ class RunDir:
             body = json.dumps({"kind": unit.kind, "name": unit.name, "spec": unit.spec}, indent=1)
             if not spec_path.is_file() or spec_path.read_text() != body:
                 atomic_write_text(spec_path, body)
+        self._link_labels(units)
+
+    def label_path(self, unit: Unit) -> Path:
+        """A unit's readable alias, `RUN_DIR/by-label/...` (a symlink to its folder)."""
+        seed = (unit.spec.get("config") or {}).get("seed")
+        parts = label_parts(unit.name, unit.dataset, unit.backbone, unit.strategy, unit.fold, seed)
+        return self.path.joinpath(BY_LABEL, *parts)
+
+    def _link_labels(self, units: list[Unit]) -> None:
+        """Point `by-label/` at the units of this DAG: stale links go, each link is replaced
+        atomically (a temp link renamed over it)."""
+        root = self.path / BY_LABEL
+        wanted = {self.label_path(unit): self.unit_dir(unit.id) for unit in units}
+        if root.is_dir():
+            for directory, subdirs, files in os.walk(root, topdown=False):
+                for name in subdirs + files:
+                    path = Path(directory) / name
+                    if (
+                        path.is_symlink()
+                        and wanted.get(path) != self.path / "units" / Path(os.readlink(path)).name
+                    ):
+                        path.unlink()
+                    elif not path.is_symlink() and path.is_dir() and not any(path.iterdir()):
+                        path.rmdir()
+        for link, target in wanted.items():
+            if link.is_symlink():
+                continue
+            link.parent.mkdir(parents=True, exist_ok=True)
+            temp = link.with_name(f".tmp-{link.name}-{os.getpid()}")
+            temp.unlink(missing_ok=True)
+            os.symlink(os.path.relpath(target, link.parent), temp)
+            os.replace(temp, link)
 
     def read_dag(self) -> list[Unit]:
         path = self.path / "dag.json"
@@ -126,6 +166,24 @@ class RunDir:
             attempts = current.get(unit_id, {}).get("attempts", 0) + 1
             current[unit_id] = {**record, "attempts": attempts, "submitted_at": time.time()}
         atomic_write_text(self.path / "submissions.json", json.dumps(current, indent=1))
+
+    def launcher(self) -> int | None:
+        """The pid of the live launch holding `launch.lock` (it writes its pid there and
+        empties the file on release), or None. Read, never locked: a launch starting now
+        must not find the lock taken by a reader."""
+        try:
+            pid = int((self.path / "launch.lock").read_text().strip() or 0)
+        except (OSError, ValueError):
+            return None
+        if pid <= 0:
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None  # killed without releasing: the kernel dropped its flock
+        except PermissionError:
+            pass
+        return pid
 
     @contextmanager
     def launch_lock(self) -> Iterator[None]:

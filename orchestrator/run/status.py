@@ -8,17 +8,8 @@ from typing import TextIO
 
 from orchestrator.backends.base import Backend
 from orchestrator.run import states as st
+from orchestrator.run.progress import running_detail
 from orchestrator.run.rundir import RunDir
-
-
-def _progress(rundir: RunDir, unit_id: str) -> str:
-    """Epochs done so far by a running unit (the trainer's progress.json)."""
-    path = rundir.work_dir(unit_id) / "progress.json"
-    try:
-        progress = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return ""
-    return f"epoch {progress['epoch']}/{progress['epochs']}"
 
 
 def status_rows(rundir: RunDir, backend: Backend | None) -> list[dict]:
@@ -34,12 +25,13 @@ def status_rows(rundir: RunDir, backend: Backend | None) -> list[dict]:
         elif state == st.BLOCKED:
             detail = "a dependency failed"
         elif state == st.RUNNING:
-            detail = _progress(rundir, unit.id)
+            detail = running_detail(rundir, unit.id)
         record = submissions.get(unit.id, {})
         rows.append(
             {
                 "unit_id": unit.id,
                 "name": unit.name,
+                "folder": str(rundir.label_path(unit).relative_to(rundir.path)),
                 "state": state,
                 "job_id": record.get("job_id"),
                 "attempts": record.get("attempts", 0),
@@ -70,4 +62,5 @@ def print_status(
                 f"  {row['state']:<8} {row['name']:<{width}}  job {job:<10} {row['detail']}",
                 file=out,
             )
+    print(f"unit folders by label: {rundir.path / 'by-label'}", file=out)
     return 0

@@ -17,7 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from fer_core.errors import FerError
+from orchestrator.plan.labels import SEPARATOR, label_parts
+from orchestrator.run.progress import record_epoch
 from orchestrator.run.rundir import RunDir
+from orchestrator.run.tblog import TB_DIR, EventWriter
 
 
 def scheduler_info() -> dict[str, Any]:
@@ -87,8 +90,17 @@ def run(run_dir: str | Path, unit_id: str) -> str:
             row = prepare(body["spec"])
             rundir.store.write("prepare", unit_id, [{"unit_id": unit_id, **row}])
         else:
-            result = run_unit(body["spec"], rundir.work_dir(unit_id))
-            result["run"].update(scheduler_info(), worker_host=socket.gethostname())
+            result = run_unit(
+                body["spec"],
+                rundir.work_dir(unit_id),
+                on_epoch=_epoch_logger(rundir, unit_id, body),
+            )
+            result["run"].update(
+                scheduler_info(),
+                worker_host=socket.gethostname(),
+                unit_label=body["name"],  # unique in the run (orchestrator.plan.labels)
+                variant=body["name"].partition(SEPARATOR)[2],  # the values telling it apart
+            )
             rundir.store.write_unit(unit_id, result)
     except (SystemExit, KeyboardInterrupt):
         raise
@@ -103,6 +115,27 @@ def run(run_dir: str | Path, unit_id: str) -> str:
         raise
     rundir.clear_failed(unit_id)
     return "done"
+
+
+def _epoch_logger(rundir: RunDir, unit_id: str, body: dict[str, Any]):
+    """After each epoch: TensorBoard scalars and the live view's `live.json`."""
+    spec = body["spec"]
+    parts = label_parts(
+        body["name"],
+        spec["dataset"],
+        spec["backbone"],
+        spec["strategy"],
+        spec["fold"],
+        spec["config"].get("seed"),
+    )
+    events = EventWriter(rundir.path.joinpath(TB_DIR, *parts))
+    epochs = int(spec["config"]["epochs"])
+
+    def on_epoch(record: dict[str, Any]) -> None:
+        events.epoch(record)
+        record_epoch(rundir, unit_id, record, epochs)
+
+    return on_epoch
 
 
 def death_reason(code: int, log_path: Path) -> str:

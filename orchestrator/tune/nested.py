@@ -37,6 +37,7 @@ from orchestrator.backends.base import Backend
 from orchestrator.backends.ray.cluster import RaySettings, check_fits, ray_session
 from orchestrator.plan.dag import Unit, content_id, expand
 from orchestrator.plan.grid import DatasetSpec, Experiment, Grid, parse_data_roots
+from orchestrator.plan.labels import distinct_names
 from orchestrator.plan.profiles import load_profile
 from orchestrator.run import states as st
 from orchestrator.run.rundir import RunDir
@@ -58,12 +59,13 @@ class TuneRequest:
     data: tuple[str, ...] = ()  # NAME=DIR pairs
     nodes: int | None = None  # SLURM nodes for the Ray cluster (--cluster slurm)
     dry_run: bool = False
+    settings: tuple[str, ...] = ()  # --set KEY=VALUE pairs
 
 
 def run_tune(args: TuneRequest) -> int:
     """The `tune` command; returns the exit status."""
     started = time.monotonic()
-    spec = load_tune(args.grid, parse_data_roots(args.data), args.samples)
+    spec = load_tune(args.grid, parse_data_roots(args.data), args.samples, args.settings)
     profile = load_profile(args.cluster, args.cluster_file)
     run_dir = args.run_dir or Path("runs") / spec.grid.name
     if args.dry_run and profile["backend"] != "slurm":
@@ -247,6 +249,9 @@ class TuneRun:
             if unit.id not in known:
                 known.add(unit.id)
                 self.dag.append(unit)
+        self.dag = distinct_names(self.dag)  # e.g. the heldout and inner stage 1 of a fold
+        named = {u.id: u for u in self.dag}
+        units = [named[u.id] for u in units]
         self.rundir.write_dag(self.dag)
         states = st.unit_states(self.rundir, units, self.backend)
         todo = [u for u in units if states[u.id] != st.DONE]

@@ -154,12 +154,19 @@ def alpha_label(alpha: Any) -> str:
 
 
 def load_tune(
-    name_or_path: str, data_roots: dict[str, str] | None = None, samples: int | None = None
+    name_or_path: str,
+    data_roots: dict[str, str] | None = None,
+    samples: int | None = None,
+    settings: tuple[str, ...] = (),
 ) -> TuneSpec:
-    """Load and validate a tune grid; `samples` (from `--samples`) overrides search.samples."""
+    """Load and validate a tune grid; `samples` (from `--samples`) overrides search.samples,
+    `settings` (`--set KEY=VALUE`) override any key before validation."""
+    from orchestrator.plan.overrides import OPEN, SCHEMA, apply_settings, parse_settings
+
     path = find_grid(name_or_path)
     where = str(path)
-    raw = load_yaml_mapping(path)
+    schema = {**SCHEMA, "search": OPEN}
+    raw = apply_settings(load_yaml_mapping(path), parse_settings(settings), schema)
     if "search" not in raw:
         raise FerError(f"{where}: no search: block; a tune grid needs one (see jobs/tune.yaml)")
     search = raw.pop("search")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 from fer_core.io import atomic_write_text
 from fer_core.runtime import use_threads
 from orchestrator.plan.dag import content_id
+from orchestrator.run.tblog import TB_DIR, EventWriter
 
 TUNE_DIR = "tune"
 SPLIT_FILE = "split.json"
@@ -59,6 +61,21 @@ def trial_dir(run_dir: str | Path, cid: str) -> Path:
 
 def split_dir(run_dir: str | Path, cid: str, fold: int) -> Path:
     return trial_dir(run_dir, cid) / f"split-{fold}"
+
+
+def trial_events_dir(run_dir: str | Path, config: dict[str, Any], cid: str, fold: int) -> Path:
+    """A trial split's TensorBoard run, beside the units' (orchestrator.run.tblog):
+    `RUN_DIR/tensorboard/tune/alpha=A,gamma=G-<config id>/split-K`."""
+    from orchestrator.tune.space import alpha_label
+
+    name = f"alpha={alpha_label(config.get('alpha'))},gamma={float(config['gamma']):g}-{cid[:8]}"
+    return (
+        Path(run_dir)
+        / TB_DIR
+        / "tune"
+        / re.sub(r"[^A-Za-z0-9._=,+-]+", "_", name)
+        / (f"split-{fold}")
+    )
 
 
 def history_path(run_dir: str | Path, experiment: str, trial_id: str) -> Path:
@@ -219,7 +236,13 @@ def _train_splits(config, splits, stage2, run_dir, cid, run_unit, report) -> lis
 
         work_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(work_dir / SPLIT_FILE, json.dumps(body, indent=1))
-        result = run_unit(spec, work_dir, on_epoch=on_epoch, score_test=False)
+        events = EventWriter(trial_events_dir(run_dir, config, cid, split["fold"]))
+
+        def on_epoch_logged(record: dict[str, Any], on_epoch=on_epoch, events=events) -> None:
+            events.epoch(record)  # before the report: ASHA may stop the trial inside it
+            on_epoch(record)
+
+        result = run_unit(spec, work_dir, on_epoch=on_epoch_logged, score_test=False)
         run = result["run"]
         body.update(
             accuracies=[e["selection_accuracy"] for e in result["epochs"]],

@@ -141,3 +141,85 @@ def test_missing_run_dir_and_bad_format(tmp_path, run):
         run_query(run.path, "SELECT 1", fmt="xml")
     with pytest.raises(FerError, match="no SQL statement"):
         run_query(run.path, "  ")
+
+
+def test_predictions_and_epochs_carry_their_units_metadata(run):
+    sql = (
+        "SELECT dataset, strategy, count(DISTINCT fold) AS folds, count(*) AS n, "
+        "min(stage) AS stage, any_value(selection) AS sel, any_value(seed) AS seed "
+        "FROM predictions GROUP BY ALL ORDER BY ALL"
+    )
+    rows = json.loads(run_query(run.path, sql, fmt="json"))
+    assert rows[0] == {
+        "dataset": "ckplus",
+        "strategy": "ce",
+        "folds": 3,
+        "n": 3 * IMAGES_PER_FOLD["ckplus"],
+        "stage": 1,
+        "sel": "heldout",
+        "seed": 0,
+    }
+    epochs = run_query(run.path, "SELECT DISTINCT backbone FROM epochs", fmt="csv")
+    assert epochs == "backbone\ninception_v3"
+
+
+def test_timestamps_are_timestamps(run):
+    sql = "SELECT any_value(typeof(started_at)) AS t, min(finished_at)::VARCHAR AS first FROM runs"
+    assert json.loads(run_query(run.path, sql, fmt="json")) == [
+        {"t": "TIMESTAMP", "first": "2023-11-14 22:15:01"}  # 1_700_000_101 s, UTC
+    ]
+
+
+def test_pivot_and_friends_run_while_writes_around_them_are_refused(run, tmp_path):
+    pivot = "PIVOT runs ON strategy USING count(*) GROUP BY dataset ORDER BY dataset"
+    assert run_query(run.path, pivot, fmt="csv") == "dataset,ce,ce>focal\nckplus,3,3\noulu,3,3"
+    wrapped = run_query(run.path, f"SELECT * FROM ({pivot}) WHERE dataset = 'oulu'", fmt="csv")
+    assert wrapped.splitlines()[1] == "oulu,3,3"
+    assert "strategy" in run_query(
+        run.path, "UNPIVOT (SELECT 1 AS a) ON a INTO NAME strategy VALUE v"
+    )
+    target = tmp_path / "p.csv"
+    for sql, word in (
+        (f"COPY ({pivot}) TO '{target}'", "COPY"),
+        (f"CREATE TABLE t AS {pivot}", "CREATE"),
+        (f"INSERT INTO runs {pivot}", "INSERT"),
+    ):
+        with pytest.raises(FerError, match=f"query: {word} statements are refused"):
+            run_query(run.path, sql)
+    assert not target.exists()
+
+
+def test_errors_are_whole_with_duckdbs_hint(run):
+    with pytest.raises(FerError) as info:
+        run_query(run.path, "SELECT * FROM runz")
+    message = str(info.value)
+    assert 'Did you mean "runs"' in message and "\n" not in message and "LINE 1" not in message
+
+
+def test_tables_lists_tables_columns_and_the_history_views(run):
+    from orchestrator.query import describe_tables
+
+    text = describe_tables(run.path)
+    assert text.startswith("runs (12 rows)")
+    assert "test_accuracy DOUBLE" in text and "finished_at TIMESTAMP" in text
+    assert "runs_all (12 rows)" in text and "trials: no rows yet" in text
+
+
+def test_only_the_current_dags_units_count_and_history_stays_reachable(tmp_path):
+    """After a grid edit: the README's avg(test_accuracy) example averages current units only,
+    the value the report uses; the earlier units' rows are in runs_all."""
+    from orchestrator.report.results import load_results
+
+    fake = make_run(tmp_path / "run", datasets=("ckplus",))
+    current = [u for u in fake.units if u.strategy != "ce>focal"]  # edit: ce>focal dropped
+    fake.rundir.write_dag(current)
+    readme = "SELECT strategy, avg(test_accuracy) AS acc FROM runs GROUP BY 1"
+    rows = json.loads(run_query(fake.path, readme, fmt="json"))
+    assert [r["strategy"] for r in rows] == ["ce"]
+    assert rows[0]["acc"] == pytest.approx(
+        sum(r["test_accuracy"] for r in load_results(fake.path).runs) / 3
+    )
+    assert _count(fake, "predictions") == 3 * IMAGES_PER_FOLD["ckplus"]
+    history = "SELECT current, count(*) AS n FROM runs_all GROUP BY 1 ORDER BY 1"
+    assert run_query(fake.path, history, fmt="csv") == "current,n\nFalse,3\nTrue,3"
+    assert _count(fake, "epochs_all") == 6 * 3

@@ -84,3 +84,51 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "2 preparation jobs + 180 trainings" in result.stdout
     assert not (tmp_path / "r").exists()
+
+
+def test_a_bad_set_is_one_line_naming_the_key_and_writes_nothing(tmp_path, grid):
+    run = tmp_path / "run"
+    for pair, culprit in (
+        ("train.lrr=0.1", "train.lrr"),
+        ("stages.2.epochs=0", "--set stages.2.epochs=0"),
+        ("datasets.ckplus.focal.gamma=-1,1", "gamma=-1"),
+    ):
+        result = _cli(
+            "launch", "--grid", str(grid), "--run-dir", str(run), "--set", pair, cwd=tmp_path
+        )
+        _assert_one_line_error(result, culprit)
+    assert not run.exists()
+
+
+def test_a_sweep_dry_run_counts_its_points_and_units(tmp_path, grid):
+    result = _cli(
+        "launch", "--grid", str(grid), "--dry-run", "--set", "train.lr=0.01,0.05",
+        "--set", "stages.2.epochs=1", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "2 sweep points (train.lr x2)" in result.stdout
+    assert "1 preparation job + 4 trainings (stage 1: 2, stage 2: 2)" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["launch"],
+            ["(default: demo)", "(default: local)", "KEY=a,b,c sweeps", "(default: auto)"],
+        ),
+        (["status"], ["--watch", "(default: 2.0)"]),
+        (["query"], ["runs_all", "PIVOT", "--tables", "CSV with a header", "prepare"]),
+        (["tune"], ["(default: tune)", "(default: ray)", "search.samples"]),
+        (["data", "faces"], ["(default: 299)", "(default: mtcnn)", "(default: 10)", "centre"]),
+        (["data", "index"], ["(default: 10)", "Parquet"]),
+        (["data", "synth"], ["(default: 0)", "twin"]),
+        (["cluster"], ["install", "apt-install", "stop slurmd", "sinfo"]),
+    ],
+)
+def test_help_explains_every_command_with_defaults(tmp_path, argv, expected):
+    result = _cli(*argv, "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    for phrase in expected:
+        assert phrase in text, phrase
