@@ -1,4 +1,5 @@
-"""`python -m orchestrator ...`: launch, status, cancel, query, report, tune, data, cluster.
+"""`python -m orchestrator ...`: launch, status, cancel, query, report, tune, data, cluster,
+predict, export, weights.
 
 Every user error is one line on stderr (`error: ...`) and exit status 2.
 """
@@ -219,6 +220,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     datacli.add_arguments(p)
     p.set_defaults(func=cmd_data)
+
+    from orchestrator.cli import export, predict, weights
+
+    for module, text in (
+        (predict, "a run's trained model on your images (the same face crop as training)"),
+        (export, "a trained model as TorchScript or ONNX, checked against PyTorch"),
+        (weights, "make a backbone's pre-trained file (import vgg_face FILE)"),
+    ):
+        p = sub.add_parser(module.__name__.rsplit(".", 1)[-1], help=text)
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
 
     p = sub.add_parser("cluster", help="a real one-node SLURM on this machine")
     p.add_argument("which", choices=["local-slurm"])

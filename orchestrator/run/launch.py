@@ -15,6 +15,7 @@ from orchestrator.backends import make_backend
 from orchestrator.plan.dag import Unit, expand, summary
 from orchestrator.plan.grid import Grid, load_grid
 from orchestrator.plan.profiles import load_profile
+from orchestrator.plan.weights import missing_weights, require_weights
 from orchestrator.run import states as st
 from orchestrator.run.rundir import RunDir
 
@@ -46,12 +47,13 @@ def launch(
     grid = load_grid(grid_name, data_roots)
     rundir = RunDir(run_dir or default_run_dir(grid))
     if dry_run:
-        problems: list[str] = []
+        problems: list[str] = missing_weights(grid)
         units = expand(grid, rundir.path, problems)
         _print_plan(grid, units, rundir, out)
         for problem in problems:
             print(f"  warning: {problem}", file=out)
         return rundir
+    require_weights(grid)
     units = expand(grid, rundir.path)
     backend = make_backend(profile)
     rundir.claim(grid.name, grid.path)
