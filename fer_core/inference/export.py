@@ -71,10 +71,8 @@ def export_units(
     card = cards[0]
     model = ProbabilityModel([n.cpu().float().eval() for n in nets]).eval()
     size = int(card["input_size"])
-    samples = torch.randint(
-        0, 256, (SAMPLES, 3, size, size), generator=torch.Generator().manual_seed(0)
-    )
-    samples = samples.float()
+    generator = torch.Generator().manual_seed(0)
+    samples = torch.randint(0, 256, (SAMPLES, 3, size, size), generator=generator).float()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / FORMATS[fmt]

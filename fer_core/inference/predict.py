@@ -166,10 +166,8 @@ def _crop_files(
     faces = []
     for i, (frame, hit) in enumerate(zip(frames, hits, strict=True)):
         crops[i], box = crop_frame(frame, hit, crop_size, margin)
-        if mtcnn is None:
-            status = "center"  # the model was trained on centre crops (detector: center)
-        else:
-            status = "detected" if hit is not None else "none"
+        # "center" without MTCNN: the model was trained on centre crops (detector: center)
+        status = "center" if mtcnn is None else "detected" if hit is not None else "none"
         faces.append(
             {
                 "face": status,

@@ -163,4 +163,7 @@ def check_weights(backbone: str, weights: str) -> None:
     if weights == "pretrained":
         resolve_pretrained(BACKBONES[backbone])
     elif not Path(weights).expanduser().is_file():
-        raise FerError(f"weights: {weights!r} is not an existing file (none, pretrained or a path)")
+        raise FerError(
+            f"weights: backbone {backbone}: file {weights!r} not found (weights must be none, "
+            "pretrained or the path of a state dict)"
+        )

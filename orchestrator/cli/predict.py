@@ -36,7 +36,10 @@ class Choice:
     work_dir: Path
 
     def model(self) -> str:
-        return f"--dataset {self.dataset} --backbone {self.backbone} --strategy {self.strategy} --seed {self.seed}"
+        return (
+            f"--dataset {self.dataset} --backbone {self.backbone} "
+            f"--strategy {self.strategy} --seed {self.seed}"
+        )
 
 
 def add_selection_arguments(p: argparse.ArgumentParser) -> None:

@@ -21,7 +21,7 @@ def missing_weights(grid: Grid) -> list[str]:
         try:
             check_weights(name, grid.backbones[name].weights)
         except FerError as exc:
-            problems.append(f"backbone {name}: {exc}")
+            problems.append(str(exc))
     return problems
 
 
