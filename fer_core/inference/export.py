@@ -17,6 +17,7 @@ absolute difference from the PyTorch model is reported, and over `TOLERANCE` not
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from collections.abc import Sequence
@@ -83,6 +84,7 @@ def export_units(
             # path, which needs no onnxscript); the formats are what users ask for.
             warnings.simplefilter("ignore", category=FutureWarning)
             warnings.simplefilter("ignore", category=DeprecationWarning)
+            warnings.simplefilter("ignore", category=torch.jit.TracerWarning)  # constants
             expected = model(samples)
             if fmt == "torchscript":
                 got = _torchscript(model, samples, tmp)
@@ -129,11 +131,61 @@ def _torchscript(model: nn.Module, samples: torch.Tensor, path: Path) -> torch.T
     return torch.cat([loaded(samples[:1]), loaded(samples[1:])])
 
 
+def fixed_pools(model: nn.Module, sample: torch.Tensor) -> nn.Module:
+    """A copy of `model` whose adaptive average pools are fixed `AvgPool2d`s for the input
+    size of `sample`, where that computes the same (equal windows at a constant stride).
+
+    ONNX has no adaptive pool: the exporter handles only output sizes that divide the input
+    (the tiny CNN pools 3 x 3 maps to 2 x 2: windows of 2 at stride 1). The self-check
+    compares the exported model with the original, so a wrong replacement cannot be kept.
+    """
+    model = copy.deepcopy(model)
+    sizes: dict[str, tuple[int, int]] = {}
+
+    def record(name: str):
+        def hook(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            sizes.setdefault(name, tuple(args[0].shape[-2:]))
+
+        return hook
+
+    hooks = [
+        module.register_forward_pre_hook(record(name))
+        for name, module in model.named_modules()
+        if isinstance(module, nn.AdaptiveAvgPool2d)
+    ]
+    with torch.no_grad():
+        model(sample)
+    for hook in hooks:
+        hook.remove()
+    for name, size in sizes.items():
+        module = model.get_submodule(name)
+        out = module.output_size
+        out = (out, out) if isinstance(out, int) else out
+        windows = [_window(n, o if o is not None else n) for n, o in zip(size, out, strict=True)]
+        if all(w is not None for w in windows):
+            kernel, stride = zip(*windows, strict=True)
+            parent, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, leaf,
+                    nn.AvgPool2d(kernel, stride))  # fmt: skip
+    return model
+
+
+def _window(size: int, out: int) -> tuple[int, int] | None:
+    """(kernel, stride) of adaptive pooling `size` -> `out` if its windows are all alike."""
+    starts = [i * size // out for i in range(out)]
+    ends = [-(-(i + 1) * size // out) for i in range(out)]
+    kernels = {e - s for s, e in zip(starts, ends, strict=True)}
+    strides = {b - a for a, b in zip(starts, starts[1:], strict=False)} or {1}
+    if len(kernels) != 1 or len(strides) != 1 or min(strides) < 1:
+        return None
+    return kernels.pop(), strides.pop()
+
+
 def _onnx(model: nn.Module, samples: torch.Tensor, path: Path) -> torch.Tensor:
     import onnxruntime
 
     torch.onnx.export(
-        model,
+        fixed_pools(model, samples[:1]),
         (samples[:2],),
         str(path),
         dynamo=False,
