@@ -52,9 +52,12 @@ def load_unit(work_dir: Path, device: torch.device) -> LoadedUnit:
     return LoadedUnit(model.to(device).eval(), card)
 
 
-def load_units(work_dirs: Sequence[Path], device: torch.device) -> list[LoadedUnit]:
-    """Load several units (one model's folds); they must describe the same model."""
-    units = [load_unit(Path(d), device) for d in work_dirs]
+def load_units(work_dirs: Sequence[Path], device: str = "auto") -> list[LoadedUnit]:
+    """Load several units (one model's folds) onto `device` (`auto`: CUDA when present);
+    they must describe the same model."""
+    from fer_core.unit import resolve_device
+
+    units = [load_unit(Path(d), resolve_device(device)) for d in work_dirs]
     for unit in units[1:]:
         for key in SAME:
             if unit.card[key] != units[0].card[key]:

@@ -21,14 +21,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from fer_core.inference.export import export_units
     from fer_core.inference.predict import load_units
     from orchestrator.cli.predict import select_units
 
     choices = select_units(args)
-    units = load_units([c.work_dir for c in choices], torch.device("cpu"))
+    units = load_units([c.work_dir for c in choices], "cpu")
     description = export_units(
         [u.model for u in units], [u.card for u in units], args.format, Path(args.out)
     )

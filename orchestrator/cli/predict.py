@@ -112,7 +112,6 @@ def select_units(args: argparse.Namespace) -> list[Choice]:
 
 def run(args: argparse.Namespace) -> int:
     from fer_core.inference.predict import image_files, load_units, predict_files
-    from fer_core.unit import resolve_device
 
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix not in (".csv", ".parquet"):
@@ -121,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         raise FerError(f"--batch-size {args.batch_size}: must be >= 1")
     choices = select_units(args)
     files = image_files(args.inputs)
-    units = load_units([c.work_dir for c in choices], resolve_device(args.device))
+    units = load_units([c.work_dir for c in choices], args.device)
     started = time.monotonic()
 
     def progress(done: int, total: int) -> None:

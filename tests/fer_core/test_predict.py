@@ -74,4 +74,4 @@ def test_units_of_different_models_do_not_form_an_ensemble(tmp_path):
         card = {**unit.card, "backbone": "tiny", "normalisation": {}, "dataset": "d"}
         (directory / "best.json").write_text(json.dumps(card))
     with pytest.raises(FerError, match="differ in classes"):
-        load_units(work, torch.device("cpu"))
+        load_units(work, "cpu")
