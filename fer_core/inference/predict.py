@@ -6,13 +6,13 @@ crop_frame`), then scored by `fer_core.evaluate.predict`, the function that prod
 unit's `predictions` rows. An image in which MTCNN finds no face is reported as such and not
 scored, unless `fallback_center` asks for the centre crop (what the training cache does).
 Several units (the folds of one model) are averaged: the ensemble's probabilities are the
-mean of the folds' probabilities.
+mean of the folds' probabilities. A video file gives one row per frame (decoded by PyAV).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,12 +28,23 @@ from fer_core.models import FerNet, build_model
 from fer_core.train import load_best
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 CHUNK = 64  # images read, cropped and scored at a time (memory stays flat on large inputs)
 DETECT_BATCH = 16  # frames per MTCNN call, as the training cache
 # Card keys that must agree between the units of an ensemble.
 SAME = ("backbone", "classes", "input_size", "crop", "normalisation", "dataset")
 BOX = ("box_x0", "box_y0", "box_x1", "box_y1")
 NO_BOX = dict.fromkeys(BOX, math.nan)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One picture to score: a still image, or frame `index` of a video (`time` seconds in)."""
+
+    source: Path
+    index: int | None
+    time: float | None
+    image: Image.Image
 
 
 @dataclass
@@ -68,22 +79,48 @@ def load_units(work_dirs: Sequence[Path], device: str = "auto") -> list[LoadedUn
     return units
 
 
-def image_files(inputs: Sequence[str | Path]) -> list[Path]:
-    """The image files named, and those under the folders named (recursively, sorted)."""
+def input_files(inputs: Sequence[str | Path]) -> list[Path]:
+    """The files named, and the images and videos under the folders named (recursively,
+    sorted)."""
+    suffixes = IMAGE_SUFFIXES + VIDEO_SUFFIXES
     files: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
             files += sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
             )
         elif path.is_file():
             files.append(path)
         else:
             raise FerError(f"{path}: no such image file or folder")
     if not files:
-        raise FerError(f"no image files in {', '.join(str(i) for i in inputs)}")
+        raise FerError(f"no image or video files in {', '.join(str(i) for i in inputs)}")
     return files
+
+
+def frames_of(files: Iterable[Path]) -> Iterator[Frame]:
+    """Every picture of `files` in order: each image once, each video frame by frame."""
+    for path in files:
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            yield from _video_frames(path)
+        else:
+            yield Frame(path, None, None, _open(path))
+
+
+def count_frames(files: Iterable[Path]) -> int | None:
+    """How many pictures `frames_of` will yield, None when a video does not say (progress)."""
+    total = 0
+    for path in files:
+        if path.suffix.lower() not in VIDEO_SUFFIXES:
+            total += 1
+            continue
+        with _open_video(path) as container:
+            frames = container.streams.video[0].frames
+        if not frames:
+            return None
+        total += frames
+    return total
 
 
 def predict_files(
@@ -91,14 +128,16 @@ def predict_files(
     units: Sequence[LoadedUnit],
     fallback_center: bool = False,
     batch_size: int = 32,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per file: face status and box, predicted class, one probability per class.
+    """One row per image or video frame: face status and box, predicted class, one
+    probability per class; `progress(done, total)` after each chunk (total None if unknown).
 
-    Row keys: image, face (`detected`, `center` = the centre crop: the model was trained on
-    centre crops, or `fallback_center` found no face; `none` = no face, not scored),
-    face_probability (MTCNN's), box_x0..box_y1 (the crop box in image pixels), predicted,
-    p_<class> for each class in the model's order, folds and units (which models voted).
+    Row keys: image (the file), frame and time (of a video; None for an image), face
+    (`detected`; `center` = the centre crop: the model was trained on centre crops, or
+    `fallback_center` found no face; `none` = no face, not scored), face_probability
+    (MTCNN's), box_x0..box_y1 (the crop box in image pixels), predicted, p_<class> for each
+    class in the model's order, folds and units (which models voted).
     """
     if not units:
         raise FerError("predict: no trained units to predict with")
@@ -109,27 +148,38 @@ def predict_files(
     folds = ",".join(str(u.card["fold"]) for u in units)
     unit_ids = ",".join(u.card["unit_id"] for u in units)
     rows: list[dict[str, Any]] = []
-    for start in range(0, len(files), CHUNK):
-        chunk = files[start : start + CHUNK]
-        crops, faces = _crop_files(chunk, mtcnn, crop["crop_size"], crop["margin"])
+    total = count_frames(files) if progress is not None else None
+    for chunk in _chunks(frames_of(files), CHUNK):
+        crops, faces = _crop_frames(chunk, mtcnn, crop["crop_size"], crop["margin"])
         scored = [i for i, face in enumerate(faces) if face["face"] != "none" or fallback_center]
         probabilities = _ensemble(units, crops[scored], card["input_size"], batch_size)
         by_image = dict(zip(scored, probabilities.tolist(), strict=True))
         classes = card["classes"]
-        for i, path in enumerate(chunk):
+        for i, frame in enumerate(chunk):
             face = faces[i]
             if face["face"] == "none":  # the centre square, when asked for; else no box
                 face = {**face, "face": "center"} if fallback_center else {**face, **NO_BOX}
             probs = by_image.get(i)
-            row = {"image": str(path), **face}
+            row = {"image": str(frame.source), "frame": frame.index, "time": frame.time, **face}
             row["predicted"] = None if probs is None else classes[_argmax(probs)]
             values = probs if probs is not None else [math.nan] * len(classes)
             row.update({f"p_{name}": value for name, value in zip(classes, values, strict=True)})
             row.update(folds=folds, units=unit_ids)
             rows.append(row)
         if progress is not None:
-            progress(start + len(chunk), len(files))
+            progress(len(rows), total)
     return rows
+
+
+def _chunks(frames: Iterator[Frame], size: int) -> Iterator[list[Frame]]:
+    chunk: list[Frame] = []
+    for frame in frames:
+        chunk.append(frame)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _argmax(values: list[float]) -> int:
@@ -149,12 +199,12 @@ def _ensemble(
     return total / len(units)
 
 
-def _crop_files(
-    paths: Sequence[Path], mtcnn, crop_size: int, margin: float
+def _crop_frames(
+    pictures: Sequence[Frame], mtcnn, crop_size: int, margin: float
 ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-    """Crops (uint8 N x 3 x S x S; the centre square where no face was found) and per file
-    the face status, MTCNN probability and crop box."""
-    frames = [_open(p) for p in paths]
+    """Crops (uint8 N x 3 x S x S; the centre square where no face was found) and per
+    picture the face status, MTCNN probability and crop box."""
+    frames = [p.image for p in pictures]
     hits: list[tuple[Sequence[float], float] | None] = [None] * len(frames)
     if mtcnn is not None:
         by_size: dict[tuple[int, int], list[int]] = {}
@@ -179,6 +229,29 @@ def _crop_files(
             }
         )
     return crops, faces
+
+
+def _open_video(path: Path):
+    try:
+        import av
+    except ImportError as exc:
+        raise FerError(f"{path}: reading videos needs PyAV ({exc}); pip install av") from None
+    try:
+        return av.open(str(path))
+    except av.error.FFmpegError as exc:
+        raise FerError(f"{path}: cannot read video ({exc})") from None
+
+
+def _video_frames(path: Path) -> Iterator[Frame]:
+    import av
+
+    with _open_video(path) as container:
+        try:
+            for index, frame in enumerate(container.decode(video=0)):
+                time = None if frame.time is None else float(frame.time)
+                yield Frame(path, index, time, frame.to_image().convert("RGB"))
+        except av.error.FFmpegError as exc:
+            raise FerError(f"{path}: cannot decode video ({exc})") from None
 
 
 def _open(path: Path) -> Image.Image:

@@ -56,7 +56,9 @@ def add_selection_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_selection_arguments(p)
-    p.add_argument("inputs", nargs="+", metavar="IMAGES_OR_FOLDERS")
+    p.add_argument(
+        "inputs", nargs="+", metavar="IMAGES_OR_FOLDERS", help="images, videos (a row per frame)"
+    )
     p.add_argument("--out", help="write the rows to FILE.csv or FILE.parquet (default: print)")
     p.add_argument(
         "--fallback-center",
@@ -111,7 +113,7 @@ def select_units(args: argparse.Namespace) -> list[Choice]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fer_core.inference.predict import image_files, load_units, predict_files
+    from fer_core.inference.predict import input_files, load_units, predict_files
 
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix not in (".csv", ".parquet"):
@@ -119,14 +121,15 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise FerError(f"--batch-size {args.batch_size}: must be >= 1")
     choices = select_units(args)
-    files = image_files(args.inputs)
+    files = input_files(args.inputs)
     units = load_units([c.work_dir for c in choices], args.device)
     started = time.monotonic()
 
-    def progress(done: int, total: int) -> None:
-        if total > 64:  # only large inputs: a handful of images needs no progress lines
+    def progress(done: int, total: int | None) -> None:
+        if total is None or total > 64:  # a handful of images needs no progress lines
+            of = "" if total is None else f"/{total}"
             elapsed = time.monotonic() - started
-            print(f"predict: {done}/{total} images, {elapsed:.1f}s", file=sys.stderr, flush=True)
+            print(f"predict: {done}{of} pictures, {elapsed:.1f}s", file=sys.stderr, flush=True)
 
     rows = predict_files(files, units, args.fallback_center, args.batch_size, progress)
     if out is None:

@@ -12,7 +12,7 @@ from PIL import Image
 
 from fer_core.data.augment import test_transform
 from fer_core.errors import FerError
-from fer_core.inference.predict import CHUNK, LoadedUnit, image_files, load_units, predict_files
+from fer_core.inference.predict import CHUNK, LoadedUnit, input_files, load_units, predict_files
 from fer_core.models import build_model
 
 CLASSES = ["anger", "happy", "sadness"]
@@ -35,7 +35,7 @@ def test_chunks_with_progress_score_the_centre_square(tmp_path):
         pixels = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(tmp_path / f"{i:03d}.png")
     (tmp_path / "notes.txt").write_text("not an image")
-    files = image_files([tmp_path])
+    files = input_files([tmp_path])
     assert len(files) == CHUNK + 6 and files == sorted(files)
     calls = []
     unit = _unit()
@@ -61,7 +61,7 @@ def test_an_unreadable_image_is_named(tmp_path):
     with pytest.raises(FerError, match="broken.png: cannot read image"):
         predict_files([bad], [_unit()])
     with pytest.raises(FerError, match="missing.jpg: no such image file or folder"):
-        image_files([tmp_path / "missing.jpg"])
+        input_files([tmp_path / "missing.jpg"])
 
 
 def test_units_of_different_models_do_not_form_an_ensemble(tmp_path):
@@ -75,3 +75,38 @@ def test_units_of_different_models_do_not_form_an_ensemble(tmp_path):
         (directory / "best.json").write_text(json.dumps(card))
     with pytest.raises(FerError, match="differ in classes"):
         load_units(work, "cpu")
+
+
+def _write_video(path, frames: list[np.ndarray], rate: int = 5) -> None:
+    av = pytest.importorskip("av")
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=rate)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        for pixels in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_a_video_gives_a_row_per_frame_as_its_frames_as_images_would(tmp_path):
+    av = pytest.importorskip("av")
+    rng = np.random.default_rng(0)
+    video = tmp_path / "clip.mp4"
+    _write_video(video, [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(3)])
+    with av.open(str(video)) as container:  # the decoded frames, saved losslessly
+        stills = []
+        for i, frame in enumerate(container.decode(video=0)):
+            stills.append(tmp_path / f"frame{i}.png")
+            frame.to_image().save(stills[-1])
+    unit = _unit()
+    calls = []
+    rows = predict_files([video], [unit], progress=lambda done, total: calls.append((done, total)))
+    assert [r["frame"] for r in rows] == [0, 1, 2] and calls == [(3, 3)]
+    assert [r["time"] for r in rows] == pytest.approx([0.0, 0.2, 0.4])
+    assert {r["image"] for r in rows} == {str(video)}
+    expected = predict_files(stills, [unit])
+    assert [r["frame"] for r in expected] == [None, None, None]
+    for got, want in zip(rows, expected, strict=True):
+        assert [got[f"p_{c}"] for c in CLASSES] == [want[f"p_{c}"] for c in CLASSES]

@@ -213,3 +213,14 @@ def test_export_matches_the_pytorch_model(trained_run, tmp_path, capsys, fmt):
     order = {image_id: i for i, image_id in enumerate(np.array(faces.image_ids)[faces.folds == 1])}
     for row in stored:
         assert np.allclose(got[order[row["image_id"]]], row["probabilities"], atol=1e-4)
+
+
+def test_a_video_is_predicted_frame_by_frame(trained_run, astronaut, tmp_path):
+    from tests.fer_core.test_predict import _write_video
+
+    pixels = np.asarray(Image.open(astronaut).convert("RGB").resize((256, 256)))
+    video = tmp_path / "clip.mp4"
+    _write_video(video, [pixels, np.ascontiguousarray(pixels[:, ::-1]), pixels])
+    rows = _predict(trained_run, tmp_path, "--fold", 1, video)
+    assert [r["frame"] for r in rows] == ["0", "1", "2"]
+    assert all(r["face"] == "detected" and r["image"] == str(video) for r in rows)
