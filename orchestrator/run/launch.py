@@ -53,8 +53,8 @@ def launch(
         for problem in problems:
             print(f"  warning: {problem}", file=out)
         return rundir
-    require_weights(grid)
     units = expand(grid, rundir.path)
+    require_weights(grid)
     backend = make_backend(profile)
     rundir.claim(grid.name, grid.path)
     with rundir.launch_lock():
