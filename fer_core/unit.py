@@ -27,6 +27,7 @@ from fer_core.data.faces import FaceSet
 from fer_core.data.folds import inner_validation_fold
 from fer_core.errors import FerError
 from fer_core.evaluate import Evaluation
+from fer_core.inference.card import write_card
 from fer_core.models import BACKBONES, FerNet, build_model
 from fer_core.train import BEST, StageData, load_best, load_checkpoint, score, train_stage
 
@@ -154,6 +155,7 @@ def run_unit(
     data = stage_data(faces, spec.fold, spec.n_folds, config.selection)
     outcome = train_stage(model, data, config, work_dir, input_size, device, on_epoch)
     load_best(model, work_dir)
+    write_card(work_dir, asdict(spec), faces.classes, input_size)
     test = faces.folds == spec.fold
     if not score_test:
         test = torch.zeros_like(test)

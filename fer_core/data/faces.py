@@ -210,15 +210,10 @@ def prepare_faces(
         frames = [_open_rgb(index.path_of(index.records[i])) for i in batch]
         found = _detect(mtcnn, frames) if mtcnn is not None else [None] * len(frames)
         for i, frame, hit in zip(batch, frames, found, strict=True):
-            width, height = frame.size
             if hit is not None:
-                box = square_box(hit[0], width, height, margin)
                 detected[i], probs[i] = True, hit[1]
-            else:
-                box = centre_box(width, height)
+            images[i], box = crop_frame(frame, hit, crop_size, margin)
             boxes[i] = torch.tensor(box, dtype=torch.float32)
-            crop = frame.resize((crop_size, crop_size), Image.Resampling.BILINEAR, box=box)
-            images[i] = torch.from_numpy(np.asarray(crop).copy()).permute(2, 0, 1)
         done += len(batch)
         progress(done, n)
     if bar is not None:
@@ -268,6 +263,20 @@ def prepare_faces(
         detector=detector,
         fallback_images=tuple(fallback),
     )
+
+
+def crop_frame(
+    frame: Image.Image, hit: tuple[Sequence[float], float] | None, crop_size: int, margin: float
+) -> tuple[torch.Tensor, Box]:
+    """One frame's crop (uint8 3 x S x S) and its box: the square around the detected face
+    `hit`, or the centre square when there is none. Inference crops with this too, so a
+    model sees the same crop of an image as it did in training."""
+    width, height = frame.size
+    box = (
+        square_box(hit[0], width, height, margin) if hit is not None else centre_box(width, height)
+    )
+    crop = frame.resize((crop_size, crop_size), Image.Resampling.BILINEAR, box=box)
+    return torch.from_numpy(np.asarray(crop).copy()).permute(2, 0, 1), box
 
 
 def faces_fingerprint(data_fingerprint: str, settings: dict) -> str:

@@ -6,14 +6,17 @@ A backbone returns N x `feature_dim` features; one with an auxiliary head (Incep
 returns `(features, aux_logits)` in training mode.
 
 Inputs: every backbone is fed RGB images normalised with the ImageNet mean/std (what
-`fer_core.data.augment` produces); `input_norm` says how FerNet converts that to what the
-pre-trained weights were trained on.
+`fer_core.data.augment` produces); `input_norm` names the `Normalisation` its pre-trained
+weights were trained on, and FerNet converts to it (`input_affine`). Getting this wrong does
+not fail, it only costs accuracy: VGG-Face fed ImageNet-normalised RGB instead of BGR 0..255
+minus its mean sees inputs ~58x too small, with no BatchNorm to absorb it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,9 +30,44 @@ RESNET18_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+# The VGG-Face mean pixel, per channel R, G, B (MatConvNet's `averageImage`, which its demos
+# subtract from RGB images). The original Caffe/Torch7 weights take BGR, so in their channel
+# order the mean is reversed; subtracting (129.19, 104.76, 93.59) from B, G, R instead, as some
+# ports do, is off by 35.6 on the blue and red channels.
+VGG_FACE_MEAN_RGB = (129.1863, 104.7624, 93.5940)
+VGG_FACE_WEIGHTS = "vgg_face-vgg16-bgr.pth"  # written by `fer_core.models.vgg_face_import`
+VGG_FACE_IMPORT = "python -m orchestrator weights import vgg_face FILE"
+
 # Where each pre-trained file lives in the local cache (see `weights.pretrained_candidates`).
 TORCHVISION_CACHE = "torchvision"  # $TORCH_HOME/hub/checkpoints (torch.hub.get_dir())
 FACENET_CACHE = "facenet"  # $TORCH_HOME/checkpoints (facenet_pytorch's get_torch_home())
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """The input a backbone's weights were trained on: channels in `order` (RGB or BGR),
+    pixel values on the 0..`scale` scale, then `(x - mean) / std` per channel, with `mean`
+    and `std` listed in `order`. Recorded with every checkpoint and export."""
+
+    order: str
+    scale: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+NORMALISATIONS: dict[str, Normalisation] = {
+    "imagenet": Normalisation("RGB", 1.0, IMAGENET_MEAN, IMAGENET_STD),
+    # the TF-ported Inception-v3 weights: [-1, 1], as torchvision's transform_input
+    "inception": Normalisation("RGB", 1.0, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    # facenet-pytorch's fixed_image_standardization: (x*255 - 127.5) / 128
+    "facenet": Normalisation("RGB", 255.0, (127.5, 127.5, 127.5), (128.0, 128.0, 128.0)),
+    # the original VGG-Face (Caffe, Torch7; MatConvNet's file once imported): BGR 0..255 minus
+    # the mean pixel, no division
+    "vgg_face": Normalisation("BGR", 255.0, VGG_FACE_MEAN_RGB[::-1], (1.0, 1.0, 1.0)),
+}
 
 
 @dataclass(frozen=True)
@@ -37,9 +75,8 @@ class BackboneSpec:
     """What FerNet needs to know about a backbone, and where its pre-trained weights come from.
 
     `classifier_keys` are the state-dict prefixes of the original classifier(s): ignored when
-    loading weights, since FerNet replaces them. `input_norm` is one of `imagenet` (no change),
-    `inception` (the [-1, 1] scaling of the TF-ported Inception-v3 weights, as torchvision's
-    `transform_input`) or `facenet` (facenet-pytorch's `(x*255 - 127.5) / 128`).
+    loading weights, since FerNet replaces them. `input_norm` is a key of `NORMALISATIONS`.
+    `weights_command` is how a user makes the cache file where there is nothing to download.
     """
 
     name: str
@@ -56,6 +93,7 @@ class BackboneSpec:
     description: str
     build: Callable[[], nn.Module] = field(repr=False, compare=False)
     aux_fc: str | None = None  # attribute path of the aux head's last FC inside the backbone
+    weights_command: str | None = None
 
 
 class TinyCNN(nn.Module):
@@ -155,17 +193,18 @@ BACKBONES: dict[str, BackboneSpec] = {
             min_input_size=32,
             feature_dim=4096,
             has_aux=False,
-            weights_file=None,
+            weights_file=VGG_FACE_WEIGHTS,
             weights_url=None,
-            weights_cache=None,
+            weights_cache=TORCHVISION_CACHE,
             classifier_keys=("classifier.6.",),
-            input_norm="imagenet",
+            input_norm="vgg_face",
             layout="torchvision vgg16",
             description=(
-                "VGG-16 (torchvision layout) with user-supplied VGG-Face weights (paper Table 5; "
-                "converting the original Caffe/Torch files is up to the user)"
+                "VGG-16 (torchvision layout) with the original VGG-Face weights, imported from "
+                "the published vgg_face.mat (paper Table 5)"
             ),
             build=_vgg16,
+            weights_command=VGG_FACE_IMPORT,
         ),
         BackboneSpec(
             name="inception_resnet_v1",
@@ -205,14 +244,21 @@ BACKBONES: dict[str, BackboneSpec] = {
 
 
 def input_affine(input_norm: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Per-channel (scale, shift), 1 x 3 x 1 x 1, turning ImageNet-normalised input into what
-    the backbone's weights expect; None when nothing needs changing."""
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    """Per-channel (scale, shift), 1 x 3 x 1 x 1, turning ImageNet-normalised RGB input into
+    what the backbone's weights expect (after reversing the channels when its order is BGR:
+    the factors are listed in the backbone's order); None when nothing needs changing.
+
+    The ImageNet normalisation is undone (x*std + mean, 0..1) and the backbone's applied:
+    ((x*std + mean) * scale - target_mean) / target_std.
+    """
+    if input_norm not in NORMALISATIONS:
+        raise ValueError(f"unknown input_norm {input_norm!r}")
     if input_norm == "imagenet":
         return None
-    if input_norm == "inception":  # ((x*std + mean) - 0.5) / 0.5, as torchvision's transform_input
-        return std / 0.5, (mean - 0.5) / 0.5
-    if input_norm == "facenet":  # ((x*std + mean) * 255 - 127.5) / 128
-        return std * 255 / 128, (mean * 255 - 127.5) / 128
-    raise ValueError(f"unknown input_norm {input_norm!r}")
+    target = NORMALISATIONS[input_norm]
+    order = [2, 1, 0] if target.order == "BGR" else [0, 1, 2]
+    mean = torch.tensor(IMAGENET_MEAN)[order].view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD)[order].view(1, 3, 1, 1)
+    target_mean = torch.tensor(target.mean).view(1, 3, 1, 1)
+    target_std = torch.tensor(target.std).view(1, 3, 1, 1)
+    return std * target.scale / target_std, (mean * target.scale - target_mean) / target_std

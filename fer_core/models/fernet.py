@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from fer_core.errors import FerError
-from fer_core.models.backbones import BACKBONES, BackboneSpec, input_affine
+from fer_core.models.backbones import BACKBONES, NORMALISATIONS, BackboneSpec, input_affine
 from fer_core.models.weights import load_backbone_weights, read_state_dict, resolve_pretrained
 
 
@@ -39,6 +39,8 @@ class FerNet(nn.Module):
         super().__init__()
         self.backbone_name = spec.name
         self.input_size = spec.input_size
+        self.input_norm = spec.input_norm
+        self.input_bgr = NORMALISATIONS[spec.input_norm].order == "BGR"
         self.num_classes = num_classes
         self.fc_std = fc_std
         self.weights_source = "none"
@@ -76,10 +78,16 @@ class FerNet(nn.Module):
             if layer.bias is not None:
                 layer.bias.zero_()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def backbone_input(self, x: torch.Tensor) -> torch.Tensor:
+        """ImageNet-normalised RGB -> what the backbone's weights expect (`input_norm`)."""
+        if self.input_bgr:
+            x = x.flip(1)
         if self.input_scale is not None:
             x = x * self.input_scale + self.input_shift  # broadcast: keeps channels-last
-        out = self.backbone(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        out = self.backbone(self.backbone_input(x))
         aux = None
         if isinstance(out, tuple):  # torchvision's InceptionOutputs in training mode
             out, aux = out

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from fer_core.errors import FerError
-from fer_core.models.backbones import FACENET_CACHE, TORCHVISION_CACHE, BackboneSpec
+from fer_core.models.backbones import BACKBONES, FACENET_CACHE, TORCHVISION_CACHE, BackboneSpec
 
 SHOWN = 3  # offending keys named per kind in an error message
 
@@ -49,18 +49,19 @@ def resolve_pretrained(spec: BackboneSpec) -> Path:
     if spec.weights_file is None:
         raise FerError(
             f"weights: backbone {spec.name} has no pre-trained cache file; pass weights: PATH "
-            f"to a state dict in {spec.layout} key layout"
-            + (
-                " (converting the original VGG-Face Caffe/Torch weights to it is up to you)"
-                if spec.name == "vgg_face"
-                else ", or weights: none"
-            )
+            f"to a state dict in {spec.layout} key layout, or weights: none"
         )
     candidates = pretrained_candidates(spec)
     for path in candidates:
         if path.is_file():
             return path
     where = " or ".join(str(p) for p in candidates)
+    if spec.weights_command is not None:
+        raise FerError(
+            f"weights: pre-trained {spec.name} file not found at {where}; produce it with "
+            f"`{spec.weights_command}` (or pass weights: PATH to a state dict in {spec.layout} "
+            "key layout)"
+        )
     raise FerError(
         f"weights: pre-trained {spec.name} file not found at {where} (nothing is downloaded: "
         f"compute nodes are often offline); on a machine with internet download "
@@ -152,3 +153,17 @@ def load_backbone_weights(
             f"it must be a state dict in {spec.layout} key layout"
         )
     backbone.load_state_dict(wanted, strict=False)
+
+
+def check_weights(backbone: str, weights: str) -> None:
+    """A FerError naming the expected path (and how to make it) when `weights` of
+    `backbone` cannot be found; reads nothing (a launch checks every backbone this way)."""
+    if weights == "none":
+        return
+    if weights == "pretrained":
+        resolve_pretrained(BACKBONES[backbone])
+    elif not Path(weights).expanduser().is_file():
+        raise FerError(
+            f"weights: backbone {backbone}: file {weights!r} not found (weights must be none, "
+            "pretrained or the path of a state dict)"
+        )

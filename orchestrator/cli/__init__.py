@@ -1,4 +1,5 @@
-"""`python -m orchestrator ...`: launch, status, cancel, query, report, tune, data, cluster.
+"""`python -m orchestrator ...`: launch, status, cancel, query, report, tune, data, cluster,
+predict, export, weights.
 
 Every user error is one line on stderr (`error: ...`) and exit status 2.
 """
@@ -315,6 +316,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("data", "synthesise, index or face-crop a dataset by hand", datacli.__doc__)
     datacli.add_arguments(p)
     p.set_defaults(func=cmd_data)
+
+    from orchestrator.cli import export, predict, weights
+
+    for module, text in (
+        (predict, "a run's trained model on your images (the same face crop as training)"),
+        (export, "a trained model as TorchScript or ONNX, checked against PyTorch"),
+        (weights, "make a backbone's pre-trained file (import vgg_face FILE)"),
+    ):
+        p = command(module.__name__.rsplit(".", 1)[-1], text)
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
 
     p = command(
         "cluster",

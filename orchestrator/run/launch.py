@@ -18,6 +18,7 @@ from orchestrator.plan.dag import Unit, summary
 from orchestrator.plan.grid import Grid
 from orchestrator.plan.overrides import GridPlan, Setting, dump_effective, expand_plan, load_grids
 from orchestrator.plan.profiles import load_profile
+from orchestrator.plan.weights import missing_weights, require_weights
 from orchestrator.run import states as st
 from orchestrator.run.progress import LiveView
 from orchestrator.run.rundir import RunDir
@@ -58,13 +59,15 @@ def launch(
     grid = plan.grids[0]
     rundir = RunDir(run_dir or default_run_dir(grid))
     if dry_run:
-        problems: list[str] = []
+        problems = list(dict.fromkeys(p for point in plan.grids for p in missing_weights(point)))
         units = expand_plan(plan, rundir.path, problems)
         _print_plan(grid, plan, units, rundir, out)
         for problem in problems:
             print(f"  warning: {problem}", file=out)
         return rundir
     units = expand_plan(plan, rundir.path)
+    for point in plan.grids:
+        require_weights(point)
     backend = make_backend(profile)
     rundir.claim(grid.name, grid.path)
     with rundir.launch_lock():

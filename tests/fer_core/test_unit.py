@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from fer_core.data.faces import FaceSet
@@ -50,3 +52,9 @@ def test_stage_two_starts_from_the_parents_best_weights(twin_faces, tmp_path):
     correct = sum(p["label"] == p["predicted"] for p in stage1["predictions"])
     assert run1["test_accuracy"] == correct / n_test
     assert torch.isfinite(torch.tensor(run1["startup_seconds"]))
+
+    card = json.loads((tmp_path / "s2" / "best.json").read_text())  # what inference needs
+    assert card["unit_id"] == "s2" and card["strategy"] == "ce>focal" and card["stage"] == 2
+    assert card["classes"] == FaceSet.load(twin_faces).classes and card["input_size"] == CROP
+    assert card["crop"]["detector"] == "center" and card["crop"]["crop_size"] == CROP
+    assert card["normalisation"]["mean"] == [0.485, 0.456, 0.406]
