@@ -150,15 +150,6 @@ def pil_train_transform(
     )
 
 
-def pil_test_transform(out_size: Size):
-    """Per-image torchvision equivalent of `test_transform`."""
-    from torchvision import transforms
-
-    return transforms.Compose(
-        [transforms.Resize(_pair(out_size)), transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
-    )
-
-
 def _to_unit(x: torch.Tensor) -> torch.Tensor:
     if x.dim() != 4 or x.shape[1] not in (1, 3):
         raise FerError(f"augment: input has shape {tuple(x.shape)}; need N x 3 x H x W (or N x 1)")

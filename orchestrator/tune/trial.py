@@ -31,12 +31,12 @@ from fer_core.io import atomic_write_text
 from fer_core.runtime import use_threads
 from orchestrator.plan.dag import content_id
 from orchestrator.run.tblog import TB_DIR, EventWriter
+from orchestrator.tune.space import INVERSE_FREQUENCY
 
 TUNE_DIR = "tune"
 SPLIT_FILE = "split.json"
 METRIC = "inner_val_running"
 TIME_ATTR = "epochs_done"
-INVERSE_FREQUENCY = "inverse_frequency"
 
 
 def tune_dir(run_dir: str | Path) -> Path:
