@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from fer_core.errors import FerError
-from orchestrator.plan.grid import parse_data_roots
+from orchestrator.plan.grid import parse_data_roots, parse_seeds
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,6 +34,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
         wait=args.wait,
         data_roots=parse_data_roots(args.data),
         cluster_file=Path(args.cluster_file) if args.cluster_file else None,
+        seeds=parse_seeds(args.seeds) if args.seeds is not None else None,
     )
     if args.dry_run:
         return 0
@@ -171,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="run directory (default: runs/GRID)")
     p.add_argument("--jobs", type=int, help="units at once (local) / array parallelism")
     p.add_argument("--data", action="append", metavar="NAME=DIR", help="a dataset's raw root")
+    p.add_argument(
+        "--seeds",
+        metavar="N,N,...",
+        help="replicates: run every unit once per seed (replaces the grid's seed/seeds)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")
     p.add_argument("--wait", action="store_true", help="block until the cluster jobs finish")
     p.set_defaults(func=cmd_launch)

@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, choices=["ckplus", "oulu", "manifest"])
     p.add_argument("--root", required=True)
     p.add_argument("--manifest")
-    p.add_argument("--out", help="cache folder (default: ROOT/.fer-faces-SIZE)")
+    p.add_argument("--out", help="cache folder (default: ROOT-faces-SIZE, beside the root)")
     p.add_argument("--crop-size", type=int, default=299)
     p.add_argument("--detector", choices=["mtcnn", "center"], default="mtcnn")
     p.add_argument("--n-folds", type=int, default=10)
@@ -58,9 +58,9 @@ def run(args: argparse.Namespace) -> int:
             f"-> {args.out}"
         )
         return 0
-    from fer_core.data.faces import prepare_faces
+    from fer_core.data.faces import default_faces_dir, prepare_faces
 
-    out = Path(args.out) if args.out else Path(args.root) / f".fer-faces-{args.crop_size}"
+    out = Path(args.out) if args.out else default_faces_dir(Path(args.root), args.crop_size)
     report = prepare_faces(index, out, args.crop_size, detector=args.detector)
     print(
         f"faces: {report.detected} detected, {report.fallback} fell back to a centre crop, "

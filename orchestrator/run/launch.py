@@ -10,12 +10,14 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from fer_core.digest_cache import DigestCache
 from fer_core.errors import FerError
 from orchestrator.backends import make_backend
-from orchestrator.plan.dag import Unit, expand, summary
+from orchestrator.plan.dag import Unit, digest_cache_path, expand, summary
 from orchestrator.plan.grid import Grid, load_grid
 from orchestrator.plan.profiles import load_profile
 from orchestrator.run import states as st
+from orchestrator.run.lineage import stale_units
 from orchestrator.run.rundir import RunDir
 
 DEFAULT_RUNS = Path("runs")
@@ -35,15 +37,21 @@ def launch(
     data_roots: dict[str, str] | None = None,
     cluster_file: Path | None = None,
     out: TextIO | None = None,
+    seeds: list[int] | None = None,
 ) -> RunDir:
-    """Validate everything, then submit the units that still need to run."""
+    """Validate everything, then submit the units that still need to run.
+
+    `seeds` (from `--seeds`) replaces the grid's seed(s). A done unit whose lineage no
+    longer holds (`orchestrator.run.lineage`) is cleared, with one line saying why, and runs
+    again; so do its dependants.
+    """
     out = out or sys.stdout
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
         raise FerError(f"--jobs {jobs!r}: must be an integer >= 1")
     profile = load_profile(cluster, cluster_file)
     if jobs is not None:
         profile["jobs" if profile["backend"] == "local" else "array_parallelism"] = jobs
-    grid = load_grid(grid_name, data_roots)
+    grid = load_grid(grid_name, data_roots, seeds)
     rundir = RunDir(run_dir or default_run_dir(grid))
     if dry_run:
         problems: list[str] = []
@@ -52,12 +60,19 @@ def launch(
         for problem in problems:
             print(f"  warning: {problem}", file=out)
         return rundir
-    units = expand(grid, rundir.path)
+    digests = DigestCache(digest_cache_path(rundir.path))
+    units = expand(grid, rundir.path, digests=digests)
     backend = make_backend(profile)
     rundir.claim(grid.name, grid.path)
     with rundir.launch_lock():
+        rundir.write_grid(grid.mapping)
         rundir.write_dag(units)
-        states = st.unit_states(rundir, units, backend)
+        names = {unit.id: unit.name for unit in units}
+        for unit_id, reason in stale_units(rundir, units, digests).items():
+            print(f"{names[unit_id]} ({unit_id}): {reason}; retraining it", file=out, flush=True)
+            rundir.reset_unit(unit_id)
+        digests.save()
+        states = st.unit_states(rundir, units, backend, digests)
         todo = [u for u in units if states[u.id] in (st.TODO, st.FAILED_STATE, st.BLOCKED)]
         done = sum(1 for s in states.values() if s == st.DONE)
         active = sum(1 for s in states.values() if s in (st.RUNNING, st.PENDING))

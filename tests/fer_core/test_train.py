@@ -7,11 +7,12 @@ import json
 import pytest
 import torch
 
+from fer_core.checkpoints import BEST, DIGESTS, LAST, load_best
 from fer_core.config import StageConfig
 from fer_core.data.faces import FaceSet
 from fer_core.errors import FerError
 from fer_core.models import build_model
-from fer_core.train import BEST, DIGESTS, LAST, load_best, score, train_stage
+from fer_core.train import score, train_stage
 from fer_core.unit import stage_data
 from tests.conftest import CROP
 
