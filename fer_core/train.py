@@ -77,12 +77,22 @@ class StageOutcome:
     train_seconds: float
     images_per_second: float
     first_step_at: float  # time.time() of the first optimiser step of this process
-    precision_used: str  # what `precision` resolved to here: fp32, bf16 or fp16
+    precision_used: str  # what `precision` resolved to here (see precision_used)
 
 
-def precision_name(dtype: torch.dtype | None) -> str:
-    """The name of an autocast dtype as `precision` spells it (None = fp32)."""
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+def precision_used(dtype: torch.dtype | None, device: torch.device) -> str:
+    """What arithmetic a stage ran in: `bf16` or `fp16` (autocast), `fp32`, or `tf32`: fp32
+    weights and activations whose convolutions cuDNN runs in TF32 on tensor cores (torch's
+    default on Ampere and later GPUs, about 10 mantissa bits)."""
+    if dtype is not None:
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    if (
+        device.type == "cuda"
+        and torch.backends.cudnn.allow_tf32
+        and torch.cuda.get_device_capability(device)[0] >= 8
+    ):
+        return "tf32"
+    return "fp32"
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -263,7 +273,7 @@ def train_stage(
         train_seconds=busy_seconds,
         images_per_second=images_seen / busy_seconds if busy_seconds > 0 else math.nan,
         first_step_at=first_step_at,
-        precision_used=precision_name(amp_dtype),
+        precision_used=precision_used(amp_dtype, device),
     )
 
 
