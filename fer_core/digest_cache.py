@@ -23,15 +23,17 @@ RACY_SECONDS = 2.0
 class DigestCache:
     """Digests of files by absolute path, backed by a small JSON file.
 
-    Loading never fails (a missing or unreadable cache is an empty one: it only costs time);
-    `save` writes the entries looked up since loading, so files no longer asked about drop out.
+    Loading never fails (a missing or unreadable cache is an empty one: it only costs time).
+    `save` keeps the entries still true of their files (one `stat` each), so entries of
+    deleted or changed files drop out while other users' entries (data images, checkpoints)
+    stay.
     """
 
     def __init__(self, path: Path | None):
         self.path = Path(path) if path is not None else None
         self._known: dict[str, list] = self._load()
-        self._used: dict[str, list] = {}
         self.hashed = 0  # files read in this session (for benchmarks and messages)
+        self.dirty = False  # an entry was added since loading or saving
 
     def _load(self) -> dict[str, list]:
         if self.path is None or not self.path.is_file():
@@ -52,18 +54,28 @@ class DigestCache:
         key = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
         entry = self._known.get(name)
         if entry is not None and entry[:4] == key:
-            self._used[name] = entry
             return entry[4]
         digest = sha256_file(Path(name))
         self.hashed += 1
         newest = max(stat.st_mtime_ns, stat.st_ctime_ns) / 1e9
         if time.time() - newest > RACY_SECONDS:
-            self._known[name] = self._used[name] = [*key, digest]
+            self._known[name] = [*key, digest]
+            self.dirty = True
         return digest
 
     def save(self) -> None:
-        """Write the entries of this session (atomically); no-op without a path."""
+        """Write the entries still true of their files (atomically); no-op without a path."""
         if self.path is None:
             return
-        body = {"format": FORMAT, "files": self._used}
+        kept = {name: entry for name, entry in self._known.items() if _unchanged(name, entry)}
+        body = {"format": FORMAT, "files": kept}
         atomic_write_text(self.path, json.dumps(body, separators=(",", ":")))
+        self._known, self.dirty = kept, False
+
+
+def _unchanged(name: str, entry: list) -> bool:
+    try:
+        stat = os.stat(name)
+    except OSError:
+        return False
+    return entry[:4] == [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]

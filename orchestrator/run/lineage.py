@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from fer_core.checkpoints import BEST, DIGESTS, recorded_digests
 from fer_core.digest_cache import DigestCache
 from orchestrator.plan.dag import Unit
@@ -58,10 +60,10 @@ def _own_weights_problem(work_dir: Path, digests: DigestCache) -> str | None:
 
 
 def _parent_changed(rundir: RunDir, unit_id: str, parent: str) -> str | None:
-    table = rundir.store.read("runs", {unit_id})
-    if table is None or "parent_best_sha" not in table.column_names:
+    path = rundir.store.path("runs", unit_id)  # whole: the unit is done
+    if "parent_best_sha" not in pq.read_schema(path).names:
         return None  # a result from before parent digests were recorded: nothing to compare
-    started_from = table.column("parent_best_sha")[0].as_py()
+    started_from = pq.read_table(path, columns=["parent_best_sha"]).column(0)[0].as_py()
     current = recorded_digests(rundir.work_dir(parent)).get(BEST)
     if started_from != current:
         return f"its parent {parent} was retrained since (its {BEST} changed)"

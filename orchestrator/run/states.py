@@ -33,10 +33,13 @@ def unit_states(
     digests: DigestCache | None = None,
 ) -> dict[str, str]:
     """unit id -> state, for `units` in topological order. A stored result whose lineage no
-    longer holds is not done. `digests`: the file-digest cache (default: the run dir's, read
-    only)."""
+    longer holds is not done. `digests`: the file-digest cache (default: the run dir's);
+    digests it learns are saved, so the next `status` does not read the same files again."""
     scheduler = backend.states(rundir) if backend is not None else {}
-    stale = stale_units(rundir, units, digests or DigestCache(digest_cache_path(rundir.path)))
+    digests = digests or DigestCache(digest_cache_path(rundir.path))
+    stale = stale_units(rundir, units, digests)
+    if digests.dirty:
+        digests.save()
     states: dict[str, str] = {}
     for unit in units:
         if unit.id not in stale and rundir.store.is_done(unit.id, unit.kind):
