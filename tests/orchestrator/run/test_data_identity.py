@@ -1,7 +1,7 @@
 """Data identity end to end: what retrains after the raw data is touched, copied, written
 into, or relabelled. A unit's id holds its dataset's content identity, so a launch after a
 change that leaves the content alone finds every unit done; a changed label retrains exactly
-the units of that dataset."""
+the units of that dataset, also when the label is in a manifest kept outside the root."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from orchestrator.run.launch import launch
 from tests.conftest import tiny_ckplus
 
 DATASET = """  {name}:
-    kind: ckplus
-    root: {root}
+    kind: {kind}
+    root: {root}{manifest}
     crop_size: 32
     detector: center
     n_folds: 2
@@ -39,9 +39,24 @@ train: {{epochs: 1, lr_step_epoch: 1, batch_size: 8}}
 """
 
 
-def _grid(path: Path, roots: dict[str, Path]) -> Path:
-    datasets = "".join(DATASET.format(name=n, root=r) for n, r in roots.items())
+def _grid(path: Path, ckplus: Path, root: Path, manifest: Path) -> Path:
+    """Dataset `a`: a CK+ tree; dataset `b`: a tree and a manifest kept outside it."""
+    datasets = DATASET.format(name="a", kind="ckplus", root=ckplus, manifest="") + DATASET.format(
+        name="b", kind="manifest", root=root, manifest=f"\n    manifest: {manifest}"
+    )
     path.write_text(GRID.format(datasets=datasets))
+    return path
+
+
+def _manifest(root: Path, path: Path) -> Path:
+    images = sorted(root.rglob("*.png"))
+    labels = ("happy", "sad", "surprise")
+    rows = [
+        f"{p.relative_to(root)},{p.parent.parent.name},{labels[i % 3]}"
+        for i, p in enumerate(images)
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("path,subject,label\n" + "\n".join(rows) + "\n")
     return path
 
 
@@ -56,14 +71,15 @@ def study(tmp_path_factory):
     """Two datasets (two tiny CK+ trees), launched to completion once."""
     tmp = tmp_path_factory.mktemp("identity")
     roots = {"a": tiny_ckplus(tmp / "a"), "b": tiny_ckplus(tmp / "b", subjects=8)}
-    grid = _grid(tmp / "grid.yaml", roots)
+    manifest = _manifest(roots["b"], tmp / "labels" / "b.csv")
+    grid = _grid(tmp / "grid.yaml", roots["a"], roots["b"], manifest)
     run = tmp / "run"
     _launch(grid, run)
-    return tmp, grid, run, roots
+    return tmp, grid, run, roots, manifest
 
 
 def test_touch_faces_in_the_root_and_a_copy_without_times_retrain_nothing(study, capsys):
-    tmp, grid, run, roots = study
+    tmp, grid, run, roots, _ = study
     for path in roots["a"].rglob("*"):
         os.utime(path)  # touch
     root = str(roots["a"])
@@ -79,21 +95,20 @@ def test_touch_faces_in_the_root_and_a_copy_without_times_retrain_nothing(study,
     assert "nothing to submit: 6 of 6 units done" in output
 
 
-def test_one_changed_label_retrains_exactly_that_datasets_units(study, tmp_path):
-    tmp, _, run, roots = study
-    before = expand(load_grid(str(tmp / "grid.yaml")), run)
-    relabelled = tmp_path / "a"
-    shutil.copytree(roots["a"], relabelled)
-    emotion = relabelled / "Emotion/S002/001/S002_001_00000003_emotion.txt"
-    emotion.write_text("   6.0000000e+00\n")
-    output = _launch(tmp / "grid.yaml", run, data_roots={"a": str(relabelled)})
+def test_one_changed_label_retrains_exactly_that_datasets_units(study):
+    """The label is edited in place in a manifest outside the root: same paths, same times
+    of every image; only the content of what the units use changed."""
+    tmp, grid, run, _, manifest = study
+    before = {u.name: u.id for u in expand(load_grid(str(grid)), run)}
+    text = manifest.read_text()
+    manifest.write_text(text.replace(",happy\n", ",sad\n", 1))
+    output = _launch(grid, run)
     assert "submitting 3 units" in output and "(3 done" in output
-    after = expand(load_grid(str(tmp / "grid.yaml"), {"a": str(relabelled)}), run)
-    changed = {u.name for u in after} - {u.name for u in before}  # names are stable...
-    assert not changed
-    old = {u.name: u.id for u in before}
-    new_ids = {u.name for u in after if old[u.name] != u.id}  # ...ids move with the data
-    assert new_ids == {u.name for u in after if u.dataset == "a"}
+    after = {u.name: u for u in expand(load_grid(str(grid)), run)}
+    assert set(after) == set(before)  # names are stable, ids move with the data
+    assert {n for n, u in after.items() if u.id != before[n]} == {
+        n for n, u in after.items() if u.dataset == "b"
+    }
 
 
 def test_data_faces_writes_its_cache_beside_the_root_by_default(tmp_path, capsys):
