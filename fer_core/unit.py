@@ -192,8 +192,8 @@ def _parent_best(spec: UnitSpec) -> tuple[dict[str, Any], str]:
         return load_verified_best(Path(spec.parent_dir))
     except FerError as exc:
         raise FerError(
-            f"parent unit {spec.parent_id}: {exc}; its {BEST} is not the one its training "
-            f"wrote ({DIGESTS}); re-launch: the parent is then retrained first"
+            f"parent unit {spec.parent_id}: {exc}; its {BEST} must be the file its training "
+            f"recorded in {DIGESTS}: re-launch, and the parent is retrained first"
         ) from None
 
 

@@ -109,9 +109,9 @@ class Grid:
         """The full StageConfig values of stage `stage` (1-based) with loss `loss`."""
         values = dict(self.train)
         values.update(self.stages.get(stage, {}))
+        values.update(loss=loss, selection=self.selection, seed=seed)
         if loss in FOCAL_LOSSES:
             values.update(self.datasets[dataset].focal)
-        values.update(loss=loss, selection=self.selection, seed=seed)
         return StageConfig.from_dict(values, where=f"{self.path}: train").to_dict()
 
     def folds_of(self, dataset: str) -> tuple[int, ...]:
