@@ -19,6 +19,7 @@ NAN_POLICIES = ("fail", "skip")
 LOSS_NAMES = ("ce", "focal", "joint")
 
 Alpha = float | list[float] | None
+LATER_KEYS = {"deterministic": False}  # see StageConfig.to_dict
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class StageConfig:
     channels_last: bool = True
     compile: bool = False
     nan_policy: str = "fail"
+    deterministic: bool = False  # deterministic kernels only (fer_core.runtime.use_determinism)
 
     def __post_init__(self) -> None:
         _check_choice("loss", self.loss, LOSS_NAMES)
@@ -61,6 +63,8 @@ class StageConfig:
             _check_positive_int("lr_step_epoch", self.lr_step_epoch)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise FerError(f"seed: {self.seed!r} must be an integer")
+        if not isinstance(self.deterministic, bool):
+            raise FerError(f"deterministic: {self.deterministic!r} must be true or false")
         from fer_core.losses import build_loss
 
         build_loss(self.loss, alpha=self.alpha, gamma=self.gamma, joint_weight=self.joint_weight)
@@ -77,7 +81,14 @@ class StageConfig:
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The values that identify a stage (units hash them). A key added after ids were
+        first issued appears only when set away from its default, so adding it leaves every
+        existing unit's id, and so its results, in place."""
+        values = asdict(self)
+        for key, default in LATER_KEYS.items():
+            if values[key] == default:
+                del values[key]
+        return values
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate of 0-based `epoch`: x lr_decay once `lr_step_epoch` epochs are done."""

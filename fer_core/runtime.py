@@ -22,3 +22,17 @@ def use_threads(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+
+
+def use_determinism(deterministic: bool) -> None:
+    """`deterministic: true`: deterministic kernels only (an op without one fails, naming
+    itself, rather than varying silently), cuDNN's deterministic algorithms and no autotuning.
+    Set both ways, so a process that runs several units (a Ray actor) carries nothing over."""
+    import torch
+
+    if deterministic:
+        # cuBLAS needs a fixed workspace for reproducible matmuls (read at its first use).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = False

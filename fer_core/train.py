@@ -6,50 +6,42 @@ or per-image CPU work sits between the GPU and the next batch. The loss is accum
 device and read back once per epoch (no per-step host synchronisation, unless
 `nan_policy="skip"` asks to inspect each step).
 
-Checkpoints (all written atomically, each with its sha256 in `checkpoints.json`):
-- `last.pt`: everything needed to resume after the epoch it was written (weights, optimiser,
-  RNG states, best-so-far, per-epoch history). A unit killed mid-epoch redoes at most that epoch.
-- `last.prev.pt`: the `last.pt` before it. A `last.pt` that fails its checksum or does not
-  load (damaged after the fact, truncated by an older version) is not trusted: the unit
-  resumes from `last.prev.pt` (one more epoch redone) and starts from scratch only if that
-  is bad too. Each fallback is one line on stderr (the unit's log).
-- `best.pt`: the weights of the epoch with the highest selection accuracy so far; stage 2
-  starts from its parent's `best.pt`. A resume state whose `best.pt` is damaged is dropped
-  (the best weights cannot be rebuilt without retraining).
+Checkpoints (`last.pt`, `last.prev.pt`, `best.pt`, their digests, resume and fallback) are
+`fer_core.checkpoints`; this module decides when to write them.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import sys
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from fer_core.checkpoints import (
+    BEST,
+    LAST,
+    global_rng_state,
+    resume_state,
+    save,
+    save_last,
+    set_global_rng_state,
+)
 from fer_core.config import StageConfig
 from fer_core.data.augment import train_transform
 from fer_core.errors import FerError
 from fer_core.evaluate import Evaluation, evaluate
-from fer_core.io import (
-    TEMP_PREFIX,
-    atomic_torch_save,
-    atomic_write_bytes,
-    atomic_write_text,
-    sha256_file,
-)
+from fer_core.io import atomic_write_text
 from fer_core.losses import build_loss
+from fer_core.runtime import use_determinism
 
-LAST = "last.pt"
-LAST_PREV = "last.prev.pt"  # the resume state one epoch before last.pt
-BEST = "best.pt"
-DIGESTS = "checkpoints.json"
 PROGRESS = "progress.json"  # epochs done, for `status` while a unit runs
 
 
@@ -85,6 +77,22 @@ class StageOutcome:
     train_seconds: float
     images_per_second: float
     first_step_at: float  # time.time() of the first optimiser step of this process
+    precision_used: str  # what `precision` resolved to here (see precision_used)
+
+
+def precision_used(dtype: torch.dtype | None, device: torch.device) -> str:
+    """What arithmetic a stage ran in: `bf16` or `fp16` (autocast), `fp32`, or `tf32`: fp32
+    weights and activations whose convolutions cuDNN runs in TF32 on tensor cores (torch's
+    default on Ampere and later GPUs, about 10 mantissa bits)."""
+    if dtype is not None:
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    if (
+        device.type == "cuda"
+        and torch.backends.cudnn.allow_tf32
+        and torch.cuda.get_device_capability(device)[0] >= 8
+    ):
+        return "tf32"
+    return "fp32"
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -94,97 +102,6 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16
     return torch.float16
-
-
-def load_checkpoint(path: Path, expected_digest: str | None = None) -> dict[str, Any]:
-    """Load a checkpoint safely (weights_only) and, when a digest is known, verify it first."""
-    path = Path(path)
-    if not path.is_file():
-        raise FerError(f"{path}: checkpoint not found")
-    if expected_digest is not None and sha256_file(path) != expected_digest:
-        raise FerError(f"{path}: checkpoint is corrupt (sha256 does not match checkpoints.json)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated file or a pickle payload
-        raise FerError(f"{path}: not a loadable checkpoint ({type(exc).__name__})") from exc
-
-
-def _digests(work_dir: Path) -> dict[str, str]:
-    path = work_dir / DIGESTS
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return {}
-
-
-def _write_digests(work_dir: Path, digests: dict[str, str]) -> None:
-    atomic_write_text(work_dir / DIGESTS, json.dumps(digests, indent=1, sort_keys=True))
-
-
-def _save(obj: Any, work_dir: Path, name: str) -> None:
-    digest = atomic_torch_save(obj, work_dir / name)
-    digests = _digests(work_dir)
-    digests[name] = digest
-    _write_digests(work_dir, digests)
-
-
-def _save_last(state: dict[str, Any], work_dir: Path, rotate: bool) -> None:
-    """Write last.pt; with `rotate` (last.pt is known good) keep the old one as last.prev.pt.
-
-    last.pt stays in place until the new one replaces it (last.prev.pt is a hard link to it,
-    or a copy where links are not supported), and `checkpoints.json` stays true to the files
-    at every point a crash could hit: last.prev.pt's digest is recorded before the link, and
-    a crash after the new last.pt but before its digest leaves a mismatch: a fallback to prev.
-    """
-    last, prev = work_dir / LAST, work_dir / LAST_PREV
-    digests = _digests(work_dir)
-    if rotate and last.is_file() and LAST in digests:
-        digests[LAST_PREV] = digests[LAST]
-        _write_digests(work_dir, digests)
-        link = work_dir / f"{TEMP_PREFIX}{LAST_PREV}.link"
-        link.unlink(missing_ok=True)
-        try:
-            os.link(last, link)
-            os.replace(link, prev)
-        except OSError:
-            link.unlink(missing_ok=True)
-            atomic_write_bytes(prev, last.read_bytes())
-    _save(state, work_dir, LAST)
-
-
-def _warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
-def _resume_state(work_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """The newest good resume state and its file name, or (None, None) to start fresh.
-
-    A state is good if its checksum matches and it loads; last.pt is tried, then
-    last.prev.pt. Both rely on best.pt (the best weights so far): if that is damaged,
-    nothing can be resumed.
-    """
-    digests = _digests(work_dir)
-    names = [name for name in (LAST, LAST_PREV) if (work_dir / name).exists()]
-    if not names:
-        return None, None
-    try:
-        load_checkpoint(work_dir / BEST, digests.get(BEST))
-    except FerError as exc:
-        _warn(f"starting from scratch: the resume state relies on {BEST}, which is bad: {exc}")
-        return None, None
-    for name in names:
-        try:
-            state = load_checkpoint(work_dir / name, digests.get(name))
-        except FerError as exc:
-            _warn(f"not resuming from {name}: {exc}")
-            continue
-        if name != LAST:
-            _warn(f"resuming from {name} (after epoch {state['epoch'] + 1}) instead of {LAST}")
-        return state, name
-    _warn("starting from scratch: no good resume state")
-    return None, None
 
 
 def _stage_loss(model_output: Any, target: torch.Tensor, criterion: nn.Module, aux_weight: float):
@@ -210,6 +127,11 @@ def train_stage(
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
+    use_determinism(config.deterministic)
+    # Every global RNG starts from the seed (torch's seeds CUDA too); a resume then restores
+    # them all, so a resumed unit draws what an uninterrupted one would have.
+    random.seed(config.seed)
+    np.random.seed(config.seed)
     torch.manual_seed(config.seed)
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
     model.to(device)
@@ -230,14 +152,17 @@ def train_stage(
 
     history: list[dict[str, Any]] = []
     best_accuracy, best_epoch, start_epoch = -1.0, -1, 0
-    state, resumed_from = _resume_state(work_dir)
+    state, resumed_from = resume_state(work_dir)
     last_is_good = resumed_from == LAST  # only a verified last.pt becomes last.prev.pt
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        if "rng" in state:
+            set_global_rng_state(state["rng"])
+        else:  # a last.pt written before every RNG was saved: torch's CPU state only
+            torch.set_rng_state(state["torch_rng"])
         history = list(state["history"])
         best_accuracy, best_epoch = state["best_accuracy"], state["best_epoch"]
         start_epoch = state["epoch"] + 1
@@ -316,14 +241,14 @@ def train_stage(
         history.append(record)
         if selection.accuracy > best_accuracy:
             best_accuracy, best_epoch = selection.accuracy, epoch + 1
-            _save({"model": model.state_dict(), "epoch": epoch + 1}, work_dir, BEST)
-        _save_last(
+            save({"model": model.state_dict(), "epoch": epoch + 1}, work_dir, BEST)
+        save_last(
             {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict(),
                 "generator": generator.get_state(),
-                "torch_rng": torch.get_rng_state(),
+                "rng": global_rng_state(),
                 "history": history,
                 "best_accuracy": best_accuracy,
                 "best_epoch": best_epoch,
@@ -348,14 +273,8 @@ def train_stage(
         train_seconds=busy_seconds,
         images_per_second=images_seen / busy_seconds if busy_seconds > 0 else math.nan,
         first_step_at=first_step_at,
+        precision_used=precision_used(amp_dtype, device),
     )
-
-
-def load_best(model: nn.Module, work_dir: Path) -> None:
-    """Load the stage's best weights into `model`, verifying the recorded digest."""
-    work_dir = Path(work_dir)
-    state = load_checkpoint(work_dir / BEST, _digests(work_dir).get(BEST))
-    model.load_state_dict(state["model"])
 
 
 def score(

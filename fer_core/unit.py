@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 import fer_core
+from fer_core.checkpoints import BEST, DIGESTS, load_best, load_verified_best
 from fer_core.config import StageConfig
 from fer_core.data.faces import FaceSet
 from fer_core.data.folds import inner_validation_fold
@@ -29,7 +30,8 @@ from fer_core.errors import FerError
 from fer_core.evaluate import Evaluation
 from fer_core.inference.card import write_card
 from fer_core.models import BACKBONES, FerNet, build_model
-from fer_core.train import BEST, StageData, load_best, load_checkpoint, score, train_stage
+from fer_core.provenance import git_commit
+from fer_core.train import StageData, score, train_stage
 
 
 @dataclass(frozen=True)
@@ -144,9 +146,9 @@ def run_unit(
     model = build_model(
         spec.backbone, len(faces.classes), weights="none" if spec.parent_dir else spec.weights
     )
-    parent_digest = None
+    parent_digest = parent_best_sha = None
     if spec.parent_dir:
-        parent_best = load_checkpoint(Path(spec.parent_dir) / BEST)
+        parent_best, parent_best_sha = _parent_best(spec)
         model.load_state_dict(parent_best["model"])
         parent_digest = weights_digest(model)
     model.reset_head(torch.Generator().manual_seed(config.seed + spec.stage))
@@ -169,7 +171,11 @@ def run_unit(
         n_train=len(data.train_labels),
         start_weights_sha=start_digest,
         parent_weights_sha=parent_digest,
+        parent_best_sha=parent_best_sha,
         startup_seconds=outcome.first_step_at - process_start,
+        precision_used=outcome.precision_used,
+        deterministic=config.deterministic,
+        git_commit=git_commit(),
     )
     test_ids = [i for i, t in zip(faces.image_ids, test.tolist(), strict=True) if t]
     test_subjects = [s for s, t in zip(faces.subjects, test.tolist(), strict=True) if t]
@@ -180,6 +186,18 @@ def run_unit(
         ),
         "epochs": [{"unit_id": spec.unit_id, **epoch} for epoch in outcome.epochs],
     }
+
+
+def _parent_best(spec: UnitSpec) -> tuple[dict[str, Any], str]:
+    """The parent's best weights, only if they are the file its training recorded: a swapped
+    or damaged `best.pt` must not silently become this stage's start."""
+    try:
+        return load_verified_best(Path(spec.parent_dir))
+    except FerError as exc:
+        raise FerError(
+            f"parent unit {spec.parent_id}: {exc}; its {BEST} must be the file its training "
+            f"recorded in {DIGESTS}: re-launch, and the parent is retrained first"
+        ) from None
 
 
 def _run_row(spec, config, outcome, result: Evaluation, device, started_at, finished_at):

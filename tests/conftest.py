@@ -172,3 +172,23 @@ def ray_left_as_found() -> Iterator[None]:
     before = ray_running()
     yield
     assert ray_running() == before
+
+
+# --- a tiny CK+ tree on disk (for data identity and lineage tests) -----------------------------
+def tiny_ckplus(root: Path, subjects: int = 6, size: int = 40) -> Path:
+    """A CK+-layout tree: `subjects` subjects, one labelled 3-frame sequence each (labels
+    cycle through the classes), noise images of `size` px; quick to index, crop and train."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for s in range(1, subjects + 1):
+        sequence = root / f"cohn-kanade-images/S{s:03d}/001"
+        sequence.mkdir(parents=True, exist_ok=True)
+        for f in (1, 2, 3):
+            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(sequence / f"S{s:03d}_001_{f:08d}.png")
+        emotion = root / f"Emotion/S{s:03d}/001/S{s:03d}_001_00000003_emotion.txt"
+        emotion.parent.mkdir(parents=True, exist_ok=True)
+        emotion.write_text(f"   {s % 7 + 1}.0000000e+00\n")
+    return root

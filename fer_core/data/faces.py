@@ -150,6 +150,13 @@ class FaceSet:
             raise FerError(f"faces: {path} has inconsistent contents; {RERUN}")
 
 
+def default_faces_dir(root: Path, crop_size: int) -> Path:
+    """Where a face cache goes unless told: `ROOT-faces-SIZE`, beside the raw root and never
+    inside it, so the raw tree holds only what its owner put there (and may be read-only)."""
+    root = Path(root).expanduser().resolve()
+    return root.parent / f"{root.name}-faces-{crop_size}"
+
+
 def prepare_faces(
     index: DatasetIndex,
     out_dir: str | Path,

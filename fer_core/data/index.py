@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -211,13 +212,16 @@ def check_image(path: Path) -> None:
                 raise FerError(f"{path}: truncated JPEG (no end-of-image marker); re-copy it")
 
 
-def dataset_fingerprint(index: DatasetIndex) -> str:
+def dataset_fingerprint(
+    index: DatasetIndex, file_digest: Callable[[Path], str] = sha256_file
+) -> str:
     """sha256 over the classes and, per image (in path order), its path, the sha256 of its
-    bytes, label, subject and fold. Independent of where the data lives (root)."""
+    bytes (from `file_digest`: a cache may answer), label, subject and fold. Independent of
+    where the data lives (root) and of every file the index does not use."""
     digest = hashlib.sha256()
     digest.update(json.dumps({"dataset": index.dataset, "classes": index.classes}).encode())
     for record in sorted(index.records, key=lambda r: r.path):
-        content = sha256_file(index.path_of(record))
+        content = file_digest(index.path_of(record))
         line = [record.path, content, record.label, record.subject, record.fold]
         digest.update((json.dumps(line) + "\n").encode())
     return digest.hexdigest()

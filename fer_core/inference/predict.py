@@ -20,12 +20,12 @@ from typing import Any
 import torch
 from PIL import Image
 
+from fer_core.checkpoints import load_best
 from fer_core.data.faces import _detect, _load_mtcnn, crop_frame
 from fer_core.errors import FerError
 from fer_core.evaluate import predict
 from fer_core.inference.card import read_card
 from fer_core.models import FerNet, build_model
-from fer_core.train import load_best
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from fer_core.errors import FerError
-from orchestrator.plan.grid import parse_data_roots
+from orchestrator.plan.grid import parse_data_roots, parse_seeds
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,6 +38,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
         cluster_file=Path(args.cluster_file) if args.cluster_file else None,
         settings=parse_settings(args.set),
         live=args.live,
+        seeds=parse_seeds(args.seeds) if args.seeds is not None else None,
     )
     if args.dry_run:
         return 0
@@ -237,6 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", action="append", metavar="NAME=DIR", help="a dataset's raw root; repeatable"
     )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", dest="set", help=SET_HELP)
+    p.add_argument(
+        "--seeds",
+        metavar="N,N,...",
+        help="replicates: run every unit once per seed (replaces the grid's seed/seeds)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")
     p.add_argument(
         "--wait", action="store_true", help="block until the cluster jobs finish (slurm, ray)"

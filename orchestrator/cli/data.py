@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--manifest",
         help="CSV path,subject,label for --dataset manifest (default: ROOT/manifest.csv)",
     )
-    p.add_argument("--out", help="cache folder (default: ROOT/.fer-faces-SIZE)")
+    p.add_argument("--out", help="cache folder (default: ROOT-faces-SIZE, beside the root)")
     p.add_argument("--crop-size", type=int, default=299, help="side of the square crops, pixels")
     p.add_argument(
         "--detector",
@@ -97,9 +97,9 @@ def run(args: argparse.Namespace) -> int:
             f"-> {args.out}"
         )
         return 0
-    from fer_core.data.faces import prepare_faces
+    from fer_core.data.faces import default_faces_dir, prepare_faces
 
-    out = Path(args.out) if args.out else Path(args.root) / f".fer-faces-{args.crop_size}"
+    out = Path(args.out) if args.out else default_faces_dir(Path(args.root), args.crop_size)
     report = prepare_faces(index, out, args.crop_size, detector=args.detector)
     if args.detector == "center":
         made = f"{report.total} centre crops (detector: center, nothing detected)"

@@ -1,25 +1,29 @@
 """Grid -> DAG of units with content-addressed ids.
 
-A unit's id is a hash of what determines its result (never of paths or scheduler ids):
-a data-preparation unit hashes the dataset's source (a fingerprint of its raw tree) and crop
-settings; a training unit hashes its data unit, fold, backbone and the full config of every
-stage of its chain up to itself. So `ce` and `ce>focal` share their stage-1 unit, which
-trains once, and re-expanding an unchanged grid gives the same ids (resume, dedup).
+A unit's id is a hash of what determines its result (never of paths, times or scheduler
+ids): a data-preparation unit hashes the dataset's content identity (its labelled frames,
+subjects, folds and image bytes: `fer_core.data.identity`; a synthetic twin, its generator's
+settings) and crop settings; a training unit hashes its data unit, fold, backbone and the
+full config of every stage of its chain up to itself, seed included. So `ce` and `ce>focal`
+of one seed share their stage-1 unit, which trains once, and re-expanding an unchanged grid
+gives the same ids (resume, dedup), wherever the data lives.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fer_core.data.identity import dataset_identity
+from fer_core.digest_cache import DigestCache
 from fer_core.errors import FerError
 from orchestrator.plan.grid import DatasetSpec, Grid, parse_strategy
 
 ID_LENGTH = 16
+DIGEST_CACHE = "digests.json"  # RUN_DIR/digests.json: file digests by stat (DigestCache)
 LAYOUT_MARKERS = {
     "ckplus": ("cohn-kanade-images", "Emotion"),
     "oulu": ("OriginalImg/VL/Strong",),
@@ -49,19 +53,8 @@ def content_id(identity: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:ID_LENGTH]
 
 
-def tree_fingerprint(root: Path) -> str:
-    """A cheap fingerprint of a raw dataset tree: relative paths, sizes and mtimes.
-
-    Cheap enough for `launch` on a login node; a changed, added or removed file changes it.
-    """
-    digest = hashlib.sha256()
-    for directory, subdirs, files in os.walk(root):
-        subdirs.sort()
-        for name in sorted(files):
-            path = Path(directory) / name
-            stat = path.stat()
-            digest.update(f"{path.relative_to(root)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
+def digest_cache_path(run_dir: Path) -> Path:
+    return Path(run_dir) / DIGEST_CACHE
 
 
 def dataset_root(spec: DatasetSpec, run_dir: Path) -> Path:
@@ -76,8 +69,8 @@ def dataset_root(spec: DatasetSpec, run_dir: Path) -> Path:
     return Path(spec.root).expanduser().resolve()
 
 
-def _source_identity(spec: DatasetSpec, root: Path) -> dict[str, Any]:
-    if spec.synthetic:
+def _source_identity(spec: DatasetSpec, root: Path, digests: DigestCache) -> dict[str, Any]:
+    if spec.synthetic:  # generated deterministically from these settings
         return {"synthetic": spec.kind, "image_size": spec.image_size}
     if not root.is_dir():
         raise FerError(
@@ -92,21 +85,28 @@ def _source_identity(spec: DatasetSpec, root: Path) -> dict[str, Any]:
         manifest = Path(spec.manifest or root / "manifest.csv")
         if not manifest.is_file():
             raise FerError(f"dataset {spec.name!r}: manifest {manifest} not found")
-    return {"root": str(root), "tree": tree_fingerprint(root), "manifest": spec.manifest}
+    return {"data": dataset_identity(spec.kind, root, spec.manifest, spec.n_folds, digests)}
 
 
-def expand(grid: Grid, run_dir: Path, problems: list[str] | None = None) -> list[Unit]:
+def expand(
+    grid: Grid,
+    run_dir: Path,
+    problems: list[str] | None = None,
+    digests: DigestCache | None = None,
+) -> list[Unit]:
     """All units of the grid in topological order (each unit after its dependencies).
 
     A missing or malformed data root is an error, unless `problems` is given (a dry run):
-    then the message is appended there and the plan is still expanded.
+    then the message is appended there and the plan is still expanded. Image digests come
+    from `digests` (the caller saves it); without it, from the run dir's cache, read only.
     """
     run_dir = Path(run_dir).resolve()
+    digests = digests if digests is not None else DigestCache(digest_cache_path(run_dir))
     units: dict[str, Unit] = {}
     for dataset in grid.datasets.values():
         try:
             root = dataset_root(dataset, run_dir)
-            source = _source_identity(dataset, root)
+            source = _source_identity(dataset, root, digests)
         except FerError as exc:
             if problems is None:
                 raise
@@ -146,27 +146,34 @@ def expand(grid: Grid, run_dir: Path, problems: list[str] | None = None) -> list
             for backbone_name in experiment.backbones:
                 backbone = grid.backbones[backbone_name]
                 for strategy in experiment.strategies:
-                    for fold in grid.folds_of(dataset.name):
-                        _add_chain(
-                            units,
-                            grid,
-                            dataset,
-                            backbone,
-                            strategy,
-                            fold,
-                            prepare_id,
-                            data_dir,
-                            run_dir,
-                        )
+                    for seed in grid.seeds:
+                        for fold in grid.folds_of(dataset.name):
+                            _add_chain(
+                                units,
+                                grid,
+                                dataset,
+                                backbone,
+                                strategy,
+                                (fold, seed),
+                                prepare_id,
+                                data_dir,
+                                run_dir,
+                            )
     return list(units.values())
 
 
-def _add_chain(units, grid, dataset, backbone, strategy, fold, prepare_id, data_dir, run_dir):
+def _add_chain(units, grid, dataset, backbone, strategy, replicate, prepare_id, data_dir, run_dir):
+    """The units of one strategy chain on one (fold, seed); stages already there (a shared
+    stage 1 of the same seed) are reused."""
+    fold, seed = replicate
     losses = parse_strategy(strategy, str(grid.path))
+    # The seed is part of each stage's config (so of the id); names show it only when a grid
+    # has several, so a one-seed grid keeps its names.
+    seed_tag = f"/s{seed}" if len(grid.seeds) > 1 else ""
     chain: list[dict[str, Any]] = []
     parent: str | None = None
     for stage, loss in enumerate(losses, start=1):
-        chain.append(grid.stage_config(dataset.name, loss, stage))
+        chain.append(grid.stage_config(dataset.name, loss, stage, seed))
         unit_id = content_id(
             {
                 "kind": "train",
@@ -189,7 +196,7 @@ def _add_chain(units, grid, dataset, backbone, strategy, fold, prepare_id, data_
             units[unit_id] = Unit(
                 id=unit_id,
                 kind="train",
-                name=f"{dataset.name}/f{fold:02d}/{backbone.name}/{chain_name}",
+                name=f"{dataset.name}/f{fold:02d}/{backbone.name}/{chain_name}{seed_tag}",
                 dataset=dataset.name,
                 deps=(prepare_id,) if parent is None else (parent,),
                 stage=stage,

@@ -3,7 +3,10 @@
 A grid names datasets, backbones and experiments (backbones x strategies); every strategy
 runs on every dataset and fold. A strategy is a chain of stage losses joined by `>`
 (`ce>focal` = CE, then focal from CE's best checkpoint). Per-dataset `focal:` settings give
-α and γ to every stage whose loss is `focal` or `joint`.
+α and γ to every stage whose loss is `focal` or `joint`; a grid with such a stage must give
+them (a focal loss with no α and γ = 0 is plain cross-entropy: a silent change of method).
+`seed: N` or `seeds: [N, ...]` (top level, like `selection`: they apply to every stage of
+every chain) gives the replicates: every unit runs once per seed.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ GRID_KEYS = {
     "name",
     "description",
     "seed",
+    "seeds",
     "folds",
     "selection",
     "device",
@@ -92,7 +96,7 @@ class Grid:
     name: str
     path: Path
     description: str
-    seed: int
+    seeds: tuple[int, ...]  # replicates: every unit once per seed
     folds: tuple[int, ...] | None  # None: every fold of each dataset
     selection: str
     device: str
@@ -101,12 +105,13 @@ class Grid:
     experiments: tuple[Experiment, ...]
     train: dict[str, Any]
     stages: dict[int, dict[str, Any]]
+    mapping: dict[str, Any] = field(default_factory=dict)  # the effective grid, as validated
 
-    def stage_config(self, dataset: str, loss: str, stage: int) -> dict[str, Any]:
+    def stage_config(self, dataset: str, loss: str, stage: int, seed: int) -> dict[str, Any]:
         """The full StageConfig values of stage `stage` (1-based) with loss `loss`."""
         values = dict(self.train)
         values.update(self.stages.get(stage, {}))
-        values.update(loss=loss, selection=self.selection, seed=self.seed)
+        values.update(loss=loss, selection=self.selection, seed=seed)
         if loss in FOCAL_LOSSES:
             values.update(self.datasets[dataset].focal)
         return StageConfig.from_dict(values, where=f"{self.path}: train").to_dict()
@@ -144,16 +149,30 @@ def find_grid(name_or_path: str) -> Path:
     return path
 
 
-def load_grid(name_or_path: str, data_roots: dict[str, str] | None = None) -> Grid:
-    """Load and validate a grid; `data_roots` (from `--data NAME=DIR`) override `root:` keys."""
+def load_grid(
+    name_or_path: str,
+    data_roots: dict[str, str] | None = None,
+    *,
+    focal_from_search: bool = False,
+) -> Grid:
+    """Load and validate a grid; `data_roots` (from `--data NAME=DIR`) override `root:` keys.
+    `focal_from_search`: a tune grid, whose search sets the focal stages' α and γ (so no
+    dataset gives them). Command-line overrides (`--set`, `--seeds`) and sweeps go through
+    `orchestrator.plan.overrides.load_grids`."""
     path = find_grid(name_or_path)
-    return grid_from_mapping(load_yaml_mapping(path), path, data_roots)
+    return grid_from_mapping(
+        load_yaml_mapping(path), path, data_roots, focal_from_search=focal_from_search
+    )
 
 
 def grid_from_mapping(
-    raw: dict[str, Any], path: Path, data_roots: dict[str, str] | None = None
+    raw: dict[str, Any],
+    path: Path,
+    data_roots: dict[str, str] | None = None,
+    *,
+    focal_from_search: bool = False,
 ) -> Grid:
-    """Validate the mapping of grid file `path` (as read, or with `--set` overrides applied).
+    """Validate a grid mapping (as read from `path`, overrides applied) into a Grid.
 
     A `sweep:` with more than one point is expanded by `orchestrator.plan.overrides` first.
     """
@@ -167,9 +186,7 @@ def grid_from_mapping(
     name = raw.get("name", path.stem)
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
         raise FerError(f"{where}: name {name!r} must be letters, digits, '-' or '_'")
-    seed = raw.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise FerError(f"{where}: seed {seed!r} must be an integer")
+    seeds = _seeds(raw, where)
 
     datasets = {
         key: _dataset(key, value, f"{where}: datasets.{key}", (data_roots or {}).get(key))
@@ -220,27 +237,83 @@ def grid_from_mapping(
         )
         stages[key] = dict(values or {})
 
+    selection = raw.get("selection", "heldout")
+    if selection == "inner":
+        for dataset in datasets.values():
+            if dataset.n_folds < 3:
+                raise FerError(
+                    f"{where}: selection: inner needs n_folds >= 3 (one fold tests, the next "
+                    f"selects, the rest train); datasets.{dataset.name} has n_folds "
+                    f"{dataset.n_folds}"
+                )
+    effective = dict(raw)
+    effective["datasets"] = {
+        key: {**(value or {}), "root": spec.root} if spec.root is not None else value
+        for (key, value), spec in zip(raw["datasets"].items(), datasets.values(), strict=True)
+    }
     grid = Grid(
         name=name,
         path=path.resolve(),
         description=str(raw.get("description", "")),
-        seed=seed,
+        seeds=seeds,
         folds=folds,
-        selection=raw.get("selection", "heldout"),
+        selection=selection,
         device=str(raw.get("device", "auto")),
         datasets=datasets,
         backbones=backbones,
         experiments=experiments,
         train=dict(train),
         stages=stages,
+        mapping=effective,
     )
     # Build every stage config once: bad α/γ/epochs fail here, before anything runs.
     for experiment in experiments:
         for strategy in experiment.strategies:
             for dataset in datasets:
                 for stage, loss in enumerate(parse_strategy(strategy, where), start=1):
-                    grid.stage_config(dataset, loss, stage)
+                    grid.stage_config(dataset, loss, stage, seeds[0])
+                    if loss in FOCAL_LOSSES and not focal_from_search:
+                        _check_focal_given(grid, dataset, loss, stage)
     return grid
+
+
+def _check_focal_given(grid: Grid, dataset: str, loss: str, stage: int) -> None:
+    """A focal or joint stage needs α or γ from somewhere: with neither it is plain CE."""
+    given = set(grid.train) | set(grid.stages.get(stage, {})) | set(grid.datasets[dataset].focal)
+    if not {"alpha", "gamma"} & given:
+        raise FerError(
+            f"{grid.path}: datasets.{dataset} has no focal: block, but stage {stage} uses the "
+            f"{loss} loss; with no alpha and gamma 0 it is plain cross-entropy: give "
+            f"datasets.{dataset}.focal: {{alpha: ..., gamma: ...}}"
+        )
+
+
+def _seeds(raw: dict[str, Any], where: str) -> tuple[int, ...]:
+    """`seed: N` (one run per unit) or `seeds: [N, ...]` (replicates), not both."""
+    if "seed" in raw and "seeds" in raw:
+        raise FerError(f"{where}: give seed: or seeds:, not both")
+    if "seeds" in raw:
+        seeds = raw["seeds"]
+        if not isinstance(seeds, list) or not seeds:
+            raise FerError(f"{where}: seeds {seeds!r} must be a non-empty list of integers")
+    else:
+        seeds = [raw.get("seed", 0)]
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise FerError(f"{where}: seed {seed!r} must be an integer")
+    if len(set(seeds)) != len(seeds):
+        raise FerError(f"{where}: seeds {seeds} lists a seed twice")
+    return tuple(seeds)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`--seeds 0,1,2` -> [0, 1, 2]."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise FerError(
+            f"--seeds {text!r}: expected integers separated by commas, e.g. 0,1,2"
+        ) from None
 
 
 def _mapping(raw: dict[str, Any], key: str, where: str) -> dict[str, Any]:

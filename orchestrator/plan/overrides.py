@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from fer_core.config import StageConfig
+from fer_core.digest_cache import DigestCache
 from fer_core.errors import FerError
 from orchestrator.plan.dag import Unit, expand
 from orchestrator.plan.grid import (
@@ -194,10 +195,15 @@ def load_grids(
     name_or_path: str,
     data_roots: dict[str, str] | None = None,
     settings: list[Setting] | None = None,
+    seeds: list[int] | None = None,
 ) -> GridPlan:
-    """The validated grid points of a grid file with `settings` (from `--set`) applied."""
+    """The validated grid points of a grid file with `settings` (from `--set`) applied;
+    `seeds` (from `--seeds`) replace the file's `seed`/`seeds`."""
     path = find_grid(name_or_path)
     base = load_yaml_mapping(path)
+    if seeds is not None:
+        base = {key: value for key, value in base.items() if key not in ("seed", "seeds")}
+        base["seeds"] = list(seeds)
     sweeps = _file_sweeps(base.pop("sweep", None) or {}, path)
     defaults = {key: values[0] for key, values in sweeps.items()}
 
@@ -233,7 +239,10 @@ def load_grids(
         check(base, point, "sweep point " + ", ".join(f"{k}={_text(v)}" for k, v in point.items()))
         for point in points
     )
-    effective = dict(base)
+    effective = copy.deepcopy(base)
+    for name, spec in grids[0].datasets.items():  # roots as resolved (--data, FER_DATA_*)
+        if spec.root is not None:
+            effective["datasets"][name] = {**(effective["datasets"][name] or {}), "root": spec.root}
     if sweeps:
         effective["sweep"] = sweeps
     return GridPlan(grids, tuple(points), effective)
@@ -254,13 +263,18 @@ def _text(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
-def expand_plan(plan: GridPlan, run_dir: Path, problems: list[str] | None = None) -> list[Unit]:
+def expand_plan(
+    plan: GridPlan,
+    run_dir: Path,
+    problems: list[str] | None = None,
+    digests: DigestCache | None = None,
+) -> list[Unit]:
     """The units of every grid point, in topological order, each unit once (a unit that no
     swept key changes is shared by the points), named uniquely (`plan.labels`)."""
     units: dict[str, Unit] = {}
     for grid in plan.grids:
         point_problems: list[str] | None = [] if problems is not None else None
-        for unit in expand(grid, run_dir, point_problems):
+        for unit in expand(grid, run_dir, point_problems, digests):
             known = units.get(unit.id)
             if known is None:
                 units[unit.id] = unit
@@ -272,8 +286,3 @@ def expand_plan(plan: GridPlan, run_dir: Path, problems: list[str] | None = None
         if problems is not None:
             problems.extend(p for p in point_problems or [] if p not in problems)
     return distinct_names(list(units.values()))
-
-
-def dump_effective(plan: GridPlan) -> str:
-    """The effective grid as YAML text (what `RUN_DIR/grid.yaml` holds)."""
-    return yaml.safe_dump(plan.effective, sort_keys=False, allow_unicode=True)

@@ -11,15 +11,16 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from fer_core.digest_cache import DigestCache
 from fer_core.errors import FerError
-from fer_core.io import atomic_write_text
 from orchestrator.backends import make_backend
-from orchestrator.plan.dag import Unit, summary
+from orchestrator.plan.dag import Unit, digest_cache_path, summary
 from orchestrator.plan.grid import Grid
-from orchestrator.plan.overrides import GridPlan, Setting, dump_effective, expand_plan, load_grids
+from orchestrator.plan.overrides import GridPlan, Setting, expand_plan, load_grids
 from orchestrator.plan.profiles import load_profile
 from orchestrator.plan.weights import missing_weights, require_weights
 from orchestrator.run import states as st
+from orchestrator.run.lineage import stale_units
 from orchestrator.run.progress import LiveView
 from orchestrator.run.rundir import RunDir
 
@@ -41,13 +42,16 @@ def launch(
     cluster_file: Path | None = None,
     out: TextIO | None = None,
     settings: list[Setting] | None = None,
+    seeds: list[int] | None = None,
     live: str = "auto",
 ) -> RunDir:
     """Validate everything, then submit the units that still need to run.
 
     `settings` (`--set KEY=VALUE`) override grid keys; a `KEY=a,b` sweep launches every point.
-    `live` ("auto": on a terminal, "on", "off") shows the live view while a local or Ray
-    backend runs the units.
+    `seeds` (from `--seeds`) replaces the grid's seed(s). A done unit whose lineage no
+    longer holds (`orchestrator.run.lineage`) is cleared, with one line saying why, and runs
+    again; so do its dependants. `live` ("auto": on a terminal, "on", "off") shows the live
+    view while a local or Ray backend runs the units.
     """
     out = out or sys.stdout
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
@@ -55,7 +59,7 @@ def launch(
     profile = load_profile(cluster, cluster_file)
     if jobs is not None:
         profile["jobs" if profile["backend"] == "local" else "array_parallelism"] = jobs
-    plan = load_grids(grid_name, data_roots, settings)
+    plan = load_grids(grid_name, data_roots, settings, seeds)
     grid = plan.grids[0]
     rundir = RunDir(run_dir or default_run_dir(grid))
     if dry_run:
@@ -65,15 +69,21 @@ def launch(
         for problem in problems:
             print(f"  warning: {problem}", file=out)
         return rundir
-    units = expand_plan(plan, rundir.path)
+    digests = DigestCache(digest_cache_path(rundir.path))
+    units = expand_plan(plan, rundir.path, digests=digests)
     for point in plan.grids:
         require_weights(point)
     backend = make_backend(profile)
     rundir.claim(grid.name, grid.path)
     with rundir.launch_lock():
-        atomic_write_text(rundir.path / "grid.yaml", dump_effective(plan))
+        rundir.write_grid(plan.effective)
         rundir.write_dag(units)
-        states = st.unit_states(rundir, units, backend)
+        names = {unit.id: unit.name for unit in units}
+        for unit_id, reason in stale_units(rundir, units, digests).items():
+            print(f"{names[unit_id]} ({unit_id}): {reason}; retraining it", file=out, flush=True)
+            rundir.reset_unit(unit_id)
+        digests.save()
+        states = st.unit_states(rundir, units, backend, digests)
         todo = [u for u in units if states[u.id] in (st.TODO, st.FAILED_STATE, st.BLOCKED)]
         done = sum(1 for s in states.values() if s == st.DONE)
         active = sum(1 for s in states.values() if s in (st.RUNNING, st.PENDING))

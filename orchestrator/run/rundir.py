@@ -2,6 +2,8 @@
 
 ```
 RUN_DIR/run.json              grid name and file (a run dir holds one grid's results)
+RUN_DIR/grid.yaml             the effective grid of the last launch (overrides applied)
+RUN_DIR/digests.json          file digests by stat (data identity, best.pt checks): a cache
 RUN_DIR/dag.json              the units of the last launch, in topological order
 RUN_DIR/units/<id>/spec.json  what the worker runs; work/ holds checkpoints; *.log the logs
 RUN_DIR/units/<id>/failed.json  the last failure's one-line reason (removed on success)
@@ -24,12 +26,15 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from fer_core.errors import FerError
 from fer_core.io import atomic_write_text
@@ -70,6 +75,13 @@ class RunDir:
         if not path.is_file():
             raise FerError(f"{self.path}: not a run directory (no run.json); launch a grid first")
         return json.loads(path.read_text())
+
+    def write_grid(self, mapping: dict[str, Any]) -> None:
+        """Keep the effective grid (after command-line overrides, as validated) beside its
+        results: what produced them, readable without the grid file or the command line."""
+        body = yaml.safe_dump(mapping, sort_keys=False, allow_unicode=True)
+        header = "# The effective grid of the last launch into this run dir (overrides applied).\n"
+        atomic_write_text(self.path / "grid.yaml", header + body)
 
     # --- the DAG ----------------------------------------------------------------------------
     def write_dag(self, units: list[Unit]) -> None:
@@ -135,6 +147,13 @@ class RunDir:
         if not path.is_file():
             raise FerError(f"{path}: unit spec not found; re-run launch")
         return json.loads(path.read_text())
+
+    def reset_unit(self, unit_id: str) -> None:
+        """Forget a unit's result and checkpoints, so it runs again from scratch. The `runs`
+        file goes first: a crash part-way leaves the unit not done, never half-reset done."""
+        for table in ("runs", "predictions", "epochs"):
+            self.store.path(table, unit_id).unlink(missing_ok=True)
+        shutil.rmtree(self.work_dir(unit_id), ignore_errors=True)
 
     def mark_failed(self, unit_id: str, reason: str) -> None:
         body = {"reason": reason, "at": time.time()}

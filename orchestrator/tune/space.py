@@ -100,7 +100,7 @@ class TuneSpec:
 
     def stage2_config(self) -> dict[str, Any]:
         """Stage 2's StageConfig values without α/γ (the grid's train + stages.2)."""
-        return self.grid.stage_config(self.dataset, self.stage2, 2)
+        return self.grid.stage_config(self.dataset, self.stage2, 2, self.grid.seeds[0])
 
     @property
     def budget(self) -> int:
@@ -219,7 +219,7 @@ def load_tune(
     search_alg = _choice(search, "search_alg", SEARCH_ALGS, "random", where)
     alpha = _alpha(search.get("alpha"), f"{where}: search.alpha")
     gamma_values, gamma_range = _gamma(search.get("gamma"), f"{where}: search.gamma")
-    seed = search.get("seed", grid.seed)
+    seed = search.get("seed", grid.seeds[0])
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise FerError(f"{where}: search.seed: {seed!r} must be an integer")
     max_concurrent = search.get("max_concurrent")
@@ -276,7 +276,7 @@ def _load_grid_part(derived: dict[str, Any], path: Path, data_roots) -> Grid:
         temp = Path(folder) / path.name
         temp.write_text(yaml.safe_dump(derived, sort_keys=False))
         try:
-            grid = load_grid(str(temp), data_roots)
+            grid = load_grid(str(temp), data_roots, focal_from_search=True)
         except FerError as exc:
             message = str(exc).replace(str(temp.resolve()), str(path)).replace(str(temp), str(path))
             if str(path) not in message:  # e.g. a StageConfig value error names only the key

@@ -223,6 +223,12 @@ def _grid_cases() -> list[Case]:
         "root_missing": "/nonexistent/fer-bad-input/CK+",
         "duplicate_key": "'seed' is given twice",
         "dataset_name_traversal": "dataset name '../../escape'",
+        "inner_two_folds": "selection: inner needs n_folds >= 3",
+        "focal_without_alpha_gamma": "datasets.ckplus has no focal: block",
+        "seed_and_seeds": "give seed: or seeds:, not both",
+        "seeds_repeated": "lists a seed twice",
+        "seeds_not_a_list": "seeds 3 must be a non-empty list",
+        "deterministic_not_bool": "'sometimes'",
     }
     found = sorted(p.stem for p in (BAD / "grids").glob("*.yaml"))
     assert found == sorted(culprits), "tests/data/bad/grids/ and this table must agree"
@@ -480,6 +486,7 @@ def _cli_cases() -> list[Case]:
             "cli", "data_without_equals", (*LAUNCH, *small, "--data", "ckplus"), "--data 'ckplus'"
         ),
         Case("cli", "data_unknown_dataset", (*LAUNCH, *small, "--data", "fer2013=/x"), "fer2013"),
+        Case("cli", "seeds_not_integers", (*LAUNCH, *small, "--seeds", "0,one"), "--seeds '0,one'"),
         Case(
             "cli",
             "data_root_missing",

@@ -15,10 +15,10 @@ import pytest
 import torch
 from torch import nn
 
+from fer_core.checkpoints import BEST, DIGESTS, LAST, LAST_PREV, load_checkpoint
 from fer_core.data.faces import FaceSet
 from fer_core.errors import FerError
 from fer_core.io import sha256_file
-from fer_core.train import BEST, DIGESTS, LAST, LAST_PREV, load_checkpoint
 from orchestrator.backends.local import LocalBackend
 from orchestrator.run import worker
 from orchestrator.run.rundir import RunDir
@@ -161,7 +161,7 @@ def test_a_truncated_last_pt_from_an_older_version_falls_back_and_both_bad_resta
 def test_a_corrupt_best_pt_is_never_used_to_score(twin_faces, tmp_path, capfd):
     """Fault: best.pt is damaged after training. Expect: scoring refuses it by checksum, and a
     resume does not trust a state that relies on it: it trains again from scratch."""
-    from fer_core.train import load_best
+    from fer_core.checkpoints import load_best
 
     _, model = train(twin_faces, tmp_path, epochs=2)
     raw = bytearray((tmp_path / BEST).read_bytes())

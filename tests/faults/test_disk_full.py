@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from fer_core.checkpoints import BEST, DIGESTS, LAST, load_checkpoint
 from fer_core.errors import FerError
 from fer_core.io import atomic_torch_save, atomic_write_bytes
-from fer_core.train import BEST, DIGESTS, LAST, load_checkpoint
 from orchestrator.backends.local import LocalBackend
 from orchestrator.run import worker
 from orchestrator.run.status import status_rows

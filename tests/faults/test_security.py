@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from fer_core.checkpoints import load_checkpoint
 from fer_core.data.faces import FaceSet
 from fer_core.errors import FerError
-from fer_core.train import load_checkpoint
 from orchestrator.plan.grid import load_grid
 from orchestrator.plan.profiles import load_profile
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import random
 
+import numpy as np
 import pytest
 import torch
 
+from fer_core import train as train_module
+from fer_core.checkpoints import BEST, DIGESTS, LAST, load_best
 from fer_core.config import StageConfig
 from fer_core.data.faces import FaceSet
 from fer_core.errors import FerError
 from fer_core.models import build_model
-from fer_core.train import BEST, DIGESTS, LAST, load_best, score, train_stage
+from fer_core.train import score, train_stage
 from fer_core.unit import stage_data
 from tests.conftest import CROP
 
@@ -110,3 +115,66 @@ def test_inner_selection_never_uses_the_test_fold(faces):
     inner_count = int((faces.folds == 5).sum())
     assert len(data.select_labels) == inner_count
     assert len(data.train_labels) == len(faces.labels) - test_count - inner_count
+
+
+def _rng_fingerprint(device: torch.device) -> str:
+    """A digest of every global RNG state (Python, numpy, torch CPU, CUDA on a GPU run)."""
+    parts = [repr(random.getstate()), repr(np.random.get_state(legacy=True)[2])]
+    parts.append(np.random.get_state(legacy=True)[1].tobytes().hex())
+    parts.append(torch.get_rng_state().numpy().tobytes().hex())
+    if device.type == "cuda":
+        parts.append(torch.cuda.get_rng_state(device).numpy().tobytes().hex())
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        CPU,
+        pytest.param(
+            torch.device("cuda"),
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"),
+        ),
+    ],
+    ids=["cpu", "cuda"],
+)
+def test_resume_restores_every_global_rng(faces, tmp_path, monkeypatch, device):
+    """An augmentation that draws from Python's and numpy's RNGs (as a user's might), and
+    dropout drawing from torch's (CUDA's on a GPU): after a kill and a resume in a process
+    whose RNGs are elsewhere, every RNG is where the uninterrupted run's is."""
+    real_transform = train_module.train_transform
+
+    def drawing_transform(x, out_size, generator):
+        random.random()
+        np.random.rand()
+        return real_transform(x, out_size, generator)
+
+    monkeypatch.setattr(train_module, "train_transform", drawing_transform)
+    config = StageConfig(epochs=3, lr_step_epoch=2, batch_size=64)
+    data = stage_data(faces, fold=3, n_folds=10, selection="heldout")
+    seen: dict[tuple[str, int], str] = {}
+
+    def watch(run: str):
+        def on_epoch(record):
+            seen[(run, record["epoch"])] = _rng_fingerprint(device)
+            if run == "killed" and record["epoch"] == 2:
+                raise Interrupted
+
+        return on_epoch
+
+    train_stage(
+        _model(len(faces.classes)), data, config, tmp_path / "a", CROP, device, watch("straight")
+    )
+    with pytest.raises(Interrupted):
+        train_stage(
+            _model(len(faces.classes)), data, config, tmp_path / "b", CROP, device, watch("killed")
+        )
+    assert seen[("killed", 2)] == seen[("straight", 2)]
+    random.seed(99)  # a fresh process: every RNG elsewhere
+    np.random.seed(99)
+    torch.manual_seed(99)
+    outcome = train_stage(
+        _model(len(faces.classes)), data, config, tmp_path / "b", CROP, device, watch("resumed")
+    )
+    assert outcome.resumed_from_epoch == 2
+    assert seen[("resumed", 3)] == seen[("straight", 3)]

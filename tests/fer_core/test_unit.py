@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 
+import pytest
 import torch
 
+from fer_core.checkpoints import BEST
 from fer_core.data.faces import FaceSet
+from fer_core.errors import FerError
+from fer_core.provenance import git_commit
 from fer_core.unit import run_unit
 from tests.conftest import CROP
 
@@ -58,3 +63,30 @@ def test_stage_two_starts_from_the_parents_best_weights(twin_faces, tmp_path):
     assert card["classes"] == FaceSet.load(twin_faces).classes and card["input_size"] == CROP
     assert card["crop"]["detector"] == "center" and card["crop"]["crop_size"] == CROP
     assert card["normalisation"]["mean"] == [0.485, 0.456, 0.406]
+
+
+def test_the_runs_row_says_what_ran_and_deterministic_mode_is_honoured(twin_faces, tmp_path):
+    spec = _spec(twin_faces, "det", 1, "ce")
+    spec["config"] = {**spec["config"], "deterministic": True, "precision": "auto"}
+    try:
+        run = run_unit(spec, tmp_path / "det")["run"]
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert run["deterministic"] is True
+    assert run["precision_used"] == "fp32"  # `auto` on a CPU: the dtype, not the setting
+    assert run["git_commit"] == git_commit()
+    assert run["git_commit"] is None or len(run["git_commit"].removesuffix("-dirty")) == 40
+
+
+def test_a_parent_best_pt_that_is_not_the_recorded_one_is_refused(twin_faces, tmp_path):
+    """A swapped but loadable best.pt (another unit's) must not become stage 2's start."""
+    run_unit(_spec(twin_faces, "s1", 1, "ce"), tmp_path / "s1")
+    other = _spec(twin_faces, "x1", 1, "ce")
+    other["config"] = {**other["config"], "seed": 7}
+    run_unit(other, tmp_path / "x1")
+    shutil.copy(tmp_path / "x1" / BEST, tmp_path / "s1" / BEST)
+    child = _spec(twin_faces, "s2", 2, "focal", parent="s1", parent_dir=str(tmp_path / "s1"))
+    with pytest.raises(FerError, match="parent unit s1: .*sha256 does not match.*re-launch"):
+        run_unit(child, tmp_path / "s2")
+    assert not (tmp_path / "s2" / BEST).exists()

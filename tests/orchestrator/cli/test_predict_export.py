@@ -40,6 +40,7 @@ datasets:
     crop_size: 48
     detector: mtcnn
     n_folds: 2
+    focal: {{alpha: null, gamma: 2.0}}
 backbones:
   tiny: {{weights: none, input_size: 48}}
 experiments:

@@ -9,6 +9,7 @@ import pytest
 from fer_core.errors import FerError
 from orchestrator.plan.dag import expand, summary
 from orchestrator.plan.grid import load_grid
+from orchestrator.plan.overrides import expand_plan, load_grids
 from tests.conftest import SMALL_GRID
 
 
@@ -52,6 +53,28 @@ def test_a_changed_hyper_parameter_changes_only_the_affected_ids(tmp_path):
     b = {u.name: u.id for u in expand(load_grid(str(grid_b)), tmp_path)}
     assert a["ckplus/f01/tiny/ce"] == b["ckplus/f01/tiny/ce"]
     assert a["ckplus/f01/tiny/ce>focal"] != b["ckplus/f01/tiny/ce>focal"]
+
+
+def test_seeds_multiply_the_units_and_seed_zero_keeps_its_ids(tmp_path):
+    one = tmp_path / "one.yaml"
+    one.write_text(SMALL_GRID)
+    two = tmp_path / "two.yaml"
+    two.write_text(SMALL_GRID.replace("seed: 0", "seeds: [0, 1]"))
+    single = [u for u in expand(load_grid(str(one)), tmp_path) if u.kind == "train"]
+    double = [u for u in expand(load_grid(str(two)), tmp_path) if u.kind == "train"]
+    assert len(double) == 2 * len(single) == 4
+    by_name = {u.name: u for u in double}
+    assert by_name["ckplus/f01/tiny/ce/s0"].id == single[0].id  # today's id for seed 0
+    for seed in (0, 1):  # ce and ce>focal share stage 1 within a seed, never across seeds
+        stage1 = by_name[f"ckplus/f01/tiny/ce/s{seed}"]
+        child = by_name[f"ckplus/f01/tiny/ce>focal/s{seed}"]
+        assert child.deps == (stage1.id,)
+        assert stage1.spec["config"]["seed"] == child.spec["config"]["seed"] == seed
+    assert by_name["ckplus/f01/tiny/ce/s0"].id != by_name["ckplus/f01/tiny/ce/s1"].id
+    from_cli = [
+        u for u in expand_plan(load_grids(str(one), seeds=[0, 1]), tmp_path) if u.kind == "train"
+    ]
+    assert sorted(u.id for u in from_cli) == sorted(u.id for u in double)
 
 
 @pytest.mark.parametrize(

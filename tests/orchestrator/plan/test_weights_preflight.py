@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from fer_core.data.synthetic.twins import DEFAULT_ROSTER, write_ckplus_twin, write_oulu_twin
 from fer_core.models import BACKBONES
 from tests.conftest import REPO
 
@@ -37,11 +38,18 @@ def imagenet_only(tmp_path) -> Path:
 
 @pytest.fixture
 def data_roots(tmp_path) -> tuple[str, ...]:
-    """Raw trees of the paper's datasets with their layouts' folders (and no images)."""
-    for folder in ("ckplus/cohn-kanade-images", "ckplus/Emotion", "oulu/OriginalImg/VL/Strong"):
-        (tmp_path / "data" / folder).mkdir(parents=True)
-    return ("--data", f"ckplus={tmp_path / 'data' / 'ckplus'}",
-            "--data", f"oulu={tmp_path / 'data' / 'oulu'}")  # fmt: skip
+    """Small raw trees in the paper datasets' layouts (12 subjects each, 48 px): valid data,
+    so that the weights are the only thing missing."""
+    roster = DEFAULT_ROSTER.read_text().splitlines()
+    subjects = sorted({line.split(",")[0] for line in roster[1:]})[:12]
+    small = tmp_path / "roster.csv"
+    small.write_text(
+        "\n".join([roster[0], *(x for x in roster[1:] if x.split(",")[0] in subjects)])
+    )
+    data = tmp_path / "data"
+    write_ckplus_twin(data / "ckplus", small, image_size=(48, 48), frames_per_sequence=(3, 3))
+    write_oulu_twin(data / "oulu", image_size=(48, 48), frames_per_sequence=(3, 3), n_subjects=12)
+    return ("--data", f"ckplus={data / 'ckplus'}", "--data", f"oulu={data / 'oulu'}")
 
 
 def test_paper_grid_without_vgg_face_weights_exits_2_before_anything(

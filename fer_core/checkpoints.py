@@ -1,0 +1,188 @@
+"""A stage's checkpoint files: written atomically, each with its sha256 in `checkpoints.json`.
+
+- `last.pt`: everything needed to resume after the epoch it was written (weights, optimiser,
+  every RNG state, best-so-far, per-epoch history). A unit killed mid-epoch redoes at most
+  that epoch.
+- `last.prev.pt`: the `last.pt` before it. A `last.pt` that fails its checksum or does not
+  load (damaged after the fact, truncated by an older version) is not trusted: the unit
+  resumes from `last.prev.pt` (one more epoch redone) and starts from scratch only if that
+  is bad too. Each fallback is one line on stderr (the unit's log).
+- `best.pt`: the weights of the epoch with the highest selection accuracy so far; stage 2
+  starts from its parent's `best.pt`, after checking it against the parent's digest. A
+  resume state whose `best.pt` is damaged is dropped (the best weights cannot be rebuilt
+  without retraining).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fer_core.errors import FerError
+from fer_core.io import (
+    TEMP_PREFIX,
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_text,
+    sha256_file,
+)
+
+LAST = "last.pt"
+LAST_PREV = "last.prev.pt"  # the resume state one epoch before last.pt
+BEST = "best.pt"
+DIGESTS = "checkpoints.json"
+
+
+def load_checkpoint(path: Path, expected_digest: str | None = None) -> dict[str, Any]:
+    """Load a checkpoint safely (weights_only) and, when a digest is known, verify it first."""
+    path = Path(path)
+    if not path.is_file():
+        raise FerError(f"{path}: checkpoint not found")
+    if expected_digest is not None and sha256_file(path) != expected_digest:
+        raise FerError(f"{path}: checkpoint is corrupt (sha256 does not match checkpoints.json)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated file or a pickle payload
+        raise FerError(f"{path}: not a loadable checkpoint ({type(exc).__name__})") from exc
+
+
+def recorded_digests(work_dir: Path) -> dict[str, str]:
+    """file name -> sha256 as recorded in `work_dir/checkpoints.json` ({} when unreadable)."""
+    path = Path(work_dir) / DIGESTS
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}
+
+
+def load_verified_best(work_dir: Path) -> tuple[dict[str, Any], str]:
+    """A stage's `best.pt` and its sha256, only if it matches the digest recorded beside it
+    (a missing record is as bad as a mismatch: nothing vouches for the file)."""
+    work_dir = Path(work_dir)
+    digest = recorded_digests(work_dir).get(BEST)
+    if digest is None:
+        raise FerError(f"{work_dir / BEST}: no digest recorded in {DIGESTS}")
+    return load_checkpoint(work_dir / BEST, digest), digest
+
+
+def _write_digests(work_dir: Path, digests: dict[str, str]) -> None:
+    atomic_write_text(work_dir / DIGESTS, json.dumps(digests, indent=1, sort_keys=True))
+
+
+def save(obj: Any, work_dir: Path, name: str) -> None:
+    """Write checkpoint `name` atomically and record its digest."""
+    digest = atomic_torch_save(obj, work_dir / name)
+    digests = recorded_digests(work_dir)
+    digests[name] = digest
+    _write_digests(work_dir, digests)
+
+
+def save_last(state: dict[str, Any], work_dir: Path, rotate: bool) -> None:
+    """Write last.pt; with `rotate` (last.pt is known good) keep the old one as last.prev.pt.
+
+    last.pt stays in place until the new one replaces it (last.prev.pt is a hard link to it,
+    or a copy where links are not supported), and `checkpoints.json` stays true to the files
+    at every point a crash could hit: last.prev.pt's digest is recorded before the link, and
+    a crash after the new last.pt but before its digest leaves a mismatch: a fallback to prev.
+    """
+    last, prev = work_dir / LAST, work_dir / LAST_PREV
+    digests = recorded_digests(work_dir)
+    if rotate and last.is_file() and LAST in digests:
+        digests[LAST_PREV] = digests[LAST]
+        _write_digests(work_dir, digests)
+        link = work_dir / f"{TEMP_PREFIX}{LAST_PREV}.link"
+        link.unlink(missing_ok=True)
+        try:
+            os.link(last, link)
+            os.replace(link, prev)
+        except OSError:
+            link.unlink(missing_ok=True)
+            atomic_write_bytes(prev, last.read_bytes())
+    save(state, work_dir, LAST)
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def resume_state(work_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """The newest good resume state and its file name, or (None, None) to start fresh.
+
+    A state is good if its checksum matches and it loads; last.pt is tried, then
+    last.prev.pt. Both rely on best.pt (the best weights so far): if that is damaged,
+    nothing can be resumed.
+    """
+    digests = recorded_digests(work_dir)
+    names = [name for name in (LAST, LAST_PREV) if (work_dir / name).exists()]
+    if not names:
+        return None, None
+    try:
+        load_checkpoint(work_dir / BEST, digests.get(BEST))
+    except FerError as exc:
+        _warn(f"starting from scratch: the resume state relies on {BEST}, which is bad: {exc}")
+        return None, None
+    for name in names:
+        try:
+            state = load_checkpoint(work_dir / name, digests.get(name))
+        except FerError as exc:
+            _warn(f"not resuming from {name}: {exc}")
+            continue
+        if name != LAST:
+            _warn(f"resuming from {name} (after epoch {state['epoch'] + 1}) instead of {LAST}")
+        return state, name
+    _warn("starting from scratch: no good resume state")
+    return None, None
+
+
+def load_best(model: nn.Module, work_dir: Path) -> None:
+    """Load the stage's best weights into `model`, verifying the recorded digest."""
+    work_dir = Path(work_dir)
+    state = load_checkpoint(work_dir / BEST, recorded_digests(work_dir).get(BEST))
+    model.load_state_dict(state["model"])
+
+
+def global_rng_state() -> dict[str, Any]:
+    """Python's, numpy's, torch's CPU and (when present) every CUDA device's RNG state, in
+    types `torch.load(weights_only=True)` accepts, so a resumed run draws what the
+    uninterrupted one would have (dropout on the GPU, anything a user adds that draws)."""
+    version, mt_state, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": list(mt_state), "gauss": gauss},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_global_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `global_rng_state` saved; a CUDA state is restored only where this
+    process sees the same number of devices (a GPU state cannot be moved onto a CPU run)."""
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["state"]), python["gauss"]))
+    numpy = state["numpy"]
+    keys = numpy["keys"].numpy().astype(np.uint32)
+    np.random.set_state(
+        ("MT19937", keys, numpy["pos"], numpy["has_gauss"], numpy["cached_gaussian"])
+    )
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)

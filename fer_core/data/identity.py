@@ -1,0 +1,40 @@
+"""A dataset's identity: what its training units use, not where or when its files were written.
+
+The identity is `index.dataset_fingerprint` of the dataset's index: the labelled frames it
+keeps, their subjects, labels and folds, and the sha256 of each used image. A `touch`, a copy
+to another disk (with or without times), or files the tool itself writes beside the images
+(face caches, indexes) leave it unchanged; a changed label, pixel, fold count or manifest row
+changes it. Image digests come from a `DigestCache`, so an unchanged tree costs one `stat`
+per image instead of a read (bench/identity.py measures both).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fer_core.data.index import build_index, dataset_fingerprint
+from fer_core.digest_cache import DigestCache
+from fer_core.errors import FerError
+
+
+def dataset_identity(
+    dataset: str,
+    root: str | Path,
+    manifest: str | Path | None,
+    n_folds: int,
+    digests: DigestCache,
+) -> str:
+    """The content identity (sha256 hex) of a raw dataset tree as its units would use it.
+
+    Images are not decoded here (the preparation job verifies them); one that cannot be
+    read is a FerError naming it.
+    """
+    index = build_index(dataset, root, manifest=manifest, n_folds=n_folds, verify=False)
+
+    def file_digest(path: Path) -> str:
+        try:
+            return digests.sha256(path)
+        except OSError as exc:
+            raise FerError(f"{path}: cannot be read ({exc.strerror}); fix or remove it") from None
+
+    return dataset_fingerprint(index, file_digest)

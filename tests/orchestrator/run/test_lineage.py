@@ -1,0 +1,139 @@
+"""Checked lineage at any chain depth: a `best.pt` that is not the one its training wrote
+makes its unit not done, and every unit below it in the chain retrains after it; a child
+whose parent was retrained since retrains too. Also: replicates (`--seeds`) and the copy of
+the effective grid a launch keeps."""
+
+from __future__ import annotations
+
+import io
+import shutil
+
+import pytest
+import torch
+import yaml
+
+from fer_core.checkpoints import BEST, recorded_digests, save
+from fer_core.io import sha256_file
+from orchestrator.cli import main
+from orchestrator.run import states as st
+from orchestrator.run.launch import launch
+from orchestrator.run.rundir import RunDir
+from tests.conftest import tiny_ckplus
+
+GRID = """name: lineage
+seed: 0
+folds: [1]
+datasets:
+  ck:
+    kind: ckplus
+    root: {root}
+    crop_size: 32
+    detector: center
+    n_folds: 2
+    focal: {{alpha: 0.25, gamma: 0.0}}
+backbones:
+  tiny: {{weights: none, input_size: 32}}
+experiments:
+  - backbones: [tiny]
+    strategies: [{strategies}]
+train: {{epochs: 1, lr_step_epoch: 1, batch_size: 8}}
+"""
+
+
+def _launch(grid, run) -> str:
+    out = io.StringIO()
+    launch(str(grid), run_dir=run, jobs=1, out=out)
+    return out.getvalue()
+
+
+def _finished(rundir: RunDir) -> dict[str, float]:
+    """unit id -> finished_at of its stored result."""
+    return {r["unit_id"]: r["finished_at"] for r in rundir.store.read("runs").to_pylist()}
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """A three-stage chain ce > focal > ce, launched to completion; stage -> unit."""
+    tmp = tmp_path_factory.mktemp("lineage")
+    grid = tmp / "grid.yaml"
+    root = tiny_ckplus(tmp / "ck")
+    grid.write_text(GRID.format(root=root, strategies='"ce>focal>ce"'))
+    _launch(grid, tmp / "run")
+    rundir = RunDir(tmp / "run")
+    stages = {u.stage: u for u in rundir.read_dag() if u.kind == "train"}
+    assert sorted(stages) == [1, 2, 3]
+    return grid, rundir, stages
+
+
+def _assert_lineage_recorded(rundir: RunDir, stages) -> None:
+    """Each child's row names the digest of its parent's current, verified best.pt."""
+    runs = {r["unit_id"]: r for r in rundir.store.read("runs").to_pylist()}
+    for stage in (2, 3):
+        parent = rundir.work_dir(stages[stage - 1].id)
+        row = runs[stages[stage].id]
+        assert row["parent_best_sha"] == recorded_digests(parent)[BEST]
+        assert row["parent_best_sha"] == sha256_file(parent / BEST)
+        assert row["parent_weights_sha"] == row["start_weights_sha"]
+
+
+def test_a_swapped_best_pt_retrains_its_unit_and_the_chain_below(chain):
+    grid, rundir, stages = chain
+    before = _finished(rundir)
+    first = rundir.work_dir(stages[1].id) / BEST
+    shutil.copy(rundir.work_dir(stages[3].id) / BEST, first)  # loadable, but not its own
+    states = st.unit_states(rundir, rundir.read_dag(), None)
+    assert [states[stages[k].id] for k in (1, 2, 3)] == [st.TODO] * 3
+    output = _launch(grid, rundir.path)
+    assert f"{stages[1].name} ({stages[1].id}): its {BEST} is not the file" in output
+    assert f"{stages[3].name} ({stages[3].id}): its parent {stages[2].id} is retrained" in output
+    after = _finished(rundir)
+    assert all(after[stages[k].id] > before[stages[k].id] for k in (1, 2, 3))
+    _assert_lineage_recorded(rundir, stages)
+
+
+def test_an_unreadable_best_pt_in_the_middle_retrains_from_there_down(chain):
+    grid, rundir, stages = chain
+    before = _finished(rundir)
+    middle = rundir.work_dir(stages[2].id) / BEST
+    middle.write_bytes(middle.read_bytes()[:100])  # truncated
+    states = st.unit_states(rundir, rundir.read_dag(), None)
+    assert [states[stages[k].id] for k in (1, 2, 3)] == [st.DONE, st.TODO, st.TODO]
+    _launch(grid, rundir.path)
+    after = _finished(rundir)
+    assert after[stages[1].id] == before[stages[1].id]
+    assert after[stages[2].id] > before[stages[2].id]
+    assert after[stages[3].id] > before[stages[3].id]
+    _assert_lineage_recorded(rundir, stages)
+
+
+def test_a_child_whose_parent_was_retrained_since_retrains(chain):
+    """The parent's new best.pt is its own (recorded) but not the one the child started from."""
+    grid, rundir, stages = chain
+    before = _finished(rundir)
+    parent = rundir.work_dir(stages[2].id)
+    state = torch.load(parent / BEST, weights_only=True)
+    state["model"] = {
+        k: v + 0.01 if v.is_floating_point() else v for k, v in state["model"].items()
+    }
+    save(state, parent, BEST)
+    output = _launch(grid, rundir.path)
+    assert f"its parent {stages[2].id} was retrained since" in output
+    after = _finished(rundir)
+    assert after[stages[2].id] == before[stages[2].id]
+    assert after[stages[3].id] > before[stages[3].id]
+    _assert_lineage_recorded(rundir, stages)
+
+
+def test_seeds_on_the_command_line_double_the_trainings_and_the_grid_copy_says_so(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    root = tiny_ckplus(tmp_path / "ck")
+    grid.write_text(GRID.format(root=root, strategies='ce, "ce>focal"'))
+    run = tmp_path / "run"
+    argv = ["launch", "--grid", str(grid), "--run-dir", str(run), "--jobs", "2"]
+    assert main([*argv, "--seeds", "0,1"]) == 0
+    rows = RunDir(run).store.read("runs").to_pylist()
+    assert len(rows) == 4  # (ce stage 1, ce>focal stage 2) x 2 seeds
+    assert sorted(r["seed"] for r in rows) == [0, 0, 1, 1]
+    kept = yaml.safe_load((run / "grid.yaml").read_text())
+    assert kept["seeds"] == [0, 1] and "seed" not in kept
+    assert kept["datasets"]["ck"]["root"] == str(root)
