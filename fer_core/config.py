@@ -1,8 +1,8 @@
 """The hyper-parameters of one training stage, validated once, before anything runs.
 
-Defaults are the paper's (PAPER.md "Training"): SGD momentum 0.9, weight decay 1e-3,
-batch 32, LR 0.01, 80 epochs, LR x0.1 after epoch 60. Decision (PAPER.md): stage 1 uses the
-same schedule as stage 2, because the paper only gives stage 1's initial LR.
+Defaults are the paper's (docs/METHOD.md section 5): SGD momentum 0.9, weight decay 1e-3,
+batch 32, LR 0.01, 80 epochs, LR x0.1 after epoch 60. Decision D-10 (docs/METHOD.md): stage 1
+uses the same schedule as stage 2, because the paper only gives stage 1's initial LR.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""The stage losses of the paper: cross-entropy, focal loss, and both together (PAPER.md "Losses").
+"""The stage losses of the paper: cross-entropy, focal loss, and both together (METHOD.md §1).
 
 Focal loss is `-α_t (1 - p_t)^γ log p_t`. It is computed from `log_softmax`, never from
 `log(softmax + eps)`, and the modulating factor `(1 - p_t)^γ` is formed so that its gradient
 stays finite when p_t -> 1 with γ < 1 (the paper's Oulu-CASIA setting is γ = 0.5), where the
 naive form yields `0 * inf = NaN`.
 
-α semantics (PAPER.md Decision):
+α semantics (docs/METHOD.md D-2):
 - `None`: no class weighting.
 - a scalar in (0, 1]: multiplies every class (the paper's formula). The paper's Oulu-CASIA
   "α = 0" would make the loss identically zero; this project reads it as "no weighting" and
@@ -189,7 +189,7 @@ class CrossEntropyLoss(nn.Module):
 class JointLoss(nn.Module):
     """CE and focal loss in one stage: `ce + weight × focal`.
 
-    PAPER.md Decision: the paper gives no weighting, so the default is the plain sum (1.0).
+    Decision D-1 (docs/METHOD.md): the paper gives no weighting; the default is the plain sum.
     """
 
     def __init__(

@@ -75,7 +75,7 @@ def train_transform(
 
 def test_transform(x: torch.Tensor, out_size: Size) -> torch.Tensor:
     """Resize and normalise. (The paper's "centre crop" is of the same size as the resize, so
-    it crops nothing once the face crop is square: PAPER.md, Decision.)"""
+    it crops nothing once the face crop is square: docs/METHOD.md D-8.)"""
     return normalize(resize(_to_unit(x), out_size))
 
 

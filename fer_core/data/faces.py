@@ -7,7 +7,7 @@ box with a margin, resizes it to `crop_size` and stores every crop in one uint8 
 (`faces.pt`) with the labels, folds and subjects, plus a human-readable `faces.json`. Its
 fingerprint covers the data (paths, bytes, labels, folds) and the crop settings: a match means
 reuse, any change means recompute. A frame without a detected face falls back to a centre
-square crop and is counted and listed, never silently dropped (PAPER.md, Data).
+square crop and is counted and listed, never silently dropped (docs/METHOD.md D-7).
 
 `faces.pt` keys: images (uint8 N x 3 x S x S), labels / folds (int64 N), subjects, image_ids
 (= index paths), classes (list[str]), dataset (str), fingerprint (str), boxes (float32 N x 4:

@@ -2,8 +2,8 @@
 
 The paper splits CK+ into ten folds by sorting the subject ids and taking every tenth one
 ("step size of 10"); the published CK+ split is exactly this rule, and the project applies the
-same interleaving to Oulu-CASIA and user datasets (PAPER.md, Data). A subject never appears in
-two folds, so a test fold only ever holds unseen people.
+same interleaving to Oulu-CASIA and user datasets (docs/METHOD.md section 4, D-9). A subject
+never appears in two folds, so a test fold only ever holds unseen people.
 """
 
 from __future__ import annotations

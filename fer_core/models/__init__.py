@@ -1,4 +1,4 @@
-"""Backbones, the FerNet head and local-only weight loading (PAPER.md "Networks").
+"""Backbones, the FerNet head and local-only weight loading (docs/METHOD.md section 3).
 
 - `backbones`: `BACKBONES` (name -> `BackboneSpec`: input size, aux head, weights file).
 - `fernet`: `FerNet` and `build_model`.

@@ -1,4 +1,4 @@
-"""The feature extractors FerNet puts its new head on, and what each expects (PAPER.md "Networks").
+"""The feature extractors FerNet puts its new head on, and what each expects (METHOD.md §3).
 
 Each backbone is the original network with its classifier replaced by `Identity`, so its
 state-dict keys stay those of the original model: pre-trained files load without renaming.

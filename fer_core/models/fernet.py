@@ -1,6 +1,6 @@
 """FerNet: a backbone, dropout and a new last FC sized to the expression classes.
 
-PAPER.md "Networks": the last FC (and Inception-v3's aux FC) has `num_classes` outputs, weights
+docs/METHOD.md section 3: the last FC (and Inception-v3's aux FC) has `num_classes` outputs, weights
 drawn from N(0, 0.001²) and bias 0, re-drawn at the start of every stage (`reset_head`), with
 dropout 0.5 before it. Decision: Inception-v3 trains with its aux logits (the trainer adds
 0.4 × the aux loss) and is evaluated on the main logits.

@@ -1,4 +1,4 @@
-"""Loading pre-trained backbone weights from local files only (PAPER.md "Networks").
+"""Loading pre-trained backbone weights from local files only (docs/METHOD.md D-5).
 
 Compute nodes are often offline, so nothing here downloads: `pretrained` means "the file in
 the local cache where torchvision / facenet-pytorch would have put it", and a missing file is

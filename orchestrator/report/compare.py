@@ -3,7 +3,7 @@ across folds, and the note on focal loss with gamma = 0.
 
 Split from `report_sections` because these are the sections that judge a claimed improvement:
 they pair folds, pool predictions over the folds both strategies have, and put differences
-into images, as PAPER.md asks.
+into images, as docs/METHOD.md asks.
 """
 
 from __future__ import annotations
@@ -254,7 +254,7 @@ def _scalar(alpha: Any) -> float | None:
 
 
 def focal_note(study: Study) -> str:
-    """PAPER.md asks the report to say that CK+'s α=0.25, γ=0 makes focal exactly 0.25 × CE."""
+    """docs/METHOD.md §1: the report says that CK+'s α=0.25, γ=0 makes focal exactly 0.25 × CE."""
     lines = [
         "## Note: focal loss with γ = 0 is scaled cross-entropy",
         "",

@@ -1,6 +1,6 @@
 """The paper's published numbers (Gan, Zou & Zhang, ICANN 2019), as data for side-by-side reports.
 
-Transcribed from /work/shared/PAPER.md ("The paper's numbers"). Accuracies are the average
+The same figures as docs/METHOD.md section 7, "The paper's numbers". Accuracies are the average
 over the paper's 10 subject-independent folds, in percent, with the paper's `heldout`
 protocol (the test fold chose the best epoch). Keys use this project's names: dataset kind
 (`ckplus`, `oulu`), backbone (`inception_v3`, `resnet18`, `vgg_face`) and strategy chain
@@ -64,7 +64,7 @@ PER_CLASS_ABSOLUTE: dict[tuple[str, str], dict[str, tuple[float, float]]] = {
 }
 
 # The paper's stage-2 focal settings: (alpha, gamma); Oulu's "alpha = 0" is read as no
-# weighting (None), a project decision (PAPER.md "Losses").
+# weighting (None), a project decision (docs/METHOD.md D-2).
 FOCAL_SETTINGS: dict[str, tuple[float | None, float]] = {
     "ckplus": (0.25, 0.0),
     "oulu": (None, 0.5),

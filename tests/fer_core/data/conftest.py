@@ -13,7 +13,7 @@ from fer_core.data.synthetic.twins import DEFAULT_ROSTER, write_ckplus_twin, wri
 
 @pytest.fixture(scope="session")
 def roster_path() -> Path:
-    """The CK+ roster shipped with the package (a copy of shared/data/ckplus_roster.csv)."""
+    """The CK+ roster shipped with the package (the real 327 labelled sequences)."""
     return DEFAULT_ROSTER
 
 
