@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 
 import fer_core
@@ -109,12 +110,7 @@ def stage_data(faces: FaceSet, fold: int, n_folds: int, selection: str) -> Stage
 
 def _process_started_at() -> float:
     """Wall-clock start of this process (for the start-up overhead figure)."""
-    try:
-        import psutil
-
-        return psutil.Process(os.getpid()).create_time()
-    except Exception:
-        return time.time()
+    return psutil.Process(os.getpid()).create_time()
 
 
 def run_unit(
