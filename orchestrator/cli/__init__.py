@@ -37,15 +37,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     )
     if args.dry_run:
         return 0
-    _save_profile(rundir, args)
     return _finish(RunDir(rundir.path))
-
-
-def _save_profile(rundir, args: argparse.Namespace) -> None:
-    from fer_core.io import atomic_write_text
-
-    body = {"cluster": args.cluster, "cluster_file": args.cluster_file}
-    atomic_write_text(rundir.path / "profile.json", json.dumps(body))
 
 
 def _backend_of(rundir):

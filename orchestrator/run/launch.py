@@ -2,15 +2,21 @@
 
 Re-launching resumes: done units are skipped, active ones are left alone, failed ones (and
 the units they blocked) are retried. Launching a finished grid is a no-op that says so.
+
+Records first: the run dir's DAG and `profile.json` (which backend `status` and `cancel` ask)
+are written before anything is submitted, so a launch killed during its first submission
+leaves a run dir whose jobs `cancel` finds.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import TextIO
 
 from fer_core.errors import FerError
+from fer_core.io import atomic_write_text
 from orchestrator.backends import make_backend
 from orchestrator.plan.dag import Unit, expand, summary
 from orchestrator.plan.grid import Grid, load_grid
@@ -51,12 +57,18 @@ def launch(
         _print_plan(grid, units, rundir, out)
         for problem in problems:
             print(f"  warning: {problem}", file=out)
+        if profile["backend"] == "slurm":
+            from orchestrator.backends.slurm.plan import print_slurm_plan
+
+            done = rundir.store.done_ids("train") | rundir.store.done_ids("prepare")
+            print_slurm_plan(profile, rundir, [u for u in units if u.id not in done], out)
         return rundir
     units = expand(grid, rundir.path)
     backend = make_backend(profile)
     rundir.claim(grid.name, grid.path)
     with rundir.launch_lock():
         rundir.write_dag(units)
+        save_profile(rundir, cluster, cluster_file)
         states = st.unit_states(rundir, units, backend)
         todo = [u for u in units if states[u.id] in (st.TODO, st.FAILED_STATE, st.BLOCKED)]
         done = sum(1 for s in states.values() if s == st.DONE)
@@ -78,6 +90,15 @@ def launch(
         )
         backend.submit(rundir, todo, wait=wait)
     return rundir
+
+
+def save_profile(rundir: RunDir, cluster: str, cluster_file: Path | None) -> None:
+    """`profile.json`: the profile this run dir was launched with, for `status` and `cancel`."""
+    body = {
+        "cluster": cluster,
+        "cluster_file": str(Path(cluster_file).resolve()) if cluster_file else None,
+    }
+    atomic_write_text(rundir.path / "profile.json", json.dumps(body))
 
 
 def _print_plan(grid: Grid, units: list[Unit], rundir: RunDir, out: TextIO) -> None:
