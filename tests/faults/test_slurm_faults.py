@@ -142,7 +142,7 @@ def jobs_by_name(names: list[str], since: float) -> Counter:
 def explain(rundir: RunDir):
     def tail() -> str:
         parts = []
-        for log in sorted(rundir.path.glob("units/*/slurm/*_log.out")):
+        for log in sorted(rundir.path.glob("arrays/*/*_log.out")):
             lines = log.read_text(errors="replace").splitlines()[-6:]
             parts.append(f"\n--- {log.relative_to(rundir.path)}\n" + "\n".join(lines))
         return "".join(parts)
