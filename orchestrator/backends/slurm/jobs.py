@@ -286,11 +286,11 @@ def _query(argv: list[str], retry: Retry) -> dict[str, str]:
     for line in done.stdout.splitlines():
         job_id, sep, state = line.strip().partition("|")
         if sep and job_id:
-            states.update(dict.fromkeys(_expand(job_id), state.strip()))
+            states.update(dict.fromkeys(expand_job_ids(job_id), state.strip()))
     return states
 
 
-def _expand(job_id: str) -> list[str]:
+def expand_job_ids(job_id: str) -> list[str]:
     """`7_[0-2,5%4]` -> 7_0, 7_1, 7_2, 7_5; any other id as it is."""
     match = re.fullmatch(r"(\d+)_\[([0-9,-]+)(%\d+)?\]", job_id)
     if match is None:

@@ -24,6 +24,7 @@ import pytest
 
 from fer_core.errors import FerError
 from orchestrator.backends import base
+from orchestrator.backends.slurm.arrays import dependency_of, plan_arrays
 from orchestrator.backends.slurm.backend import SlurmBackend, job_name, submission_text
 from orchestrator.backends.slurm.jobs import (
     STATE_MAP,
@@ -32,7 +33,6 @@ from orchestrator.backends.slurm.jobs import (
     run_tag,
     tagged_jobs,
 )
-from orchestrator.backends.slurm.arrays import dependency_of, plan_arrays
 from orchestrator.backends.slurm.pack import plan_packs
 from orchestrator.plan.dag import Unit, expand
 from orchestrator.plan.grid import load_grid
@@ -393,7 +393,7 @@ def test_scancel_then_relaunch_resumes_and_preemption_requeues(tmp_path, cleanup
 def test_a_partition_sbatch_refuses_is_one_clear_error_and_nothing_recorded(tmp_path):
     grid, cluster = write_study(tmp_path, "slurmrefused")
     cluster.write_text(CLUSTER.replace("partition: debug", "partition: no-such-partition"))
-    with pytest.raises(FerError, match=r"sbatch refused unit ckplus/prepare .*partition"):
+    with pytest.raises(FerError, match=r"sbatch refused fer-ckplus_prepare .*partition"):
         launch(str(grid), cluster="test", cluster_file=cluster, run_dir=tmp_path / "run")
     assert RunDir(tmp_path / "run").submissions() == {}
 
