@@ -431,8 +431,8 @@ def submit_limit(jobs: int):
     def in_force(value: str) -> bool:
         argv = ["scontrol", "show", "assoc_mgr", "flags=assoc", f"users={user}"]
         text = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
-        shown = re.findall(r"MaxSubmitJobs=(\d*)", text)
-        return bool(shown) and all(s == ("" if value == "-1" else value) for s in shown)
+        shown = re.findall(r"MaxSubmitJobs=(\d*)", text)  # the account's, then the user's
+        return value in shown if value != "-1" else bool(shown) and set(shown) == {""}
 
     subprocess.run(["sacctmgr", "-i", "modify", "user", *where, "set", f"MaxSubmitJobs={jobs}"],
                    check=True, capture_output=True)  # fmt: skip

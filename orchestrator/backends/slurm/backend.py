@@ -34,6 +34,7 @@ loads.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shlex
@@ -41,6 +42,7 @@ import shutil
 import sys
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -197,11 +199,20 @@ class SlurmBackend(Backend):
         fitting = packs if room is None else packs[:room]  # a prefix: parents come first
         arrays = plan_arrays(fitting, limits.max_array_size)
         ids: list[str] = []
-        try:
-            for array in arrays:
+        for index, array in enumerate(arrays):
+            try:
                 ids.append(self._sbatch(rundir, array, dependency_of(array, arrays, ids)))
-        except LimitReached as exc:
-            print(f"sbatch refused for a limit ({exc}): the rest waits", flush=True)
+            except LimitReached as exc:
+                # The limits read were not the whole story (another association, another
+                # user's jobs in an account limit...): try the first half, and stop there.
+                print(f"sbatch refused for a limit ({exc}): the rest waits", flush=True)
+                while len(array.packs) > 1:
+                    array = replace(array, packs=array.packs[: len(array.packs) // 2])
+                    arrays[index] = array
+                    with contextlib.suppress(LimitReached):
+                        ids.append(self._sbatch(rundir, array, dependency_of(array, arrays, ids)))
+                        break
+                break
         sent = {unit.id for array in arrays[: len(ids)] for p in array.packs for unit in p.units}
         waiting = [u for u in todo if u.id not in sent]
         print(
@@ -379,7 +390,7 @@ class SlurmBackend(Backend):
                 unsent = [u for u in unsent if u.id not in outcome]
                 if unsent:
                     unsent = self._submit_what_fits(rundir, unsent)
-                    seen_at.update(dict.fromkeys((u.id for u in remaining), time.monotonic()))
+                    seen_at.update(dict.fromkeys(remaining, time.monotonic()))
                     interval = POLL_FIRST_S
             if remaining:
                 time.sleep(interval)

@@ -146,7 +146,15 @@ def read_limits(profile: dict[str, Any], retry: Retry) -> Limits:
     if profile.get("account"):
         where.append(f"account={profile['account']}")
     assoc = slurm_call(
-        ["sacctmgr", "-n", "-P", "show", "assoc", *where, "format=MaxSubmit,MaxJobs,QOS,DefQOS"],
+        [
+            "sacctmgr",
+            "-n",
+            "-P",
+            "show",
+            "assoc",
+            *where,
+            "format=MaxSubmit,MaxJobs,QOS,DefaultQOS",
+        ],
         retry,
     )
     if assoc.returncode != 0:  # accounting does not answer: the controller still enforces
