@@ -22,8 +22,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -88,11 +86,13 @@ class UnitJob(Checkpointable):
 class PackJob(Checkpointable):
     """Runs the units of one pack as parallel worker processes inside one SLURM job.
 
-    Each unit is `python -m orchestrator.run.worker RUN_DIR UNIT_ID` in a process of its own (a
-    crash in one cannot take its siblings down) with `env` (its share of the job's CPU
-    threads) and, when the job has several GPUs, one of them round robin; its output goes to
-    `units/<id>/slurm/<job id>_pack_log.out`. The job fails when any unit failed, so that
-    afterok dependants do not start; the siblings' results are in the store regardless.
+    Each unit runs as `python -m orchestrator.run.worker RUN_DIR UNIT_ID` would, in a process
+    of its own (a crash in one cannot take its siblings down), forked from a server that
+    loaded torch once, as the local backend's workers are (`local.worker_context`), with
+    `env` (its share of the job's CPU threads) and, when the job has several GPUs, one of
+    them round robin; its output goes to `units/<id>/slurm/<job id>_pack_log.out`. The job
+    fails when any unit failed, so that afterok dependants do not start; the siblings'
+    results are in the store regardless.
     """
 
     def __init__(self, env: dict[str, str] | None = None):
@@ -100,16 +100,24 @@ class PackJob(Checkpointable):
 
     def __call__(self, run_dir: str, unit_ids: list[str]) -> str:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as UnitJob: scancel stops it at once
-        workers: dict[str, subprocess.Popen] = {}
+        workers: dict[str, Any] = {}
+        # SLURM signals every process of the job: only submitit's handler in this process may
+        # act on USR2 (checkpoint and requeue the whole job). The fork server and the workers
+        # inherit "ignore" (it survives exec and fork); this process gets its handler back.
+        handler = signal.signal(signal.SIGUSR2, signal.SIG_IGN)
         try:
             for index, unit_id in enumerate(unit_ids):
                 workers[unit_id] = self._start(run_dir, unit_id, index)
-            codes = {unit_id: worker.wait() for unit_id, worker in workers.items()}
-        finally:  # submitit exits from its USR2 handler to requeue: the workers go with it
+            signal.signal(signal.SIGUSR2, handler)
             for worker in workers.values():
-                if worker.poll() is None:
+                worker.join()
+            codes = {unit_id: worker.exitcode for unit_id, worker in workers.items()}
+        finally:  # submitit exits from its USR2 handler to requeue: the workers go with it
+            signal.signal(signal.SIGUSR2, handler)
+            for worker in workers.values():
+                if worker.is_alive():
                     worker.kill()
-                    worker.wait()
+                    worker.join()
         failed = [unit_id for unit_id, code in codes.items() if code != 0]
         if failed:
             _record_deaths(run_dir, {unit_id: codes[unit_id] for unit_id in failed})
@@ -119,32 +127,26 @@ class PackJob(Checkpointable):
             )
         return f"{len(unit_ids)} units done"
 
-    def _start(self, run_dir: str, unit_id: str, index: int) -> subprocess.Popen:
-        env = {**os.environ, **self.env}
+    def _start(self, run_dir: str, unit_id: str, index: int) -> Any:
+        from orchestrator.backends.local import worker_context  # after the job's env is set
+        from orchestrator.run.worker import run_forked
+
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         gpus = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g]
         if len(gpus) > 1:
             env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
         log = _pack_log(run_dir, unit_id)
         log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "ab") as out:
-            return subprocess.Popen(
-                [sys.executable, "-u", "-m", "orchestrator.run.worker", run_dir, unit_id],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                # SLURM signals every process of the job: only submitit's handler in this
-                # process may act on USR2 (checkpoint and requeue the whole job).
-                preexec_fn=_ignore_usr2,
-            )
+        threads = int(env.get("OMP_NUM_THREADS", "1"))
+        args = (run_dir, unit_id, str(log), env, threads)
+        worker = worker_context().Process(target=run_forked, args=args, name=unit_id)
+        worker.start()
+        return worker
 
     def checkpoint(self, run_dir: str, unit_ids: list[str]) -> Any:
         # As UnitJob: the workers checkpoint every epoch; the requeued job runs the same
         # units, and those already done return at once.
         return super().checkpoint(run_dir, unit_ids)
-
-
-def _ignore_usr2() -> None:
-    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
 def _pack_log(run_dir: str, unit_id: str) -> Path:

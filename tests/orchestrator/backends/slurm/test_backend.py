@@ -415,7 +415,7 @@ def test_relaunch_after_a_partial_launch_and_cancel_touch_only_this_run(tmp_path
             "-o",
             str(tmp_path / "not-ours.out"),
             "--wrap",
-            "sleep 120",
+            "sleep 600",  # cancelled at the end; outlasts the test however slow
         ],
         capture_output=True,
         text=True,
