@@ -185,12 +185,32 @@ class SlurmBackend(Backend):
                 flush=True,
             )
 
-    def _submit_what_fits(self, rundir: RunDir, units: list[Unit]) -> list[Unit]:
+    def _submit_what_fits(
+        self, rundir: RunDir, units: list[Unit], topping_up: bool = False
+    ) -> list[Unit]:
         """Submit `units` (topological order) as arrays, as many as the cluster's limits
-        allow; the units left waiting for room."""
-        earlier = self._active_jobs(rundir, units, {unit.id for unit in units})
+        allow; the units left waiting for room.
+
+        A dependency that is neither done nor active is refused before anything is
+        submitted; while topping up it is a parent whose end `wait` has not seen yet, and
+        its dependants wait for that.
+        """
+        earlier, lost = self._active_jobs(rundir, units, {unit.id for unit in units})
+        if lost and not topping_up:
+            raise FerError(
+                f"{rundir.path}: unit {sorted(lost)[0]} is needed by this submission but is "
+                f"not done, queued or running; re-launch the whole grid"
+            )
+        held = set(lost)
+        for unit in units:  # topological: a dependant of a held unit is held too
+            if any(dep in held for dep in unit.deps):
+                held.add(unit.id)
         adopted = self._adopt_unrecorded(rundir, units)
-        todo = [u for u in units if u.id not in adopted and not _is_done(rundir, u.id)]
+        todo = [
+            u
+            for u in units
+            if u.id not in adopted and u.id not in held and not _is_done(rundir, u.id)
+        ]
         per_job = int(self.profile.get("units_per_job", 1))
         packs = plan_packs(todo, per_job, {**earlier, **adopted})
         limits = read_limits(self.profile, self.retry)
@@ -214,7 +234,8 @@ class SlurmBackend(Backend):
                         break
                 break
         sent = {unit.id for array in arrays[: len(ids)] for p in array.packs for unit in p.units}
-        waiting = [u for u in todo if u.id not in sent]
+        waiting_ids = held | {u.id for u in todo if u.id not in sent}
+        waiting = [u for u in units if u.id in waiting_ids]
         print(
             f"submitted {len(sent)} units as {len(ids)} SLURM arrays/jobs "
             f"({_id_range(ids)}){_waiting_note(waiting, limits, queued)}; follow with: "
@@ -316,26 +337,18 @@ class SlurmBackend(Backend):
 
     def _active_jobs(
         self, rundir: RunDir, units: list[Unit], in_submission: set[str]
-    ) -> dict[str, str]:
-        """Dependencies outside this submission that are not done: their active job ids.
-
-        A dependency that is neither done, nor active, nor submitted now cannot be waited
-        for; refuse before anything is submitted.
-        """
+    ) -> tuple[dict[str, str], set[str]]:
+        """Dependencies outside this submission that are not done: the job ids of the active
+        ones, and the ids of the others (neither done, nor active, nor submitted now: they
+        cannot be waited for)."""
         outside = {d for u in units for d in u.deps if d not in in_submission}
         pending = {d for d in outside if not _is_done(rundir, d)}
         if not pending:
-            return {}
+            return {}, set()
         states = self.states(rundir)
         records = rundir.submissions()
         active = {d: str(records[d]["job_id"]) for d in pending if states.get(d) in ACTIVE}
-        lost = sorted(pending - set(active))
-        if lost:
-            raise FerError(
-                f"{rundir.path}: unit {lost[0]} is needed by this submission but is not done, "
-                f"queued or running; re-launch the whole grid"
-            )
-        return active
+        return active, pending - set(active) - {d for d in pending if _is_done(rundir, d)}
 
     # --- waiting ----------------------------------------------------------------------------
     def wait(self, rundir: RunDir, units: list[Unit], waiting: list[Unit] | None = None) -> None:
@@ -389,7 +402,7 @@ class SlurmBackend(Backend):
                     progress.finished(unit, "blocked", "a dependency failed (not submitted)")
                 unsent = [u for u in unsent if u.id not in outcome]
                 if unsent:
-                    unsent = self._submit_what_fits(rundir, unsent)
+                    unsent = self._submit_what_fits(rundir, unsent, topping_up=True)
                     seen_at.update(dict.fromkeys(remaining, time.monotonic()))
                     interval = POLL_FIRST_S
             if remaining:

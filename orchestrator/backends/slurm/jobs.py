@@ -150,7 +150,7 @@ class PackJob(Checkpointable):
 
 
 def _pack_log(run_dir: str, unit_id: str) -> Path:
-    """A packed unit's worker output, beside its own job files (`slurm.job_folder`)."""
+    """A packed unit's worker output, in its own unit folder."""
     job = os.environ.get("SLURM_JOB_ID", "nojob")
     return Path(run_dir) / "units" / unit_id / "slurm" / f"{job}_pack_log.out"
 
