@@ -692,3 +692,34 @@ def test_a_pack_job_fails_for_a_failed_unit_and_keeps_its_siblings_results(tmp_p
     assert "exited with status 1" in rundir.failure("missing1")
     log = next((rundir.unit_dir("missing1") / "slurm").glob("*_pack_log.out")).read_text()
     assert "unit spec not found" in log
+
+
+def test_dry_run_shows_the_arrays_their_sbatch_parameters_and_gpu_hours(tmp_path):
+    """The demo grid on the `slurm` profile: 51 units in 3 sbatch calls (prepare; the
+    stage-1 array after it; the stage-2 array, task i after stage-1 task i), the GPU-hours
+    requested at time_min, and an estimate once the store holds measured epochs."""
+    run = tmp_path / "run"
+    out = io.StringIO()
+    launch("demo", cluster="slurm", run_dir=run, dry_run=True, out=out)
+    text = out.getvalue()
+    assert "slurm: 3 sbatch calls (job arrays) for 51 units in 51 tasks" in text, text
+    assert "--partition=gpu" in text and "--gpus-per-node=1" in text and "--time=240" in text
+    assert re.search(r"wave 1 A2: --array=0-29%30 .*--dependency=afterok:A1 ", text), text
+    assert re.search(r"wave 2 A3: --array=0-19%20 .*--dependency=aftercorr:A2 ", text), text
+    assert "51 jobs x 1 GPU x 240 min = 204.0 GPU-hours" in text
+    assert "no measured epochs" in text
+    assert not (run / "submissions.json").exists()
+
+    # One stage-1 unit measured (done): 2 s per epoch of `tiny`; the 50 others to run have
+    # 4 epochs each (the demo grid's train.epochs) -> 400 s.
+    units = expand(load_grid("demo"), run)
+    first = next(u for u in units if u.kind == "train")
+    rundir = RunDir(run)
+    rundir.store.write("runs", first.id, [{"unit_id": first.id, "backbone": "tiny"}])
+    epochs = [{"unit_id": first.id, "epoch": e, "seconds": 2.0} for e in (1, 2)]
+    rundir.store.write("epochs", first.id, epochs)
+    out = io.StringIO()
+    launch("demo", cluster="slurm", run_dir=run, dry_run=True, out=out)
+    train_epochs = sum(u.spec["config"]["epochs"] for u in units if u.kind == "train")
+    left = (train_epochs - first.spec["config"]["epochs"]) * 2.0 / 3600
+    assert f"estimate from measured epochs (tiny): {left:.2f} unit-hours" in out.getvalue()
