@@ -76,9 +76,9 @@ from orchestrator.plan.dag import Unit
 from orchestrator.run.progress import Progress, unit_summary
 from orchestrator.run.rundir import RunDir
 
-# A timed-out job is requeued this many times at most (each run resumes from its last epoch,
-# so a limit only stops a unit that cannot finish one epoch within time_min); preemptions
-# are requeued without limit.
+# A timed-out job is requeued this many times at most (profile key `timeout_requeues`; each
+# run resumes from its last epoch, so a limit only stops a unit that cannot finish one epoch
+# within time_min); preemptions are requeued without limit.
 MAX_TIMEOUT_REQUEUES = 3
 POLL_FIRST_S, POLL_GROWTH, POLL_MAX_S = 1.0, 1.25, 10.0  # sacct every 10 s at most
 UNKNOWN_GRACE_S = 120.0  # a job neither sacct nor squeue knows for this long is lost
@@ -168,7 +168,7 @@ class SlurmBackend(Backend):
         python = self.profile.get("python") or sys.executable
         executor = SlurmExecutor(
             folder=array_folder(rundir, key),
-            max_num_timeout=MAX_TIMEOUT_REQUEUES,
+            max_num_timeout=int(self.profile.get("timeout_requeues", MAX_TIMEOUT_REQUEUES)),
             python=shlex.quote(str(python)),  # submitit puts it in the command line as is
         )
         executor.update_parameters(**job_parameters(self.profile, rundir, tasks, dependency, key))
