@@ -336,15 +336,16 @@ def _killed_launch(when: str, n: int, grid, cluster, run) -> subprocess.Complete
 def test_launcher_killed_halfway_through_submitting_then_relaunch_submits_each_unit_once(
     slurm_study, tmp_path
 ):
-    """Fault: the launch process is SIGKILLed between two `sbatch` calls, after 2 of the
-    grid's 3 (prepare; the stage-1 array; the stage-2 array) were submitted and recorded.
-    Expect: a re-launch submits only the 2 missing units (each after its own parent's array
-    task), SLURM holds exactly one job per unit (squeue/sacct), and the grid completes once."""
+    """Fault: the launch process is SIGKILLed between two `sbatch` calls: the grid's first
+    array (both stage-1 units; the data is prepared) was submitted and recorded, the second
+    (stage 2) not. Expect: a re-launch submits only the 2 missing units (each after its own
+    parent's array task), SLURM holds exactly one job per unit (squeue/sacct), and the grid
+    completes once."""
     grid, run, cluster, since = slurm_study(strategies='[ce, "ce>focal"]', folds="[1, 2]", epochs=1)
-    killed = _killed_launch("after-record", 2, grid, cluster, run)
+    killed = _killed_launch("after-record", 1, grid, cluster, run)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     rundir = RunDir(run)
-    assert len(rundir.submissions()) == 3
+    assert len(rundir.submissions()) == 2
 
     args = ("launch", "--grid", grid, "--cluster", "test", "--cluster-file", cluster)
     again = cli(*args, "--run-dir", run, "--wait", cwd=tmp_path, timeout=400)
