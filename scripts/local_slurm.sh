@@ -230,6 +230,11 @@ SlurmdTimeout=60
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStoragePort=6819
+# Limits as a production cluster applies them: a job needs an association (user, account,
+# cluster), and its association's and QOS's limits (MaxSubmitJobs, MaxJobs...) hold.
+AccountingStorageEnforce=associations,limits,qos,safe
+# sacct keeps each job's --comment (the orchestrator tags its jobs there).
+AccountingStoreFlags=job_comment
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 $NODE_LINE
@@ -382,11 +387,16 @@ ensure_cluster() {
             die "sacctmgr add cluster $CLUSTER failed" "$LOG/setup.log"
         say "registered cluster $CLUSTER with slurmdbd"
     fi
-    # Adding a cluster normally creates account root with user root; make sure it exists.
-    if [[ -z $(sacctmgr -n -P show assoc where cluster="$CLUSTER" user=root format=user 2>/dev/null) ]]; then
-        sacctmgr -i add user root account=root cluster="$CLUSTER" >>"$LOG/setup.log" 2>&1 ||
-            die "sacctmgr add user root failed" "$LOG/setup.log"
-    fi
+    # Adding a cluster normally creates account root with user root; make sure it exists, and
+    # that the user who ran 'sudo' has an association too (enforced: none, no jobs).
+    local user
+    for user in root ${SUDO_USER:-}; do
+        if [[ -z $(sacctmgr -n -P show assoc where cluster="$CLUSTER" user="$user" format=user 2>/dev/null) ]]; then
+            sacctmgr -i add user "$user" account=root cluster="$CLUSTER" >>"$LOG/setup.log" 2>&1 ||
+                die "sacctmgr add user $user failed" "$LOG/setup.log"
+            say "added an association for user $user (account root)"
+        fi
+    done
 }
 
 start_slurmctld() {

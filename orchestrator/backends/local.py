@@ -39,7 +39,7 @@ def _alive(record: dict) -> bool:
     return start is not None and process_start(int(record["job_id"])) == start
 
 
-def _worker_context() -> multiprocessing.context.ForkServerContext:
+def worker_context() -> multiprocessing.context.ForkServerContext:
     """The forkserver that workers fork from; it loads PRELOAD when it first starts."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([*PRELOAD, "orchestrator.run.worker"])
@@ -119,7 +119,7 @@ class LocalBackend(Backend):
         env = {**os.environ, "FER_SCHEDULER": "local", "PYTHONUNBUFFERED": "1"}
         threads = int(self.profile.get("threads_per_job", 1))
         args = (str(rundir.path), unit.id, str(log_path), env, threads)
-        process = _worker_context().Process(target=run_forked, args=args, name=unit.id)
+        process = worker_context().Process(target=run_forked, args=args, name=unit.id)
         with self._start_lock:
             process.start()
             record = {"job_id": str(process.pid), "pid_start": process_start(process.pid)}

@@ -7,7 +7,6 @@ Every user error is one line on stderr (`error: ...`) and exit status 2.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -42,25 +41,14 @@ def cmd_launch(args: argparse.Namespace) -> int:
     )
     if args.dry_run:
         return 0
-    _save_profile(rundir, args)
     return _finish(RunDir(rundir.path))
-
-
-def _save_profile(rundir, args: argparse.Namespace) -> None:
-    from fer_core.io import atomic_write_text
-
-    body = {"cluster": args.cluster, "cluster_file": args.cluster_file}
-    atomic_write_text(rundir.path / "profile.json", json.dumps(body))
 
 
 def _backend_of(rundir):
     from orchestrator.backends import make_backend
     from orchestrator.plan.profiles import load_profile
 
-    path = rundir.path / "profile.json"
-    saved = json.loads(path.read_text()) if path.is_file() else {"cluster": "local"}
-    cluster_file = Path(saved["cluster_file"]) if saved.get("cluster_file") else None
-    return make_backend(load_profile(saved["cluster"], cluster_file))
+    return make_backend(load_profile(*rundir.profile()))
 
 
 def _finish(rundir) -> int:

@@ -79,6 +79,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "setup": _string_list,
         "python": _optional_string,
         "env": _mapping_of_strings,
+        "timeout_requeues": _int(0),
+        "retries": _int(0),
+        "retry_backoff_s": _number(0.1),
     },
     "ray": {
         "address": _optional_string,

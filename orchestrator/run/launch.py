@@ -2,6 +2,10 @@
 
 Re-launching resumes: done units are skipped, active ones are left alone, failed ones (and
 the units they blocked) are retried. Launching a finished grid is a no-op that says so.
+
+Records first: the run dir's DAG and `profile.json` (which backend `status` and `cancel` ask)
+are written before anything is submitted, so a launch killed during its first submission
+leaves a run dir whose jobs `cancel` finds.
 """
 
 from __future__ import annotations
@@ -68,6 +72,11 @@ def launch(
         _print_plan(grid, plan, units, rundir, out)
         for problem in problems:
             print(f"  warning: {problem}", file=out)
+        if profile["backend"] == "slurm":
+            from orchestrator.backends.slurm.plan import print_slurm_plan
+
+            done = rundir.store.done_ids("train") | rundir.store.done_ids("prepare")
+            print_slurm_plan(profile, rundir, [u for u in units if u.id not in done], out)
         return rundir
     digests = DigestCache(digest_cache_path(rundir.path))
     units = expand_plan(plan, rundir.path, digests=digests)
@@ -83,6 +92,7 @@ def launch(
             print(f"{names[unit_id]} ({unit_id}): {reason}; retraining it", file=out, flush=True)
             rundir.reset_unit(unit_id)
         digests.save()
+        rundir.write_profile(cluster, cluster_file)
         states = st.unit_states(rundir, units, backend, digests)
         todo = [u for u in units if states[u.id] in (st.TODO, st.FAILED_STATE, st.BLOCKED)]
         done = sum(1 for s in states.values() if s == st.DONE)

@@ -83,6 +83,21 @@ class RunDir:
         header = "# The effective grid of the last launch into this run dir (overrides applied).\n"
         atomic_write_text(self.path / "grid.yaml", header + body)
 
+    def write_profile(self, cluster: str, cluster_file: Path | None) -> None:
+        """`profile.json`: the execution profile this run dir was launched with, so `status`
+        and `cancel` ask the right backend. Written before anything is submitted."""
+        body = {
+            "cluster": cluster,
+            "cluster_file": str(Path(cluster_file).resolve()) if cluster_file else None,
+        }
+        atomic_write_text(self.path / "profile.json", json.dumps(body))
+
+    def profile(self) -> tuple[str, Path | None]:
+        """(profile name, cluster file) of the last launch; `local` when none was recorded."""
+        path = self.path / "profile.json"
+        saved = json.loads(path.read_text()) if path.is_file() else {"cluster": "local"}
+        return saved["cluster"], Path(saved["cluster_file"]) if saved.get("cluster_file") else None
+
     # --- the DAG ----------------------------------------------------------------------------
     def write_dag(self, units: list[Unit]) -> None:
         atomic_write_text(self.path / "dag.json", json.dumps([asdict(u) for u in units], indent=1))

@@ -28,7 +28,7 @@ def scheduler_info() -> dict[str, Any]:
     if "SLURM_JOB_ID" in os.environ:
         return {
             "scheduler": "slurm",
-            "job_id": os.environ.get("SLURM_ARRAY_JOB_ID", os.environ["SLURM_JOB_ID"]),
+            "job_id": _slurm_job_id(),
             "requeues": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
         }
     return {
@@ -36,6 +36,13 @@ def scheduler_info() -> dict[str, Any]:
         "job_id": os.environ.get("FER_JOB_ID", str(os.getpid())),
         "requeues": 0,
     }
+
+
+def _slurm_job_id() -> str:
+    """`A_i` for task i of array A (as the slurm backend records it), else the job id."""
+    if "SLURM_ARRAY_TASK_ID" in os.environ:
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ["SLURM_JOB_ID"]
 
 
 def prepare(spec: dict[str, Any]) -> dict[str, Any]:

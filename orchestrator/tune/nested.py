@@ -80,8 +80,7 @@ def run_tune(args: TuneRequest) -> int:
         check_fits(settings, resources, f"--cluster {args.cluster}")
         rundir = RunDir(run_dir)
         rundir.claim(spec.grid.name, spec.path)
-        body = {"cluster": args.cluster, "cluster_file": _str_or_none(args.cluster_file)}
-        atomic_write_text(rundir.path / "profile.json", json.dumps(body))
+        rundir.write_profile(args.cluster, args.cluster_file)
         with rundir.launch_lock():
             choice = TuneRun(spec, rundir, make_backend(profile), settings).run(started)
     from orchestrator.report.document import write_report
@@ -419,7 +418,3 @@ def summary(choice: dict[str, Any]) -> str:
 def _mean_std(scores: dict[str, Any]) -> str:
     spread = f" ± {100 * scores['std']:.2f}" if len(scores["per_fold"]) > 1 else ""
     return f"{100 * scores['mean']:.2f}{spread}%"
-
-
-def _str_or_none(path: Path | None) -> str | None:
-    return None if path is None else str(path)

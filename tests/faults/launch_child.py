@@ -4,7 +4,9 @@
 
 WHEN `after-record`: dies right after the N-th job id was recorded in submissions.json (the
 launcher killed between two `sbatch` calls). WHEN `before-record`: dies after the N-th job
-was submitted but before its id was recorded (killed between `sbatch` and the record).
+was submitted but before its id was recorded (killed between `sbatch` and the record). WHEN
+`stop-controller`: stops slurmctld (SIGTERM, waits for it to exit) right after the N-th
+record and goes on submitting (the controller gone in the middle of a submission).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
+from pathlib import Path
 
 from orchestrator.cli import main
 from orchestrator.run.rundir import RunDir
@@ -28,8 +32,28 @@ def die_at(when: str, n: int) -> None:
         real(self, records)
         if when == "after-record" and seen[0] == n:
             os.kill(os.getpid(), signal.SIGKILL)
+        if when == "stop-controller" and seen[0] == n:
+            stop_slurmctld()
 
     RunDir.record_submissions = record_submissions
+
+
+def stop_slurmctld() -> None:
+    state = Path(os.environ.get("FER_SLURM_STATE", "/var/lib/fer-slurm"))
+    pid = int((state / "run" / "slurmctld.pid").read_text().strip())
+    os.kill(pid, signal.SIGTERM)
+    while _alive(pid):  # its state saved and its port closed
+        time.sleep(0.1)
+    print(f"launch_child: stopped slurmctld (pid {pid})", flush=True)
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie (PID 1 here reaps late)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 if __name__ == "__main__":

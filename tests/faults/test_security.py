@@ -178,7 +178,7 @@ def test_slurm_values_are_single_argv_items_even_when_unvalidated(tmp_path, monk
 
     unit = Unit("u1", "train", "x; rm -rf ~/f01/tiny/ce", "x", (), {}, 1, 1, "tiny", "ce")
     backend = SlurmBackend({"partition": "debug; touch /tmp/pwned", "time_min": 5})
-    text = submission_text(backend.executor(RunDir(tmp_path / "run"), unit, []))
+    text = submission_text(backend.executor(RunDir(tmp_path / "run"), [(unit,)]))
     partition = [line for line in text.splitlines() if "--partition" in line]
     assert partition == ["#SBATCH --partition='debug; touch /tmp/pwned'"]  # one quoted value
     assert not any(line.startswith("touch") for line in text.splitlines())

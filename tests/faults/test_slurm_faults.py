@@ -10,7 +10,10 @@ unique and `sacct --name` counts exactly this test's submissions.
 from __future__ import annotations
 
 import contextlib
+import getpass
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,8 +26,14 @@ from pathlib import Path
 import pytest
 
 from orchestrator.backends import base
-from orchestrator.backends.slurm.backend import SlurmBackend, job_name
-from orchestrator.backends.slurm.jobs import tagged_jobs
+from orchestrator.backends.slurm.backend import SlurmBackend
+from orchestrator.backends.slurm.jobs import (
+    array_tasks,
+    expand_job_ids,
+    job_key,
+    run_tag,
+    tagged_jobs,
+)
 from orchestrator.plan.profiles import load_profile
 from orchestrator.run.launch import launch
 from orchestrator.run.rundir import RunDir
@@ -63,6 +72,7 @@ short:                    # USR2 asked for 90 s before the end: seen 1-60 s into
   cpus_per_job: 1
   mem_gb: 1
   time_min: 2
+  timeout_requeues: 40    # as many runs as a slow machine needs (the count is not the point)
 packed:                   # two units per job, one CPU thread each
   backend: slurm
   partition: debug
@@ -74,7 +84,8 @@ packed:                   # two units per job, one CPU thread each
 # slurmd refuses a job whose credential is not newer (in whole seconds) than the revocation
 # at its requeue ("Job credential revoked": the job fails), so a release waits this long.
 REQUEUE_GAP_S = 1.5
-# sacct -S without -s leaves out a job cancelled before it started (never eligible).
+# sacct -S without -s leaves out a job cancelled before it started (never eligible); with -s
+# it needs -E too (else the window ends where it starts, and only squeue's jobs are seen).
 SACCT_STATES = "PD,R,RQ,RS,S,CA,CD,F,TO,OOM,NF,PR,DL,BF"
 SLURMD_PID = Path(os.environ.get("FER_SLURM_STATE", "/var/lib/fer-slurm")) / "run" / "slurmd.pid"
 
@@ -120,29 +131,46 @@ def finished(backend: SlurmBackend, rundir: RunDir) -> bool:
     )
 
 
-def jobs_by_name(names: list[str], since: float) -> Counter:
-    """How many SLURM jobs carry each of `names`: the controller's (squeue, which knows a job
-    the moment sbatch returns) and the accounting's (sacct, since `since`), by job id."""
+def jobs_per_unit(rundir: RunDir, since: float) -> Counter:
+    """How many SLURM jobs (array tasks) each unit of `rundir` had: the controller's (squeue,
+    which knows a job the moment sbatch returns) and the accounting's (sacct, since `since`),
+    by task id, mapped to units by the run dir's tag and array key in the job's comment."""
     start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since - 5))
-    sacct = ["sacct", "-X", "-n", "-P", "-S", start, "-s", SACCT_STATES, "-o", "JobID,JobName"]
     queries = (
-        ["squeue", "-h", "-t", "all", "-o", "%i|%j", "--name", ",".join(names)],
-        [*sacct, "--name", ",".join(names)],
+        ["squeue", "-h", "-r", "-t", "all", "-o", "%i|%k"],
+        [
+            "sacct",
+            "-X",
+            "-n",
+            "-P",
+            "-S",
+            start,
+            "-E",
+            "now",
+            "-s",
+            SACCT_STATES,
+            "-o",
+            "JobID,Comment",
+        ],
     )
-    jobs: dict[str, str] = {}
+    prefix = run_tag(rundir.path) + ":"
+    keys: dict[str, str] = {}
     for argv in queries:
         done = subprocess.run(argv, capture_output=True, text=True, check=True)
         for line in done.stdout.splitlines():
-            job, sep, name = line.strip().partition("|")
-            if sep:
-                jobs[job] = name
-    return Counter(jobs.values())
+            job, _, comment = line.strip().partition("|")
+            if comment.startswith(prefix):
+                keys.update(dict.fromkeys(expand_job_ids(job), comment[len(prefix) :]))
+    counts: Counter = Counter()
+    for job, key in keys.items():
+        counts.update(array_tasks(rundir.path, key)[max(job_key(job)[1], 0)])
+    return counts
 
 
 def explain(rundir: RunDir):
     def tail() -> str:
         parts = []
-        for log in sorted(rundir.path.glob("units/*/slurm/*_log.out")):
+        for log in sorted(rundir.path.glob("arrays/*/*_log.out")):
             lines = log.read_text(errors="replace").splitlines()[-6:]
             parts.append(f"\n--- {log.relative_to(rundir.path)}\n" + "\n".join(lines))
         return "".join(parts)
@@ -153,18 +181,17 @@ def explain(rundir: RunDir):
 def _assert_jobs_match_the_record(rundir: RunDir, since: float) -> None:
     """SLURM holds exactly the jobs the run dir recorded: one per attempt, none unrecorded."""
     train = [u for u in rundir.read_dag() if u.kind == "train"]
-    counts = jobs_by_name([job_name(u) for u in train], since)
+    counts = jobs_per_unit(rundir, since)
     records = rundir.submissions()
-    assert {job_name(u): counts[job_name(u)] for u in train} == {
-        job_name(u): records[u.id]["attempts"] for u in train
+    assert {u.name: counts[u.id] for u in train} == {
+        u.name: records[u.id]["attempts"] for u in train
     }
 
 
 def _assert_one_job_per_unit(rundir: RunDir, since: float) -> None:
     train = [u for u in rundir.read_dag() if u.kind == "train"]
-    names = [job_name(u) for u in train]
-    counts = jobs_by_name(names, since)
-    assert counts == Counter(dict.fromkeys(names, 1)), f"SLURM jobs per unit: {counts}"
+    counts = jobs_per_unit(rundir, since)
+    assert {u.id: counts[u.id] for u in train} == dict.fromkeys((u.id for u in train), 1), counts
     assert {r["attempts"] for r in rundir.submissions().values()} == {1}
 
 
@@ -206,7 +233,7 @@ def test_a_job_hitting_its_time_limit_is_checkpointed_requeued_and_completes(slu
     """Fault: the unit needs longer than its job's --time (2 min; SLURM signals USR2 90 s
     before the end). Expect: submitit checkpoints and requeues it (same job id) until it is
     done; each run resumes where the last stopped; the runs row counts the requeues."""
-    epochs = 40
+    epochs = 100  # more than one run's ~30 s can train on any machine
     grid, run, cluster, since = slurm_study(strategies="[ce]", epochs=epochs)
     rundir = launch(str(grid), cluster="short", cluster_file=cluster, run_dir=run)
     backend = SlurmBackend(load_profile("short", cluster))
@@ -214,14 +241,14 @@ def test_a_job_hitting_its_time_limit_is_checkpointed_requeued_and_completes(slu
     job = str(rundir.submissions()[unit.id]["job_id"])
     wait_until(
         lambda: release_if_held(job) or finished(backend, rundir),
-        600,
+        1200,
         "the unit to finish across requeues",
         interval=1,
         explain=explain(rundir),
     )
     assert rundir.failure(unit.id) is None, rundir.failure(unit.id)
     row = assert_grid_done_once(rundir, epochs)[unit.id]
-    log = "".join(p.read_text() for p in rundir.path.glob(f"units/{unit.id}/slurm/*_log.out"))
+    log = "".join(p.read_text() for p in rundir.path.glob(f"arrays/*/{job}_*log.out"))
     assert "this job is timed-out" in log  # submitit's own words on USR2 near --time
     assert row["requeues"] >= 1 and row["job_id"] == job, row
     # USR2 may come before or after the first epoch ends: whatever the timing, the last run
@@ -257,8 +284,13 @@ def test_slurmd_killed_under_running_jobs_then_restarted_the_grid_completes(slur
         os.kill(pid, signal.SIGKILL)
         wait_until(lambda: not alive(pid), 10, "slurmd to die")
         before = epochs_done(rundir, unit["s1f1"].id)
-        time.sleep(5)
-        during = epochs_done(rundir, unit["s1f1"].id)
+        # Training goes on while slurmd is down (an event, not a time: the next epoch ends).
+        wait_until(
+            lambda: epochs_done(rundir, unit["s1f1"].id) > before,
+            120,
+            "an epoch to end while slurmd is down",
+            explain=explain(rundir),
+        )
     finally:
         up = subprocess.run(
             ["bash", str(REPO / "scripts" / "local_slurm.sh"), "up"],
@@ -267,7 +299,6 @@ def test_slurmd_killed_under_running_jobs_then_restarted_the_grid_completes(slur
             timeout=180,
         )
     assert up.returncode == 0, up.stdout + up.stderr
-    assert during > before, "training should go on while slurmd is down"
     wait_until(
         lambda: (
             release_if_held(str(rundir.submissions()[unit["s1f1"].id]["job_id"]))
@@ -305,12 +336,13 @@ def _killed_launch(when: str, n: int, grid, cluster, run) -> subprocess.Complete
 def test_launcher_killed_halfway_through_submitting_then_relaunch_submits_each_unit_once(
     slurm_study, tmp_path
 ):
-    """Fault: the launch process is SIGKILLed between two `sbatch` calls, after 2 of the
-    grid's 4 jobs were submitted and recorded. Expect: a re-launch submits only the 2
-    missing units (with afterok on the recorded ones), SLURM holds exactly one job per unit
-    (squeue/sacct), and the grid completes once."""
+    """Fault: the launch process is SIGKILLed between two `sbatch` calls: the grid's first
+    array (both stage-1 units; the data is prepared) was submitted and recorded, the second
+    (stage 2) not. Expect: a re-launch submits only the 2 missing units (each after its own
+    parent's array task), SLURM holds exactly one job per unit (squeue/sacct), and the grid
+    completes once."""
     grid, run, cluster, since = slurm_study(strategies='[ce, "ce>focal"]', folds="[1, 2]", epochs=1)
-    killed = _killed_launch("after-record", 2, grid, cluster, run)
+    killed = _killed_launch("after-record", 1, grid, cluster, run)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     rundir = RunDir(run)
     assert len(rundir.submissions()) == 2
@@ -326,31 +358,27 @@ def test_launcher_killed_halfway_through_submitting_then_relaunch_submits_each_u
 def test_launcher_killed_between_sbatch_and_its_record_does_not_duplicate_the_job(
     slurm_study, tmp_path
 ):
-    """Fault: the launch process is SIGKILLed after `sbatch` accepted its 2nd job but before
-    the job id reached submissions.json. Expect: the re-launch finds that job (squeue, by the
-    run dir and unit ids in its --comment) and adopts it into the record instead of
-    submitting the unit a second time."""
-    grid, run, cluster, since = slurm_study(strategies="[ce]", folds="[1, 2]", epochs=1)
+    """Fault: the launch process is SIGKILLed after `sbatch` accepted its 2nd submission (the
+    array of both stage-1 units) but before its task ids reached submissions.json. Expect:
+    the re-launch finds its tasks (squeue, by the run dir and array key in the --comment) and
+    adopts them into the record instead of submitting the units a second time."""
+    grid, run, cluster, since = slurm_study(strategies="[ce, focal]", folds="[1]", epochs=1)
     train = [u for u in prepare_run(grid, run)[0].read_dag() if u.kind == "train"]
-    names = [job_name(u) for u in train]
-    try:
-        killed = _killed_launch("before-record", 2, grid, cluster, run)
-        assert killed.returncode == -signal.SIGKILL, killed.stderr
-        rundir = RunDir(run)
-        assert len(rundir.submissions()) == 1
-        orphan = next(u for u in train if u.id not in rundir.submissions())
-        [job] = tagged_jobs(run).keys() - {str(rundir.submissions()[train[0].id]["job_id"])}
-        args = ("launch", "--grid", grid, "--cluster", "test", "--cluster-file", cluster)
-        again = cli(*args, "--run-dir", run, cwd=tmp_path, timeout=300)
-        assert again.returncode == 0, again.stdout + again.stderr
-        assert "a killed launch had submitted without recording" in again.stdout, again.stdout
-        assert "submitted 0 SLURM jobs" in again.stdout, again.stdout
-        counts = jobs_by_name(names, since)
-        assert counts == Counter(dict.fromkeys(names, 1)), f"SLURM jobs per unit: {counts}"
-        assert rundir.submissions()[orphan.id]["job_id"] == job
-        assert {r["attempts"] for r in rundir.submissions().values()} == {1}
-    finally:
-        subprocess.run(["scancel", "--name", ",".join(names)], check=False)
+    rundir = RunDir(run)
+    killed = _killed_launch("before-record", 1, grid, cluster, run)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert rundir.submissions() == {}
+    orphans = tagged_jobs(run)
+    assert sorted(u for _, units in orphans.values() for u in units) == sorted(u.id for u in train)
+    args = ("launch", "--grid", grid, "--cluster", "test", "--cluster-file", cluster)
+    again = cli(*args, "--run-dir", run, cwd=tmp_path, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "a killed launch had submitted without recording" in again.stdout, again.stdout
+    assert "submitted 0 units as 0 SLURM arrays/jobs" in again.stdout, again.stdout
+    assert {rundir.submissions()[units[0]]["job_id"] for _, units in orphans.values()} == set(
+        orphans
+    )
+    _assert_one_job_per_unit(rundir, since)
 
 
 # --- case 5: a unit fails inside a job of packed units (units_per_job: 2) -----------------------
@@ -360,7 +388,20 @@ def jobs_of(dataset: str, since: float) -> set[str]:
     start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since - 5))
     queries = (
         ["squeue", "-h", "-t", "all", "-o", "%i|%j"],
-        ["sacct", "-X", "-n", "-P", "-S", start, "-s", SACCT_STATES, "-o", "JobID,JobName"],
+        [
+            "sacct",
+            "-X",
+            "-n",
+            "-P",
+            "-S",
+            start,
+            "-E",
+            "now",
+            "-s",
+            SACCT_STATES,
+            "-o",
+            "JobID,JobName",
+        ],
     )
     jobs = set()
     for argv in queries:
@@ -401,9 +442,156 @@ def test_packed_units_a_failure_keeps_its_siblings_results_and_relaunch_runs_onl
     broken.unlink()
     capsys.readouterr()
     launch(str(grid), cluster="packed", cluster_file=cluster, run_dir=run, wait=True)
-    assert "submitted 1 SLURM jobs for 1 units" in capsys.readouterr().out
+    assert "submitted 1 units as 1 SLURM arrays/jobs" in capsys.readouterr().out
     runs = assert_grid_done_once(rundir, 1)
     attempts = {k: rundir.submissions()[unit[k].id]["attempts"] for k in job}
     assert attempts == {"s1f1": 1, "s1f2": 1, "s2f1": 1, "s2f2": 2}
     assert runs[unit["s2f1"].id]["job_id"] == job["s2f1"]
     assert len(jobs_of(unit["s1f1"].dataset, since)) == 3  # for 5 unit submissions
+
+
+# --- case 6: submission limits, a controller that goes away, a first launch killed ----------
+@contextlib.contextmanager
+def submit_limit(jobs: int):
+    """MaxSubmitJobs=`jobs` on this user's association (sacctmgr), in force once the
+    controller shows it; the previous value back afterwards, pass or fail."""
+    user = getpass.getuser()
+    where = ["where", f"name={user}"]
+    show = ["sacctmgr", "-n", "-P", "show", "assoc", f"user={user}", "format=MaxSubmit"]
+    before = subprocess.run(show, capture_output=True, text=True, check=True).stdout.split()
+    previous = before[0] if before and before[0].isdigit() else "-1"
+
+    def in_force(value: str) -> bool:
+        argv = ["scontrol", "show", "assoc_mgr", "flags=assoc", f"users={user}"]
+        text = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+        shown = re.findall(r"MaxSubmitJobs=(\d*)", text)  # the account's, then the user's
+        return value in shown if value != "-1" else bool(shown) and set(shown) == {""}
+
+    subprocess.run(["sacctmgr", "-i", "modify", "user", *where, "set", f"MaxSubmitJobs={jobs}"],
+                   check=True, capture_output=True)  # fmt: skip
+    try:
+        wait_until(lambda: in_force(str(jobs)), 60, f"MaxSubmitJobs={jobs} in the controller")
+        yield
+    finally:
+        subprocess.run(
+            ["sacctmgr", "-i", "modify", "user", *where, "set", f"MaxSubmitJobs={previous}"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        wait_until(lambda: in_force(previous), 60, "the previous MaxSubmitJobs")
+
+
+def array_tasks_in_sacct(rundir: RunDir, since: float) -> list[str]:
+    start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since - 5))
+    argv = [
+        "sacct",
+        "-X",
+        "-n",
+        "-P",
+        "-S",
+        start,
+        "-E",
+        "now",
+        "-s",
+        SACCT_STATES,
+        "-o",
+        "JobID,Comment",
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, check=True)
+    tag = run_tag(rundir.path) + ":"
+    return [
+        job
+        for job, _, comment in (line.partition("|") for line in done.stdout.splitlines())
+        if comment.startswith(tag) and "_" in job
+    ]
+
+
+def test_a_grid_larger_than_the_submit_limit_tops_up_until_done(slurm_study, tmp_path):
+    """Fault: the user may have 3 jobs in the queue (MaxSubmitJobs=3) and the grid has 16
+    units. Expect: launch --wait submits what fits (arrays of at most the room left), says how
+    many units wait, tops up as jobs end, and completes: every unit done exactly once (one
+    array task each, never failed and re-submitted), sacct showing array tasks."""
+    strategies = '[ce, focal, "ce>focal", "focal>ce"]'  # 4 trainings per fold
+    grid, run, cluster, since = slurm_study(strategies=strategies, folds="[1, 2, 3, 4]", epochs=1)
+    rundir = RunDir(run)
+    with submit_limit(3):
+        args = ("launch", "--grid", grid, "--cluster", "test", "--cluster-file", cluster)
+        done = cli(*args, "--run-dir", run, "--wait", cwd=tmp_path, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"\d+ units wait for room \(MaxSubmitJobs=3 of", done.stdout), done.stdout
+    assert not re.search(r"\] .* (failed|blocked) ", done.stdout), done.stdout
+    train = [u for u in rundir.read_dag() if u.kind == "train"]
+    assert len(train) == 16
+    assert_grid_done_once(rundir, 1)
+    _assert_one_job_per_unit(rundir, since)  # one task and one attempt each: none failed
+    assert not list(run.glob("units/*/failed.json"))
+    assert array_tasks_in_sacct(rundir, since), "sacct shows no array task of this run"
+
+
+def test_slurmctld_stopped_mid_submission_the_launch_retries_and_completes(slurm_study, tmp_path):
+    """Fault: slurmctld stops right after the first array of a launch was recorded, for ~20 s.
+    Expect: the next sbatch (and squeue/sacct while waiting) fail to reach it and are retried
+    with backoff; once it is back the launch completes the grid; one job per unit."""
+    grid, run, cluster, since = slurm_study(strategies='[ce, "ce>focal"]', folds="[1, 2]", epochs=1)
+    args = ["launch", "--grid", grid, "--cluster", "test", "--cluster-file", cluster]
+    out = tmp_path / "launch.out"
+    with open(out, "wb") as sink:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "tests.faults.launch_child", "stop-controller", "1",
+             *map(str, args), "--run-dir", str(run), "--wait"],
+            cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, env=cli_env(),
+        )  # fmt: skip
+    try:
+        wait_until(lambda: "stopped slurmctld" in out.read_text(), 120, "the controller to stop")
+        time.sleep(20)  # the outage itself, not a wait for an event
+    finally:
+        up = subprocess.run(
+            ["bash", str(REPO / "scripts" / "local_slurm.sh"), "up"],
+            capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        code = child.wait(600)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    text = out.read_text()
+    assert code == 0, text
+    assert "sbatch: the SLURM controller did not answer" in text and "retrying in" in text, text
+    rundir = RunDir(run)
+    assert_grid_done_once(rundir, 1)
+    _assert_one_job_per_unit(rundir, since)
+
+
+def test_a_first_launch_killed_mid_submission_then_cancel_cancels_every_job_it_submitted(
+    slurm_study, tmp_path
+):
+    """Fault: the very first launch of a run dir is SIGKILLed after its 2nd sbatch, before
+    that array's record (the node is held by someone else's job, so nothing of ours starts).
+    Expect: profile.json was written before the first sbatch, so `cancel` asks SLURM (not the
+    local backend), and cancels every job the launch submitted, recorded or not."""
+    other = subprocess.run(
+        ["sbatch", "--parsable", "-p", "debug", "--exclusive", "--mem=100M", "-J", "not-ours",
+         "-o", str(tmp_path / "not-ours.out"), "--wrap", "sleep 300"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    try:
+        wait_until(lambda: "JobState=RUNNING" in scontrol_job(other), 60, "the node to be held")
+        grid, run, cluster, _ = slurm_study(strategies='[ce, "ce>focal"]', folds="[1, 2]", epochs=1)
+        killed = _killed_launch("before-record", 2, grid, cluster, run)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        assert json.loads((run / "profile.json").read_text())["cluster"] == "test"
+        rundir = RunDir(run)
+        assert len(rundir.submissions()) == 2  # the stage-1 array; the stage-2 one unrecorded
+        submitted = tagged_jobs(run)
+        assert len(submitted) == 4
+        assert {s for s, _ in submitted.values()} == {"PENDING"}
+        cancelled = cli("cancel", "--run-dir", run, cwd=tmp_path, timeout=120)
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert "cancelled 4 units" in cancelled.stdout, cancelled.stdout
+        wait_until(
+            lambda: {s for s, _ in tagged_jobs(run).values()} == {"CANCELLED"},
+            60,
+            "every job of the killed launch to be cancelled",
+        )
+    finally:
+        subprocess.run(["scancel", other], check=False)

@@ -1,59 +1,84 @@
-"""The slurm backend: units as submitit jobs, stage 2 chained to stage 1 with `afterok`.
+"""The slurm backend: units as submitit job arrays, stage 2 chained to stage 1 per task.
 
-One job per unit, or with `units_per_job: k` up to k units that can start together in one
-job, run as k parallel worker processes (`slurm_pack` says which units share a job). A job
-whose dependency is in the same submission (or still queued/running from an earlier launch)
-is submitted with `--dependency=afterok:<job ids>` and `--kill-on-invalid-dep=yes`, so SLURM
-starts it only after its parents succeeded and cancels it if one failed (without that flag
-it would stay pending forever). `launch` returns once everything is queued unless asked to
-wait.
+One array task per unit, or with `units_per_job: k` per pack of up to k units that can start
+together, run as k parallel worker processes (`pack.py` says which units share a task). The
+tasks of one wave go to SLURM as few job arrays as their dependencies allow (`arrays.py`): a
+task waits on its own parent's task (`afterok:<array>_<index>`, or `aftercorr:<array>` for a
+whole array of children), with `--kill-on-invalid-dep=yes`, so SLURM starts it only after its
+parent succeeded and cancels it if the parent failed. `array_parallelism` (and `--jobs`) is
+the `%N` throttle: tasks of one array running at once.
 
-Each job id is recorded in the run dir right after its `sbatch`, so a launch killed between
-two sbatch calls leaves an exact record. Killed between an sbatch and its record, it leaves a
-job only SLURM knows of: every job carries `--comment=fer:<run dir hash>:<unit ids>`, and
-the next launch adopts such a job from `squeue` (records it, waits on it, makes dependants
-depend on it) instead of submitting its units again; `cancel` finds it the same way.
+Limits: `launch` reads the cluster's (`control.read_limits`: MaxArraySize, and the
+MaxSubmitJobs of the user's association and QOS when enforced), submits what fits (each array
+task counts as one job) and says how many units wait; `--wait` tops up as jobs end, and
+without it a later `launch` submits the next batch. An sbatch refused for a limit leaves its
+units waiting, never failed. sbatch/squeue/sacct/scancel calls that cannot reach the
+controller are retried with backoff (`control.py`).
 
-Job files are keyed by unit ids, never by job id: a single unit's in
-`RUN_DIR/units/<unit id>/slurm/` (`<job id>_submission.sh`, `<job id>_0_log.out`, the
-pickled call), a pack's in `RUN_DIR/packs/<hash of its unit ids>/`, with each unit's worker
-log in its own folder (`<job id>_pack_log.out`). Profile values reach the sbatch file only
-as submitit parameters (submitit quotes them); `setup:` lines are the one place a profile
-writes shell, by design (`module load ...`); `env:` is set inside the job's Python before
-torch loads. `array_parallelism` (and `--jobs`) is accepted and has no effect here: SLURM's
-own limits pace the queue.
+Records first: before each sbatch its tasks' units are written to
+`RUN_DIR/arrays/<key>/tasks.json` and the job carries `--comment=fer:<run dir hash>:<key>`;
+right after it, every task's job id (`<array>_<index>`, or the job id of a one-task
+submission) is recorded in submissions.json. A launch killed in between leaves a job only
+SLURM knows of: the next launch adopts its tasks from `squeue` (records them, waits on them,
+makes dependants depend on them) instead of submitting their units again, and `cancel` finds
+it the same way. Before a transient sbatch failure is retried, the same check runs, so a job
+the controller accepted without answering is not submitted twice.
+
+An array's submitit files (submission script, pickled calls, `<array>_<index>_0_log.out`)
+are in `RUN_DIR/arrays/<key>/`; a packed unit's worker log in
+`units/<id>/slurm/<job id>_pack_log.out`. Profile values reach the sbatch file only as
+submitit parameters (submitit quotes them); `setup:` lines are the one place a profile writes
+shell, by design (`module load ...`); `env:` is set inside the job's Python before torch
+loads.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import json
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import time
+import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from fer_core.errors import FerError
+from fer_core.io import atomic_write_text
 from orchestrator.backends.base import ACTIVE, CANCELLED, Backend
+from orchestrator.backends.slurm.arrays import Array, dependency_of, plan_arrays
+from orchestrator.backends.slurm.control import (
+    LIMIT_REFUSAL,
+    Limits,
+    Retry,
+    TransientError,
+    is_transient,
+    queued_jobs,
+    read_limits,
+    retrying,
+    slurm_call,
+)
 from orchestrator.backends.slurm.jobs import (
     PackJob,
     UnitJob,
     job_comment,
+    job_key,
     normalise_state,
     raw_states,
+    submitted_as,
     unrecorded_jobs,
 )
-from orchestrator.backends.slurm.pack import Pack, plan_packs
+from orchestrator.backends.slurm.pack import plan_packs
 from orchestrator.plan.dag import Unit
 from orchestrator.run.progress import Progress, unit_summary
 from orchestrator.run.rundir import RunDir
 
-# A timed-out job is requeued this many times at most (each run resumes from its last epoch,
-# so a limit only stops a unit that cannot finish one epoch within time_min); preemptions
-# are requeued without limit.
+# A timed-out job is requeued this many times at most (profile key `timeout_requeues`; each
+# run resumes from its last epoch, so a limit only stops a unit that cannot finish one epoch
+# within time_min); preemptions are requeued without limit.
 MAX_TIMEOUT_REQUEUES = 3
 POLL_FIRST_S, POLL_GROWTH, POLL_MAX_S = 1.0, 1.25, 10.0  # sacct every 10 s at most
 UNKNOWN_GRACE_S = 120.0  # a job neither sacct nor squeue knows for this long is lost
@@ -64,9 +89,52 @@ def job_name(unit: Unit) -> str:
     return "fer-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", unit.name).strip("_")
 
 
-def pack_job_name(units: list[Unit]) -> str:
-    """A pack of 2 starting with `ckplus/f01/tiny/ce` -> `fer-pack2-ckplus_f01_tiny_ce`."""
-    return f"fer-pack{len(units)}-" + job_name(units[0]).removeprefix("fer-")
+def array_job_name(tasks: list[tuple[Unit, ...]]) -> str:
+    """One unit: its job_name; one pack of 2: `fer-pack2-<first unit>`; an array of 8 tasks:
+    `fer-array8-<first unit>`."""
+    first = job_name(tasks[0][0])
+    if len(tasks) > 1:
+        return f"fer-array{len(tasks)}-" + first.removeprefix("fer-")
+    if len(tasks[0]) > 1:
+        return f"fer-pack{len(tasks[0])}-" + first.removeprefix("fer-")
+    return first
+
+
+def job_parameters(
+    profile: dict[str, Any],
+    rundir: RunDir,
+    tasks: list[tuple[Unit, ...]],
+    dependency: str,
+    key: str,
+) -> dict[str, Any]:
+    """submitit SlurmExecutor parameters of an array of `tasks` (profile values as data)."""
+    params: dict[str, Any] = {
+        "job_name": array_job_name(tasks),
+        "comment": job_comment(rundir.path, key),
+        "nodes": 1,
+        "ntasks_per_node": 1,
+        "cpus_per_task": int(profile.get("cpus_per_job", 1)),
+        "time": int(profile.get("time_min", 60)),
+        "stderr_to_stdout": True,
+        "array_parallelism": int(profile.get("array_parallelism", len(tasks))),
+    }
+    for name in ("partition", "account", "qos"):
+        if profile.get(name):
+            params[name] = profile[name]
+    if profile.get("mem_gb") is not None:
+        params["mem"] = _mem(profile["mem_gb"])
+    if profile.get("gpus_per_job"):
+        params["gpus_per_node"] = int(profile["gpus_per_job"])
+    if profile.get("setup"):
+        params["setup"] = list(profile["setup"])
+    if dependency:
+        params["dependency"] = dependency
+        params["additional_parameters"] = {"kill_on_invalid_dep": "yes"}
+    return params
+
+
+class LimitReached(Exception):
+    """sbatch refused an array for a submission limit: its units wait for room."""
 
 
 class SlurmBackend(Backend):
@@ -79,36 +147,9 @@ class SlurmBackend(Backend):
                 "--cluster slurm: no sbatch on PATH; run on a SLURM login node, start a "
                 "one-node SLURM with scripts/local_slurm.sh up, or use --cluster local"
             )
+        self.retry = Retry.of(profile)
 
     # --- submission -------------------------------------------------------------------------
-    def job_parameters(
-        self, rundir: RunDir, units: list[Unit], dependency: list[str]
-    ) -> dict[str, Any]:
-        """submitit SlurmExecutor parameters for a job of `units` (profile values as data)."""
-        profile = self.profile
-        params: dict[str, Any] = {
-            "job_name": job_name(units[0]) if len(units) == 1 else pack_job_name(units),
-            "comment": job_comment(rundir.path, [unit.id for unit in units]),
-            "nodes": 1,
-            "ntasks_per_node": 1,
-            "cpus_per_task": int(profile.get("cpus_per_job", 1)),
-            "time": int(profile.get("time_min", 60)),
-            "stderr_to_stdout": True,
-        }
-        for key in ("partition", "account", "qos"):
-            if profile.get(key):
-                params[key] = profile[key]
-        if profile.get("mem_gb") is not None:
-            params["mem"] = _mem(profile["mem_gb"])
-        if profile.get("gpus_per_job"):
-            params["gpus_per_node"] = int(profile["gpus_per_job"])
-        if profile.get("setup"):
-            params["setup"] = list(profile["setup"])
-        if dependency:
-            params["dependency"] = "afterok:" + ":".join(dependency)
-            params["additional_parameters"] = {"kill_on_invalid_dep": "yes"}
-        return params
-
     def job_env(self, units: int = 1) -> dict[str, str]:
         """Set before torch loads: threads = each unit's share of the job's CPUs, then the
         profile's env."""
@@ -117,82 +158,145 @@ class SlurmBackend(Backend):
         env.update({k: str(v) for k, v in (self.profile.get("env") or {}).items()})
         return env
 
-    def executor(self, rundir: RunDir, unit: Unit, dependency: list[str]) -> Any:
-        """The submitit executor of a job of `unit` alone."""
-        return self._executor(rundir, [unit], dependency, job_folder(rundir, unit.id))
-
-    def pack_executor(self, rundir: RunDir, units: list[Unit], dependency: list[str]) -> Any:
-        """The submitit executor of a job of the pack `units`."""
-        return self._executor(rundir, units, dependency, pack_folder(rundir, units))
-
-    def _executor(
-        self, rundir: RunDir, units: list[Unit], dependency: list[str], folder: Path
+    def executor(
+        self, rundir: RunDir, tasks: list[tuple[Unit, ...]], dependency: str = "", key: str = ""
     ) -> Any:
+        """The submitit executor of an array of `tasks` (files in `RUN_DIR/arrays/<key>/`)."""
         from submitit import SlurmExecutor
 
+        key = key or new_key()
         python = self.profile.get("python") or sys.executable
         executor = SlurmExecutor(
-            folder=folder,
-            max_num_timeout=MAX_TIMEOUT_REQUEUES,
+            folder=array_folder(rundir, key),
+            max_num_timeout=int(self.profile.get("timeout_requeues", MAX_TIMEOUT_REQUEUES)),
             python=shlex.quote(str(python)),  # submitit puts it in the command line as is
         )
-        executor.update_parameters(**self.job_parameters(rundir, units, dependency))
+        executor.update_parameters(**job_parameters(self.profile, rundir, tasks, dependency, key))
         return executor
 
     def submit(self, rundir: RunDir, units: list[Unit], wait: bool = False) -> None:
-        earlier = self._active_jobs(rundir, units, {unit.id for unit in units})
+        waiting = self._submit_what_fits(rundir, units)
+        if wait:
+            self.wait(rundir, units, waiting)
+        elif waiting:
+            print(
+                f"{len(waiting)} units wait for room under the cluster's limits; "
+                f"`launch` again submits the next batch (or `launch --wait` tops up as jobs end)",
+                flush=True,
+            )
+
+    def _submit_what_fits(
+        self, rundir: RunDir, units: list[Unit], topping_up: bool = False
+    ) -> list[Unit]:
+        """Submit `units` (topological order) as arrays, as many as the cluster's limits
+        allow; the units left waiting for room.
+
+        A dependency that is neither done nor active is refused before anything is
+        submitted; while topping up it is a parent whose end `wait` has not seen yet, and
+        its dependants wait for that.
+        """
+        earlier, lost = self._active_jobs(rundir, units, {unit.id for unit in units})
+        if lost and not topping_up:
+            raise FerError(
+                f"{rundir.path}: unit {sorted(lost)[0]} is needed by this submission but is "
+                f"not done, queued or running; re-launch the whole grid"
+            )
+        held = set(lost)
+        for unit in units:  # topological: a dependant of a held unit is held too
+            if any(dep in held for dep in unit.deps):
+                held.add(unit.id)
         adopted = self._adopt_unrecorded(rundir, units)
-        todo = [u for u in units if u.id not in adopted and not _is_done(rundir, u.id)]
+        todo = [
+            u
+            for u in units
+            if u.id not in adopted and u.id not in held and not _is_done(rundir, u.id)
+        ]
         per_job = int(self.profile.get("units_per_job", 1))
         packs = plan_packs(todo, per_job, {**earlier, **adopted})
-        job_ids: list[str] = []
-        for pack in packs:
-            dependency = [job_ids[i] for i in pack.parents] + list(pack.external)
-            queued = sum(len(p.units) for p in packs[: len(job_ids)])
-            job_ids.append(self._sbatch(rundir, pack, dependency, queued))
-            record: dict[str, Any] = {"backend": self.name, "job_id": job_ids[-1]}
-            if len(pack.units) > 1:
-                record["pack"] = [unit.id for unit in pack.units]
-            rundir.record_submissions({unit.id: record for unit in pack.units})
+        limits = read_limits(self.profile, self.retry)
+        queued = queued_jobs(self.retry) if limits.max_submit is not None else 0
+        room = limits.room(queued)
+        fitting = packs if room is None else packs[:room]  # a prefix: parents come first
+        arrays = plan_arrays(fitting, limits.max_array_size)
+        ids: list[str] = []
+        for index, array in enumerate(arrays):
+            try:
+                ids.append(self._sbatch(rundir, array, dependency_of(array, arrays, ids)))
+            except LimitReached as exc:
+                # The limits read were not the whole story (another association, another
+                # user's jobs in an account limit...): try the first half, and stop there.
+                print(f"sbatch refused for a limit ({exc}): the rest waits", flush=True)
+                while len(array.packs) > 1:
+                    array = replace(array, packs=array.packs[: len(array.packs) // 2])
+                    arrays[index] = array
+                    with contextlib.suppress(LimitReached):
+                        ids.append(self._sbatch(rundir, array, dependency_of(array, arrays, ids)))
+                        break
+                break
+        sent = {unit.id for array in arrays[: len(ids)] for p in array.packs for unit in p.units}
+        waiting_ids = held | {u.id for u in todo if u.id not in sent}
+        waiting = [u for u in units if u.id in waiting_ids]
         print(
-            f"submitted {len(job_ids)} SLURM jobs for {len(todo)} units "
-            f"({_id_range(job_ids)}); follow with: python -m orchestrator status "
-            f"--run-dir {rundir.path}",
+            f"submitted {len(sent)} units as {len(ids)} SLURM arrays/jobs "
+            f"({_id_range(ids)}){_waiting_note(waiting, limits, queued)}; follow with: "
+            f"python -m orchestrator status --run-dir {rundir.path}",
             flush=True,
         )
-        if wait:
-            self.wait(rundir, units)
+        return waiting
 
-    def _sbatch(self, rundir: RunDir, pack: Pack, dependency: list[str], queued: int) -> str:
-        """Submit the job of `pack`; its job id. A refusal says what is queued already."""
-        units = list(pack.units)
+    def _sbatch(self, rundir: RunDir, array: Array, dependency: str) -> str:
+        """Submit `array` (retried while the controller is away) and record its tasks; its job
+        id. A refusal for a limit raises LimitReached; any other is one clear error."""
+        tasks = [pack.units for pack in array.packs]
+        key = new_key()
+        folder = array_folder(rundir, key)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / "tasks.json", json_tasks(tasks))
+
+        def once() -> str:
+            executor = self.executor(rundir, tasks, dependency, key)
+            try:
+                with executor.batch():
+                    jobs = [executor.submit(*self._call(rundir, units)) for units in tasks]
+            except Exception as exc:  # submitit raises its own error types for sbatch failures
+                _remove_unsubmitted(folder)
+                message = " ".join(str(exc).split())[-400:]
+                if is_transient(message):
+                    raise TransientError(message) from exc
+                if LIMIT_REFUSAL.search(message):
+                    raise LimitReached(message.split("error:")[-1].strip()) from exc
+                raise FerError(
+                    f"sbatch refused {array_job_name(tasks)} ({sum(map(len, tasks))} units): "
+                    f"{message}; the arrays before it are queued and recorded in "
+                    f"{rundir.path / 'submissions.json'}; fix the profile (or the cluster) and "
+                    f"re-launch"
+                ) from exc
+            return str(jobs[0].job_id).partition("_")[0]
+
+        job = retrying(
+            once,
+            self.retry,
+            "sbatch",
+            before_retry=lambda: submitted_as(rundir.path, key, self.retry),
+        )
+        records: dict[str, dict[str, Any]] = {}
+        for index, units in enumerate(tasks):
+            record: dict[str, Any] = {
+                "backend": self.name,
+                "job_id": job if len(tasks) == 1 else f"{job}_{index}",
+                "array": key,
+            }
+            if len(units) > 1:
+                record["pack"] = [unit.id for unit in units]
+            records.update({unit.id: record for unit in units})
+        rundir.record_submissions(records)
+        return job
+
+    def _call(self, rundir: RunDir, units: tuple[Unit, ...]) -> tuple:
+        """What a task runs: UnitJob for one unit, PackJob for a pack."""
         if len(units) == 1:
-            executor = self.executor(rundir, units[0], dependency)
-            call = (UnitJob(self.job_env()), str(rundir.path), units[0].id)
-        else:
-            executor = self.pack_executor(rundir, units, dependency)
-            call = (PackJob(self.job_env(len(units))), str(rundir.path), [u.id for u in units])
-        try:
-            job = executor.submit(*call)
-        except Exception as exc:  # submitit raises its own error types for sbatch failures
-            _remove_unsubmitted(Path(executor.folder))
-            message = " ".join(str(exc).split())[-400:]
-            what = (
-                f"unit {units[0].name} ({units[0].id})"
-                if len(units) == 1
-                else f"a job of {len(units)} units ({', '.join(u.name for u in units)})"
-            )
-            before = (
-                f"the {queued} units before it are queued (recorded in "
-                f"{rundir.path / 'submissions.json'})"
-                if queued
-                else "nothing was submitted"
-            )
-            raise FerError(
-                f"sbatch refused {what}: {message}; {before}; "
-                f"fix the profile (or the cluster) and re-launch"
-            ) from exc
-        return str(job.job_id)
+            return UnitJob(self.job_env()), str(rundir.path), units[0].id
+        return PackJob(self.job_env(len(units))), str(rundir.path), [u.id for u in units]
 
     def _adopt_unrecorded(self, rundir: RunDir, units: list[Unit]) -> dict[str, str]:
         """Record the jobs of `units` that sbatch accepted but no record holds (a launch was
@@ -219,7 +323,7 @@ class SlurmBackend(Backend):
         if by_job:
             print(
                 f"recorded {len(by_job)} SLURM jobs that a killed launch had submitted without "
-                f"recording ({_id_range(sorted(by_job, key=int))}); "
+                f"recording ({_id_range(sorted(by_job, key=job_key))}); "
                 f"{len(set(adopted.values()))} still queued or running: not submitted again",
                 flush=True,
             )
@@ -229,47 +333,51 @@ class SlurmBackend(Backend):
         self, rundir: RunDir, wanted: set[str] | None = None
     ) -> dict[str, tuple[str, str, list[str]]]:
         recorded = {unit: str(record["job_id"]) for unit, record in self._jobs(rundir).items()}
-        return unrecorded_jobs(rundir.path, recorded, wanted)
+        return unrecorded_jobs(rundir.path, recorded, wanted, self.retry)
 
     def _active_jobs(
         self, rundir: RunDir, units: list[Unit], in_submission: set[str]
-    ) -> dict[str, str]:
-        """Dependencies outside this submission that are not done: their active job ids.
-
-        A dependency that is neither done, nor active, nor submitted now cannot be waited
-        for; refuse before anything is submitted.
-        """
+    ) -> tuple[dict[str, str], set[str]]:
+        """Dependencies outside this submission that are not done: the job ids of the active
+        ones, and the ids of the others (neither done, nor active, nor submitted now: they
+        cannot be waited for)."""
         outside = {d for u in units for d in u.deps if d not in in_submission}
         pending = {d for d in outside if not _is_done(rundir, d)}
         if not pending:
-            return {}
+            return {}, set()
         states = self.states(rundir)
         records = rundir.submissions()
         active = {d: str(records[d]["job_id"]) for d in pending if states.get(d) in ACTIVE}
-        lost = sorted(pending - set(active))
-        if lost:
-            raise FerError(
-                f"{rundir.path}: unit {lost[0]} is needed by this submission but is not done, "
-                f"queued or running; re-launch the whole grid"
-            )
-        return active
+        return active, pending - set(active) - {d for d in pending if _is_done(rundir, d)}
 
     # --- waiting ----------------------------------------------------------------------------
-    def wait(self, rundir: RunDir, units: list[Unit]) -> None:
-        """Block until every unit's job has finished; one progress line per finished unit."""
+    def wait(self, rundir: RunDir, units: list[Unit], waiting: list[Unit] | None = None) -> None:
+        """Block until every unit's job has finished; one progress line per finished unit.
+
+        `waiting`: units not submitted yet for lack of room under the cluster's limits; each
+        time jobs end, those whose parents did not fail are submitted as far as room allows
+        (a unit whose parent failed is blocked, as SLURM would have cancelled it).
+        """
         progress = Progress(len(units))
         by_id = {unit.id: unit for unit in units}
         remaining = dict(by_id)
+        unsent = list(waiting or [])
         outcome: dict[str, str] = {}
         seen_at: dict[str, float] = {unit.id: time.monotonic() for unit in units}
         interval = POLL_FIRST_S
         while remaining:
             records = rundir.submissions()
-            ids = {u: str(records[u]["job_id"]) for u in remaining if u in records}
+            held = {u.id for u in unsent}
+            ids = {
+                u: str(records[u]["job_id"]) for u in remaining if u in records and u not in held
+            }
             since = min((records[u].get("submitted_at", time.time()) for u in ids), default=None)
-            raw = raw_states(list(ids.values()), since)
+            raw = raw_states(list(ids.values()), since, self.retry)
             now = time.monotonic()
+            ended = 0
             for unit_id in list(remaining):
+                if unit_id in held:
+                    continue
                 state = raw.get(ids.get(unit_id, ""))
                 if state is not None:
                     seen_at[unit_id] = now
@@ -286,6 +394,17 @@ class SlurmBackend(Backend):
                     else rundir.failure(unit_id) or _reason(state, outcome[unit_id])
                 )
                 progress.finished(unit, outcome[unit_id], detail)
+                ended += 1
+            if unsent and (ended or not ids):
+                for unit in _blocked(unsent, outcome):
+                    outcome[unit.id] = "blocked"
+                    remaining.pop(unit.id)
+                    progress.finished(unit, "blocked", "a dependency failed (not submitted)")
+                unsent = [u for u in unsent if u.id not in outcome]
+                if unsent:
+                    unsent = self._submit_what_fits(rundir, unsent, topping_up=True)
+                    seen_at.update(dict.fromkeys(remaining, time.monotonic()))
+                    interval = POLL_FIRST_S
             if remaining:
                 time.sleep(interval)
                 interval = min(interval * POLL_GROWTH, POLL_MAX_S)
@@ -317,7 +436,7 @@ class SlurmBackend(Backend):
         if not jobs:
             return {}
         since = min(record.get("submitted_at", time.time()) for record in jobs.values())
-        raw = raw_states([str(r["job_id"]) for r in jobs.values()], since)
+        raw = raw_states([str(r["job_id"]) for r in jobs.values()], since, self.retry)
         return {
             unit_id: normalise_state(raw[str(record["job_id"])])
             for unit_id, record in jobs.items()
@@ -342,8 +461,7 @@ class SlurmBackend(Backend):
         if not active:
             return []
         job_ids = set(targets.values()) | {job for _, job in orphans}
-        argv = ["scancel", *sorted(job_ids, key=int)]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        done = slurm_call(["scancel", *sorted(job_ids, key=job_key)], self.retry)
         if done.returncode != 0:
             # scancel also fails when a job ended between the query and the call: re-check.
             still = [u for u, s in self.states(rundir).items() if u in active and s in ACTIVE]
@@ -386,18 +504,43 @@ def _id_range(ids: list[str]) -> str:
     return f"job {ids[0]}" if len(ids) == 1 else f"jobs {ids[0]}..{ids[-1]}"
 
 
-def job_folder(rundir: RunDir, unit_id: str) -> Path:
-    """A unit's submitit folder: submission scripts, logs, the pickled call."""
-    return rundir.unit_dir(unit_id) / "slurm"
+def new_key() -> str:
+    """Names one array submission: its folder and its jobs' comment."""
+    return uuid.uuid4().hex[:16]
 
 
-def pack_folder(rundir: RunDir, units: list[Unit]) -> Path:
-    """A pack's submitit folder, keyed by its units (the same pack re-submitted reuses it)."""
-    key = hashlib.sha256(",".join(sorted(unit.id for unit in units)).encode()).hexdigest()
-    return rundir.path / "packs" / key[:16]
+def array_folder(rundir: RunDir, key: str) -> Path:
+    """An array's submitit folder: its tasks' units, submission script, pickles and logs."""
+    return rundir.path / "arrays" / key
 
 
-def submission_text(executor: Any) -> str:
-    """The sbatch file `executor` would write, without submitting (golden-file test)."""
-    # submitit has no public preview; these are the two calls its _submit_command makes.
-    return executor._make_submission_file_text(executor._submitit_command_str, "preview")
+def json_tasks(tasks: list[tuple[Unit, ...]]) -> str:
+    return json.dumps([[unit.id for unit in units] for units in tasks])
+
+
+def _blocked(unsent: list[Unit], outcome: dict[str, str]) -> list[Unit]:
+    """Units (topological order) with a parent that failed or was blocked."""
+    bad = {u for u, o in outcome.items() if o in ("failed", "blocked")}
+    blocked = []
+    for unit in unsent:
+        if any(dep in bad for dep in unit.deps):
+            bad.add(unit.id)
+            blocked.append(unit)
+    return blocked
+
+
+def _waiting_note(waiting: list[Unit], limits: Limits, queued: int) -> str:
+    if not waiting:
+        return ""
+    limit = f"{limits.source}, {queued} of your jobs were queued" if limits.source else "a limit"
+    return f"; {len(waiting)} units wait for room ({limit})"
+
+
+def submission_text(executor: Any, tasks: int = 1) -> str:
+    """The sbatch file `executor` would write for an array of `tasks`, without submitting."""
+    from submitit.slurm.slurm import _make_sbatch_string  # submitit has no public preview
+
+    params = {**executor.parameters, **({"map_count": tasks} if tasks > 1 else {})}
+    return _make_sbatch_string(
+        command=executor._submitit_command_str, folder=executor.folder, **params
+    )

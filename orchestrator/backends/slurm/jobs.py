@@ -10,17 +10,18 @@ starts.
 
 `raw_states(job_ids)` asks `squeue` (the controller) and, for the jobs it no longer holds,
 `sacct` (the accounting record), both as argv lists; never submitit's `job.state`, which
-hangs without accounting. `tagged_jobs(run_dir)` finds a run dir's jobs by their
-`--comment` (`job_comment`), whether or not the run dir recorded them.
+hangs without accounting. `tagged_jobs(run_dir)` finds a run dir's jobs (array tasks one by
+one) by their `--comment` (`job_comment`), whether or not the run dir recorded them. Every
+call to SLURM's tools is retried while the controller does not answer (`control.py`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from typing import Any
 from submitit.helpers import Checkpointable
 
 from fer_core.errors import FerError
+from orchestrator.backends.slurm.control import Retry, slurm_call
 
 # SLURM job state (first word: "CANCELLED by 0" -> CANCELLED) -> backend state name.
 STATE_MAP = {
@@ -55,7 +57,7 @@ STATE_MAP = {
     "REVOKED": "cancelled",
     "COMPLETED": "completed",
 }
-QUERY_TIMEOUT_S = 60
+DEFAULT_RETRY = Retry()
 
 
 class UnitJob(Checkpointable):
@@ -84,11 +86,13 @@ class UnitJob(Checkpointable):
 class PackJob(Checkpointable):
     """Runs the units of one pack as parallel worker processes inside one SLURM job.
 
-    Each unit is `python -m orchestrator.run.worker RUN_DIR UNIT_ID` in a process of its own (a
-    crash in one cannot take its siblings down) with `env` (its share of the job's CPU
-    threads) and, when the job has several GPUs, one of them round robin; its output goes to
-    `units/<id>/slurm/<job id>_pack_log.out`. The job fails when any unit failed, so that
-    afterok dependants do not start; the siblings' results are in the store regardless.
+    Each unit runs as `python -m orchestrator.run.worker RUN_DIR UNIT_ID` would, in a process
+    of its own (a crash in one cannot take its siblings down), forked from a server that
+    loaded torch once, as the local backend's workers are (`local.worker_context`), with
+    `env` (its share of the job's CPU threads) and, when the job has several GPUs, one of
+    them round robin; its output goes to `units/<id>/slurm/<job id>_pack_log.out`. The job
+    fails when any unit failed, so that afterok dependants do not start; the siblings'
+    results are in the store regardless.
     """
 
     def __init__(self, env: dict[str, str] | None = None):
@@ -96,16 +100,24 @@ class PackJob(Checkpointable):
 
     def __call__(self, run_dir: str, unit_ids: list[str]) -> str:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as UnitJob: scancel stops it at once
-        workers: dict[str, subprocess.Popen] = {}
+        workers: dict[str, Any] = {}
+        # SLURM signals every process of the job: only submitit's handler in this process may
+        # act on USR2 (checkpoint and requeue the whole job). The fork server and the workers
+        # inherit "ignore" (it survives exec and fork); this process gets its handler back.
+        handler = signal.signal(signal.SIGUSR2, signal.SIG_IGN)
         try:
             for index, unit_id in enumerate(unit_ids):
                 workers[unit_id] = self._start(run_dir, unit_id, index)
-            codes = {unit_id: worker.wait() for unit_id, worker in workers.items()}
-        finally:  # submitit exits from its USR2 handler to requeue: the workers go with it
+            signal.signal(signal.SIGUSR2, handler)
             for worker in workers.values():
-                if worker.poll() is None:
+                worker.join()
+            codes = {unit_id: worker.exitcode for unit_id, worker in workers.items()}
+        finally:  # submitit exits from its USR2 handler to requeue: the workers go with it
+            signal.signal(signal.SIGUSR2, handler)
+            for worker in workers.values():
+                if worker.is_alive():
                     worker.kill()
-                    worker.wait()
+                    worker.join()
         failed = [unit_id for unit_id, code in codes.items() if code != 0]
         if failed:
             _record_deaths(run_dir, {unit_id: codes[unit_id] for unit_id in failed})
@@ -115,23 +127,21 @@ class PackJob(Checkpointable):
             )
         return f"{len(unit_ids)} units done"
 
-    def _start(self, run_dir: str, unit_id: str, index: int) -> subprocess.Popen:
-        env = {**os.environ, **self.env}
+    def _start(self, run_dir: str, unit_id: str, index: int) -> Any:
+        from orchestrator.backends.local import worker_context  # after the job's env is set
+        from orchestrator.run.worker import run_forked
+
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         gpus = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g]
         if len(gpus) > 1:
             env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
         log = _pack_log(run_dir, unit_id)
         log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "ab") as out:
-            return subprocess.Popen(
-                [sys.executable, "-u", "-m", "orchestrator.run.worker", run_dir, unit_id],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                # SLURM signals every process of the job: only submitit's handler in this
-                # process may act on USR2 (checkpoint and requeue the whole job).
-                preexec_fn=_ignore_usr2,
-            )
+        threads = int(env.get("OMP_NUM_THREADS", "1"))
+        args = (run_dir, unit_id, str(log), env, threads)
+        worker = worker_context().Process(target=run_forked, args=args, name=unit_id)
+        worker.start()
+        return worker
 
     def checkpoint(self, run_dir: str, unit_ids: list[str]) -> Any:
         # As UnitJob: the workers checkpoint every epoch; the requeued job runs the same
@@ -139,12 +149,8 @@ class PackJob(Checkpointable):
         return super().checkpoint(run_dir, unit_ids)
 
 
-def _ignore_usr2() -> None:
-    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
-
-
 def _pack_log(run_dir: str, unit_id: str) -> Path:
-    """A packed unit's worker output, beside its own job files (`slurm.job_folder`)."""
+    """A packed unit's worker output, in its own unit folder."""
     job = os.environ.get("SLURM_JOB_ID", "nojob")
     return Path(run_dir) / "units" / unit_id / "slurm" / f"{job}_pack_log.out"
 
@@ -172,58 +178,94 @@ def run_tag(run_dir: Path) -> str:
     return "fer:" + hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
 
 
-def job_comment(run_dir: Path, unit_ids: list[str]) -> str:
-    """`--comment` of a job: its run dir's tag and the units it runs."""
-    return f"{run_tag(run_dir)}:{','.join(unit_ids)}"
+def job_comment(run_dir: Path, key: str) -> str:
+    """`--comment` of an array (or single job): its run dir's tag and its key, which names
+    `RUN_DIR/arrays/<key>/tasks.json` (the units of each task, written before the sbatch;
+    a comment holds at most 1,024 characters, far fewer than an array's unit ids)."""
+    return f"{run_tag(run_dir)}:{key}"
 
 
-def tagged_jobs(run_dir: Path) -> dict[str, tuple[str, list[str]]]:
-    """job id -> (raw state, unit ids) of every job the controller holds for `run_dir`.
+def array_tasks(run_dir: Path, key: str) -> list[list[str]]:
+    """Unit ids of each task of the array `key` ([] if its record is missing or unreadable)."""
+    try:
+        tasks = json.loads((Path(run_dir) / "arrays" / key / "tasks.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return tasks if isinstance(tasks, list) else []
+
+
+def job_key(job_id: str) -> tuple[int, int]:
+    """`123` -> (123, -1), `123_4` -> (123, 4): SLURM hands out ids in increasing order, and a
+    requeued job (or array task) keeps its id."""
+    base, _, task = job_id.partition("_")
+    return int(base), int(task) if task else -1
+
+
+def tagged_jobs(run_dir: Path, retry: Retry = DEFAULT_RETRY) -> dict[str, tuple[str, list[str]]]:
+    """job id (`A_i` for an array task) -> (raw state, unit ids) of every job the controller
+    holds for `run_dir`.
 
     Read from the jobs' comments, which sbatch hands to the controller with each job: unlike
     submissions.json they cannot miss a job that sbatch accepted. squeue also lists jobs that
     ended less than MinJobAge ago; older ones have ended, so nothing of them is left to wait
-    on or to run twice (sacct would not help: it keeps comments only with
-    AccountingStoreFlags=job_comment). A squeue that does not answer is an error, not
-    "none": that guess could submit a unit twice.
+    on or to run twice. A squeue that does not answer is an error, not "none": that guess
+    could submit a unit twice.
     """
-    argv = ["squeue", "--me", "--noheader", "--states=all", "--format=%i|%T|%k"]
-    try:
-        done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=QUERY_TIMEOUT_S, check=False
-        )
-        failure = done.stderr.strip() if done.returncode != 0 else ""
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        failure = str(exc)
-    if failure:
-        raise FerError(
-            f"squeue failed ({' '.join(failure.split())[:200]}): cannot check {run_dir} for "
-            f"jobs a killed launch left unrecorded; retry once the SLURM controller answers"
-        )
-    prefix = run_tag(run_dir) + ":"
     jobs: dict[str, tuple[str, list[str]]] = {}
-    for line in done.stdout.splitlines():
-        job_id, _, rest = line.strip().partition("|")
-        state, _, comment = rest.partition("|")
-        if job_id.isdigit() and comment.startswith(prefix):
-            jobs[job_id] = (state, comment[len(prefix) :].split(","))
+    tasks: dict[str, list[list[str]]] = {}
+    for job_id, state, key in _tagged(run_dir, retry):
+        if key not in tasks:
+            tasks[key] = array_tasks(run_dir, key)
+        index = max(job_key(job_id)[1], 0)
+        if index < len(tasks[key]):
+            jobs[job_id] = (state, list(tasks[key][index]))
     return jobs
 
 
+def submitted_as(run_dir: Path, key: str, retry: Retry = DEFAULT_RETRY) -> str | None:
+    """The job id of the array (or job) `key` if the controller holds it: an sbatch that
+    failed on its way back may still have been accepted."""
+    return next(
+        (job_id.partition("_")[0] for job_id, _, k in _tagged(run_dir, retry) if k == key), None
+    )
+
+
+def _tagged(run_dir: Path, retry: Retry) -> list[tuple[str, str, str]]:
+    """(job id, raw state, key) of the controller's jobs whose comment names `run_dir`."""
+    argv = ["squeue", "--me", "--noheader", "-r", "--states=all", "--format=%i|%T|%k"]
+    done = slurm_call(argv, retry)
+    if done.returncode != 0:
+        raise FerError(
+            f"squeue failed ({' '.join(done.stderr.split())[:200]}): cannot check {run_dir} for "
+            f"jobs a killed launch left unrecorded; retry once the SLURM controller answers"
+        )
+    prefix = run_tag(run_dir) + ":"
+    found = []
+    for line in done.stdout.splitlines():
+        job_id, _, rest = line.strip().partition("|")
+        state, _, comment = rest.partition("|")
+        if comment.startswith(prefix) and re.fullmatch(r"\d+(_\d+)?", job_id):
+            found.append((job_id, state, comment[len(prefix) :]))
+    return found
+
+
 def unrecorded_jobs(
-    run_dir: Path, recorded: dict[str, str], wanted: set[str] | None = None
+    run_dir: Path,
+    recorded: dict[str, str],
+    wanted: set[str] | None = None,
+    retry: Retry = DEFAULT_RETRY,
 ) -> dict[str, tuple[str, str, list[str]]]:
     """unit id -> (job id, raw state, the job's units) of the newest job of `run_dir` (by its
     comment) that is newer than the unit's recorded job (`recorded`: unit id -> job id), for
     the `wanted` units (default: all).
 
-    SLURM hands out job ids in increasing order, so a tagged job older than the record is an
-    earlier attempt, not a missed one; a requeued job keeps its id.
+    A tagged job older than the record is an earlier attempt, not a missed one.
     """
     found: dict[str, tuple[str, str, list[str]]] = {}
-    for job, (state, unit_ids) in sorted(tagged_jobs(run_dir).items(), key=lambda j: int(j[0])):
+    tagged = tagged_jobs(run_dir, retry)
+    for job, (state, unit_ids) in sorted(tagged.items(), key=lambda j: job_key(j[0])):
         for unit_id in unit_ids:
-            newer = unit_id not in recorded or int(job) > int(recorded[unit_id])
+            newer = unit_id not in recorded or job_key(job) > job_key(recorded[unit_id])
             if newer and (wanted is None or unit_id in wanted):
                 found[unit_id] = (job, state, unit_ids)  # ascending: the newest wins
     return found
@@ -235,44 +277,58 @@ def normalise_state(raw: str) -> str:
     return STATE_MAP.get(word, "pending")
 
 
-def _query(argv: list[str]) -> dict[str, str]:
-    """`JOBID|STATE` lines of a sacct/squeue call -> {job id: raw state}; {} when it fails."""
-    try:
-        done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=QUERY_TIMEOUT_S, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-    if done.returncode != 0:  # squeue: all ids unknown; sacct: no accounting storage
+def _query(argv: list[str], retry: Retry) -> dict[str, str]:
+    """`JOBID|STATE` lines of a sacct/squeue call -> {job id: raw state}, an array's pending
+    tasks (`A_[2-4%2]`) one by one; {} when the tool refuses (squeue: all ids unknown; sacct:
+    no accounting storage). A controller that does not answer is retried, then an error."""
+    done = slurm_call(argv, retry)
+    if done.returncode != 0:
         return {}
     states = {}
     for line in done.stdout.splitlines():
         job_id, sep, state = line.strip().partition("|")
         if sep and job_id:
-            states[job_id] = state.strip()
+            states.update(dict.fromkeys(expand_job_ids(job_id), state.strip()))
     return states
 
 
-def raw_states(job_ids: list[str], since: float | None = None) -> dict[str, str]:
-    """job id -> raw SLURM state for `job_ids` (those neither squeue nor sacct knows are left out).
+def expand_job_ids(job_id: str) -> list[str]:
+    """`7_[0-2,5%4]` -> 7_0, 7_1, 7_2, 7_5; any other id as it is."""
+    match = re.fullmatch(r"(\d+)_\[([0-9,-]+)(%\d+)?\]", job_id)
+    if match is None:
+        return [job_id]
+    ids = []
+    for part in match.group(2).split(","):
+        first, _, last = part.partition("-")
+        ids += [f"{match.group(1)}_{i}" for i in range(int(first), int(last or first) + 1)]
+    return ids
+
+
+def raw_states(
+    job_ids: list[str], since: float | None = None, retry: Retry = DEFAULT_RETRY
+) -> dict[str, str]:
+    """job id -> raw SLURM state for `job_ids` (`A` or array task `A_i`; those neither
+    squeue nor sacct knows are left out).
 
     The controller (`squeue`) first: it is ahead of accounting, and only it shows a cancelled
     job as COMPLETING while its processes are still being killed (sacct already says
     CANCELLED), which keeps a re-launch from starting a second worker on the same work dir.
     `sacct` for the jobs the controller has forgotten (MinJobAge after they ended); `since`
     (epoch seconds, the earliest submission) bounds its time window, which otherwise starts
-    at midnight and would miss a launch of an earlier day.
+    at midnight and would miss a launch of an earlier day. Both are asked for whole arrays.
     """
     job_ids = list(dict.fromkeys(job_ids))  # the units of a pack share one job
     if not job_ids:
         return {}
-    squeue = ["squeue", "-h", "-t", "all", "-o", "%i|%T", "-j", ",".join(job_ids)]
-    states = {k: v for k, v in _query(squeue).items() if k in job_ids}
+    arrays = ",".join(dict.fromkeys(j.partition("_")[0] for j in job_ids))
+    squeue = ["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", arrays]
+    states = {k: v for k, v in _query(squeue, retry).items() if k in job_ids}
     missing = [j for j in job_ids if j not in states]
     if missing:
-        sacct = ["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(missing)]
+        arrays = ",".join(dict.fromkeys(j.partition("_")[0] for j in missing))
+        sacct = ["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", arrays]
         if since is not None:
             start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since - 86400))
             sacct += ["-S", start]
-        states.update({k: v for k, v in _query(sacct).items() if k in missing})
+        states.update({k: v for k, v in _query(sacct, retry).items() if k in missing})
     return states

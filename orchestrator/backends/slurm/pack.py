@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from orchestrator.backends.slurm.jobs import job_key
 from orchestrator.plan.dag import Unit
 
 
@@ -28,7 +29,7 @@ class Pack:
 
     units: tuple[Unit, ...]
     parents: tuple[int, ...]  # indexes of earlier packs of the same plan
-    external: tuple[str, ...]  # job ids outside the plan: earlier launches, adopted jobs
+    external: tuple[str, ...]  # job ids (`A_i`) outside the plan: earlier launches, adopted
 
 
 def plan_packs(units: list[Unit], per_job: int, known_jobs: dict[str, str]) -> list[Pack]:
@@ -87,7 +88,7 @@ def _waits_on(
     deps = {dep for unit in chunk for dep in unit.deps}
     parents = sorted({pack_of[dep] for dep in deps if dep in pack_of})
     external = {known_jobs[dep] for dep in deps if dep in known_jobs and dep not in pack_of}
-    return tuple(parents), tuple(sorted(external, key=int))
+    return tuple(parents), tuple(sorted(external, key=job_key))
 
 
 def _pack(chunk: list[Unit], pack_of: dict[str, int], known_jobs: dict[str, str]) -> Pack:

@@ -84,7 +84,8 @@ def test_an_unreachable_address_fails_fast_naming_it(grid, cluster_file, tmp_pat
     started = time.monotonic()
     with pytest.raises(FerError, match=r"127\.0\.0\.1:1"):
         launch(str(grid), cluster="dead", cluster_file=cluster_file, run_dir=tmp_path / "run")
-    assert time.monotonic() - started < 5 + 5
+    # Gave up at its connect timeout (5 s) instead of hanging; the margin absorbs a loaded box.
+    assert time.monotonic() - started < 5 + 25
 
 
 def test_a_silent_address_times_out_within_connect_timeout(tmp_path):
@@ -100,7 +101,7 @@ def test_a_silent_address_times_out_within_connect_timeout(tmp_path):
             probe_address(address, timeout_s=3)
     finally:
         server.close()
-    assert time.monotonic() - started < 3 + 3
+    assert time.monotonic() - started < 3 + 17  # the timeout, not a hang (margin: load)
 
 
 def test_a_bad_address_is_refused_by_name():
@@ -274,7 +275,7 @@ def test_cancel_stops_a_running_launch_and_a_relaunch_resumes(
     seen: dict[str, object] = {}
 
     def cancel_when_running() -> None:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             states = backend.states(rundir)
             if st.RUNNING in states.values():
@@ -285,11 +286,12 @@ def test_cancel_stops_a_running_launch_and_a_relaunch_resumes(
 
     canceller = threading.Thread(target=cancel_when_running)
     canceller.start()
-    started = time.monotonic()
     with pytest.raises(FerError, match="cancelled"):
         RayBackend(PROFILE, runner=fake_run).submit(rundir, todo)
     canceller.join()
-    assert time.monotonic() - started < 60
+    # Stopped, not waited out: the slow units (120 s each) never finished.
+    slow_ids = {u.id for u in units if u.name in slow}
+    assert not any(rundir.store.is_done(u, "train") for u in slow_ids)
     assert stage2 <= set(seen["states"])  # waiting for their wave: pending
     assert stage2 <= set(seen["cancelled"])
     assert backend.states(rundir) == {}

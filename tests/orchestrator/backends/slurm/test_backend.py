@@ -24,6 +24,7 @@ import pytest
 
 from fer_core.errors import FerError
 from orchestrator.backends import base
+from orchestrator.backends.slurm.arrays import dependency_of, plan_arrays
 from orchestrator.backends.slurm.backend import SlurmBackend, job_name, submission_text
 from orchestrator.backends.slurm.jobs import (
     STATE_MAP,
@@ -121,7 +122,7 @@ def _logs(rundir: RunDir | None) -> str:
     if rundir is None:
         return ""
     parts = []
-    for log in sorted(rundir.path.glob("units/*/slurm/*_log.out")):
+    for log in sorted(rundir.path.glob("arrays/*/*_log.out")):
         lines = log.read_text(errors="replace").splitlines()[-8:]
         parts.append(f"\n--- {log.relative_to(rundir.path)}\n" + "\n".join(lines))
     return "".join(parts)
@@ -216,7 +217,16 @@ def test_sbatch_text_of_the_slurm_profile_matches_the_golden_file(monkeypatch, t
         stage=2,
         fold=3,
     )
-    text = _normalised(submission_text(backend.executor(rundir, unit, ["4242"])), rundir)
+    sibling = Unit(
+        id="00000000000000ff",
+        kind="train",
+        name="ckplus/f04/inception_v3/ce>focal",
+        dataset="ckplus",
+        deps=("ff00000000000000",),
+        spec={},
+    )
+    executor = backend.executor(rundir, [(unit,), (sibling,)], "aftercorr:4242", "KEY")
+    text = _normalised(submission_text(executor, 2), rundir)
     if os.environ.get("FER_UPDATE_GOLDEN") == "1":
         GOLDEN.parent.mkdir(exist_ok=True)
         GOLDEN.write_text(text)
@@ -242,7 +252,7 @@ def test_profile_values_reach_sbatch_only_as_quoted_parameters(monkeypatch, tmp_
         deps=(),
         spec={},
     )
-    text = submission_text(backend.executor(rundir, unit, []))
+    text = submission_text(backend.executor(rundir, [(unit,)]))
     assert "--job-name=fer-my_set_f01_tiny_ce_focal_rm_-rf" in text
     assert job_name(unit) == "fer-my_set_f01_tiny_ce_focal_rm_-rf"
     assert "--mem=1536MB" in text and "gpus" not in text and "dependency" not in text
@@ -269,11 +279,19 @@ def test_chain_runs_with_afterok_a_failure_blocks_and_relaunch_retries_that_chai
     rundir = launch(str(grid), cluster="test", cluster_file=cluster, run_dir=run)
     backend = SlurmBackend(load_profile("test", cluster))
     assert len(rundir.submissions()) == 5
-    for stage2, stage1 in (("s2f1", "s1f1"), ("s2f2", "s1f2"), ("s1f1", "prepare")):
-        info = scontrol_job(job_id(rundir, roles[stage2]))
-        assert f"Dependency=afterok:{job_id(rundir, roles[stage1])}" in info, info
-        assert "KillOInInvalidDependent=Yes" in info
-    assert "Dependency=(null)" in scontrol_job(job_id(rundir, roles["prepare"]))
+    # Three sbatch calls: prepare; both stage-1 units as one array after it; both stage-2
+    # units as one array whose task i waits on task i of the stage-1 array.
+    prepare, stage1 = job_id(rundir, roles["prepare"]), job_id(rundir, roles["s1f1"])
+    array1 = stage1.partition("_")[0]
+    assert {job_id(rundir, roles[r]) for r in ("s1f1", "s1f2")} == {f"{array1}_0", f"{array1}_1"}
+    assert "Dependency=(null)" in scontrol_job(prepare)
+    info = scontrol_job(stage1)
+    assert f"Dependency=afterok:{prepare}" in info and "KillOInInvalidDependent=Yes" in info
+    for stage2, parent in (("s2f1", "s1f1"), ("s2f2", "s1f2")):
+        child = job_id(rundir, roles[stage2])
+        assert child.partition("_")[2] == job_id(rundir, roles[parent]).partition("_")[2]
+        info = scontrol_job(child)
+        assert f"Dependency=aftercorr:{array1}" in info and "KillOInInvalidDependent=Yes" in info
 
     wait_until(lambda: all_finished(backend, rundir), 240, "the first launch", rundir)
     rows = {row["unit_id"]: row for row in status_rows(rundir, backend)}
@@ -283,7 +301,7 @@ def test_chain_runs_with_afterok_a_failure_blocks_and_relaunch_retries_that_chai
     assert "work" in rows[roles["s1f2"].id]["detail"]
     assert rows[roles["s2f2"].id]["state"] == "blocked"
     assert backend.states(rundir)[roles["s2f2"].id] == base.CANCELLED
-    prepare_log = next((run / "units" / roles["prepare"].id / "slurm").glob("*_log.out"))
+    prepare_log = next(run.glob(f"arrays/*/{prepare}_0_log.out"))
     assert prepare_log.stat().st_size > 0
 
     broken.unlink()  # the fix; this time launch waits (bounded here by a thread join)
@@ -375,7 +393,7 @@ def test_scancel_then_relaunch_resumes_and_preemption_requeues(tmp_path, cleanup
 def test_a_partition_sbatch_refuses_is_one_clear_error_and_nothing_recorded(tmp_path):
     grid, cluster = write_study(tmp_path, "slurmrefused")
     cluster.write_text(CLUSTER.replace("partition: debug", "partition: no-such-partition"))
-    with pytest.raises(FerError, match=r"sbatch refused unit ckplus/prepare .*partition"):
+    with pytest.raises(FerError, match=r"sbatch refused fer-ckplus_prepare .*partition"):
         launch(str(grid), cluster="test", cluster_file=cluster, run_dir=tmp_path / "run")
     assert RunDir(tmp_path / "run").submissions() == {}
 
@@ -397,7 +415,7 @@ def test_relaunch_after_a_partial_launch_and_cancel_touch_only_this_run(tmp_path
             "-o",
             str(tmp_path / "not-ours.out"),
             "--wrap",
-            "sleep 120",
+            "sleep 600",  # cancelled at the end; outlasts the test however slow
         ],
         capture_output=True,
         text=True,
@@ -604,12 +622,59 @@ def test_a_pack_job_splits_the_cpus_and_is_tagged_with_its_run_and_units(monkeyp
     backend = SlurmBackend({"partition": "debug", "cpus_per_job": 8, "units_per_job": 3})
     rundir = RunDir(tmp_path / "run")
     units = _chain(3)[1:4]
-    text = submission_text(backend.pack_executor(rundir, units, ["41"]))
+    text = submission_text(backend.executor(rundir, [tuple(units)], "afterok:41", "KEY"))
     assert "--job-name=fer-pack3-a1" in text and "--cpus-per-task=8" in text
-    assert f"--comment={run_tag(rundir.path)}:a1,a2,a3" in text
-    assert str(rundir.path / "packs") in text and "--dependency=afterok:41" in text
+    assert f"--comment={run_tag(rundir.path)}:KEY" in text and "--array" not in text
+    assert str(rundir.path / "arrays" / "KEY") in text and "--dependency=afterok:41" in text
     assert backend.job_env(3)["OMP_NUM_THREADS"] == "2"
     assert run_tag(tmp_path / "run") != run_tag(tmp_path / "other")  # same grid, other dir
+
+
+# --- job arrays, no cluster needed -----------------------------------------------------------
+def _arrays(units: list[Unit], per_job: int = 1, known: dict[str, str] | None = None):
+    """The plan as (units per task, dependency with the arrays named 0, 1, ...)."""
+    arrays = plan_arrays(plan_packs(units, per_job, known or {}), max_size=3)
+    names = [str(i) for i in range(len(arrays))]
+    return [
+        ([[u.id for u in p.units] for p in a.packs], dependency_of(a, arrays, names))
+        for a in arrays
+    ]
+
+
+def test_a_wave_shares_arrays_and_each_child_waits_on_its_own_parents_task():
+    assert _arrays(_chain(2)) == [
+        ([["p"]], ""),
+        ([["a1"], ["a2"]], "afterok:0"),
+        ([["b1"], ["b2"]], "aftercorr:1"),  # b_i waits on task i of array 1: a_i
+    ]
+    # MaxArraySize 3: four stage-1 units in two arrays, each with its own aligned children.
+    assert _arrays(_chain(4)[1:], known={"p": "41"}) == [
+        ([["a1"], ["a2"], ["a3"]], "afterok:41"),
+        ([["a4"]], "afterok:41"),
+        ([["b1"], ["b2"], ["b3"]], "aftercorr:0"),
+        ([["b4"]], "afterok:1"),
+    ]
+    # Parents in an earlier launch: children of different jobs cannot share one dependency.
+    assert _arrays(_chain(2)[3:], known={"a1": "7_0", "a2": "7_1"}) == [
+        ([["b1"]], "afterok:7_0"),
+        ([["b2"]], "afterok:7_1"),
+    ]
+    # Packs of 2: the children's pack waits on its parents' pack.
+    assert _arrays(_chain(2), per_job=2) == [
+        ([["p"]], ""),
+        ([["a1", "a2"]], "afterok:0"),
+        ([["b1", "b2"]], "afterok:1"),
+    ]
+
+
+def test_parents_with_a_child_come_first_so_their_children_align():
+    units = _chain(3)
+    units = units[:4] + [units[5]]  # only a2 has a child: b2
+    assert _arrays(units) == [
+        ([["p"]], ""),
+        ([["a2"], ["a1"], ["a3"]], "afterok:0"),
+        ([["b2"]], "afterok:1_0"),
+    ]
 
 
 def test_a_pack_job_fails_for_a_failed_unit_and_keeps_its_siblings_results(tmp_path):
@@ -627,3 +692,34 @@ def test_a_pack_job_fails_for_a_failed_unit_and_keeps_its_siblings_results(tmp_p
     assert "exited with status 1" in rundir.failure("missing1")
     log = next((rundir.unit_dir("missing1") / "slurm").glob("*_pack_log.out")).read_text()
     assert "unit spec not found" in log
+
+
+def test_dry_run_shows_the_arrays_their_sbatch_parameters_and_gpu_hours(tmp_path):
+    """The demo grid on the `slurm` profile: 51 units in 3 sbatch calls (prepare; the
+    stage-1 array after it; the stage-2 array, task i after stage-1 task i), the GPU-hours
+    requested at time_min, and an estimate once the store holds measured epochs."""
+    run = tmp_path / "run"
+    out = io.StringIO()
+    launch("demo", cluster="slurm", run_dir=run, dry_run=True, out=out)
+    text = out.getvalue()
+    assert "slurm: 3 sbatch calls (job arrays) for 51 units in 51 tasks" in text, text
+    assert "--partition=gpu" in text and "--gpus-per-node=1" in text and "--time=240" in text
+    assert re.search(r"wave 1 A2: --array=0-29%30 .*--dependency=afterok:A1 ", text), text
+    assert re.search(r"wave 2 A3: --array=0-19%20 .*--dependency=aftercorr:A2 ", text), text
+    assert "51 jobs x 1 GPU x 240 min = 204.0 GPU-hours" in text
+    assert "no measured epochs" in text
+    assert not (run / "submissions.json").exists()
+
+    # One stage-1 unit measured (done): 2 s per epoch of `tiny`; the 50 others to run have
+    # 4 epochs each (the demo grid's train.epochs) -> 400 s.
+    units = expand(load_grid("demo"), run)
+    first = next(u for u in units if u.kind == "train")
+    rundir = RunDir(run)
+    rundir.store.write("runs", first.id, [{"unit_id": first.id, "backbone": "tiny"}])
+    epochs = [{"unit_id": first.id, "epoch": e, "seconds": 2.0} for e in (1, 2)]
+    rundir.store.write("epochs", first.id, epochs)
+    out = io.StringIO()
+    launch("demo", cluster="slurm", run_dir=run, dry_run=True, out=out)
+    train_epochs = sum(u.spec["config"]["epochs"] for u in units if u.kind == "train")
+    left = (train_epochs - first.spec["config"]["epochs"]) * 2.0 / 3600
+    assert f"estimate from measured epochs (tiny): {left:.2f} unit-hours" in out.getvalue()

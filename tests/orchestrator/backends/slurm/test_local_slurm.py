@@ -159,24 +159,22 @@ def test_afterok_on_a_failed_job_cancels_the_dependant(submit, tmp_path):
     assert not (tmp_path / f"{second}.out").exists(), f"dependant started: {cancelled}"
 
 
-def test_two_one_cpu_jobs_run_at_once(submit):
+def test_two_one_cpu_jobs_run_at_once(submit, tmp_path):
     name, cpus, usage = run("sinfo", "-h", "-N", "-o", "%N %c %C").split()
     idle = int(usage.split("/")[1])  # %C is allocated/idle/other/total
     if int(cpus) < 2:
         pytest.skip(f"node {name} has {cpus} CPU; needs 2 to share")
     if idle < 2:
         pytest.skip(f"node {name} busy (CPUs allocated/idle/other/total: {usage})")
-    jobs = [submit("sleep 3", name=f"fer-test-share{i}") for i in range(2)]
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    states: list[str] = []
-    while time.monotonic() < deadline:
-        out = run("squeue", "-h", "-j", ",".join(jobs), "-o", "%T")
-        states = out.split()
-        if states == ["RUNNING", "RUNNING"]:
-            break
-        assert len(states) == 2, f"a job left the queue before both ran together: {states}"
-        time.sleep(POLL_S)
-    else:
-        pytest.fail(f"the two one-CPU jobs never ran together (last states {states})")
+    # Each job marks that it runs, then waits (60 s at most) for the other's mark: both
+    # complete only if they ran at the same time, however slowly either started.
+    barrier = (
+        "touch {mine}; for i in $(seq 600); do [ -e {other} ] && exit 0; sleep 0.1; done; exit 1"
+    )
+    marks = [tmp_path / "share0.running", tmp_path / "share1.running"]
+    jobs = [
+        submit(barrier.format(mine=marks[i], other=marks[1 - i]), name=f"fer-test-share{i}")
+        for i in range(2)
+    ]
     for job in jobs:
         assert wait_for_end(job)["State"] == "COMPLETED"
