@@ -6,6 +6,8 @@ only: tests/faults/test_ray_faults.py, where a real Ray runs.)
 from __future__ import annotations
 
 import ast
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -103,6 +105,9 @@ def test_a_pickle_payload_in_a_resume_state_or_parent_is_never_run(twin_faces, t
     parent = tmp_path / "parent"
     parent.mkdir()
     torch.save({"model": Payload(marker)}, parent / "best.pt")
+    # its digest recorded, as if its training wrote it: the load itself must refuse the pickle
+    digest = hashlib.sha256((parent / "best.pt").read_bytes()).hexdigest()
+    (parent / "checkpoints.json").write_text(json.dumps({"best.pt": digest}))
     spec = {
         "unit_id": "u2",
         "dataset": "ckplus",
