@@ -37,14 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "kept frame with subject, label and subject-independent fold; every image is opened "
         "once to catch truncated files",
     )
-    p.add_argument(
-        "--dataset", required=True, choices=["ckplus", "oulu", "manifest"], help="raw layout"
-    )
-    p.add_argument("--root", required=True, help="the dataset's raw root folder")
-    p.add_argument(
-        "--manifest",
-        help="CSV path,subject,label for --dataset manifest (default: ROOT/manifest.csv)",
-    )
+    _raw_tree_args(p)
     p.add_argument("--out", required=True, help="the Parquet file to write")
     p.add_argument("--n-folds", type=int, default=10, help="subject-independent folds")
 
@@ -54,14 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the images and settings are unchanged; a frame without a detected face falls back to "
         "a centre crop and is counted",
     )
-    p.add_argument(
-        "--dataset", required=True, choices=["ckplus", "oulu", "manifest"], help="raw layout"
-    )
-    p.add_argument("--root", required=True, help="the dataset's raw root folder")
-    p.add_argument(
-        "--manifest",
-        help="CSV path,subject,label for --dataset manifest (default: ROOT/manifest.csv)",
-    )
+    _raw_tree_args(p)
     p.add_argument("--out", help="cache folder (default: ROOT-faces-SIZE, beside the root)")
     p.add_argument("--crop-size", type=int, default=299, help="side of the square crops, pixels")
     p.add_argument(
@@ -111,3 +97,15 @@ def run(args: argparse.Namespace) -> int:
     reused = ", all reused from the cache" if report.reused else ""
     print(f"faces: {made}{reused} -> {out}")
     return 0
+
+
+def _raw_tree_args(p: argparse.ArgumentParser) -> None:
+    """The options naming a raw dataset tree (`index` and `faces` read one)."""
+    p.add_argument(
+        "--dataset", required=True, choices=["ckplus", "oulu", "manifest"], help="raw layout"
+    )
+    p.add_argument("--root", required=True, help="the dataset's raw root folder")
+    p.add_argument(
+        "--manifest",
+        help="CSV path,subject,label for --dataset manifest (default: ROOT/manifest.csv)",
+    )

@@ -174,19 +174,15 @@ def _add_chain(units, grid, dataset, backbone, strategy, replicate, prepare_id, 
     parent: str | None = None
     for stage, loss in enumerate(losses, start=1):
         chain.append(grid.stage_config(dataset.name, loss, stage, seed))
-        unit_id = content_id(
-            {
-                "kind": "train",
-                "data": prepare_id,
-                "fold": fold,
-                "n_folds": dataset.n_folds,
-                "backbone": backbone.name,
-                "weights": backbone.weights,
-                "input_size": backbone.input_size,
-                "device": grid.device,
-                "chain": chain,
-            }
-        )
+        common = {  # in the id and in the spec alike
+            "fold": fold,
+            "n_folds": dataset.n_folds,
+            "backbone": backbone.name,
+            "weights": backbone.weights,
+            "input_size": backbone.input_size,
+            "device": grid.device,
+        }
+        unit_id = content_id({"kind": "train", "data": prepare_id, **common, "chain": chain})
         chain_name = ">".join(losses[:stage])
         existing = units.get(unit_id)
         if existing is not None:
@@ -209,12 +205,7 @@ def _add_chain(units, grid, dataset, backbone, strategy, replicate, prepare_id, 
                     "grid": grid.name,
                     "dataset": dataset.name,
                     "data_dir": str(data_dir),
-                    "fold": fold,
-                    "n_folds": dataset.n_folds,
-                    "backbone": backbone.name,
-                    "weights": backbone.weights,
-                    "input_size": backbone.input_size,
-                    "device": grid.device,
+                    **common,
                     "strategy": chain_name,
                     "stage": stage,
                     "config": chain[-1],
