@@ -14,6 +14,7 @@ from collections import Counter
 from statistics import median
 from typing import Any
 
+from orchestrator.plan.labels import SEPARATOR
 from orchestrator.report import aggregate as agg
 from orchestrator.report import paper_numbers as paper
 from orchestrator.report.aggregate import Group
@@ -99,6 +100,13 @@ def header(study: Study) -> str:
         "**Model selection** (which epoch of a stage is kept):",
         "",
     ]
+    variants = sorted({u.name.partition(SEPARATOR)[2] for u in train} - {""})
+    if variants:  # a sweep: its points are not yet told apart by the tables below
+        lines[-3:-3] = [
+            f"- **Sweep: {len(variants)} grid points** ({'; '.join(variants)}). The tables "
+            "and tests below pool every point of a strategy; compare the points with "
+            "`query` (column `variant` of `runs`) until the report separates them.",
+        ]
     selections = sorted({g.selection for g in study.groups})
     for selection in selections or ["heldout"]:
         lines.append(f"- {SELECTION_TEXT.get(selection, f'**{selection}**')}")
