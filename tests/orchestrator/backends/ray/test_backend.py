@@ -142,7 +142,7 @@ def test_the_slurm_sbatch_starts_a_head_then_workers_then_launches():
 # --- a real local Ray, a scripted fake worker ---------------------------------------------------
 
 FAKE_WORKER = '''
-import json, os, time
+import hashlib, json, os, time
 from pathlib import Path
 from orchestrator.run.rundir import RunDir
 
@@ -170,7 +170,13 @@ def fake_run(run_dir, unit_id):
     if body["kind"] == "prepare":
         rows = [{"unit_id": unit_id, "images": 10, "detected": 10, "fallback": 0}]
         rundir.store.write("prepare", unit_id, rows)
-    else:
+    else:  # what a training leaves: its best.pt with the digest recorded (lineage), its rows
+        work = rundir.work_dir(unit_id)
+        work.mkdir(parents=True, exist_ok=True)
+        weights = unit_id.encode()
+        (work / "best.pt").write_bytes(weights)
+        digest = hashlib.sha256(weights).hexdigest()
+        (work / "checkpoints.json").write_text(json.dumps({"best.pt": digest}))
         run = {"unit_id": unit_id, "test_accuracy": 0.5, "best_epoch": 1}
         rundir.store.write_unit(unit_id, {"run": run, "predictions": [run], "epochs": [run]})
     rundir.clear_failed(unit_id)
