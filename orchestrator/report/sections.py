@@ -148,8 +148,11 @@ def data_section(study: Study) -> str:
                 row.get("subjects"),
                 f"{len(classes.split(','))}: {classes.replace(',', ', ')}" if classes else NONE,
                 row.get("detector"),
-                row.get("detected"),
-                row.get("fallback"),
+                *(  # `center` detects nothing: every crop is a centre crop by design
+                    ("none (centre crops)", f"all {row.get('images')}")
+                    if row.get("detector") == "center"
+                    else (row.get("detected"), row.get("fallback"))
+                ),
             ]
         )
     headers = [

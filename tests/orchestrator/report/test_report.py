@@ -305,3 +305,11 @@ def test_a_sweep_is_named_in_the_header_as_pooled(tmp_path):
     run.rundir.write_dag(swept)
     text = write_report(run.path).path.read_text()
     assert "**Sweep: 2 grid points** (lr=0.05; lr=0.1)" in text and "`variant`" in text
+
+
+def test_centre_crops_are_not_reported_as_failed_detections(tmp_path):
+    run = make_run(tmp_path / "run", datasets=("ckplus",))
+    [row] = run.rundir.store.read("prepare").to_pylist()
+    run.rundir.store.write("prepare", row["unit_id"], [{**row, "detector": "center"}])
+    text = write_report(run.path).path.read_text()
+    assert "| center | none (centre crops) | all " in text
