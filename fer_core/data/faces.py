@@ -214,7 +214,7 @@ def prepare_faces(
     mtcnn = _load_mtcnn(device) if detector == "mtcnn" else None
     done = 0
     for batch in _batches_by_size(index, batch_size):
-        frames = [_open_rgb(index.path_of(index.records[i])) for i in batch]
+        frames = [open_rgb(index.path_of(index.records[i]), "; rebuild the index") for i in batch]
         found = _detect(mtcnn, frames) if mtcnn is not None else [None] * len(frames)
         for i, frame, hit in zip(batch, frames, found, strict=True):
             if hit is not None:
@@ -338,12 +338,13 @@ def _batches_by_size(index: DatasetIndex, batch_size: int) -> list[list[int]]:
     return [g[k : k + batch_size] for g in groups.values() for k in range(0, len(g), batch_size)]
 
 
-def _open_rgb(path: Path) -> Image.Image:
+def open_rgb(path: Path, hint: str = "") -> Image.Image:
+    """An image file as RGB; an unreadable one is a one-line FerError (plus `hint`)."""
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
     except (OSError, ValueError) as exc:
-        raise FerError(f"{path}: cannot read image ({exc}); rebuild the index") from None
+        raise FerError(f"{path}: cannot read image ({exc}){hint}") from None
 
 
 def _load_mtcnn(device: str | None):

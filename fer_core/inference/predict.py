@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from fer_core.checkpoints import load_best
-from fer_core.data.faces import _detect, _load_mtcnn, crop_frame
+from fer_core.data.faces import _detect, _load_mtcnn, crop_frame, open_rgb
 from fer_core.errors import FerError
 from fer_core.evaluate import predict
 from fer_core.inference.card import read_card
@@ -105,7 +105,7 @@ def frames_of(files: Iterable[Path]) -> Iterator[Frame]:
         if path.suffix.lower() in VIDEO_SUFFIXES:
             yield from _video_frames(path)
         else:
-            yield Frame(path, None, None, _open(path))
+            yield Frame(path, None, None, open_rgb(path))
 
 
 def count_frames(files: Iterable[Path]) -> int | None:
@@ -252,11 +252,3 @@ def _video_frames(path: Path) -> Iterator[Frame]:
                 yield Frame(path, index, time, frame.to_image().convert("RGB"))
         except av.error.FFmpegError as exc:
             raise FerError(f"{path}: cannot decode video ({exc})") from None
-
-
-def _open(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError) as exc:
-        raise FerError(f"{path}: cannot read image ({exc})") from None
