@@ -102,7 +102,7 @@ def _args(grid: Path, cluster_file: Path, run_dir: Path, root: Path | None = Non
         ({"alpha": []}, "search.alpha"),
         ({"gamma": []}, "search.gamma"),
         ({"alpha": [0.25, 1.5]}, "1.5"),
-        ({"alpha": [0]}, "use null"),
+        ({"alpha": [0]}, "no class weighting"),
         ({"alpha": ["uniform"]}, "'uniform'"),
         ({"gamma": {"min": -1, "max": 2}}, "-1"),
         ({"gamma": {"min": 0, "max": 50}}, "50"),
