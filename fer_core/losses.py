@@ -167,7 +167,9 @@ class JointLoss(nn.Module):
         self.focal = FocalLoss(alpha, gamma, reduction)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.ce(logits, target) + self.weight * self.focal(logits, target)
+        ce: torch.Tensor = self.ce(logits, target)
+        focal: torch.Tensor = self.focal(logits, target)
+        return ce + self.weight * focal
 
 
 def build_loss(

@@ -129,12 +129,12 @@ def _vgg16() -> nn.Module:
 
 
 def _inception_resnet_v1() -> nn.Module:
-    from facenet_pytorch import InceptionResnetV1
+    from facenet_pytorch import InceptionResnetV1  # type: ignore[import-untyped]
     from torch import nn
 
     # classify=True skips the L2 normalisation of the embedding; its `logits` layer (the
     # VGGFace2 identity classifier) is replaced. Internal dropout off: FerNet has its own.
-    model = InceptionResnetV1(classify=True, num_classes=1, dropout_prob=0.0)
+    model: nn.Module = InceptionResnetV1(classify=True, num_classes=1, dropout_prob=0.0)
     model.logits = nn.Identity()
     return model
 

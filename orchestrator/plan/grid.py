@@ -272,11 +272,11 @@ def grid_from_mapping(
     # Build every stage config once: bad α/γ/epochs fail here, before anything runs.
     for experiment in experiments:
         for strategy in experiment.strategies:
-            for dataset in datasets:
+            for dataset_name in datasets:
                 for stage, loss in enumerate(parse_strategy(strategy, where), start=1):
-                    grid.stage_config(dataset, loss, stage, seeds[0])
+                    grid.stage_config(dataset_name, loss, stage, seeds[0])
                     if LOSSES[loss].focal and not focal_from_search:
-                        _check_focal_given(grid, dataset, loss, stage)
+                        _check_focal_given(grid, dataset_name, loss, stage)
     return grid
 
 

@@ -222,16 +222,15 @@ def paired_comparison(a: StrategyResult, b: StrategyResult) -> Paired:
 
 def confusion_counts(labels: Sequence[int], predicted: Sequence[int], n_classes: int) -> np.ndarray:
     """Counts, rows = ground truth, columns = prediction (the paper's Figs 3 and 5)."""
-    labels = np.asarray(labels, dtype=np.int64)
-    predicted = np.asarray(predicted, dtype=np.int64)
-    flat = labels * n_classes + predicted
+    flat = np.asarray(labels, dtype=np.int64) * n_classes + np.asarray(predicted, dtype=np.int64)
     return np.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
 def row_normalised(counts: np.ndarray) -> np.ndarray:
     """Each row divided by its total; a class with no images keeps a row of zeros."""
     totals = counts.sum(axis=1, keepdims=True)
-    return counts / np.maximum(totals, 1)
+    normalised: np.ndarray = counts / np.maximum(totals, 1)
+    return normalised
 
 
 def per_class_accuracy(counts: np.ndarray) -> list[float]:

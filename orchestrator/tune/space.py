@@ -272,7 +272,7 @@ def load_tune(
     return spec
 
 
-def _load_grid_part(derived: dict[str, Any], path: Path, data_roots) -> Grid:
+def _load_grid_part(derived: dict[str, Any], path: Path, data_roots: dict[str, str] | None) -> Grid:
     """Validate the grid part with `orchestrator.plan.grid` (errors then name the real file)."""
     import yaml
 
@@ -300,11 +300,13 @@ def _name(search: dict[str, Any], key: str, declared: Any, where: str) -> str:
     return value
 
 
-def _choice(search: dict[str, Any], key: str, choices: tuple[str, ...], default: str, where: str):
+def _choice(
+    search: dict[str, Any], key: str, choices: tuple[str, ...], default: str, where: str
+) -> str:
     value = search.get(key, default)
     if value not in choices:
         raise FerError(f"{where}: search.{key}: {value!r} is not one of {', '.join(choices)}")
-    return value
+    return str(value)
 
 
 def _folds(value: Any, where: str, limit: int | None) -> tuple[int, ...]:
@@ -342,8 +344,8 @@ def _alpha(value: Any, where: str) -> tuple[float | str | None, ...]:
                 f"{where}: {item!r} is not null, a number in (0, 1] or {INVERSE_FREQUENCY!r}"
             )
         else:  # null or a number: the registry's range for a scalar α
-            checked = _checked(check_alpha, item, where)
-            choices.append(None if checked is None else float(item))
+            _checked(check_alpha, item, where)
+            choices.append(None if item is None else float(item))
         label = alpha_label(choices[-1])
         if label in seen:
             raise FerError(f"{where}: {label} is listed twice")
