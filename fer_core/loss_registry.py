@@ -104,7 +104,6 @@ class LossParam:
     refused_unused: bool
     label: str
     spec: str = ""
-    meaning: str = ""
 
     def text(self, value: object) -> str:
         """`α 0.25`, `α none`, `γ 0.5` (the report's methods table)."""
@@ -115,17 +114,10 @@ class LossParam:
 LOSS_PARAMS: dict[str, LossParam] = {
     param.name: param
     for param in (
-        LossParam("alpha", None, check_alpha, True, "α", meaning="class weighting (D-2)"),
-        LossParam("gamma", 0.0, check_gamma, True, "γ", "g", "focusing parameter"),
-        LossParam(
-            "joint_weight",
-            1.0,
-            check_joint_weight,
-            False,
-            "focal weight",
-            "g",
-            "weight of the focal term (D-1)",
-        ),
+        LossParam("alpha", None, check_alpha, True, "α"),  # class weighting (D-2)
+        LossParam("gamma", 0.0, check_gamma, True, "γ", "g"),  # the focusing parameter
+        # the weight of the focal term of `joint` (D-1)
+        LossParam("joint_weight", 1.0, check_joint_weight, False, "focal weight", "g"),
     )
 }
 FOCAL_PARAMS = ("alpha", "gamma")  # what a dataset's `focal:` block gives its focal stages

@@ -180,10 +180,8 @@ def build_loss(
     A setting the loss does not take is refused where it would silently change the unit's
     identity (`LossParam.refused_unused`: α and γ on `ce`).
     """
-    spec = loss_spec(name)
     values = {"alpha": alpha, "gamma": gamma, "joint_weight": joint_weight}
-    check_loss_params(name, values)
-    return spec.build(values)
+    return loss_spec(name).build(check_loss_params(name, values))
 
 
 def inverse_frequency_alpha(labels: torch.Tensor | Sequence[int], num_classes: int) -> list[float]:

@@ -3,6 +3,8 @@ checked (without torch) the same way by StageConfig and build_loss."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -12,11 +14,11 @@ from fer_core.errors import FerError
 from fer_core.loss_registry import LOSSES, check_alpha, check_loss_params
 from fer_core.losses import build_loss
 
-SETTINGS = {"alpha": [0.5, 1.0, 0.25], "gamma": 2.0, "joint_weight": 0.5}
+SETTINGS: dict[str, Any] = {"alpha": [0.5, 1.0, 0.25], "gamma": 2.0, "joint_weight": 0.5}
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
-def test_every_registered_loss_builds_and_gives_a_gradient(name):
+def test_every_registered_loss_builds_and_gives_a_gradient(name: str) -> None:
     spec = LOSSES[name]
     given = {key: SETTINGS[key] for key in spec.params}
     loss = build_loss(name, **given)
@@ -28,7 +30,7 @@ def test_every_registered_loss_builds_and_gives_a_gradient(name):
     assert StageConfig(loss=name, **given).to_dict()["loss"] == name
 
 
-def test_settings_a_loss_does_not_take():
+def test_settings_a_loss_does_not_take() -> None:
     for key in ("alpha", "gamma"):  # would change the unit's id with no effect: refused
         with pytest.raises(FerError) as info:
             StageConfig(loss="ce", **{key: SETTINGS[key]})
@@ -39,11 +41,11 @@ def test_settings_a_loss_does_not_take():
         StageConfig(loss="focal", joint_weight=-1)
 
 
-def test_focal_losses_are_those_taking_alpha_and_gamma():
+def test_focal_losses_are_those_taking_alpha_and_gamma() -> None:
     assert [n for n, s in LOSSES.items() if s.focal] == ["focal", "joint"]
 
 
-def test_alpha_is_checked_without_torch_but_reads_array_likes():
+def test_alpha_is_checked_without_torch_but_reads_array_likes() -> None:
     assert check_alpha(torch.tensor([0.5, 1.0])) == [0.5, 1.0]
     assert check_alpha(np.array([2, 1])) == [2.0, 1.0]
     assert check_alpha(torch.tensor(0.25)) == 0.25
@@ -56,7 +58,7 @@ def test_alpha_is_checked_without_torch_but_reads_array_likes():
         check_alpha({"a": 1})
 
 
-def test_check_returns_the_validated_settings():
+def test_check_returns_the_validated_settings() -> None:
     values = {"alpha": (1, 2), "gamma": 1, "joint_weight": 2}
     assert check_loss_params("joint", values) == {
         "alpha": [1.0, 2.0],
