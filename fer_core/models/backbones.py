@@ -15,8 +15,8 @@ returns `(features, aux_logits)` in training mode.
 
 Inputs: every backbone is fed RGB images normalised with the ImageNet mean/std (what
 `fer_core.data.augment` produces); `input_norm` names the `Normalisation` its pre-trained
-weights were trained on, and FerNet converts to it (`input_affine`). Getting this wrong does
-not fail, it only costs accuracy: VGG-Face fed ImageNet-normalised RGB instead of BGR 0..255
+weights were trained on, and FerNet converts to it (`fernet.input_affine`). Getting this wrong
+does not fail, it only costs accuracy: VGG-Face fed ImageNet-normalised RGB instead of BGR 0..255
 minus its mean sees inputs ~58x too small, with no BatchNorm to absorb it.
 """
 
