@@ -20,11 +20,9 @@ import os
 import random
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from fer_core.errors import FerError
 from fer_core.io import (
@@ -34,6 +32,12 @@ from fer_core.io import (
     atomic_write_text,
     sha256_file,
 )
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# torch is imported where a checkpoint is read or an RNG state taken: the orchestrator reads
+# the file names and recorded digests (orchestrator.run.lineage) without it.
 
 LAST = "last.pt"
 LAST_PREV = "last.prev.pt"  # the resume state one epoch before last.pt
@@ -48,6 +52,8 @@ def load_checkpoint(path: Path, expected_digest: str | None = None) -> dict[str,
         raise FerError(f"{path}: checkpoint not found")
     if expected_digest is not None and sha256_file(path) != expected_digest:
         raise FerError(f"{path}: checkpoint is corrupt (sha256 does not match checkpoints.json)")
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated file or a pickle payload
@@ -155,6 +161,8 @@ def global_rng_state() -> dict[str, Any]:
     """Python's, numpy's, torch's CPU and (when present) every CUDA device's RNG state, in
     types `torch.load(weights_only=True)` accepts, so a resumed run draws what the
     uninterrupted one would have (dropout on the GPU, anything a user adds that draws)."""
+    import torch
+
     version, mt_state, gauss = random.getstate()
     _, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
@@ -175,6 +183,8 @@ def global_rng_state() -> dict[str, Any]:
 def set_global_rng_state(state: dict[str, Any]) -> None:
     """Restore what `global_rng_state` saved; a CUDA state is restored only where this
     process sees the same number of devices (a GPU state cannot be moved onto a CPU run)."""
+    import torch
+
     python = state["python"]
     random.setstate((python["version"], tuple(python["state"]), python["gauss"]))
     numpy = state["numpy"]

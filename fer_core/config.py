@@ -12,19 +12,21 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from fer_core.errors import FerError
+from fer_core.loss_registry import LOSS_PARAMS, Alpha, check_loss_params, loss_spec
 
 SELECTIONS = ("heldout", "inner")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 NAN_POLICIES = ("fail", "skip")
-LOSS_NAMES = ("ce", "focal", "joint")
-
-Alpha = float | list[float] | None
 LATER_KEYS = {"deterministic": False}  # see StageConfig.to_dict
 
 
 @dataclass(frozen=True)
 class StageConfig:
-    """One stage's loss and optimisation settings (a stage of a strategy chain)."""
+    """One stage's loss and optimisation settings (a stage of a strategy chain).
+
+    `loss` names a `fer_core.loss_registry.LOSSES` entry; `alpha`, `gamma` and `joint_weight`
+    are its `LOSS_PARAMS` (validated there, without torch: a grid loads without it).
+    """
 
     loss: str = "ce"
     alpha: Alpha = None
@@ -47,7 +49,7 @@ class StageConfig:
     deterministic: bool = False  # deterministic kernels only (fer_core.runtime.use_determinism)
 
     def __post_init__(self) -> None:
-        _check_choice("loss", self.loss, LOSS_NAMES)
+        loss_spec(self.loss)
         _check_choice("selection", self.selection, SELECTIONS)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("nan_policy", self.nan_policy, NAN_POLICIES)
@@ -55,7 +57,7 @@ class StageConfig:
         _check_positive_int("batch_size", self.batch_size)
         for key in ("lr", "lr_decay"):
             _check_positive_float(key, getattr(self, key))
-        for key in ("momentum", "weight_decay", "aux_weight", "joint_weight", "gamma"):
+        for key in ("momentum", "weight_decay", "aux_weight"):
             value = getattr(self, key)
             if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
                 raise FerError(f"{key}: {value!r} must be a finite number >= 0")
@@ -65,9 +67,7 @@ class StageConfig:
             raise FerError(f"seed: {self.seed!r} must be an integer")
         if not isinstance(self.deterministic, bool):
             raise FerError(f"deterministic: {self.deterministic!r} must be true or false")
-        from fer_core.losses import build_loss
-
-        build_loss(self.loss, alpha=self.alpha, gamma=self.gamma, joint_weight=self.joint_weight)
+        check_loss_params(self.loss, {key: getattr(self, key) for key in LOSS_PARAMS})
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "stage") -> StageConfig:

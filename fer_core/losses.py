@@ -1,18 +1,14 @@
 """The stage losses of the paper: cross-entropy, focal loss, and both together (METHOD.md §1).
 
+The implementations; which losses exist, and what each takes, is `fer_core.loss_registry`.
+
 Focal loss is `-α_t (1 - p_t)^γ log p_t`. It is computed from `log_softmax`, never from
 `log(softmax + eps)`, and the modulating factor `(1 - p_t)^γ` is formed so that its gradient
 stays finite when p_t -> 1 with γ < 1 (the paper's Oulu-CASIA setting is γ = 0.5), where the
 naive form yields `0 * inf = NaN`.
 
-α semantics (docs/METHOD.md D-2):
-- `None`: no class weighting.
-- a scalar in (0, 1]: multiplies every class (the paper's formula). The paper's Oulu-CASIA
-  "α = 0" would make the loss identically zero; this project reads it as "no weighting" and
-  rejects a literal 0 so nobody trains on a zero loss by accident: write `alpha: null`.
-- a per-class vector (list, tuple or 1-D tensor, one entry per class): relative class weights,
-  each finite and > 0 (no upper bound: only their ratios and overall scale matter; see
-  `inverse_frequency_alpha`, whose largest entry is 1). α_t is the entry of the true class.
+α is validated by `fer_core.loss_registry.check_alpha` (its semantics, docs/METHOD.md D-2,
+are described there); here a per-class α may also be a 1-D tensor.
 
 With `reduction="mean"` the loss is the plain mean over the batch, also with per-class α.
 This follows the paper's per-sample formula; note that `torch.nn.CrossEntropyLoss(weight=...)`
@@ -21,7 +17,6 @@ instead divides by the sum of the weights.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -29,55 +24,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from fer_core.errors import FerError
+from fer_core.loss_registry import (
+    check_alpha,
+    check_gamma,
+    check_joint_weight,
+    check_loss_params,
+    loss_spec,
+)
 
 Alpha = float | Sequence[float] | torch.Tensor | None
 REDUCTIONS = ("mean", "sum", "none")
 
 
 def _check_alpha(alpha: object) -> float | torch.Tensor | None:
-    """Validate α once: None, a float in (0, 1], or a CPU float tensor of weights > 0."""
-    if alpha is None:
-        return None
-    if isinstance(alpha, bool | str | bytes):
-        raise FerError(f"alpha: {alpha!r} must be null, a number in (0, 1] or a list of weights")
-    if isinstance(alpha, torch.Tensor) and alpha.ndim == 0:
-        alpha = float(alpha)
-    if isinstance(alpha, int | float):
-        value = float(alpha)
-        if value == 0:
-            raise FerError(
-                "alpha: 0 would make the focal loss identically zero; the paper's 'alpha = 0' "
-                "means no class weighting here: use alpha: null"
-            )
-        if not math.isfinite(value) or not 0 < value <= 1:
-            raise FerError(f"alpha: {alpha!r} must be in (0, 1] (or null for no weighting)")
-        return value
-    if isinstance(alpha, torch.Tensor | Sequence) or hasattr(alpha, "__array__"):
-        try:
-            weights = torch.as_tensor(alpha, dtype=torch.float32).detach().cpu()
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise FerError(f"alpha: {alpha!r} is not a list of numbers") from exc
-        if weights.ndim == 0:  # a numpy scalar
-            return _check_alpha(float(weights))
-        if weights.ndim != 1 or weights.numel() == 0:
-            raise FerError(f"alpha: {alpha!r} must be a flat list with one weight per class")
-        bad = ~torch.isfinite(weights) | (weights <= 0)
-        if bool(bad.any()):
-            index = int(bad.nonzero()[0])
-            raise FerError(
-                f"alpha[{index}]: {weights[index].item()!r} must be a finite weight > 0 "
-                "(per-class alpha entries are relative class weights)"
-            )
-        return weights
-    raise FerError(f"alpha: {alpha!r} must be null, a number in (0, 1] or a list of weights")
-
-
-def _check_gamma(gamma: object) -> float:
-    if isinstance(gamma, bool) or not isinstance(gamma, int | float):
-        raise FerError(f"gamma: {gamma!r} must be a finite number >= 0")
-    if not math.isfinite(gamma) or gamma < 0:
-        raise FerError(f"gamma: {gamma!r} must be a finite number >= 0")
-    return float(gamma)
+    """α validated once (`check_alpha`); a per-class α becomes a CPU float32 tensor."""
+    checked = check_alpha(alpha)
+    return torch.tensor(checked, dtype=torch.float32) if isinstance(checked, list) else checked
 
 
 def _check_reduction(reduction: object) -> str:
@@ -146,7 +108,7 @@ def focal_loss(
     paper's CK+ setting α = 0.25, γ = 0 is 0.25 × CE). See the module docstring for α.
     """
     return _focal(
-        logits, target, _check_alpha(alpha), _check_gamma(gamma), _check_reduction(reduction)
+        logits, target, _check_alpha(alpha), check_gamma(gamma), _check_reduction(reduction)
     )
 
 
@@ -156,7 +118,7 @@ class FocalLoss(nn.Module):
     def __init__(self, alpha: Alpha = None, gamma: float = 0.0, reduction: str = "mean") -> None:
         super().__init__()
         checked = _check_alpha(alpha)
-        self.gamma = _check_gamma(gamma)
+        self.gamma = check_gamma(gamma)
         self.reduction = _check_reduction(reduction)
         self.alpha_scalar: float | None = None
         self.alpha_vector: torch.Tensor | None
@@ -200,41 +162,26 @@ class JointLoss(nn.Module):
         reduction: str = "mean",
     ) -> None:
         super().__init__()
-        if isinstance(weight, bool) or not isinstance(weight, int | float):
-            raise FerError(f"joint_weight: {weight!r} must be a finite number >= 0")
-        if not math.isfinite(weight) or weight < 0:
-            raise FerError(f"joint_weight: {weight!r} must be a finite number >= 0")
-        self.weight = float(weight)
+        self.weight = check_joint_weight(weight)
         self.ce = CrossEntropyLoss(reduction)
         self.focal = FocalLoss(alpha, gamma, reduction)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.ce(logits, target) + self.weight * self.focal(logits, target)
-
-
-LOSSES = ("ce", "focal", "joint")
+        ce: torch.Tensor = self.ce(logits, target)
+        focal: torch.Tensor = self.focal(logits, target)
+        return ce + self.weight * focal
 
 
 def build_loss(
     name: str, alpha: Alpha = None, gamma: float = 0.0, joint_weight: float = 1.0
 ) -> nn.Module:
-    """The stage loss `name` (`ce`, `focal` or `joint`) with mean reduction.
+    """The registered stage loss `name` (`fer_core.loss_registry.LOSSES`), mean reduction.
 
-    `ce` takes no α or γ: a value there would be silently ignored while still changing the
-    unit's identity (and so its dedup), so it is rejected instead.
+    A setting the loss does not take is refused where it would silently change the unit's
+    identity (`LossParam.refused_unused`: α and γ on `ce`).
     """
-    if name == "ce":
-        if alpha is not None or gamma != 0:
-            raise FerError(
-                f"loss ce: alpha={alpha!r}, gamma={gamma!r} have no effect on cross-entropy; "
-                "leave them unset or use loss focal / joint"
-            )
-        return CrossEntropyLoss()
-    if name == "focal":
-        return FocalLoss(alpha, gamma)
-    if name == "joint":
-        return JointLoss(alpha, gamma, joint_weight)
-    raise FerError(f"loss: {name!r} is unknown; known losses: {', '.join(LOSSES)}")
+    values = {"alpha": alpha, "gamma": gamma, "joint_weight": joint_weight}
+    return loss_spec(name).build(check_loss_params(name, values))
 
 
 def inverse_frequency_alpha(labels: torch.Tensor | Sequence[int], num_classes: int) -> list[float]:

@@ -1,4 +1,12 @@
-"""The feature extractors FerNet puts its new head on, and what each expects (METHOD.md §3).
+"""Every backbone by name, and what each expects (METHOD.md §3): the one place a backbone is
+declared.
+
+`BACKBONES` holds all the rest of the code knows about a backbone: its input size, feature
+size, aux head, weights file and where it is cached, input normalisation, and how to build
+it. Grids are checked against it (`orchestrator.plan.grid`), FerNet is built from it. This
+module imports no torch (a grid loads, and a launch checks weights files, without it); each
+`build` imports its network when called. Adding a backbone: one `BackboneSpec` entry below,
+whose builder may import its network from a library (or from a module of its own).
 
 Each backbone is the original network with its classifier replaced by `Identity`, so its
 state-dict keys stay those of the original model: pre-trained files load without renaming.
@@ -7,8 +15,8 @@ returns `(features, aux_logits)` in training mode.
 
 Inputs: every backbone is fed RGB images normalised with the ImageNet mean/std (what
 `fer_core.data.augment` produces); `input_norm` names the `Normalisation` its pre-trained
-weights were trained on, and FerNet converts to it (`input_affine`). Getting this wrong does
-not fail, it only costs accuracy: VGG-Face fed ImageNet-normalised RGB instead of BGR 0..255
+weights were trained on, and FerNet converts to it (`fernet.input_affine`). Getting this wrong
+does not fail, it only costs accuracy: VGG-Face fed ImageNet-normalised RGB instead of BGR 0..255
 minus its mean sees inputs ~58x too small, with no BatchNorm to absorb it.
 """
 
@@ -16,10 +24,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 # torchvision's IMAGENET1K_V1 files (tests check these against torchvision's weight enums;
 # kept as strings so that importing fer_core does not import torchvision: a worker running
@@ -96,33 +104,10 @@ class BackboneSpec:
     weights_command: str | None = None
 
 
-class TinyCNN(nn.Module):
-    """A small CNN for tests and the CPU demo (input 48 px), not a model of the paper.
+def _tiny() -> nn.Module:
+    from fer_core.models.tiny import TinyCNN
 
-    Four conv-BN-ReLU blocks (16/32/64/128 channels) that downsample by stride 2 rather than
-    by max-pooling (on a 2-core CPU the full-resolution conv + pool of a pooled variant cost
-    about half the step time), then an average pool to 2 x 2 rather than 1 x 1: expressions
-    are told apart by *where* features are (brows above eyes above mouth), and a global pool
-    throws that away. Measured on the synthetic CK+ twin, 10 epochs at 48 px: 3 blocks +
-    global pool reached 47% train accuracy, this 70% (test 39% -> 46%, majority class 24%).
-    """
-
-    feature_dim = 128 * 2 * 2
-
-    def __init__(self) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        for cin, cout in ((3, 16), (16, 32), (32, 64), (64, 128)):
-            layers += [
-                nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(cout),
-                nn.ReLU(inplace=True),
-            ]
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(self.pool(self.features(x)), 1)
+    return TinyCNN()
 
 
 def _inception_v3() -> nn.Module:
@@ -144,11 +129,12 @@ def _vgg16() -> nn.Module:
 
 
 def _inception_resnet_v1() -> nn.Module:
-    from facenet_pytorch import InceptionResnetV1
+    from facenet_pytorch import InceptionResnetV1  # type: ignore[import-untyped]
+    from torch import nn
 
     # classify=True skips the L2 normalisation of the embedding; its `logits` layer (the
     # VGGFace2 identity classifier) is replaced. Internal dropout off: FerNet has its own.
-    model = InceptionResnetV1(classify=True, num_classes=1, dropout_prob=0.0)
+    model: nn.Module = InceptionResnetV1(classify=True, num_classes=1, dropout_prob=0.0)
     model.logits = nn.Identity()
     return model
 
@@ -228,7 +214,7 @@ BACKBONES: dict[str, BackboneSpec] = {
             name="tiny",
             input_size=48,
             min_input_size=16,
-            feature_dim=TinyCNN.feature_dim,
+            feature_dim=128 * 2 * 2,  # TinyCNN: 128 channels, pooled to 2 x 2
             has_aux=False,
             weights_file=None,
             weights_url=None,
@@ -237,28 +223,7 @@ BACKBONES: dict[str, BackboneSpec] = {
             input_norm="imagenet",
             layout="fer_core TinyCNN",
             description="a three-conv CNN for tests and the CPU demo (not in the paper)",
-            build=TinyCNN,
+            build=_tiny,
         ),
     )
 }
-
-
-def input_affine(input_norm: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Per-channel (scale, shift), 1 x 3 x 1 x 1, turning ImageNet-normalised RGB input into
-    what the backbone's weights expect (after reversing the channels when its order is BGR:
-    the factors are listed in the backbone's order); None when nothing needs changing.
-
-    The ImageNet normalisation is undone (x*std + mean, 0..1) and the backbone's applied:
-    ((x*std + mean) * scale - target_mean) / target_std.
-    """
-    if input_norm not in NORMALISATIONS:
-        raise ValueError(f"unknown input_norm {input_norm!r}")
-    if input_norm == "imagenet":
-        return None
-    target = NORMALISATIONS[input_norm]
-    order = [2, 1, 0] if target.order == "BGR" else [0, 1, 2]
-    mean = torch.tensor(IMAGENET_MEAN)[order].view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD)[order].view(1, 3, 1, 1)
-    target_mean = torch.tensor(target.mean).view(1, 3, 1, 1)
-    target_std = torch.tensor(target.std).view(1, 3, 1, 1)
-    return std * target.scale / target_std, (mean * target.scale - target_mean) / target_std

@@ -16,8 +16,35 @@ import torch
 from torch import nn
 
 from fer_core.errors import FerError
-from fer_core.models.backbones import BACKBONES, NORMALISATIONS, BackboneSpec, input_affine
+from fer_core.models.backbones import (
+    BACKBONES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    NORMALISATIONS,
+    BackboneSpec,
+)
 from fer_core.models.weights import load_backbone_weights, read_state_dict, resolve_pretrained
+
+
+def input_affine(input_norm: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per-channel (scale, shift), 1 x 3 x 1 x 1, turning ImageNet-normalised RGB input into
+    what the backbone's weights expect (after reversing the channels when its order is BGR:
+    the factors are listed in the backbone's order); None when nothing needs changing.
+
+    The ImageNet normalisation is undone (x*std + mean, 0..1) and the backbone's applied:
+    ((x*std + mean) * scale - target_mean) / target_std.
+    """
+    if input_norm not in NORMALISATIONS:
+        raise ValueError(f"unknown input_norm {input_norm!r}")
+    if input_norm == "imagenet":
+        return None
+    target = NORMALISATIONS[input_norm]
+    order = [2, 1, 0] if target.order == "BGR" else [0, 1, 2]
+    mean = torch.tensor(IMAGENET_MEAN)[order].view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD)[order].view(1, 3, 1, 1)
+    target_mean = torch.tensor(target.mean).view(1, 3, 1, 1)
+    target_std = torch.tensor(target.std).view(1, 3, 1, 1)
+    return std * target.scale / target_std, (mean * target.scale - target_mean) / target_std
 
 
 class FerNet(nn.Module):

@@ -7,7 +7,8 @@ an error naming that path — never a silent random init. Files are read with
 
 Loading ignores the original classifier (`BackboneSpec.classifier_keys`) and is strict about
 everything else: a missing, unexpected or differently shaped key is an error naming the file
-and the first offending keys.
+and the first offending keys. Torch is imported only where a file is read: finding one
+(`check_weights`, a launch's pre-flight) needs none.
 """
 
 from __future__ import annotations
@@ -16,18 +17,21 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from fer_core.errors import FerError
 from fer_core.models.backbones import BACKBONES, FACENET_CACHE, TORCHVISION_CACHE, BackboneSpec
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
 SHOWN = 3  # offending keys named per kind in an error message
 
 
-def _facenet_torch_home() -> Path:
-    """facenet-pytorch's `get_torch_home()`: $TORCH_HOME, else $XDG_CACHE_HOME/torch."""
+def _torch_home() -> Path:
+    """$TORCH_HOME, else $XDG_CACHE_HOME/torch: torch's `_get_torch_home()` and facenet-pytorch's
+    `get_torch_home()` alike, computed here so that checking for a file imports no torch."""
     default = os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "torch")
     return Path(os.path.expanduser(os.getenv("TORCH_HOME", default)))
 
@@ -36,9 +40,9 @@ def pretrained_candidates(spec: BackboneSpec) -> list[Path]:
     """Where `weights="pretrained"` looks for `spec`'s file, first match wins."""
     if spec.weights_file is None:
         return []
-    hub = Path(torch.hub.get_dir()) / "checkpoints" / spec.weights_file
+    hub = _torch_home() / "hub" / "checkpoints" / spec.weights_file  # torch.hub.get_dir()
     if spec.weights_cache == FACENET_CACHE:
-        return [_facenet_torch_home() / "checkpoints" / spec.weights_file, hub]
+        return [_torch_home() / "checkpoints" / spec.weights_file, hub]
     if spec.weights_cache == TORCHVISION_CACHE:
         return [hub]
     raise ValueError(f"{spec.name}: unknown weights cache {spec.weights_cache!r}")
@@ -72,6 +76,8 @@ def resolve_pretrained(spec: BackboneSpec) -> Path:
 
 def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
     """The state dict inside a loaded file: plain, under "state_dict"/"model", or a FerNet's."""
+    import torch
+
     for key in ("state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
@@ -93,6 +99,8 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Read a state dict with `weights_only=True`; any failure is a FerError naming the file."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise FerError(

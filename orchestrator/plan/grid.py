@@ -3,8 +3,10 @@
 A grid names datasets, backbones and experiments (backbones x strategies); every strategy
 runs on every dataset and fold. A strategy is a chain of stage losses joined by `>`
 (`ce>focal` = CE, then focal from CE's best checkpoint). Per-dataset `focal:` settings give
-α and γ to every stage whose loss is `focal` or `joint`; a grid with such a stage must give
-them (a focal loss with no α and γ = 0 is plain cross-entropy: a silent change of method).
+α and γ to every stage whose loss takes them (`fer_core.loss_registry`: focal, joint); a grid
+with such a stage must give them (a focal loss with no α and γ = 0 is plain cross-entropy: a
+silent change of method). Loss and backbone names are those of `fer_core.loss_registry` and
+`fer_core.models.backbones`, which import no torch: loading a grid does not either.
 `seed: N` or `seeds: [N, ...]` (top level, like `selection`: they apply to every stage of
 every chain) gives the replicates: every unit runs once per seed.
 """
@@ -17,16 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fer_core.config import LOSS_NAMES, StageConfig
+from fer_core.config import StageConfig
 from fer_core.errors import FerError
+from fer_core.loss_registry import FOCAL_PARAMS, LOSSES
+from fer_core.models.backbones import BACKBONES
 from orchestrator.plan.yamlio import check_keys, load_yaml_mapping
 
 JOBS_DIR = Path(__file__).resolve().parents[2] / "jobs"
 DATASET_KINDS = ("ckplus", "oulu", "manifest")
 SYNTHETIC_KINDS = ("ckplus", "oulu")
 DETECTORS = ("mtcnn", "center")
-KNOWN_BACKBONES = ("inception_v3", "resnet18", "vgg_face", "inception_resnet_v1", "tiny")
-FOCAL_LOSSES = ("focal", "joint")
 DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 GRID_KEYS = {
@@ -55,7 +57,7 @@ DATASET_KEYS = {
     "n_folds",
     "focal",
 }
-FOCAL_KEYS = {"alpha", "gamma"}
+FOCAL_KEYS = set(FOCAL_PARAMS)
 BACKBONE_KEYS = {"weights", "input_size"}
 EXPERIMENT_KEYS = {"backbones", "strategies"}
 
@@ -112,7 +114,8 @@ class Grid:
         values = dict(self.train)
         values.update(self.stages.get(stage, {}))
         values.update(loss=loss, selection=self.selection, seed=seed)
-        if loss in FOCAL_LOSSES:
+        spec = LOSSES.get(loss)  # an unknown loss: StageConfig names it
+        if spec is not None and spec.focal:
             values.update(self.datasets[dataset].focal)
         return StageConfig.from_dict(values, where=f"{self.path}: train").to_dict()
 
@@ -127,10 +130,10 @@ def parse_strategy(strategy: str, where: str) -> tuple[str, ...]:
         raise FerError(f"{where}: strategy {strategy!r} must be a non-empty string like 'ce>focal'")
     losses = tuple(part.strip() for part in strategy.split(">"))
     for loss in losses:
-        if loss not in LOSS_NAMES:
+        if loss not in LOSSES:
             raise FerError(
                 f"{where}: strategy {strategy!r} has unknown stage loss {loss!r}; "
-                f"known: {', '.join(LOSS_NAMES)}"
+                f"known: {', '.join(LOSSES)}"
             )
     return losses
 
@@ -269,18 +272,19 @@ def grid_from_mapping(
     # Build every stage config once: bad α/γ/epochs fail here, before anything runs.
     for experiment in experiments:
         for strategy in experiment.strategies:
-            for dataset in datasets:
+            for dataset_name in datasets:
                 for stage, loss in enumerate(parse_strategy(strategy, where), start=1):
-                    grid.stage_config(dataset, loss, stage, seeds[0])
-                    if loss in FOCAL_LOSSES and not focal_from_search:
-                        _check_focal_given(grid, dataset, loss, stage)
+                    grid.stage_config(dataset_name, loss, stage, seeds[0])
+                    if LOSSES[loss].focal and not focal_from_search:
+                        _check_focal_given(grid, dataset_name, loss, stage)
     return grid
 
 
 def _check_focal_given(grid: Grid, dataset: str, loss: str, stage: int) -> None:
-    """A focal or joint stage needs α or γ from somewhere: with neither it is plain CE."""
+    """A stage whose loss takes α and γ needs one of them from somewhere: with neither, a
+    focal loss is plain CE."""
     given = set(grid.train) | set(grid.stages.get(stage, {})) | set(grid.datasets[dataset].focal)
-    if not {"alpha", "gamma"} & given:
+    if not set(FOCAL_PARAMS) & given:
         raise FerError(
             f"{grid.path}: datasets.{dataset} has no focal: block, but stage {stage} uses the "
             f"{loss} loss; with no alpha and gamma 0 it is plain cross-entropy: give "
@@ -369,8 +373,8 @@ def _dataset(name: str, raw: Any, where: str, root_override: str | None) -> Data
 
 
 def _backbone(name: str, raw: Any, where: str) -> BackboneSpec:
-    if name not in KNOWN_BACKBONES:
-        raise FerError(f"{where}: unknown backbone {name!r}; known: {', '.join(KNOWN_BACKBONES)}")
+    if name not in BACKBONES:
+        raise FerError(f"{where}: unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
     check_keys(raw, BACKBONE_KEYS, where)
     weights = raw.get("weights", "none")
     if weights is None or not isinstance(weights, str):

@@ -13,6 +13,7 @@ import json
 from collections import Counter
 from typing import Any
 
+from fer_core.loss_registry import LOSS_PARAMS, LOSSES
 from orchestrator.report.sections import NONE
 from orchestrator.report.study import Study
 from orchestrator.texttable import markdown_table
@@ -38,14 +39,13 @@ def _configs(study: Study) -> list[tuple[Any, dict[str, Any]]]:
 
 
 def _loss_text(config: dict[str, Any]) -> str:
+    """`ce`, `focal (α 0.25, γ 0)`: the loss and the settings it takes (the loss registry)."""
     loss = str(config.get("loss"))
-    if loss == "ce":
-        return "ce"
-    alpha = config.get("alpha")
-    params = f"α {'none' if alpha is None else alpha}, γ {config.get('gamma', 0):g}"
-    if loss == "joint":
-        params += f", focal weight {config.get('joint_weight', 1):g}"
-    return f"{loss} ({params})"
+    spec = LOSSES.get(loss)
+    if spec is None or not spec.params:
+        return loss
+    params = [LOSS_PARAMS[key] for key in spec.params]
+    return f"{loss} ({', '.join(p.text(config.get(p.name, p.default)) for p in params)})"
 
 
 def _schedule(config: dict[str, Any]) -> str:

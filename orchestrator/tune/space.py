@@ -18,17 +18,19 @@ so leak test labels into the choice.)
 
 from __future__ import annotations
 
-import math
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fer_core.config import StageConfig
 from fer_core.errors import FerError
+from fer_core.loss_registry import LOSSES, check_alpha, check_gamma
 from orchestrator.plan.grid import Grid, find_grid, load_grid
 from orchestrator.plan.yamlio import check_keys, load_yaml_mapping
 
+T = TypeVar("T")
 INVERSE_FREQUENCY = "inverse_frequency"
 GAMMA_MAX = 10.0  # (1 - p)^γ with γ > 10 leaves almost no gradient: a typo, not a setting
 SEARCH_KEYS = {
@@ -51,8 +53,10 @@ SEARCH_KEYS = {
 SCHEDULER_KEYS = {"type", "grace_period", "reduction_factor", "max_t"}
 SCHEDULERS = ("asha", "fifo")
 SEARCH_ALGS = ("random", "grid")
-STAGE1_LOSSES = ("ce",)
-STAGE2_LOSSES = ("focal", "joint")
+# Stage 2 is searched over α and γ, so it takes a loss that takes them; stage 1 (the trained
+# parent) one that takes neither. Defaults: the paper's ce>focal.
+STAGE1_LOSSES = tuple(name for name, spec in LOSSES.items() if not spec.focal)
+STAGE2_LOSSES = tuple(name for name, spec in LOSSES.items() if spec.focal)
 GRID_GAMMA_POINTS = 6
 NOT_IN_TUNE = {
     "experiments": "the search block names the backbone and the stage losses",
@@ -268,7 +272,7 @@ def load_tune(
     return spec
 
 
-def _load_grid_part(derived: dict[str, Any], path: Path, data_roots) -> Grid:
+def _load_grid_part(derived: dict[str, Any], path: Path, data_roots: dict[str, str] | None) -> Grid:
     """Validate the grid part with `orchestrator.plan.grid` (errors then name the real file)."""
     import yaml
 
@@ -296,11 +300,13 @@ def _name(search: dict[str, Any], key: str, declared: Any, where: str) -> str:
     return value
 
 
-def _choice(search: dict[str, Any], key: str, choices: tuple[str, ...], default: str, where: str):
+def _choice(
+    search: dict[str, Any], key: str, choices: tuple[str, ...], default: str, where: str
+) -> str:
     value = search.get(key, default)
     if value not in choices:
         raise FerError(f"{where}: search.{key}: {value!r} is not one of {', '.join(choices)}")
-    return value
+    return str(value)
 
 
 def _folds(value: Any, where: str, limit: int | None) -> tuple[int, ...]:
@@ -321,40 +327,45 @@ def _folds(value: Any, where: str, limit: int | None) -> tuple[int, ...]:
     return tuple(sorted(value))
 
 
-def _alpha(value: Any, where: str) -> tuple[Any, ...]:
+def _alpha(value: Any, where: str) -> tuple[float | str | None, ...]:
+    """The α choices: null, numbers (the registry's scalar range) and `inverse_frequency`."""
     if not isinstance(value, list) or not value:
         raise FerError(
             f"{where}: {value!r}: the α choices must be a non-empty list of null, numbers in "
             f"(0, 1] and {INVERSE_FREQUENCY!r} (an empty search space searches nothing)"
         )
     seen: set[str] = set()
+    choices: list[float | str | None] = []
     for item in value:
-        if item is None or item == INVERSE_FREQUENCY:
-            pass
-        elif isinstance(item, bool) or not isinstance(item, int | float):
+        if item == INVERSE_FREQUENCY:
+            choices.append(INVERSE_FREQUENCY)
+        elif item is not None and (isinstance(item, bool) or not isinstance(item, int | float)):
             raise FerError(
                 f"{where}: {item!r} is not null, a number in (0, 1] or {INVERSE_FREQUENCY!r}"
             )
-        elif item == 0:
-            raise FerError(
-                f"{where}: 0 would make the focal loss identically zero; the paper's "
-                "'alpha = 0' means no class weighting: use null"
-            )
-        elif not math.isfinite(item) or not 0 < item <= 1:
-            raise FerError(f"{where}: {item!r} is out of bounds; a scalar α must be in (0, 1]")
-        label = alpha_label(item)
+        else:  # null or a number: the registry's range for a scalar α
+            _checked(check_alpha, item, where)
+            choices.append(None if item is None else float(item))
+        label = alpha_label(choices[-1])
         if label in seen:
             raise FerError(f"{where}: {label} is listed twice")
         seen.add(label)
-    return tuple(float(v) if isinstance(v, int | float) else v for v in value)
+    return tuple(choices)
+
+
+def _checked(check: Callable[[object], T], value: object, where: str) -> T:
+    """`check(value)` (a `fer_core.loss_registry` check), its message prefixed by `where`."""
+    try:
+        return check(value)
+    except FerError as exc:
+        raise FerError(f"{where}: {exc}") from None
 
 
 def _gamma_number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise FerError(f"{where}: {value!r} must be a number in [0, {GAMMA_MAX:g}]")
-    if not 0 <= value <= GAMMA_MAX:
+    gamma = _checked(check_gamma, value, where)
+    if gamma > GAMMA_MAX:
         raise FerError(f"{where}: {value!r} is out of bounds; γ must be in [0, {GAMMA_MAX:g}]")
-    return float(value)
+    return gamma
 
 
 def _gamma(value: Any, where: str) -> tuple[tuple[float, ...] | None, tuple[float, float] | None]:

@@ -15,6 +15,8 @@ import pytest
 import yaml
 
 from fer_core.config import StageConfig
+from fer_core.loss_registry import LOSSES
+from fer_core.models.backbones import BACKBONES
 from orchestrator.plan import grid as grid_module
 from orchestrator.plan.grid import DatasetSpec, load_grid
 from orchestrator.tune.space import SEARCH_KEYS
@@ -87,10 +89,16 @@ def test_documented_dataset_defaults_are_the_real_defaults():
     assert checked >= 4  # synthetic, crop_size, detector, n_folds
 
 
-def test_the_backbone_names_are_the_known_ones():
+def test_the_backbone_names_are_the_registrys():
     text = DOC.read_text()
     line = next(x for x in text.splitlines() if x.startswith("NAME is one of"))
-    assert set(re.findall(r"`(\w+)`", line)) == set(grid_module.KNOWN_BACKBONES)
+    assert set(re.findall(r"`(\w+)`", line)) == set(BACKBONES)
+
+
+def test_the_stage_losses_are_the_registrys():
+    row = next(x for x in DOC.read_text().splitlines() if x.startswith("| `strategies` |"))
+    names = re.search(r"chains of (.*) joined", row.split("|")[4]).group(1)
+    assert set(re.findall(r"`(\w+)`", names)) == set(LOSSES)
 
 
 def test_the_example_grid_is_valid(tmp_path):

@@ -12,6 +12,7 @@ from torch import nn
 
 from fer_core.errors import FerError
 from fer_core.models import BACKBONES, FerNet, build_model
+from fer_core.models.backbones import NORMALISATIONS
 
 # Small inputs keep these fast on a CPU (Inception-v3 needs >= 75 px, InceptionResnetV1 >= 75).
 SMALL = {"tiny": 48, "resnet18": 32, "vgg_face": 32, "inception_v3": 75, "inception_resnet_v1": 80}
@@ -46,6 +47,19 @@ def test_backbone_table_is_complete():
     assert [n for n, s in BACKBONES.items() if s.has_aux] == ["inception_v3"]
     assert BACKBONES["inception_v3"].weights_file == "inception_v3_google-0cc3c7bd.pth"
     assert BACKBONES["resnet18"].weights_file == "resnet18-f37072fd.pth"
+
+
+def test_every_backbone_entry_is_whole():
+    """What FerNet, the weights pre-flight and the card read of a spec is there and consistent."""
+    for name, spec in BACKBONES.items():
+        assert spec.name == name and spec.input_norm in NORMALISATIONS
+        assert 16 <= spec.min_input_size <= spec.input_size
+        assert (spec.weights_file is None) == (spec.weights_cache is None), name
+        assert (
+            spec.weights_url is not None
+            or spec.weights_command is not None
+            or (spec.weights_file is None)
+        ), f"{name}: a weights file nobody says how to get"
 
 
 @pytest.mark.parametrize("name", backbone_params())

@@ -313,3 +313,13 @@ def test_centre_crops_are_not_reported_as_failed_detections(tmp_path):
     run.rundir.store.write("prepare", row["unit_id"], [{**row, "detector": "center"}])
     text = write_report(run.path).path.read_text()
     assert "| center | none (centre crops) | all " in text
+
+
+def test_the_methods_table_names_the_settings_each_loss_takes():
+    ce = {"loss": "ce", "alpha": None, "gamma": 0.0, "joint_weight": 0.3}
+    assert methods._loss_text(ce) == "ce"
+    joint = {"loss": "joint", "alpha": None, "gamma": 0.5, "joint_weight": 1.0}
+    assert methods._loss_text(joint) == "joint (α none, γ 0.5, focal weight 1)"
+    assert methods._loss_text({"loss": "focal", "alpha": [0.5, 1.0], "gamma": 2}) == (
+        "focal (α [0.5, 1.0], γ 2)"
+    )

@@ -35,7 +35,7 @@ from orchestrator.query import run_query
 from orchestrator.run.rundir import RunDir
 from orchestrator.tune.nested import choose
 from orchestrator.tune.slurm import render_tune_sbatch
-from orchestrator.tune.space import load_tune
+from orchestrator.tune.space import STAGE1_LOSSES, STAGE2_LOSSES, load_tune
 from tests.conftest import REPO, ray_running
 from tests.faults.common import Background, cli
 
@@ -102,7 +102,7 @@ def _args(grid: Path, cluster_file: Path, run_dir: Path, root: Path | None = Non
         ({"alpha": []}, "search.alpha"),
         ({"gamma": []}, "search.gamma"),
         ({"alpha": [0.25, 1.5]}, "1.5"),
-        ({"alpha": [0]}, "use null"),
+        ({"alpha": [0]}, "no class weighting"),
         ({"alpha": ["uniform"]}, "'uniform'"),
         ({"gamma": {"min": -1, "max": 2}}, "-1"),
         ({"gamma": {"min": 0, "max": 50}}, "50"),
@@ -128,6 +128,11 @@ def test_bad_search_blocks_are_refused_naming_the_key(tmp_path, change, culprit)
         load_tune(str(path))
     message = str(error.value)
     assert culprit in message and str(path) in message and "\n" not in message
+
+
+def test_stage_losses_offered_follow_the_loss_registry():
+    # stage 2 is searched over α and γ: the losses that take them; stage 1 takes neither
+    assert STAGE1_LOSSES == ("ce",) and STAGE2_LOSSES == ("focal", "joint")
 
 
 def test_grid_parts_are_validated_by_the_grid_schema(tmp_path):
