@@ -39,7 +39,7 @@ def disk_full_error(path: Path, exc: OSError) -> FerError:
     )
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     path = Path(path)
     tmp: str | None = None
     try:
