@@ -20,7 +20,7 @@ fc6/fc7/fc8 -> `classifier.0/3/6` (fc6's filters flattened in torchvision's C, H
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,7 @@ def import_vgg_face(source: str | Path, out: str | Path | None = None) -> dict[s
     }
 
 
-def convert_layers(layers: Sequence[Any], source: Path) -> dict[str, torch.Tensor]:
+def convert_layers(layers: Iterable[Any], source: Path) -> dict[str, torch.Tensor]:
     """A torchvision-layout VGG-16 state dict from MatConvNet layer structs (BGR input)."""
     convs = [layer for layer in layers if _field(layer, "type") == "conv"]
     if len(convs) != len(VGG16_CONV_INDICES) + len(VGG16_FC_KEYS):
@@ -108,7 +108,7 @@ def convert_layers(layers: Sequence[Any], source: Path) -> dict[str, torch.Tenso
     return state
 
 
-def _read_mat(source: Path) -> tuple[Sequence[Any], Any]:
+def _read_mat(source: Path) -> tuple[np.ndarray, Any]:
     from scipy.io import loadmat
 
     try:
