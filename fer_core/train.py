@@ -41,23 +41,10 @@ from fer_core.errors import FerError
 from fer_core.evaluate import Evaluation, evaluate
 from fer_core.io import atomic_write_text
 from fer_core.losses import build_loss
+from fer_core.records import EpochRecord
 from fer_core.runtime import use_determinism
 
 PROGRESS = "progress.json"  # epochs done, for `status` while a unit runs
-
-
-class EpochRecord(TypedDict):
-    """One epoch of a stage: in `last.pt`'s history, handed to `on_epoch`, and (with the
-    unit id) a row of the `epochs` table."""
-
-    epoch: int  # 1-based
-    lr: float
-    train_loss: float
-    train_accuracy: float
-    selection_accuracy: float
-    skipped_batches: int
-    seconds: float
-    finished_at: float  # time.time(): which run of a requeued job did it
 
 
 class BestCheckpoint(TypedDict):
