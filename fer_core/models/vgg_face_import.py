@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -37,12 +37,22 @@ VGG16_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 VGG16_FC_KEYS = ("classifier.0", "classifier.3", "classifier.6")
 
 
+class ImportSummary(TypedDict):
+    """What `import_vgg_face` wrote."""
+
+    path: str
+    tensors: int
+    parameters: int
+    classes: int  # VGG-Face's identity classes (the fc8 that training replaces)
+    mean_rgb: list[float] | None  # the file's mean pixel, when it records one
+
+
 def vgg_face_cache_path() -> Path:
     """Where `weights: pretrained` looks for the converted file (`$TORCH_HOME/hub/checkpoints`)."""
     return pretrained_candidates(BACKBONES["vgg_face"])[0]
 
 
-def import_vgg_face(source: str | Path, out: str | Path | None = None) -> dict[str, Any]:
+def import_vgg_face(source: str | Path, out: str | Path | None = None) -> ImportSummary:
     """Convert `source` (a MatConvNet vgg_face.mat) and write it to `out` (default: the cache).
 
     Returns a summary: the output path, the number of tensors and parameters, the file's
