@@ -53,6 +53,23 @@ class CropSettings(TypedDict):
     detector: str
 
 
+class FacesBlob(TypedDict):
+    """`faces.pt` (see the module docstring), as `prepare_faces` writes it."""
+
+    format: int
+    images: torch.Tensor
+    labels: torch.Tensor
+    folds: torch.Tensor
+    subjects: list[str]
+    image_ids: list[str]
+    classes: list[str]
+    dataset: str
+    fingerprint: str
+    boxes: torch.Tensor
+    detected: torch.Tensor
+    probs: torch.Tensor
+
+
 class FacesMeta(TypedDict):
     """`faces.json`: the cache's seal and its human-readable summary (keys in file order)."""
 
@@ -271,7 +288,7 @@ def prepare_faces(
 
     records = index.records
     fallback = [records[i].path for i in range(n) if not detected[i]] if mtcnn else []
-    blob = {
+    blob: FacesBlob = {
         "format": FORMAT,
         "images": images,
         "labels": torch.tensor([r.label for r in records], dtype=torch.long),
