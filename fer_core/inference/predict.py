@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 import torch
 from PIL import Image
@@ -36,8 +36,17 @@ CHUNK = 64  # images read, cropped and scored at a time (memory stays flat on la
 DETECT_BATCH = 16  # frames per MTCNN call, as the training cache
 # Card keys that must agree between the units of an ensemble.
 SAME = ("backbone", "classes", "input_size", "crop", "normalisation", "dataset")
-BOX = ("box_x0", "box_y0", "box_x1", "box_y1")
-NO_BOX = dict.fromkeys(BOX, math.nan)
+
+
+class FaceStatus(TypedDict):
+    """The face columns of a prediction row (in row order)."""
+
+    face: Literal["detected", "center", "none"]
+    face_probability: float  # MTCNN's; NaN without a detection
+    box_x0: float  # the crop box in image pixels (NaN: no face, not scored)
+    box_y0: float
+    box_x1: float
+    box_y1: float
 
 
 @dataclass(frozen=True)
@@ -166,7 +175,7 @@ def predict_files(
         for i, frame in enumerate(chunk):
             face = faces[i]
             if face["face"] == "none":  # the centre square, when asked for; else no box
-                face = {**face, "face": "center"} if fallback_center else {**face, **NO_BOX}
+                face = {**face, "face": "center"} if fallback_center else _without_box(face)
             probs = by_image.get(i)
             row = {"image": str(frame.source), "frame": frame.index, "time": frame.time, **face}
             row["predicted"] = None if probs is None else classes[_argmax(probs)]
@@ -211,7 +220,7 @@ def _ensemble(
 
 def _crop_frames(
     pictures: Sequence[Frame], mtcnn: FaceDetector | None, crop_size: int, margin: float
-) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+) -> tuple[torch.Tensor, list[FaceStatus]]:
     """Crops (uint8 N x 3 x S x S; the centre square where no face was found) and per
     picture the face status, MTCNN probability and crop box."""
     frames = [p.image for p in pictures]
@@ -226,19 +235,30 @@ def _crop_frames(
                 for i, hit in zip(batch, _detect(mtcnn, [frames[i] for i in batch]), strict=True):
                     hits[i] = hit
     crops = torch.zeros((len(frames), 3, crop_size, crop_size), dtype=torch.uint8)
-    faces = []
+    faces: list[FaceStatus] = []
     for i, (frame, hit) in enumerate(zip(frames, hits, strict=True)):
         crops[i], box = crop_frame(frame, hit, crop_size, margin)
         # "center" without MTCNN: the model was trained on centre crops (detector: center)
-        status = "center" if mtcnn is None else "detected" if hit is not None else "none"
+        status: Literal["detected", "center", "none"] = (
+            "center" if mtcnn is None else "detected" if hit is not None else "none"
+        )
+        x0, y0, x1, y1 = (float(v) for v in box)
         faces.append(
             {
                 "face": status,
                 "face_probability": hit[1] if hit is not None else math.nan,
-                **dict(zip(BOX, map(float, box), strict=True)),
+                "box_x0": x0,
+                "box_y0": y0,
+                "box_x1": x1,
+                "box_y1": y1,
             }
         )
     return crops, faces
+
+
+def _without_box(face: FaceStatus) -> FaceStatus:
+    nan = math.nan
+    return {**face, "box_x0": nan, "box_y0": nan, "box_x1": nan, "box_y1": nan}
 
 
 def _open_video(path: Path) -> InputContainer:
