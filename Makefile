@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint format slurm-up slurm-down bench clean
+.PHONY: demo test test-fast typecheck lint format slurm-up slurm-down bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,12 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m orchestrator launch --grid demo
 
-## test: lint + the whole test suite (SLURM and Ray tests need `make slurm-up` first; CI does it)
-test: $(STAMP)
+## typecheck: mypy, strict on fer_core, the default checks on orchestrator (pyproject.toml)
+typecheck: $(STAMP)
+	$(PY) -m mypy
+
+## test: type check + lint + the whole test suite (SLURM and Ray tests need `make slurm-up` first; CI does it)
+test: $(STAMP) typecheck
 	$(VENV)/bin/ruff check fer_core orchestrator tests bench
 	$(VENV)/bin/ruff format --check fer_core orchestrator tests bench
 	$(PY) -m pytest -q
@@ -38,4 +42,4 @@ slurm-down:
 	bash scripts/local_slurm.sh down
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache .mypy_cache

@@ -19,8 +19,9 @@ import json
 import os
 import random
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import numpy as np
 
@@ -34,6 +35,7 @@ from fer_core.io import (
 )
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
 # torch is imported where a checkpoint is read or an RNG state taken: the orchestrator reads
@@ -45,8 +47,36 @@ BEST = "best.pt"
 DIGESTS = "checkpoints.json"
 
 
+class PythonRngState(TypedDict):
+    version: int
+    state: list[int]
+    gauss: float | None
+
+
+class NumpyRngState(TypedDict):
+    keys: torch.Tensor  # int64 624 (the MT19937 key, widened: weights_only loads no uint32)
+    pos: int
+    has_gauss: int
+    cached_gaussian: float
+
+
+class _RngState(TypedDict):
+    python: PythonRngState
+    numpy: NumpyRngState
+    torch: torch.Tensor
+
+
+class RngState(_RngState, total=False):
+    """Every global RNG's state, as `global_rng_state` saves it into `last.pt`."""
+
+    cuda: list[torch.Tensor]  # one per device, when CUDA is available
+
+
 def load_checkpoint(path: Path, expected_digest: str | None = None) -> dict[str, Any]:
-    """Load a checkpoint safely (weights_only) and, when a digest is known, verify it first."""
+    """Load a checkpoint safely (weights_only) and, when a digest is known, verify it first.
+
+    What it holds is the writer's business (`fer_core.train`: state dicts and records, in
+    the shape of whichever version wrote it), so its values are not typed here."""
     path = Path(path)
     if not path.is_file():
         raise FerError(f"{path}: checkpoint not found")
@@ -55,9 +85,12 @@ def load_checkpoint(path: Path, expected_digest: str | None = None) -> dict[str,
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated file or a pickle payload
         raise FerError(f"{path}: not a loadable checkpoint ({type(exc).__name__})") from exc
+    if not isinstance(state, dict):
+        raise FerError(f"{path}: not a checkpoint (holds a {type(state).__name__})")
+    return state
 
 
 def recorded_digests(work_dir: Path) -> dict[str, str]:
@@ -66,9 +99,10 @@ def recorded_digests(work_dir: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text())
+        digests = json.loads(path.read_text())
     except json.JSONDecodeError:
         return {}
+    return cast(dict[str, str], digests)
 
 
 def load_verified_best(work_dir: Path) -> tuple[dict[str, Any], str]:
@@ -85,7 +119,7 @@ def _write_digests(work_dir: Path, digests: dict[str, str]) -> None:
     atomic_write_text(work_dir / DIGESTS, json.dumps(digests, indent=1, sort_keys=True))
 
 
-def save(obj: Any, work_dir: Path, name: str) -> None:
+def save(obj: Mapping[str, object], work_dir: Path, name: str) -> None:
     """Write checkpoint `name` atomically and record its digest."""
     digest = atomic_torch_save(obj, work_dir / name)
     digests = recorded_digests(work_dir)
@@ -93,7 +127,7 @@ def save(obj: Any, work_dir: Path, name: str) -> None:
     _write_digests(work_dir, digests)
 
 
-def save_last(state: dict[str, Any], work_dir: Path, rotate: bool) -> None:
+def save_last(state: Mapping[str, object], work_dir: Path, rotate: bool) -> None:
     """Write last.pt; with `rotate` (last.pt is known good) keep the old one as last.prev.pt.
 
     last.pt stays in place until the new one replaces it (last.prev.pt is a hard link to it,
@@ -157,15 +191,18 @@ def load_best(model: nn.Module, work_dir: Path) -> None:
     model.load_state_dict(state["model"])
 
 
-def global_rng_state() -> dict[str, Any]:
+def global_rng_state() -> RngState:
     """Python's, numpy's, torch's CPU and (when present) every CUDA device's RNG state, in
     types `torch.load(weights_only=True)` accepts, so a resumed run draws what the
     uninterrupted one would have (dropout on the GPU, anything a user adds that draws)."""
     import torch
 
     version, mt_state, gauss = random.getstate()
-    _, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
-    state: dict[str, Any] = {
+    numpy_state = np.random.get_state(legacy=True)
+    if isinstance(numpy_state, dict):  # only for a non-MT19937 global bit generator
+        raise FerError("numpy's global RNG is not MT19937; cannot save its state")
+    _, keys, pos, has_gauss, cached = numpy_state
+    state: RngState = {
         "python": {"version": version, "state": list(mt_state), "gauss": gauss},
         "numpy": {
             "keys": torch.from_numpy(keys.astype(np.int64)),
@@ -180,7 +217,7 @@ def global_rng_state() -> dict[str, Any]:
     return state
 
 
-def set_global_rng_state(state: dict[str, Any]) -> None:
+def set_global_rng_state(state: RngState) -> None:
     """Restore what `global_rng_state` saved; a CUDA state is restored only where this
     process sees the same number of devices (a GPU state cannot be moved onto a CPU run)."""
     import torch

@@ -18,6 +18,7 @@ from fer_core.io import atomic_write_text, sha256_file
 
 FORMAT = 1
 RACY_SECONDS = 2.0
+Entry = list[int | str]  # [size, mtime_ns, ctime_ns, inode, sha256], as stored in the JSON
 
 
 class DigestCache:
@@ -31,11 +32,11 @@ class DigestCache:
 
     def __init__(self, path: Path | None):
         self.path = Path(path) if path is not None else None
-        self._known: dict[str, list] = self._load()
+        self._known: dict[str, Entry] = self._load()
         self.hashed = 0  # files read in this session (for benchmarks and messages)
         self.dirty = False  # an entry was added since loading or saving
 
-    def _load(self) -> dict[str, list]:
+    def _load(self) -> dict[str, Entry]:
         if self.path is None or not self.path.is_file():
             return {}
         try:
@@ -51,10 +52,10 @@ class DigestCache:
         """The sha256 of `path`'s bytes (OSError if it cannot be read)."""
         name = os.path.abspath(path)
         stat = os.stat(name)
-        key = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+        key: Entry = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
         entry = self._known.get(name)
         if entry is not None and entry[:4] == key:
-            return entry[4]
+            return str(entry[4])
         digest = sha256_file(Path(name))
         self.hashed += 1
         newest = max(stat.st_mtime_ns, stat.st_ctime_ns) / 1e9
@@ -73,7 +74,7 @@ class DigestCache:
         self._known, self.dirty = kept, False
 
 
-def _unchanged(name: str, entry: list) -> bool:
+def _unchanged(name: str, entry: Entry) -> bool:
     try:
         stat = os.stat(name)
     except OSError:

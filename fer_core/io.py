@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from fer_core.errors import FerError
 
@@ -39,7 +39,7 @@ def disk_full_error(path: Path, exc: OSError) -> FerError:
     )
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     path = Path(path)
     tmp: str | None = None
     try:
@@ -69,7 +69,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_torch_save(obj: Any, path: Path) -> str:
+def atomic_torch_save(obj: object, path: Path) -> str:
     """`torch.save` to `path` atomically; returns the sha256 of the bytes written.
 
     The digest lets a reader detect a file corrupted after the fact (see `load_checked`).

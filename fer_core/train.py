@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from torch import nn
 from fer_core.checkpoints import (
     BEST,
     LAST,
+    RngState,
     global_rng_state,
     resume_state,
     save,
@@ -40,9 +41,32 @@ from fer_core.errors import FerError
 from fer_core.evaluate import Evaluation, evaluate
 from fer_core.io import atomic_write_text
 from fer_core.losses import build_loss
+from fer_core.records import EpochRecord
 from fer_core.runtime import use_determinism
 
 PROGRESS = "progress.json"  # epochs done, for `status` while a unit runs
+
+
+class BestCheckpoint(TypedDict):
+    """`best.pt`: the weights of the best epoch so far."""
+
+    model: dict[str, torch.Tensor]
+    epoch: int
+
+
+class ResumeState(TypedDict):
+    """`last.pt`: everything needed to resume after `epoch` (0-based) as if never stopped.
+    (A `last.pt` of an older version may hold `torch_rng`, torch's CPU state, for `rng`.)"""
+
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]  # torch's own nested state dicts
+    scaler: dict[str, Any]
+    generator: torch.Tensor
+    rng: RngState
+    history: list[EpochRecord]
+    best_accuracy: float
+    best_epoch: int
+    epoch: int
 
 
 @dataclass(frozen=True)
@@ -69,7 +93,7 @@ class StageData:
 class StageOutcome:
     """What a finished stage hands back: its history and where its best weights are."""
 
-    epochs: list[dict[str, Any]]
+    epochs: list[EpochRecord]
     best_epoch: int
     best_selection_accuracy: float
     best_path: Path
@@ -104,7 +128,12 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.float16
 
 
-def _stage_loss(model_output: Any, target: torch.Tensor, criterion: nn.Module, aux_weight: float):
+def _stage_loss(
+    model_output: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+    target: torch.Tensor,
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    aux_weight: float,
+) -> torch.Tensor:
     if isinstance(model_output, tuple):  # Inception-v3 in training: (main, aux) logits
         logits, aux = model_output
         return criterion(logits, target) + aux_weight * criterion(aux, target)
@@ -118,7 +147,7 @@ def train_stage(
     work_dir: Path,
     input_size: int,
     device: torch.device,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
 ) -> StageOutcome:
     """Train `model` (already holding its start weights and fresh head) for one stage.
 
@@ -148,9 +177,10 @@ def train_stage(
         momentum=config.momentum,
         weight_decay=config.weight_decay,
     )
-    step_model = torch.compile(model) if config.compile else model
+    # torch.compile of a Module is a Module (OptimizedModule); its annotation says Callable
+    step_model = cast(nn.Module, torch.compile(model)) if config.compile else model
 
-    history: list[dict[str, Any]] = []
+    history: list[EpochRecord] = []
     best_accuracy, best_epoch, start_epoch = -1.0, -1, 0
     state, resumed_from = resume_state(work_dir)
     last_is_good = resumed_from == LAST  # only a verified last.pt becomes last.prev.pt
@@ -198,7 +228,7 @@ def train_stage(
                 optimizer.zero_grad(set_to_none=True)
                 continue
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(loss).backward()  # type: ignore[no-untyped-call]  # torch: unannotated
             scaler.step(optimizer)
             scaler.update()
             if math.isnan(first_step_at):
@@ -228,7 +258,7 @@ def train_stage(
         )
         busy_seconds += time.perf_counter() - started
         images_seen += n_train
-        record = {
+        record: EpochRecord = {
             "epoch": epoch + 1,
             "lr": lr,
             "train_loss": train_loss,
@@ -241,22 +271,20 @@ def train_stage(
         history.append(record)
         if selection.accuracy > best_accuracy:
             best_accuracy, best_epoch = selection.accuracy, epoch + 1
-            save({"model": model.state_dict(), "epoch": epoch + 1}, work_dir, BEST)
-        save_last(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "generator": generator.get_state(),
-                "rng": global_rng_state(),
-                "history": history,
-                "best_accuracy": best_accuracy,
-                "best_epoch": best_epoch,
-                "epoch": epoch,
-            },
-            work_dir,
-            rotate=last_is_good,
-        )
+            best: BestCheckpoint = {"model": model.state_dict(), "epoch": epoch + 1}
+            save(best, work_dir, BEST)
+        last: ResumeState = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "generator": generator.get_state(),
+            "rng": global_rng_state(),
+            "history": history,
+            "best_accuracy": best_accuracy,
+            "best_epoch": best_epoch,
+            "epoch": epoch,
+        }
+        save_last(last, work_dir, rotate=last_is_good)
         last_is_good = True
         atomic_write_text(
             work_dir / PROGRESS, json.dumps({"epoch": epoch + 1, "epochs": config.epochs})

@@ -32,7 +32,8 @@ from fer_core.evaluate import Evaluation
 from fer_core.inference.card import write_card
 from fer_core.models import BACKBONES, FerNet, build_model
 from fer_core.provenance import git_commit
-from fer_core.train import StageData, score, train_stage
+from fer_core.records import EpochRecord, PredictionRow, RunCore, RunRow, UnitResult
+from fer_core.train import StageData, StageOutcome, score, train_stage
 
 
 @dataclass(frozen=True)
@@ -116,9 +117,9 @@ def _process_started_at() -> float:
 def run_unit(
     spec_values: dict[str, Any],
     work_dir: str | Path,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
     score_test: bool = True,
-) -> dict[str, Any]:
+) -> UnitResult:
     """Train and score one unit; returns {"run": {...}, "predictions": [...], "epochs": [...]}.
 
     `on_epoch` sees each epoch's record (a tuner reports it); `score_test=False` leaves the
@@ -142,9 +143,10 @@ def run_unit(
     model = build_model(
         spec.backbone, len(faces.classes), weights="none" if spec.parent_dir else spec.weights
     )
-    parent_digest = parent_best_sha = None
+    parent_digest: str | None = None
+    parent_best_sha: str | None = None
     if spec.parent_dir:
-        parent_best, parent_best_sha = _parent_best(spec)
+        parent_best, parent_best_sha = _parent_best(spec, spec.parent_dir)
         model.load_state_dict(parent_best["model"])
         parent_digest = weights_digest(model)
     model.reset_head(torch.Generator().manual_seed(config.seed + spec.stage))
@@ -161,18 +163,18 @@ def run_unit(
         model, faces.images[test], faces.labels[test], input_size, device, config.precision
     )
     finished_at = time.time()
-    run = _run_row(spec, config, outcome, result, device, started_at, finished_at)
-    run.update(
-        input_size=input_size,
-        n_train=len(data.train_labels),
-        start_weights_sha=start_digest,
-        parent_weights_sha=parent_digest,
-        parent_best_sha=parent_best_sha,
-        startup_seconds=outcome.first_step_at - process_start,
-        precision_used=outcome.precision_used,
-        deterministic=config.deterministic,
-        git_commit=git_commit(),
-    )
+    run: RunRow = {
+        **_run_row(spec, config, outcome, result, device, started_at, finished_at),
+        "input_size": input_size,
+        "n_train": len(data.train_labels),
+        "start_weights_sha": start_digest,
+        "parent_weights_sha": parent_digest,
+        "parent_best_sha": parent_best_sha,
+        "startup_seconds": outcome.first_step_at - process_start,
+        "precision_used": outcome.precision_used,
+        "deterministic": config.deterministic,
+        "git_commit": git_commit(),
+    }
     test_ids = [i for i, t in zip(faces.image_ids, test.tolist(), strict=True) if t]
     test_subjects = [s for s, t in zip(faces.subjects, test.tolist(), strict=True) if t]
     return {
@@ -184,11 +186,11 @@ def run_unit(
     }
 
 
-def _parent_best(spec: UnitSpec) -> tuple[dict[str, Any], str]:
+def _parent_best(spec: UnitSpec, parent_dir: str) -> tuple[dict[str, Any], str]:
     """The parent's best weights, only if they are the file its training recorded: a swapped
     or damaged `best.pt` must not silently become this stage's start."""
     try:
-        return load_verified_best(Path(spec.parent_dir))
+        return load_verified_best(Path(parent_dir))
     except FerError as exc:
         raise FerError(
             f"parent unit {spec.parent_id}: {exc}; its {BEST} must be the file its training "
@@ -196,7 +198,15 @@ def _parent_best(spec: UnitSpec) -> tuple[dict[str, Any], str]:
         ) from None
 
 
-def _run_row(spec, config, outcome, result: Evaluation, device, started_at, finished_at):
+def _run_row(
+    spec: UnitSpec,
+    config: StageConfig,
+    outcome: StageOutcome,
+    result: Evaluation,
+    device: torch.device,
+    started_at: float,
+    finished_at: float,
+) -> RunCore:
     alpha = config.alpha
     return {
         "unit_id": spec.unit_id,
@@ -231,8 +241,14 @@ def _run_row(spec, config, outcome, result: Evaluation, device, started_at, fini
     }
 
 
-def _prediction_rows(unit_id, result: Evaluation, image_ids, subjects, classes):
-    rows = []
+def _prediction_rows(
+    unit_id: str,
+    result: Evaluation,
+    image_ids: list[str],
+    subjects: list[str],
+    classes: list[str],
+) -> list[PredictionRow]:
+    rows: list[PredictionRow] = []
     probabilities = result.probabilities.tolist()
     for i, image_id in enumerate(image_ids):
         rows.append(

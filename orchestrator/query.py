@@ -95,7 +95,8 @@ def _connect(store: Store, current: set[str] | None) -> tuple[duckdb.DuckDBPyCon
     """An in-memory connection with the views of the module docstring; returns it and the
     tables that have no rows at all yet."""
     con = duckdb.connect(":memory:")
-    missing, allowed = [], []
+    missing: list[str] = []
+    allowed: list[str] = []
     sources: dict[str, tuple[str, str]] = {}  # table -> (source of all rows, current filter)
     for table in TABLES:
         files = [p.resolve() for p in store.files(table)]
@@ -257,7 +258,7 @@ def describe_tables(run_dir: str | Path, width: int = 100) -> str:
         ]
         order = {name: i for i, name in enumerate(t + s for t in TABLES for s in ("", "_all"))}
         for view in sorted(views, key=lambda v: order.get(v, len(order))):
-            count = con.execute(f"SELECT count(*) FROM {view}").fetchone()[0]
+            (count,) = con.execute(f"SELECT count(*) FROM {view}").fetchone() or (0,)
             if view not in TABLE_HELP:  # a *_all view: the same columns and `current`
                 lines.append(
                     f"{view} ({count} row{'s' if count != 1 else ''}): as {view[:-4]}, with "

@@ -16,12 +16,17 @@ normalised with the ImageNet mean and std the pre-trained backbones expect.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
 
 from fer_core.errors import FerError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -79,7 +84,8 @@ def test_transform(x: torch.Tensor, out_size: Size) -> torch.Tensor:
     return normalize(resize(_to_unit(x), out_size))
 
 
-test_transform.__test__ = False  # a library function, not a test, wherever pytest imports it
+# a library function, not a test, wherever pytest imports it (pytest reads `__test__`)
+test_transform.__dict__["__test__"] = False
 
 
 def resize(x: torch.Tensor, out_size: Size) -> torch.Tensor:
@@ -132,13 +138,13 @@ def pil_train_transform(
     p_hflip: float = P_HFLIP,
     p_vflip: float = P_VFLIP,
     degrees: float = MAX_DEGREES,
-):
+) -> Callable[[Image.Image], torch.Tensor]:
     """The usual per-image torchvision pipeline for the same augmentation (PIL in, tensor
     out). Note RandomRotation's default interpolation is nearest; the batched one is bilinear."""
     from torchvision import transforms
 
     size = _pair(out_size)
-    return transforms.Compose(
+    pipeline = transforms.Compose(
         [
             transforms.Resize(size),
             transforms.RandomHorizontalFlip(p_hflip),
@@ -148,6 +154,7 @@ def pil_train_transform(
             transforms.Normalize(MEAN, STD),
         ]
     )
+    return cast("Callable[[Image.Image], torch.Tensor]", pipeline)  # torchvision is untyped
 
 
 def _to_unit(x: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol, TypedDict, cast
 
 import numpy as np
 import torch
@@ -41,6 +42,61 @@ CROP_METHOD = 1  # bump when the cropping code changes what it produces
 PT_NAME, JSON_NAME = "faces.pt", "faces.json"
 RERUN = "run `python -m orchestrator data faces`"
 Box = tuple[int, int, int, int]
+Hit = tuple[Sequence[float], float]  # a detected face: (x0, y0, x1, y1) box, probability
+
+
+class CropSettings(TypedDict):
+    """How crops were made: part of the cache's fingerprint and of `faces.json`."""
+
+    crop_size: int
+    margin: float
+    detector: str
+
+
+class FacesBlob(TypedDict):
+    """`faces.pt` (see the module docstring), as `prepare_faces` writes it."""
+
+    format: int
+    images: torch.Tensor
+    labels: torch.Tensor
+    folds: torch.Tensor
+    subjects: list[str]
+    image_ids: list[str]
+    classes: list[str]
+    dataset: str
+    fingerprint: str
+    boxes: torch.Tensor
+    detected: torch.Tensor
+    probs: torch.Tensor
+
+
+class FacesMeta(TypedDict):
+    """`faces.json`: the cache's seal and its human-readable summary (keys in file order)."""
+
+    format: int
+    fingerprint: str
+    dataset: str
+    dataset_fingerprint: str
+    crop_size: int
+    margin: float
+    detector: str
+    crop_method: int
+    n: int
+    detected: int
+    fallback: int
+    fallback_images: list[str]
+    pt_sha256: str
+    pt_bytes: int
+    seconds: float
+
+
+class FaceDetector(Protocol):
+    """What is used of facenet-pytorch's MTCNN (which ships no types): per frame, the
+    face boxes (K x 4, largest first) and probabilities (K), or None where none was found."""
+
+    def detect(
+        self, img: list[Image.Image]
+    ) -> tuple[Sequence[np.ndarray | None], Sequence[np.ndarray | None]]: ...
 
 
 @dataclass(frozen=True)
@@ -180,7 +236,11 @@ def prepare_faces(
     """
     _check_args(crop_size, detector, batch_size, margin)
     out_dir = Path(out_dir)
-    settings = {"crop_size": int(crop_size), "margin": float(margin), "detector": detector}
+    settings: CropSettings = {
+        "crop_size": int(crop_size),
+        "margin": float(margin),
+        "detector": detector,
+    }
     data_fp = dataset_fingerprint(index)
     fingerprint = faces_fingerprint(data_fp, settings)
     meta = _read_meta(out_dir)
@@ -228,7 +288,7 @@ def prepare_faces(
 
     records = index.records
     fallback = [records[i].path for i in range(n) if not detected[i]] if mtcnn else []
-    blob = {
+    blob: FacesBlob = {
         "format": FORMAT,
         "images": images,
         "labels": torch.tensor([r.label for r in records], dtype=torch.long),
@@ -273,7 +333,7 @@ def prepare_faces(
 
 
 def crop_frame(
-    frame: Image.Image, hit: tuple[Sequence[float], float] | None, crop_size: int, margin: float
+    frame: Image.Image, hit: Hit | None, crop_size: int, margin: float
 ) -> tuple[torch.Tensor, Box]:
     """One frame's crop (uint8 3 x S x S) and its box: the square around the detected face
     `hit`, or the centre square when there is none. Inference crops with this too, so a
@@ -286,7 +346,7 @@ def crop_frame(
     return torch.from_numpy(np.asarray(crop).copy()).permute(2, 0, 1), box
 
 
-def faces_fingerprint(data_fingerprint: str, settings: dict) -> str:
+def faces_fingerprint(data_fingerprint: str, settings: CropSettings) -> str:
     """sha256 of the dataset fingerprint, the crop settings and the crop method version."""
     payload = {"data": data_fingerprint, "crop_method": CROP_METHOD, **settings}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -341,13 +401,14 @@ def _batches_by_size(index: DatasetIndex, batch_size: int) -> list[list[int]]:
 def open_rgb(path: Path, hint: str = "") -> Image.Image:
     """An image file as RGB; an unreadable one is a one-line FerError (plus `hint`)."""
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
+        with Image.open(path) as image:  # Any under Python 3.10 (PIL's `Self`)
+            rgb: Image.Image = image.convert("RGB")
+            return rgb
     except (OSError, ValueError) as exc:
         raise FerError(f"{path}: cannot read image ({exc}){hint}") from None
 
 
-def _load_mtcnn(device: str | None):
+def _load_mtcnn(device: str | None) -> FaceDetector:
     """facenet-pytorch's MTCNN; its weights ship inside the package (works offline)."""
     try:
         from facenet_pytorch import MTCNN
@@ -358,24 +419,26 @@ def _load_mtcnn(device: str | None):
         ) from None
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return MTCNN(device=device, select_largest=True, keep_all=False)
+    mtcnn: FaceDetector = MTCNN(device=device, select_largest=True, keep_all=False)
+    return mtcnn
 
 
-def _detect(mtcnn, frames: list[Image.Image]) -> list[tuple[Sequence[float], float] | None]:
+def _detect(mtcnn: FaceDetector, frames: list[Image.Image]) -> list[Hit | None]:
     """The largest face box and its probability per frame, or None where none was found."""
     boxes, probs = mtcnn.detect(frames)
-    found: list[tuple[Sequence[float], float] | None] = []
+    found: list[Hit | None] = []
     for frame_boxes, frame_probs in zip(boxes, probs, strict=True):
-        if frame_boxes is None or len(frame_boxes) == 0:
+        if frame_boxes is None or frame_probs is None or len(frame_boxes) == 0:
             found.append(None)
         else:
             found.append((frame_boxes[0], float(frame_probs[0])))
     return found
 
 
-def _read_meta(out_dir: Path) -> dict | None:
+def _read_meta(out_dir: Path) -> FacesMeta | None:
+    """`faces.json` if it is a JSON object; its values are checked where they are used."""
     try:
         meta = json.loads((out_dir / JSON_NAME).read_text())
     except (OSError, ValueError):
         return None
-    return meta if isinstance(meta, dict) else None
+    return cast(FacesMeta, meta) if isinstance(meta, dict) else None

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TypedDict
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -32,17 +33,27 @@ LAST_FRAMES = 3  # the paper keeps the last three frames (the apex) of each sequ
 FORMAT = 1
 _META_KEY = b"fer_core.index"
 
-SCHEMA = pa.schema(
-    [
-        ("path", pa.string()),
-        ("subject", pa.string()),
-        ("sequence", pa.string()),
-        ("frame", pa.int64()),
-        ("label", pa.int64()),
-        ("label_name", pa.string()),
-        ("fold", pa.int64()),
-    ]
-)
+_COLUMNS: list[tuple[str, pa.DataType]] = [
+    ("path", pa.string()),
+    ("subject", pa.string()),
+    ("sequence", pa.string()),
+    ("frame", pa.int64()),
+    ("label", pa.int64()),
+    ("label_name", pa.string()),
+    ("fold", pa.int64()),
+]
+SCHEMA = pa.schema(_COLUMNS)
+
+
+class IndexMeta(TypedDict):
+    """The index's Parquet schema metadata (key `fer_core.index`): what rebuilds the index
+    beside its rows."""
+
+    format: int
+    dataset: str
+    root: str
+    classes: list[str]
+    n_folds: int
 
 
 @dataclass(frozen=True)
@@ -92,7 +103,7 @@ class DatasetIndex:
         """The records as a pyarrow Table; dataset, root, classes and n_folds ride along in
         the schema metadata so the Parquet file alone rebuilds the index."""
         columns = {f.name: [getattr(r, f.name) for r in self.records] for f in fields(ImageRecord)}
-        meta = {
+        meta: IndexMeta = {
             "format": FORMAT,
             "dataset": self.dataset,
             "root": self.root,
@@ -183,8 +194,8 @@ def build_index(
     if verify:
         bar = ProgressBar(f"index {dataset}")
         try:
-            for done, (path, *_) in enumerate(frames, start=1):
-                check_image(root / path)
+            for done, (relative, *_) in enumerate(frames, start=1):
+                check_image(root / relative)
                 bar(done, len(frames))
         finally:
             bar.close()  # a bad image's error starts on a line of its own

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import torch
 
@@ -30,14 +31,53 @@ MODEL_INPUT = (
 )
 
 
-def write_card(work_dir: Path, spec: dict[str, Any], classes: list[str], input_size: int) -> None:
+class CropInfo(TypedDict):
+    """How the unit's face crops were made (from its face cache's `faces.json`)."""
+
+    detector: str | None
+    crop_size: int | None
+    margin: float | None
+    crop_method: int | None
+
+
+class ModelCard(TypedDict):
+    """`best.json`, keys in file order. A card of an older version may lack some keys;
+    `read_card` requires the five inference cannot do without."""
+
+    format: int
+    checkpoint: str
+    checkpoint_sha256: str | None
+    unit_id: str
+    dataset: str
+    fold: int
+    n_folds: int
+    backbone: str
+    strategy: str
+    stage: int
+    seed: int
+    selection: str
+    weights: str
+    classes: list[str]
+    input_size: int
+    model_input: str
+    input_norm: str
+    normalisation: dict[str, Any]  # fer_core.models.backbones.Normalisation as a dict
+    crop: CropInfo
+    package_version: str
+    torch_version: str
+    written_at: float
+
+
+def write_card(
+    work_dir: Path, spec: Mapping[str, Any], classes: list[str], input_size: int
+) -> None:
     """Write `work_dir/best.json` for the unit `spec` (a UnitSpec as a dict)."""
     work_dir = Path(work_dir)
     digests = _read_json(work_dir / "checkpoints.json")
     crop = _read_json(Path(spec["data_dir"]) / "faces.json")
     backbone = BACKBONES[spec["backbone"]]
     config = spec.get("config") or {}
-    card = {
+    card: ModelCard = {
         "format": FORMAT,
         "checkpoint": "best.pt",
         "checkpoint_sha256": digests.get("best.pt"),
@@ -56,7 +96,12 @@ def write_card(work_dir: Path, spec: dict[str, Any], classes: list[str], input_s
         "model_input": MODEL_INPUT,
         "input_norm": backbone.input_norm,
         "normalisation": NORMALISATIONS[backbone.input_norm].to_dict(),
-        "crop": {key: crop.get(key) for key in ("detector", "crop_size", "margin", "crop_method")},
+        "crop": {
+            "detector": crop.get("detector"),
+            "crop_size": crop.get("crop_size"),
+            "margin": crop.get("margin"),
+            "crop_method": crop.get("crop_method"),
+        },
         "package_version": fer_core.__version__,
         "torch_version": torch.__version__,
         "written_at": time.time(),
@@ -64,7 +109,7 @@ def write_card(work_dir: Path, spec: dict[str, Any], classes: list[str], input_s
     atomic_write_text(work_dir / CARD, json.dumps(card, indent=1) + "\n")
 
 
-def read_card(work_dir: Path) -> dict[str, Any]:
+def read_card(work_dir: Path) -> ModelCard:
     """The card beside a unit's `best.pt`, or a FerError saying why there is none."""
     path = Path(work_dir) / CARD
     if not path.is_file():
@@ -76,7 +121,7 @@ def read_card(work_dir: Path) -> dict[str, Any]:
     missing = [k for k in ("backbone", "classes", "input_size", "crop", "unit_id") if k not in card]
     if missing:
         raise FerError(f"{path}: not a model description (no {missing[0]!r})")
-    return card
+    return cast(ModelCard, card)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

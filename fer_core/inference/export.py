@@ -20,15 +20,16 @@ from __future__ import annotations
 import copy
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from torch import nn
 
 from fer_core.data.augment import normalize
 from fer_core.errors import FerError
+from fer_core.inference.card import CropInfo, ModelCard
 from fer_core.io import TEMP_PREFIX, atomic_write_text
 from fer_core.models import FerNet
 
@@ -41,6 +42,30 @@ INPUT = (
     "S = input_size: the face crop (see crop), resized to S"
 )
 OUTPUT = "float32 N x C class probabilities (softmax), C = len(classes), in that order"
+
+
+class ExportDescription(TypedDict):
+    """`model.json` beside an exported model, keys in file order."""
+
+    format: str
+    file: str
+    input: str
+    input_name: str
+    output: str
+    output_name: str
+    input_size: int
+    classes: list[str]
+    crop: CropInfo
+    normalisation: dict[str, Any]
+    normalisation_applied_inside: str
+    backbone: str
+    dataset: str
+    strategy: str
+    folds: list[int]
+    units: list[str]
+    package_version: str
+    parity_max_abs_diff: float
+    parity_samples: int
 
 
 class ProbabilityModel(nn.Module):
@@ -63,8 +88,8 @@ class ProbabilityModel(nn.Module):
 
 
 def export_units(
-    nets: Sequence[FerNet], cards: Sequence[dict[str, Any]], fmt: str, out_dir: Path
-) -> dict[str, Any]:
+    nets: Sequence[FerNet], cards: Sequence[ModelCard], fmt: str, out_dir: Path
+) -> ExportDescription:
     """Write `out_dir/model.{pt,onnx}` and `model.json`; returns the JSON's content, with
     `parity_max_abs_diff`, the largest |exported - PyTorch| probability on the samples."""
     if fmt not in FORMATS:
@@ -99,7 +124,7 @@ def export_units(
         tmp.replace(final)
     finally:
         tmp.unlink(missing_ok=True)
-    description = {
+    description: ExportDescription = {
         "format": fmt,
         "file": final.name,
         "input": INPUT,
@@ -125,9 +150,10 @@ def export_units(
 
 
 def _torchscript(model: nn.Module, samples: torch.Tensor, path: Path) -> torch.Tensor:
-    traced = torch.jit.trace(model, samples[:2])
+    # torch.jit's trace and load are unannotated
+    traced = torch.jit.trace(model, samples[:2])  # type: ignore[no-untyped-call]
     traced.save(str(path))
-    loaded = torch.jit.load(str(path), map_location="cpu")
+    loaded = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
     return torch.cat([loaded(samples[:1]), loaded(samples[1:])])
 
 
@@ -142,9 +168,10 @@ def fixed_pools(model: nn.Module, sample: torch.Tensor) -> nn.Module:
     model = copy.deepcopy(model)
     sizes: dict[str, tuple[int, int]] = {}
 
-    def record(name: str):
+    def record(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
         def hook(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            sizes.setdefault(name, tuple(args[0].shape[-2:]))
+            height, width = args[0].shape[-2:]
+            sizes.setdefault(name, (height, width))
 
         return hook
 
@@ -159,8 +186,9 @@ def fixed_pools(model: nn.Module, sample: torch.Tensor) -> nn.Module:
         hook.remove()
     for name, size in sizes.items():
         module = model.get_submodule(name)
-        out = module.output_size
-        out = (out, out) if isinstance(out, int) else out
+        assert isinstance(module, nn.AdaptiveAvgPool2d)  # recorded only for those
+        output_size = module.output_size
+        out = output_size if isinstance(output_size, tuple) else (output_size, output_size)
         windows = [_window(n, o if o is not None else n) for n, o in zip(size, out, strict=True)]
         if all(w is not None for w in windows):
             kernel, stride = zip(*windows, strict=True)

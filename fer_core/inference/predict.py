@@ -12,20 +12,23 @@ mean of the folds' probabilities. A video file gives one row per frame (decoded 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 import torch
 from PIL import Image
 
 from fer_core.checkpoints import load_best
-from fer_core.data.faces import _detect, _load_mtcnn, crop_frame, open_rgb
+from fer_core.data.faces import FaceDetector, Hit, _detect, _load_mtcnn, crop_frame, open_rgb
 from fer_core.errors import FerError
 from fer_core.evaluate import predict
-from fer_core.inference.card import read_card
+from fer_core.inference.card import ModelCard, read_card
 from fer_core.models import FerNet, build_model
+
+if TYPE_CHECKING:
+    from av.container import InputContainer
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -33,8 +36,17 @@ CHUNK = 64  # images read, cropped and scored at a time (memory stays flat on la
 DETECT_BATCH = 16  # frames per MTCNN call, as the training cache
 # Card keys that must agree between the units of an ensemble.
 SAME = ("backbone", "classes", "input_size", "crop", "normalisation", "dataset")
-BOX = ("box_x0", "box_y0", "box_x1", "box_y1")
-NO_BOX = dict.fromkeys(BOX, math.nan)
+
+
+class FaceStatus(TypedDict):
+    """The face columns of a prediction row (in row order)."""
+
+    face: Literal["detected", "center", "none"]
+    face_probability: float  # MTCNN's; NaN without a detection
+    box_x0: float  # the crop box in image pixels (NaN: no face, not scored)
+    box_y0: float
+    box_x1: float
+    box_y1: float
 
 
 @dataclass(frozen=True)
@@ -52,7 +64,7 @@ class LoadedUnit:
     """A unit's model in eval mode on its device, with its card."""
 
     model: FerNet
-    card: dict[str, Any]
+    card: ModelCard
 
 
 def load_unit(work_dir: Path, device: torch.device) -> LoadedUnit:
@@ -69,9 +81,11 @@ def load_units(work_dirs: Sequence[Path], device: str = "auto") -> list[LoadedUn
     from fer_core.unit import resolve_device
 
     units = [load_unit(Path(d), resolve_device(device)) for d in work_dirs]
+    first: Mapping[str, object] = units[0].card if units else {}
     for unit in units[1:]:
+        card: Mapping[str, object] = unit.card
         for key in SAME:
-            if unit.card[key] != units[0].card[key]:
+            if card[key] != first[key]:
                 raise FerError(
                     f"units {units[0].card['unit_id']} and {unit.card['unit_id']} differ in "
                     f"{key}; an ensemble averages folds of one model only"
@@ -143,6 +157,9 @@ def predict_files(
         raise FerError("predict: no trained units to predict with")
     card = units[0].card
     crop = card["crop"]
+    crop_size, margin = crop["crop_size"], crop["margin"]
+    if crop_size is None or margin is None:
+        raise FerError(f"unit {card['unit_id']}: its best.json has no crop size or margin")
     device = next(units[0].model.parameters()).device
     mtcnn = _load_mtcnn(str(device)) if crop["detector"] == "mtcnn" else None
     folds = ",".join(str(u.card["fold"]) for u in units)
@@ -150,7 +167,7 @@ def predict_files(
     rows: list[dict[str, Any]] = []
     total = count_frames(files) if progress is not None else None
     for chunk in _chunks(frames_of(files), CHUNK):
-        crops, faces = _crop_frames(chunk, mtcnn, crop["crop_size"], crop["margin"])
+        crops, faces = _crop_frames(chunk, mtcnn, crop_size, margin)
         scored = [i for i, face in enumerate(faces) if face["face"] != "none" or fallback_center]
         probabilities = _ensemble(units, crops[scored], card["input_size"], batch_size)
         by_image = dict(zip(scored, probabilities.tolist(), strict=True))
@@ -158,7 +175,7 @@ def predict_files(
         for i, frame in enumerate(chunk):
             face = faces[i]
             if face["face"] == "none":  # the centre square, when asked for; else no box
-                face = {**face, "face": "center"} if fallback_center else {**face, **NO_BOX}
+                face = {**face, "face": "center"} if fallback_center else _without_box(face)
             probs = by_image.get(i)
             row = {"image": str(frame.source), "frame": frame.index, "time": frame.time, **face}
             row["predicted"] = None if probs is None else classes[_argmax(probs)]
@@ -195,17 +212,19 @@ def _ensemble(
         return torch.empty(0, len(units[0].card["classes"]))
     device = next(units[0].model.parameters()).device
     images = crops.to(device)
-    total = sum(predict(u.model, images, input_size, batch_size) for u in units)
+    total = predict(units[0].model, images, input_size, batch_size)
+    for unit in units[1:]:
+        total = total + predict(unit.model, images, input_size, batch_size)
     return total / len(units)
 
 
 def _crop_frames(
-    pictures: Sequence[Frame], mtcnn, crop_size: int, margin: float
-) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    pictures: Sequence[Frame], mtcnn: FaceDetector | None, crop_size: int, margin: float
+) -> tuple[torch.Tensor, list[FaceStatus]]:
     """Crops (uint8 N x 3 x S x S; the centre square where no face was found) and per
     picture the face status, MTCNN probability and crop box."""
     frames = [p.image for p in pictures]
-    hits: list[tuple[Sequence[float], float] | None] = [None] * len(frames)
+    hits: list[Hit | None] = [None] * len(frames)
     if mtcnn is not None:
         by_size: dict[tuple[int, int], list[int]] = {}
         for i, frame in enumerate(frames):
@@ -216,22 +235,33 @@ def _crop_frames(
                 for i, hit in zip(batch, _detect(mtcnn, [frames[i] for i in batch]), strict=True):
                     hits[i] = hit
     crops = torch.zeros((len(frames), 3, crop_size, crop_size), dtype=torch.uint8)
-    faces = []
+    faces: list[FaceStatus] = []
     for i, (frame, hit) in enumerate(zip(frames, hits, strict=True)):
         crops[i], box = crop_frame(frame, hit, crop_size, margin)
         # "center" without MTCNN: the model was trained on centre crops (detector: center)
-        status = "center" if mtcnn is None else "detected" if hit is not None else "none"
+        status: Literal["detected", "center", "none"] = (
+            "center" if mtcnn is None else "detected" if hit is not None else "none"
+        )
+        x0, y0, x1, y1 = (float(v) for v in box)
         faces.append(
             {
                 "face": status,
                 "face_probability": hit[1] if hit is not None else math.nan,
-                **dict(zip(BOX, map(float, box), strict=True)),
+                "box_x0": x0,
+                "box_y0": y0,
+                "box_x1": x1,
+                "box_y1": y1,
             }
         )
     return crops, faces
 
 
-def _open_video(path: Path):
+def _without_box(face: FaceStatus) -> FaceStatus:
+    nan = math.nan
+    return {**face, "box_x0": nan, "box_y0": nan, "box_x1": nan, "box_y1": nan}
+
+
+def _open_video(path: Path) -> InputContainer:
     try:
         import av
     except ImportError as exc:

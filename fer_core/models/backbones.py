@@ -129,7 +129,7 @@ def _vgg16() -> nn.Module:
 
 
 def _inception_resnet_v1() -> nn.Module:
-    from facenet_pytorch import InceptionResnetV1  # type: ignore[import-untyped]
+    from facenet_pytorch import InceptionResnetV1
     from torch import nn
 
     # classify=True skips the L2 normalisation of the embedding; its `logits` layer (the

@@ -55,6 +55,9 @@ class FerNet(nn.Module):
     caller can check that a stage started from its parent's weights everywhere else.
     """
 
+    input_scale: torch.Tensor | None  # buffers (register_buffer), None for plain RGB input
+    input_shift: torch.Tensor | None
+
     def __init__(
         self,
         spec: BackboneSpec,
@@ -109,7 +112,7 @@ class FerNet(nn.Module):
         """ImageNet-normalised RGB -> what the backbone's weights expect (`input_norm`)."""
         if self.input_bgr:
             x = x.flip(1)
-        if self.input_scale is not None:
+        if self.input_scale is not None and self.input_shift is not None:
             x = x * self.input_scale + self.input_shift  # broadcast: keeps channels-last
         return x
 
@@ -118,7 +121,7 @@ class FerNet(nn.Module):
         aux = None
         if isinstance(out, tuple):  # torchvision's InceptionOutputs in training mode
             out, aux = out
-        logits = self.head(self.dropout(out))
+        logits: torch.Tensor = self.head(self.dropout(out))
         if aux is not None:
             return logits, aux
         return logits

@@ -1,10 +1,13 @@
 """The torchvision backbones (Inception-v3, ResNet-18, VGG-16), imported only when built.
 
 torchvision's import pulls in torch._dynamo (seconds of start-up); a unit that trains the
-tiny CNN never pays for it.
+tiny CNN never pays for it. torchvision ships no type information: what it returns is cast
+to its type where it enters this module.
 """
 
 from __future__ import annotations
+
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +16,7 @@ from torch import nn
 from torchvision.models import inception as tv_inception
 
 
-class InceptionAuxAnySize(tv_inception.InceptionAux):
+class InceptionAuxAnySize(tv_inception.InceptionAux):  # type: ignore[misc]  # untyped base
     """torchvision's Inception-v3 aux head, also usable below ~299 px input.
 
     The original pools 17 x 17 maps with a 5 x 5 / stride-3 window and then applies a 5 x 5
@@ -24,11 +27,11 @@ class InceptionAuxAnySize(tv_inception.InceptionAux):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if min(x.shape[-2:]) >= 17:
-            return super().forward(x)
+            return cast(torch.Tensor, super().forward(x))
         x = F.adaptive_avg_pool2d(x, 5)
         x = self.conv1(self.conv0(x))
         x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
-        return self.fc(x)
+        return cast(torch.Tensor, self.fc(x))
 
 
 def inception_v3() -> nn.Module:
@@ -47,13 +50,13 @@ def inception_v3() -> nn.Module:
     )
     model.fc = nn.Identity()
     model.dropout = nn.Identity()  # FerNet's own dropout sits before the new FC
-    return model
+    return cast(nn.Module, model)
 
 
 def resnet18() -> nn.Module:
     model = torchvision.models.resnet18(weights=None)
     model.fc = nn.Identity()
-    return model
+    return cast(nn.Module, model)
 
 
 def vgg16() -> nn.Module:
@@ -62,4 +65,4 @@ def vgg16() -> nn.Module:
     # drop fc8 and the dropout before it (FerNet's own dropout takes that place).
     model.classifier[5] = nn.Identity()
     model.classifier[6] = nn.Identity()
-    return model
+    return cast(nn.Module, model)

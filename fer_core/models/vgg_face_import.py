@@ -20,9 +20,9 @@ fc6/fc7/fc8 -> `classifier.0/3/6` (fc6's filters flattened in torchvision's C, H
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -37,12 +37,22 @@ VGG16_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 VGG16_FC_KEYS = ("classifier.0", "classifier.3", "classifier.6")
 
 
+class ImportSummary(TypedDict):
+    """What `import_vgg_face` wrote."""
+
+    path: str
+    tensors: int
+    parameters: int
+    classes: int  # VGG-Face's identity classes (the fc8 that training replaces)
+    mean_rgb: list[float] | None  # the file's mean pixel, when it records one
+
+
 def vgg_face_cache_path() -> Path:
     """Where `weights: pretrained` looks for the converted file (`$TORCH_HOME/hub/checkpoints`)."""
     return pretrained_candidates(BACKBONES["vgg_face"])[0]
 
 
-def import_vgg_face(source: str | Path, out: str | Path | None = None) -> dict[str, Any]:
+def import_vgg_face(source: str | Path, out: str | Path | None = None) -> ImportSummary:
     """Convert `source` (a MatConvNet vgg_face.mat) and write it to `out` (default: the cache).
 
     Returns a summary: the output path, the number of tensors and parameters, the file's
@@ -76,7 +86,7 @@ def import_vgg_face(source: str | Path, out: str | Path | None = None) -> dict[s
     }
 
 
-def convert_layers(layers: Sequence[Any], source: Path) -> dict[str, torch.Tensor]:
+def convert_layers(layers: Iterable[Any], source: Path) -> dict[str, torch.Tensor]:
     """A torchvision-layout VGG-16 state dict from MatConvNet layer structs (BGR input)."""
     convs = [layer for layer in layers if _field(layer, "type") == "conv"]
     if len(convs) != len(VGG16_CONV_INDICES) + len(VGG16_FC_KEYS):
@@ -108,7 +118,7 @@ def convert_layers(layers: Sequence[Any], source: Path) -> dict[str, torch.Tenso
     return state
 
 
-def _read_mat(source: Path) -> tuple[Sequence[Any], Any]:
+def _read_mat(source: Path) -> tuple[np.ndarray, Any]:
     from scipy.io import loadmat
 
     try:

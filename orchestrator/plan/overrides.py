@@ -102,7 +102,9 @@ def parse_settings(pairs: list[str] | tuple[str, ...] | None) -> list[Setting]:
 
 def split_values(text: str) -> list[str]:
     """Split at commas that are not inside brackets, braces or quotes."""
-    pieces, depth, quote, current = [], 0, "", []
+    pieces: list[str] = []
+    current: list[str] = []
+    depth, quote = 0, ""
     for char in text:
         if quote:
             quote = "" if char == quote else quote
@@ -133,7 +135,9 @@ def assign(raw: dict[str, Any], key: str, value: Any, schema: dict[str, Any] = S
     """Set dotted `key` of `raw` to `value` in place; a key the grid cannot have is an error
     that names it and says what is allowed there."""
     parts = key.split(".")
-    node, shape, walked = raw, schema, []
+    node: dict[str, Any] | list[Any] = raw
+    shape: Any = schema  # a SCHEMA node: a dict of keys, OPEN, or None for a value
+    walked: list[str] = []
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
         where = ".".join(walked) or "the top level"

@@ -131,7 +131,7 @@ def fold_figure(panels: Sequence[FoldPanel]) -> bytes:
                     fontsize=7,
                     color="0.35",
                 )
-        label = "paper mean (real data)"
+        label: str | None = "paper mean (real data)"  # in the legend once
         for i, strategy in enumerate(strategies):
             values = list(panel.folds[strategy].values())
             ax.scatter([i] * len(values), values, s=14, color="tab:blue", zorder=3)

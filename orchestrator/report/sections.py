@@ -132,7 +132,7 @@ def data_section(study: Study) -> str:
                 ),
                 "",
             ]
-    rows = []
+    rows: list[list[Any]] = []
     for name, info in results.datasets.items():
         row = results.prepare.get(name)
         kind_cell = f"{info.kind} (SYNTHETIC)" if info.synthetic else info.kind

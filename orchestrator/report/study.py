@@ -78,8 +78,9 @@ class Study:
                 and agg.strategy_sort_key(other) < agg.strategy_sort_key(strategy)
             ]
             for other in (BASELINE, agg.parent_strategy(strategy), *reordered):
-                usable = other and other != strategy and other in present
-                if usable and (strategy, other) not in pairs:
+                if other is None or other == strategy or other not in present:
+                    continue
+                if (strategy, other) not in pairs:
                     pairs.append((strategy, other))
         return pairs
 

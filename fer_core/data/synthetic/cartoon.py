@@ -20,6 +20,8 @@ from PIL import Image, ImageChops, ImageDraw
 GRAIN = 4  # +- grey levels of sensor-like grain
 WEAK_FRACTION = 0.2  # subjects whose apex is faint: the ambiguous, hard examples
 Size = tuple[int, int]  # (width, height), as PIL
+RGB = tuple[int, int, int]
+Ink = Callable[[RGB], "int | RGB"]  # a colour as the image's mode takes it (grey level or RGB)
 
 # Expression parameters; the neutral face is all defaults. Units are fractions of the face.
 NEUTRAL = {
@@ -108,7 +110,8 @@ def random_look(rng: np.random.Generator, colour: bool) -> Look:
         skin = _rgb(140 + 100 * tone, 95 + 95 * tone, 70 + 85 * tone)
         hair = _rgb(*(u(15, 110) * np.array([1.0, u(0.7, 0.9), u(0.5, 0.8)])))
         cloth = _rgb(*rng.integers(20, 200, 3))
-        bg = tuple(_mix(_rgb(*rng.integers(40, 230, 3)), (110, 110, 110), 0.4) for _ in "ab")
+        bg1, bg2 = (_mix(_rgb(*rng.integers(40, 230, 3)), (110, 110, 110), 0.4) for _ in "ab")
+        bg = (bg1, bg2)
     else:
         s, h = u(130, 215), u(15, 90)
         skin, hair, cloth = _rgb(s, s, s), _rgb(h, h, h), _rgb(*[u(20, 200)] * 3)
@@ -178,7 +181,7 @@ def draw_face(
     width, height = size
     image = (background if background is not None else _background(size, mode, look.bg)).copy()
     draw = ImageDraw.Draw(image)
-    ink = (
+    ink: Ink = (
         (lambda c: c)
         if mode == "RGB"
         else (lambda c: round(0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2]))
@@ -223,11 +226,13 @@ class _Head:
     def poly(self, points: list[tuple[float, float]]) -> list[tuple[float, float]]:
         return [self.pt(u, v) for u, v in points]
 
-    def ellipse(self, u: float, v: float, ru: float, rv: float, n: int = 32) -> list:
+    def ellipse(
+        self, u: float, v: float, ru: float, rv: float, n: int = 32
+    ) -> list[tuple[float, float]]:
         steps = [2 * math.pi * i / n for i in range(n)]
         return self.poly([(u + ru * math.cos(s), v + rv * math.sin(s)) for s in steps])
 
-    def cap(self, v_edge: float, n: int = 20) -> list:
+    def cap(self, v_edge: float, n: int = 20) -> list[tuple[float, float]]:
         """The part of the face ellipse above v = v_edge (hair over the forehead)."""
         edge = math.asin(min(max(-v_edge, 0.0), 1.0))
         lo, hi = math.pi + edge, 2 * math.pi - edge
@@ -235,7 +240,14 @@ class _Head:
         return self.poly([(math.cos(s), math.sin(s)) for s in steps])
 
 
-def _draw_brows(draw, head: _Head, look: Look, p: dict, colour, width: int) -> None:
+def _draw_brows(
+    draw: ImageDraw.ImageDraw,
+    head: _Head,
+    look: Look,
+    p: dict[str, float],
+    colour: int | RGB,
+    width: int,
+) -> None:
     base = look.eye_y - look.brow_gap - 0.08 * p["brow_raise"]
     inward = 0.05 * max(-p["brow_inner"], 0.0)
     for side in (-1, 1):
@@ -260,7 +272,9 @@ def _draw_brows(draw, head: _Head, look: Look, p: dict, colour, width: int) -> N
             )
 
 
-def _draw_eyes(draw, head: _Head, look: Look, p: dict, ink: Callable) -> None:
+def _draw_eyes(
+    draw: ImageDraw.ImageDraw, head: _Head, look: Look, p: dict[str, float], ink: Ink
+) -> None:
     open_h = look.eye_h * max(p["eye_open"], 0.15)
     for side in (-1, 1):
         u, v = side * look.eye_dx, look.eye_y
@@ -277,7 +291,14 @@ def _draw_eyes(draw, head: _Head, look: Look, p: dict, ink: Callable) -> None:
         draw.line(head.poly(lid), fill=ink((25, 20, 20)), width=max(1, round(head.b * 0.025)))
 
 
-def _draw_nose(draw, head: _Head, look: Look, p: dict, colour, width: int) -> None:
+def _draw_nose(
+    draw: ImageDraw.ImageDraw,
+    head: _Head,
+    look: Look,
+    p: dict[str, float],
+    colour: int | RGB,
+    width: int,
+) -> None:
     top, tip = look.eye_y + 0.08, look.eye_y + look.nose_len
     draw.line(head.poly([(0.0, top), (0.06, tip), (0.0, tip + 0.04)]), fill=colour, width=width)
     for side in (-1, 1):
@@ -293,7 +314,14 @@ def _draw_nose(draw, head: _Head, look: Look, p: dict, colour, width: int) -> No
             )
 
 
-def _draw_mouth(draw, head: _Head, look: Look, p: dict, ink: Callable, width: int) -> None:
+def _draw_mouth(
+    draw: ImageDraw.ImageDraw,
+    head: _Head,
+    look: Look,
+    p: dict[str, float],
+    ink: Ink,
+    width: int,
+) -> None:
     half = look.mouth_w * max(p["mouth_width"], 0.3)
     curve, asym = 0.08 * p["mouth_curve"], 0.1 * p["mouth_asym"]
     xs = np.linspace(-1, 1, 15)
@@ -334,7 +362,7 @@ def _draw_mouth(draw, head: _Head, look: Look, p: dict, ink: Callable, width: in
             )
 
 
-def _background(size: Size, mode: str, colours: tuple) -> Image.Image:
+def _background(size: Size, mode: str, colours: tuple[RGB, RGB]) -> Image.Image:
     width, height = size
     ramp = np.linspace(0.0, 1.0, width, dtype=np.float32)[None, :, None]
     a, b = np.array(colours[0], np.float32), np.array(colours[1], np.float32)
@@ -347,7 +375,7 @@ def _rgb(r: float, g: float, b: float) -> tuple[int, int, int]:
     return (int(np.clip(r, 0, 255)), int(np.clip(g, 0, 255)), int(np.clip(b, 0, 255)))
 
 
-def _mix(c: tuple, d: tuple, w: float) -> tuple[int, int, int]:
+def _mix(c: RGB, d: RGB, w: float) -> RGB:
     return _rgb(*(c[i] * (1 - w) + d[i] * w for i in range(3)))
 
 

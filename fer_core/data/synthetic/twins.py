@@ -25,6 +25,7 @@ import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Literal, TypedDict
 
 import numpy as np
 from PIL import Image
@@ -38,6 +39,22 @@ PARAMS_FILE = "SYNTHETIC.json"
 ROSTER_COLUMNS = ("subject", "sequence", "emotion_code")
 DEFAULT_ROSTER = Path(__file__).with_name("ckplus_roster.csv")  # the real 327 labelled sequences
 Size = tuple[int, int]  # (width, height), as PIL
+Job = tuple[int, str, list[tuple[str, int]]]  # (subject number, subject, [(sequence, code)])
+
+
+class _TwinParams(TypedDict):
+    kind: Literal["ckplus", "oulu"]
+    format: int
+    image_size: list[int]  # [width, height]
+    frames_per_sequence: list[int]  # [min, max]
+    seed: int
+
+
+class TwinParams(_TwinParams, total=False):
+    """What built a twin: written to its `SYNTHETIC.json`, compared to reuse it."""
+
+    roster_sha256: str  # CK+ only
+    n_subjects: int  # Oulu only
 
 
 def write_ckplus_twin(
@@ -58,7 +75,7 @@ def write_ckplus_twin(
     640x480 (scaled with `image_size`), as in the real set; the rest are grayscale.
     """
     roster = read_roster(Path(roster_csv))
-    params = {
+    params: TwinParams = {
         "kind": "ckplus",
         "format": FORMAT,
         "image_size": list(_check_size(image_size)),
@@ -85,7 +102,7 @@ def write_oulu_twin(
     subjects P001... x 6 expressions, frames 000.jpeg... from neutral to apex."""
     if not 1 <= n_subjects <= 999:
         raise FerError(f"n_subjects: {n_subjects} must be in 1..999")
-    params = {
+    params: TwinParams = {
         "kind": "oulu",
         "format": FORMAT,
         "image_size": list(_check_size(image_size)),
@@ -93,7 +110,7 @@ def write_oulu_twin(
         "seed": int(seed),
         "n_subjects": int(n_subjects),
     }
-    jobs = [(i, f"P{i + 1:03d}", None) for i in range(n_subjects)]
+    jobs: list[Job] = [(i, f"P{i + 1:03d}", []) for i in range(n_subjects)]
     return _materialise(Path(out), params, _write_oulu_subject, jobs, overwrite, workers)
 
 
@@ -121,7 +138,7 @@ def read_roster(path: Path) -> dict[str, list[tuple[str, int]]]:
     return roster
 
 
-def _write_ckplus_subject(root: Path, params: dict, job: tuple) -> None:
+def _write_ckplus_subject(root: Path, params: TwinParams, job: Job) -> None:
     index, subject, sequences = job
     rng = np.random.default_rng([params["seed"], 1, index])
     colour = rng.random() < 0.1
@@ -148,10 +165,11 @@ def _write_ckplus_subject(root: Path, params: dict, job: tuple) -> None:
             (labels / f"{subject}_{sequence}_{n:08d}_emotion.txt").write_text(f"   {code:.7e}\n")
 
 
-def _write_oulu_subject(root: Path, params: dict, job: tuple) -> None:
+def _write_oulu_subject(root: Path, params: TwinParams, job: Job) -> None:
     index, subject, _ = job
     rng = np.random.default_rng([params["seed"], 2, index])
-    size = tuple(params["image_size"])
+    width, height = params["image_size"]
+    size = (width, height)
     look = random_look(rng, colour=True)
     for emotion in oulu.CLASSES:
         n = int(
@@ -189,9 +207,9 @@ def png_bytes(image: Image.Image) -> bytes:
 
 def _materialise(
     out: Path,
-    params: dict,
-    write_subject: Callable,
-    jobs: list,
+    params: TwinParams,
+    write_subject: Callable[[Path, TwinParams, Job], None],
+    jobs: list[Job],
     overwrite: bool,
     workers: int | None,
 ) -> Path:
@@ -228,7 +246,7 @@ def _materialise(
     return out
 
 
-def _swap_in(tmp: Path, out: Path, params: dict, overwrite: bool) -> None:
+def _swap_in(tmp: Path, out: Path, params: TwinParams, overwrite: bool) -> None:
     """Rename the finished twin into place. If a concurrent writer got there first with the
     same parameters, keep theirs; replace an existing folder only when asked to."""
     if not out.exists():
@@ -246,7 +264,7 @@ def _swap_in(tmp: Path, out: Path, params: dict, overwrite: bool) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _readme(params: dict) -> str:
+def _readme(params: TwinParams) -> str:
     name = "CK+ (Extended Cohn-Kanade)" if params["kind"] == "ckplus" else "Oulu-CASIA"
     return (
         f"SYNTHETIC DATA - THIS IS NOT {name}.\n\n"
@@ -261,7 +279,8 @@ def _readme(params: dict) -> str:
     )
 
 
-def _read_json(path: Path) -> dict | None:
+def _read_json(path: Path) -> object:
+    """The parsed file, or None when it is missing or not JSON."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):

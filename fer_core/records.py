@@ -1,0 +1,99 @@
+"""The records a training unit hands back: one row each of the `runs`, `predictions` and
+`epochs` tables, and the epoch record its trainer reports as it goes.
+
+Kept apart from `fer_core.unit` and `fer_core.train` and free of torch, so a scheduler can
+name these shapes without importing the training stack. Key order is the column order of the
+Parquet files the orchestrator writes from them.
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+
+class EpochRecord(TypedDict):
+    """One epoch of a stage: in `last.pt`'s history and handed to `on_epoch`."""
+
+    epoch: int  # 1-based
+    lr: float
+    train_loss: float
+    train_accuracy: float
+    selection_accuracy: float
+    skipped_batches: int
+    seconds: float
+    finished_at: float  # time.time(): which run of a requeued job did it
+
+
+class EpochRow(EpochRecord):
+    """A row of the `epochs` table: `unit_id` first, then the epoch record."""
+
+    unit_id: str
+
+
+class PredictionRow(TypedDict):
+    """A row of the `predictions` table: one test image of one unit."""
+
+    unit_id: str
+    image_id: str
+    subject: str
+    label: int
+    predicted: int
+    label_name: str
+    predicted_name: str
+    probabilities: list[float]
+
+
+class RunCore(TypedDict):
+    """What a unit's spec, its stage config and its training say about the run."""
+
+    unit_id: str
+    parent_id: str | None
+    grid: str
+    dataset: str
+    fold: int
+    backbone: str
+    strategy: str
+    stage: int
+    loss: str
+    alpha: str | None  # exact decimal, or None
+    gamma: float
+    selection: str
+    seed: int
+    epochs: int
+    best_epoch: int
+    selection_accuracy: float
+    test_accuracy: float  # NaN when the test fold was not scored
+    n_test: int
+    resumed_from_epoch: int
+    train_seconds: float
+    images_per_second: float
+    device: str
+    package_version: str
+    torch_version: str
+    python_version: str
+    host: str
+    config: str  # the StageConfig as sorted JSON
+    started_at: float
+    finished_at: float
+
+
+class RunRow(RunCore):
+    """A row of the `runs` table as the unit writes it (a scheduler adds its own columns)."""
+
+    input_size: int
+    n_train: int
+    start_weights_sha: str
+    parent_weights_sha: str | None
+    parent_best_sha: str | None
+    startup_seconds: float
+    precision_used: str
+    deterministic: bool
+    git_commit: str | None
+
+
+class UnitResult(TypedDict):
+    """What `fer_core.unit.run_unit` returns."""
+
+    run: RunRow
+    predictions: list[PredictionRow]
+    epochs: list[EpochRow]
