@@ -180,13 +180,13 @@ def run_trial(
         # Two trials of a random search over a discrete space can draw the same (α, γ): the
         # second waits here and then finds the work done instead of training it concurrently.
         fcntl.flock(lock, fcntl.LOCK_EX)
-        bests = _train_splits(config, splits, stage2, rundir, cid, report)
+        bests = train_splits(config, splits, stage2, rundir, cid, report)
     total = epochs * len(splits)
     if last_reported != total:  # every split was already trained (a restarted trial)
         report(total, sum(bests) / len(bests), folds_done=len(splits))
 
 
-def _train_splits(config, splits, stage2, rundir: RunDir, cid, report) -> list[float]:
+def train_splits(config, splits, stage2, rundir: RunDir, cid, report) -> list[float]:
     """Stage 2 on each split in order, each split a unit run by the launch units' worker;
     returns each split's best inner-val accuracy."""
     from orchestrator.run.worker import output_to, run
