@@ -1,9 +1,9 @@
 """A training unit: one stage of one strategy chain on one fold — the scheduler's unit of work.
 
 `run_unit(spec, work_dir)` is the single entry point a worker (subprocess, SLURM job, Ray
-trial) calls. It takes and returns plain data, so the orchestrator never handles tensors:
-the spec is the unit's canonical config, the result is the rows of the `runs`,
-`predictions` and `epochs` tables.
+trial) calls. It takes a `UnitSpec` (plain data: the unit's canonical config and the paths
+of its inputs) and returns plain rows (the `runs`, `predictions` and `epochs` tables), so the
+orchestrator never handles tensors.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import platform
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -33,39 +33,8 @@ from fer_core.inference.card import write_card
 from fer_core.models import BACKBONES, FerNet, build_model
 from fer_core.provenance import git_commit
 from fer_core.records import EpochRecord, PredictionRow, RunCore, RunRow, UnitResult
+from fer_core.spec import UnitSpec
 from fer_core.train import StageData, StageOutcome, score, train_stage
-
-
-@dataclass(frozen=True)
-class UnitSpec:
-    """Everything that determines a unit's result (its id is a hash of this, minus paths)."""
-
-    unit_id: str
-    dataset: str
-    data_dir: str
-    fold: int
-    backbone: str
-    strategy: str  # the chain up to and including this stage, e.g. "ce>focal"
-    stage: int
-    config: dict[str, Any] = field(default_factory=dict)  # StageConfig fields
-    parent_id: str | None = None
-    parent_dir: str | None = None  # the parent unit's work dir (holds its best.pt)
-    n_folds: int = 10
-    weights: str = "none"
-    input_size: int | None = None
-    device: str = "auto"
-    grid: str = ""
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> UnitSpec:
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise FerError(f"unit spec: unknown key {unknown[0]!r}")
-        return cls(**values)
-
-    def stage_config(self) -> StageConfig:
-        return StageConfig.from_dict(self.config, where=f"unit {self.unit_id}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -115,7 +84,7 @@ def _process_started_at() -> float:
 
 
 def run_unit(
-    spec_values: dict[str, Any],
+    spec: UnitSpec,
     work_dir: str | Path,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     score_test: bool = True,
@@ -128,8 +97,7 @@ def run_unit(
     """
     process_start = _process_started_at()
     started_at = time.time()
-    spec = UnitSpec.from_dict(spec_values)
-    config = spec.stage_config()
+    config = StageConfig.from_dict(spec.config, where=f"unit {spec.unit_id}")
     work_dir = Path(work_dir)
     device = resolve_device(spec.device)
     faces = FaceSet.load(Path(spec.data_dir))

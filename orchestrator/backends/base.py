@@ -10,18 +10,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
-from orchestrator.plan.dag import Unit
+from orchestrator.plan.unit import Unit
 from orchestrator.run.rundir import RunDir
-
-# Scheduler states a backend reports for units it knows about.
-PENDING, RUNNING, FAILED, CANCELLED, COMPLETED = (
-    "pending",
-    "running",
-    "failed",
-    "cancelled",
-    "completed",
-)
-ACTIVE = (PENDING, RUNNING)
+from orchestrator.run.states import State
 
 
 class Backend(ABC):
@@ -37,8 +28,9 @@ class Backend(ABC):
         """Start (or queue) `units`; record their job ids in the run dir."""
 
     @abstractmethod
-    def states(self, rundir: RunDir) -> dict[str, str]:
-        """unit id -> scheduler state, for the units this run dir submitted here."""
+    def states(self, rundir: RunDir) -> dict[str, State]:
+        """unit id -> scheduler state (pending, running, failed, cancelled, completed: see
+        orchestrator.run.states), for the units this run dir submitted here."""
 
     @abstractmethod
     def cancel(self, rundir: RunDir) -> list[str]:

@@ -22,11 +22,12 @@ from concurrent.futures import wait as wait_any
 
 from fer_core.errors import FerError
 from fer_core.runtime import PRELOAD
-from orchestrator.backends.base import RUNNING, Backend
-from orchestrator.plan.dag import Unit
+from orchestrator.backends.base import Backend
+from orchestrator.plan.unit import Unit
 from orchestrator.run.processes import process_start
 from orchestrator.run.progress import Progress, unit_summary
 from orchestrator.run.rundir import RunDir
+from orchestrator.run.states import State
 from orchestrator.run.worker import death_reason, run_forked
 
 POLL_S = 1.0  # how often a unit waiting on another launch's worker looks again
@@ -67,7 +68,9 @@ class LocalBackend(Backend):
                         failed.add(unit.id)
                         progress.finished(unit, "blocked", "a dependency failed")
                         continue
-                    waiting = [d for d in unit.deps if d in by_id and not self._done(rundir, d)]
+                    waiting = [
+                        d for d in unit.deps if d in by_id and not rundir.is_done(d, by_id[d].kind)
+                    ]
                     if waiting:
                         continue
                     blocker = self._outside_blocker(rundir, unit, by_id)
@@ -97,25 +100,21 @@ class LocalBackend(Backend):
                         progress.finished(unit, "failed", reason)
         progress.close()
 
-    @staticmethod
-    def _done(rundir: RunDir, unit_id: str) -> bool:
-        return rundir.store.is_done(unit_id, rundir.read_spec(unit_id)["kind"])
-
     def _outside_blocker(self, rundir: RunDir, unit: Unit, by_id: dict[str, Unit]) -> str:
         """For dependencies outside this submission (still running from an earlier launch
         whose launcher died: its worker lives on): WAIT while one runs, a reason if one is
         neither running nor done, "" when all are done."""
-        outside = [d for d in unit.deps if d not in by_id and not self._done(rundir, d)]
+        outside = [d for d in unit.deps if d not in by_id and not rundir.is_done(d)]
         if not outside:
             return ""
         alive = self.states(rundir)
         if any(d in alive for d in outside):
             return WAIT
-        gone = [d for d in outside if not self._done(rundir, d)]  # it may have just finished
+        gone = [d for d in outside if not rundir.is_done(d)]  # it may have just finished
         return f"dependency {gone[0]} is neither done nor running" if gone else ""
 
     def _run_one(self, rundir: RunDir, unit: Unit) -> int:
-        log_path = rundir.unit_dir(unit.id) / "local.log"
+        log_path = rundir.unit_log(unit.id, self.name)
         env = {**os.environ, "FER_SCHEDULER": "local", "PYTHONUNBUFFERED": "1"}
         threads = int(self.profile.get("threads_per_job", 1))
         args = (str(rundir.path), unit.id, str(log_path), env, threads)
@@ -126,14 +125,14 @@ class LocalBackend(Backend):
             rundir.record_submissions({unit.id: {"backend": self.name, **record}})
         process.join()
         code = process.exitcode
-        if code != 0 and rundir.failure(unit.id) is None and not self._done(rundir, unit.id):
+        if code != 0 and rundir.failure(unit.id) is None and not rundir.is_done(unit.id, unit.kind):
             with contextlib.suppress(OSError, FerError):  # a full disk: the log has the cause
                 rundir.mark_failed(unit.id, death_reason(code, log_path))
         return code
 
     def states(self, rundir: RunDir) -> dict[str, str]:
         return {
-            unit_id: RUNNING
+            unit_id: State.RUNNING
             for unit_id, record in rundir.submissions().items()
             if record.get("backend") == self.name and _alive(record)
         }

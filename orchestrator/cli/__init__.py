@@ -19,7 +19,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _run_dir(args: argparse.Namespace) -> Path:
-    return Path(args.run_dir) if args.run_dir else Path("runs") / args.grid
+    from orchestrator.run.rundir import RunDir
+
+    return Path(args.run_dir) if args.run_dir else RunDir.default_path(args.grid)
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
@@ -54,20 +56,20 @@ def _backend_of(rundir):
 
 def _finish(rundir) -> int:
     """After a launch: the state table; when everything is done, the report too."""
-    from orchestrator.run import states as st
+    from orchestrator.run.states import State, counts
+    from orchestrator.run.status import unit_states
 
     units = rundir.read_dag()
-    states = st.unit_states(rundir, units, _backend_of(rundir))
-    counts = st.counts(states)
-    print("units: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
-    if counts[st.DONE] == len(units):
+    tally = counts(unit_states(rundir, units, _backend_of(rundir)))
+    print("units: " + ", ".join(f"{k} {v}" for k, v in tally.items() if v))
+    if tally[State.DONE] == len(units):
         from orchestrator.report.document import write_report
 
         report = write_report(rundir.path)
         print(report.strategy_table)
         print(f"report: {report.path}")
         return 0
-    bad = counts[st.FAILED_STATE] + counts[st.BLOCKED]
+    bad = tally[State.FAILED] + tally[State.BLOCKED]
     if bad:
         print(
             f"{bad} units failed or blocked: see `python -m orchestrator status "

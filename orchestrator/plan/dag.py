@@ -13,38 +13,37 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from fer_core.data.identity import dataset_identity
 from fer_core.digest_cache import DigestCache
 from fer_core.errors import FerError
+from fer_core.spec import UnitSpec
 from orchestrator.plan.grid import DatasetSpec, Grid, parse_strategy
+from orchestrator.plan.unit import Unit
+from orchestrator.run.rundir import RunDir
 
 ID_LENGTH = 16
-DIGEST_CACHE = "digests.json"  # RUN_DIR/digests.json: file digests by stat (DigestCache)
+# The UnitSpec fields every stage of a chain shares (where and on what it trains); the rest
+# says which stage it is. A tune trial takes them from its stage-1 parent's spec.
+CHAIN_FIELDS = (
+    "grid",
+    "dataset",
+    "data_dir",
+    "fold",
+    "n_folds",
+    "backbone",
+    "weights",
+    "input_size",
+    "device",
+)
 LAYOUT_MARKERS = {
     "ckplus": ("cohn-kanade-images", "Emotion"),
     "oulu": ("OriginalImg/VL/Strong",),
 }
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One job: prepare a dataset, or train one stage of one strategy on one fold."""
-
-    id: str
-    kind: str  # "prepare" | "train"
-    name: str  # human-readable, e.g. "ckplus/f03/tiny/ce>focal"
-    dataset: str
-    deps: tuple[str, ...]
-    spec: dict[str, Any]
-    stage: int = 0
-    fold: int = 0
-    backbone: str = ""
-    strategy: str = ""
-    strategies: tuple[str, ...] = field(default_factory=tuple)  # grid strategies it serves
 
 
 def content_id(identity: dict[str, Any]) -> str:
@@ -53,14 +52,33 @@ def content_id(identity: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:ID_LENGTH]
 
 
-def digest_cache_path(run_dir: Path) -> Path:
-    return Path(run_dir) / DIGEST_CACHE
+def train_spec(
+    rundir: RunDir,
+    chain: Mapping[str, Any],
+    unit_id: str,
+    strategy: str,
+    stage: int,
+    config: dict[str, Any],
+    parent_id: str | None,
+) -> UnitSpec:
+    """The spec of a training unit, for launch and tune alike: `chain` gives the CHAIN_FIELDS
+    (a grid's dataset and backbone, or a parent's spec), the rest says which stage this is;
+    the parent's work dir is the run dir's (`RunDir.work_dir`)."""
+    return UnitSpec(
+        unit_id=unit_id,
+        **{key: chain[key] for key in CHAIN_FIELDS},
+        strategy=strategy,
+        stage=stage,
+        config=config,
+        parent_id=parent_id,
+        parent_dir=str(rundir.work_dir(parent_id)) if parent_id else None,
+    )
 
 
-def dataset_root(spec: DatasetSpec, run_dir: Path) -> Path:
+def dataset_root(spec: DatasetSpec, rundir: RunDir) -> Path:
     """Where the raw tree is: the configured root, or the run's synthetic twin."""
     if spec.synthetic and spec.root is None:
-        return run_dir / "data" / spec.name / "raw"
+        return rundir.synthetic_root(spec.name)
     if spec.root is None:
         raise FerError(
             f"dataset {spec.name!r} has no root: pass --data {spec.name}=DIR, set "
@@ -100,12 +118,12 @@ def expand(
     then the message is appended there and the plan is still expanded. Image digests come
     from `digests` (the caller saves it); without it, from the run dir's cache, read only.
     """
-    run_dir = Path(run_dir).resolve()
-    digests = digests if digests is not None else DigestCache(digest_cache_path(run_dir))
+    rundir = RunDir(Path(run_dir))
+    digests = digests if digests is not None else rundir.digest_cache()
     units: dict[str, Unit] = {}
     for dataset in grid.datasets.values():
         try:
-            root = dataset_root(dataset, run_dir)
+            root = dataset_root(dataset, rundir)
             source = _source_identity(dataset, root, digests)
         except FerError as exc:
             if problems is None:
@@ -122,7 +140,7 @@ def expand(
                 "n_folds": dataset.n_folds,
             }
         )
-        data_dir = run_dir / "data" / dataset.name / prepare_id
+        data_dir = rundir.data_dir(dataset.name, prepare_id)
         units[prepare_id] = Unit(
             id=prepare_id,
             kind="prepare",
@@ -157,12 +175,12 @@ def expand(
                                 (fold, seed),
                                 prepare_id,
                                 data_dir,
-                                run_dir,
+                                rundir,
                             )
     return list(units.values())
 
 
-def _add_chain(units, grid, dataset, backbone, strategy, replicate, prepare_id, data_dir, run_dir):
+def _add_chain(units, grid, dataset, backbone, strategy, replicate, prepare_id, data_dir, rundir):
     """The units of one strategy chain on one (fold, seed); stages already there (a shared
     stage 1 of the same seed) are reused."""
     fold, seed = replicate
@@ -200,25 +218,23 @@ def _add_chain(units, grid, dataset, backbone, strategy, replicate, prepare_id, 
                 backbone=backbone.name,
                 strategy=chain_name,
                 strategies=(strategy,) if stage == len(losses) else (),
-                spec={
-                    "unit_id": unit_id,
-                    "grid": grid.name,
-                    "dataset": dataset.name,
-                    "data_dir": str(data_dir),
-                    **common,
-                    "strategy": chain_name,
-                    "stage": stage,
-                    "config": chain[-1],
-                    "parent_id": parent,
-                    "parent_dir": str(run_dir / "units" / parent / "work") if parent else None,
-                },
+                spec=asdict(
+                    train_spec(
+                        rundir,
+                        {"grid": grid.name, "dataset": dataset.name, "data_dir": str(data_dir)}
+                        | common,
+                        unit_id,
+                        chain_name,
+                        stage,
+                        chain[-1],
+                        parent,
+                    )
+                ),
             )
         parent = unit_id
 
 
 def _with_strategy(unit: Unit, strategy: str) -> Unit:
-    from dataclasses import replace
-
     return replace(unit, strategies=unit.strategies + (strategy,))
 
 

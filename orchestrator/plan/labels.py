@@ -19,7 +19,7 @@ import re
 from dataclasses import replace
 from typing import Any
 
-from orchestrator.plan.dag import Unit
+from orchestrator.plan.unit import Unit
 
 SEPARATOR = "@"
 # Spec keys that are paths, ids or already part of the base name: never a distinguishing value.

@@ -28,7 +28,7 @@ import yaml
 from fer_core.config import StageConfig
 from fer_core.digest_cache import DigestCache
 from fer_core.errors import FerError
-from orchestrator.plan.dag import Unit, expand
+from orchestrator.plan.dag import expand
 from orchestrator.plan.grid import (
     BACKBONE_KEYS,
     DATASET_KEYS,
@@ -39,6 +39,7 @@ from orchestrator.plan.grid import (
     grid_from_mapping,
 )
 from orchestrator.plan.labels import distinct_names
+from orchestrator.plan.unit import Unit
 from orchestrator.plan.yamlio import load_yaml_mapping
 
 _TRAIN = {

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fer_core.errors import FerError
-from orchestrator.plan.dag import Unit
+from orchestrator.plan.unit import Unit
 from orchestrator.report.aggregate import Group
 from orchestrator.run.rundir import RunDir
 

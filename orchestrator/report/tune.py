@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fer_core.io import atomic_write_bytes
+from orchestrator.run.rundir import RunDir
 from orchestrator.run.store import Store
 from orchestrator.texttable import markdown_table
 
@@ -26,7 +27,7 @@ def _pct(value: float | None) -> str:
 
 
 def _load(run_dir: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    path = run_dir / "tune" / "choice.json"
+    path = RunDir(run_dir).choice_path
     choice = json.loads(path.read_text()) if path.is_file() else None
     table = Store(run_dir).read("trials")
     rows = table.to_pylist() if table is not None else []

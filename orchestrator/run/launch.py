@@ -15,24 +15,19 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from fer_core.digest_cache import DigestCache
 from fer_core.errors import FerError
 from orchestrator.backends import make_backend
-from orchestrator.plan.dag import Unit, digest_cache_path, summary
+from orchestrator.plan.dag import summary
 from orchestrator.plan.grid import Grid
 from orchestrator.plan.overrides import GridPlan, Setting, expand_plan, load_grids
 from orchestrator.plan.profiles import load_profile
+from orchestrator.plan.unit import Unit
 from orchestrator.plan.weights import missing_weights, require_weights
-from orchestrator.run import states as st
 from orchestrator.run.lineage import stale_units
 from orchestrator.run.progress import LiveView
 from orchestrator.run.rundir import RunDir
-
-DEFAULT_RUNS = Path("runs")
-
-
-def default_run_dir(grid: Grid) -> Path:
-    return DEFAULT_RUNS / grid.name
+from orchestrator.run.states import ACTIVE, State
+from orchestrator.run.status import unit_states
 
 
 def launch(
@@ -65,7 +60,7 @@ def launch(
         profile["jobs" if profile["backend"] == "local" else "array_parallelism"] = jobs
     plan = load_grids(grid_name, data_roots, settings, seeds)
     grid = plan.grids[0]
-    rundir = RunDir(run_dir or default_run_dir(grid))
+    rundir = RunDir(run_dir or RunDir.default_path(grid.name))
     if dry_run:
         problems = list(dict.fromkeys(p for point in plan.grids for p in missing_weights(point)))
         units = expand_plan(plan, rundir.path, problems)
@@ -75,10 +70,10 @@ def launch(
         if profile["backend"] == "slurm":
             from orchestrator.backends.slurm.plan import print_slurm_plan
 
-            done = rundir.store.done_ids("train") | rundir.store.done_ids("prepare")
-            print_slurm_plan(profile, rundir, [u for u in units if u.id not in done], out)
+            todo = [u for u in units if not rundir.is_done(u.id, u.kind)]
+            print_slurm_plan(profile, rundir, todo, out)
         return rundir
-    digests = DigestCache(digest_cache_path(rundir.path))
+    digests = rundir.digest_cache()
     units = expand_plan(plan, rundir.path, digests=digests)
     for point in plan.grids:
         require_weights(point)
@@ -93,10 +88,10 @@ def launch(
             rundir.reset_unit(unit_id)
         digests.save()
         rundir.write_profile(cluster, cluster_file)
-        states = st.unit_states(rundir, units, backend, digests)
-        todo = [u for u in units if states[u.id] in (st.TODO, st.FAILED_STATE, st.BLOCKED)]
-        done = sum(1 for s in states.values() if s == st.DONE)
-        active = sum(1 for s in states.values() if s in (st.RUNNING, st.PENDING))
+        states = unit_states(rundir, units, backend, digests)
+        todo = [u for u in units if states[u.id] in (State.TODO, State.FAILED, State.BLOCKED)]
+        done = sum(1 for s in states.values() if s == State.DONE)
+        active = sum(1 for s in states.values() if s in ACTIVE)
         if not todo:
             print(
                 f"nothing to submit: {done} of {len(units)} units done, {active} active "
@@ -134,7 +129,7 @@ def _print_plan(grid: Grid, plan: GridPlan, units: list[Unit], rundir: RunDir, o
     counts = summary(units)
     shared = sum(1 for u in units if u.kind == "train" and u.stage == 1 and _children(u, units))
     strategies = sum(len(u.strategies) for u in units)
-    done = rundir.store.done_ids("train") | rundir.store.done_ids("prepare")
+    done = sum(1 for u in units if rundir.is_done(u.id, u.kind))
     stages = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()) if k.startswith("stage"))
     print(f"grid {grid.name} ({grid.path})", file=out)
     if len(plan.points) > 1:
@@ -152,7 +147,7 @@ def _print_plan(grid: Grid, plan: GridPlan, units: list[Unit], rundir: RunDir, o
         f"a stage-2 chain (trained once)",
         file=out,
     )
-    print(f"  already done in {rundir.path}: {sum(1 for u in units if u.id in done)}", file=out)
+    print(f"  already done in {rundir.path}: {done}", file=out)
     print("  dry run: nothing submitted", file=out)
 
 

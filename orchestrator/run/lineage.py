@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from fer_core.checkpoints import BEST, DIGESTS, recorded_digests
 from fer_core.digest_cache import DigestCache
-from orchestrator.plan.dag import Unit
+from orchestrator.plan.unit import Unit
 from orchestrator.run.rundir import RunDir
 
 

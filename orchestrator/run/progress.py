@@ -21,11 +21,11 @@ from typing import Any, TextIO
 
 from fer_core.io import atomic_write_text
 from orchestrator.backends.base import Backend
-from orchestrator.plan.dag import Unit
+from orchestrator.plan.unit import Unit
 from orchestrator.run import states as st
 from orchestrator.run.rundir import RunDir
+from orchestrator.run.states import State
 
-LIVE_FILE = "live.json"
 _ETA = re.compile(r"  ETA \S+$")
 MAX_RUNNING_LINES = 12
 
@@ -71,7 +71,7 @@ def unit_summary(rundir: RunDir, unit: Unit) -> str:
 
 def record_epoch(rundir: RunDir, unit_id: str, record: dict[str, Any], epochs: int) -> None:
     """After an epoch (the worker's `on_epoch`): what the live view shows of this unit."""
-    path = rundir.unit_dir(unit_id) / LIVE_FILE
+    path = rundir.live_path(unit_id)
     seconds = [record["seconds"]]
     try:
         previous = json.loads(path.read_text())
@@ -94,7 +94,7 @@ def record_epoch(rundir: RunDir, unit_id: str, record: dict[str, Any], epochs: i
 def running_detail(rundir: RunDir, unit_id: str, now: float | None = None) -> str:
     """`epoch 3/4  loss 1.234  ETA 5s` for a running unit (empty before its first epoch)."""
     try:
-        live = json.loads((rundir.unit_dir(unit_id) / LIVE_FILE).read_text())
+        live = json.loads(rundir.live_path(unit_id).read_text())
         epoch, epochs, seconds = live["epoch"], live["epochs"], live["seconds"]
     except (OSError, ValueError, KeyError):
         return ""
@@ -116,7 +116,7 @@ def render(rundir: RunDir, rows: list[dict[str, Any]], width: int, elapsed: floa
     if elapsed is not None:
         head += f"  ({_duration(elapsed)})"
     lines = [head]
-    running = [r for r in rows if r["state"] == st.RUNNING]
+    running = [r for r in rows if r["state"] == State.RUNNING]
     named = max((len(r["name"]) for r in running), default=0)
     for row in running[:MAX_RUNNING_LINES]:
         detail = running_detail(rundir, row["unit_id"]) or "starting"
@@ -124,7 +124,7 @@ def render(rundir: RunDir, rows: list[dict[str, Any]], width: int, elapsed: floa
     if len(running) > MAX_RUNNING_LINES:
         lines.append(f"  ... and {len(running) - MAX_RUNNING_LINES} more running")
     for row in rows:
-        if row["state"] in (st.FAILED_STATE, st.BLOCKED):
+        if row["state"] in (State.FAILED, State.BLOCKED):
             lines.append(f"  {row['state']:<8} {row['name']}  {row['detail']}")
     return [line if len(line) <= width else line[: width - 1] + "…" for line in lines]
 
@@ -237,8 +237,8 @@ def watch(rundir: RunDir, backend: Backend | None, interval: float, out: TextIO 
         elif state != shown:
             print("\n".join(lines), file=out, flush=True)
         shown = state
-        active = any(r["state"] in (st.RUNNING, st.PENDING) for r in rows)
+        active = any(r["state"] in st.ACTIVE for r in rows)
         if not active and rundir.launcher() is None:  # a blocking launch starts more
             break
         time.sleep(interval)
-    return 1 if any(r["state"] in (st.FAILED_STATE, st.BLOCKED) for r in rows) else 0
+    return 1 if any(r["state"] in (State.FAILED, State.BLOCKED) for r in rows) else 0

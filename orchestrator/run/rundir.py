@@ -5,18 +5,27 @@ RUN_DIR/run.json              grid name and file (a run dir holds one grid's res
 RUN_DIR/grid.yaml             the effective grid of the last launch (overrides applied)
 RUN_DIR/digests.json          file digests by stat (data identity, best.pt checks): a cache
 RUN_DIR/dag.json              the units of the last launch, in topological order
+RUN_DIR/profile.json          the execution profile of the last launch (status, cancel)
 RUN_DIR/units/<id>/spec.json  what the worker runs; work/ holds checkpoints; *.log the logs
 RUN_DIR/units/<id>/failed.json  the last failure's one-line reason (removed on success)
+RUN_DIR/units/<id>/live.json  the last epoch's figures, for the live view (run.progress)
+RUN_DIR/units/<id>/slurm/     a packed SLURM unit's worker output
 RUN_DIR/submissions.json      unit id -> backend, scheduler job id, submit time, attempts
-RUN_DIR/data/<dataset>/...    raw synthetic twins and prepared data (index, face crops)
+RUN_DIR/arrays/<key>/         one SLURM array: tasks.json (unit ids per task), submitit files
+RUN_DIR/data/<dataset>/raw    a synthetic twin's raw tree
+RUN_DIR/data/<dataset>/<id>/  the prepared data of prepare unit <id> (index, face crops)
 RUN_DIR/store/<table>/<id>.parquet  the results (orchestrator.run.store)
 RUN_DIR/launch.lock           held while a launch submits (two launches cannot interleave)
-RUN_DIR/grid.yaml             the effective grid of the last launch (file + --set overrides)
+RUN_DIR/tune/                 the `tune` search (orchestrator.tune): trials/<config id>/
+                              split-<k>/split.json, <experiment>/, choice.json; each trial
+                              split is a unit of its own under units/<id>/ (kind `trial`)
 RUN_DIR/by-label/<dataset>/<backbone>/<strategy>/fNN/seedS[/values] -> ../units/<id>
                               readable aliases of the current DAG's unit folders (symlinks;
                               `>` is `-` there: `ce-focal`; orchestrator.plan.labels)
-RUN_DIR/tensorboard/...       TensorBoard event files, one run per unit, same layout
+RUN_DIR/tensorboard/...       TensorBoard event files, one run per unit, same layout;
+                              tune trial splits under tensorboard/tune/
 ```
+Every path of this layout is a `RunDir` method; no other module joins names onto a run dir.
 Paths are keyed by unit id, never by scheduler job id, so logs and checkpoints survive
 requeues and re-launches.
 """
@@ -36,13 +45,17 @@ from typing import Any
 
 import yaml
 
+from fer_core.digest_cache import DigestCache
 from fer_core.errors import FerError
 from fer_core.io import atomic_write_text
-from orchestrator.plan.dag import Unit
 from orchestrator.plan.labels import label_parts
+from orchestrator.plan.unit import Unit
 from orchestrator.run.store import Store
 
 BY_LABEL = "by-label"
+DEFAULT_RUNS = Path("runs")  # a grid's run dir when none is given: runs/<grid name>
+TB_DIR = "tensorboard"  # TensorBoard's --logdir (orchestrator.run.tblog writes the files)
+TRIAL = "trial"  # the kind of a tune trial split's unit (not in the DAG; orchestrator.tune)
 
 
 class RunDir:
@@ -51,6 +64,11 @@ class RunDir:
     def __init__(self, path: Path):
         self.path = Path(path).resolve()
         self.store = Store(self.path)
+
+    @staticmethod
+    def default_path(grid_name: str) -> Path:
+        """Where a grid's results go when no --run-dir is given (launch, tune, status...)."""
+        return DEFAULT_RUNS / grid_name
 
     # --- identity -------------------------------------------------------------------------
     def claim(self, grid_name: str, grid_path: Path) -> None:
@@ -102,30 +120,38 @@ class RunDir:
     def write_dag(self, units: list[Unit]) -> None:
         atomic_write_text(self.path / "dag.json", json.dumps([asdict(u) for u in units], indent=1))
         for unit in units:
-            spec_path = self.unit_dir(unit.id) / "spec.json"
-            body = json.dumps({"kind": unit.kind, "name": unit.name, "spec": unit.spec}, indent=1)
-            if not spec_path.is_file() or spec_path.read_text() != body:
-                atomic_write_text(spec_path, body)
+            self.write_spec(unit.id, unit.kind, unit.name, unit.spec)
         self._link_labels(units)
+
+    def write_spec(self, unit_id: str, kind: str, name: str, spec: dict[str, Any]) -> None:
+        """`units/<id>/spec.json`: what the worker runs (rewritten only when it changed)."""
+        path = self.unit_dir(unit_id) / "spec.json"
+        body = json.dumps({"kind": kind, "name": name, "spec": spec}, indent=1)
+        if not path.is_file() or path.read_text() != body:
+            atomic_write_text(path, body)
+
+    @property
+    def by_label(self) -> Path:
+        """Readable aliases of the current DAG's unit folders."""
+        return self.path / BY_LABEL
 
     def label_path(self, unit: Unit) -> Path:
         """A unit's readable alias, `RUN_DIR/by-label/...` (a symlink to its folder)."""
         seed = (unit.spec.get("config") or {}).get("seed")
         parts = label_parts(unit.name, unit.dataset, unit.backbone, unit.strategy, unit.fold, seed)
-        return self.path.joinpath(BY_LABEL, *parts)
+        return self.by_label.joinpath(*parts)
 
     def _link_labels(self, units: list[Unit]) -> None:
         """Point `by-label/` at the units of this DAG: stale links go, each link is replaced
         atomically (a temp link renamed over it)."""
-        root = self.path / BY_LABEL
+        root = self.by_label
         wanted = {self.label_path(unit): self.unit_dir(unit.id) for unit in units}
         if root.is_dir():
             for directory, subdirs, files in os.walk(root, topdown=False):
                 for name in subdirs + files:
                     path = Path(directory) / name
-                    if (
-                        path.is_symlink()
-                        and wanted.get(path) != self.path / "units" / Path(os.readlink(path)).name
+                    if path.is_symlink() and wanted.get(path) != self.unit_dir(
+                        Path(os.readlink(path)).name
                     ):
                         path.unlink()
                     elif not path.is_symlink() and path.is_dir() and not any(path.iterdir()):
@@ -155,13 +181,46 @@ class RunDir:
         return self.path / "units" / unit_id
 
     def work_dir(self, unit_id: str) -> Path:
+        """Where `run_unit` keeps a training unit's checkpoints (its children's parent_dir)."""
         return self.unit_dir(unit_id) / "work"
+
+    def unit_log(self, unit_id: str, backend: str) -> Path:
+        """The worker output of a unit run by the local or Ray backend (or a tune trial)."""
+        return self.unit_dir(unit_id) / f"{backend}.log"
+
+    def live_path(self, unit_id: str) -> Path:
+        return self.unit_dir(unit_id) / "live.json"
+
+    def pack_log(self, unit_id: str, job_id: str) -> Path:
+        """A unit's worker output when it ran in SLURM job `job_id` with others (a pack)."""
+        return self.unit_dir(unit_id) / "slurm" / f"{job_id}_pack_log.out"
+
+    def events_dir(self, kind: str, name: str, spec: dict[str, Any]) -> Path:
+        """A unit's TensorBoard run: at its by-label path, or a trial split's name under
+        `tensorboard/tune/`."""
+        if kind == TRIAL:
+            return self.path.joinpath(TB_DIR, "tune", *name.split("/"))
+        seed = (spec.get("config") or {}).get("seed")
+        parts = label_parts(
+            name, spec["dataset"], spec["backbone"], spec["strategy"], spec["fold"], seed
+        )
+        return self.path.joinpath(TB_DIR, *parts)
 
     def read_spec(self, unit_id: str) -> dict[str, Any]:
         path = self.unit_dir(unit_id) / "spec.json"
         if not path.is_file():
             raise FerError(f"{path}: unit spec not found; re-run launch")
         return json.loads(path.read_text())
+
+    def is_done(self, unit_id: str, kind: str | None = None) -> bool:
+        """Whether the store holds the unit's result (`kind` read from its spec.json when
+        not given; a unit without one is not done). Lineage aside: see run.states."""
+        if kind is None:
+            try:
+                kind = self.read_spec(unit_id)["kind"]
+            except FerError:
+                return False
+        return self.store.is_done(unit_id, kind)
 
     def reset_unit(self, unit_id: str) -> None:
         """Forget a unit's result and checkpoints, so it runs again from scratch. The `runs`
@@ -170,15 +229,18 @@ class RunDir:
             self.store.path(table, unit_id).unlink(missing_ok=True)
         shutil.rmtree(self.work_dir(unit_id), ignore_errors=True)
 
+    def failed_path(self, unit_id: str) -> Path:
+        return self.unit_dir(unit_id) / "failed.json"
+
     def mark_failed(self, unit_id: str, reason: str) -> None:
         body = {"reason": reason, "at": time.time()}
-        atomic_write_text(self.unit_dir(unit_id) / "failed.json", json.dumps(body))
+        atomic_write_text(self.failed_path(unit_id), json.dumps(body))
 
     def clear_failed(self, unit_id: str) -> None:
-        (self.unit_dir(unit_id) / "failed.json").unlink(missing_ok=True)
+        self.failed_path(unit_id).unlink(missing_ok=True)
 
     def failure(self, unit_id: str) -> str | None:
-        path = self.unit_dir(unit_id) / "failed.json"
+        path = self.failed_path(unit_id)
         if not path.is_file():
             return None
         try:
@@ -186,9 +248,60 @@ class RunDir:
         except (json.JSONDecodeError, KeyError):
             return "failed (unreadable failed.json)"
 
+    # --- data and caches -------------------------------------------------------------------
+    def synthetic_root(self, dataset: str) -> Path:
+        """A synthetic twin's raw tree (generated by its prepare unit)."""
+        return self.path / "data" / dataset / "raw"
+
+    def data_dir(self, dataset: str, prepare_id: str) -> Path:
+        """What prepare unit `prepare_id` writes: index.parquet, faces.pt, faces.json."""
+        return self.path / "data" / dataset / prepare_id
+
+    def digest_cache(self) -> DigestCache:
+        """The run's file digests by stat (data identity, best.pt checks): `digests.json`."""
+        return DigestCache(self.path / "digests.json")
+
+    # --- SLURM arrays and the tune search -------------------------------------------------
+    def array_dir(self, key: str) -> Path:
+        """One SLURM array submission: `tasks.json`, its submitit files and task logs."""
+        return self.path / "arrays" / key
+
+    def array_tasks_path(self, key: str) -> Path:
+        """The unit ids of each task of array `key`, written before its sbatch."""
+        return self.array_dir(key) / "tasks.json"
+
+    @property
+    def tune_dir(self) -> Path:
+        return self.path / "tune"
+
+    @property
+    def choice_path(self) -> Path:
+        """The search's outcome (`tune`'s choice.json), read by the report."""
+        return self.tune_dir / "choice.json"
+
+    def trial_lock(self, config_id: str) -> Path:
+        """Held while a trial of this configuration trains (two trials may draw it)."""
+        return self.tune_dir / "trials" / config_id / ".lock"
+
+    def trial_split_dir(self, config_id: str, fold: int) -> Path:
+        """A trial split's `split.json`: its unit's spec and inner-val accuracy per epoch."""
+        return self.tune_dir / "trials" / config_id / f"split-{fold}"
+
+    def history_path(self, experiment: str, trial_id: str) -> Path:
+        """Every (epochs_done, metric) a trial of search `experiment` reported."""
+        return self.tune_dir / experiment / "history" / f"{trial_id}.jsonl"
+
+    def invocations_path(self, experiment: str) -> Path:
+        """One line per start of a trial function of search `experiment`."""
+        return self.tune_dir / experiment / "invocations.jsonl"
+
     # --- submissions ------------------------------------------------------------------------
+    @property
+    def submissions_path(self) -> Path:
+        return self.path / "submissions.json"
+
     def submissions(self) -> dict[str, dict[str, Any]]:
-        path = self.path / "submissions.json"
+        path = self.submissions_path
         if not path.is_file():
             return {}
         return json.loads(path.read_text())
@@ -199,7 +312,7 @@ class RunDir:
         for unit_id, record in records.items():
             attempts = current.get(unit_id, {}).get("attempts", 0) + 1
             current[unit_id] = {**record, "attempts": attempts, "submitted_at": time.time()}
-        atomic_write_text(self.path / "submissions.json", json.dumps(current, indent=1))
+        atomic_write_text(self.submissions_path, json.dumps(current, indent=1))
 
     def launcher(self) -> int | None:
         """The pid of the live launch holding `launch.lock` (it writes its pid there and

@@ -1,4 +1,8 @@
-"""`status`: the units of a run by state, with progress of running ones and failure reasons."""
+"""`status`: the units of a run by state, with progress of running ones and failure reasons.
+
+A unit's state comes from the store (done), the run dir (failed) and the scheduler (active);
+the words are `orchestrator.run.states.State`.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +10,68 @@ import json
 import sys
 from typing import TextIO
 
+from fer_core.digest_cache import DigestCache
 from orchestrator.backends.base import Backend
+from orchestrator.plan.unit import Unit
 from orchestrator.run import states as st
+from orchestrator.run.lineage import stale_units
 from orchestrator.run.progress import running_detail
 from orchestrator.run.rundir import RunDir
+from orchestrator.run.states import ACTIVE, State
+
+
+def unit_states(
+    rundir: RunDir,
+    units: list[Unit],
+    backend: Backend | None,
+    digests: DigestCache | None = None,
+) -> dict[str, State]:
+    """unit id -> state, for `units` in topological order. A stored result whose lineage no
+    longer holds is not done. `digests`: the file-digest cache (default: the run dir's);
+    digests it learns are saved, so the next `status` does not read the same files again."""
+    scheduler = backend.states(rundir) if backend is not None else {}
+    digests = digests or rundir.digest_cache()
+    stale = stale_units(rundir, units, digests)
+    if digests.dirty:
+        digests.save()
+    states: dict[str, State] = {}
+    for unit in units:
+        if unit.id not in stale and rundir.store.is_done(unit.id, unit.kind):
+            states[unit.id] = State.DONE
+        elif scheduler.get(unit.id) in ACTIVE:
+            states[unit.id] = State(scheduler[unit.id])
+        elif rundir.failure(unit.id) is not None or scheduler.get(unit.id) == State.FAILED:
+            states[unit.id] = State.FAILED
+        elif _blocked(unit, states, scheduler.get(unit.id)):
+            states[unit.id] = State.BLOCKED
+        else:
+            states[unit.id] = State.TODO
+    return states
+
+
+def _blocked(unit: Unit, states: dict[str, State], scheduler_state: str | None) -> bool:
+    """A dependency failed, or the scheduler cancelled the unit (kill-on-invalid-dep) while a
+    dependency was not done."""
+    if any(states.get(dep) in (State.FAILED, State.BLOCKED) for dep in unit.deps):
+        return True
+    return scheduler_state == State.CANCELLED and any(
+        states.get(dep) != State.DONE for dep in unit.deps
+    )
 
 
 def status_rows(rundir: RunDir, backend: Backend | None) -> list[dict]:
     units = rundir.read_dag()
-    states = st.unit_states(rundir, units, backend)
+    states = unit_states(rundir, units, backend)
     submissions = rundir.submissions()
     rows = []
     for unit in units:
         state = states[unit.id]
         detail = ""
-        if state == st.FAILED_STATE:
+        if state == State.FAILED:
             detail = rundir.failure(unit.id) or "the scheduler reports a failure"
-        elif state == st.BLOCKED:
+        elif state == State.BLOCKED:
             detail = "a dependency failed"
-        elif state == st.RUNNING:
+        elif state == State.RUNNING:
             detail = running_detail(rundir, unit.id)
         record = submissions.get(unit.id, {})
         rows.append(
@@ -53,7 +100,7 @@ def print_status(
         )
         return 0
     print(f"{rundir.path}: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v), file=out)
-    interesting = [r for r in rows if r["state"] != st.DONE]
+    interesting = [r for r in rows if r["state"] != State.DONE]
     if interesting:
         width = max(len(r["name"]) for r in interesting)
         for row in interesting:
@@ -62,5 +109,5 @@ def print_status(
                 f"  {row['state']:<8} {row['name']:<{width}}  job {job:<10} {row['detail']}",
                 file=out,
             )
-    print(f"unit folders by label: {rundir.path / 'by-label'}", file=out)
+    print(f"unit folders by label: {rundir.by_label}", file=out)
     return 0

@@ -22,7 +22,7 @@ from fer_core.errors import FerError
 from fer_core.io import atomic_write_bytes, is_temp_file
 
 TABLES = ("runs", "predictions", "epochs", "prepare", "trials")
-DONE_TABLE = {"train": "runs", "prepare": "prepare"}
+DONE_TABLE = {"train": "runs", "trial": "runs", "prepare": "prepare"}  # unit kind -> table
 
 
 class Store:
@@ -43,8 +43,10 @@ class Store:
         return path
 
     def write_unit(self, unit_id: str, result: dict[str, Any]) -> None:
-        """Store a training unit's result; `runs` last, so done implies complete."""
-        self.write("predictions", unit_id, result["predictions"])
+        """Store a training unit's result; `runs` last, so done implies complete. A unit that
+        scored no test images (a tune trial) has no predictions file."""
+        if result["predictions"]:
+            self.write("predictions", unit_id, result["predictions"])
         self.write("epochs", unit_id, result["epochs"])
         self.write("runs", unit_id, [result["run"]])
 

@@ -25,7 +25,6 @@ from typing import Any
 from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
 
-TB_DIR = "tensorboard"
 SCALARS = {
     "train_loss": "train/loss",
     "train_accuracy": "train/accuracy",

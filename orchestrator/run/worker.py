@@ -1,9 +1,11 @@
 """Runs one unit inside whatever process a backend gives it (subprocess, SLURM job, Ray trial).
 
-`python -m orchestrator.run.worker RUN_DIR UNIT_ID`, `run(run_dir, unit_id)` from submitit/Ray, or
-`run_forked(...)` in a process the local backend forks from its pre-loaded server.
+`python -m orchestrator.run.worker RUN_DIR UNIT_ID`, `run(run_dir, unit_id)` from submitit, Ray
+and a tune trial (orchestrator.tune.trial), or `run_forked(...)` in a process the local
+backend forks from its pre-loaded server. The one path from a unit's spec.json to its records.
 Idempotent: a unit already in the store is not run again. A failure leaves
-`units/<id>/failed.json` with a one-line reason for `status`, and re-raises.
+`units/<id>/failed.json` with a one-line reason for `status`, and re-raises. A training unit
+writes live.json and TensorBoard scalars after each epoch and its rows to the store.
 """
 
 from __future__ import annotations
@@ -13,14 +15,19 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from fer_core.errors import FerError
-from orchestrator.plan.labels import SEPARATOR, label_parts
+from fer_core.spec import UnitSpec
+from orchestrator.plan.labels import SEPARATOR
 from orchestrator.run.progress import record_epoch
-from orchestrator.run.rundir import RunDir
-from orchestrator.run.tblog import TB_DIR, EventWriter
+from orchestrator.run.rundir import TRIAL, RunDir
+from orchestrator.run.tblog import EventWriter
+
+EpochHook = Callable[[dict[str, Any]], None]
 
 
 def scheduler_info() -> dict[str, Any]:
@@ -80,15 +87,18 @@ def prepare(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run(run_dir: str | Path, unit_id: str) -> str:
+def run(run_dir: str | Path, unit_id: str, on_epoch: EpochHook | None = None) -> str:
     """Run unit `unit_id` of `run_dir` unless it is already done; returns its state.
 
     A failure is recorded in `failed.json` for `status`; an interruption (SystemExit from a
-    scheduler's requeue, Ctrl-C) is not a failure and is not recorded.
+    scheduler's requeue, Ctrl-C, Tune stopping a trial) is not a failure and is not recorded.
+    `on_epoch` sees each epoch's record after the unit's own records (a tune trial reports
+    it to Tune). A `trial` unit scores no test images (nested selection: its fold is not
+    looked at).
     """
     rundir = RunDir(Path(run_dir))
     body = rundir.read_spec(unit_id)
-    if rundir.store.is_done(unit_id, body["kind"]):
+    if rundir.is_done(unit_id, body["kind"]):
         return "already done"
     try:
         from fer_core.unit import run_unit  # inside: a broken install is a recorded failure
@@ -98,9 +108,10 @@ def run(run_dir: str | Path, unit_id: str) -> str:
             rundir.store.write("prepare", unit_id, [{"unit_id": unit_id, **row}])
         else:
             result = run_unit(
-                body["spec"],
+                UnitSpec.from_dict(body["spec"]),
                 rundir.work_dir(unit_id),
-                on_epoch=_epoch_logger(rundir, unit_id, body),
+                on_epoch=_epoch_logger(rundir, unit_id, body, on_epoch),
+                score_test=body["kind"] != TRIAL,
             )
             result["run"].update(
                 scheduler_info(),
@@ -124,25 +135,40 @@ def run(run_dir: str | Path, unit_id: str) -> str:
     return "done"
 
 
-def _epoch_logger(rundir: RunDir, unit_id: str, body: dict[str, Any]):
-    """After each epoch: TensorBoard scalars and the live view's `live.json`."""
+def _epoch_logger(
+    rundir: RunDir, unit_id: str, body: dict[str, Any], extra: EpochHook | None
+) -> EpochHook:
+    """After each epoch: TensorBoard scalars and the live view's `live.json`, then `extra`
+    (last: Tune may stop a trial inside it)."""
     spec = body["spec"]
-    parts = label_parts(
-        body["name"],
-        spec["dataset"],
-        spec["backbone"],
-        spec["strategy"],
-        spec["fold"],
-        spec["config"].get("seed"),
-    )
-    events = EventWriter(rundir.path.joinpath(TB_DIR, *parts))
+    events = EventWriter(rundir.events_dir(body["kind"], body["name"], spec))
     epochs = int(spec["config"]["epochs"])
 
     def on_epoch(record: dict[str, Any]) -> None:
         events.epoch(record)
         record_epoch(rundir, unit_id, record, epochs)
+        if extra is not None:
+            extra(record)
 
     return on_epoch
+
+
+@contextmanager
+def output_to(path: Path) -> Iterator[None]:
+    """Send this process's stdout/stderr (file descriptors too) to a unit's log for the
+    block: a unit run inside a longer-lived process (a Ray trial) logs where its unit is."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    saved = [os.dup(1), os.dup(2)]
+    with open(path, "ab", buffering=0) as log:
+        try:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
 
 
 def death_reason(code: int, log_path: Path) -> str:

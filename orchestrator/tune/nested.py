@@ -35,16 +35,15 @@ from fer_core.io import atomic_write_text
 from orchestrator.backends import make_backend
 from orchestrator.backends.base import Backend
 from orchestrator.backends.ray.cluster import RaySettings, check_fits, ray_session
-from orchestrator.plan.dag import Unit, content_id, expand
+from orchestrator.plan.dag import content_id, expand
 from orchestrator.plan.grid import DatasetSpec, Experiment, Grid, parse_data_roots
 from orchestrator.plan.labels import distinct_names
 from orchestrator.plan.profiles import load_profile
-from orchestrator.run import states as st
+from orchestrator.plan.unit import Unit
 from orchestrator.run.rundir import RunDir
+from orchestrator.run.states import State
+from orchestrator.run.status import unit_states
 from orchestrator.tune.space import INVERSE_FREQUENCY, TuneSpec, alpha_label, load_tune
-from orchestrator.tune.trial import tune_dir
-
-CHOICE_FILE = "choice.json"
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,7 @@ def run_tune(args: TuneRequest) -> int:
     started = time.monotonic()
     spec = load_tune(args.grid, parse_data_roots(args.data), args.samples, args.settings)
     profile = load_profile(args.cluster, args.cluster_file)
-    run_dir = args.run_dir or Path("runs") / spec.grid.name
+    run_dir = args.run_dir or RunDir.default_path(spec.grid.name)
     if args.dry_run and profile["backend"] != "slurm":
         print_plan(spec, run_dir)
         return 0
@@ -164,7 +163,7 @@ class TuneRun:
         paper = self._final_units(chosen, full_index, "heldout") if spec.paper_protocol else []
         self._run_units(final + paper, "train the chosen configuration on the test folds")
         choice = self._choice(experiment, chosen, rows, final, paper, stage1, started)
-        atomic_write_text(tune_dir(self.rundir.path) / CHOICE_FILE, json.dumps(choice, indent=1))
+        atomic_write_text(self.rundir.choice_path, json.dumps(choice, indent=1))
         return choice
 
     # --- grids and units ----------------------------------------------------------------
@@ -175,7 +174,7 @@ class TuneRun:
     def _dev_grid(self, full_index: Any) -> Grid:
         """The development subjects as a manifest dataset, re-split into inner folds."""
         spec = self.spec
-        manifest = write_dev_manifest(full_index, spec.test_folds, tune_dir(self.rundir.path))
+        manifest = write_dev_manifest(full_index, spec.test_folds, self.rundir.tune_dir)
         subjects = {r.subject for r in full_index.records if r.fold not in spec.test_folds}
         if len(subjects) < spec.inner_folds:
             raise FerError(
@@ -195,32 +194,20 @@ class TuneRun:
         return replace(self._grid(spec.stage1), datasets={dev.name: dev}, folds=spec.search_folds)
 
     def _splits(self, dev: list[Unit]) -> list[dict[str, Any]]:
+        """One per search split: its stage-1 unit (id and spec: a trial's spec follows from
+        it, `orchestrator.tune.trial.unit_spec`) and that split's inverse-frequency α."""
         index = _read_index(dev[0])
         by_fold = {u.fold: u for u in dev if u.kind == "train"}
-        splits = []
-        for fold in self.spec.search_folds:
-            unit = by_fold[fold]
-            keys = (
-                "dataset",
-                "data_dir",
-                "n_folds",
-                "backbone",
-                "weights",
-                "input_size",
-                "device",
-                "grid",
-            )
-            splits.append(
-                {
-                    **{key: unit.spec[key] for key in keys},
-                    "fold": fold,
-                    "parent_id": unit.id,
-                    "parent_dir": str(self.rundir.work_dir(unit.id)),
-                    "strategy": self.spec.strategy,
-                    "inverse_frequency": inverse_frequency(index, fold),
-                }
-            )
-        return splits
+        return [
+            {
+                "fold": fold,
+                "parent_id": by_fold[fold].id,
+                "parent": by_fold[fold].spec,
+                "strategy": self.spec.strategy,
+                "inverse_frequency": inverse_frequency(index, fold),
+            }
+            for fold in self.spec.search_folds
+        ]
 
     def _final_units(self, chosen: dict[str, Any], index: Any, selection: str) -> list[Unit]:
         """The chosen configuration's chain on each test fold (stage 1 is already done)."""
@@ -252,8 +239,8 @@ class TuneRun:
         named = {u.id: u for u in self.dag}
         units = [named[u.id] for u in units]
         self.rundir.write_dag(self.dag)
-        states = st.unit_states(self.rundir, units, self.backend)
-        todo = [u for u in units if states[u.id] != st.DONE]
+        states = unit_states(self.rundir, units, self.backend)
+        todo = [u for u in units if states[u.id] != State.DONE]
         if not todo:
             print(f"{what}: {len(units)} units already done", flush=True)
             return
@@ -265,7 +252,7 @@ class TuneRun:
         for unit in todo:
             self.rundir.clear_failed(unit.id)
         self.backend.submit(self.rundir, todo, wait=True)
-        failed = [u for u in units if not self.rundir.store.is_done(u.id, u.kind)]
+        failed = [u for u in units if not self.rundir.is_done(u.id, u.kind)]
         if failed:
             reason = self.rundir.failure(failed[0].id) or "did not finish"
             raise FerError(
@@ -316,7 +303,7 @@ class TuneRun:
     def _timing(self, experiment: str, started: float) -> dict[str, float]:
         """Wall time of the `tune` call that finished this search (a later no-op call that
         finds it done keeps that figure)."""
-        path = tune_dir(self.rundir.path) / CHOICE_FILE
+        path = self.rundir.choice_path
         try:
             previous = json.loads(path.read_text())
         except (OSError, ValueError):

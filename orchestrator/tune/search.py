@@ -29,11 +29,9 @@ from orchestrator.tune.trial import (
     METRIC,
     TIME_ATTR,
     config_id,
-    history_path,
     read_history,
     run_trial,
     split_records,
-    tune_dir,
 )
 
 COMPLETE, STOPPED, ERROR = "complete", "stopped", "error"
@@ -53,7 +51,7 @@ def _scheduler_classes():
             super().on_trial_add(tune_controller, trial)
             bracket = self._trial_info[trial.trial_id]
             for t, metric in read_history(
-                history_path(self._run_dir, self._experiment, trial.trial_id)
+                RunDir(Path(self._run_dir)).history_path(self._experiment, trial.trial_id)
             ):
                 bracket.on_result(trial, t, self._metric_op * metric)
 
@@ -110,7 +108,7 @@ def trial_row(
 
 
 def _last_metric(run_dir: Path, experiment: str, trial_id: str) -> float:
-    history = read_history(history_path(run_dir, experiment, trial_id))
+    history = read_history(RunDir(run_dir).history_path(experiment, trial_id))
     return history[-1][1] if history else math.nan
 
 
@@ -200,7 +198,7 @@ def run_search(
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # else verbose=0 still prints a banner
     stage2 = spec.stage2_config()
-    storage = tune_dir(rundir.path)
+    storage = rundir.tune_dir
     path = storage / experiment
     threads = max(1, int(settings.cpus_per_trial))
     trainable = tune.with_resources(

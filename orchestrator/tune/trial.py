@@ -8,10 +8,15 @@ far, the split in progress included). Its final objective is the mean over split
 split's best inner-validation accuracy. The test folds are never loaded into a trial: the
 splits come from the development subjects only (see orchestrator.tune.space).
 
-Files (RUN_DIR/tune/):
-- `trials/<config id>/split-<k>/`: the run_unit work dir (last.pt, best.pt) and `split.json`
-  (the unit spec and the inner-validation accuracy of every epoch so far). Keyed by a content
-  hash of the configuration, so a restarted trial resumes from its last epoch.
+Each split of a trial is a unit of its own (kind `trial`, `RUN_DIR/units/<id>/`, id a hash of
+its parent and stage config), run by the same worker as every launched unit
+(`orchestrator.run.worker.run`): its spec.json, work/ (last.pt, best.pt), ray.log, live.json,
+failed.json with the reason when it fails, and its `runs`/`epochs` rows in the store (no test
+images are scored: no predictions). Such units are not in the DAG, so the report and the
+query's current views leave them out. Besides (RUN_DIR/tune/, paths from `RunDir`):
+- `trials/<config id>/split-<k>/split.json`: the unit's spec and id, and the inner-validation
+  accuracy of every epoch so far. Keyed by a content hash of the configuration, so a
+  restarted trial resumes from its last epoch.
 - `<experiment>/history/<trial id>.jsonl`: every (epochs_done, metric) reported, so that a
   restored experiment can rebuild the ASHA rungs (Tune does not save scheduler state).
 - `<experiment>/invocations.jsonl`: one line per start of a trial function (resume evidence).
@@ -24,23 +29,20 @@ import json
 import os
 import re
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from fer_core.io import atomic_write_text
 from fer_core.runtime import use_threads
-from orchestrator.plan.dag import content_id
-from orchestrator.run.tblog import TB_DIR, EventWriter
+from fer_core.spec import UnitSpec
+from orchestrator.plan.dag import content_id, train_spec
+from orchestrator.run.rundir import TRIAL, RunDir
 from orchestrator.tune.space import INVERSE_FREQUENCY
 
-TUNE_DIR = "tune"
 SPLIT_FILE = "split.json"
 METRIC = "inner_val_running"
 TIME_ATTR = "epochs_done"
-
-
-def tune_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / TUNE_DIR
 
 
 def config_id(config: dict[str, Any], splits: list[dict[str, Any]], stage2: dict[str, Any]) -> str:
@@ -55,31 +57,13 @@ def config_id(config: dict[str, Any], splits: list[dict[str, Any]], stage2: dict
     )
 
 
-def trial_dir(run_dir: str | Path, cid: str) -> Path:
-    return tune_dir(run_dir) / "trials" / cid
-
-
-def split_dir(run_dir: str | Path, cid: str, fold: int) -> Path:
-    return trial_dir(run_dir, cid) / f"split-{fold}"
-
-
-def trial_events_dir(run_dir: str | Path, config: dict[str, Any], cid: str, fold: int) -> Path:
-    """A trial split's TensorBoard run, beside the units' (orchestrator.run.tblog):
-    `RUN_DIR/tensorboard/tune/alpha=A,gamma=G-<config id>/split-K`."""
+def trial_name(config: dict[str, Any], cid: str, fold: int) -> str:
+    """A trial split's unit name, also its TensorBoard run under `tensorboard/tune/`:
+    `alpha=A,gamma=G-<config id>/split-K`."""
     from orchestrator.tune.space import alpha_label
 
     name = f"alpha={alpha_label(config.get('alpha'))},gamma={float(config['gamma']):g}-{cid[:8]}"
-    return (
-        Path(run_dir)
-        / TB_DIR
-        / "tune"
-        / re.sub(r"[^A-Za-z0-9._=,+-]+", "_", name)
-        / (f"split-{fold}")
-    )
-
-
-def history_path(run_dir: str | Path, experiment: str, trial_id: str) -> Path:
-    return tune_dir(run_dir) / experiment / "history" / f"{trial_id}.jsonl"
+    return f"{re.sub(r'[^A-Za-z0-9._=,+-]+', '_', name)}/split-{fold}"
 
 
 def read_history(path: Path) -> list[tuple[float, float]]:
@@ -101,32 +85,24 @@ def resolve_alpha(choice: Any, split: dict[str, Any]) -> Any:
     return split["inverse_frequency"] if choice == INVERSE_FREQUENCY else choice
 
 
-def unit_spec(split: dict[str, Any], stage2: dict[str, Any], config: dict[str, Any]) -> dict:
-    """The run_unit spec of one split of a trial (stage 2 from the split's stage-1 unit)."""
+def unit_spec(
+    rundir: RunDir, split: dict[str, Any], stage2: dict[str, Any], config: dict[str, Any]
+) -> UnitSpec:
+    """The spec of one split of a trial: the next stage after the split's stage-1 unit
+    (`split["parent"]`, its spec), with the trial's α and γ."""
     stage_config = {
         **stage2,
         "alpha": resolve_alpha(config["alpha"], split),
         "gamma": float(config["gamma"]),
     }
-    return {
-        "unit_id": content_id(
-            {"kind": "tune-trial", "parent": split["parent_id"], "config": stage_config}
-        ),
-        "grid": split["grid"],
-        "dataset": split["dataset"],
-        "data_dir": split["data_dir"],
-        "fold": split["fold"],
-        "n_folds": split["n_folds"],
-        "backbone": split["backbone"],
-        "weights": split["weights"],
-        "input_size": split["input_size"],
-        "device": split["device"],
-        "strategy": split["strategy"],
-        "stage": 2,
-        "config": stage_config,
-        "parent_id": split["parent_id"],
-        "parent_dir": split["parent_dir"],
-    }
+    parent = split["parent"]
+    unit_id = content_id(
+        {"kind": "tune-trial", "parent": split["parent_id"], "config": stage_config}
+    )
+    stage = int(parent["stage"]) + 1
+    return train_spec(
+        rundir, parent, unit_id, split["strategy"], stage, stage_config, split["parent_id"]
+    )
 
 
 def read_split(path: Path) -> dict[str, Any]:
@@ -140,11 +116,12 @@ def split_records(
     run_dir: str | Path, config: dict[str, Any], splits: list[dict[str, Any]], stage2: dict
 ) -> list[dict[str, Any]]:
     """Per split: fold, the inner-val accuracy of each epoch so far, best, complete."""
+    rundir = RunDir(Path(run_dir))
     cid = config_id(config, splits, stage2)
     epochs = int(stage2["epochs"])
     records = []
     for split in splits:
-        body = read_split(split_dir(run_dir, cid, split["fold"]))
+        body = read_split(rundir.trial_split_dir(cid, split["fold"]))
         accuracies = [float(a) for a in body.get("accuracies", [])]
         records.append(
             {
@@ -177,13 +154,14 @@ def run_trial(
     from ray import tune
 
     use_threads(threads)
-    from fer_core.unit import run_unit
-
+    rundir = RunDir(Path(run_dir))
     trial_id = tune.get_context().get_trial_id()
+    os.environ["FER_SCHEDULER"] = "ray"  # the runs rows' scheduler and job id (worker.py)
+    os.environ["FER_JOB_ID"] = f"{experiment}/{trial_id}"
     cid = config_id(config, splits, stage2)
-    history = history_path(run_dir, experiment, trial_id)
+    history = rundir.history_path(experiment, trial_id)
     _append_line(
-        tune_dir(run_dir) / experiment / "invocations.jsonl",
+        rundir.invocations_path(experiment),
         {"trial_id": trial_id, "config_id": cid, "pid": os.getpid(), "at": time.time()},
     )
     epochs = int(stage2["epochs"])
@@ -196,35 +174,39 @@ def run_trial(
         last_reported = done
         tune.report({TIME_ATTR: done, METRIC: running, "config_id": cid, **extra})
 
-    lock_path = trial_dir(run_dir, cid) / ".lock"
+    lock_path = rundir.trial_lock(cid)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as lock:
         # Two trials of a random search over a discrete space can draw the same (α, γ): the
         # second waits here and then finds the work done instead of training it concurrently.
         fcntl.flock(lock, fcntl.LOCK_EX)
-        bests = _train_splits(config, splits, stage2, run_dir, cid, run_unit, report)
+        bests = train_splits(config, splits, stage2, rundir, cid, report)
     total = epochs * len(splits)
     if last_reported != total:  # every split was already trained (a restarted trial)
         report(total, sum(bests) / len(bests), folds_done=len(splits))
 
 
-def _train_splits(config, splits, stage2, run_dir, cid, run_unit, report) -> list[float]:
-    """Stage 2 on each split in order; returns each split's best inner-val accuracy."""
+def train_splits(config, splits, stage2, rundir: RunDir, cid, report) -> list[float]:
+    """Stage 2 on each split in order, each split a unit run by the launch units' worker;
+    returns each split's best inner-val accuracy."""
+    from orchestrator.run.worker import output_to, run
+
     epochs = int(stage2["epochs"])
     bests: list[float] = []
     for position, split in enumerate(splits):
-        work_dir = split_dir(run_dir, cid, split["fold"])
-        spec = unit_spec(split, stage2, config)
-        body = read_split(work_dir)
-        body.update(spec=spec, config_id=cid, fold=split["fold"])
+        split_path = rundir.trial_split_dir(cid, split["fold"])
+        spec = unit_spec(rundir, split, stage2, config)
+        unit_id = spec.unit_id
+        body = read_split(split_path)
+        body.update(spec=asdict(spec), unit_id=unit_id, config_id=cid, fold=split["fold"])
         body.setdefault("accuracies", [])
 
         def on_epoch(
-            record: dict[str, Any], body=body, position=position, split=split, work_dir=work_dir
+            record: dict[str, Any], body=body, position=position, split=split, path=split_path
         ) -> None:
             accuracies = body["accuracies"][: record["epoch"] - 1] + [record["selection_accuracy"]]
             body["accuracies"] = accuracies
-            atomic_write_text(work_dir / SPLIT_FILE, json.dumps(body, indent=1))
+            atomic_write_text(path / SPLIT_FILE, json.dumps(body, indent=1))
             running = sum(bests + [max(accuracies)]) / (len(bests) + 1)
             report(
                 position * epochs + record["epoch"],
@@ -234,22 +216,19 @@ def _train_splits(config, splits, stage2, run_dir, cid, run_unit, report) -> lis
                 folds_done=position,
             )
 
-        work_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(work_dir / SPLIT_FILE, json.dumps(body, indent=1))
-        events = EventWriter(trial_events_dir(run_dir, config, cid, split["fold"]))
-
-        def on_epoch_logged(record: dict[str, Any], on_epoch=on_epoch, events=events) -> None:
-            events.epoch(record)  # before the report: ASHA may stop the trial inside it
-            on_epoch(record)
-
-        result = run_unit(spec, work_dir, on_epoch=on_epoch_logged, score_test=False)
-        run = result["run"]
+        atomic_write_text(split_path / SPLIT_FILE, json.dumps(body, indent=1))
+        rundir.write_spec(unit_id, TRIAL, trial_name(config, cid, split["fold"]), body["spec"])
+        with output_to(rundir.unit_log(unit_id, "ray")):
+            run(rundir.path, unit_id, on_epoch=on_epoch)
+        run_row = rundir.store.read("runs", {unit_id}).to_pylist()[0]
         body.update(
-            accuracies=[e["selection_accuracy"] for e in result["epochs"]],
-            parent_weights_sha=run.get("parent_weights_sha"),
-            start_weights_sha=run.get("start_weights_sha"),
-            train_seconds=run.get("train_seconds"),
+            accuracies=[
+                e["selection_accuracy"] for e in rundir.store.read("epochs", {unit_id}).to_pylist()
+            ],
+            parent_weights_sha=run_row.get("parent_weights_sha"),
+            start_weights_sha=run_row.get("start_weights_sha"),
+            train_seconds=run_row.get("train_seconds"),
         )
-        atomic_write_text(work_dir / SPLIT_FILE, json.dumps(body, indent=1))
-        bests.append(float(run["selection_accuracy"]))
+        atomic_write_text(split_path / SPLIT_FILE, json.dumps(body, indent=1))
+        bests.append(float(run_row["selection_accuracy"]))
     return bests

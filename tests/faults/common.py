@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.plan.dag import Unit
+from orchestrator.plan.unit import Unit
 from orchestrator.run.rundir import RunDir
 from tests.conftest import REPO, small_grid
 

@@ -13,6 +13,7 @@ import time
 import pytest
 import torch
 
+from fer_core.spec import UnitSpec
 from fer_core.unit import run_unit
 from orchestrator.backends.local import LocalBackend
 from orchestrator.run.rundir import RunDir
@@ -79,7 +80,7 @@ def test_sigkill_mid_epoch_then_relaunch_resumes_from_the_last_epoch(study, tmp_
 
     # Deterministic on the CPU: equal to one uninterrupted run of the same unit.
     torch.set_num_threads(1)
-    clean = run_unit(rundir.read_spec(unit.id)["spec"], tmp_path / "clean")
+    clean = run_unit(UnitSpec.from_dict(rundir.read_spec(unit.id)["spec"]), tmp_path / "clean")
     assert clean["run"]["test_accuracy"] == run_row["test_accuracy"]
     assert clean["run"]["best_epoch"] == run_row["best_epoch"]
     resumed = rundir.store.read("epochs", {unit.id}).to_pylist()

@@ -100,6 +100,7 @@ def test_a_pickle_payload_in_a_resume_state_or_parent_is_never_run(twin_faces, t
     outcome, _ = train(twin_faces, work, epochs=1)  # not trusted: trains from scratch
     assert outcome.resumed_from_epoch == 0 and not marker.exists()
 
+    from fer_core.spec import UnitSpec
     from fer_core.unit import run_unit
 
     parent = tmp_path / "parent"
@@ -122,7 +123,7 @@ def test_a_pickle_payload_in_a_resume_state_or_parent_is_never_run(twin_faces, t
         "input_size": 48,
     }
     with pytest.raises(FerError, match="not a loadable checkpoint"):
-        run_unit(spec, tmp_path / "u2")
+        run_unit(UnitSpec.from_dict(spec), tmp_path / "u2")
     assert not marker.exists()
 
 
@@ -178,7 +179,7 @@ def test_slurm_values_are_single_argv_items_even_when_unvalidated(tmp_path, monk
     (tmp_path / "sbatch").write_text("#!/bin/sh\nexit 1\n")
     (tmp_path / "sbatch").chmod(0o755)
     from orchestrator.backends.slurm.backend import SlurmBackend, job_name, submission_text
-    from orchestrator.plan.dag import Unit
+    from orchestrator.plan.unit import Unit
     from orchestrator.run.rundir import RunDir
 
     unit = Unit("u1", "train", "x; rm -rf ~/f01/tiny/ce", "x", (), {}, 1, 1, "tiny", "ce")

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.backends import base
 from orchestrator.backends.slurm.backend import SlurmBackend
 from orchestrator.backends.slurm.jobs import (
     array_tasks,
@@ -37,6 +36,7 @@ from orchestrator.backends.slurm.jobs import (
 from orchestrator.plan.profiles import load_profile
 from orchestrator.run.launch import launch
 from orchestrator.run.rundir import RunDir
+from orchestrator.run.states import ACTIVE, State
 from orchestrator.run.status import status_rows
 from tests.faults.common import (
     REPO,
@@ -127,7 +127,7 @@ def release_if_held(job: str) -> None:
 def finished(backend: SlurmBackend, rundir: RunDir) -> bool:
     states = backend.states(rundir)
     return len(states) == len(rundir.submissions()) and not any(
-        s in base.ACTIVE for s in states.values()
+        s in ACTIVE for s in states.values()
     )
 
 
@@ -437,7 +437,7 @@ def test_packed_units_a_failure_keeps_its_siblings_results_and_relaunch_runs_onl
     states = {row["unit_id"]: row["state"] for row in status_rows(rundir, backend)}
     assert [states[unit[k].id] for k in ("s1f1", "s1f2", "s2f1")] == ["done"] * 3
     assert states[unit["s2f2"].id] == "failed", rundir.failure(unit["s2f2"].id)
-    assert backend.states(rundir)[unit["s2f1"].id] == base.FAILED  # the job it shared
+    assert backend.states(rundir)[unit["s2f1"].id] == State.FAILED  # the job it shared
 
     broken.unlink()
     capsys.readouterr()

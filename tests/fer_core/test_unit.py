@@ -1,9 +1,11 @@
-"""run_unit: the rows it returns, and stage 2 starting from stage 1's best checkpoint."""
+"""run_unit: the rows it returns, and stage 2 starting from stage 1's best checkpoint; the
+UnitSpec it takes."""
 
 from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -12,29 +14,33 @@ from fer_core.checkpoints import BEST
 from fer_core.data.faces import FaceSet
 from fer_core.errors import FerError
 from fer_core.provenance import git_commit
+from fer_core.spec import UnitSpec
 from fer_core.unit import run_unit
 from tests.conftest import CROP
 
 
-def _spec(twin_faces, unit_id, stage, loss, parent=None, parent_dir=None):
-    return {
-        "unit_id": unit_id,
-        "dataset": "ckplus",
-        "data_dir": str(twin_faces),
-        "fold": 1,
-        "backbone": "tiny",
-        "input_size": CROP,
-        "strategy": "ce" if stage == 1 else "ce>focal",
-        "stage": stage,
-        "config": {
-            "loss": loss,
-            "epochs": 2,
-            "batch_size": 64,
-            "alpha": 0.25 if loss == "focal" else None,
-        },
-        "parent_id": parent,
-        "parent_dir": parent_dir,
-    }
+def _spec(twin_faces, unit_id, stage, loss, parent=None, parent_dir=None, **config) -> UnitSpec:
+    return UnitSpec.from_dict(
+        {
+            "unit_id": unit_id,
+            "dataset": "ckplus",
+            "data_dir": str(twin_faces),
+            "fold": 1,
+            "backbone": "tiny",
+            "input_size": CROP,
+            "strategy": "ce" if stage == 1 else "ce>focal",
+            "stage": stage,
+            "config": {
+                "loss": loss,
+                "epochs": 2,
+                "batch_size": 64,
+                "alpha": 0.25 if loss == "focal" else None,
+                **config,
+            },
+            "parent_id": parent,
+            "parent_dir": parent_dir,
+        }
+    )
 
 
 def test_stage_two_starts_from_the_parents_best_weights(twin_faces, tmp_path):
@@ -66,8 +72,7 @@ def test_stage_two_starts_from_the_parents_best_weights(twin_faces, tmp_path):
 
 
 def test_the_runs_row_says_what_ran_and_deterministic_mode_is_honoured(twin_faces, tmp_path):
-    spec = _spec(twin_faces, "det", 1, "ce")
-    spec["config"] = {**spec["config"], "deterministic": True, "precision": "auto"}
+    spec = _spec(twin_faces, "det", 1, "ce", deterministic=True, precision="auto")
     try:
         run = run_unit(spec, tmp_path / "det")["run"]
         assert torch.are_deterministic_algorithms_enabled()
@@ -82,11 +87,19 @@ def test_the_runs_row_says_what_ran_and_deterministic_mode_is_honoured(twin_face
 def test_a_parent_best_pt_that_is_not_the_recorded_one_is_refused(twin_faces, tmp_path):
     """A swapped but loadable best.pt (another unit's) must not become stage 2's start."""
     run_unit(_spec(twin_faces, "s1", 1, "ce"), tmp_path / "s1")
-    other = _spec(twin_faces, "x1", 1, "ce")
-    other["config"] = {**other["config"], "seed": 7}
-    run_unit(other, tmp_path / "x1")
+    run_unit(_spec(twin_faces, "x1", 1, "ce", seed=7), tmp_path / "x1")
     shutil.copy(tmp_path / "x1" / BEST, tmp_path / "s1" / BEST)
     child = _spec(twin_faces, "s2", 2, "focal", parent="s1", parent_dir=str(tmp_path / "s1"))
     with pytest.raises(FerError, match="parent unit s1: .*sha256 does not match.*re-launch"):
         run_unit(child, tmp_path / "s2")
     assert not (tmp_path / "s2" / BEST).exists()
+
+
+def test_a_spec_with_an_unknown_or_missing_key_is_refused_naming_it(twin_faces):
+    body = asdict(_spec(twin_faces, "s1", 1, "ce"))
+    assert UnitSpec.from_dict(body) == _spec(twin_faces, "s1", 1, "ce")
+    with pytest.raises(FerError, match="unknown key 'colour'"):
+        UnitSpec.from_dict({**body, "colour": "red"})
+    del body["data_dir"]
+    with pytest.raises(FerError, match="missing key 'data_dir'"):
+        UnitSpec.from_dict(body)

@@ -36,12 +36,13 @@ from typing import Any
 from fer_core.errors import FerError
 from fer_core.io import atomic_write_text
 from fer_core.runtime import use_threads
-from orchestrator.backends.base import PENDING, RUNNING, Backend
+from orchestrator.backends.base import Backend
 from orchestrator.backends.ray.cluster import RaySettings, check_fits, ray_session
-from orchestrator.plan.dag import Unit
+from orchestrator.plan.unit import Unit
 from orchestrator.run.processes import process_start
 from orchestrator.run.progress import Progress, unit_summary
 from orchestrator.run.rundir import RunDir
+from orchestrator.run.states import State
 
 LAUNCHER_FILE = "launcher.json"
 CANCEL_FILE = "cancel-requested"
@@ -57,23 +58,6 @@ def ray_dir(rundir: RunDir) -> Path:
 # --- inside a trial (a Ray worker process) ---------------------------------------------------
 
 
-@contextmanager
-def _output_to(path: Path) -> Iterator[None]:
-    """Send this process's stdout/stderr (file descriptors too) to `path` for the block."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    saved = [os.dup(1), os.dup(2)]
-    with open(path, "ab", buffering=0) as log:
-        try:
-            os.dup2(log.fileno(), 1)
-            os.dup2(log.fileno(), 2)
-            yield
-        finally:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-
-
 def _metrics(rundir: RunDir, unit_id: str, state: str) -> dict[str, Any]:
     table = rundir.store.read("runs", {unit_id})
     accuracy = float(table.column("test_accuracy")[0].as_py()) if table is not None else math.nan
@@ -86,13 +70,15 @@ def make_trainable(runner: Runner) -> Callable[[dict[str, Any]], None]:
     def run_unit_trial(config: dict[str, Any]) -> None:
         from ray import tune
 
+        from orchestrator.run.worker import output_to
+
         unit_id, run_dir = config["unit_id"], config["run_dir"]
         context = tune.get_context()
         os.environ["FER_SCHEDULER"] = "ray"
         os.environ["FER_JOB_ID"] = f"{config['experiment']}/{context.get_trial_id()}"
         rundir = RunDir(Path(run_dir))
         try:
-            with _output_to(rundir.unit_dir(unit_id) / "ray.log"):
+            with output_to(rundir.unit_log(unit_id, "ray")):
                 use_threads(int(config.get("threads") or 1))  # an actor may be reused
                 state = runner(run_dir, unit_id)
         except Exception as exc:
@@ -117,7 +103,7 @@ class LauncherRecord:
         self.active: dict[str, str] = {}
 
     def open(self, unit_ids: list[str]) -> None:
-        self.active = dict.fromkeys(unit_ids, PENDING)
+        self.active = dict.fromkeys(unit_ids, State.PENDING)
         self._write()
 
     def set(self, unit_id: str, state: str | None) -> None:
@@ -204,7 +190,7 @@ class RayBackend(Backend):
                             failed.add(unit.id)
                             launcher.set(unit.id, None)
                             progress.finished(unit, "blocked", blocker)
-                        elif _done(rundir, unit):  # never submit a done unit
+                        elif rundir.is_done(unit.id, unit.kind):  # never submit a done unit
                             launcher.set(unit.id, None)
                             progress.finished(unit, "done", "already done")
                         else:
@@ -252,8 +238,7 @@ class RayBackend(Backend):
         for dep in unit.deps:
             if dep in failed:
                 return "a dependency failed"
-            kind = by_id[dep].kind if dep in by_id else rundir.read_spec(dep)["kind"]
-            if not rundir.store.is_done(dep, kind):
+            if not rundir.is_done(dep, by_id[dep].kind if dep in by_id else None):
                 return f"dependency {dep} is not done"
         return ""
 
@@ -335,10 +320,6 @@ def _trial_name(trial: Any) -> str:
     return str(trial.config["unit_id"])
 
 
-def _done(rundir: RunDir, unit: Unit) -> bool:
-    return rundir.store.is_done(unit.id, unit.kind)
-
-
 def _trial_error(trial: Any) -> str:
     """The last line of a trial's error file (the exception), or a generic reason."""
     try:
@@ -389,7 +370,7 @@ def _unit_callback(
             return (tune.Callback, ())
 
         def on_trial_start(self, iteration, trials, trial, **info):
-            launcher.set(trial.config["unit_id"], RUNNING)
+            launcher.set(trial.config["unit_id"], State.RUNNING)
 
         def on_trial_recover(self, iteration, trials, trial, **info):
             unit = units[trial.config["unit_id"]]
@@ -411,7 +392,7 @@ def _unit_callback(
             if unit.id in self.finished:
                 return
             launcher.set(unit.id, None)
-            if _done(rundir, unit):
+            if rundir.is_done(unit.id, unit.kind):
                 self.finished.add(unit.id)
                 progress.finished(unit, "done", unit_summary(rundir, unit))
                 return

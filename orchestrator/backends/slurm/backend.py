@@ -48,7 +48,7 @@ from typing import Any
 
 from fer_core.errors import FerError
 from fer_core.io import atomic_write_text
-from orchestrator.backends.base import ACTIVE, CANCELLED, Backend
+from orchestrator.backends.base import Backend
 from orchestrator.backends.slurm.arrays import Array, dependency_of, plan_arrays
 from orchestrator.backends.slurm.control import (
     LIMIT_REFUSAL,
@@ -72,9 +72,10 @@ from orchestrator.backends.slurm.jobs import (
     unrecorded_jobs,
 )
 from orchestrator.backends.slurm.pack import plan_packs
-from orchestrator.plan.dag import Unit
+from orchestrator.plan.unit import Unit
 from orchestrator.run.progress import Progress, unit_summary
 from orchestrator.run.rundir import RunDir
+from orchestrator.run.states import ACTIVE, State
 
 # A timed-out job is requeued this many times at most (profile key `timeout_requeues`; each
 # run resumes from its last epoch, so a limit only stops a unit that cannot finish one epoch
@@ -167,7 +168,7 @@ class SlurmBackend(Backend):
         key = key or new_key()
         python = self.profile.get("python") or sys.executable
         executor = SlurmExecutor(
-            folder=array_folder(rundir, key),
+            folder=rundir.array_dir(key),
             max_num_timeout=int(self.profile.get("timeout_requeues", MAX_TIMEOUT_REQUEUES)),
             python=shlex.quote(str(python)),  # submitit puts it in the command line as is
         )
@@ -209,7 +210,7 @@ class SlurmBackend(Backend):
         todo = [
             u
             for u in units
-            if u.id not in adopted and u.id not in held and not _is_done(rundir, u.id)
+            if u.id not in adopted and u.id not in held and not rundir.is_done(u.id)
         ]
         per_job = int(self.profile.get("units_per_job", 1))
         packs = plan_packs(todo, per_job, {**earlier, **adopted})
@@ -249,9 +250,9 @@ class SlurmBackend(Backend):
         id. A refusal for a limit raises LimitReached; any other is one clear error."""
         tasks = [pack.units for pack in array.packs]
         key = new_key()
-        folder = array_folder(rundir, key)
+        folder = rundir.array_dir(key)
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(folder / "tasks.json", json_tasks(tasks))
+        atomic_write_text(rundir.array_tasks_path(key), json_tasks(tasks))
 
         def once() -> str:
             executor = self.executor(rundir, tasks, dependency, key)
@@ -268,7 +269,7 @@ class SlurmBackend(Backend):
                 raise FerError(
                     f"sbatch refused {array_job_name(tasks)} ({sum(map(len, tasks))} units): "
                     f"{message}; the arrays before it are queued and recorded in "
-                    f"{rundir.path / 'submissions.json'}; fix the profile (or the cluster) and "
+                    f"{rundir.submissions_path}; fix the profile (or the cluster) and "
                     f"re-launch"
                 ) from exc
             return str(jobs[0].job_id).partition("_")[0]
@@ -342,13 +343,13 @@ class SlurmBackend(Backend):
         ones, and the ids of the others (neither done, nor active, nor submitted now: they
         cannot be waited for)."""
         outside = {d for u in units for d in u.deps if d not in in_submission}
-        pending = {d for d in outside if not _is_done(rundir, d)}
+        pending = {d for d in outside if not rundir.is_done(d)}
         if not pending:
             return {}, set()
         states = self.states(rundir)
         records = rundir.submissions()
         active = {d: str(records[d]["job_id"]) for d in pending if states.get(d) in ACTIVE}
-        return active, pending - set(active) - {d for d in pending if _is_done(rundir, d)}
+        return active, pending - set(active) - {d for d in pending if rundir.is_done(d)}
 
     # --- waiting ----------------------------------------------------------------------------
     def wait(self, rundir: RunDir, units: list[Unit], waiting: list[Unit] | None = None) -> None:
@@ -413,11 +414,11 @@ class SlurmBackend(Backend):
     @staticmethod
     def _finished(rundir: RunDir, unit: Unit, state: str | None, job_units: list[Unit]) -> str:
         """done, blocked or failed: `unit`'s job (shared by `job_units`) has ended."""
-        if _is_done(rundir, unit.id):
+        if rundir.is_done(unit.id, unit.kind):
             return "done"
-        cancelled = state is not None and normalise_state(state) == CANCELLED
+        cancelled = state is not None and normalise_state(state) == State.CANCELLED
         deps = {dep for member in job_units for dep in member.deps}
-        if cancelled and any(not _is_done(rundir, dep) for dep in deps):
+        if cancelled and any(not rundir.is_done(dep) for dep in deps):
             # kill-on-invalid-dep: a parent of the job (of this unit, or of a unit packed
             # with it) failed or was cancelled
             return "blocked"
@@ -470,14 +471,6 @@ class SlurmBackend(Backend):
         return active
 
 
-def _is_done(rundir: RunDir, unit_id: str) -> bool:
-    try:
-        kind = rundir.read_spec(unit_id)["kind"]
-    except FerError:
-        return False
-    return rundir.store.is_done(unit_id, kind)
-
-
 def _remove_unsubmitted(folder: Path) -> None:
     """submitit's files for a submission sbatch refused: its temp script and pickled call."""
     for path in [*folder.glob(".submission_file_*.sh"), *folder.glob("*.pkl")]:
@@ -507,11 +500,6 @@ def _id_range(ids: list[str]) -> str:
 def new_key() -> str:
     """Names one array submission: its folder and its jobs' comment."""
     return uuid.uuid4().hex[:16]
-
-
-def array_folder(rundir: RunDir, key: str) -> Path:
-    """An array's submitit folder: its tasks' units, submission script, pickles and logs."""
-    return rundir.path / "arrays" / key
 
 
 def json_tasks(tasks: list[tuple[Unit, ...]]) -> str:

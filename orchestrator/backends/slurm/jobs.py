@@ -30,32 +30,33 @@ from submitit.helpers import Checkpointable
 
 from fer_core.errors import FerError
 from orchestrator.backends.slurm.control import Retry, slurm_call
+from orchestrator.run.states import State
 
 # SLURM job state (first word: "CANCELLED by 0" -> CANCELLED) -> backend state name.
 STATE_MAP = {
-    "PENDING": "pending",
-    "CONFIGURING": "pending",
-    "REQUEUED": "pending",
-    "REQUEUE_FED": "pending",
-    "REQUEUE_HOLD": "pending",
-    "RESIZING": "pending",
-    "SUSPENDED": "pending",
-    "STOPPED": "pending",
-    "RUNNING": "running",
-    "COMPLETING": "running",
-    "SIGNALING": "running",
-    "STAGE_OUT": "running",
-    "FAILED": "failed",
-    "TIMEOUT": "failed",
-    "OUT_OF_MEMORY": "failed",
-    "NODE_FAIL": "failed",
-    "BOOT_FAIL": "failed",
-    "SPECIAL_EXIT": "failed",
-    "CANCELLED": "cancelled",
-    "DEADLINE": "cancelled",
-    "PREEMPTED": "cancelled",  # a preempted job that was requeued shows REQUEUED/PENDING
-    "REVOKED": "cancelled",
-    "COMPLETED": "completed",
+    "PENDING": State.PENDING,
+    "CONFIGURING": State.PENDING,
+    "REQUEUED": State.PENDING,
+    "REQUEUE_FED": State.PENDING,
+    "REQUEUE_HOLD": State.PENDING,
+    "RESIZING": State.PENDING,
+    "SUSPENDED": State.PENDING,
+    "STOPPED": State.PENDING,
+    "RUNNING": State.RUNNING,
+    "COMPLETING": State.RUNNING,
+    "SIGNALING": State.RUNNING,
+    "STAGE_OUT": State.RUNNING,
+    "FAILED": State.FAILED,
+    "TIMEOUT": State.FAILED,
+    "OUT_OF_MEMORY": State.FAILED,
+    "NODE_FAIL": State.FAILED,
+    "BOOT_FAIL": State.FAILED,
+    "SPECIAL_EXIT": State.FAILED,
+    "CANCELLED": State.CANCELLED,
+    "DEADLINE": State.CANCELLED,
+    "PREEMPTED": State.CANCELLED,  # a preempted job that was requeued shows REQUEUED/PENDING
+    "REVOKED": State.CANCELLED,
+    "COMPLETED": State.COMPLETED,
 }
 DEFAULT_RETRY = Retry()
 
@@ -151,8 +152,9 @@ class PackJob(Checkpointable):
 
 def _pack_log(run_dir: str, unit_id: str) -> Path:
     """A packed unit's worker output, in its own unit folder."""
-    job = os.environ.get("SLURM_JOB_ID", "nojob")
-    return Path(run_dir) / "units" / unit_id / "slurm" / f"{job}_pack_log.out"
+    from orchestrator.run.rundir import RunDir  # here: keeps this module light
+
+    return RunDir(Path(run_dir)).pack_log(unit_id, os.environ.get("SLURM_JOB_ID", "nojob"))
 
 
 def _record_deaths(run_dir: str, codes: dict[str, int]) -> None:
@@ -188,7 +190,9 @@ def job_comment(run_dir: Path, key: str) -> str:
 def array_tasks(run_dir: Path, key: str) -> list[list[str]]:
     """Unit ids of each task of the array `key` ([] if its record is missing or unreadable)."""
     try:
-        tasks = json.loads((Path(run_dir) / "arrays" / key / "tasks.json").read_text())
+        from orchestrator.run.rundir import RunDir  # here: keeps this module light
+
+        tasks = json.loads(RunDir(Path(run_dir)).array_tasks_path(key).read_text())
     except (OSError, ValueError):
         return []
     return tasks if isinstance(tasks, list) else []
@@ -271,10 +275,10 @@ def unrecorded_jobs(
     return found
 
 
-def normalise_state(raw: str) -> str:
+def normalise_state(raw: str) -> State:
     """`CANCELLED by 0`, `CANCELLED+` -> `cancelled`; unknown states count as pending."""
     word = raw.split()[0].rstrip("+") if raw.strip() else "PENDING"
-    return STATE_MAP.get(word, "pending")
+    return STATE_MAP.get(word, State.PENDING)
 
 
 def _query(argv: list[str], retry: Retry) -> dict[str, str]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from orchestrator.backends.slurm.jobs import job_key
-from orchestrator.plan.dag import Unit
+from orchestrator.plan.unit import Unit
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from orchestrator.backends.slurm.arrays import dependency_of, plan_arrays
 from orchestrator.backends.slurm.backend import job_parameters
 from orchestrator.backends.slurm.pack import plan_packs
-from orchestrator.plan.dag import Unit
+from orchestrator.plan.unit import Unit
 from orchestrator.run.rundir import RunDir
 
 PER_ARRAY = ("job_name", "comment", "stderr_to_stdout", "array_parallelism", "setup")

@@ -8,9 +8,9 @@ import shutil
 import pytest
 
 from orchestrator.backends.local import LocalBackend
-from orchestrator.run import states as st
 from orchestrator.run.launch import launch
 from orchestrator.run.processes import process_start
+from orchestrator.run.states import State
 from orchestrator.run.status import status_rows
 from tests.conftest import SMALL_GRID
 
@@ -58,7 +58,7 @@ def test_forked_workers_log_to_their_unit_and_record_a_nameable_process(finished
     assert backend.states(rundir) == {}  # all exited
     me = {"backend": "local", "job_id": str(os.getpid())}
     rundir.record_submissions({train[0].id: {**me, "pid_start": process_start(os.getpid())}})
-    assert backend.states(rundir) == {train[0].id: st.RUNNING}
+    assert backend.states(rundir) == {train[0].id: State.RUNNING}
     rundir.record_submissions({train[0].id: {**me, "pid_start": "1"}})
     assert backend.states(rundir) == {}
 
@@ -82,15 +82,15 @@ def test_a_failed_unit_blocks_its_chain_and_a_relaunch_retries_only_that(finishe
 
     launch(str(changed), run_dir=rundir.path)
     rows = {r["name"]: r for r in status_rows(rundir, LocalBackend({}))}
-    assert rows["ckplus/f01/tiny/ce"]["state"] == st.FAILED_STATE
+    assert rows["ckplus/f01/tiny/ce"]["state"] == State.FAILED
     assert "faces.pt" in rows["ckplus/f01/tiny/ce"]["detail"]
-    assert rows["ckplus/f01/tiny/ce>focal"]["state"] == st.BLOCKED
-    assert rows["ckplus/prepare"]["state"] == st.DONE
+    assert rows["ckplus/f01/tiny/ce>focal"]["state"] == State.BLOCKED
+    assert rows["ckplus/prepare"]["state"] == State.DONE
 
     shutil.copy(backup, faces)
     launch(str(changed), run_dir=rundir.path)
     rows = status_rows(rundir, LocalBackend({}))
-    assert {r["state"] for r in rows} == {st.DONE}
+    assert {r["state"] for r in rows} == {State.DONE}
     attempts = {r["name"]: r["attempts"] for r in rows}
     assert attempts["ckplus/f01/tiny/ce"] == 2  # failed once, retried once
     assert attempts["ckplus/f01/tiny/ce>focal"] == 1  # blocked: never ran, then ran once

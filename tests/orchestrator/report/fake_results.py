@@ -17,7 +17,7 @@ from typing import Any
 
 from fer_core.checkpoints import BEST, DIGESTS
 from fer_core.config import StageConfig
-from orchestrator.plan.dag import Unit
+from orchestrator.plan.unit import Unit
 from orchestrator.run.rundir import RunDir
 
 CLASSES = {

@@ -15,9 +15,10 @@ import yaml
 from fer_core.checkpoints import BEST, recorded_digests, save
 from fer_core.io import sha256_file
 from orchestrator.cli import main
-from orchestrator.run import states as st
 from orchestrator.run.launch import launch
 from orchestrator.run.rundir import RunDir
+from orchestrator.run.states import State
+from orchestrator.run.status import unit_states
 from tests.conftest import tiny_ckplus
 
 GRID = """name: lineage
@@ -81,8 +82,8 @@ def test_a_swapped_best_pt_retrains_its_unit_and_the_chain_below(chain):
     before = _finished(rundir)
     first = rundir.work_dir(stages[1].id) / BEST
     shutil.copy(rundir.work_dir(stages[3].id) / BEST, first)  # loadable, but not its own
-    states = st.unit_states(rundir, rundir.read_dag(), None)
-    assert [states[stages[k].id] for k in (1, 2, 3)] == [st.TODO] * 3
+    states = unit_states(rundir, rundir.read_dag(), None)
+    assert [states[stages[k].id] for k in (1, 2, 3)] == [State.TODO] * 3
     output = _launch(grid, rundir.path)
     assert f"{stages[1].name} ({stages[1].id}): its {BEST} is not the file" in output
     assert f"{stages[3].name} ({stages[3].id}): its parent {stages[2].id} is retrained" in output
@@ -96,8 +97,8 @@ def test_an_unreadable_best_pt_in_the_middle_retrains_from_there_down(chain):
     before = _finished(rundir)
     middle = rundir.work_dir(stages[2].id) / BEST
     middle.write_bytes(middle.read_bytes()[:100])  # truncated
-    states = st.unit_states(rundir, rundir.read_dag(), None)
-    assert [states[stages[k].id] for k in (1, 2, 3)] == [st.DONE, st.TODO, st.TODO]
+    states = unit_states(rundir, rundir.read_dag(), None)
+    assert [states[stages[k].id] for k in (1, 2, 3)] == [State.DONE, State.TODO, State.TODO]
     _launch(grid, rundir.path)
     after = _finished(rundir)
     assert after[stages[1].id] == before[stages[1].id]

@@ -13,8 +13,8 @@ from PIL import Image
 from fer_core.data.faces import prepare_faces
 from fer_core.data.index import build_index
 from fer_core.progressbar import ProgressBar
-from orchestrator.run import states as st
 from orchestrator.run.progress import record_epoch, render, running_detail, watch
+from orchestrator.run.states import State
 from orchestrator.run.status import status_rows
 from orchestrator.run.tblog import EventWriter
 from tests.orchestrator.report.fake_results import make_run
@@ -106,7 +106,7 @@ def test_the_live_block_lists_running_units(tmp_path):
     fake = make_run(tmp_path / "run", datasets=("ckplus",), folds=(1,))
     rows = status_rows(fake.rundir, None)
     unit = rows[1]
-    rows[1] = {**unit, "state": st.RUNNING}
+    rows[1] = {**unit, "state": State.RUNNING}
     record_epoch(fake.rundir, unit["unit_id"], _epoch(1, 2.0), epochs=3)
     lines = render(fake.rundir, rows, width=80, elapsed=75)
     assert lines[0] == "3 units: done 2, running 1  (1m15s)"

@@ -32,7 +32,7 @@ from fer_core.errors import FerError
 from orchestrator.cli import main as cli_main
 from orchestrator.plan.profiles import load_profile
 from orchestrator.query import run_query
-from orchestrator.run.rundir import RunDir
+from orchestrator.run.rundir import TRIAL, RunDir
 from orchestrator.tune.nested import choose
 from orchestrator.tune.slurm import render_tune_sbatch
 from orchestrator.tune.space import STAGE1_LOSSES, STAGE2_LOSSES, load_tune
@@ -370,13 +370,14 @@ def test_stage_1_trains_once_per_fold_and_every_trial_starts_from_it(search_a):
         body = json.loads(split.read_text())
         assert body["spec"]["parent_id"] == parents[body["fold"]]
         assert body["spec"]["parent_dir"] == str(search_a.work_dir(parents[body["fold"]]))
+        assert search_a.read_spec(body["unit_id"])["kind"] == TRIAL  # run by the worker
         if body.get("parent_weights_sha"):
             seen.setdefault(body["fold"], set()).add(body["parent_weights_sha"])
     assert seen and all(len(shas) == 1 for shas in seen.values())
     # The final units: the chosen α/γ on each test fold, from that fold's stage 1.
     choice = _choice(search_a)
-    final = {r["unit_id"]: r for r in runs if r["stage"] == 2}
-    assert sorted(final[u]["fold"] for u in choice["final_units"].values()) == TEST_FOLDS
+    final = {r["unit_id"]: r for r in runs if r["unit_id"] in choice["final_units"].values()}
+    assert sorted(r["fold"] for r in final.values()) == TEST_FOLDS
     for row in final.values():
         assert row["parent_weights_sha"] == row["start_weights_sha"]
         assert row["selection"] == "inner" and row["gamma"] == pytest.approx(choice["gamma"])

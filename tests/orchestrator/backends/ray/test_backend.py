@@ -28,9 +28,9 @@ from orchestrator.backends.ray.cluster import (
 )
 from orchestrator.plan.dag import expand
 from orchestrator.plan.grid import load_grid
-from orchestrator.run import states as st
 from orchestrator.run.launch import launch
 from orchestrator.run.rundir import RunDir
+from orchestrator.run.states import State
 from orchestrator.run.status import status_rows
 from tests.conftest import ray_running, small_grid
 from tests.faults.common import Background, assert_grid_done_once
@@ -70,7 +70,7 @@ def test_the_launcher_record_reports_its_units_only_while_it_lives(tmp_path):
     assert backend.states(rundir) == {} and backend.cancel(rundir) == []
     record = LauncherRecord(rundir)
     record.open(["a", "b"])
-    record.set("a", st.RUNNING)
+    record.set("a", State.RUNNING)
     assert backend.states(rundir) == {"a": "running", "b": "pending"}
     record.close()
     assert backend.states(rundir) == {}
@@ -249,12 +249,12 @@ def test_failures_block_dependants_and_a_dead_trial_is_retried(
     )
     RayBackend(PROFILE, runner=fake_run).submit(rundir, [u for u in units if u.kind == "train"])
     states = {r["name"]: r for r in status_rows(rundir, RayBackend(PROFILE))}
-    assert states["ckplus/f01/tiny/ce"]["state"] == st.FAILED_STATE
+    assert states["ckplus/f01/tiny/ce"]["state"] == State.FAILED
     assert "scripted failure" in states["ckplus/f01/tiny/ce"]["detail"]
-    assert states["ckplus/f01/tiny/ce>focal"]["state"] == st.BLOCKED
-    assert states["ckplus/f02/tiny/ce"]["state"] == st.DONE  # died once, retried
-    assert states["ckplus/f02/tiny/ce>focal"]["state"] == st.DONE
-    assert states["ckplus/f02/tiny/focal"]["state"] == st.FAILED_STATE  # died every time
+    assert states["ckplus/f01/tiny/ce>focal"]["state"] == State.BLOCKED
+    assert states["ckplus/f02/tiny/ce"]["state"] == State.DONE  # died once, retried
+    assert states["ckplus/f02/tiny/ce>focal"]["state"] == State.DONE
+    assert states["ckplus/f02/tiny/focal"]["state"] == State.FAILED  # died every time
     assert "ray trial failed" in states["ckplus/f02/tiny/focal"]["detail"]
     counts = _counts(rundir, units)
     assert counts["ckplus/f01/tiny/ce"] == 1  # a unit that raised is not run again
@@ -284,7 +284,7 @@ def test_cancel_stops_a_running_launch_and_a_relaunch_resumes(
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             states = backend.states(rundir)
-            if st.RUNNING in states.values():
+            if State.RUNNING in states.values():
                 seen["states"] = states
                 seen["cancelled"] = backend.cancel(rundir)
                 return

@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 
 from fer_core.errors import FerError
-from orchestrator.backends import base
 from orchestrator.backends.slurm.arrays import dependency_of, plan_arrays
 from orchestrator.backends.slurm.backend import SlurmBackend, job_name, submission_text
 from orchestrator.backends.slurm.jobs import (
@@ -34,11 +33,13 @@ from orchestrator.backends.slurm.jobs import (
     tagged_jobs,
 )
 from orchestrator.backends.slurm.pack import plan_packs
-from orchestrator.plan.dag import Unit, expand
+from orchestrator.plan.dag import expand
 from orchestrator.plan.grid import load_grid
 from orchestrator.plan.profiles import DEFAULT_FILE, load_profile
+from orchestrator.plan.unit import Unit
 from orchestrator.run.launch import launch
 from orchestrator.run.rundir import RunDir
+from orchestrator.run.states import ACTIVE, State
 from orchestrator.run.status import status_rows
 
 REPO = Path(__file__).resolve().parents[4]
@@ -131,7 +132,7 @@ def _logs(rundir: RunDir | None) -> str:
 def all_finished(backend: SlurmBackend, rundir: RunDir) -> bool:
     states = backend.states(rundir)
     return len(states) == len(rundir.submissions()) and not any(
-        s in base.ACTIVE for s in states.values()
+        s in ACTIVE for s in states.values()
     )
 
 
@@ -171,18 +172,18 @@ def test_without_sbatch_the_backend_refuses_before_submitting(monkeypatch, tmp_p
 
 def test_every_slurm_state_maps_to_a_backend_state():
     assert set(STATE_MAP.values()) <= {
-        base.PENDING,
-        base.RUNNING,
-        base.FAILED,
-        base.CANCELLED,
-        base.COMPLETED,
+        State.PENDING,
+        State.RUNNING,
+        State.FAILED,
+        State.CANCELLED,
+        State.COMPLETED,
     }
-    assert normalise_state("CANCELLED by 0") == base.CANCELLED
-    assert normalise_state("REQUEUED") == base.PENDING
-    assert normalise_state("COMPLETING") == base.RUNNING
+    assert normalise_state("CANCELLED by 0") == State.CANCELLED
+    assert normalise_state("REQUEUED") == State.PENDING
+    assert normalise_state("COMPLETING") == State.RUNNING
     for failed in ("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL"):
-        assert normalise_state(failed) == base.FAILED
-    assert normalise_state("COMPLETED") == base.COMPLETED
+        assert normalise_state(failed) == State.FAILED
+    assert normalise_state("COMPLETED") == State.COMPLETED
 
 
 def _fake_slurm_tools(monkeypatch, tmp_path: Path) -> None:
@@ -300,7 +301,7 @@ def test_chain_runs_with_afterok_a_failure_blocks_and_relaunch_retries_that_chai
     assert rows[roles["s1f2"].id]["state"] == "failed"
     assert "work" in rows[roles["s1f2"].id]["detail"]
     assert rows[roles["s2f2"].id]["state"] == "blocked"
-    assert backend.states(rundir)[roles["s2f2"].id] == base.CANCELLED
+    assert backend.states(rundir)[roles["s2f2"].id] == State.CANCELLED
     prepare_log = next(run.glob(f"arrays/*/{prepare}_0_log.out"))
     assert prepare_log.stat().st_size > 0
 
@@ -355,9 +356,9 @@ def test_scancel_then_relaunch_resumes_and_preemption_requeues(tmp_path, cleanup
     subprocess.run(["scancel", job_id(rundir, stage1)], check=True)
     wait_until(lambda: all_finished(backend, rundir), 30, "the scancel", rundir)
     assert backend.states(rundir) == {
-        roles["prepare"].id: base.COMPLETED,
-        stage1.id: base.CANCELLED,
-        stage2.id: base.CANCELLED,
+        roles["prepare"].id: State.COMPLETED,
+        stage1.id: State.CANCELLED,
+        stage2.id: State.CANCELLED,
     }
     states = {r["unit_id"]: r["state"] for r in status_rows(rundir, backend)}
     assert (states[stage1.id], states[stage2.id]) == ("todo", "blocked")
@@ -423,7 +424,7 @@ def test_relaunch_after_a_partial_launch_and_cancel_touch_only_this_run(tmp_path
     ).stdout.strip()
     try:
         wait_until(
-            lambda: normalise_state(raw_states([other]).get(other, "")) == base.RUNNING,
+            lambda: normalise_state(raw_states([other]).get(other, "")) == State.RUNNING,
             60,
             "the other job to hold the node",
         )
@@ -476,12 +477,13 @@ def test_relaunch_after_a_partial_launch_and_cancel_touch_only_this_run(tmp_path
         assert "cancelled 3 units" in cancelled.stdout
         wait_until(
             lambda: (
-                [normalise_state(raw_states(ours).get(j, "")) for j in ours] == [base.CANCELLED] * 3
+                [normalise_state(raw_states(ours).get(j, "")) for j in ours]
+                == [State.CANCELLED] * 3
             ),
             60,
             "this run's jobs to be cancelled",
         )
-        assert normalise_state(raw_states([other])[other]) == base.RUNNING
+        assert normalise_state(raw_states([other])[other]) == State.RUNNING
         again = subprocess.run(
             [*cli, "cancel", "--run-dir", str(run)],
             capture_output=True,
@@ -523,11 +525,11 @@ def test_cancel_finds_a_job_a_killed_launch_did_not_record_and_only_in_its_run_d
     try:
         assert backend.cancel(runs[0]) == [units[0].id]
         wait_until(
-            lambda: normalise_state(raw_states(jobs[0]).get(jobs[0][0], "")) == base.CANCELLED,
+            lambda: normalise_state(raw_states(jobs[0]).get(jobs[0][0], "")) == State.CANCELLED,
             60,
             "the unrecorded job to be cancelled",
         )
-        assert normalise_state(raw_states(jobs[1])[jobs[1][0]]) in base.ACTIVE
+        assert normalise_state(raw_states(jobs[1])[jobs[1][0]]) in ACTIVE
     finally:
         assert backend.cancel(runs[1]) == [units[0].id]
 
