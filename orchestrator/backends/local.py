@@ -121,16 +121,19 @@ class LocalBackend(Backend):
         process = worker_context().Process(target=run_forked, args=args, name=unit.id)
         with self._start_lock:
             process.start()
-            record = {"job_id": str(process.pid), "pid_start": process_start(process.pid)}
+            pid = process.pid
+            assert pid is not None  # a started process has one
+            record = {"job_id": str(pid), "pid_start": process_start(pid)}
             rundir.record_submissions({unit.id: {"backend": self.name, **record}})
         process.join()
         code = process.exitcode
+        assert code is not None  # a joined process has one
         if code != 0 and rundir.failure(unit.id) is None and not rundir.is_done(unit.id, unit.kind):
             with contextlib.suppress(OSError, FerError):  # a full disk: the log has the cause
                 rundir.mark_failed(unit.id, death_reason(code, log_path))
         return code
 
-    def states(self, rundir: RunDir) -> dict[str, str]:
+    def states(self, rundir: RunDir) -> dict[str, State]:
         return {
             unit_id: State.RUNNING
             for unit_id, record in rundir.submissions().items()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from fer_core.loss_registry import LOSSES
 from orchestrator.report import significance as sig
@@ -162,8 +163,8 @@ def strategy_results(runs: Iterable[Mapping[str, Any]]) -> dict[tuple[Group, str
         result = out.setdefault(key, StrategyResult(*key))
         fold = int(row["fold"])
         unit = (fold, int(row.get("seed") or 0))
-        values.setdefault((*key, unit), []).append(100.0 * float(accuracy))
-        result.cells[unit] = float(np.mean(values[(*key, unit)]))
+        values.setdefault(key + (unit,), []).append(100.0 * float(accuracy))
+        result.cells[unit] = float(np.mean(values[key + (unit,)]))
         result.unit_ids.setdefault(fold, []).append(str(row["unit_id"]))
         result.n_test[fold] = int(row.get("n_test") or 0)
         if row.get("n_train"):
@@ -220,7 +221,7 @@ def paired_comparison(a: StrategyResult, b: StrategyResult) -> Paired:
     )
 
 
-def confusion_counts(labels: Sequence[int], predicted: Sequence[int], n_classes: int) -> np.ndarray:
+def confusion_counts(labels: ArrayLike, predicted: ArrayLike, n_classes: int) -> np.ndarray:
     """Counts, rows = ground truth, columns = prediction (the paper's Figs 3 and 5)."""
     flat = np.asarray(labels, dtype=np.int64) * n_classes + np.asarray(predicted, dtype=np.int64)
     return np.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)

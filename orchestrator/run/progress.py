@@ -17,6 +17,7 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any, TextIO
 
 from fer_core.io import atomic_write_text
@@ -69,7 +70,7 @@ def unit_summary(rundir: RunDir, unit: Unit) -> str:
     return f"test acc {row['test_accuracy']:.3f}, best epoch {row['best_epoch']}"
 
 
-def record_epoch(rundir: RunDir, unit_id: str, record: dict[str, Any], epochs: int) -> None:
+def record_epoch(rundir: RunDir, unit_id: str, record: Mapping[str, Any], epochs: int) -> None:
     """After an epoch (the worker's `on_epoch`): what the live view shows of this unit."""
     path = rundir.live_path(unit_id)
     seconds = [record["seconds"]]
@@ -164,7 +165,7 @@ class LiveView:
         self.thread = threading.Thread(target=self._loop, name="live-view", daemon=True)
 
     def __enter__(self) -> LiveView:
-        sys.stdout = self  # type: ignore[assignment]
+        sys.stdout = self
         self.thread.start()
         return self
 

@@ -11,17 +11,19 @@ A backend reports its jobs as pending, running, failed, cancelled or completed
 the run dir (failed) into a unit's state. One enum for both: a unit is running exactly when
 its job is, so the words they share are one value, not two constants that must be kept
 equal; cancelled and completed are scheduler words only (a unit is then failed, blocked,
-done or todo), done, blocked and todo are unit words only. A `StrEnum`: its members are
-their strings, so JSON, the status table and launcher records read as plain strings did.
+done or todo), done, blocked and todo are unit words only. A `str` enum whose `str()` is its
+value (what Python 3.11's StrEnum does; the project supports 3.10): JSON, f-strings, the
+status table and launcher records read as plain strings did.
 This module imports nothing else: a SLURM job's light modules use it (backends.slurm.jobs).
 """
 
 from __future__ import annotations
 
-from enum import StrEnum
+from collections.abc import Mapping
+from enum import Enum
 
 
-class State(StrEnum):
+class State(str, Enum):
     DONE = "done"
     RUNNING = "running"
     PENDING = "pending"
@@ -31,11 +33,14 @@ class State(StrEnum):
     CANCELLED = "cancelled"
     COMPLETED = "completed"
 
+    def __str__(self) -> str:
+        return self.value
+
 
 ORDER = (State.DONE, State.RUNNING, State.PENDING, State.FAILED, State.BLOCKED, State.TODO)
 ACTIVE = (State.PENDING, State.RUNNING)  # a job the scheduler still holds
 
 
-def counts(states: dict[str, State]) -> dict[State, int]:
+def counts(states: Mapping[str, str]) -> dict[State, int]:
     """How many units are in each state, in ORDER."""
     return {state: sum(1 for s in states.values() if s == state) for state in ORDER}

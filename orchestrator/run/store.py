@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -34,21 +34,27 @@ class Store:
     def path(self, table: str, unit_id: str) -> Path:
         return self.root / table / f"{unit_id}.parquet"
 
-    def write(self, table: str, unit_id: str, rows: list[dict[str, Any]]) -> Path:
+    def write(self, table: str, unit_id: str, rows: Sequence[Mapping[str, object]]) -> Path:
         """Replace `unit_id`'s rows of `table` atomically."""
         buffer = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(rows), buffer)
+        pq.write_table(pa.Table.from_pylist([dict(row) for row in rows]), buffer)
         path = self.path(table, unit_id)
         atomic_write_bytes(path, buffer.getvalue())
         return path
 
-    def write_unit(self, unit_id: str, result: dict[str, Any]) -> None:
+    def write_unit(
+        self,
+        unit_id: str,
+        run: Mapping[str, object],
+        predictions: Sequence[Mapping[str, object]],
+        epochs: Sequence[Mapping[str, object]],
+    ) -> None:
         """Store a training unit's result; `runs` last, so done implies complete. A unit that
         scored no test images (a tune trial) has no predictions file."""
-        if result["predictions"]:
-            self.write("predictions", unit_id, result["predictions"])
-        self.write("epochs", unit_id, result["epochs"])
-        self.write("runs", unit_id, [result["run"]])
+        if predictions:
+            self.write("predictions", unit_id, predictions)
+        self.write("epochs", unit_id, epochs)
+        self.write("runs", unit_id, [run])
 
     def files(self, table: str) -> list[Path]:
         folder = self.root / table

@@ -19,6 +19,7 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ class EventWriter:
                 handle.write(_record(Event(wall_time=time.time(), file_version="brain.Event:2")))
             handle.write(_record(event))
 
-    def epoch(self, record: dict[str, Any]) -> None:
+    def epoch(self, record: Mapping[str, Any]) -> None:
         """The scalars of one epoch record (`fer_core.train` history), at step = epoch."""
         values = [
             Summary.Value(tag=tag, simple_value=float(record[key]))

@@ -10,6 +10,7 @@ writes live.json and TensorBoard scalars after each epoch and its rows to the st
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
@@ -21,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from fer_core.errors import FerError
+from fer_core.records import EpochRecord
 from fer_core.spec import UnitSpec
 from orchestrator.plan.labels import SEPARATOR
 from orchestrator.run.progress import record_epoch
 from orchestrator.run.rundir import TRIAL, RunDir
 from orchestrator.run.tblog import EventWriter
 
-EpochHook = Callable[[dict[str, Any]], None]
+EpochHook = Callable[[EpochRecord], None]
 
 
 def scheduler_info() -> dict[str, Any]:
@@ -60,11 +62,12 @@ def prepare(spec: dict[str, Any]) -> dict[str, Any]:
 
     root = Path(spec["root"])
     if spec["synthetic"]:  # built atomically, reused when present with the same parameters
-        size = {"image_size": tuple(spec["image_size"])} if spec.get("image_size") else {}
+        custom = spec.get("image_size")
         if spec["dataset"] == "ckplus":
-            synth.write_ckplus_twin(root, synth.DEFAULT_ROSTER, **size)
+            size = (custom[0], custom[1]) if custom else synth.CKPLUS_SIZE
+            synth.write_ckplus_twin(root, synth.DEFAULT_ROSTER, size)
         else:
-            synth.write_oulu_twin(root, **size)
+            synth.write_oulu_twin(root, (custom[0], custom[1]) if custom else synth.OULU_SIZE)
     out_dir = Path(spec["out_dir"])
     index = build_index(spec["dataset"], root, manifest=spec["manifest"], n_folds=spec["n_folds"])
     index.write(out_dir / "index.parquet")
@@ -113,13 +116,14 @@ def run(run_dir: str | Path, unit_id: str, on_epoch: EpochHook | None = None) ->
                 on_epoch=_epoch_logger(rundir, unit_id, body, on_epoch),
                 score_test=body["kind"] != TRIAL,
             )
-            result["run"].update(
-                scheduler_info(),
-                worker_host=socket.gethostname(),
-                unit_label=body["name"],  # unique in the run (orchestrator.plan.labels)
-                variant=body["name"].partition(SEPARATOR)[2],  # the values telling it apart
-            )
-            rundir.store.write_unit(unit_id, result)
+            run_row = {
+                **result["run"],
+                **scheduler_info(),
+                "worker_host": socket.gethostname(),
+                "unit_label": body["name"],  # unique in the run (orchestrator.plan.labels)
+                "variant": body["name"].partition(SEPARATOR)[2],  # the values telling it apart
+            }
+            rundir.store.write_unit(unit_id, run_row, result["predictions"], result["epochs"])
     except (SystemExit, KeyboardInterrupt):
         raise
     except BaseException as exc:
@@ -144,7 +148,7 @@ def _epoch_logger(
     events = EventWriter(rundir.events_dir(body["kind"], body["name"], spec))
     epochs = int(spec["config"]["epochs"])
 
-    def on_epoch(record: dict[str, Any]) -> None:
+    def on_epoch(record: EpochRecord) -> None:
         events.epoch(record)
         record_epoch(rundir, unit_id, record, epochs)
         if extra is not None:
@@ -199,7 +203,8 @@ def run_forked(
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
         os.dup2(log, stream.fileno())
-        stream.reconfigure(line_buffering=True)  # as PYTHONUNBUFFERED: the log is live
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(line_buffering=True)  # as PYTHONUNBUFFERED: the log is live
     os.close(log)
     from fer_core.runtime import use_threads
 

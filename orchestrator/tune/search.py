@@ -53,7 +53,7 @@ def _scheduler_classes():
             for t, metric in read_history(
                 RunDir(Path(self._run_dir)).history_path(self._experiment, trial.trial_id)
             ):
-                bracket.on_result(trial, t, self._metric_op * metric)
+                bracket.on_result(trial, t, float(self._metric_op or 1.0) * metric)
 
     return ResumableASHA
 

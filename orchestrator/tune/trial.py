@@ -33,7 +33,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from fer_core.errors import FerError
 from fer_core.io import atomic_write_text
+from fer_core.records import EpochRecord
 from fer_core.runtime import use_threads
 from fer_core.spec import UnitSpec
 from orchestrator.plan.dag import content_id, train_spec
@@ -202,7 +204,7 @@ def train_splits(config, splits, stage2, rundir: RunDir, cid, report) -> list[fl
         body.setdefault("accuracies", [])
 
         def on_epoch(
-            record: dict[str, Any], body=body, position=position, split=split, path=split_path
+            record: EpochRecord, body=body, position=position, split=split, path=split_path
         ) -> None:
             accuracies = body["accuracies"][: record["epoch"] - 1] + [record["selection_accuracy"]]
             body["accuracies"] = accuracies
@@ -220,11 +222,12 @@ def train_splits(config, splits, stage2, rundir: RunDir, cid, report) -> list[fl
         rundir.write_spec(unit_id, TRIAL, trial_name(config, cid, split["fold"]), body["spec"])
         with output_to(rundir.unit_log(unit_id, "ray")):
             run(rundir.path, unit_id, on_epoch=on_epoch)
-        run_row = rundir.store.read("runs", {unit_id}).to_pylist()[0]
+        runs, epoch_rows = (rundir.store.read(table, {unit_id}) for table in ("runs", "epochs"))
+        if runs is None or epoch_rows is None:  # run() raised if the unit failed
+            raise FerError(f"unit {unit_id}: done, but its runs/epochs rows are missing")
+        run_row = runs.to_pylist()[0]
         body.update(
-            accuracies=[
-                e["selection_accuracy"] for e in rundir.store.read("epochs", {unit_id}).to_pylist()
-            ],
+            accuracies=[e["selection_accuracy"] for e in epoch_rows.to_pylist()],
             parent_weights_sha=run_row.get("parent_weights_sha"),
             start_weights_sha=run_row.get("start_weights_sha"),
             train_seconds=run_row.get("train_seconds"),

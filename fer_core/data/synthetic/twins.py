@@ -39,6 +39,8 @@ PARAMS_FILE = "SYNTHETIC.json"
 ROSTER_COLUMNS = ("subject", "sequence", "emotion_code")
 DEFAULT_ROSTER = Path(__file__).with_name("ckplus_roster.csv")  # the real 327 labelled sequences
 Size = tuple[int, int]  # (width, height), as PIL
+CKPLUS_SIZE: Size = (640, 490)  # the real sets' frame sizes
+OULU_SIZE: Size = (320, 240)
 Job = tuple[int, str, list[tuple[str, int]]]  # (subject number, subject, [(sequence, code)])
 
 
@@ -60,7 +62,7 @@ class TwinParams(_TwinParams, total=False):
 def write_ckplus_twin(
     out: str | Path,
     roster_csv: str | Path = DEFAULT_ROSTER,
-    image_size: Size = (640, 490),
+    image_size: Size = CKPLUS_SIZE,
     frames_per_sequence: tuple[int, int] = (7, 13),
     seed: int = 0,
     *,
@@ -90,7 +92,7 @@ def write_ckplus_twin(
 
 def write_oulu_twin(
     out: str | Path,
-    image_size: Size = (320, 240),
+    image_size: Size = OULU_SIZE,
     seed: int = 0,
     *,
     frames_per_sequence: tuple[int, int] = (6, 12),

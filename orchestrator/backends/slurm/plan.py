@@ -76,7 +76,7 @@ def _print_estimate(
         epochs["unit_id"].to_pylist(), epochs["seconds"].to_pylist(), strict=True
     ):
         if unit_id in backbone and seconds is not None:
-            per_backbone.setdefault(backbone[unit_id], []).append(seconds)
+            per_backbone.setdefault(str(backbone[unit_id]), []).append(seconds)
     measured = [u for u in units if u.kind == "train" and u.backbone in per_backbone]
     seconds = sum(mean(per_backbone[u.backbone]) * u.spec["config"]["epochs"] for u in measured)
     gpus = int(profile.get("gpus_per_job", 0)) / int(profile.get("units_per_job", 1))

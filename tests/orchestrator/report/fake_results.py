@@ -260,26 +260,20 @@ def _write_unit(rundir, unit_id, parent, cell: Cell, chain, stage, config, error
         "finished_at": 1_700_000_100.0 + fold,
     }
     run.update(extra)
-    rundir.store.write_unit(
-        unit_id,
+    epochs = [
         {
-            "run": run,
-            "predictions": _predictions(unit_id, dataset, fold, wrong),
-            "epochs": [
-                {
-                    "unit_id": unit_id,
-                    "epoch": e,
-                    "lr": 0.01,
-                    "train_loss": 1.0 / e,
-                    "train_accuracy": 0.5,
-                    "selection_accuracy": 0.5,
-                    "skipped_batches": 0,
-                    "seconds": 1.0,
-                }
-                for e in (1, 2, 3)
-            ],
-        },
-    )
+            "unit_id": unit_id,
+            "epoch": e,
+            "lr": 0.01,
+            "train_loss": 1.0 / e,
+            "train_accuracy": 0.5,
+            "selection_accuracy": 0.5,
+            "skipped_batches": 0,
+            "seconds": 1.0,
+        }
+        for e in (1, 2, 3)
+    ]
+    rundir.store.write_unit(unit_id, run, _predictions(unit_id, dataset, fold, wrong), epochs)
 
 
 def _drop_n_train(rundir: RunDir, unit_id: str) -> None:
