@@ -12,7 +12,7 @@ from orchestrator.run import states as st
 from orchestrator.run.launch import launch
 from orchestrator.run.processes import process_start
 from orchestrator.run.status import status_rows
-from tests.conftest import SMALL_GRID
+from tests.helpers import SMALL_GRID
 
 GRID = SMALL_GRID.replace("folds: [1]", "folds: [1, 2]").replace(
     'strategies: [ce, "ce>focal"]', 'strategies: [ce, "ce>focal", focal]'

@@ -18,7 +18,7 @@ from orchestrator.cli import main
 from orchestrator.run import states as st
 from orchestrator.run.launch import launch
 from orchestrator.run.rundir import RunDir
-from tests.conftest import tiny_ckplus
+from tests.helpers import tiny_ckplus
 
 GRID = """name: lineage
 seed: 0

@@ -36,8 +36,7 @@ from orchestrator.run.rundir import RunDir
 from orchestrator.tune.nested import choose
 from orchestrator.tune.slurm import render_tune_sbatch
 from orchestrator.tune.space import load_tune
-from tests.conftest import REPO, ray_running
-from tests.faults.common import Background, cli
+from tests.helpers import REPO, Background, cli, ray_running
 
 pytestmark = pytest.mark.usefixtures("ray_left_as_found")
 

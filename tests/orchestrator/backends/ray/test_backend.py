@@ -32,8 +32,7 @@ from orchestrator.run import states as st
 from orchestrator.run.launch import launch
 from orchestrator.run.rundir import RunDir
 from orchestrator.run.status import status_rows
-from tests.conftest import ray_running, small_grid
-from tests.faults.common import Background, assert_grid_done_once
+from tests.helpers import Background, assert_grid_done_once, ray_running, small_grid
 
 pytestmark = pytest.mark.usefixtures("ray_left_as_found")
 
