@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -312,6 +313,12 @@ def assert_grid_done_once(rundir: RunDir, epochs: int | dict[str, int]) -> dict[
         assert predictions is not None and predictions.num_rows == by_unit[unit.id]["n_test"]
         assert len(set(predictions.column("image_id").to_pylist())) == predictions.num_rows
     return by_unit
+
+
+def private_copy(rundir: RunDir, folder: Path) -> RunDir:
+    """A copy of a shared (module- or session-scoped) run dir that one test may change,
+    re-launch or break: the shared one stays as it was, whatever order the tests run in."""
+    return RunDir(Path(shutil.copytree(rundir.path, folder / rundir.path.name, symlinks=True)))
 
 
 def temp_files(folder: Path) -> list[Path]:

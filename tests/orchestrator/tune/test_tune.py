@@ -204,7 +204,7 @@ def test_slurm_renders_a_ray_cluster_script_that_runs_tune(grid, cluster_file, t
     assert "gpus_per_trial: 0.5" in text and "orchestrator launch" not in text
     command = text.rstrip().splitlines()[-2:]
     assert f"-m orchestrator tune --grid {grid}" in command[0]
-    assert "--cluster ray" in command[1] and "--samples 6 --data ckplus=/data/CK+" in command[1]
+    assert "--samples 6 --data ckplus=/data/CK+" in command[0] and "--cluster ray" in command[1]
 
 
 def test_slurm_submits_the_script_with_sbatch(grid, cluster_file, tmp_path, monkeypatch, capsys):
