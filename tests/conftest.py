@@ -1,16 +1,17 @@
-"""Shared fixtures: a small synthetic CK+ twin and its prepared face crops, built once; the small
-grid and the cluster profiles the backend tests launch with; a local Ray that a module's
-in-process launches and searches share."""
+"""Shared fixtures: a small synthetic CK+ twin and its prepared face crops, built once; the
+tests' cluster profiles as a file; a local Ray that a module's in-process launches and
+searches share. The plain helpers they use are in tests/helpers.py."""
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.helpers import CLUSTER, CROP, SMALL_IMAGE, ray_running
 
 # One thread per test process: the suite shares 2 cores with the worker processes that the
 # backend tests start, and oversubscribed torch threads slow a tiny CNN down ~10x.
@@ -18,10 +19,6 @@ torch.set_num_threads(1)
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-REPO = Path(__file__).resolve().parent.parent
-SMALL_IMAGE = (160, 120)  # the twin's frame size in tests (real CK+: 640 x 490)
-CROP = 48
 
 
 @pytest.fixture(scope="session")
@@ -47,104 +44,12 @@ def twin_faces(twin_root, tmp_path_factory) -> Path:
     return out
 
 
-def write_grid(path: Path, body: str) -> Path:
-    path.write_text(body)
-    return path
-
-
-# --- a small grid ------------------------------------------------------------------------------
-GRID_TEMPLATE = """
-name: {name}
-seed: 0
-folds: {folds}
-datasets:
-  {dataset}:
-    kind: ckplus
-{source}
-    crop_size: {crop}
-    detector: center
-    focal: {{alpha: 0.25, gamma: 0.0}}
-backbones:
-  tiny: {{weights: none, input_size: {crop}}}
-experiments:
-  - backbones: [tiny]
-    strategies: {strategies}
-train: {train}
-"""
-
-
-def small_grid(
-    name: str = "small",
-    folds: str = "[1]",
-    strategies: str = '[ce, "ce>focal"]',
-    root: Path | None = None,
-    image_size: tuple[int, int] = (96, 72),
-    crop: int = 32,
-    dataset: str = "ckplus",
-    epochs: int = 2,
-    **train: object,
-) -> str:
-    """The text of a small grid on CK+ (tiny CNN): the twin at `root`, or, without one, the
-    synthetic twin its prepare unit writes at `image_size`. Kept as text, not dumped YAML, so
-    that tests can edit it by string replacement."""
-    if root is None:
-        source = f"    synthetic: true\n    image_size: [{image_size[0]}, {image_size[1]}]"
-    else:
-        source = f"    root: {root}"
-    settings = {"epochs": epochs, "lr_step_epoch": max(1, epochs - 1), "batch_size": 32, **train}
-    return GRID_TEMPLATE.format(
-        name=name,
-        folds=folds,
-        dataset=dataset,
-        source=source,
-        crop=crop,
-        strategies=strategies,
-        train="{" + ", ".join(f"{k}: {v}" for k, v in settings.items()) + "}",
-    )
-
-
-SMALL_GRID = small_grid()
-
-
-# --- cluster profiles and a shared local Ray ---------------------------------------------------
-CLUSTER = """
-local:
-  backend: local
-  jobs: 2
-  threads_per_job: 1
-ray:
-  backend: ray
-  address: null
-  num_cpus: 2
-  cpus_per_trial: 1
-  gpus_per_trial: 0
-  connect_timeout_s: 5
-dead:
-  backend: ray
-  address: "127.0.0.1:1"
-  connect_timeout_s: 5
-slurm:
-  backend: slurm
-  partition: gpu
-  gpus_per_job: 4
-  cpus_per_job: 16
-  time_min: 120
-  setup: ["module load cuda/12.4"]
-"""
-
-
 @pytest.fixture(scope="session")
 def cluster_file(tmp_path_factory) -> Path:
     """CLUSTER as a cluster.yaml: the tests' own profiles, whatever the shipped file says."""
     path = tmp_path_factory.mktemp("cluster") / "cluster.yaml"
     path.write_text(CLUSTER)
     return path
-
-
-def ray_running() -> bool:
-    """Whether this process is connected to a Ray (without importing Ray to find out)."""
-    ray = sys.modules.get("ray")
-    return ray is not None and ray.is_initialized()
 
 
 @pytest.fixture(scope="module")
@@ -172,23 +77,3 @@ def ray_left_as_found() -> Iterator[None]:
     before = ray_running()
     yield
     assert ray_running() == before
-
-
-# --- a tiny CK+ tree on disk (for data identity and lineage tests) -----------------------------
-def tiny_ckplus(root: Path, subjects: int = 6, size: int = 40) -> Path:
-    """A CK+-layout tree: `subjects` subjects, one labelled 3-frame sequence each (labels
-    cycle through the classes), noise images of `size` px; quick to index, crop and train."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for s in range(1, subjects + 1):
-        sequence = root / f"cohn-kanade-images/S{s:03d}/001"
-        sequence.mkdir(parents=True, exist_ok=True)
-        for f in (1, 2, 3):
-            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(sequence / f"S{s:03d}_001_{f:08d}.png")
-        emotion = root / f"Emotion/S{s:03d}/001/S{s:03d}_001_00000003_emotion.txt"
-        emotion.parent.mkdir(parents=True, exist_ok=True)
-        emotion.write_text(f"   {s % 7 + 1}.0000000e+00\n")
-    return root

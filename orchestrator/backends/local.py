@@ -57,6 +57,7 @@ class LocalBackend(Backend):
         pending = list(units)
         failed: set[str] = set()
         running: dict[Future, Unit] = {}
+        told: set[str] = set()  # units said to wait on a worker of an earlier launch
         progress = Progress(len(units))
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             while pending or running:
@@ -75,6 +76,13 @@ class LocalBackend(Backend):
                         continue
                     blocker = self._outside_blocker(rundir, unit, by_id)
                     if blocker == WAIT:
+                        if unit.id not in told:
+                            told.add(unit.id)
+                            print(
+                                f"{unit.name} waits for a dependency still running from an "
+                                "earlier launch",
+                                flush=True,
+                            )
                         continue
                     if blocker:
                         pending.remove(unit)

@@ -1,18 +1,16 @@
 """`tune --cluster slurm`: the search on a Ray cluster started inside one SLURM allocation.
 
 The sbatch script comes from `orchestrator.backends.ray.cluster.render_ray_sbatch` (a Ray head
-on the first node, a worker on each other node, a cluster profile pointing at the head), with
-its final command running `tune --cluster ray` instead of `launch`. Inside the allocation the
-stage-1 units, the trials and the final units all run on that Ray cluster. The run dir must
-be on a file system every node sees. Submitting the same script again (or `tune` again)
+on the first node, a worker on each other node, a cluster profile pointing at the head), its
+command `tune --cluster ray` with this search's grid, run dir and options. Inside the
+allocation the stage-1 units, the trials and the final units all run on that Ray cluster. The
+run dir must be on a file system every node sees. Submitting the same script again (or `tune` again)
 resumes: units and trials that finished are kept.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import shlex
 import subprocess
 import sys
 import time
@@ -31,10 +29,6 @@ if TYPE_CHECKING:
 
 SCRIPT = "ray-slurm.sbatch"
 SBATCH_TIMEOUT_S = 60
-_LAUNCH = re.compile(
-    r"-m orchestrator launch --grid (?P<grid>\S+) --run-dir (?P<run>\S+) \\\n"
-    r"\s*--cluster ray --cluster-file \"\$cluster_file\""
-)
 
 
 def render_tune_sbatch(
@@ -48,9 +42,15 @@ def render_tune_sbatch(
 ) -> str:
     """The sbatch text: Ray head + workers in the allocation, then `tune --cluster ray`."""
     gpus = int(profile.get("gpus_per_job", 0))
-    text = render_ray_sbatch(
-        spec.grid.name,  # names the job; the command below gets the grid's path
+    command = ["tune", "--grid", str(spec.path), "--run-dir", str(run_dir)]
+    if samples is not None:
+        command += ["--samples", str(samples)]
+    for pair in data or []:
+        command += ["--data", pair]
+    return render_ray_sbatch(
+        f"fer-ray-{spec.grid.name}",
         str(run_dir),
+        command,
         nodes=nodes,
         cpus_per_node=int(profile.get("cpus_per_job", 1)),
         gpus_per_node=gpus,
@@ -64,22 +64,6 @@ def render_tune_sbatch(
         python=profile.get("python") or sys.executable,
         connect_timeout_s=float(trial_profile.get("connect_timeout_s", 60)),
     )
-    grid = shlex.quote(str(spec.path))
-    extra = f" --samples {samples}" if samples is not None else ""
-    extra += "".join(f" --data {shlex.quote(pair)}" for pair in data or [])
-    text, count = _LAUNCH.subn(
-        lambda m: (
-            f"-m orchestrator tune --grid {grid} --run-dir {m['run']} \\\n"
-            f'  --cluster ray --cluster-file "$cluster_file"{extra}'
-        ),
-        text,
-    )
-    if count != 1:
-        raise FerError(
-            "tune --cluster slurm: the Ray sbatch template of orchestrator.backends.ray.cluster "
-            "no longer ends with the launch command this module rewrites; update tune_slurm.py"
-        )
-    return text
 
 
 def submit_tune_job(

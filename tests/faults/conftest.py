@@ -12,7 +12,7 @@ import pytest
 from orchestrator.plan.dag import expand
 from orchestrator.plan.grid import load_grid
 from orchestrator.run.rundir import RunDir
-from tests.faults.common import study_grid
+from tests.helpers import study_grid
 
 
 @pytest.fixture(scope="session")

@@ -14,11 +14,11 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 from orchestrator.cli import main
 from orchestrator.run.rundir import RunDir
+from tests.helpers import alive, wait_until
 
 
 def die_at(when: str, n: int) -> None:
@@ -42,18 +42,8 @@ def stop_slurmctld() -> None:
     state = Path(os.environ.get("FER_SLURM_STATE", "/var/lib/fer-slurm"))
     pid = int((state / "run" / "slurmctld.pid").read_text().strip())
     os.kill(pid, signal.SIGTERM)
-    while _alive(pid):  # its state saved and its port closed
-        time.sleep(0.1)
+    wait_until(lambda: not alive(pid), 120, "slurmctld to exit (its state saved, its port closed)")
     print(f"launch_child: stopped slurmctld (pid {pid})", flush=True)
-
-
-def _alive(pid: int) -> bool:
-    """Running, not a zombie (PID 1 here reaps late)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 if __name__ == "__main__":

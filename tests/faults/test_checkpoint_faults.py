@@ -23,8 +23,8 @@ from orchestrator.backends.local import LocalBackend
 from orchestrator.run import worker
 from orchestrator.run.rundir import RunDir
 from orchestrator.run.status import status_rows
-from tests.faults.common import REPO, assert_grid_done_once, cli_env, prepare_run, temp_files
 from tests.faults.crash_child import model_for, train
+from tests.helpers import REPO, assert_grid_done_once, cli_env, prepare_run, temp_files
 
 
 def _child(*args: str) -> subprocess.CompletedProcess:

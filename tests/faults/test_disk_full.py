@@ -23,8 +23,8 @@ from orchestrator.backends.local import LocalBackend
 from orchestrator.run import worker
 from orchestrator.run.status import status_rows
 from orchestrator.run.store import Store
-from tests.faults.common import assert_grid_done_once, prepare_run, temp_files
 from tests.faults.crash_child import train
+from tests.helpers import assert_grid_done_once, prepare_run, temp_files
 
 MOUNT_SIZE = 8 << 20
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 
 import pytest
 import torch
@@ -18,14 +17,15 @@ from fer_core.unit import run_unit
 from orchestrator.backends.local import LocalBackend
 from orchestrator.run.rundir import RunDir
 from orchestrator.run.status import status_rows
-from tests.faults.common import (
+from tests.helpers import (
     Background,
     alive,
     assert_grid_done_once,
     cli,
     epochs_done,
-    roles,
+    launched_roles,
     temp_files,
+    wait_mid_training,
     wait_until,
 )
 
@@ -46,15 +46,8 @@ def test_sigkill_mid_epoch_then_relaunch_resumes_from_the_last_epoch(study, tmp_
     first = Background(*_launch_args(grid, run), cwd=tmp_path, name="first")
     rundir = RunDir(run)
     try:
-        wait_until(lambda: (run / "dag.json").is_file(), 120, "the DAG", explain=first.output)
-        unit = roles(rundir.read_dag())["s1f1"]
-        wait_until(
-            lambda: 2 <= epochs_done(rundir, unit.id) < epochs - 1,
-            240,
-            "epoch 2 of the unit",
-            interval=0.05,
-            explain=first.output,
-        )
+        unit = launched_roles(run, first)["s1f1"]
+        wait_mid_training(rundir, unit.id, 2, epochs - 1, 240, explain=first.output)
         pid = int(rundir.submissions()[unit.id]["job_id"])
         os.kill(pid, signal.SIGKILL)
         done_at_kill = epochs_done(rundir, unit.id)
@@ -103,26 +96,24 @@ def test_launcher_sigkilled_mid_grid_then_relaunch_neither_duplicates_nor_jumps_
     first = Background(*_launch_args(grid, run), cwd=tmp_path, name="first")
     rundir = RunDir(run)
     try:
-        wait_until(lambda: (run / "dag.json").is_file(), 120, "the DAG", explain=first.output)
-        unit = roles(rundir.read_dag())
-        wait_until(
-            lambda: 1 <= epochs_done(rundir, unit["s1f1"].id) < epochs - 1,
-            240,
-            "stage 1 epoch 1",
-            interval=0.05,
-            explain=first.output,
-        )
+        unit = launched_roles(run, first)
+        wait_mid_training(rundir, unit["s1f1"].id, 1, epochs - 1, 240, explain=first.output)
         os.kill(first.pid, signal.SIGKILL)  # the launcher only: its worker is orphaned
         first.process.wait(30)
         worker = int(rundir.submissions()[unit["s1f1"].id]["job_id"])
         assert alive(worker), "the stage-1 worker should outlive its launcher"
-        # Hold the orphan still while the re-launch decides, so that stage 1 is surely
-        # unfinished then: a re-launch that jumped ahead would start stage 2 meanwhile.
+        # Hold the orphan still until the re-launch has decided on stage 2 (it says that it
+        # waits), so that stage 1 is surely unfinished then: a re-launch that jumped ahead
+        # would start stage 2 instead, and never say so.
         os.kill(worker, signal.SIGSTOP)
         try:
             again = Background(*_launch_args(grid, run), cwd=tmp_path, name="again")
-            wait_until(lambda: "submitting" in again.output(), 120, "the re-launch")
-            time.sleep(3)
+            waits = f"{unit['s2f1'].name} waits for a dependency still running"
+            wait_until(
+                lambda: waits in again.output() or unit["s2f1"].id in rundir.submissions(),
+                120,
+                "the re-launch to decide on stage 2",
+            )
             assert unit["s2f1"].id not in rundir.submissions(), "stage 2 started too early"
         finally:
             os.kill(worker, signal.SIGCONT)

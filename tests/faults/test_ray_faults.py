@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from orchestrator.run.rundir import RunDir
-from tests.faults.common import (
+from tests.helpers import (
     Background,
     assert_grid_done_once,
     epochs_done,
-    roles,
+    launched_roles,
     study_grid,
-    wait_until,
+    wait_mid_training,
 )
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -87,16 +87,9 @@ def killed_trial_run(prepared_template, twin_root, cluster_file, tmp_path_factor
     facts: dict = {}
     try:
         since = _start_ticks(launcher.pid)
-        wait_until(lambda: (run / "dag.json").is_file(), 120, "the DAG", explain=launcher.output)
-        unit = roles(rundir.read_dag())["s1f1"]
+        unit = launched_roles(run, launcher)["s1f1"]
         log = rundir.unit_dir(unit.id) / "ray.log"
-        wait_until(
-            lambda: 2 <= epochs_done(rundir, unit.id) < EPOCHS - 2,
-            300,
-            "epoch 2 in the trial",
-            interval=0.1,
-            explain=launcher.output,
-        )
+        wait_mid_training(rundir, unit.id, 2, EPOCHS - 2, 300, explain=launcher.output)
         facts["listeners"] = ray_listeners(since)
         pids = trial_processes(log)
         assert len(pids) == 1, pids

@@ -19,6 +19,7 @@ from fer_core.data.faces import FaceSet
 from fer_core.errors import FerError
 from orchestrator.plan.grid import load_grid
 from orchestrator.plan.profiles import load_profile
+from tests.helpers import SMALL_GRID, fake_slurm_tools, sbatch_script
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCES = sorted(p for d in ("fer_core", "orchestrator") for p in (REPO / d).rglob("*.py"))
@@ -175,16 +176,14 @@ def test_slurm_values_are_single_argv_items_even_when_unvalidated(tmp_path, monk
     """Defence in depth: even a value that slipped past validation is one quoted #SBATCH
     option (a newline, which quoting cannot tame, is refused by validation above), and the
     unit's name becomes a job name of safe characters."""
-    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
-    (tmp_path / "sbatch").write_text("#!/bin/sh\nexit 1\n")
-    (tmp_path / "sbatch").chmod(0o755)
-    from orchestrator.backends.slurm.backend import SlurmBackend, job_name, submission_text
+    fake_slurm_tools(monkeypatch, tmp_path)
+    from orchestrator.backends.slurm.backend import SlurmBackend, job_name
     from orchestrator.plan.unit import Unit
     from orchestrator.run.rundir import RunDir
 
     unit = Unit("u1", "train", "x; rm -rf ~/f01/tiny/ce", "x", (), {}, 1, 1, "tiny", "ce")
     backend = SlurmBackend({"partition": "debug; touch /tmp/pwned", "time_min": 5})
-    text = submission_text(backend.executor(RunDir(tmp_path / "run"), [(unit,)]))
+    text = sbatch_script(backend.executor(RunDir(tmp_path / "run"), [(unit,)]))
     partition = [line for line in text.splitlines() if "--partition" in line]
     assert partition == ["#SBATCH --partition='debug; touch /tmp/pwned'"]  # one quoted value
     assert not any(line.startswith("touch") for line in text.splitlines())
@@ -194,8 +193,6 @@ def test_slurm_values_are_single_argv_items_even_when_unvalidated(tmp_path, monk
 # --- names from a grid stay inside the run dir ------------------------------------------------
 @pytest.mark.parametrize("name", ["../../escape", "a/b", ".hidden", "x y", "ck;rm"])
 def test_a_dataset_name_cannot_leave_the_run_dir(tmp_path, name):
-    from tests.conftest import SMALL_GRID
-
     grid = tmp_path / "grid.yaml"
     grid.write_text(SMALL_GRID.replace("  ckplus:\n", f"  '{name}':\n"))
     with pytest.raises(FerError, match="dataset name"):

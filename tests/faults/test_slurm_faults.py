@@ -36,17 +36,23 @@ from orchestrator.backends.slurm.jobs import (
 from orchestrator.plan.profiles import load_profile
 from orchestrator.run.launch import launch
 from orchestrator.run.rundir import RunDir
-from orchestrator.run.states import ACTIVE, State
+from orchestrator.run.states import State
 from orchestrator.run.status import status_rows
-from tests.faults.common import (
+from tests.helpers import (
     REPO,
     alive,
     assert_grid_done_once,
     cli,
     cli_env,
     epochs_done,
+    job_logs,
+    node_held,
     prepare_run,
     roles,
+    scontrol_job,
+    slurm_finished,
+    wait_mid_training,
+    wait_requeued_to_end,
     wait_until,
 )
 
@@ -59,31 +65,6 @@ pytestmark = [
     ),
 ]
 
-CLUSTER = """
-test:
-  backend: slurm
-  partition: debug
-  cpus_per_job: 1
-  mem_gb: 1
-  time_min: 10
-short:                    # USR2 asked for 90 s before the end: seen 1-60 s into a job here
-  backend: slurm
-  partition: debug
-  cpus_per_job: 1
-  mem_gb: 1
-  time_min: 2
-  timeout_requeues: 40    # as many runs as a slow machine needs (the count is not the point)
-packed:                   # two units per job, one CPU thread each
-  backend: slurm
-  partition: debug
-  cpus_per_job: 2
-  mem_gb: 2
-  time_min: 10
-  units_per_job: 2
-"""
-# slurmd refuses a job whose credential is not newer (in whole seconds) than the revocation
-# at its requeue ("Job credential revoked": the job fails), so a release waits this long.
-REQUEUE_GAP_S = 1.5
 # sacct -S without -s leaves out a job cancelled before it started (never eligible); with -s
 # it needs -E too (else the window ends where it starts, and only squeue's jobs are seen).
 SACCT_STATES = "PD,R,RQ,RS,S,CA,CD,F,TO,OOM,NF,PR,DL,BF"
@@ -91,91 +72,50 @@ SLURMD_PID = Path(os.environ.get("FER_SLURM_STATE", "/var/lib/fer-slurm")) / "ru
 
 
 @pytest.fixture
-def slurm_study(study, tmp_path):
-    """study(...) on a dataset named for this test, plus its cluster file and a cleanup that
+def slurm_study(study, cluster_file):
+    """study(...) on a dataset named for this test, plus the cluster file and a cleanup that
     cancels whatever the run dir still has queued (pass or fail)."""
-    cluster = tmp_path / "cluster.yaml"
-    cluster.write_text(CLUSTER)
     made: list[Path] = []
 
     def make(**kwargs):
         dataset = "ck" + uuid.uuid4().hex[:8]
         grid, run = study(dataset=dataset, **kwargs)
         made.append(run)
-        return grid, run, cluster, time.time()
+        return grid, run, cluster_file, time.time()
 
     yield make
     for run in made:
         with contextlib.suppress(Exception):
-            SlurmBackend(load_profile("test", cluster)).cancel(RunDir(run))
+            SlurmBackend(load_profile("test", cluster_file)).cancel(RunDir(run))
 
 
-def scontrol_job(job: str) -> str:
-    done = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True)
-    return done.stdout
+def sacct(since: float, fields: str) -> list[str]:
+    """`sacct` lines (`|`-separated `fields`) of every job since `since`, in any state."""
+    start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since - 5))
+    argv = ["sacct", "-X", "-n", "-P", "-S", start, "-E", "now", "-s", SACCT_STATES, "-o", fields]
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.splitlines()
 
 
-def release_if_held(job: str) -> None:
-    """A requeued job waits ~120 s (BeginTime) before it may start again: start it now, but
-    not within the second of its requeue (REQUEUE_GAP_S)."""
-    info = scontrol_job(job)
-    if "JobState=PENDING" in info and "Reason=BeginTime" in info:
-        time.sleep(REQUEUE_GAP_S)
-        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=False)
-
-
-def finished(backend: SlurmBackend, rundir: RunDir) -> bool:
-    states = backend.states(rundir)
-    return len(states) == len(rundir.submissions()) and not any(
-        s in ACTIVE for s in states.values()
-    )
+def squeue(fields: str) -> list[str]:
+    """`squeue` lines (`|`-separated %-`fields`) of every job the controller still knows."""
+    argv = ["squeue", "-h", "-r", "-t", "all", "-o", fields]
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.splitlines()
 
 
 def jobs_per_unit(rundir: RunDir, since: float) -> Counter:
     """How many SLURM jobs (array tasks) each unit of `rundir` had: the controller's (squeue,
     which knows a job the moment sbatch returns) and the accounting's (sacct, since `since`),
     by task id, mapped to units by the run dir's tag and array key in the job's comment."""
-    start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since - 5))
-    queries = (
-        ["squeue", "-h", "-r", "-t", "all", "-o", "%i|%k"],
-        [
-            "sacct",
-            "-X",
-            "-n",
-            "-P",
-            "-S",
-            start,
-            "-E",
-            "now",
-            "-s",
-            SACCT_STATES,
-            "-o",
-            "JobID,Comment",
-        ],
-    )
     prefix = run_tag(rundir.path) + ":"
     keys: dict[str, str] = {}
-    for argv in queries:
-        done = subprocess.run(argv, capture_output=True, text=True, check=True)
-        for line in done.stdout.splitlines():
-            job, _, comment = line.strip().partition("|")
-            if comment.startswith(prefix):
-                keys.update(dict.fromkeys(expand_job_ids(job), comment[len(prefix) :]))
+    for line in squeue("%i|%k") + sacct(since, "JobID,Comment"):
+        job, _, comment = line.strip().partition("|")
+        if comment.startswith(prefix):
+            keys.update(dict.fromkeys(expand_job_ids(job), comment[len(prefix) :]))
     counts: Counter = Counter()
     for job, key in keys.items():
         counts.update(array_tasks(rundir.path, key)[max(job_key(job)[1], 0)])
     return counts
-
-
-def explain(rundir: RunDir):
-    def tail() -> str:
-        parts = []
-        for log in sorted(rundir.path.glob("arrays/*/*_log.out")):
-            lines = log.read_text(errors="replace").splitlines()[-6:]
-            parts.append(f"\n--- {log.relative_to(rundir.path)}\n" + "\n".join(lines))
-        return "".join(parts)
-
-    return tail
 
 
 def _assert_jobs_match_the_record(rundir: RunDir, since: float) -> None:
@@ -206,23 +146,11 @@ def test_scontrol_requeue_resumes_the_same_job_from_its_last_epoch(slurm_study):
     backend = SlurmBackend(load_profile("test", cluster))
     unit = roles(rundir.read_dag())["s1f1"]
     job = str(rundir.submissions()[unit.id]["job_id"])
-    wait_until(
-        lambda: 2 <= epochs_done(rundir, unit.id) < epochs - 2,
-        240,
-        "epoch 2",
-        interval=0.1,
-        explain=explain(rundir),
-    )
+    wait_mid_training(rundir, unit.id, 2, epochs - 2, 240, explain=job_logs(rundir))
     subprocess.run(["scontrol", "requeue", job], check=True)
     at_requeue = epochs_done(rundir, unit.id)
     wait_until(lambda: "Restarts=1" in scontrol_job(job), 60, "the requeue")
-    wait_until(
-        lambda: release_if_held(job) or finished(backend, rundir),
-        300,
-        "the requeued job",
-        interval=1,
-        explain=explain(rundir),
-    )
+    wait_requeued_to_end(backend, rundir, job, 300, "the requeued job")
     row = assert_grid_done_once(rundir, epochs)[unit.id]
     assert row["requeues"] == 1 and row["job_id"] == job
     assert row["resumed_from_epoch"] >= at_requeue
@@ -239,13 +167,7 @@ def test_a_job_hitting_its_time_limit_is_checkpointed_requeued_and_completes(slu
     backend = SlurmBackend(load_profile("short", cluster))
     unit = roles(rundir.read_dag())["s1f1"]
     job = str(rundir.submissions()[unit.id]["job_id"])
-    wait_until(
-        lambda: release_if_held(job) or finished(backend, rundir),
-        1200,
-        "the unit to finish across requeues",
-        interval=1,
-        explain=explain(rundir),
-    )
+    wait_requeued_to_end(backend, rundir, job, 1200, "the unit to finish across requeues")
     assert rundir.failure(unit.id) is None, rundir.failure(unit.id)
     row = assert_grid_done_once(rundir, epochs)[unit.id]
     log = "".join(p.read_text() for p in rundir.path.glob(f"arrays/*/{job}_*log.out"))
@@ -272,13 +194,7 @@ def test_slurmd_killed_under_running_jobs_then_restarted_the_grid_completes(slur
     rundir = launch(str(grid), cluster="test", cluster_file=cluster, run_dir=run)
     backend = SlurmBackend(load_profile("test", cluster))
     unit = roles(rundir.read_dag())
-    wait_until(
-        lambda: 1 <= epochs_done(rundir, unit["s1f1"].id) < epochs - 2,
-        240,
-        "stage 1 epoch 1",
-        interval=0.1,
-        explain=explain(rundir),
-    )
+    wait_mid_training(rundir, unit["s1f1"].id, 1, epochs - 2, 240, explain=job_logs(rundir))
     pid = int(SLURMD_PID.read_text().strip())
     try:
         os.kill(pid, signal.SIGKILL)
@@ -289,7 +205,7 @@ def test_slurmd_killed_under_running_jobs_then_restarted_the_grid_completes(slur
             lambda: epochs_done(rundir, unit["s1f1"].id) > before,
             120,
             "an epoch to end while slurmd is down",
-            explain=explain(rundir),
+            explain=job_logs(rundir),
         )
     finally:
         up = subprocess.run(
@@ -299,16 +215,8 @@ def test_slurmd_killed_under_running_jobs_then_restarted_the_grid_completes(slur
             timeout=180,
         )
     assert up.returncode == 0, up.stdout + up.stderr
-    wait_until(
-        lambda: (
-            release_if_held(str(rundir.submissions()[unit["s1f1"].id]["job_id"]))
-            or finished(backend, rundir)
-        ),
-        300,
-        "the jobs after the slurmd restart",
-        interval=1,
-        explain=explain(rundir),
-    )
+    job = str(rundir.submissions()[unit["s1f1"].id]["job_id"])
+    wait_requeued_to_end(backend, rundir, job, 300, "the jobs after the slurmd restart")
     again = cli(
         "launch", "--grid", grid, "--cluster", "test", "--cluster-file", cluster,
         "--run-dir", run, "--wait", cwd=run.parent, timeout=400,
@@ -385,31 +293,11 @@ def test_launcher_killed_between_sbatch_and_its_record_does_not_duplicate_the_jo
 def jobs_of(dataset: str, since: float) -> set[str]:
     """The ids of every SLURM job whose name carries `dataset` (this test's own), from the
     controller and the accounting."""
-    start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since - 5))
-    queries = (
-        ["squeue", "-h", "-t", "all", "-o", "%i|%j"],
-        [
-            "sacct",
-            "-X",
-            "-n",
-            "-P",
-            "-S",
-            start,
-            "-E",
-            "now",
-            "-s",
-            SACCT_STATES,
-            "-o",
-            "JobID,JobName",
-        ],
-    )
     jobs = set()
-    for argv in queries:
-        done = subprocess.run(argv, capture_output=True, text=True, check=True)
-        for line in done.stdout.splitlines():
-            job, _, name = line.strip().partition("|")
-            if dataset in name:
-                jobs.add(job)
+    for line in squeue("%i|%j") + sacct(since, "JobID,JobName"):
+        job, _, name = line.strip().partition("|")
+        if dataset in name:
+            jobs.add(job)
     return jobs
 
 
@@ -432,7 +320,11 @@ def test_packed_units_a_failure_keeps_its_siblings_results_and_relaunch_runs_onl
     info = scontrol_job(job["s2f1"])
     assert f"Dependency=afterok:{job['s1f1']}" in info and "KillOInInvalidDependent=Yes" in info
     wait_until(
-        lambda: finished(backend, rundir), 180, "the packs", interval=1, explain=explain(rundir)
+        lambda: slurm_finished(backend, rundir),
+        180,
+        "the packs",
+        interval=1,
+        explain=job_logs(rundir),
     )
     states = {row["unit_id"]: row["state"] for row in status_rows(rundir, backend)}
     assert [states[unit[k].id] for k in ("s1f1", "s1f2", "s2f1")] == ["done"] * 3
@@ -481,26 +373,10 @@ def submit_limit(jobs: int):
 
 
 def array_tasks_in_sacct(rundir: RunDir, since: float) -> list[str]:
-    start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since - 5))
-    argv = [
-        "sacct",
-        "-X",
-        "-n",
-        "-P",
-        "-S",
-        start,
-        "-E",
-        "now",
-        "-s",
-        SACCT_STATES,
-        "-o",
-        "JobID,Comment",
-    ]
-    done = subprocess.run(argv, capture_output=True, text=True, check=True)
     tag = run_tag(rundir.path) + ":"
     return [
         job
-        for job, _, comment in (line.partition("|") for line in done.stdout.splitlines())
+        for job, _, comment in (line.partition("|") for line in sacct(since, "JobID,Comment"))
         if comment.startswith(tag) and "_" in job
     ]
 
@@ -528,9 +404,10 @@ def test_a_grid_larger_than_the_submit_limit_tops_up_until_done(slurm_study, tmp
 
 
 def test_slurmctld_stopped_mid_submission_the_launch_retries_and_completes(slurm_study, tmp_path):
-    """Fault: slurmctld stops right after the first array of a launch was recorded, for ~20 s.
-    Expect: the next sbatch (and squeue/sacct while waiting) fail to reach it and are retried
-    with backoff; once it is back the launch completes the grid; one job per unit."""
+    """Fault: slurmctld stops right after the first array of a launch was recorded, until the
+    launch has found it gone. Expect: the next sbatch (and squeue/sacct while waiting) fail to
+    reach it and are retried with backoff; once it is back the launch completes the grid; one
+    job per unit."""
     grid, run, cluster, since = slurm_study(strategies='[ce, "ce>focal"]', folds="[1, 2]", epochs=1)
     args = ["launch", "--grid", grid, "--cluster", "test", "--cluster-file", cluster]
     out = tmp_path / "launch.out"
@@ -542,7 +419,7 @@ def test_slurmctld_stopped_mid_submission_the_launch_retries_and_completes(slurm
         )  # fmt: skip
     try:
         wait_until(lambda: "stopped slurmctld" in out.read_text(), 120, "the controller to stop")
-        time.sleep(20)  # the outage itself, not a wait for an event
+        wait_until(lambda: "retrying in" in out.read_text(), 180, "the launch to retry")
     finally:
         up = subprocess.run(
             ["bash", str(REPO / "scripts" / "local_slurm.sh"), "up"],
@@ -569,13 +446,7 @@ def test_a_first_launch_killed_mid_submission_then_cancel_cancels_every_job_it_s
     that array's record (the node is held by someone else's job, so nothing of ours starts).
     Expect: profile.json was written before the first sbatch, so `cancel` asks SLURM (not the
     local backend), and cancels every job the launch submitted, recorded or not."""
-    other = subprocess.run(
-        ["sbatch", "--parsable", "-p", "debug", "--exclusive", "--mem=100M", "-J", "not-ours",
-         "-o", str(tmp_path / "not-ours.out"), "--wrap", "sleep 300"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    try:
-        wait_until(lambda: "JobState=RUNNING" in scontrol_job(other), 60, "the node to be held")
+    with node_held(tmp_path):
         grid, run, cluster, _ = slurm_study(strategies='[ce, "ce>focal"]', folds="[1, 2]", epochs=1)
         killed = _killed_launch("before-record", 2, grid, cluster, run)
         assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -593,5 +464,3 @@ def test_a_first_launch_killed_mid_submission_then_cancel_cancels_every_job_it_s
             60,
             "every job of the killed launch to be cancelled",
         )
-    finally:
-        subprocess.run(["scancel", other], check=False)

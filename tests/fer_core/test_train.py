@@ -18,7 +18,7 @@ from fer_core.errors import FerError
 from fer_core.models import build_model
 from fer_core.train import score, train_stage
 from fer_core.unit import stage_data
-from tests.conftest import CROP
+from tests.helpers import CROP
 
 CPU = torch.device("cpu")
 

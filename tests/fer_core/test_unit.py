@@ -16,7 +16,7 @@ from fer_core.errors import FerError
 from fer_core.provenance import git_commit
 from fer_core.spec import UnitSpec
 from fer_core.unit import run_unit
-from tests.conftest import CROP
+from tests.helpers import CROP
 
 
 def _spec(twin_faces, unit_id, stage, loss, parent=None, parent_dir=None, **config) -> UnitSpec:

@@ -27,7 +27,7 @@ from fer_core.models import BACKBONES, FerNet, TinyCNN
 from fer_core.models.backbones import VGG_FACE_MEAN_RGB
 from fer_core.models.vgg_face_import import import_vgg_face
 from fer_core.models.weights import resolve_pretrained
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 # VGG-16's blocks of 3 x 3 convolutions, each followed by a 2 x 2 max-pool; widths shrunk.
 BLOCKS = ((2, 2), (3, 3), (4, 4, 4), (4, 4, 4), (5, 5, 5))

@@ -522,13 +522,3 @@ def _waiting_note(waiting: list[Unit], limits: Limits, queued: int) -> str:
         return ""
     limit = f"{limits.source}, {queued} of your jobs were queued" if limits.source else "a limit"
     return f"; {len(waiting)} units wait for room ({limit})"
-
-
-def submission_text(executor: Any, tasks: int = 1) -> str:
-    """The sbatch file `executor` would write for an array of `tasks`, without submitting."""
-    from submitit.slurm.slurm import _make_sbatch_string  # submitit has no public preview
-
-    params = {**executor.parameters, **({"map_count": tasks} if tasks > 1 else {})}
-    return _make_sbatch_string(
-        command=executor._submitit_command_str, folder=executor.folder, **params
-    )

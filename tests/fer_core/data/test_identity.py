@@ -15,7 +15,7 @@ from fer_core.data.faces import prepare_faces
 from fer_core.data.identity import dataset_identity
 from fer_core.data.index import build_index
 from fer_core.digest_cache import DigestCache
-from tests.conftest import tiny_ckplus
+from tests.helpers import tiny_ckplus
 
 IMAGE = "cohn-kanade-images/S002/001/S002_001_00000003.png"
 EMOTION = "Emotion/S002/001/S002_001_00000003_emotion.txt"

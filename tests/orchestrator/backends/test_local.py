@@ -1,4 +1,7 @@
-"""The local backend end to end on a small grid: rows, resume, no-op, failure and retry."""
+"""The local backend end to end on a small grid: rows, resume, no-op, failure and retry.
+
+`finished_run` is launched once and shared: tests only read it; a test that records,
+re-launches or breaks something does so in its own copy (`private_copy`)."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from orchestrator.run.launch import launch
 from orchestrator.run.processes import process_start
 from orchestrator.run.states import State
 from orchestrator.run.status import status_rows
-from tests.conftest import SMALL_GRID
+from tests.helpers import SMALL_GRID, private_copy
 
 GRID = SMALL_GRID.replace("folds: [1]", "folds: [1, 2]").replace(
     'strategies: [ce, "ce>focal"]', 'strategies: [ce, "ce>focal", focal]'
@@ -43,11 +46,11 @@ def test_every_unit_lands_once_with_the_right_rows(finished_run):
     assert all(r["parent_weights_sha"] == r["start_weights_sha"] for r in stage2)
 
 
-def test_forked_workers_log_to_their_unit_and_record_a_nameable_process(finished_run):
+def test_forked_workers_log_to_their_unit_and_record_a_nameable_process(finished_run, tmp_path):
     """Workers are forked from a pre-loaded server, yet each writes its own log (as the
     command `python -m orchestrator.run.worker` would) and its record names exactly one process:
     the same pid with another start time (a recycled pid) is not that worker."""
-    _, rundir = finished_run
+    rundir = private_copy(finished_run[1], tmp_path)
     records = rundir.submissions()
     train = [u for u in rundir.read_dag() if u.kind == "train"]
     for unit in train:
@@ -63,8 +66,8 @@ def test_forked_workers_log_to_their_unit_and_record_a_nameable_process(finished
     assert backend.states(rundir) == {}
 
 
-def test_relaunching_a_finished_grid_is_a_no_op(finished_run, capsys):
-    grid, rundir = finished_run
+def test_relaunching_a_finished_grid_is_a_no_op(finished_run, capsys, tmp_path):
+    grid, rundir = finished_run[0], private_copy(finished_run[1], tmp_path)
     before = {p: p.stat().st_mtime_ns for p in rundir.store.files("runs")}
     launch(str(grid), run_dir=rundir.path)
     assert "nothing to submit" in capsys.readouterr().out
@@ -72,7 +75,7 @@ def test_relaunching_a_finished_grid_is_a_no_op(finished_run, capsys):
 
 
 def test_a_failed_unit_blocks_its_chain_and_a_relaunch_retries_only_that(finished_run, tmp_path):
-    grid, rundir = finished_run
+    rundir = private_copy(finished_run[1], tmp_path)
     changed = tmp_path / "grid.yaml"  # same data unit, new trainings (3 epochs)
     changed.write_text(GRID.replace("epochs: 2", "epochs: 3"))
     faces = next(rundir.path.glob("data/ckplus/*/faces.pt"))
@@ -99,7 +102,7 @@ def test_a_failed_unit_blocks_its_chain_and_a_relaunch_retries_only_that(finishe
 def test_a_run_dir_of_another_grid_is_refused(finished_run, tmp_path):
     from fer_core.errors import FerError
 
-    _, rundir = finished_run
+    rundir = private_copy(finished_run[1], tmp_path)
     other = tmp_path / "other.yaml"
     other.write_text(GRID.replace("name: small", "name: other"))
     with pytest.raises(FerError, match="holds results of grid 'small'"):

@@ -10,7 +10,7 @@ from fer_core.errors import FerError
 from orchestrator.plan.dag import expand, summary
 from orchestrator.plan.grid import load_grid
 from orchestrator.plan.overrides import expand_plan, load_grids
-from tests.conftest import SMALL_GRID
+from tests.helpers import SMALL_GRID
 
 
 def _paper_units(tmp_path: Path):

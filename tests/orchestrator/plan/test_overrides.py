@@ -13,7 +13,7 @@ from orchestrator.plan.grid import load_grid
 from orchestrator.plan.labels import distinct_names, label_parts
 from orchestrator.plan.overrides import expand_plan, load_grids, parse_settings, split_values
 from orchestrator.run.rundir import RunDir
-from tests.conftest import SMALL_GRID
+from tests.helpers import SMALL_GRID
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 
 from fer_core.data.synthetic.twins import DEFAULT_ROSTER, write_ckplus_twin, write_oulu_twin
 from fer_core.models import BACKBONES
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def _launch(*args: str, cwd: Path, torch_home: Path) -> subprocess.CompletedProcess:

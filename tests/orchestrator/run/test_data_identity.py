@@ -16,7 +16,7 @@ from orchestrator.cli import main
 from orchestrator.plan.dag import expand
 from orchestrator.plan.grid import load_grid
 from orchestrator.run.launch import launch
-from tests.conftest import tiny_ckplus
+from tests.helpers import tiny_ckplus
 
 DATASET = """  {name}:
     kind: {kind}

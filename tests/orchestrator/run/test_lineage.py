@@ -19,7 +19,7 @@ from orchestrator.run.launch import launch
 from orchestrator.run.rundir import RunDir
 from orchestrator.run.states import State
 from orchestrator.run.status import unit_states
-from tests.conftest import tiny_ckplus
+from tests.helpers import tiny_ckplus
 
 GRID = """name: lineage
 seed: 0

@@ -18,7 +18,7 @@ from fer_core.errors import FerError
 from orchestrator.run.launch import launch
 from orchestrator.run.rundir import TRIAL, RunDir
 from orchestrator.tune.trial import SPLIT_FILE, config_id, train_splits, unit_spec
-from tests.conftest import SMALL_GRID
+from tests.helpers import SMALL_GRID
 
 
 @pytest.fixture(scope="module")

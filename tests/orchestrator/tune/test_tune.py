@@ -36,8 +36,7 @@ from orchestrator.run.rundir import TRIAL, RunDir
 from orchestrator.tune.nested import choose
 from orchestrator.tune.slurm import render_tune_sbatch
 from orchestrator.tune.space import STAGE1_LOSSES, STAGE2_LOSSES, load_tune
-from tests.conftest import REPO, ray_running
-from tests.faults.common import Background, cli
+from tests.helpers import REPO, Background, cli, ray_running
 
 pytestmark = pytest.mark.usefixtures("ray_left_as_found")
 
@@ -210,7 +209,7 @@ def test_slurm_renders_a_ray_cluster_script_that_runs_tune(grid, cluster_file, t
     assert "gpus_per_trial: 0.5" in text and "orchestrator launch" not in text
     command = text.rstrip().splitlines()[-2:]
     assert f"-m orchestrator tune --grid {grid}" in command[0]
-    assert "--cluster ray" in command[1] and "--samples 6 --data ckplus=/data/CK+" in command[1]
+    assert "--samples 6 --data ckplus=/data/CK+" in command[0] and "--cluster ray" in command[1]
 
 
 def test_slurm_submits_the_script_with_sbatch(grid, cluster_file, tmp_path, monkeypatch, capsys):

@@ -32,8 +32,7 @@ from orchestrator.run.launch import launch
 from orchestrator.run.rundir import RunDir
 from orchestrator.run.states import State
 from orchestrator.run.status import status_rows
-from tests.conftest import ray_running, small_grid
-from tests.faults.common import Background, assert_grid_done_once
+from tests.helpers import Background, assert_grid_done_once, ray_running, small_grid
 
 pytestmark = pytest.mark.usefixtures("ray_left_as_found")
 
@@ -118,10 +117,11 @@ def test_settings_take_the_profile_with_defaults():
     assert resolve_local_head("10.0.0.5:6379") == ("10.0.0.5:6379", False)
 
 
-def test_the_slurm_sbatch_starts_a_head_then_workers_then_launches():
+def test_the_slurm_sbatch_starts_a_head_then_workers_then_runs_the_command():
     text = render_ray_sbatch(
-        "paper",
+        "fer-ray-paper",
         "/shared/runs/paper",
+        ["tune", "--grid", "paper.yaml", "--data", "ckplus=/my data"],
         nodes=3,
         cpus_per_node=16,
         gpus_per_node=4,
@@ -133,10 +133,11 @@ def test_the_slurm_sbatch_starts_a_head_then_workers_then_launches():
     assert "#SBATCH --nodes=3" in text and "#SBATCH --gpus-per-node=4" in text
     assert "#SBATCH --partition=gpu" in text and "module load cuda/12.4" in text
     head = text.index("--head")
-    assert head < text.index('--address="$head_ip:$port"') < text.index("orchestrator launch")
+    assert head < text.index('--address="$head_ip:$port"') < text.index("orchestrator tune")
     assert "gpus_per_trial: 0.5" in text and "--cluster ray" in text
+    assert "--data 'ckplus=/my data'" in text  # each argument one shell word
     with pytest.raises(FerError):
-        render_ray_sbatch("paper", "/x", nodes=0)
+        render_ray_sbatch("fer-ray-paper", "/x", ["tune"], nodes=0)
 
 
 # --- a real local Ray, a scripted fake worker ---------------------------------------------------

@@ -10,21 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from fer_core.errors import FerError
 from orchestrator.backends.slurm.arrays import dependency_of, plan_arrays
-from orchestrator.backends.slurm.backend import SlurmBackend, job_name, submission_text
+from orchestrator.backends.slurm.backend import SlurmBackend, job_name
 from orchestrator.backends.slurm.jobs import (
     STATE_MAP,
     normalise_state,
@@ -41,8 +39,24 @@ from orchestrator.run.launch import launch
 from orchestrator.run.rundir import RunDir
 from orchestrator.run.states import ACTIVE, State
 from orchestrator.run.status import status_rows
+from tests.helpers import (
+    CLUSTER,
+    REPO,
+    cli,
+    fake_slurm_tools,
+    job_logs,
+    node_held,
+    prepare_run,
+    roles,
+    sbatch_script,
+    scontrol_job,
+    slurm_finished,
+    small_grid,
+    wait_mid_training,
+    wait_requeued_to_end,
+    wait_until,
+)
 
-REPO = Path(__file__).resolve().parents[4]
 GOLDEN = Path(__file__).parent / "golden" / "sbatch_slurm_profile.txt"
 
 needs_slurm = pytest.mark.skipif(
@@ -50,117 +64,34 @@ needs_slurm = pytest.mark.skipif(
     reason="no sbatch on PATH: start the one-node SLURM with `sudo scripts/local_slurm.sh up`",
 )
 
-GRID = """
-name: {name}
-seed: 0
-folds: {folds}
-datasets:
-  ckplus:
-    kind: ckplus
-{source}
-    crop_size: {crop}
-    detector: center
-    focal: {{alpha: 0.25, gamma: 0.0}}
-backbones:
-  tiny: {{weights: none, input_size: {crop}}}
-experiments:
-  - backbones: [tiny]
-    strategies: [ce, "ce>focal"]
-train: {{epochs: {epochs}, lr_step_epoch: 1, batch_size: 32}}
-"""
-CLUSTER = """
-test:
-  backend: slurm
-  partition: debug
-  cpus_per_job: 1
-  mem_gb: 1
-  time_min: 10
-"""
-
 
 def write_study(
-    tmp: Path,
-    name: str,
-    folds: str = "[1]",
-    epochs: int = 2,
-    crop: int = 32,
-    root: Path | None = None,
-) -> tuple[Path, Path]:
-    """A grid on the synthetic CK+ twin: generated inside the prepare job, or at `root`."""
-    if root is None:
-        source = "    synthetic: true\n    image_size: [64, 48]"
-    else:
-        source = f"    root: {root}"
-    grid = tmp / f"{name}.yaml"
-    grid.write_text(GRID.format(name=name, folds=folds, epochs=epochs, crop=crop, source=source))
-    cluster = tmp / "cluster.yaml"
-    cluster.write_text(CLUSTER)
-    return grid, cluster
+    tmp: Path, name: str, folds: str = "[1]", epochs: int = 2, crop: int = 32, **grid
+) -> Path:
+    """A grid file on the synthetic CK+ twin: generated inside the prepare job, or at `root`."""
+    path = tmp / f"{name}.yaml"
+    path.write_text(
+        small_grid(name=name, folds=folds, epochs=epochs, crop=crop, image_size=(64, 48), **grid)
+    )
+    return path
 
 
 def units_by_role(grid: Path, run: Path) -> dict[str, Unit]:
-    """'prepare', 's1f1', 's2f1', ... for the units of a test grid."""
-    roles = {}
-    for unit in expand(load_grid(str(grid)), run):
-        roles["prepare" if unit.kind == "prepare" else f"s{unit.stage}f{unit.fold}"] = unit
-    return roles
-
-
-def wait_until(
-    predicate, timeout: float, what: str, rundir: RunDir | None = None, interval: float = 0.5
-):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}" + _logs(rundir))
-
-
-def _logs(rundir: RunDir | None) -> str:
-    """The tail of every job log of a run dir, to explain a timeout."""
-    if rundir is None:
-        return ""
-    parts = []
-    for log in sorted(rundir.path.glob("arrays/*/*_log.out")):
-        lines = log.read_text(errors="replace").splitlines()[-8:]
-        parts.append(f"\n--- {log.relative_to(rundir.path)}\n" + "\n".join(lines))
-    return "".join(parts)
-
-
-def all_finished(backend: SlurmBackend, rundir: RunDir) -> bool:
-    states = backend.states(rundir)
-    return len(states) == len(rundir.submissions()) and not any(
-        s in ACTIVE for s in states.values()
-    )
+    return roles(expand(load_grid(str(grid)), run))
 
 
 def job_id(rundir: RunDir, unit: Unit) -> str:
     return str(rundir.submissions()[unit.id]["job_id"])
 
 
-def scontrol_job(job: str) -> str:
-    return subprocess.run(
-        ["scontrol", "show", "job", job], capture_output=True, text=True, check=True
-    ).stdout
-
-
-def epochs_done(rundir: RunDir, unit: Unit) -> int:
-    try:
-        return int(json.loads((rundir.work_dir(unit.id) / "progress.json").read_text())["epoch"])
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
 @pytest.fixture
-def cleanup():
+def cleanup(cluster_file):
     """Cancel whatever the test's run dirs still have queued, pass or fail."""
     rundirs: list[RunDir] = []
     yield rundirs.append
     for rundir in rundirs:
         with contextlib.suppress(Exception):  # the cluster may be the thing that broke
-            SlurmBackend(load_profile("test", rundir.path.parent / "cluster.yaml")).cancel(rundir)
+            SlurmBackend(load_profile("test", cluster_file)).cancel(rundir)
 
 
 # --- no cluster needed --------------------------------------------------------------------
@@ -186,23 +117,13 @@ def test_every_slurm_state_maps_to_a_backend_state():
     assert normalise_state("COMPLETED") == State.COMPLETED
 
 
-def _fake_slurm_tools(monkeypatch, tmp_path: Path) -> None:
-    """sbatch/srun stand-ins on PATH: the sbatch text is rendered, never submitted."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for tool in ("sbatch", "srun"):
-        (bin_dir / tool).write_text("#!/bin/sh\nexit 99\n")
-        (bin_dir / tool).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-
-
 def _normalised(text: str, rundir: RunDir) -> str:
     text = text.replace(str(rundir.path), "RUN_DIR").replace(run_tag(rundir.path), "RUN_TAG")
     return text.replace(sys.executable, "PYTHON")
 
 
 def test_sbatch_text_of_the_slurm_profile_matches_the_golden_file(monkeypatch, tmp_path):
-    _fake_slurm_tools(monkeypatch, tmp_path)
+    fake_slurm_tools(monkeypatch, tmp_path)
     profile = load_profile("slurm", DEFAULT_FILE)
     profile.pop("backend")
     profile["setup"] = ["module load cuda/12.4"]  # cluster.yaml ships none; show where they go
@@ -227,7 +148,7 @@ def test_sbatch_text_of_the_slurm_profile_matches_the_golden_file(monkeypatch, t
         spec={},
     )
     executor = backend.executor(rundir, [(unit,), (sibling,)], "aftercorr:4242", "KEY")
-    text = _normalised(submission_text(executor, 2), rundir)
+    text = _normalised(sbatch_script(executor, 2), rundir)
     if os.environ.get("FER_UPDATE_GOLDEN") == "1":
         GOLDEN.parent.mkdir(exist_ok=True)
         GOLDEN.write_text(text)
@@ -235,7 +156,7 @@ def test_sbatch_text_of_the_slurm_profile_matches_the_golden_file(monkeypatch, t
 
 
 def test_profile_values_reach_sbatch_only_as_quoted_parameters(monkeypatch, tmp_path):
-    _fake_slurm_tools(monkeypatch, tmp_path)
+    fake_slurm_tools(monkeypatch, tmp_path)
     backend = SlurmBackend(
         {
             "partition": "debug",
@@ -253,7 +174,7 @@ def test_profile_values_reach_sbatch_only_as_quoted_parameters(monkeypatch, tmp_
         deps=(),
         spec={},
     )
-    text = submission_text(backend.executor(rundir, [(unit,)]))
+    text = sbatch_script(backend.executor(rundir, [(unit,)]))
     assert "--job-name=fer-my_set_f01_tiny_ce_focal_rm_-rf" in text
     assert job_name(unit) == "fer-my_set_f01_tiny_ce_focal_rm_-rf"
     assert "--mem=1536MB" in text and "gpus" not in text and "dependency" not in text
@@ -266,9 +187,9 @@ def test_profile_values_reach_sbatch_only_as_quoted_parameters(monkeypatch, tmp_
 @pytest.mark.slurm
 @needs_slurm
 def test_chain_runs_with_afterok_a_failure_blocks_and_relaunch_retries_that_chain(
-    tmp_path, cleanup, twin_root
+    tmp_path, cleanup, twin_root, cluster_file
 ):
-    grid, cluster = write_study(tmp_path, "slurmchain", folds="[1, 2]", root=twin_root)
+    grid = write_study(tmp_path, "slurmchain", folds="[1, 2]", root=twin_root)
     run = tmp_path / "run"
     roles = units_by_role(grid, run)
     # A real failure for fold 2's stage 1: its work dir is a file, so training cannot start.
@@ -277,8 +198,8 @@ def test_chain_runs_with_afterok_a_failure_blocks_and_relaunch_retries_that_chai
     broken.write_text("not a directory")
 
     cleanup(RunDir(run))
-    rundir = launch(str(grid), cluster="test", cluster_file=cluster, run_dir=run)
-    backend = SlurmBackend(load_profile("test", cluster))
+    rundir = launch(str(grid), cluster="test", cluster_file=cluster_file, run_dir=run)
+    backend = SlurmBackend(load_profile("test", cluster_file))
     assert len(rundir.submissions()) == 5
     # Three sbatch calls: prepare; both stage-1 units as one array after it; both stage-2
     # units as one array whose task i waits on task i of the stage-1 array.
@@ -294,7 +215,9 @@ def test_chain_runs_with_afterok_a_failure_blocks_and_relaunch_retries_that_chai
         info = scontrol_job(child)
         assert f"Dependency=aftercorr:{array1}" in info and "KillOInInvalidDependent=Yes" in info
 
-    wait_until(lambda: all_finished(backend, rundir), 240, "the first launch", rundir)
+    wait_until(
+        lambda: slurm_finished(backend, rundir), 240, "the first launch", 0.5, job_logs(rundir)
+    )
     rows = {row["unit_id"]: row for row in status_rows(rundir, backend)}
     assert rows[roles["s1f1"].id]["state"] == "done"
     assert rows[roles["s2f1"].id]["state"] == "done"
@@ -311,7 +234,14 @@ def test_chain_runs_with_afterok_a_failure_blocks_and_relaunch_retries_that_chai
 
     def launch_and_wait() -> None:
         try:
-            launch(str(grid), cluster="test", cluster_file=cluster, run_dir=run, wait=True, out=out)
+            launch(
+                str(grid),
+                cluster="test",
+                cluster_file=cluster_file,
+                run_dir=run,
+                wait=True,
+                out=out,
+            )
         except BaseException as exc:  # surfaced in the test below
             errors.append(exc)
 
@@ -319,7 +249,7 @@ def test_chain_runs_with_afterok_a_failure_blocks_and_relaunch_retries_that_chai
         waiter = threading.Thread(target=launch_and_wait)
         waiter.start()
         waiter.join(240)
-    assert not waiter.is_alive(), "launch --wait did not return" + _logs(rundir)
+    assert not waiter.is_alive(), "launch --wait did not return" + job_logs(rundir)()
     assert not errors, errors
     attempts = {u: r["attempts"] for u, r in rundir.submissions().items()}
     retried = {u for u, n in attempts.items() if n == 2}
@@ -337,24 +267,24 @@ def test_chain_runs_with_afterok_a_failure_blocks_and_relaunch_retries_that_chai
 
 @pytest.mark.slurm
 @needs_slurm
-def test_scancel_then_relaunch_resumes_and_preemption_requeues(tmp_path, cleanup, twin_root):
+def test_scancel_then_relaunch_resumes_and_preemption_requeues(
+    tmp_path, cleanup, twin_root, cluster_file
+):
     # The session's twin (shared with other tests); 48 px crops make epochs of a second or
     # more, so a unit can be caught between epoch 2 and its last (6).
-    grid, cluster = write_study(tmp_path, "slurmresume", epochs=6, crop=48, root=twin_root)
+    grid = write_study(tmp_path, "slurmresume", epochs=6, crop=48, root=twin_root)
     run = tmp_path / "run"
     roles = units_by_role(grid, run)
     cleanup(RunDir(run))
-    rundir = launch(str(grid), cluster="test", cluster_file=cluster, run_dir=run)
-    backend = SlurmBackend(load_profile("test", cluster))
+    rundir = launch(str(grid), cluster="test", cluster_file=cluster_file, run_dir=run)
+    backend = SlurmBackend(load_profile("test", cluster_file))
     stage1, stage2 = roles["s1f1"], roles["s2f1"]
 
     # scancel stage 1 mid-run: its worker stops at once (not after KillWait), stage 2 is
     # cancelled with it (kill-on-invalid-dep), and a re-launch resumes stage 1.
-    wait_until(
-        lambda: 2 <= epochs_done(rundir, stage1) < 6, 150, "stage 1 epoch 2", rundir, interval=0.2
-    )
+    wait_mid_training(rundir, stage1.id, 2, 6, 150, job_logs(rundir))
     subprocess.run(["scancel", job_id(rundir, stage1)], check=True)
-    wait_until(lambda: all_finished(backend, rundir), 30, "the scancel", rundir)
+    wait_until(lambda: slurm_finished(backend, rundir), 30, "the scancel", 0.5, job_logs(rundir))
     assert backend.states(rundir) == {
         roles["prepare"].id: State.COMPLETED,
         stage1.id: State.CANCELLED,
@@ -362,23 +292,16 @@ def test_scancel_then_relaunch_resumes_and_preemption_requeues(tmp_path, cleanup
     }
     states = {r["unit_id"]: r["state"] for r in status_rows(rundir, backend)}
     assert (states[stage1.id], states[stage2.id]) == ("todo", "blocked")
-    launch(str(grid), cluster="test", cluster_file=cluster, run_dir=run)
+    launch(str(grid), cluster="test", cluster_file=cluster_file, run_dir=run)
     assert [rundir.submissions()[u.id]["attempts"] for u in (stage1, stage2)] == [2, 2]
 
     # Preempt stage 2 (USR2, as SLURM signals before a time limit): submitit checkpoints and
     # requeues the same job id. SLURM holds a requeued job for 120 s; release it sooner.
-    wait_until(
-        lambda: 2 <= epochs_done(rundir, stage2) < 6, 150, "stage 2 epoch 2", rundir, interval=0.2
-    )
+    wait_mid_training(rundir, stage2.id, 2, 6, 150, job_logs(rundir))
     job = job_id(rundir, stage2)
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
-    wait_until(lambda: "Restarts=1" in scontrol_job(job), 60, "the requeue", rundir)
-    wait_until(lambda: "JobState=PENDING" in scontrol_job(job), 60, "the requeued job", rundir)
-    # Not within the second of the requeue: slurmd would refuse the job's credential as no
-    # newer than its revocation (whole seconds), and the job would fail.
-    time.sleep(1.5)
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
-    wait_until(lambda: all_finished(backend, rundir), 150, "the requeued stage 2", rundir)
+    wait_until(lambda: "Restarts=1" in scontrol_job(job), 60, "the requeue", 0.5, job_logs(rundir))
+    wait_requeued_to_end(backend, rundir, job, 150, "the requeued stage 2")
 
     runs = {r["unit_id"]: r for r in rundir.store.read("runs").to_pylist()}
     assert runs[stage1.id]["resumed_from_epoch"] >= 2
@@ -392,7 +315,8 @@ def test_scancel_then_relaunch_resumes_and_preemption_requeues(tmp_path, cleanup
 @pytest.mark.slurm
 @needs_slurm
 def test_a_partition_sbatch_refuses_is_one_clear_error_and_nothing_recorded(tmp_path):
-    grid, cluster = write_study(tmp_path, "slurmrefused")
+    grid = write_study(tmp_path, "slurmrefused")
+    cluster = tmp_path / "cluster.yaml"
     cluster.write_text(CLUSTER.replace("partition: debug", "partition: no-such-partition"))
     with pytest.raises(FerError, match=r"sbatch refused fer-ckplus_prepare .*partition"):
         launch(str(grid), cluster="test", cluster_file=cluster, run_dir=tmp_path / "run")
@@ -401,63 +325,22 @@ def test_a_partition_sbatch_refuses_is_one_clear_error_and_nothing_recorded(tmp_
 
 @pytest.mark.slurm
 @needs_slurm
-def test_relaunch_after_a_partial_launch_and_cancel_touch_only_this_run(tmp_path, cleanup):
+def test_relaunch_after_a_partial_launch_and_cancel_touch_only_this_run(
+    tmp_path, cleanup, cluster_file
+):
     # Someone else's job holds the whole node, so every job of ours stays pending meanwhile.
-    other = subprocess.run(
-        [
-            "sbatch",
-            "--parsable",
-            "-p",
-            "debug",
-            "--exclusive",
-            "--mem=100M",
-            "-J",
-            "not-ours",
-            "-o",
-            str(tmp_path / "not-ours.out"),
-            "--wrap",
-            "sleep 600",  # cancelled at the end; outlasts the test however slow
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    try:
-        wait_until(
-            lambda: normalise_state(raw_states([other]).get(other, "")) == State.RUNNING,
-            60,
-            "the other job to hold the node",
-        )
-        grid, cluster = write_study(tmp_path, "slurmcancel")
+    with node_held(tmp_path) as other:
+        grid = write_study(tmp_path, "slurmcancel")
         run = tmp_path / "run"
-        rundir = RunDir(run)
-        cleanup(rundir)
         # A launch killed after two of its three sbatch calls: the record says exactly that.
-        units = expand(load_grid(str(grid)), run)
-        rundir.claim("slurmcancel", grid)
-        rundir.write_dag(units)
-        SlurmBackend(load_profile("test", cluster)).submit(rundir, units[:2], wait=False)
+        rundir, _ = prepare_run(grid, run)
+        cleanup(rundir)
+        units = rundir.read_dag()
+        SlurmBackend(load_profile("test", cluster_file)).submit(rundir, units[:2], wait=False)
         assert set(rundir.submissions()) == {units[0].id, units[1].id}
 
-        cli = [sys.executable, "-m", "orchestrator"]
-        launched = subprocess.run(
-            [
-                *cli,
-                "launch",
-                "--grid",
-                str(grid),
-                "--cluster",
-                "test",
-                "--cluster-file",
-                str(cluster),
-                "--run-dir",
-                str(run),
-            ],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            timeout=120,
-        )
+        args = ("--grid", grid, "--cluster", "test", "--cluster-file", cluster_file)
+        launched = cli("launch", *args, "--run-dir", run, cwd=REPO, timeout=120)
         assert launched.returncode == 0, launched.stderr
         assert "submitting 1 units" in launched.stdout and "(0 done, 2 active)" in launched.stdout
         records = rundir.submissions()
@@ -466,13 +349,7 @@ def test_relaunch_after_a_partial_launch_and_cancel_touch_only_this_run(tmp_path
         assert f"Dependency=afterok:{records[units[1].id]['job_id']}" in stage2
 
         ours = [str(records[u.id]["job_id"]) for u in units]
-        cancelled = subprocess.run(
-            [*cli, "cancel", "--run-dir", str(run)],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            timeout=120,
-        )
+        cancelled = cli("cancel", "--run-dir", run, cwd=REPO, timeout=120)
         assert cancelled.returncode == 0, cancelled.stderr
         assert "cancelled 3 units" in cancelled.stdout
         wait_until(
@@ -484,16 +361,8 @@ def test_relaunch_after_a_partial_launch_and_cancel_touch_only_this_run(tmp_path
             "this run's jobs to be cancelled",
         )
         assert normalise_state(raw_states([other])[other]) == State.RUNNING
-        again = subprocess.run(
-            [*cli, "cancel", "--run-dir", str(run)],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            timeout=120,
-        )
+        again = cli("cancel", "--run-dir", run, cwd=REPO, timeout=120)
         assert "cancelled 0 units" in again.stdout
-    finally:
-        subprocess.run(["scancel", other], check=False)
 
 
 class _Killed(Exception):
@@ -503,17 +372,15 @@ class _Killed(Exception):
 @pytest.mark.slurm
 @needs_slurm
 def test_cancel_finds_a_job_a_killed_launch_did_not_record_and_only_in_its_run_dir(
-    tmp_path, cleanup, monkeypatch
+    tmp_path, cleanup, monkeypatch, cluster_file
 ):
-    grid, cluster = write_study(tmp_path, "slurmorphan")
-    backend = SlurmBackend(load_profile("test", cluster))
+    grid = write_study(tmp_path, "slurmorphan")
+    backend = SlurmBackend(load_profile("test", cluster_file))
     runs: list[RunDir] = []
     for name in ("run-a", "run-b"):  # one grid, so the same unit ids, in two run dirs
-        rundir = RunDir(tmp_path / name)
+        rundir, _ = prepare_run(grid, tmp_path / name)
         cleanup(rundir)
-        units = expand(load_grid(str(grid)), rundir.path)
-        rundir.claim("slurmorphan", grid)
-        rundir.write_dag(units)
+        units = rundir.read_dag()
         with monkeypatch.context() as patch:
             patch.setattr(RunDir, "record_submissions", _raise_killed)
             with pytest.raises(_Killed):
@@ -539,16 +406,12 @@ def _raise_killed(self, records):
 
 
 def test_a_dependency_neither_done_nor_queued_is_refused_before_any_sbatch(monkeypatch, tmp_path):
-    _fake_slurm_tools(monkeypatch, tmp_path)  # sbatch exits 99: it must not even be called
-    grid, _ = write_study(tmp_path, "orphan")
-    run = tmp_path / "run"
-    units = expand(load_grid(str(grid)), run)
-    rundir = RunDir(run)
-    rundir.claim("orphan", grid)
-    rundir.write_dag(units)
+    sbatch_calls = fake_slurm_tools(monkeypatch, tmp_path)
+    rundir, _ = prepare_run(write_study(tmp_path, "orphan"), tmp_path / "run")
+    units = rundir.read_dag()
     with pytest.raises(FerError, match=f"unit {units[0].id} is needed by this submission"):
         SlurmBackend({"partition": "debug"}).submit(rundir, units[1:], wait=False)
-    assert rundir.submissions() == {}
+    assert rundir.submissions() == {} and not sbatch_calls.exists()
 
 
 def test_job_name_is_safe_for_any_unit_name():
@@ -612,19 +475,19 @@ def test_one_unit_per_job_keeps_the_submission_order():
 
 def test_units_per_job_must_be_a_positive_integer(tmp_path):
     path = tmp_path / "cluster.yaml"
-    path.write_text(CLUSTER + "  units_per_job: 0\n")
+    path.write_text("test: {backend: slurm, partition: debug, units_per_job: 0}\n")
     with pytest.raises(FerError, match=r"test\.units_per_job: 0 must be an integer >= 1"):
         load_profile("test", path)
-    path.write_text(CLUSTER + "  units_per_job: 3\n")
+    path.write_text("test: {backend: slurm, partition: debug, units_per_job: 3}\n")
     assert load_profile("test", path)["units_per_job"] == 3
 
 
 def test_a_pack_job_splits_the_cpus_and_is_tagged_with_its_run_and_units(monkeypatch, tmp_path):
-    _fake_slurm_tools(monkeypatch, tmp_path)
+    fake_slurm_tools(monkeypatch, tmp_path)
     backend = SlurmBackend({"partition": "debug", "cpus_per_job": 8, "units_per_job": 3})
     rundir = RunDir(tmp_path / "run")
     units = _chain(3)[1:4]
-    text = submission_text(backend.executor(rundir, [tuple(units)], "afterok:41", "KEY"))
+    text = sbatch_script(backend.executor(rundir, [tuple(units)], "afterok:41", "KEY"))
     assert "--job-name=fer-pack3-a1" in text and "--cpus-per-task=8" in text
     assert f"--comment={run_tag(rundir.path)}:KEY" in text and "--array" not in text
     assert str(rundir.path / "arrays" / "KEY") in text and "--dependency=afterok:41" in text

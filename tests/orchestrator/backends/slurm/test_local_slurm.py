@@ -11,12 +11,13 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import scontrol_job, wait_until
 
 pytestmark = [
     pytest.mark.slurm,
@@ -103,19 +104,17 @@ def sacct(job_id: str) -> dict[str, str]:
 
 def wait_for_end(job_id: str, timeout: float = JOB_TIMEOUT_S) -> dict[str, str]:
     """Poll sacct until the job reaches a terminal state; bounded, never hangs."""
-    deadline = time.monotonic() + timeout
-    record: dict[str, str] = {}
-    while time.monotonic() < deadline:
+
+    def ended() -> dict[str, str]:
         record = sacct(job_id)
-        if record.get("State", "").startswith(TERMINAL):
-            return record
-        time.sleep(POLL_S)
-    queue = subprocess.run(
-        ["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=10
-    )
-    pytest.fail(
-        f"job {job_id} not finished after {timeout:.0f}s; sacct: {record}; "
-        f"scontrol: {queue.stdout.strip() or queue.stderr.strip()}"
+        return record if record.get("State", "").startswith(TERMINAL) else {}
+
+    return wait_until(
+        ended,
+        timeout,
+        f"job {job_id} to end",
+        interval=POLL_S,
+        explain=lambda: f"; sacct: {sacct(job_id)}; scontrol: {scontrol_job(job_id).strip()}",
     )
 
 
