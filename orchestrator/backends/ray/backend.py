@@ -5,12 +5,17 @@ whose dependencies all finished in earlier waves (data preparation, then stage 1
 stage 2, ...), and each wave is one `tune.Tuner` grid over its unit ids. A unit whose
 dependency failed is reported blocked and not submitted; a done unit is never submitted.
 
-Failures. A unit that raises (bad data, NaN loss, CUDA OOM: deterministic, a retry would
-fail again) ends its trial with `state: failed` in the trial's result instead of raising,
-because Tune retries every error alike; worker.run has written the reason to
-units/<id>/failed.json. A trial whose *process* died (killed, OOM-killed, node lost) is what
-Tune's `FailureConfig(max_failures)` retries (profile key `max_failures`, default 2), and
-fer_core resumes it from the unit's last.pt in its work dir.
+Units. A trial runs its unit in a process of its own, forked from a server that has torch
+loaded (orchestrator.backends.ray.trial): the actor, and with it the server, serves the next
+unit of the wave, and the server starts loading as the Ray worker starts. A unit pays a fork,
+not an interpreter's start-up and imports.
+
+Failures. A unit that fails (bad data, NaN loss, CUDA OOM: deterministic, a retry would
+fail again) has written its reason to units/<id>/failed.json, and its trial ends with
+`state: failed` in the trial's result instead of raising, because Tune retries every error
+alike. A unit whose process died without a reason (killed, OOM-killed), or whose trial's
+process died (node lost), is what Tune's `FailureConfig(max_failures)` retries (profile key
+`max_failures`, default 2), and fer_core resumes it from the unit's last.pt in its work dir.
 
 Lifetime. A local Ray (address: null) lives only as long as the launcher, so `launch` blocks
 until the waves finish, printing one line per finished unit. The launcher keeps
