@@ -6,9 +6,10 @@ stage 2, ...), and each wave is one `tune.Tuner` grid over its unit ids. A unit 
 dependency failed is reported blocked and not submitted; a done unit is never submitted.
 
 Units. A trial runs its unit in a process of its own, forked from a server that has torch
-loaded (orchestrator.backends.ray.trial): the actor, and with it the server, serves the next
-unit of the wave, and the server starts loading as the Ray worker starts. A unit pays a fork,
-not an interpreter's start-up and imports.
+loaded (orchestrator.backends.ray.trial): on the launcher's host, the launcher's own server,
+which loads while Ray starts; on another node, one the trial's worker starts as it starts.
+The actor serves the next unit of the wave. A unit pays a fork, not an interpreter's
+start-up and imports.
 
 Failures. A unit that fails (bad data, NaN loss, CUDA OOM: deterministic, a retry would
 fail again) has written its reason to units/<id>/failed.json, and its trial ends with
@@ -41,7 +42,7 @@ from fer_core.errors import FerError
 from fer_core.io import atomic_write_text
 from orchestrator.backends.base import PENDING, RUNNING, Backend
 from orchestrator.backends.ray.cluster import RaySettings, check_fits, ray_session
-from orchestrator.backends.ray.trial import SETUP_HOOK, run_unit_trial
+from orchestrator.backends.ray.trial import SETUP_HOOK, ForkService, run_unit_trial
 from orchestrator.plan.dag import Unit
 from orchestrator.run.processes import process_start
 from orchestrator.run.progress import Progress, unit_summary
@@ -136,8 +137,11 @@ class RayBackend(Backend):
         launcher = LauncherRecord(rundir)
         launcher.open([u.id for u in units])
         interrupted: list[Unit] = []
+        service = ForkService()  # its server loads torch while Ray starts
+        # Trials off this host fork from their worker's own server, started with the worker.
+        hook = SETUP_HOOK if self.settings.address else None
         try:
-            with ray_session(self.settings, setup_hook=SETUP_HOOK) as resources:
+            with ray_session(self.settings, setup_hook=hook) as resources:
                 check_fits(self.settings, resources, "ray profile")
                 for wave in range(1, max(waves.values(), default=0) + 1):
                     ready = []
@@ -158,9 +162,10 @@ class RayBackend(Backend):
                     if ready:
                         experiment = f"{stamp}-w{wave}"
                         interrupted += self._run_wave(
-                            rundir, ready, experiment, progress, failed, launcher
+                            rundir, ready, experiment, progress, failed, launcher, service
                         )
         finally:
+            service.close()
             launcher.close()
             cancel_path.unlink(missing_ok=True)
         progress.close()
@@ -211,6 +216,7 @@ class RayBackend(Backend):
         progress: Progress,
         failed: set[str],
         launcher: LauncherRecord,
+        service: ForkService,
     ) -> list[Unit]:
         """One Tuner over `ready`; returns the units that did not finish (cancelled)."""
         from ray import tune
@@ -236,6 +242,7 @@ class RayBackend(Backend):
                 "run_dir": str(rundir.path),
                 "experiment": experiment,
                 "threads": max(1, int(settings.cpus_per_trial)),
+                "fork_service": service.endpoint,
             },
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=settings.max_concurrent,

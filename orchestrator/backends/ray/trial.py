@@ -10,9 +10,13 @@ two more modules preloaded.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
+import multiprocessing.connection
 import os
+import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +50,14 @@ def run_unit_trial(config: dict[str, Any]) -> None:
     threads = max(1, int(config.get("threads") or 1))
     rundir.clear_failed(unit_id)  # a failed.json left now is this attempt's
     args = (run_dir, unit_id, str(log_path), env, threads)
-    process = _forkserver().Process(target=_unit_process, args=args, name=unit_id)
-    process.start()
-    process.join()
-    code = process.exitcode
+    service = config.get("fork_service")
+    if service and service["host"] == socket.gethostname():
+        code = _fork_in_launcher(service, args)
+    else:  # another node than the launcher's: this worker's own server
+        process = _forkserver().Process(target=_unit_process, args=args, name=unit_id)
+        process.start()
+        process.join()
+        code = process.exitcode
     if code == 0:
         tune.report(_metrics(rundir, unit_id, "done"))
         return
@@ -88,15 +96,14 @@ SETUP_HOOK = f"{__name__}.{start_forkserver.__name__}"
 
 
 def _unit_process(run_dir: str, unit_id: str, log_path: str, env: dict, threads: int) -> None:
-    """In the forked process: die with the trial's actor, then run the unit (run_forked).
+    """In the forked process: die with the process that asked for it (the trial's actor, or
+    the launcher), then run the unit (run_forked).
 
     A forkserver's child outlives the process that asked for it; a stopped or killed trial
-    (cancel, a lost actor) must not leave its unit training. The parent sentinel closes when
-    the actor's process ends, however it ends.
+    (cancel, a lost actor) or a dead launcher must not leave its unit training. The parent
+    sentinel closes when that process ends, however it ends.
     """
-    import multiprocessing.connection
     import signal
-    import threading
 
     from orchestrator.run.worker import run_forked
 
@@ -109,3 +116,75 @@ def _unit_process(run_dir: str, unit_id: str, log_path: str, env: dict, threads:
     if parent is not None:
         threading.Thread(target=die_with_parent, daemon=True).start()
     run_forked(run_dir, unit_id, log_path, env, threads)
+
+
+def _fork_in_launcher(service: dict[str, str], args: tuple) -> int:
+    """The unit forked by the launcher's ForkService; its exit status."""
+    authkey = bytes.fromhex(service["authkey"])
+    with multiprocessing.connection.Client(service["address"], authkey=authkey) as conn:
+        conn.send(args)
+        return int(conn.recv())
+
+
+class ForkService:
+    """In the launcher: forks the units of the trials on its host from its own forkserver.
+
+    The server (orchestrator.backends.local.worker_context, torch preloaded) starts loading
+    when the launch starts, while Ray starts, so the first units of a launch do not wait for
+    a trial's own server to load; and one server serves every trial on this host, not one
+    per actor. A trial sends its unit's arguments over a Unix socket (with an authkey) and
+    gets the exit status back; if the trial goes first (stopped, killed), its unit is stopped.
+    """
+
+    def __init__(self) -> None:
+        import multiprocessing.forkserver
+
+        from orchestrator.backends.local import worker_context
+
+        self.context = worker_context()
+        multiprocessing.forkserver.ensure_running()
+        self.authkey = os.urandom(32)
+        self.listener = multiprocessing.connection.Listener(family="AF_UNIX", authkey=self.authkey)
+        self.closed = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def endpoint(self) -> dict[str, str]:
+        """What a trial needs to reach this service (in its config)."""
+        return {
+            "host": socket.gethostname(),
+            "address": str(self.listener.address),
+            "authkey": self.authkey.hex(),
+        }
+
+    def close(self) -> None:
+        self.closed = True
+        with contextlib.suppress(OSError):  # wake the accept() for it to see `closed`
+            multiprocessing.connection.Client(self.listener.address, authkey=self.authkey).close()
+        self.thread.join()
+        self.listener.close()
+
+    def _serve(self) -> None:
+        while not self.closed:
+            try:
+                conn = self.listener.accept()
+            except (OSError, multiprocessing.AuthenticationError):
+                continue
+            if not self.closed:
+                threading.Thread(target=self._fork, args=(conn,), daemon=True).start()
+
+    def _fork(self, conn: multiprocessing.connection.Connection) -> None:
+        with conn:
+            try:
+                args = conn.recv()
+            except (EOFError, OSError):
+                return
+            process = self.context.Process(target=_unit_process, args=args, name=args[1])
+            process.start()
+            multiprocessing.connection.wait([process.sentinel, conn])
+            if process.is_alive():  # the trial went first (stopped, killed): so does its unit
+                process.terminate()
+            process.join()
+            with contextlib.suppress(OSError):  # the trial may be gone
+                conn.send(process.exitcode)
