@@ -1,6 +1,7 @@
 """Per-unit overhead of each backend on this machine: submit -> unit start.
 
     .venv/bin/python bench/backend_overhead.py [--backends local,slurm,ray] [--units 2]
+        [--ref REV]
 
 For each backend, a few one-epoch units of the tiny CNN (one fold each, in parallel on
 this machine's cores) are launched into one run dir, and for each unit the time from its
@@ -11,13 +12,21 @@ same process, is the same units as fresh `python -m orchestrator.run.worker RUN_
 processes: what a SLURM job runs, and what the local backend ran before it forked its
 workers from a pre-loaded server. `slurm` needs the one-node SLURM of
 scripts/local_slurm.sh (profile `slurm-local`); a backend that cannot start is reported
-and skipped. Figures are printed, never asserted.
+and skipped. Each backend's launch runs in a fresh `python bench/backend_overhead.py
+--measure` (a launcher as the CLI's, importing only what it does).
+
+`--ref REV` also measures the `ray` backend (or the first of --backends) of commit REV, in a
+temporary `git worktree` of it (removed afterwards) imported through PYTHONPATH, in the same
+run dir and under the same load: before and after side by side. Figures are printed, never
+asserted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
+import json
 import os
 import statistics
 import subprocess
@@ -35,6 +44,7 @@ from orchestrator.run.launch import launch
 from orchestrator.run.rundir import RunDir
 
 REPO = Path(__file__).resolve().parent.parent
+OVERHEADS = ("submit_to_start", "startup")
 PROFILES = {"local": "local", "slurm": "slurm-local", "ray": "ray"}
 
 
@@ -104,11 +114,69 @@ def _backend(rundir: RunDir, grid_path: str, backend: str, units: int) -> dict:
     return _figures(rundir, unit_ids, {u: records[u]["submitted_at"] for u in unit_ids})
 
 
+def _measure(rundir: RunDir, grid_path: str, backend: str, units: int, tree: Path) -> dict:
+    """`_backend` in a fresh process importing the orchestrator of `tree`."""
+    argv = [sys.executable, __file__, "--measure", backend, "--units", str(units)]
+    argv += ["--run-dir", str(rundir.path), "--grid", grid_path]
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=tree)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise FerError(f"{backend} at {tree}: {last}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@contextlib.contextmanager
+def _worktree(rev: str, parent: Path):
+    """A detached `git worktree` of `rev` for the block, removed afterwards."""
+    path = parent / f"ref-{rev}"
+    git = ["git", "-C", str(REPO)]
+    subprocess.run([*git, "worktree", "add", "--detach", str(path), rev], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run([*git, "worktree", "remove", "--force", str(path)], check=True)
+
+
+def _print(results: dict[str, dict], units: int) -> None:
+    print(f"{units} one-epoch tiny units per backend, in parallel; seconds per unit:")
+    header = ("backend", "submit->start", "start-up", "sum", "train", "sum vs slurm")
+    print("{:<28} {:>13} {:>9} {:>7} {:>7} {:>13}".format(*header))
+    slurm = results.get("slurm")
+    for name, fig in results.items():
+        total = fig["submit_to_start"] + fig["startup"]
+        ratio = ""
+        if slurm:
+            ratio = f"{total / (slurm['submit_to_start'] + slurm['startup']):12.2f}x"
+        print(
+            f"{name:<28} {fig['submit_to_start']:13.2f} {fig['startup']:9.2f} {total:7.2f} "
+            f"{fig['train']:7.2f} {ratio:>13}"
+        )
+    pairs = [(n, n.split(" @ ")[0]) for n in results if " @ " in n and n.split(" @ ")[0] in results]
+    for before, after in pairs:
+        cells = [f"{key} {results[after][key] / results[before][key]:.2f}x" for key in OVERHEADS]
+        print(f"{after} (this tree) / {before}: " + ", ".join(cells))
+    if slurm:
+        for name, fig in results.items():
+            if name.startswith("ray"):
+                cells = [f"{key} {fig[key] / slurm[key]:.2f}x" for key in OVERHEADS]
+                print(f"{name} / slurm: " + ", ".join(cells))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", default="local,slurm,ray")
     parser.add_argument("--units", type=int, default=2, help="units per backend, in parallel")
+    parser.add_argument("--ref", help="also measure the Ray backend of this commit (before)")
+    parser.add_argument("--measure", help=argparse.SUPPRESS)  # one backend, in a child
+    parser.add_argument("--run-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--grid", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.measure:
+        figures = _backend(RunDir(Path(args.run_dir)), args.grid, args.measure, args.units)
+        print(json.dumps(figures))
+        return
+    backends = args.backends.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         rundir = RunDir(tmp_path / "run")
@@ -116,23 +184,20 @@ def main() -> None:
         # includes generating the synthetic twin or a cold file cache.
         launch(_grid(tmp_path, 0, 1), run_dir=rundir.path, out=io.StringIO())
         results = {"fresh process (baseline)": _baseline(rundir, _grid(tmp_path, 1, args.units))}
-        for seed, backend in enumerate(args.backends.split(","), start=2):
-            try:
-                results[backend] = _backend(
-                    rundir, _grid(tmp_path, seed, args.units), backend, args.units
-                )
-            except (FerError, OSError) as exc:
-                print(f"{backend}: skipped ({exc})")
-        base = results["fresh process (baseline)"]["submit_to_start"]
-        print(f"{args.units} one-epoch tiny units per backend, in parallel; seconds per unit:")
-        header = ("backend", "submit->start", "start-up", "train", "vs baseline")
-        print("{:<26} {:>13} {:>9} {:>7} {:>12}".format(*header))
-        for name, fig in results.items():
-            ratio = fig["submit_to_start"] / base
-            print(
-                f"{name:<26} {fig['submit_to_start']:13.2f} {fig['startup']:9.2f} "
-                f"{fig['train']:7.2f} {ratio:11.2f}x"
-            )
+        runs = [(backend, REPO) for backend in backends]
+        with contextlib.ExitStack() as stack:
+            if args.ref:  # measured just before this tree's, under the closest load
+                ref_backend = "ray" if "ray" in backends else backends[0]
+                ref_tree = stack.enter_context(_worktree(args.ref, tmp_path))
+                runs.insert(backends.index(ref_backend), (ref_backend, ref_tree))
+            for seed, (backend, tree) in enumerate(runs, start=2):
+                name = backend if tree == REPO else f"{backend} @ {args.ref}"
+                try:
+                    grid = _grid(tmp_path, seed, args.units)
+                    results[name] = _measure(rundir, grid, backend, args.units, tree)
+                except (FerError, OSError) as exc:
+                    print(f"{name}: skipped ({exc})")
+        _print(results, args.units)
 
 
 if __name__ == "__main__":

@@ -5,12 +5,18 @@ whose dependencies all finished in earlier waves (data preparation, then stage 1
 stage 2, ...), and each wave is one `tune.Tuner` grid over its unit ids. A unit whose
 dependency failed is reported blocked and not submitted; a done unit is never submitted.
 
-Failures. A unit that raises (bad data, NaN loss, CUDA OOM: deterministic, a retry would
-fail again) ends its trial with `state: failed` in the trial's result instead of raising,
-because Tune retries every error alike; worker.run has written the reason to
-units/<id>/failed.json. A trial whose *process* died (killed, OOM-killed, node lost) is what
-Tune's `FailureConfig(max_failures)` retries (profile key `max_failures`, default 2), and
-fer_core resumes it from the unit's last.pt in its work dir.
+Units. A trial runs its unit in a process of its own, forked from a server that has torch
+loaded (orchestrator.backends.ray.trial): on the launcher's host, the launcher's own server,
+which loads while Ray starts; on another node, one the trial's worker starts as it starts.
+The actor serves the next unit of the wave. A unit pays a fork, not an interpreter's
+start-up and imports.
+
+Failures. A unit that fails (bad data, NaN loss, CUDA OOM: deterministic, a retry would
+fail again) has written its reason to units/<id>/failed.json, and its trial ends with
+`state: failed` in the trial's result instead of raising, because Tune retries every error
+alike. A unit whose process died without a reason (killed, OOM-killed), or whose trial's
+process died (node lost), is what Tune's `FailureConfig(max_failures)` retries (profile key
+`max_failures`, default 2), and fer_core resumes it from the unit's last.pt in its work dir.
 
 Lifetime. A local Ray (address: null) lives only as long as the launcher, so `launch` blocks
 until the waves finish, printing one line per finished unit. The launcher keeps
@@ -24,20 +30,19 @@ units/<id>/ray.log. On a multi-node cluster RUN_DIR must be on a shared file sys
 from __future__ import annotations
 
 import json
-import math
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from fer_core.errors import FerError
 from fer_core.io import atomic_write_text
-from fer_core.runtime import use_threads
 from orchestrator.backends.base import Backend
 from orchestrator.backends.ray.cluster import RaySettings, check_fits, ray_session
+from orchestrator.backends.ray.trial import SETUP_HOOK, ForkService, run_unit_trial
 from orchestrator.plan.unit import Unit
 from orchestrator.run.processes import process_start
 from orchestrator.run.progress import Progress, unit_summary
@@ -48,48 +53,9 @@ LAUNCHER_FILE = "launcher.json"
 CANCEL_FILE = "cancel-requested"
 CANCEL_WAIT_S = 60.0
 
-Runner = Callable[[str, str], str]
-
 
 def ray_dir(rundir: RunDir) -> Path:
     return rundir.path / "ray"
-
-
-# --- inside a trial (a Ray worker process) ---------------------------------------------------
-
-
-def _metrics(rundir: RunDir, unit_id: str, state: str) -> dict[str, Any]:
-    table = rundir.store.read("runs", {unit_id})
-    accuracy = float(table.column("test_accuracy")[0].as_py()) if table is not None else math.nan
-    return {"state": state, "test_accuracy": accuracy}
-
-
-def make_trainable(runner: Runner) -> Callable[[dict[str, Any]], None]:
-    """The Tune function trainable: run one unit with `runner` (orchestrator.run.worker.run)."""
-
-    def run_unit_trial(config: dict[str, Any]) -> None:
-        from ray import tune
-
-        from orchestrator.run.worker import output_to
-
-        unit_id, run_dir = config["unit_id"], config["run_dir"]
-        context = tune.get_context()
-        os.environ["FER_SCHEDULER"] = "ray"
-        os.environ["FER_JOB_ID"] = f"{config['experiment']}/{context.get_trial_id()}"
-        rundir = RunDir(Path(run_dir))
-        try:
-            with output_to(rundir.unit_log(unit_id, "ray")):
-                use_threads(int(config.get("threads") or 1))  # an actor may be reused
-                state = runner(run_dir, unit_id)
-        except Exception as exc:
-            # Deterministic (bad data, NaN loss, CUDA OOM): end the trial as failed rather
-            # than raise, which Tune would retry. Only a dead process is worth a retry.
-            reason = rundir.failure(unit_id) or f"{type(exc).__name__}: {exc}"
-            tune.report({"state": "failed", "reason": reason, "test_accuracy": math.nan})
-            return
-        tune.report(_metrics(rundir, unit_id, state))
-
-    return run_unit_trial
 
 
 # --- the launcher's record (for status and cancel from other shells) --------------------------
@@ -155,17 +121,13 @@ def wave_numbers(units: list[Unit]) -> dict[str, int]:
 class RayBackend(Backend):
     name = "ray"
 
-    def __init__(self, profile: dict[str, Any], runner: Runner | None = None):
+    def __init__(self, profile: dict[str, Any]):
         super().__init__(profile)
         self.settings = RaySettings.from_profile(profile)
-        self.runner = runner  # None: orchestrator.run.worker.run (tests pass their own)
 
     # The interface ---------------------------------------------------------------------------
     def submit(self, rundir: RunDir, units: list[Unit], wait: bool = True) -> None:
         """Run `units` wave by wave; blocks (`wait` is moot: Ray lives as long as we do)."""
-        from orchestrator.run import worker
-
-        runner = self.runner or worker.run
         cancel_path = ray_dir(rundir) / CANCEL_FILE
         cancel_path.unlink(missing_ok=True)
         waves = wave_numbers(units)
@@ -176,8 +138,11 @@ class RayBackend(Backend):
         launcher = LauncherRecord(rundir)
         launcher.open([u.id for u in units])
         interrupted: list[Unit] = []
+        service = ForkService()  # its server loads torch while Ray starts
+        # Trials off this host fork from their worker's own server, started with the worker.
+        hook = SETUP_HOOK if self.settings.address else None
         try:
-            with ray_session(self.settings) as resources:
+            with ray_session(self.settings, setup_hook=hook) as resources:
                 check_fits(self.settings, resources, "ray profile")
                 for wave in range(1, max(waves.values(), default=0) + 1):
                     ready = []
@@ -198,9 +163,10 @@ class RayBackend(Backend):
                     if ready:
                         experiment = f"{stamp}-w{wave}"
                         interrupted += self._run_wave(
-                            rundir, ready, experiment, runner, progress, failed, launcher
+                            rundir, ready, experiment, progress, failed, launcher, service
                         )
         finally:
+            service.close()
             launcher.close()
             cancel_path.unlink(missing_ok=True)
         progress.close()
@@ -211,7 +177,7 @@ class RayBackend(Backend):
                 "launch again to resume"
             )
 
-    def states(self, rundir: RunDir) -> dict[str, str]:
+    def states(self, rundir: RunDir) -> dict[str, State]:
         """The states its launcher reports while it runs; {} once it is gone (Ray went too)."""
         record = LauncherRecord.read_live(rundir)
         return dict(record["active"]) if record else {}
@@ -247,13 +213,14 @@ class RayBackend(Backend):
         rundir: RunDir,
         ready: list[Unit],
         experiment: str,
-        runner: Runner,
         progress: Progress,
         failed: set[str],
         launcher: LauncherRecord,
+        service: ForkService,
     ) -> list[Unit]:
         """One Tuner over `ready`; returns the units that did not finish (cancelled)."""
         from ray import tune
+        from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
         settings = self.settings
         rundir.record_submissions(
@@ -269,12 +236,13 @@ class RayBackend(Backend):
         cancel_path = ray_dir(rundir) / CANCEL_FILE
         callback = _unit_callback(rundir, {u.id: u for u in ready}, progress, failed, launcher)
         tuner = tune.Tuner(
-            tune.with_resources(make_trainable(runner), settings.resources_per_trial),
+            tune.with_resources(run_unit_trial, settings.resources_per_trial),
             param_space={
                 "unit_id": tune.grid_search([u.id for u in ready]),
                 "run_dir": str(rundir.path),
                 "experiment": experiment,
                 "threads": max(1, int(settings.cpus_per_trial)),
+                "fork_service": service.endpoint,
             },
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=settings.max_concurrent,
@@ -287,7 +255,7 @@ class RayBackend(Backend):
                 storage_path=str(ray_dir(rundir)),
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
                 stop=_cancel_stopper(cancel_path),
-                callbacks=[callback],
+                callbacks=[callback, CSVLoggerCallback(), JsonLoggerCallback()],
                 verbose=0,
             ),
         )
@@ -296,13 +264,20 @@ class RayBackend(Backend):
         return [u for u in ready if u.id not in callback.finished]
 
 
+# Tune's environment for a wave: the old output engine (silent at verbose=0) and no default
+# logger callbacks, whose TensorBoard one imports tensorboardX and with it torch into the
+# launcher (seconds before the first trial starts). The CSV and JSON ones are passed
+# explicitly; the units' TensorBoard scalars are orchestrator.run.tblog's.
+TUNE_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+
+
 @contextmanager
 def _quiet_tune() -> Iterator[None]:
     """Our progress lines instead of Tune's tables and tracebacks (failed.json has reasons)."""
     import logging
 
-    previous = os.environ.get("RAY_AIR_NEW_OUTPUT")
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the old engine is silent at verbose=0
+    previous = {key: os.environ.get(key) for key in TUNE_ENV}
+    os.environ.update(TUNE_ENV)
     tune_logger = logging.getLogger("ray.tune")
     level = tune_logger.level
     tune_logger.setLevel(logging.CRITICAL)
@@ -310,10 +285,11 @@ def _quiet_tune() -> Iterator[None]:
         yield
     finally:
         tune_logger.setLevel(level)
-        if previous is None:
-            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
-        else:
-            os.environ["RAY_AIR_NEW_OUTPUT"] = previous
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _trial_name(trial: Any) -> str:

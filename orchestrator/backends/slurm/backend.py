@@ -432,7 +432,7 @@ class SlurmBackend(Backend):
             if record.get("backend") == self.name and record.get("job_id")
         }
 
-    def states(self, rundir: RunDir) -> dict[str, str]:
+    def states(self, rundir: RunDir) -> dict[str, State]:
         jobs = self._jobs(rundir)
         if not jobs:
             return {}

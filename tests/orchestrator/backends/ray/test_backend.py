@@ -1,16 +1,20 @@
 """The Ray backend on a real local Ray (2 CPUs): waves, rows, resume, failures, connect errors.
 
 `test_grid_*` train a one-fold grid for real through `launch --cluster ray` (the CLI, with a
-local Ray of its own). The failure tests swap `orchestrator.run.worker.run` for a scripted fake (no
-training), so they can make a unit raise, or kill its trial process once, cheaply; they share
-the module's local Ray (`local_ray`) and run while the grid trains in the background.
+local Ray of its own). The failure and cancel tests run real units too, broken through their
+inputs (a data dir that is not there, a unit killed whenever it runs, units long enough to be
+cancelled); they share the module's local Ray (`local_ray`) and run while the grid trains in
+the background.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
-import sys
+import os
+import shutil
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -28,11 +32,13 @@ from orchestrator.backends.ray.cluster import (
 )
 from orchestrator.plan.dag import expand
 from orchestrator.plan.grid import load_grid
+from orchestrator.plan.unit import Unit
+from orchestrator.run import worker
 from orchestrator.run.launch import launch
 from orchestrator.run.rundir import RunDir
 from orchestrator.run.states import State
 from orchestrator.run.status import status_rows
-from tests.helpers import Background, assert_grid_done_once, ray_running, small_grid
+from tests.helpers import Background, assert_grid_done_once, ray_running, small_grid, wait_until
 
 pytestmark = pytest.mark.usefixtures("ray_left_as_found")
 
@@ -140,143 +146,127 @@ def test_the_slurm_sbatch_starts_a_head_then_workers_then_runs_the_command():
         render_ray_sbatch("fer-ray-paper", "/x", ["tune"], nodes=0)
 
 
-# --- a real local Ray, a scripted fake worker ---------------------------------------------------
-
-FAKE_WORKER = '''
-import hashlib, json, os, time
-from pathlib import Path
-from orchestrator.run.rundir import RunDir
-
-def fake_run(run_dir, unit_id):
-    """orchestrator.run.worker.run without training; RUN_DIR/script.json says what goes wrong."""
-    rundir = RunDir(Path(run_dir))
-    body = rundir.read_spec(unit_id)
-    if rundir.store.is_done(unit_id, body["kind"]):
-        return "already done"
-    with open(rundir.path / "invocations.txt", "a") as log:
-        log.write(unit_id + "\\n")
-    script = json.loads((rundir.path / "script.json").read_text())
-    name = body["name"]
-    time.sleep(script.get("sleep", {}).get(name, 0))
-    if name in script.get("die_always", []):
-        os._exit(9)
-    if name in script.get("die_once", []):
-        marker = rundir.unit_dir(unit_id) / "died"
-        if not marker.exists():
-            marker.write_text("x")
-            os._exit(9)  # the trial's process dies, as if OOM-killed
-    if name in script.get("raise", []):
-        rundir.mark_failed(unit_id, "FerError: scripted failure")
-        raise ValueError("scripted failure")
-    if body["kind"] == "prepare":
-        rows = [{"unit_id": unit_id, "images": 10, "detected": 10, "fallback": 0}]
-        rundir.store.write("prepare", unit_id, rows)
-    else:  # what a training leaves: its best.pt with the digest recorded (lineage), its rows
-        work = rundir.work_dir(unit_id)
-        work.mkdir(parents=True, exist_ok=True)
-        weights = unit_id.encode()
-        (work / "best.pt").write_bytes(weights)
-        digest = hashlib.sha256(weights).hexdigest()
-        (work / "checkpoints.json").write_text(json.dumps({"best.pt": digest}))
-        run = {"unit_id": unit_id, "test_accuracy": 0.5, "best_epoch": 1}
-        rundir.store.write_unit(unit_id, {"run": run, "predictions": [run], "epochs": [run]})
-    rundir.clear_failed(unit_id)
-    return "done"
-'''
+# --- a real local Ray, real units broken through their inputs -------------------------------
 
 
 @pytest.fixture(scope="module")
-def fake_worker(grid_launch, tmp_path_factory):
-    """The fake worker as an importable module, pickled by value into Ray's workers (while
-    the real grid trains: see grid_launch)."""
-    folder = tmp_path_factory.mktemp("fakeworker")
-    (folder / "ray_fake_worker.py").write_text(FAKE_WORKER)
-    sys.path.insert(0, str(folder))
-    try:
-        import ray_fake_worker
-        from ray import cloudpickle
-
-        cloudpickle.register_pickle_by_value(ray_fake_worker)
-        yield folder, ray_fake_worker.fake_run
-    finally:
-        sys.path.remove(str(folder))
+def prepared(grid, tmp_path_factory) -> Path:
+    """A run dir of GRID whose data unit is done (run in this process, no Ray): each test
+    copies its data and prepare rows, as a re-launch would find them."""
+    run = tmp_path_factory.mktemp("rayprepared") / "run"
+    rundir = RunDir(run)
+    rundir.claim("raysmall", grid)
+    units = expand(load_grid(str(grid)), run)
+    rundir.write_dag(units)
+    (prepare,) = [u for u in units if u.kind == "prepare"]
+    assert worker.run(run, prepare.id) == "done"
+    return run
 
 
-def _fake_rundir(
-    grid: Path, path: Path, script: dict, prepared: bool = False
-) -> tuple[RunDir, list]:
+def _run_dir(grid: Path, prepared: Path, path: Path) -> tuple[RunDir, dict[str, Unit]]:
+    """A run dir of GRID with the data prepared; its units by name."""
+    shutil.copytree(prepared / "data", path / "data")
+    shutil.copytree(prepared / "store" / "prepare", path / "store" / "prepare")
     rundir = RunDir(path)
     rundir.claim("raysmall", grid)
     units = expand(load_grid(str(grid)), rundir.path)
     rundir.write_dag(units)
-    (rundir.path / "script.json").write_text(json.dumps(script))
-    if prepared:
-        prepare = next(u for u in units if u.kind == "prepare")
-        rundir.store.write("prepare", prepare.id, [{"unit_id": prepare.id, "images": 10}])
-    return rundir, units
+    return rundir, {u.name: u for u in units}
 
 
-def _counts(rundir: RunDir, units: list) -> dict[str, int]:
-    invocations = (rundir.path / "invocations.txt").read_text().split()
-    return {u.name: invocations.count(u.id) for u in units}
+def _edit_spec(rundir: RunDir, unit: Unit, **values: object) -> None:
+    """Change what the worker will run for `unit` (its units/<id>/spec.json)."""
+    path = rundir.unit_dir(unit.id) / "spec.json"
+    body = json.loads(path.read_text())
+    body["spec"].update(values)
+    path.write_text(json.dumps(body))
 
 
-# reuse_actors: one trial process per CPU per wave, not one per unit (~3.5 s each here);
+def _long(rundir: RunDir, unit: Unit) -> None:
+    """Make `unit` train for minutes: it is still running whenever a test looks."""
+    config = rundir.read_spec(unit.id)["spec"]["config"]
+    _edit_spec(rundir, unit, config={**config, "epochs": 500, "lr_step_epoch": 499})
+
+
+def unit_processes(rundir: RunDir, unit: Unit) -> list[int]:
+    """The processes running `unit`: those whose stdout is its ray.log."""
+    log = str(rundir.unit_log(unit.id, "ray"))
+    found = []
+    for fd in Path("/proc").glob("[0-9]*/fd/1"):
+        try:
+            if os.readlink(fd) == log:
+                found.append(int(fd.parent.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+class Killer(threading.Thread):
+    """SIGKILLs every process that runs `unit` (as the OOM killer would), until stopped."""
+
+    def __init__(self, rundir: RunDir, unit: Unit):
+        super().__init__(daemon=True)
+        self.rundir, self.unit = rundir, unit
+        self.killed: set[int] = set()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            for pid in unit_processes(self.rundir, self.unit):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                self.killed.add(pid)
+            time.sleep(0.05)
+
+
 # max_failures 1: a trial that dies every time is retried once, then failed; the default (2)
-# would show the same for one more trial process start.
-PROFILE = {
-    "backend": "ray",
-    "cpus_per_trial": 1,
-    "gpus_per_trial": 0,
-    "reuse_actors": True,
-    "max_failures": 1,
-}
+# would show the same for one more attempt.
+PROFILE = {"backend": "ray", "cpus_per_trial": 1, "gpus_per_trial": 0, "max_failures": 1}
 
 
 @pytest.mark.ray
-def test_failures_block_dependants_and_a_dead_trial_is_retried(
-    grid, fake_worker, local_ray, tmp_path
+def test_failures_block_dependants_and_a_dying_unit_fails_after_its_retries(
+    grid, prepared, grid_launch, local_ray, tmp_path
 ):
-    _, fake_run = fake_worker
-    rundir, units = _fake_rundir(
-        grid,
-        tmp_path / "run",
-        {
-            "raise": ["ckplus/f01/tiny/ce"],
-            "die_once": ["ckplus/f02/tiny/ce"],
-            "die_always": ["ckplus/f02/tiny/focal"],
-        },
-        prepared=True,
-    )
-    RayBackend(PROFILE, runner=fake_run).submit(rundir, [u for u in units if u.kind == "train"])
+    rundir, units = _run_dir(grid, prepared, tmp_path / "run")
+    broken, dying = units["ckplus/f01/tiny/ce"], units["ckplus/f02/tiny/focal"]
+    _edit_spec(rundir, broken, data_dir=str(tmp_path / "gone"))  # a data dir that is not there
+    _long(rundir, dying)
+    killer = Killer(rundir, dying)
+    killer.start()
+    try:
+        RayBackend(PROFILE).submit(rundir, [u for u in units.values() if u.kind == "train"])
+    finally:
+        killer.done.set()
+        killer.join()
     states = {r["name"]: r for r in status_rows(rundir, RayBackend(PROFILE))}
     assert states["ckplus/f01/tiny/ce"]["state"] == State.FAILED
-    assert "scripted failure" in states["ckplus/f01/tiny/ce"]["detail"]
+    assert str(tmp_path / "gone") in states["ckplus/f01/tiny/ce"]["detail"]
     assert states["ckplus/f01/tiny/ce>focal"]["state"] == State.BLOCKED
-    assert states["ckplus/f02/tiny/ce"]["state"] == State.DONE  # died once, retried
+    assert states["ckplus/f02/tiny/ce"]["state"] == State.DONE
     assert states["ckplus/f02/tiny/ce>focal"]["state"] == State.DONE
     assert states["ckplus/f02/tiny/focal"]["state"] == State.FAILED  # died every time
     assert "ray trial failed" in states["ckplus/f02/tiny/focal"]["detail"]
-    counts = _counts(rundir, units)
-    assert counts["ckplus/f01/tiny/ce"] == 1  # a unit that raised is not run again
-    assert counts["ckplus/f02/tiny/ce"] == 2  # a trial whose process died is
-    assert counts["ckplus/f01/tiny/ce>focal"] == 0  # blocked: never submitted
-    assert counts["ckplus/f02/tiny/focal"] == 1 + PROFILE["max_failures"]  # then it failed
-    assert counts["ckplus/prepare"] == 0  # done before: never submitted
-    assert sum(counts.values()) == 6 - 1 + 1 + PROFILE["max_failures"]
-    by_id = {u.id: u.name for u in units}
-    assert "ckplus/f01/tiny/ce>focal" not in {by_id[u] for u in rundir.submissions()}
+    # A unit that failed is not run again (one error line in its log); one that died is,
+    # until its retries are spent.
+    log = (rundir.unit_log(broken.id, "ray")).read_text()
+    assert log.count("error: ") == 1, log
+    assert len(killer.killed) == 1 + PROFILE["max_failures"]
+    submitted = set(rundir.submissions())
+    assert units["ckplus/f01/tiny/ce>focal"].id not in submitted  # blocked: never submitted
+    assert units["ckplus/prepare"].id not in submitted  # done before: never submitted
     assert RayBackend(PROFILE).states(rundir) == {}
 
 
 @pytest.mark.ray
 def test_cancel_stops_a_running_launch_and_a_relaunch_resumes(
-    grid, fake_worker, local_ray, tmp_path
+    grid, prepared, grid_launch, local_ray, tmp_path
 ):
-    _, fake_run = fake_worker
-    slow = {"ckplus/f01/tiny/ce": 120, "ckplus/f02/tiny/ce": 120}
-    rundir, units = _fake_rundir(grid, tmp_path / "run", {"sleep": slow}, prepared=True)
-    todo = [u for u in units if u.kind == "train"]
+    rundir, units = _run_dir(grid, prepared, tmp_path / "run")
+    slow = [units["ckplus/f01/tiny/ce"], units["ckplus/f02/tiny/ce"]]
+    for unit in slow:
+        _long(rundir, unit)
+    todo = [u for u in units.values() if u.kind == "train"]
     stage2 = {u.id for u in todo if u.stage == 2}
     backend = RayBackend(PROFILE)
     seen: dict[str, object] = {}
@@ -285,7 +275,7 @@ def test_cancel_stops_a_running_launch_and_a_relaunch_resumes(
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             states = backend.states(rundir)
-            if State.RUNNING in states.values():
+            if all(unit_processes(rundir, u) for u in slow):
                 seen["states"] = states
                 seen["cancelled"] = backend.cancel(rundir)
                 return
@@ -294,23 +284,26 @@ def test_cancel_stops_a_running_launch_and_a_relaunch_resumes(
     canceller = threading.Thread(target=cancel_when_running)
     canceller.start()
     with pytest.raises(FerError, match="cancelled"):
-        RayBackend(PROFILE, runner=fake_run).submit(rundir, todo)
+        backend.submit(rundir, todo)
     canceller.join()
-    # Stopped, not waited out: the slow units (120 s each) never finished.
-    slow_ids = {u.id for u in units if u.name in slow}
-    assert not any(rundir.store.is_done(u, "train") for u in slow_ids)
+    # Stopped, not waited out: the slow units never finished, and their processes end with
+    # their trials (they were forked from a server that outlives them).
+    assert not any(rundir.store.is_done(u.id, "train") for u in slow)
+    for unit in slow:
+        wait_until(lambda u=unit: not unit_processes(rundir, u), 60, f"{unit.name} to stop")
+    assert seen["states"][slow[0].id] == State.RUNNING
     assert stage2 <= set(seen["states"])  # waiting for their wave: pending
     assert stage2 <= set(seen["cancelled"])
     assert backend.states(rundir) == {}
     assert not any(rundir.store.is_done(u, "train") for u in stage2)
-    assert not any(rundir.failure(u.id) for u in units), "cancelled units are not failures"
+    assert not any(rundir.failure(u.id) for u in units.values()), "cancelled: not failures"
 
-    (rundir.path / "script.json").write_text("{}")
-    todo = [u for u in units if not rundir.store.is_done(u.id, u.kind)]
+    rundir.write_dag(list(units.values()))  # the specs as launch writes them: short again
+    todo = [u for u in todo if not rundir.store.is_done(u.id, u.kind)]
     assert stage2 <= {u.id for u in todo}
-    RayBackend(PROFILE, runner=fake_run).submit(rundir, todo)
-    assert all(rundir.store.is_done(u.id, u.kind) for u in units)
-    assert all(n <= 2 for n in _counts(rundir, units).values())
+    backend.submit(rundir, todo)
+    runs = rundir.store.read("runs").column("unit_id").to_pylist()
+    assert sorted(runs) == sorted(u.id for u in units.values() if u.kind == "train")
 
 
 # --- a real local Ray, real training --------------------------------------------------------
@@ -319,8 +312,8 @@ def test_cancel_stops_a_running_launch_and_a_relaunch_resumes(
 @pytest.fixture(scope="module")
 def grid_launch(cluster_file, tmp_path_factory) -> Iterator[tuple[Background, Path, Path]]:
     """(the launcher, grid, run dir) of the one-fold grid launched on Ray by the CLI, as a user
-    does (with a local Ray of its own), in the background: the fake-worker tests run meanwhile
-    (`fake_worker` asks for it), as the 2 cores do both faster than one after the other."""
+    does (with a local Ray of its own), in the background: the failure and cancel tests run
+    meanwhile (they ask for it), as the 2 cores do both faster than one after the other."""
     tmp = tmp_path_factory.mktemp("rayrun")
     grid, run = tmp / "grid.yaml", tmp / "run"
     grid.write_text(TRAINED_GRID)

@@ -1,0 +1,192 @@
+"""Inside a Ray Tune trial: run one unit in a process forked from a preloaded server.
+
+The Ray worker running a trial imports this module (the trainable is `run_unit_trial`), so it
+imports nothing heavy: orchestrator.backends.local and orchestrator.run.worker load torch
+(through the run's progress and lineage modules), which the worker would otherwise import
+itself on top of its forkserver doing so. That is also why the forkserver context is built
+here rather than taken from orchestrator.backends.local.worker_context: the same server, with
+two more modules preloaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import multiprocessing
+import multiprocessing.connection
+import os
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+from fer_core.runtime import PRELOAD
+from orchestrator.run.rundir import RunDir
+
+
+def _metrics(rundir: RunDir, unit_id: str, state: str) -> dict[str, Any]:
+    table = rundir.store.read("runs", {unit_id})
+    accuracy = float(table.column("test_accuracy")[0].as_py()) if table is not None else math.nan
+    return {"state": state, "test_accuracy": accuracy}
+
+
+def run_unit_trial(config: dict[str, Any]) -> None:
+    """The Tune function trainable: run one unit in a process forked from a preloaded server.
+
+    The unit runs as the local backend runs it (orchestrator.run.worker.run_forked, in a
+    process forked from a server that has torch loaded): the fresh state of a `python -m
+    orchestrator.run.worker` process without its seconds of imports. The trial's actor is
+    reused for the next unit of its wave, and its forkserver with it. The unit's output goes
+    to units/<id>/ray.log.
+    """
+    from ray import tune
+
+    unit_id, run_dir = config["unit_id"], config["run_dir"]
+    rundir = RunDir(Path(run_dir))
+    log_path = rundir.unit_log(unit_id, "ray")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    job_id = f"{config['experiment']}/{tune.get_context().get_trial_id()}"
+    env = {**os.environ, "FER_SCHEDULER": "ray", "FER_JOB_ID": job_id, "PYTHONUNBUFFERED": "1"}
+    threads = max(1, int(config.get("threads") or 1))
+    rundir.clear_failed(unit_id)  # a failed.json left now is this attempt's
+    args = (run_dir, unit_id, str(log_path), env, threads)
+    service = config.get("fork_service")
+    if service and service["host"] == socket.gethostname():
+        code = _fork_in_launcher(service, args)
+    else:  # another node than the launcher's: this worker's own server
+        process = _forkserver().Process(target=_unit_process, args=args, name=unit_id)
+        process.start()
+        process.join()
+        assert process.exitcode is not None  # a joined process has one
+        code = process.exitcode
+    if code == 0:
+        tune.report(_metrics(rundir, unit_id, "done"))
+        return
+    reason = rundir.failure(unit_id)
+    if reason is None:
+        from orchestrator.run.worker import death_reason  # loads torch: only on this path
+
+        # Killed (OOM, by hand) or crashed before it could record why: the one case where a
+        # retry may succeed, so raise for Tune's FailureConfig; it resumes from last.pt.
+        raise RuntimeError(death_reason(code, log_path))
+    # Deterministic (bad data, NaN loss, CUDA OOM): end the trial as failed rather than
+    # raise, which Tune would retry.
+    tune.report({"state": "failed", "reason": reason, "test_accuracy": math.nan})
+
+
+def _forkserver() -> multiprocessing.context.ForkServerContext:
+    """The forkserver units fork from, loading PRELOAD and the worker as the local backend's
+    does, and also what a child of a Ray worker imports: Ray (multiprocessing re-runs the
+    worker's main module, which imports it, in the child) and this module."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([*PRELOAD, "orchestrator.run.worker", "ray", __name__])
+    return context
+
+
+def start_forkserver() -> None:
+    """Ray's worker_process_setup_hook for the backend's session: a trial's forkserver starts
+    loading torch as its Ray worker starts, while the worker imports Tune and sets up the
+    trial, instead of when the trial asks for its first unit."""
+    import multiprocessing.forkserver
+
+    _forkserver()
+    multiprocessing.forkserver.ensure_running()
+
+
+SETUP_HOOK = f"{__name__}.{start_forkserver.__name__}"
+
+
+def _unit_process(run_dir: str, unit_id: str, log_path: str, env: dict, threads: int) -> None:
+    """In the forked process: die with the process that asked for it (the trial's actor, or
+    the launcher), then run the unit (run_forked).
+
+    A forkserver's child outlives the process that asked for it; a stopped or killed trial
+    (cancel, a lost actor) or a dead launcher must not leave its unit training. The parent
+    sentinel closes when that process ends, however it ends.
+    """
+    import signal
+
+    from orchestrator.run.worker import run_forked
+
+    parent = multiprocessing.parent_process()
+
+    def die_with_parent() -> None:
+        assert parent is not None  # only started when there is one
+        multiprocessing.connection.wait([parent.sentinel])
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    if parent is not None:
+        threading.Thread(target=die_with_parent, daemon=True).start()
+    run_forked(run_dir, unit_id, log_path, env, threads)
+
+
+def _fork_in_launcher(service: dict[str, str], args: tuple) -> int:
+    """The unit forked by the launcher's ForkService; its exit status."""
+    authkey = bytes.fromhex(service["authkey"])
+    with multiprocessing.connection.Client(service["address"], authkey=authkey) as conn:
+        conn.send(args)
+        return int(conn.recv())
+
+
+class ForkService:
+    """In the launcher: forks the units of the trials on its host from its own forkserver.
+
+    The server (orchestrator.backends.local.worker_context, torch preloaded) starts loading
+    when the launch starts, while Ray starts, so the first units of a launch do not wait for
+    a trial's own server to load; and one server serves every trial on this host, not one
+    per actor. A trial sends its unit's arguments over a Unix socket (with an authkey) and
+    gets the exit status back; if the trial goes first (stopped, killed), its unit is stopped.
+    """
+
+    def __init__(self) -> None:
+        import multiprocessing.forkserver
+
+        from orchestrator.backends.local import worker_context
+
+        self.context = worker_context()
+        multiprocessing.forkserver.ensure_running()
+        self.authkey = os.urandom(32)
+        self.listener = multiprocessing.connection.Listener(family="AF_UNIX", authkey=self.authkey)
+        self.closed = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def endpoint(self) -> dict[str, str]:
+        """What a trial needs to reach this service (in its config)."""
+        return {
+            "host": socket.gethostname(),
+            "address": str(self.listener.address),
+            "authkey": self.authkey.hex(),
+        }
+
+    def close(self) -> None:
+        self.closed = True
+        with contextlib.suppress(OSError):  # wake the accept() for it to see `closed`
+            multiprocessing.connection.Client(self.listener.address, authkey=self.authkey).close()
+        self.thread.join()
+        self.listener.close()
+
+    def _serve(self) -> None:
+        while not self.closed:
+            try:
+                conn = self.listener.accept()
+            except (OSError, multiprocessing.AuthenticationError):
+                continue
+            if not self.closed:
+                threading.Thread(target=self._fork, args=(conn,), daemon=True).start()
+
+    def _fork(self, conn: multiprocessing.connection.Connection) -> None:
+        with conn:
+            try:
+                args = conn.recv()
+            except (EOFError, OSError):
+                return
+            process = self.context.Process(target=_unit_process, args=args, name=args[1])
+            process.start()
+            multiprocessing.connection.wait([process.sentinel, conn])
+            if process.is_alive():  # the trial went first (stopped, killed): so does its unit
+                process.terminate()
+            process.join()
+            with contextlib.suppress(OSError):  # the trial may be gone
+                conn.send(process.exitcode)
