@@ -73,13 +73,23 @@ def study(tmp_path_factory):
     roots = {"a": tiny_ckplus(tmp / "a"), "b": tiny_ckplus(tmp / "b", subjects=8)}
     manifest = _manifest(roots["b"], tmp / "labels" / "b.csv")
     grid = _grid(tmp / "grid.yaml", roots["a"], roots["b"], manifest)
-    run = tmp / "run"
-    _launch(grid, run)
-    return tmp, grid, run, roots, manifest
+    _launch(grid, tmp / "run")
+    return tmp
 
 
-def test_touch_faces_in_the_root_and_a_copy_without_times_retrain_nothing(study, capsys):
-    tmp, grid, run, roots, _ = study
+def _private(study: Path, tmp_path: Path) -> tuple[Path, Path, Path, dict[str, Path], Path]:
+    """A copy of the launched study (trees, manifest, run dir) at new paths that one test may
+    change: the module's study stays as launched. Identity is content, not paths, so the
+    copy is as done as the original."""
+    tmp = Path(shutil.copytree(study, tmp_path / "identity", symlinks=True))
+    roots = {"a": tmp / "a", "b": tmp / "b"}
+    manifest = tmp / "labels" / "b.csv"
+    grid = _grid(tmp / "grid.yaml", roots["a"], roots["b"], manifest)
+    return tmp, grid, tmp / "run", roots, manifest
+
+
+def test_touch_faces_in_the_root_and_a_copy_without_times_retrain_nothing(study, tmp_path, capsys):
+    tmp, grid, run, roots, _ = _private(study, tmp_path)
     for path in roots["a"].rglob("*"):
         os.utime(path)  # touch
     root = str(roots["a"])
@@ -95,10 +105,10 @@ def test_touch_faces_in_the_root_and_a_copy_without_times_retrain_nothing(study,
     assert "nothing to submit: 6 of 6 units done" in output
 
 
-def test_one_changed_label_retrains_exactly_that_datasets_units(study):
+def test_one_changed_label_retrains_exactly_that_datasets_units(study, tmp_path):
     """The label is edited in place in a manifest outside the root: same paths, same times
     of every image; only the content of what the units use changed."""
-    tmp, grid, run, _, manifest = study
+    tmp, grid, run, _, manifest = _private(study, tmp_path)
     before = {u.name: u.id for u in expand(load_grid(str(grid)), run)}
     text = manifest.read_text()
     manifest.write_text(text.replace(",happy\n", ",sad\n", 1))

@@ -19,7 +19,7 @@ from orchestrator.run.launch import launch
 from orchestrator.run.rundir import RunDir
 from orchestrator.run.states import State
 from orchestrator.run.status import unit_states
-from tests.helpers import tiny_ckplus
+from tests.helpers import private_copy, tiny_ckplus
 
 GRID = """name: lineage
 seed: 0
@@ -77,8 +77,9 @@ def _assert_lineage_recorded(rundir: RunDir, stages) -> None:
         assert row["parent_weights_sha"] == row["start_weights_sha"]
 
 
-def test_a_swapped_best_pt_retrains_its_unit_and_the_chain_below(chain):
-    grid, rundir, stages = chain
+def test_a_swapped_best_pt_retrains_its_unit_and_the_chain_below(chain, tmp_path):
+    grid, shared, stages = chain
+    rundir = private_copy(shared, tmp_path)  # the module's chain stays as launched
     before = _finished(rundir)
     first = rundir.work_dir(stages[1].id) / BEST
     shutil.copy(rundir.work_dir(stages[3].id) / BEST, first)  # loadable, but not its own
@@ -92,8 +93,9 @@ def test_a_swapped_best_pt_retrains_its_unit_and_the_chain_below(chain):
     _assert_lineage_recorded(rundir, stages)
 
 
-def test_an_unreadable_best_pt_in_the_middle_retrains_from_there_down(chain):
-    grid, rundir, stages = chain
+def test_an_unreadable_best_pt_in_the_middle_retrains_from_there_down(chain, tmp_path):
+    grid, shared, stages = chain
+    rundir = private_copy(shared, tmp_path)  # the module's chain stays as launched
     before = _finished(rundir)
     middle = rundir.work_dir(stages[2].id) / BEST
     middle.write_bytes(middle.read_bytes()[:100])  # truncated
@@ -107,9 +109,10 @@ def test_an_unreadable_best_pt_in_the_middle_retrains_from_there_down(chain):
     _assert_lineage_recorded(rundir, stages)
 
 
-def test_a_child_whose_parent_was_retrained_since_retrains(chain):
+def test_a_child_whose_parent_was_retrained_since_retrains(chain, tmp_path):
     """The parent's new best.pt is its own (recorded) but not the one the child started from."""
-    grid, rundir, stages = chain
+    grid, shared, stages = chain
+    rundir = private_copy(shared, tmp_path)  # the module's chain stays as launched
     before = _finished(rundir)
     parent = rundir.work_dir(stages[2].id)
     state = torch.load(parent / BEST, weights_only=True)
