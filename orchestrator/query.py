@@ -33,6 +33,7 @@ from typing import Any
 import duckdb
 
 from fer_core.errors import FerError
+from orchestrator.run.rundir import RunDir
 from orchestrator.run.store import TABLES, Store
 from orchestrator.texttable import text_table
 
@@ -73,7 +74,7 @@ def _quote(text: str) -> str:
 
 def _current_ids(run_dir: Path) -> set[str] | None:
     """Unit ids of the run dir's current DAG; None without a dag.json (then all rows count)."""
-    path = run_dir / "dag.json"
+    path = RunDir(run_dir).dag_path
     if not path.is_file():
         return None
     return {unit["id"] for unit in json.loads(path.read_text())}

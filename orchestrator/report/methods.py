@@ -18,7 +18,6 @@ from orchestrator.report.sections import NONE
 from orchestrator.report.study import Study
 from orchestrator.texttable import markdown_table
 
-GRID_COPY = "grid.yaml"  # the effective grid, kept in the run dir at launch
 NOT_RECORDED = "not recorded"
 # What `fer_core.data.augment` does (a test keeps this in step with its constants).
 AUGMENTATION = (
@@ -138,9 +137,10 @@ def _backbones(study: Study) -> str:
 def _grid_copy(study: Study) -> str:
     info = study.results.info
     source = f"launched from `{info.get('grid_file', '?')}`"
-    if (study.results.rundir.path / GRID_COPY).is_file():
-        return f"[`{GRID_COPY}`](../{GRID_COPY}) in the run dir ({source})"
-    return f"no copy kept in this run dir (it predates `{GRID_COPY}`); {source}"
+    copy = study.results.rundir.grid_copy_path
+    if copy.is_file():
+        return f"[`{copy.name}`](../{copy.name}) in the run dir ({source})"
+    return f"no copy kept in this run dir (it predates `{copy.name}`); {source}"
 
 
 def setup_section(study: Study) -> str:

@@ -89,7 +89,7 @@ def load_results(run_dir: str | Path) -> Results:
         raise FerError(f"run dir {path} does not exist; pass --run-dir of a launched grid")
     rundir = RunDir(path)
     units = rundir.read_dag()
-    info_path = rundir.path / "run.json"
+    info_path = rundir.info_path
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     done = {u.id for u in units if rundir.store.is_done(u.id, u.kind)}
 

@@ -71,11 +71,26 @@ class RunDir:
         return DEFAULT_RUNS / grid_name
 
     # --- identity -------------------------------------------------------------------------
+    @property
+    def info_path(self) -> Path:
+        """`run.json`: the grid this run dir belongs to."""
+        return self.path / "run.json"
+
+    @property
+    def dag_path(self) -> Path:
+        """`dag.json`: the current DAG (the last launch's units)."""
+        return self.path / "dag.json"
+
+    @property
+    def grid_copy_path(self) -> Path:
+        """`grid.yaml`: the effective grid of the last launch."""
+        return self.path / "grid.yaml"
+
     def claim(self, grid_name: str, grid_path: Path) -> None:
         """Bind this run dir to a grid; refuse a run dir that holds another grid's results."""
         if self.path.exists() and not self.path.is_dir():
             raise FerError(f"--run-dir {self.path}: is a file, not a folder; give a folder")
-        info_path = self.path / "run.json"
+        info_path = self.info_path
         if info_path.is_file():
             info = json.loads(info_path.read_text())
             if info.get("grid") != grid_name:
@@ -89,7 +104,7 @@ class RunDir:
         atomic_write_text(info_path, json.dumps(info, indent=1))
 
     def info(self) -> dict[str, Any]:
-        path = self.path / "run.json"
+        path = self.info_path
         if not path.is_file():
             raise FerError(f"{self.path}: not a run directory (no run.json); launch a grid first")
         return json.loads(path.read_text())
@@ -99,7 +114,7 @@ class RunDir:
         results: what produced them, readable without the grid file or the command line."""
         body = yaml.safe_dump(mapping, sort_keys=False, allow_unicode=True)
         header = "# The effective grid of the last launch into this run dir (overrides applied).\n"
-        atomic_write_text(self.path / "grid.yaml", header + body)
+        atomic_write_text(self.grid_copy_path, header + body)
 
     def write_profile(self, cluster: str, cluster_file: Path | None) -> None:
         """`profile.json`: the execution profile this run dir was launched with, so `status`
@@ -118,7 +133,7 @@ class RunDir:
 
     # --- the DAG ----------------------------------------------------------------------------
     def write_dag(self, units: list[Unit]) -> None:
-        atomic_write_text(self.path / "dag.json", json.dumps([asdict(u) for u in units], indent=1))
+        atomic_write_text(self.dag_path, json.dumps([asdict(u) for u in units], indent=1))
         for unit in units:
             self.write_spec(unit.id, unit.kind, unit.name, unit.spec)
         self._link_labels(units)
@@ -166,7 +181,7 @@ class RunDir:
             os.replace(temp, link)
 
     def read_dag(self) -> list[Unit]:
-        path = self.path / "dag.json"
+        path = self.dag_path
         if not path.is_file():
             raise FerError(f"{self.path}: no dag.json; launch a grid into this run dir first")
         units = []
@@ -273,6 +288,21 @@ class RunDir:
     @property
     def tune_dir(self) -> Path:
         return self.path / "tune"
+
+    @property
+    def tune_sbatch_path(self) -> Path:
+        """`tune --cluster slurm`'s batch script (a Ray cluster inside one SLURM job)."""
+        return self.tune_dir / "ray-slurm.sbatch"
+
+    @property
+    def tune_slurm_record(self) -> Path:
+        """That job's id and script, for `status`/`cancel` of the search."""
+        return self.tune_dir / "slurm.json"
+
+    @property
+    def ray_dir(self) -> Path:
+        """The Ray backend's launcher record, cancel request and Tune experiment folders."""
+        return self.path / "ray"
 
     @property
     def choice_path(self) -> Path:

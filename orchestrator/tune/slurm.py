@@ -27,7 +27,6 @@ from orchestrator.tune.space import TuneSpec
 if TYPE_CHECKING:
     from orchestrator.tune.nested import TuneRequest
 
-SCRIPT = "ray-slurm.sbatch"
 SBATCH_TIMEOUT_S = 60
 
 
@@ -87,7 +86,7 @@ def submit_tune_job(
     text = render_tune_sbatch(
         spec, rundir.path, profile, trial_profile, nodes, args.samples, list(args.data) or None
     )
-    path = rundir.tune_dir / SCRIPT
+    path = rundir.tune_sbatch_path
     atomic_write_text(path, text)
     if args.dry_run:
         print(f"sbatch script: {path} (dry run: not submitted)")
@@ -108,7 +107,7 @@ def submit_tune_job(
         raise FerError(f"sbatch {path} failed: {last}")
     job_id = done.stdout.strip().split(";")[0]
     record = {"job_id": job_id, "script": str(path), "nodes": nodes, "submitted_at": time.time()}
-    atomic_write_text(rundir.tune_dir / "slurm.json", json.dumps(record, indent=1))
+    atomic_write_text(rundir.tune_slurm_record, json.dumps(record, indent=1))
     print(f"submitted SLURM job {job_id}: a Ray cluster on {nodes} node(s) running the search")
     print(f"  script {path}; log {rundir.path}/fer-ray-{spec.grid.name}-{job_id}.out")
     print("  when it has finished: python -m orchestrator report --run-dir " + str(rundir.path))

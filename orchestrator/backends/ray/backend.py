@@ -54,10 +54,6 @@ CANCEL_FILE = "cancel-requested"
 CANCEL_WAIT_S = 60.0
 
 
-def ray_dir(rundir: RunDir) -> Path:
-    return rundir.path / "ray"
-
-
 # --- the launcher's record (for status and cancel from other shells) --------------------------
 
 
@@ -65,7 +61,7 @@ class LauncherRecord:
     """RUN_DIR/ray/launcher.json: this launcher's pid and its units' scheduler states."""
 
     def __init__(self, rundir: RunDir):
-        self.path = ray_dir(rundir) / LAUNCHER_FILE
+        self.path = rundir.ray_dir / LAUNCHER_FILE
         self.active: dict[str, str] = {}
 
     def open(self, unit_ids: list[str]) -> None:
@@ -95,7 +91,7 @@ class LauncherRecord:
     @staticmethod
     def read_live(rundir: RunDir) -> dict[str, Any] | None:
         """The record if its launcher still runs (on this host), else None."""
-        path = ray_dir(rundir) / LAUNCHER_FILE
+        path = rundir.ray_dir / LAUNCHER_FILE
         try:
             body = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
@@ -128,7 +124,7 @@ class RayBackend(Backend):
     # The interface ---------------------------------------------------------------------------
     def submit(self, rundir: RunDir, units: list[Unit], wait: bool = True) -> None:
         """Run `units` wave by wave; blocks (`wait` is moot: Ray lives as long as we do)."""
-        cancel_path = ray_dir(rundir) / CANCEL_FILE
+        cancel_path = rundir.ray_dir / CANCEL_FILE
         cancel_path.unlink(missing_ok=True)
         waves = wave_numbers(units)
         by_id = {unit.id: unit for unit in units}
@@ -192,7 +188,7 @@ class RayBackend(Backend):
         if not record or not record["active"]:
             return []
         active = list(record["active"])
-        atomic_write_text(ray_dir(rundir) / CANCEL_FILE, str(time.time()))
+        atomic_write_text(rundir.ray_dir / CANCEL_FILE, str(time.time()))
         deadline = time.monotonic() + CANCEL_WAIT_S
         while time.monotonic() < deadline and self.states(rundir):
             time.sleep(0.5)
@@ -233,7 +229,7 @@ class RayBackend(Backend):
                 for unit in ready
             }
         )
-        cancel_path = ray_dir(rundir) / CANCEL_FILE
+        cancel_path = rundir.ray_dir / CANCEL_FILE
         callback = _unit_callback(rundir, {u.id: u for u in ready}, progress, failed, launcher)
         tuner = tune.Tuner(
             tune.with_resources(run_unit_trial, settings.resources_per_trial),
@@ -252,7 +248,7 @@ class RayBackend(Backend):
             ),
             run_config=tune.RunConfig(
                 name=experiment,
-                storage_path=str(ray_dir(rundir)),
+                storage_path=str(rundir.ray_dir),
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
                 stop=_cancel_stopper(cancel_path),
                 callbacks=[callback, CSVLoggerCallback(), JsonLoggerCallback()],
