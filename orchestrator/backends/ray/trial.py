@@ -1,11 +1,11 @@
 """Inside a Ray Tune trial: run one unit in a process forked from a preloaded server.
 
 The Ray worker running a trial imports this module (the trainable is `run_unit_trial`), so it
-imports nothing heavy: orchestrator.backends.local and orchestrator.run.worker load torch
-(through the run's progress and lineage modules), which the worker would otherwise import
-itself on top of its forkserver doing so. That is also why the forkserver context is built
-here rather than taken from orchestrator.backends.local.worker_context: the same server, with
-two more modules preloaded.
+imports nothing heavy: orchestrator.backends.local and orchestrator.run.worker bring the
+store, TensorBoard and status modules (about a second of imports) that a trial needs only
+when its unit dies; its forkserver loads them for the unit. That is also why the forkserver
+context is built here rather than taken from orchestrator.backends.local.worker_context: the
+same server, with two more modules preloaded.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def run_unit_trial(config: dict[str, Any]) -> None:
         return
     reason = rundir.failure(unit_id)
     if reason is None:
-        from orchestrator.run.worker import death_reason  # loads torch: only on this path
+        from orchestrator.run.worker import death_reason  # ~1 s of imports: only on this path
 
         # Killed (OOM, by hand) or crashed before it could record why: the one case where a
         # retry may succeed, so raise for Tune's FailureConfig; it resumes from last.pt.
