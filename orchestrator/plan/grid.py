@@ -380,8 +380,11 @@ def _backbone(name: str, raw: Any, where: str) -> BackboneSpec:
     if weights is None or not isinstance(weights, str):
         raise FerError(f"{where}: weights {weights!r} must be 'none', 'pretrained' or a file path")
     input_size = raw.get("input_size")
-    if input_size is not None and (not isinstance(input_size, int) or input_size < 16):
-        raise FerError(f"{where}: input_size {input_size!r} must be an integer >= 16")
+    smallest = BACKBONES[name].min_input_size  # below it the network's feature maps vanish
+    if input_size is not None and (
+        isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < smallest
+    ):
+        raise FerError(f"{where}: input_size {input_size!r} must be an integer >= {smallest}")
     return BackboneSpec(name, weights, input_size)
 
 

@@ -198,6 +198,7 @@ def _grid_cases() -> list[Case]:
         "unknown_backbone": "resnet99",
         "weights_null": "weights",
         "input_size_too_small": "input_size",
+        "input_size_below_backbone_min": "input_size 64 must be an integer >= 75",
         "undeclared_backbone": "resnet18",
         "unknown_stage_loss": "hinge",
         "empty_strategy": "strategy ''",
