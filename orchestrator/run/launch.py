@@ -63,14 +63,20 @@ def launch(
     rundir = RunDir(run_dir or RunDir.default_path(grid.name))
     if dry_run:
         problems = list(dict.fromkeys(p for point in plan.grids for p in missing_weights(point)))
-        units = expand_plan(plan, rundir.path, problems)
-        _print_plan(grid, plan, units, rundir, out)
+        digests = rundir.digest_cache()  # read, never saved: a dry run writes nothing
+        units = expand_plan(plan, rundir.path, problems, digests=digests)
+        stale = stale_units(rundir, units, digests)
+        done = {u.id for u in units if rundir.is_done(u.id, u.kind) and u.id not in stale}
+        _print_plan(grid, plan, units, rundir, len(done), out)
+        for unit in units:
+            if unit.id in stale:
+                print(f"  would retrain {unit.name} ({unit.id}): {stale[unit.id]}", file=out)
         for problem in problems:
             print(f"  warning: {problem}", file=out)
         if profile["backend"] == "slurm":
             from orchestrator.backends.slurm.plan import print_slurm_plan
 
-            todo = [u for u in units if not rundir.is_done(u.id, u.kind)]
+            todo = [u for u in units if u.id not in done]
             print_slurm_plan(profile, rundir, todo, out)
         return rundir
     digests = rundir.digest_cache()
@@ -125,11 +131,12 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
-def _print_plan(grid: Grid, plan: GridPlan, units: list[Unit], rundir: RunDir, out: TextIO) -> None:
+def _print_plan(
+    grid: Grid, plan: GridPlan, units: list[Unit], rundir: RunDir, done: int, out: TextIO
+) -> None:
     counts = summary(units)
     shared = sum(1 for u in units if u.kind == "train" and u.stage == 1 and _children(u, units))
     strategies = sum(len(u.strategies) for u in units)
-    done = sum(1 for u in units if rundir.is_done(u.id, u.kind))
     stages = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()) if k.startswith("stage"))
     print(f"grid {grid.name} ({grid.path})", file=out)
     if len(plan.points) > 1:

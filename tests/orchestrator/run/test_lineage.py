@@ -109,6 +109,22 @@ def test_an_unreadable_best_pt_in_the_middle_retrains_from_there_down(chain, tmp
     _assert_lineage_recorded(rundir, stages)
 
 
+def test_a_dry_run_counts_stale_units_as_not_done_and_writes_nothing(chain, tmp_path):
+    grid, shared, stages = chain
+    rundir = private_copy(shared, tmp_path)  # the module's chain stays as launched
+    middle = rundir.work_dir(stages[2].id) / BEST
+    middle.write_bytes(middle.read_bytes()[:100])  # truncated
+    files = sorted((p, p.stat().st_mtime_ns) for p in rundir.path.rglob("*") if p.is_file())
+    out = io.StringIO()
+    launch(str(grid), run_dir=rundir.path, dry_run=True, out=out)
+    text = out.getvalue()
+    assert f"already done in {rundir.path}: 2" in text  # the preparation and stage 1
+    assert f"would retrain {stages[2].name} ({stages[2].id}): its {BEST} is not the file" in text
+    assert f"would retrain {stages[3].name} ({stages[3].id}): its parent" in text
+    assert stages[1].id not in text
+    assert sorted((p, p.stat().st_mtime_ns) for p in rundir.path.rglob("*") if p.is_file()) == files
+
+
 def test_a_child_whose_parent_was_retrained_since_retrains(chain, tmp_path):
     """The parent's new best.pt is its own (recorded) but not the one the child started from."""
     grid, shared, stages = chain
