@@ -66,8 +66,8 @@ def launch(
         digests = rundir.digest_cache()  # read, never saved: a dry run writes nothing
         units = expand_plan(plan, rundir.path, problems, digests=digests)
         stale = stale_units(rundir, units, digests)
-        done = {u.id for u in units if rundir.is_done(u.id, u.kind) and u.id not in stale}
-        _print_plan(grid, plan, units, rundir, len(done), out)
+        finished = {u.id for u in units if rundir.is_done(u.id, u.kind) and u.id not in stale}
+        _print_plan(grid, plan, units, rundir, len(finished), out)
         for unit in units:
             if unit.id in stale:
                 print(f"  would retrain {unit.name} ({unit.id}): {stale[unit.id]}", file=out)
@@ -76,7 +76,7 @@ def launch(
         if profile["backend"] == "slurm":
             from orchestrator.backends.slurm.plan import print_slurm_plan
 
-            todo = [u for u in units if u.id not in done]
+            todo = [u for u in units if u.id not in finished]
             print_slurm_plan(profile, rundir, todo, out)
         return rundir
     digests = rundir.digest_cache()
