@@ -41,13 +41,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import yaml
 
 from fer_core.digest_cache import DigestCache
 from fer_core.errors import FerError
 from fer_core.io import atomic_write_text
+from fer_core.spec import UnitSpec
 from orchestrator.plan.labels import label_parts
 from orchestrator.plan.unit import Unit
 from orchestrator.run.store import Store
@@ -56,6 +57,23 @@ BY_LABEL = "by-label"
 DEFAULT_RUNS = Path("runs")  # a grid's run dir when none is given: runs/<grid name>
 TB_DIR = "tensorboard"  # TensorBoard's --logdir (orchestrator.run.tblog writes the files)
 TRIAL = "trial"  # the kind of a tune trial split's unit (not in the DAG; orchestrator.tune)
+
+
+class RunInfo(TypedDict):
+    """`run.json`: the grid a run dir belongs to (`RunDir.claim` writes it once)."""
+
+    grid: str
+    grid_file: str
+    created_at: float
+
+
+class SpecFile(TypedDict):
+    """`units/<id>/spec.json`: a unit's kind (prepare, train, trial), its label and its spec
+    in JSON form, a `fer_core.spec.PrepareSpec` or `UnitSpec` by kind (the worker parses it)."""
+
+    kind: str
+    name: str
+    spec: dict[str, Any]
 
 
 class RunDir:
@@ -100,10 +118,14 @@ class RunDir:
                 )
             return
         self.path.mkdir(parents=True, exist_ok=True)
-        info = {"grid": grid_name, "grid_file": str(grid_path), "created_at": time.time()}
-        atomic_write_text(info_path, json.dumps(info, indent=1))
+        claimed: RunInfo = {
+            "grid": grid_name,
+            "grid_file": str(grid_path),
+            "created_at": time.time(),
+        }
+        atomic_write_text(info_path, json.dumps(claimed, indent=1))
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> RunInfo:
         path = self.info_path
         if not path.is_file():
             raise FerError(f"{self.path}: not a run directory (no run.json); launch a grid first")
@@ -141,9 +163,10 @@ class RunDir:
     def write_spec(self, unit_id: str, kind: str, name: str, spec: dict[str, Any]) -> None:
         """`units/<id>/spec.json`: what the worker runs (rewritten only when it changed)."""
         path = self.unit_dir(unit_id) / "spec.json"
-        body = json.dumps({"kind": kind, "name": name, "spec": spec}, indent=1)
-        if not path.is_file() or path.read_text() != body:
-            atomic_write_text(path, body)
+        body: SpecFile = {"kind": kind, "name": name, "spec": spec}
+        text = json.dumps(body, indent=1)
+        if not path.is_file() or path.read_text() != text:
+            atomic_write_text(path, text)
 
     @property
     def by_label(self) -> Path:
@@ -210,18 +233,16 @@ class RunDir:
         """A unit's worker output when it ran in SLURM job `job_id` with others (a pack)."""
         return self.unit_dir(unit_id) / "slurm" / f"{job_id}_pack_log.out"
 
-    def events_dir(self, kind: str, name: str, spec: dict[str, Any]) -> Path:
+    def events_dir(self, kind: str, name: str, spec: UnitSpec) -> Path:
         """A unit's TensorBoard run: at its by-label path, or a trial split's name under
         `tensorboard/tune/`."""
         if kind == TRIAL:
             return self.path.joinpath(TB_DIR, "tune", *name.split("/"))
-        seed = (spec.get("config") or {}).get("seed")
-        parts = label_parts(
-            name, spec["dataset"], spec["backbone"], spec["strategy"], spec["fold"], seed
-        )
+        seed = spec.config.get("seed")
+        parts = label_parts(name, spec.dataset, spec.backbone, spec.strategy, spec.fold, seed)
         return self.path.joinpath(TB_DIR, *parts)
 
-    def read_spec(self, unit_id: str) -> dict[str, Any]:
+    def read_spec(self, unit_id: str) -> SpecFile:
         path = self.unit_dir(unit_id) / "spec.json"
         if not path.is_file():
             raise FerError(f"{path}: unit spec not found; re-run launch")
