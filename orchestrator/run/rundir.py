@@ -21,7 +21,8 @@ RUN_DIR/tune/                 the `tune` search (orchestrator.tune): trials/<con
                               split is a unit of its own under units/<id>/ (kind `trial`)
 RUN_DIR/by-label/<dataset>/<backbone>/<strategy>/fNN/seedS[/values] -> ../units/<id>
                               readable aliases of the current DAG's unit folders (symlinks;
-                              `>` is `-` there: `ce-focal`; orchestrator.plan.labels)
+                              `>` is `-` there: `ce-focal`; orchestrator.plan.labels); a
+                              copy that followed them gets its links back at the next launch
 RUN_DIR/tensorboard/...       TensorBoard event files, one run per unit, same layout;
                               tune trial splits under tensorboard/tune/
 ```
@@ -33,6 +34,7 @@ requeues and re-launches.
 from __future__ import annotations
 
 import fcntl
+import filecmp
 import json
 import os
 import shutil
@@ -155,10 +157,11 @@ class RunDir:
 
     # --- the DAG ----------------------------------------------------------------------------
     def write_dag(self, units: list[Unit]) -> None:
+        links = self._label_links(units)  # first: a refusal leaves the run dir as it was
         atomic_write_text(self.dag_path, json.dumps([asdict(u) for u in units], indent=1))
         for unit in units:
             self.write_spec(unit.id, unit.kind, unit.name, unit.spec)
-        self._link_labels(units)
+        self._link_labels(links)
 
     def write_spec(self, unit_id: str, kind: str, name: str, spec: dict[str, Any]) -> None:
         """`units/<id>/spec.json`: what the worker runs (rewritten only when it changed)."""
@@ -179,11 +182,27 @@ class RunDir:
         parts = label_parts(unit.name, unit.dataset, unit.backbone, unit.strategy, unit.fold, seed)
         return self.by_label.joinpath(*parts)
 
-    def _link_labels(self, units: list[Unit]) -> None:
-        """Point `by-label/` at the units of this DAG: stale links go, each link is replaced
-        atomically (a temp link renamed over it)."""
+    def _label_links(self, units: list[Unit]) -> dict[Path, Path]:
+        """Each unit's alias -> its folder. A real folder where an alias belongs is what a
+        copy of the run dir that follows links (`cp -rL`, scp, zip) leaves: a copy of that
+        unit's folder, replaced by the link; one holding anything the unit's folder does not
+        is refused, naming it, so nothing a person put there is deleted."""
+        links = {self.label_path(unit): self.unit_dir(unit.id) for unit in units}
+        for link, target in links.items():
+            if link.is_dir() and not link.is_symlink():
+                extra = _first_not_in(link, target)
+                if extra is not None:
+                    raise FerError(
+                        f"{link}: a folder where the link to {target} belongs, holding "
+                        f"{extra.relative_to(link)} that the unit's folder does not; move it "
+                        f"out of {self.by_label}, then launch again"
+                    )
+        return links
+
+    def _link_labels(self, wanted: dict[Path, Path]) -> None:
+        """Point `by-label/` at the units of this DAG (`_label_links`): stale links go, each
+        link is replaced atomically (a temp link renamed over it)."""
         root = self.by_label
-        wanted = {self.label_path(unit): self.unit_dir(unit.id) for unit in units}
         if root.is_dir():
             for directory, subdirs, files in os.walk(root, topdown=False):
                 for name in subdirs + files:
@@ -197,6 +216,8 @@ class RunDir:
         for link, target in wanted.items():
             if link.is_symlink():
                 continue
+            if link.is_dir():  # a copy of `target` (checked by _label_links)
+                shutil.rmtree(link)
             link.parent.mkdir(parents=True, exist_ok=True)
             temp = link.with_name(f".tmp-{link.name}-{os.getpid()}")
             temp.unlink(missing_ok=True)
@@ -411,3 +432,21 @@ class RunDir:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+
+def _first_not_in(copy: Path, original: Path) -> Path | None:
+    """The first file or link under `copy` that `original` does not hold, byte for byte (or
+    link for link) at the same relative path; None when `copy` holds nothing else."""
+    for directory, subdirs, files in os.walk(copy):
+        for name in sorted(files + subdirs):
+            path = Path(directory) / name
+            twin = original / path.relative_to(copy)
+            if path.is_symlink():
+                if not twin.is_symlink() or os.readlink(twin) != os.readlink(path):
+                    return path
+            elif path.is_file():
+                if twin.is_symlink() or not twin.is_file():
+                    return path
+                if not filecmp.cmp(path, twin, shallow=False):
+                    return path
+    return None
