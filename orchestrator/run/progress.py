@@ -17,7 +17,7 @@ import shutil
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, TextIO, TypedDict
 
 from fer_core.io import atomic_write_text
 from fer_core.records import EpochRecord
@@ -73,17 +73,33 @@ def unit_summary(rundir: RunDir, unit: Unit) -> str:
     return f"test acc {row['test_accuracy']:.3f}, best epoch {row['best_epoch']}"
 
 
+class LiveRecord(TypedDict):
+    """`units/<id>/live.json`: a unit's last epoch, as its worker wrote it after the epoch."""
+
+    epoch: int
+    epochs: int
+    train_loss: float
+    train_accuracy: float
+    selection_accuracy: float
+    seconds: list[float]  # the last epochs' durations, this attempt (for the ETA)
+    at: float  # time.time() when written
+
+
+def _read_live(rundir: RunDir, unit_id: str) -> LiveRecord:
+    live: LiveRecord = json.loads(rundir.live_path(unit_id).read_text())
+    return live
+
+
 def record_epoch(rundir: RunDir, unit_id: str, record: EpochRecord, epochs: int) -> None:
     """After an epoch (the worker's `on_epoch`): what the live view shows of this unit."""
-    path = rundir.live_path(unit_id)
     seconds = [record["seconds"]]
     try:
-        previous = json.loads(path.read_text())
+        previous = _read_live(rundir, unit_id)
         if previous["epoch"] < record["epoch"]:  # same attempt: keep the mean epoch time
             seconds = previous["seconds"] + seconds
     except (OSError, ValueError, KeyError):
         pass
-    body = {
+    body: LiveRecord = {
         "epoch": record["epoch"],
         "epochs": epochs,
         "train_loss": record["train_loss"],
@@ -92,13 +108,13 @@ def record_epoch(rundir: RunDir, unit_id: str, record: EpochRecord, epochs: int)
         "seconds": seconds[-20:],
         "at": time.time(),
     }
-    atomic_write_text(path, json.dumps(body))
+    atomic_write_text(rundir.live_path(unit_id), json.dumps(body))
 
 
 def running_detail(rundir: RunDir, unit_id: str, now: float | None = None) -> str:
     """`epoch 3/4  loss 1.234  ETA 5s` for a running unit (empty before its first epoch)."""
     try:
-        live = json.loads(rundir.live_path(unit_id).read_text())
+        live = _read_live(rundir, unit_id)
         epoch, epochs, seconds = live["epoch"], live["epochs"], live["seconds"]
     except (OSError, ValueError, KeyError):
         return ""

@@ -435,18 +435,15 @@ class RunDir:
 
 
 def _first_not_in(copy: Path, original: Path) -> Path | None:
-    """The first file or link under `copy` that `original` does not hold, byte for byte (or
-    link for link) at the same relative path; None when `copy` holds nothing else."""
-    for directory, subdirs, files in os.walk(copy):
-        for name in sorted(files + subdirs):
+    """The first file under `copy` that `original` does not hold byte for byte at the same
+    relative path; None when there is none. Links are not looked at: under `by-label/` they
+    are aliases, which the launch re-points or removes, and hold no data."""
+    for directory, _, files in os.walk(copy):
+        for name in sorted(files):
             path = Path(directory) / name
             twin = original / path.relative_to(copy)
             if path.is_symlink():
-                if not twin.is_symlink() or os.readlink(twin) != os.readlink(path):
-                    return path
-            elif path.is_file():
-                if twin.is_symlink() or not twin.is_file():
-                    return path
-                if not filecmp.cmp(path, twin, shallow=False):
-                    return path
+                continue
+            if twin.is_symlink() or not twin.is_file() or not filecmp.cmp(path, twin, False):
+                return path
     return None
