@@ -20,6 +20,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,10 +28,34 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from fer_core.config import StageConfig
-from fer_core.data.augment import pil_train_transform, train_transform
+from fer_core.data.augment import MAX_DEGREES, MEAN, P_HFLIP, P_VFLIP, STD, train_transform
 from fer_core.losses import build_loss
 from fer_core.models import build_model
 from fer_core.train import autocast_dtype
+
+
+def pil_train_transform(
+    out_size: int,
+    p_hflip: float = P_HFLIP,
+    p_vflip: float = P_VFLIP,
+    degrees: float = MAX_DEGREES,
+) -> Callable[[Image.Image], torch.Tensor]:
+    """(a)'s transforms: the usual per-image torchvision pipeline for the augmentation that
+    `fer_core.data.augment.train_transform` does batched (PIL in, tensor out). Note that
+    RandomRotation's default interpolation is nearest; the batched one is bilinear."""
+    from torchvision import transforms
+
+    pipeline = transforms.Compose(
+        [
+            transforms.Resize((out_size, out_size)),
+            transforms.RandomHorizontalFlip(p_hflip),
+            transforms.RandomVerticalFlip(p_vflip),
+            transforms.RandomRotation(degrees),
+            transforms.ToTensor(),
+            transforms.Normalize(MEAN, STD),
+        ]
+    )
+    return pipeline
 
 
 class CropFiles(Dataset):

@@ -1,5 +1,6 @@
-"""The records a training unit hands back: one row each of the `runs`, `predictions` and
-`epochs` tables, and the epoch record its trainer reports as it goes.
+"""The records a unit hands back: one row each of the `runs`, `predictions` and `epochs`
+tables and the epoch record its trainer reports as it goes (a training unit), or its row of
+the `prepare` table (a data-preparation unit).
 
 Kept apart from `fer_core.unit` and `fer_core.train` and free of torch, so a scheduler can
 name these shapes without importing the training stack. Key order is the column order of the
@@ -97,3 +98,23 @@ class UnitResult(TypedDict):
     run: RunRow
     predictions: list[PredictionRow]
     epochs: list[EpochRow]
+
+
+class PrepareRow(TypedDict):
+    """A row of the `prepare` table: what a data-preparation unit made of its dataset."""
+
+    unit_id: str
+    dataset: str  # the grid's name for it
+    kind: str  # ckplus, oulu, manifest
+    root: str
+    synthetic: bool
+    images: int
+    subjects: int
+    classes: str  # comma-separated, in label order
+    detector: str
+    crop_size: int
+    detected: int
+    fallback: int
+    reused: int
+    fingerprint: str
+    prepared_at: float

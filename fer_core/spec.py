@@ -1,4 +1,5 @@
-"""The unit spec: the contract between the orchestrator and `fer_core.unit.run_unit`.
+"""The unit specs: the contracts between the orchestrator and the code that runs a unit,
+`fer_core.unit.run_unit` (training) and `orchestrator.run.worker.prepare` (data preparation).
 
 Plain data and no torch, so the orchestrator can build, hash and store specs without loading
 the training stack.
@@ -6,10 +7,28 @@ the training stack.
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field
-from typing import Any
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, TypeVar
 
 from fer_core.errors import FerError
+
+_Spec = TypeVar("_Spec", "UnitSpec", "PrepareSpec")
+
+
+def _from_dict(cls: type[_Spec], what: str, values: dict[str, Any]) -> _Spec:
+    """`cls(**values)`, naming the first unknown or missing key instead of a TypeError."""
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise FerError(f"{what}: unknown key {unknown[0]!r}")
+    missing = [
+        name
+        for name, f in known.items()
+        if name not in values and f.default is MISSING and f.default_factory is MISSING
+    ]
+    if missing:
+        raise FerError(f"{what}: missing key {missing[0]!r}")
+    return cls(**values)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,15 +57,28 @@ class UnitSpec:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> UnitSpec:
-        fields = cls.__dataclass_fields__
-        unknown = sorted(set(values) - set(fields))
-        if unknown:
-            raise FerError(f"unit spec: unknown key {unknown[0]!r}")
-        missing = [
-            name
-            for name, f in fields.items()
-            if name not in values and f.default is MISSING and f.default_factory is MISSING
-        ]
-        if missing:
-            raise FerError(f"unit spec: missing key {missing[0]!r}")
-        return cls(**values)
+        return _from_dict(cls, "unit spec", values)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrepareSpec:
+    """What a data-preparation unit does: index a dataset's raw tree (generating a synthetic
+    twin there first if asked) and crop its faces into `out_dir`. Built by
+    `orchestrator.plan.dag.expand`; its JSON form (`asdict`, fields in this order) is the
+    `spec` of the unit's `spec.json`, and `from_dict` reads it back. Its unit's id hashes the
+    dataset's content and the crop settings, never these paths."""
+
+    dataset: str  # the dataset kind: ckplus, oulu, manifest
+    name: str  # the grid's name for the dataset
+    root: str  # the raw tree (a synthetic twin's is generated there)
+    manifest: str | None  # a manifest dataset's CSV (None: root/manifest.csv)
+    synthetic: bool
+    image_size: list[int] | None  # a synthetic twin's frame [width, height]; None: default
+    crop_size: int
+    detector: str  # mtcnn | center
+    n_folds: int
+    out_dir: str  # the prepared dataset: index.parquet, faces.pt, faces.json
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PrepareSpec:
+        return _from_dict(cls, "prepare spec", values)

@@ -5,8 +5,8 @@ rotation within +-10 degrees) is usually done per image on the CPU with PIL, whi
 GPU. Here the whole batch is resized once, then flipped and rotated by one affine grid with
 per-sample parameters (`F.affine_grid` + `F.grid_sample`, bilinear, zero padding) — the same
 geometry as torchvision's Resize -> RandomHorizontalFlip -> RandomVerticalFlip ->
-RandomRotation, in the same order. `pil_train_transform` is that usual per-image pipeline,
-kept for comparisons and benchmarks.
+RandomRotation, in the same order (`bench/throughput.py` times that usual per-image pipeline
+against this one).
 
 Inputs are N x C x H x W (C = 3, or 1 for grey, repeated), uint8 or float **on the 0..255
 scale** (a float copy of uint8 pixels gives the same result); outputs are float32,
@@ -16,17 +16,12 @@ normalised with the ImageNet mean and std the pre-trained backbones expect.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
 
 from fer_core.errors import FerError
-
-if TYPE_CHECKING:
-    from PIL import Image
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -131,30 +126,6 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     return (x - mean) / std
-
-
-def pil_train_transform(
-    out_size: Size,
-    p_hflip: float = P_HFLIP,
-    p_vflip: float = P_VFLIP,
-    degrees: float = MAX_DEGREES,
-) -> Callable[[Image.Image], torch.Tensor]:
-    """The usual per-image torchvision pipeline for the same augmentation (PIL in, tensor
-    out). Note RandomRotation's default interpolation is nearest; the batched one is bilinear."""
-    from torchvision import transforms
-
-    size = _pair(out_size)
-    pipeline = transforms.Compose(
-        [
-            transforms.Resize(size),
-            transforms.RandomHorizontalFlip(p_hflip),
-            transforms.RandomVerticalFlip(p_vflip),
-            transforms.RandomRotation(degrees),
-            transforms.ToTensor(),
-            transforms.Normalize(MEAN, STD),
-        ]
-    )
-    return cast("Callable[[Image.Image], torch.Tensor]", pipeline)  # torchvision is untyped
 
 
 def _to_unit(x: torch.Tensor) -> torch.Tensor:

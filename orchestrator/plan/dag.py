@@ -21,7 +21,7 @@ from typing import Any
 from fer_core.data.identity import dataset_identity
 from fer_core.digest_cache import DigestCache
 from fer_core.errors import FerError
-from fer_core.spec import UnitSpec
+from fer_core.spec import PrepareSpec, UnitSpec
 from orchestrator.plan.grid import DatasetSpec, Grid, parse_strategy
 from orchestrator.plan.unit import Unit
 from orchestrator.run.rundir import RunDir
@@ -147,18 +147,20 @@ def expand(
             name=f"{dataset.name}/prepare",
             dataset=dataset.name,
             deps=(),
-            spec={
-                "dataset": dataset.kind,
-                "name": dataset.name,
-                "root": str(root),
-                "manifest": dataset.manifest,
-                "synthetic": dataset.synthetic,
-                "image_size": list(dataset.image_size) if dataset.image_size else None,
-                "crop_size": dataset.crop_size,
-                "detector": dataset.detector,
-                "n_folds": dataset.n_folds,
-                "out_dir": str(data_dir),
-            },
+            spec=asdict(
+                PrepareSpec(
+                    dataset=dataset.kind,
+                    name=dataset.name,
+                    root=str(root),
+                    manifest=dataset.manifest,
+                    synthetic=dataset.synthetic,
+                    image_size=list(dataset.image_size) if dataset.image_size else None,
+                    crop_size=dataset.crop_size,
+                    detector=dataset.detector,
+                    n_folds=dataset.n_folds,
+                    out_dir=str(data_dir),
+                )
+            ),
         )
         for experiment in grid.experiments:
             for backbone_name in experiment.backbones:

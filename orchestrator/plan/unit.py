@@ -12,8 +12,10 @@ from typing import Any
 class Unit:
     """One job: prepare a dataset, or train one stage of one strategy on one fold.
 
-    `spec` is what its worker runs, in its JSON form (`spec.json`, `dag.json`): a prepare
-    spec, or for training the fields of `fer_core.unit.UnitSpec`."""
+    `spec` is what its worker runs, in its JSON form (`spec.json`, `dag.json`): the fields
+    of a `fer_core.spec.PrepareSpec` or `UnitSpec` (`asdict`), parsed by the worker alone.
+    JSON, not the dataclass: the report, the labels, lineage and tune read it by key, and a
+    tune split hands a parent's spec to a Ray trial in this form."""
 
     id: str
     kind: str  # "prepare" | "train"

@@ -17,15 +17,18 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Mapping
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, TextIO, TypedDict
 
 from fer_core.io import atomic_write_text
+from fer_core.records import EpochRecord
 from orchestrator.backends.base import Backend
 from orchestrator.plan.unit import Unit
 from orchestrator.run import states as st
 from orchestrator.run.rundir import RunDir
 from orchestrator.run.states import State
+
+if TYPE_CHECKING:  # status imports this module (running_detail)
+    from orchestrator.run.status import StatusRow
 
 _ETA = re.compile(r"  ETA \S+$")
 MAX_RUNNING_LINES = 12
@@ -70,17 +73,33 @@ def unit_summary(rundir: RunDir, unit: Unit) -> str:
     return f"test acc {row['test_accuracy']:.3f}, best epoch {row['best_epoch']}"
 
 
-def record_epoch(rundir: RunDir, unit_id: str, record: Mapping[str, Any], epochs: int) -> None:
+class LiveRecord(TypedDict):
+    """`units/<id>/live.json`: a unit's last epoch, as its worker wrote it after the epoch."""
+
+    epoch: int
+    epochs: int
+    train_loss: float
+    train_accuracy: float
+    selection_accuracy: float
+    seconds: list[float]  # the last epochs' durations, this attempt (for the ETA)
+    at: float  # time.time() when written
+
+
+def _read_live(rundir: RunDir, unit_id: str) -> LiveRecord:
+    live: LiveRecord = json.loads(rundir.live_path(unit_id).read_text())
+    return live
+
+
+def record_epoch(rundir: RunDir, unit_id: str, record: EpochRecord, epochs: int) -> None:
     """After an epoch (the worker's `on_epoch`): what the live view shows of this unit."""
-    path = rundir.live_path(unit_id)
     seconds = [record["seconds"]]
     try:
-        previous = json.loads(path.read_text())
+        previous = _read_live(rundir, unit_id)
         if previous["epoch"] < record["epoch"]:  # same attempt: keep the mean epoch time
             seconds = previous["seconds"] + seconds
     except (OSError, ValueError, KeyError):
         pass
-    body = {
+    body: LiveRecord = {
         "epoch": record["epoch"],
         "epochs": epochs,
         "train_loss": record["train_loss"],
@@ -89,13 +108,13 @@ def record_epoch(rundir: RunDir, unit_id: str, record: Mapping[str, Any], epochs
         "seconds": seconds[-20:],
         "at": time.time(),
     }
-    atomic_write_text(path, json.dumps(body))
+    atomic_write_text(rundir.live_path(unit_id), json.dumps(body))
 
 
 def running_detail(rundir: RunDir, unit_id: str, now: float | None = None) -> str:
     """`epoch 3/4  loss 1.234  ETA 5s` for a running unit (empty before its first epoch)."""
     try:
-        live = json.loads(rundir.live_path(unit_id).read_text())
+        live = _read_live(rundir, unit_id)
         epoch, epochs, seconds = live["epoch"], live["epochs"], live["seconds"]
     except (OSError, ValueError, KeyError):
         return ""
@@ -109,7 +128,9 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def render(rundir: RunDir, rows: list[dict[str, Any]], width: int, elapsed: float | None = None):
+def render(
+    rundir: RunDir, rows: list[StatusRow], width: int, elapsed: float | None = None
+) -> list[str]:
     """The live block: a line of counts, then the running units, then failures, as lines of
     at most `width` characters (a wrapped line would break the redraw)."""
     counts = st.counts({r["unit_id"]: r["state"] for r in rows})
@@ -213,7 +234,7 @@ class LiveView:
                 self._draw()
 
 
-def _status_rows(rundir: RunDir, backend: Backend | None) -> list[dict[str, Any]]:
+def _status_rows(rundir: RunDir, backend: Backend | None) -> list[StatusRow]:
     from orchestrator.run.status import status_rows
 
     return status_rows(rundir, backend)

@@ -21,7 +21,8 @@ RUN_DIR/tune/                 the `tune` search (orchestrator.tune): trials/<con
                               split is a unit of its own under units/<id>/ (kind `trial`)
 RUN_DIR/by-label/<dataset>/<backbone>/<strategy>/fNN/seedS[/values] -> ../units/<id>
                               readable aliases of the current DAG's unit folders (symlinks;
-                              `>` is `-` there: `ce-focal`; orchestrator.plan.labels)
+                              `>` is `-` there: `ce-focal`; orchestrator.plan.labels); a
+                              copy that followed them gets its links back at the next launch
 RUN_DIR/tensorboard/...       TensorBoard event files, one run per unit, same layout;
                               tune trial splits under tensorboard/tune/
 ```
@@ -33,6 +34,7 @@ requeues and re-launches.
 from __future__ import annotations
 
 import fcntl
+import filecmp
 import json
 import os
 import shutil
@@ -41,13 +43,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import yaml
 
 from fer_core.digest_cache import DigestCache
 from fer_core.errors import FerError
 from fer_core.io import atomic_write_text
+from fer_core.spec import UnitSpec
 from orchestrator.plan.labels import label_parts
 from orchestrator.plan.unit import Unit
 from orchestrator.run.store import Store
@@ -56,6 +59,23 @@ BY_LABEL = "by-label"
 DEFAULT_RUNS = Path("runs")  # a grid's run dir when none is given: runs/<grid name>
 TB_DIR = "tensorboard"  # TensorBoard's --logdir (orchestrator.run.tblog writes the files)
 TRIAL = "trial"  # the kind of a tune trial split's unit (not in the DAG; orchestrator.tune)
+
+
+class RunInfo(TypedDict):
+    """`run.json`: the grid a run dir belongs to (`RunDir.claim` writes it once)."""
+
+    grid: str
+    grid_file: str
+    created_at: float
+
+
+class SpecFile(TypedDict):
+    """`units/<id>/spec.json`: a unit's kind (prepare, train, trial), its label and its spec
+    in JSON form, a `fer_core.spec.PrepareSpec` or `UnitSpec` by kind (the worker parses it)."""
+
+    kind: str
+    name: str
+    spec: dict[str, Any]
 
 
 class RunDir:
@@ -100,10 +120,14 @@ class RunDir:
                 )
             return
         self.path.mkdir(parents=True, exist_ok=True)
-        info = {"grid": grid_name, "grid_file": str(grid_path), "created_at": time.time()}
-        atomic_write_text(info_path, json.dumps(info, indent=1))
+        claimed: RunInfo = {
+            "grid": grid_name,
+            "grid_file": str(grid_path),
+            "created_at": time.time(),
+        }
+        atomic_write_text(info_path, json.dumps(claimed, indent=1))
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> RunInfo:
         path = self.info_path
         if not path.is_file():
             raise FerError(f"{self.path}: not a run directory (no run.json); launch a grid first")
@@ -133,17 +157,19 @@ class RunDir:
 
     # --- the DAG ----------------------------------------------------------------------------
     def write_dag(self, units: list[Unit]) -> None:
+        links = self._label_links(units)  # first: a refusal leaves the run dir as it was
         atomic_write_text(self.dag_path, json.dumps([asdict(u) for u in units], indent=1))
         for unit in units:
             self.write_spec(unit.id, unit.kind, unit.name, unit.spec)
-        self._link_labels(units)
+        self._link_labels(links)
 
     def write_spec(self, unit_id: str, kind: str, name: str, spec: dict[str, Any]) -> None:
         """`units/<id>/spec.json`: what the worker runs (rewritten only when it changed)."""
         path = self.unit_dir(unit_id) / "spec.json"
-        body = json.dumps({"kind": kind, "name": name, "spec": spec}, indent=1)
-        if not path.is_file() or path.read_text() != body:
-            atomic_write_text(path, body)
+        body: SpecFile = {"kind": kind, "name": name, "spec": spec}
+        text = json.dumps(body, indent=1)
+        if not path.is_file() or path.read_text() != text:
+            atomic_write_text(path, text)
 
     @property
     def by_label(self) -> Path:
@@ -156,11 +182,27 @@ class RunDir:
         parts = label_parts(unit.name, unit.dataset, unit.backbone, unit.strategy, unit.fold, seed)
         return self.by_label.joinpath(*parts)
 
-    def _link_labels(self, units: list[Unit]) -> None:
-        """Point `by-label/` at the units of this DAG: stale links go, each link is replaced
-        atomically (a temp link renamed over it)."""
+    def _label_links(self, units: list[Unit]) -> dict[Path, Path]:
+        """Each unit's alias -> its folder. A real folder where an alias belongs is what a
+        copy of the run dir that follows links (`cp -rL`, scp, zip) leaves: a copy of that
+        unit's folder, replaced by the link; one holding anything the unit's folder does not
+        is refused, naming it, so nothing a person put there is deleted."""
+        links = {self.label_path(unit): self.unit_dir(unit.id) for unit in units}
+        for link, target in links.items():
+            if link.is_dir() and not link.is_symlink():
+                extra = _first_not_in(link, target)
+                if extra is not None:
+                    raise FerError(
+                        f"{link}: a folder where the link to {target} belongs, holding "
+                        f"{extra.relative_to(link)} that the unit's folder does not; move it "
+                        f"out of {self.by_label}, then launch again"
+                    )
+        return links
+
+    def _link_labels(self, wanted: dict[Path, Path]) -> None:
+        """Point `by-label/` at the units of this DAG (`_label_links`): stale links go, each
+        link is replaced atomically (a temp link renamed over it)."""
         root = self.by_label
-        wanted = {self.label_path(unit): self.unit_dir(unit.id) for unit in units}
         if root.is_dir():
             for directory, subdirs, files in os.walk(root, topdown=False):
                 for name in subdirs + files:
@@ -174,6 +216,8 @@ class RunDir:
         for link, target in wanted.items():
             if link.is_symlink():
                 continue
+            if link.is_dir():  # a copy of `target` (checked by _label_links)
+                shutil.rmtree(link)
             link.parent.mkdir(parents=True, exist_ok=True)
             temp = link.with_name(f".tmp-{link.name}-{os.getpid()}")
             temp.unlink(missing_ok=True)
@@ -210,18 +254,16 @@ class RunDir:
         """A unit's worker output when it ran in SLURM job `job_id` with others (a pack)."""
         return self.unit_dir(unit_id) / "slurm" / f"{job_id}_pack_log.out"
 
-    def events_dir(self, kind: str, name: str, spec: dict[str, Any]) -> Path:
+    def events_dir(self, kind: str, name: str, spec: UnitSpec) -> Path:
         """A unit's TensorBoard run: at its by-label path, or a trial split's name under
         `tensorboard/tune/`."""
         if kind == TRIAL:
             return self.path.joinpath(TB_DIR, "tune", *name.split("/"))
-        seed = (spec.get("config") or {}).get("seed")
-        parts = label_parts(
-            name, spec["dataset"], spec["backbone"], spec["strategy"], spec["fold"], seed
-        )
+        seed = spec.config.get("seed")
+        parts = label_parts(name, spec.dataset, spec.backbone, spec.strategy, spec.fold, seed)
         return self.path.joinpath(TB_DIR, *parts)
 
-    def read_spec(self, unit_id: str) -> dict[str, Any]:
+    def read_spec(self, unit_id: str) -> SpecFile:
         path = self.unit_dir(unit_id) / "spec.json"
         if not path.is_file():
             raise FerError(f"{path}: unit spec not found; re-run launch")
@@ -390,3 +432,18 @@ class RunDir:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+
+def _first_not_in(copy: Path, original: Path) -> Path | None:
+    """The first file under `copy` that `original` does not hold byte for byte at the same
+    relative path; None when there is none. Links are not looked at: under `by-label/` they
+    are aliases, which the launch re-points or removes, and hold no data."""
+    for directory, _, files in os.walk(copy):
+        for name in sorted(files):
+            path = Path(directory) / name
+            twin = original / path.relative_to(copy)
+            if path.is_symlink():
+                continue
+            if twin.is_symlink() or not twin.is_file() or not filecmp.cmp(path, twin, False):
+                return path
+    return None

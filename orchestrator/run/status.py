@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import TextIO
+from typing import TextIO, TypedDict
 
 from fer_core.digest_cache import DigestCache
 from orchestrator.backends.base import Backend
@@ -18,6 +18,19 @@ from orchestrator.run.lineage import stale_units
 from orchestrator.run.progress import running_detail
 from orchestrator.run.rundir import RunDir
 from orchestrator.run.states import ACTIVE, State
+
+
+class StatusRow(TypedDict):
+    """One unit as `status` shows it (and `status --json` prints it), and the live view
+    (`orchestrator.run.progress.render`) draws it."""
+
+    unit_id: str
+    name: str
+    folder: str  # its by-label alias, relative to the run dir
+    state: State
+    job_id: str | None  # the scheduler's, from submissions.json
+    attempts: int
+    detail: str  # a failure's reason, a running unit's epoch and ETA
 
 
 def unit_states(
@@ -59,11 +72,12 @@ def _blocked(unit: Unit, states: dict[str, State], scheduler_state: str | None) 
     )
 
 
-def status_rows(rundir: RunDir, backend: Backend | None) -> list[dict]:
+def status_rows(rundir: RunDir, backend: Backend | None) -> list[StatusRow]:
+    """The current DAG's units, in its order."""
     units = rundir.read_dag()
     states = unit_states(rundir, units, backend)
     submissions = rundir.submissions()
-    rows = []
+    rows: list[StatusRow] = []
     for unit in units:
         state = states[unit.id]
         detail = ""

@@ -19,20 +19,28 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from fer_core.errors import FerError
-from fer_core.records import EpochRecord
-from fer_core.spec import UnitSpec
+from fer_core.records import EpochRecord, PrepareRow
+from fer_core.spec import PrepareSpec, UnitSpec
 from orchestrator.plan.labels import SEPARATOR
 from orchestrator.run.progress import record_epoch
-from orchestrator.run.rundir import TRIAL, RunDir
+from orchestrator.run.rundir import TRIAL, RunDir, SpecFile
 from orchestrator.run.tblog import EventWriter
 
 EpochHook = Callable[[EpochRecord], None]
 
 
-def scheduler_info() -> dict[str, Any]:
+class SchedulerInfo(TypedDict):
+    """The columns a worker adds to its unit's `runs` row: which scheduler ran it, where."""
+
+    scheduler: str  # slurm, local, ray
+    job_id: str
+    requeues: int
+
+
+def scheduler_info() -> SchedulerInfo:
     """Which scheduler runs this process, its job id and how often it was requeued."""
     if "SLURM_JOB_ID" in os.environ:
         return {
@@ -54,34 +62,35 @@ def _slurm_job_id() -> str:
     return os.environ["SLURM_JOB_ID"]
 
 
-def prepare(spec: dict[str, Any]) -> dict[str, Any]:
+def prepare(unit_id: str, spec: PrepareSpec) -> PrepareRow:
     """Make a dataset ready for training: synthetic twin if asked, index, face crops."""
     from fer_core.data.faces import prepare_faces
     from fer_core.data.index import build_index
     from fer_core.data.synthetic import twins as synth
 
-    root = Path(spec["root"])
-    if spec["synthetic"]:  # built atomically, reused when present with the same parameters
-        custom = spec.get("image_size")
-        if spec["dataset"] == "ckplus":
+    root = Path(spec.root)
+    if spec.synthetic:  # built atomically, reused when present with the same parameters
+        custom = spec.image_size
+        if spec.dataset == "ckplus":
             size = (custom[0], custom[1]) if custom else synth.CKPLUS_SIZE
             synth.write_ckplus_twin(root, synth.DEFAULT_ROSTER, size)
         else:
             synth.write_oulu_twin(root, (custom[0], custom[1]) if custom else synth.OULU_SIZE)
-    out_dir = Path(spec["out_dir"])
-    index = build_index(spec["dataset"], root, manifest=spec["manifest"], n_folds=spec["n_folds"])
+    out_dir = Path(spec.out_dir)
+    index = build_index(spec.dataset, root, manifest=spec.manifest, n_folds=spec.n_folds)
     index.write(out_dir / "index.parquet")
-    report = prepare_faces(index, out_dir, spec["crop_size"], detector=spec["detector"])
+    report = prepare_faces(index, out_dir, spec.crop_size, detector=spec.detector)
     return {
-        "dataset": spec["name"],
-        "kind": spec["dataset"],
+        "unit_id": unit_id,
+        "dataset": spec.name,
+        "kind": spec.dataset,
         "root": str(root),
-        "synthetic": bool(spec["synthetic"]),
+        "synthetic": spec.synthetic,
         "images": len(index.records),
         "subjects": len({r.subject for r in index.records}),
         "classes": ",".join(index.classes),
-        "detector": spec["detector"],
-        "crop_size": spec["crop_size"],
+        "detector": spec.detector,
+        "crop_size": spec.crop_size,
         "detected": report.detected,
         "fallback": report.fallback,
         "reused": report.reused,
@@ -101,27 +110,29 @@ def run(run_dir: str | Path, unit_id: str, on_epoch: EpochHook | None = None) ->
     """
     rundir = RunDir(Path(run_dir))
     body = rundir.read_spec(unit_id)
-    if rundir.is_done(unit_id, body["kind"]):
+    kind, name = body["kind"], body["name"]
+    if rundir.is_done(unit_id, kind):
         return "already done"
     try:
         from fer_core.unit import run_unit  # inside: a broken install is a recorded failure
 
-        if body["kind"] == "prepare":
-            row = prepare(body["spec"])
-            rundir.store.write("prepare", unit_id, [{"unit_id": unit_id, **row}])
+        if kind == "prepare":
+            row = prepare(unit_id, PrepareSpec.from_dict(body["spec"]))
+            rundir.store.write("prepare", unit_id, [row])
         else:
+            spec = UnitSpec.from_dict(body["spec"])
             result = run_unit(
-                UnitSpec.from_dict(body["spec"]),
+                spec,
                 rundir.work_dir(unit_id),
-                on_epoch=_epoch_logger(rundir, unit_id, body, on_epoch),
-                score_test=body["kind"] != TRIAL,
+                on_epoch=_epoch_logger(rundir, unit_id, body, spec, on_epoch),
+                score_test=kind != TRIAL,
             )
             run_row = {
                 **result["run"],
                 **scheduler_info(),
                 "worker_host": socket.gethostname(),
-                "unit_label": body["name"],  # unique in the run (orchestrator.plan.labels)
-                "variant": body["name"].partition(SEPARATOR)[2],  # the values telling it apart
+                "unit_label": name,  # unique in the run (orchestrator.plan.labels)
+                "variant": name.partition(SEPARATOR)[2],  # the values telling it apart
             }
             rundir.store.write_unit(unit_id, run_row, result["predictions"], result["epochs"])
     except (SystemExit, KeyboardInterrupt):
@@ -140,13 +151,12 @@ def run(run_dir: str | Path, unit_id: str, on_epoch: EpochHook | None = None) ->
 
 
 def _epoch_logger(
-    rundir: RunDir, unit_id: str, body: dict[str, Any], extra: EpochHook | None
+    rundir: RunDir, unit_id: str, body: SpecFile, spec: UnitSpec, extra: EpochHook | None
 ) -> EpochHook:
     """After each epoch: TensorBoard scalars and the live view's `live.json`, then `extra`
     (last: Tune may stop a trial inside it)."""
-    spec = body["spec"]
     events = EventWriter(rundir.events_dir(body["kind"], body["name"], spec))
-    epochs = int(spec["config"]["epochs"])
+    epochs = int(spec.config["epochs"])
 
     def on_epoch(record: EpochRecord) -> None:
         events.epoch(record)

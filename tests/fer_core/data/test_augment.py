@@ -8,13 +8,13 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
+from bench.throughput import pil_train_transform
 from fer_core.data import augment
 from fer_core.data.augment import (
     MEAN,
     STD,
     AugmentParams,
     apply_affine,
-    pil_train_transform,
     sample_params,
     test_transform,
     train_transform,

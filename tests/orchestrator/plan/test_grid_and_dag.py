@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from fer_core.errors import FerError
+from fer_core.spec import PrepareSpec, UnitSpec
 from orchestrator.plan.dag import expand, summary
 from orchestrator.plan.grid import load_grid
 from orchestrator.plan.overrides import expand_plan, load_grids
@@ -24,6 +26,14 @@ def test_paper_grid_is_180_trainings_and_2_preparations(tmp_path):
     assert counts["prepare"] == 2 and counts["train"] == 180
     assert counts["stage 1"] == 100 and counts["stage 2"] == 80
     assert len(problems) == 2  # no data roots given: reported, not fatal, in a dry run
+
+
+def test_each_unit_spec_is_its_kinds_typed_spec_in_json_form(tmp_path):
+    """One spec each: what the worker parses (`from_dict`) is what the plan built."""
+    units, _ = _paper_units(tmp_path)
+    for unit in units + expand(load_grid("demo"), tmp_path / "demo"):
+        typed = PrepareSpec if unit.kind == "prepare" else UnitSpec
+        assert asdict(typed.from_dict(unit.spec)) == unit.spec
 
 
 def test_shared_stage_one_trains_once_and_ids_are_stable(tmp_path):
