@@ -30,7 +30,7 @@ import yaml
 
 from fer_core.errors import FerError
 from orchestrator.cli import main as cli_main
-from orchestrator.plan.profiles import load_profile
+from orchestrator.plan.profiles import RayProfile, load_profile
 from orchestrator.query import run_query
 from orchestrator.run.rundir import TRIAL, RunDir
 from orchestrator.tune.nested import choose
@@ -198,7 +198,7 @@ def test_slurm_renders_a_ray_cluster_script_that_runs_tune(grid, cluster_file, t
         spec,
         tmp_path / "run",
         profile,
-        {"gpus_per_trial": 0.5},
+        RayProfile(gpus_per_trial=0.5),
         nodes=3,
         samples=6,
         data=["ckplus=/data/CK+"],
