@@ -244,7 +244,7 @@ def test_failures_block_dependants_and_a_dying_unit_fails_after_its_retries(
     # until its retries are spent.
     log = (rundir.unit_log(broken.id, "ray")).read_text()
     assert log.count("error: ") == 1, log
-    assert len(killer.killed) == 1 + PROFILE["max_failures"]
+    assert len(killer.killed) == 1 + PROFILE.max_failures
     submitted = set(rundir.submissions())
     assert units["ckplus/f01/tiny/ce>focal"].id not in submitted  # blocked: never submitted
     assert units["ckplus/prepare"].id not in submitted  # done before: never submitted
