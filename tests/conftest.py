@@ -60,12 +60,11 @@ def local_ray(cluster_file) -> Iterator[dict[str, float]]:
     of the module skips starting and stopping its own (~6 s on 2 cores). Started by
     `ray_session` itself: the teardown checks that it shuts down the Ray it started.
     """
-    from orchestrator.backends.ray.cluster import RaySettings, ray_session
+    from orchestrator.backends.ray.cluster import ray_session
     from orchestrator.plan.profiles import load_profile
 
     assert not ray_running(), "a Ray was left running before this module's"
-    settings = RaySettings.from_profile(load_profile("ray", cluster_file))
-    with ray_session(settings) as resources:
+    with ray_session(load_profile("ray", cluster_file)) as resources:
         yield resources
     assert not ray_running(), "ray_session did not shut down the Ray it started"
 

@@ -1,24 +1,23 @@
-"""Backends by name; each imported only when used (Ray and submitit are heavy imports)."""
+"""Backends by profile type; each imported only when used (Ray and submitit are heavy imports)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from orchestrator.backends.base import Backend
+from orchestrator.plan.profiles import LocalProfile, Profile, SlurmProfile
 
 
-def make_backend(profile: dict[str, Any]) -> Backend:
+def make_backend(profile: Profile) -> Backend[Any]:
     """The backend a validated profile asks for."""
-    name = profile["backend"]
-    settings = {k: v for k, v in profile.items() if k != "backend"}
-    if name == "local":
+    if isinstance(profile, LocalProfile):
         from orchestrator.backends.local import LocalBackend
 
-        return LocalBackend(settings)
-    if name == "slurm":
+        return LocalBackend(profile)
+    if isinstance(profile, SlurmProfile):
         from orchestrator.backends.slurm.backend import SlurmBackend
 
-        return SlurmBackend(settings)
+        return SlurmBackend(profile)
     from orchestrator.backends.ray.backend import RayBackend
 
-    return RayBackend(settings)
+    return RayBackend(profile)

@@ -8,20 +8,24 @@ dependencies are done, and must not start it at all if one failed.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Generic, TypeVar
 
+from orchestrator.plan.profiles import LocalProfile, RayProfile, SlurmProfile
 from orchestrator.plan.unit import Unit
 from orchestrator.run.rundir import RunDir
 from orchestrator.run.states import State
 
+P = TypeVar("P", LocalProfile, SlurmProfile, RayProfile)  # the profile of a backend
 
-class Backend(ABC):
-    """Runs units somewhere: this machine, a SLURM cluster, a Ray cluster."""
+
+class Backend(ABC, Generic[P]):
+    """Runs units somewhere: this machine, a SLURM cluster, a Ray cluster; `profile` is the
+    backend's own typed profile (orchestrator.plan.profiles)."""
 
     name: str = ""
 
-    def __init__(self, profile: dict[str, Any]):
-        self.profile = profile
+    def __init__(self, profile: P):
+        self.profile: P = profile
 
     @abstractmethod
     def submit(self, rundir: RunDir, units: list[Unit], wait: bool) -> None:

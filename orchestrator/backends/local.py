@@ -23,10 +23,11 @@ from concurrent.futures import wait as wait_any
 from fer_core.errors import FerError
 from fer_core.runtime import PRELOAD
 from orchestrator.backends.base import Backend
+from orchestrator.plan.profiles import LocalProfile
 from orchestrator.plan.unit import Unit
 from orchestrator.run.processes import process_start
 from orchestrator.run.progress import Progress, unit_summary
-from orchestrator.run.rundir import RunDir
+from orchestrator.run.rundir import RunDir, Submission
 from orchestrator.run.states import State
 from orchestrator.run.worker import death_reason, run_forked
 
@@ -34,7 +35,7 @@ POLL_S = 1.0  # how often a unit waiting on another launch's worker looks again
 WAIT = "wait"
 
 
-def _alive(record: dict) -> bool:
+def _alive(record: Submission) -> bool:
     """True while the worker process a submission record names still runs."""
     start = record.get("pid_start")
     return start is not None and process_start(int(record["job_id"])) == start
@@ -47,12 +48,12 @@ def worker_context() -> multiprocessing.context.ForkServerContext:
     return context
 
 
-class LocalBackend(Backend):
+class LocalBackend(Backend[LocalProfile]):
     name = "local"
     _start_lock = threading.Lock()  # submissions.json is read-modify-written per start
 
     def submit(self, rundir: RunDir, units: list[Unit], wait: bool = True) -> None:
-        jobs = int(self.profile.get("jobs", 1))
+        jobs = self.profile.jobs
         by_id = {unit.id: unit for unit in units}
         pending = list(units)
         failed: set[str] = set()
@@ -124,15 +125,15 @@ class LocalBackend(Backend):
     def _run_one(self, rundir: RunDir, unit: Unit) -> int:
         log_path = rundir.unit_log(unit.id, self.name)
         env = {**os.environ, "FER_SCHEDULER": "local", "PYTHONUNBUFFERED": "1"}
-        threads = int(self.profile.get("threads_per_job", 1))
+        threads = self.profile.threads_per_job
         args = (str(rundir.path), unit.id, str(log_path), env, threads)
         process = worker_context().Process(target=run_forked, args=args, name=unit.id)
         with self._start_lock:
             process.start()
             pid = process.pid
             assert pid is not None  # a started process has one
-            record = {"job_id": str(pid), "pid_start": process_start(pid)}
-            rundir.record_submissions({unit.id: {"backend": self.name, **record}})
+            record = Submission(backend=self.name, job_id=str(pid), pid_start=process_start(pid))
+            rundir.record_submissions({unit.id: record})
         process.join()
         code = process.exitcode
         assert code is not None  # a joined process has one

@@ -223,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--jobs",
         type=int,
-        help="units at once (local) or array parallelism (slurm) (default: the profile's)",
+        help="units at once: sets the profile's jobs (local), array_parallelism (slurm: "
+        "tasks of an array at once) or max_concurrent (ray: trials at once)",
     )
     p.add_argument(
         "--data", action="append", metavar="NAME=DIR", help="a dataset's raw root; repeatable"

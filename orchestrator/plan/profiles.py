@@ -1,14 +1,20 @@
 """Execution profiles (`cluster.yaml`): where and how units run, validated before any submit.
 
-Each profile names a backend (`local`, `slurm`, `ray`) and that backend's settings. Unknown
-keys and values of the wrong type are rejected naming the file, profile, key and value.
+Each profile names a backend (`local`, `slurm`, `ray`) and that backend's settings. One
+frozen dataclass per backend holds them: its fields are the keys a profile may set, each with
+its type, its one default and its check (the field's metadata), so a key, its default and
+its rule live in one place and the backends read typed attributes. Validation is derived from
+the fields: unknown keys and values of the wrong type are rejected naming the file, profile,
+key and value. Planning imports this module, so it imports neither Ray nor submitit.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from fer_core.errors import FerError
 from orchestrator.plan.yamlio import load_yaml_mapping
@@ -19,8 +25,11 @@ DEFAULT_FILE = Path(__file__).resolve().parents[2] / "cluster.yaml"
 # the characters such names use, so a value like "gpu; rm -rf ~" is refused outright.
 SLURM_NAME = re.compile(r"^[A-Za-z0-9_.,:-]+$")
 
+Check = Callable[[Any], "str | None"]  # a value -> what is wrong with it, or None
+CHECK, CONVERT = "check", "convert"  # field metadata: the check, and the YAML -> field type
 
-def _int(min_value: int) -> Any:
+
+def _int(min_value: int) -> Check:
     def check(value: Any) -> str | None:
         if isinstance(value, bool) or not isinstance(value, int) or value < min_value:
             return f"must be an integer >= {min_value}"
@@ -29,7 +38,7 @@ def _int(min_value: int) -> Any:
     return check
 
 
-def _number(min_value: float) -> Any:
+def _number(min_value: float) -> Check:
     def check(value: Any) -> str | None:
         if isinstance(value, bool) or not isinstance(value, int | float) or value < min_value:
             return f"must be a number >= {min_value}"
@@ -64,66 +73,138 @@ def _mapping_of_strings(value: Any) -> str | None:
     return None
 
 
-SCHEMAS: dict[str, dict[str, Any]] = {
-    "local": {"jobs": _int(1), "threads_per_job": _int(1)},
-    "slurm": {
-        "partition": _optional_name,
-        "account": _optional_name,
-        "qos": _optional_name,
-        "gpus_per_job": _int(0),
-        "cpus_per_job": _int(1),
-        "mem_gb": _number(0.1),
-        "time_min": _int(1),
-        "array_parallelism": _int(1),
-        "units_per_job": _int(1),
-        "setup": _string_list,
-        "python": _optional_string,
-        "env": _mapping_of_strings,
-        "timeout_requeues": _int(0),
-        "retries": _int(0),
-        "retry_backoff_s": _number(0.1),
-    },
-    "ray": {
-        "address": _optional_string,
-        "num_cpus": _int(1),
-        "num_gpus": _number(0),
-        "cpus_per_trial": _number(0.01),
-        "gpus_per_trial": _number(0),
-        "max_concurrent": _int(1),
-        "max_failures": _int(0),
-        "reuse_actors": lambda v: None if isinstance(v, bool) else "must be true or false",
-        "connect_timeout_s": _number(1),
-    },
+def _boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "must be true or false"
+
+
+def _key(default: Any, check: Check, convert: Callable[[Any], Any] | None = None) -> Any:
+    """A profile key: its default, its check, and how a checked YAML value becomes the
+    field's type (when it is not that already)."""
+    metadata = {CHECK: check, CONVERT: convert}
+    if isinstance(default, dict):  # the one mutable default (env): a fresh one per profile
+        return field(default_factory=dict, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class LocalProfile:
+    """`backend: local`: units as processes on this machine."""
+
+    backend: ClassVar[str] = "local"
+    parallelism: ClassVar[str] = "jobs"  # the key `--jobs` sets
+
+    jobs: int = _key(1, _int(1))  # units running at once
+    threads_per_job: int = _key(1, _int(1))  # torch threads per unit
+
+
+@dataclass(frozen=True)
+class SlurmProfile:
+    """`backend: slurm`: units as submitit job arrays (also the allocation of `tune
+    --cluster slurm`)."""
+
+    backend: ClassVar[str] = "slurm"
+    parallelism: ClassVar[str] = "array_parallelism"
+
+    partition: str | None = _key(None, _optional_name)  # None: the cluster's default
+    account: str | None = _key(None, _optional_name)
+    qos: str | None = _key(None, _optional_name)
+    gpus_per_job: int = _key(0, _int(0))
+    cpus_per_job: int = _key(1, _int(1))
+    mem_gb: float | None = _key(None, _number(0.1))  # None: no --mem (the cluster's default)
+    # A job hitting it is requeued and resumes from its last epoch; for `tune --cluster
+    # slurm` it bounds the whole search's allocation.
+    time_min: int = _key(60, _int(1))
+    array_parallelism: int | None = _key(None, _int(1))  # the %N throttle; None: none
+    units_per_job: int = _key(1, _int(1))  # >1 packs k units into one job
+    setup: tuple[str, ...] = _key((), _string_list, tuple)  # shell lines before the worker
+    python: str | None = _key(None, _optional_string)  # None: this interpreter
+    env: dict[str, str] = _key(
+        {}, _mapping_of_strings, lambda env: {k: str(v) for k, v in env.items()}
+    )
+    # A timed-out job is requeued this many times at most (each run resumes from its last
+    # epoch, so a limit only stops a unit that cannot finish one epoch within time_min);
+    # preemptions are requeued without limit.
+    timeout_requeues: int = _key(3, _int(0))
+    retries: int = _key(8, _int(0))  # of a SLURM tool call the controller did not answer
+    retry_backoff_s: float = _key(2.0, _number(0.1))  # first delay; doubles, at most 30 s
+
+
+@dataclass(frozen=True)
+class RayProfile:
+    """`backend: ray`: units as Ray Tune trials on a local Ray or an existing cluster (also
+    where `tune` runs its trials)."""
+
+    backend: ClassVar[str] = "ray"
+    parallelism: ClassVar[str] = "max_concurrent"
+
+    address: str | None = _key(None, _optional_string)  # HOST:PORT; None: a local Ray
+    num_cpus: int | None = _key(None, _int(1))  # a local Ray only; None: all cores
+    num_gpus: float | None = _key(None, _number(0))  # a local Ray only; None: Ray detects
+    cpus_per_trial: float = _key(1.0, _number(0.01))
+    gpus_per_trial: float = _key(0.0, _number(0))  # fractions pack trials onto one GPU
+    max_concurrent: int | None = _key(None, _int(1))  # trials at once; None: as resources allow
+    max_failures: int = _key(2, _int(0))  # retries of a trial whose process died
+    # A unit runs in a process of its own either way (forked inside the trial); True lets
+    # the next trial of a wave reuse the actor and its preloaded forkserver.
+    reuse_actors: bool = _key(True, _boolean)
+    connect_timeout_s: float = _key(30.0, _number(1))  # to reach `address`
+
+    @property
+    def resources_per_trial(self) -> dict[str, float]:
+        return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
+
+
+Profile = LocalProfile | SlurmProfile | RayProfile
+PROFILES: dict[str, type[Profile]] = {
+    kind.backend: kind for kind in (LocalProfile, SlurmProfile, RayProfile)
 }
 
 
-def load_profile(name: str, path: Path | None = None) -> dict[str, Any]:
-    """Profile `name` of `path` (default: the repo's cluster.yaml), validated."""
+def load_profile(name: str, path: Path | None = None) -> Profile:
+    """Profile `name` of `path` (default: the repo's cluster.yaml); every profile of the
+    file is validated, so a typo in another one is found before anything is submitted."""
     path = Path(path or DEFAULT_FILE)
-    profiles = load_yaml_mapping(path)
-    for profile_name, profile in profiles.items():
-        validate_profile(str(profile_name), profile, path)
+    bodies = load_yaml_mapping(path)
+    profiles = {str(key): parse_profile(str(key), body, path) for key, body in bodies.items()}
     if name not in profiles:
         raise FerError(f"{path}: no profile {name!r}; profiles: {', '.join(sorted(profiles))}")
-    return dict(profiles[name])
+    return profiles[name]
 
 
-def validate_profile(name: str, profile: Any, path: Path) -> None:
+def parse_profile(name: str, body: Any, path: Path) -> Profile:
+    """The typed profile of one YAML mapping; the first bad key or value is a FerError."""
     where = f"{path}: {name}"
-    if not isinstance(profile, dict):
+    if not isinstance(body, dict):
         raise FerError(f"{where}: a profile must be a mapping")
-    backend = profile.get("backend")
-    if backend not in SCHEMAS:
-        raise FerError(f"{where}.backend: {backend!r} is not one of {', '.join(SCHEMAS)}")
-    schema = SCHEMAS[backend]
-    for key, value in profile.items():
+    backend = body.get("backend")
+    kind = PROFILES.get(backend) if isinstance(backend, str) else None
+    if kind is None:
+        raise FerError(f"{where}.backend: {backend!r} is not one of {', '.join(PROFILES)}")
+    keys = {key.name: key for key in fields(kind)}
+    values = {}
+    for key, value in body.items():
         if key == "backend":
             continue
-        if key not in schema:
+        if key not in keys:
             raise FerError(
                 f"{where}: unknown key {key!r} for backend {backend}; "
-                f"allowed: {', '.join(sorted(schema))}"
+                f"allowed: {', '.join(sorted(keys))}"
             )
-        problem = schema[key](value)
+        problem = keys[key].metadata[CHECK](value)
         if problem:
             raise FerError(f"{where}.{key}: {value!r} {problem}")
+        convert = keys[key].metadata[CONVERT]
+        values[key] = value if convert is None else convert(value)
+    return kind(**values)
+
+
+def with_parallelism(profile: Profile, jobs: int) -> Profile:
+    """`launch --jobs N`: the profile with N units at once, set on the key that means that
+    on its backend (local `jobs`, slurm `array_parallelism`, ray `max_concurrent`) and
+    checked as that key is in a file."""
+    key = next(k for k in fields(profile) if k.name == profile.parallelism)
+    problem = key.metadata[CHECK](jobs)
+    if problem:
+        raise FerError(f"--jobs {jobs!r}: {problem}")
+    change: dict[str, Any] = {key.name: jobs}
+    return replace(profile, **change)

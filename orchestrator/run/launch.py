@@ -15,12 +15,11 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from fer_core.errors import FerError
 from orchestrator.backends import make_backend
 from orchestrator.plan.dag import summary
 from orchestrator.plan.grid import Grid
 from orchestrator.plan.overrides import GridPlan, Setting, expand_plan, load_grids
-from orchestrator.plan.profiles import load_profile
+from orchestrator.plan.profiles import SlurmProfile, load_profile, with_parallelism
 from orchestrator.plan.unit import Unit
 from orchestrator.plan.weights import missing_weights, require_weights
 from orchestrator.run.lineage import stale_units
@@ -53,11 +52,9 @@ def launch(
     view while a local or Ray backend runs the units.
     """
     out = out or sys.stdout
-    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
-        raise FerError(f"--jobs {jobs!r}: must be an integer >= 1")
     profile = load_profile(cluster, cluster_file)
     if jobs is not None:
-        profile["jobs" if profile["backend"] == "local" else "array_parallelism"] = jobs
+        profile = with_parallelism(profile, jobs)
     plan = load_grids(grid_name, data_roots, settings, seeds)
     grid = plan.grids[0]
     rundir = RunDir(run_dir or RunDir.default_path(grid.name))
@@ -73,7 +70,7 @@ def launch(
                 print(f"  would retrain {unit.name} ({unit.id}): {stale[unit.id]}", file=out)
         for problem in problems:
             print(f"  warning: {problem}", file=out)
-        if profile["backend"] == "slurm":
+        if isinstance(profile, SlurmProfile):
             from orchestrator.backends.slurm.plan import print_slurm_plan
 
             todo = [u for u in units if u.id not in finished]

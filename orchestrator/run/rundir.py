@@ -78,6 +78,23 @@ class SpecFile(TypedDict):
     spec: dict[str, Any]
 
 
+class _SubmissionKeys(TypedDict):
+    backend: str  # local, slurm, ray
+    job_id: str  # local: the worker's pid; slurm: `<array>_<task>` or a job id; ray: a trial
+
+
+class Submission(_SubmissionKeys, total=False):
+    """One unit's entry in submissions.json: the job that runs (or ran) it. A backend
+    gives backend, job_id and its own keys; `record_submissions` adds the other two."""
+
+    attempts: int  # submissions of this unit so far
+    submitted_at: float  # time.time() of the latest
+    array: str  # slurm: the key of the array submission (RUN_DIR/arrays/<key>/)
+    pack: list[str]  # slurm: the units sharing this job, when it runs a pack
+    pid_start: str | None  # local: the worker's start time (/proc), so a reused pid is no match
+    launcher_pid: int  # ray: the launcher, which is what runs the trials
+
+
 class RunDir:
     """Accessors for one run directory."""
 
@@ -372,17 +389,18 @@ class RunDir:
     def submissions_path(self) -> Path:
         return self.path / "submissions.json"
 
-    def submissions(self) -> dict[str, dict[str, Any]]:
+    def submissions(self) -> dict[str, Submission]:
         path = self.submissions_path
         if not path.is_file():
             return {}
         return json.loads(path.read_text())
 
-    def record_submissions(self, records: dict[str, dict[str, Any]]) -> None:
+    def record_submissions(self, records: dict[str, Submission]) -> None:
         """Merge scheduler job records (unit id -> record); attempts count up per unit."""
         current = self.submissions()
         for unit_id, record in records.items():
-            attempts = current.get(unit_id, {}).get("attempts", 0) + 1
+            previous = current.get(unit_id)
+            attempts = (previous.get("attempts", 0) if previous else 0) + 1
             current[unit_id] = {**record, "attempts": attempts, "submitted_at": time.time()}
         atomic_write_text(self.submissions_path, json.dumps(current, indent=1))
 

@@ -87,15 +87,15 @@ def status_rows(rundir: RunDir, backend: Backend | None) -> list[StatusRow]:
             detail = "a dependency failed"
         elif state == State.RUNNING:
             detail = running_detail(rundir, unit.id)
-        record = submissions.get(unit.id, {})
+        record = submissions.get(unit.id)
         rows.append(
             {
                 "unit_id": unit.id,
                 "name": unit.name,
                 "folder": str(rundir.label_path(unit).relative_to(rundir.path)),
                 "state": state,
-                "job_id": record.get("job_id"),
-                "attempts": record.get("attempts", 0),
+                "job_id": record["job_id"] if record else None,
+                "attempts": record.get("attempts", 0) if record else 0,
                 "detail": detail,
             }
         )

@@ -34,11 +34,11 @@ from fer_core.errors import FerError
 from fer_core.io import atomic_write_text
 from orchestrator.backends import make_backend
 from orchestrator.backends.base import Backend
-from orchestrator.backends.ray.cluster import RaySettings, check_fits, ray_session
+from orchestrator.backends.ray.cluster import check_fits, ray_session
 from orchestrator.plan.dag import content_id, expand
 from orchestrator.plan.grid import DatasetSpec, Experiment, Grid, parse_data_roots
 from orchestrator.plan.labels import distinct_names
-from orchestrator.plan.profiles import load_profile
+from orchestrator.plan.profiles import LocalProfile, RayProfile, SlurmProfile, load_profile
 from orchestrator.plan.unit import Unit
 from orchestrator.run.rundir import RunDir
 from orchestrator.run.states import State
@@ -67,10 +67,10 @@ def run_tune(args: TuneRequest) -> int:
     spec = load_tune(args.grid, parse_data_roots(args.data), args.samples, args.settings)
     profile = load_profile(args.cluster, args.cluster_file)
     run_dir = args.run_dir or RunDir.default_path(spec.grid.name)
-    if args.dry_run and profile["backend"] != "slurm":
+    if args.dry_run and not isinstance(profile, SlurmProfile):
         print_plan(spec, run_dir)
         return 0
-    if profile["backend"] == "slurm":
+    if isinstance(profile, SlurmProfile):
         from orchestrator.tune.slurm import submit_tune_job
 
         return submit_tune_job(spec, args, profile, run_dir)
@@ -90,13 +90,13 @@ def run_tune(args: TuneRequest) -> int:
     return 0
 
 
-def ray_settings(profile: dict[str, Any]) -> RaySettings:
+def ray_settings(profile: LocalProfile | RayProfile) -> RayProfile:
     """Where trials run: the `ray` profile itself, or a local Ray sized like `local`."""
-    if profile["backend"] == "ray":
-        return RaySettings.from_profile(profile)
-    threads = int(profile.get("threads_per_job", 1))
-    cpus = int(profile.get("jobs", 1)) * threads
-    return RaySettings(num_cpus=min(cpus, os.cpu_count() or cpus), cpus_per_trial=threads)
+    if isinstance(profile, RayProfile):
+        return profile
+    threads = profile.threads_per_job
+    cpus = profile.jobs * threads
+    return RayProfile(num_cpus=min(cpus, os.cpu_count() or cpus), cpus_per_trial=threads)
 
 
 def print_plan(spec: TuneSpec, run_dir: Path) -> None:
@@ -121,7 +121,7 @@ def print_plan(spec: TuneSpec, run_dir: Path) -> None:
 class TuneRun:
     """The steps of one `tune` call on one run dir (each step skips what is done)."""
 
-    def __init__(self, spec: TuneSpec, rundir: RunDir, backend: Backend, settings: RaySettings):
+    def __init__(self, spec: TuneSpec, rundir: RunDir, backend: Backend, settings: RayProfile):
         self.spec, self.rundir, self.backend, self.settings = spec, rundir, backend, settings
         self.dag: list[Unit] = []
         dataset = spec.grid.datasets[spec.dataset]

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fer_core.errors import FerError
-from orchestrator.backends.ray.cluster import RaySettings
+from orchestrator.plan.profiles import RayProfile
 from orchestrator.run.rundir import RunDir
 from orchestrator.tune.space import TuneSpec, alpha_label
 from orchestrator.tune.trial import (
@@ -189,7 +189,7 @@ def run_search(
     rundir: RunDir,
     experiment: str,
     splits: list[dict[str, Any]],
-    settings: RaySettings,
+    settings: RayProfile,
 ) -> list[dict[str, Any]]:
     """Run (or resume) the experiment; returns one row per trial of it, or raises FerError
     when the search did not finish (interrupted: run `tune` again to resume)."""

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fer_core.errors import FerError
 from fer_core.io import atomic_write_text
 from orchestrator.backends.ray.cluster import render_ray_sbatch
-from orchestrator.plan.profiles import load_profile
+from orchestrator.plan.profiles import DEFAULT_FILE, RayProfile, SlurmProfile, load_profile
 from orchestrator.run.rundir import RunDir
 from orchestrator.tune.space import TuneSpec
 
@@ -33,50 +32,45 @@ SBATCH_TIMEOUT_S = 60
 def render_tune_sbatch(
     spec: TuneSpec,
     run_dir: Path,
-    profile: dict[str, Any],
-    trial_profile: dict[str, Any],
+    allocation: SlurmProfile,
+    trials: RayProfile,
     nodes: int = 1,
     samples: int | None = None,
     data: list[str] | None = None,
 ) -> str:
     """The sbatch text: Ray head + workers in the allocation, then `tune --cluster ray`."""
-    gpus = int(profile.get("gpus_per_job", 0))
     command = ["tune", "--grid", str(spec.path), "--run-dir", str(run_dir)]
     if samples is not None:
         command += ["--samples", str(samples)]
     for pair in data or []:
         command += ["--data", pair]
     return render_ray_sbatch(
-        f"fer-ray-{spec.grid.name}",
-        str(run_dir),
-        command,
-        nodes=nodes,
-        cpus_per_node=int(profile.get("cpus_per_job", 1)),
-        gpus_per_node=gpus,
-        time_min=int(profile.get("time_min", 240)),
-        cpus_per_trial=float(trial_profile.get("cpus_per_trial", 1)),
-        gpus_per_trial=float(trial_profile.get("gpus_per_trial", 1 if gpus else 0)),
-        partition=profile.get("partition"),
-        account=profile.get("account"),
-        qos=profile.get("qos"),
-        setup=list(profile.get("setup") or []),
-        python=profile.get("python") or sys.executable,
-        connect_timeout_s=float(trial_profile.get("connect_timeout_s", 60)),
+        f"fer-ray-{spec.grid.name}", str(run_dir), command, allocation, trials, nodes
     )
 
 
-def submit_tune_job(
-    spec: TuneSpec, args: TuneRequest, profile: dict[str, Any], run_dir: Path
-) -> int:
+def trial_profile(allocation: SlurmProfile, cluster_file: Path | None) -> RayProfile:
+    """Each trial's resources: the `ray` profile of the same cluster file; without one, the
+    defaults and one GPU per trial when the allocation has GPUs."""
+    try:
+        trials = load_profile("ray", cluster_file)
+    except FerError:  # no profile `ray` (the file itself was read when `allocation` was)
+        return RayProfile(gpus_per_trial=1 if allocation.gpus_per_job else 0)
+    if not isinstance(trials, RayProfile):
+        raise FerError(
+            f"{cluster_file or DEFAULT_FILE}: profile 'ray' has backend {trials.backend}; "
+            "tune --cluster slurm takes its per-trial resources from it, so it must be ray"
+        )
+    return trials
+
+
+def submit_tune_job(spec: TuneSpec, args: TuneRequest, profile: SlurmProfile, run_dir: Path) -> int:
     """Write the sbatch script under RUN_DIR/tune/ and submit it (unless --dry-run)."""
     nodes = args.nodes or 1
     if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
         raise FerError(f"--nodes: {nodes!r} must be a positive integer")
-    try:  # per-trial resources come from the ray profile of the same cluster file
-        trial_profile = load_profile("ray", args.cluster_file)
-    except FerError:
-        trial_profile = {}
-    if int(profile.get("gpus_per_job", 0)) and not trial_profile.get("gpus_per_trial"):
+    trials = trial_profile(profile, args.cluster_file)
+    if profile.gpus_per_job and not trials.gpus_per_trial:
         print(
             "warning: the allocation has GPUs but the ray profile gives trials none; set "
             "gpus_per_trial there (fractions such as 0.25 pack trials onto one GPU)"
@@ -84,7 +78,7 @@ def submit_tune_job(
     rundir = RunDir(run_dir.resolve())
     rundir.claim(spec.grid.name, spec.path)
     text = render_tune_sbatch(
-        spec, rundir.path, profile, trial_profile, nodes, args.samples, list(args.data) or None
+        spec, rundir.path, profile, trials, nodes, args.samples, list(args.data) or None
     )
     path = rundir.tune_sbatch_path
     atomic_write_text(path, text)

@@ -20,6 +20,7 @@ from fer_core.data.faces import FaceSet
 from fer_core.errors import FerError
 from fer_core.io import sha256_file
 from orchestrator.backends.local import LocalBackend
+from orchestrator.plan.profiles import LocalProfile
 from orchestrator.run import worker
 from orchestrator.run.rundir import RunDir
 from orchestrator.run.status import status_rows
@@ -187,7 +188,7 @@ def test_a_truncated_result_file_is_invisible_and_its_unit_runs_again(study):
     path.write_bytes(path.read_bytes()[:-40])
     assert not rundir.store.is_done(train_id, "train")
     assert rundir.store.read("runs") is None
-    rows = {r["unit_id"]: r["state"] for r in status_rows(rundir, LocalBackend({}))}
+    rows = {r["unit_id"]: r["state"] for r in status_rows(rundir, LocalBackend(LocalProfile()))}
     assert rows[train_id] == "todo"
     assert worker.run(rundir.path, train_id) == "done"
     assert_grid_done_once(rundir, 1)

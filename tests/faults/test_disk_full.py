@@ -20,6 +20,7 @@ from fer_core.checkpoints import BEST, DIGESTS, LAST, load_checkpoint
 from fer_core.errors import FerError
 from fer_core.io import atomic_torch_save, atomic_write_bytes
 from orchestrator.backends.local import LocalBackend
+from orchestrator.plan.profiles import LocalProfile
 from orchestrator.run import worker
 from orchestrator.run.status import status_rows
 from orchestrator.run.store import Store
@@ -113,7 +114,9 @@ def test_a_unit_whose_checkpoint_write_hits_a_full_disk_fails_clearly_and_resume
             worker.run(run, unit.id)
         reason = rundir.failure(unit.id)
         assert reason.startswith("disk full: could not write ") and str(work) in reason, reason
-        row = next(r for r in status_rows(rundir, LocalBackend({})) if r["unit_id"] == unit.id)
+        row = next(
+            r for r in status_rows(rundir, LocalBackend(LocalProfile())) if r["unit_id"] == unit.id
+        )
         assert row["state"] == "failed" and row["detail"] == reason
         digests = json.loads((work / DIGESTS).read_text())
         assert load_checkpoint(work / LAST, digests[LAST])["epoch"] == 0  # epoch 1, whole

@@ -15,6 +15,7 @@ import torch
 from fer_core.spec import UnitSpec
 from fer_core.unit import run_unit
 from orchestrator.backends.local import LocalBackend
+from orchestrator.plan.profiles import LocalProfile
 from orchestrator.run.rundir import RunDir
 from orchestrator.run.status import status_rows
 from tests.helpers import (
@@ -58,7 +59,7 @@ def test_sigkill_mid_epoch_then_relaunch_resumes_from_the_last_epoch(study, tmp_
     reason = rundir.failure(unit.id)
     assert reason and "killed by SIGKILL" in reason and "re-launch resumes" in reason
     assert "killed by SIGKILL" in first.output()  # the launch said so too
-    rows = {r["unit_id"]: r for r in status_rows(rundir, LocalBackend({}))}
+    rows = {r["unit_id"]: r for r in status_rows(rundir, LocalBackend(LocalProfile()))}
     assert rows[unit.id]["state"] == "failed" and "SIGKILL" in rows[unit.id]["detail"]
     assert rundir.store.read("runs") is None  # nothing half-done in the store
 

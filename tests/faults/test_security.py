@@ -18,7 +18,7 @@ from fer_core.checkpoints import load_checkpoint
 from fer_core.data.faces import FaceSet
 from fer_core.errors import FerError
 from orchestrator.plan.grid import load_grid
-from orchestrator.plan.profiles import load_profile
+from orchestrator.plan.profiles import SlurmProfile, load_profile
 from tests.helpers import SMALL_GRID, fake_slurm_tools, sbatch_script
 
 REPO = Path(__file__).resolve().parents[2]
@@ -182,8 +182,8 @@ def test_slurm_values_are_single_argv_items_even_when_unvalidated(tmp_path, monk
     from orchestrator.run.rundir import RunDir
 
     unit = Unit("u1", "train", "x; rm -rf ~/f01/tiny/ce", "x", (), {}, 1, 1, "tiny", "ce")
-    backend = SlurmBackend({"partition": "debug; touch /tmp/pwned", "time_min": 5})
-    text = sbatch_script(backend.executor(RunDir(tmp_path / "run"), [(unit,)]))
+    backend = SlurmBackend(SlurmProfile(partition="debug; touch /tmp/pwned", time_min=5))
+    text = sbatch_script(backend.executor(RunDir(tmp_path / "run"), [(unit,)], "", "KEY"))
     partition = [line for line in text.splitlines() if "--partition" in line]
     assert partition == ["#SBATCH --partition='debug; touch /tmp/pwned'"]  # one quoted value
     assert not any(line.startswith("touch") for line in text.splitlines())

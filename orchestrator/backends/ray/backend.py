@@ -41,12 +41,13 @@ from typing import Any
 from fer_core.errors import FerError
 from fer_core.io import atomic_write_text
 from orchestrator.backends.base import Backend
-from orchestrator.backends.ray.cluster import RaySettings, check_fits, ray_session
+from orchestrator.backends.ray.cluster import check_fits, ray_session
 from orchestrator.backends.ray.trial import SETUP_HOOK, ForkService, run_unit_trial
+from orchestrator.plan.profiles import RayProfile
 from orchestrator.plan.unit import Unit
 from orchestrator.run.processes import process_start
 from orchestrator.run.progress import Progress, unit_summary
-from orchestrator.run.rundir import RunDir
+from orchestrator.run.rundir import RunDir, Submission
 from orchestrator.run.states import State
 
 LAUNCHER_FILE = "launcher.json"
@@ -114,12 +115,8 @@ def wave_numbers(units: list[Unit]) -> dict[str, int]:
     return waves
 
 
-class RayBackend(Backend):
+class RayBackend(Backend[RayProfile]):
     name = "ray"
-
-    def __init__(self, profile: dict[str, Any]):
-        super().__init__(profile)
-        self.settings = RaySettings.from_profile(profile)
 
     # The interface ---------------------------------------------------------------------------
     def submit(self, rundir: RunDir, units: list[Unit], wait: bool = True) -> None:
@@ -136,10 +133,10 @@ class RayBackend(Backend):
         interrupted: list[Unit] = []
         service = ForkService()  # its server loads torch while Ray starts
         # Trials off this host fork from their worker's own server, started with the worker.
-        hook = SETUP_HOOK if self.settings.address else None
+        hook = SETUP_HOOK if self.profile.address else None
         try:
-            with ray_session(self.settings, setup_hook=hook) as resources:
-                check_fits(self.settings, resources, "ray profile")
+            with ray_session(self.profile, setup_hook=hook) as resources:
+                check_fits(self.profile, resources, "ray profile")
                 for wave in range(1, max(waves.values(), default=0) + 1):
                     ready = []
                     for unit in (u for u in units if waves[u.id] == wave):
@@ -218,38 +215,38 @@ class RayBackend(Backend):
         from ray import tune
         from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-        settings = self.settings
+        profile = self.profile
         rundir.record_submissions(
             {
-                unit.id: {
-                    "backend": self.name,
-                    "job_id": f"ray:{experiment}/{unit.id}",
-                    "launcher_pid": os.getpid(),
-                }
+                unit.id: Submission(
+                    backend=self.name,
+                    job_id=f"ray:{experiment}/{unit.id}",
+                    launcher_pid=os.getpid(),
+                )
                 for unit in ready
             }
         )
         cancel_path = rundir.ray_dir / CANCEL_FILE
         callback = _unit_callback(rundir, {u.id: u for u in ready}, progress, failed, launcher)
         tuner = tune.Tuner(
-            tune.with_resources(run_unit_trial, settings.resources_per_trial),
+            tune.with_resources(run_unit_trial, profile.resources_per_trial),
             param_space={
                 "unit_id": tune.grid_search([u.id for u in ready]),
                 "run_dir": str(rundir.path),
                 "experiment": experiment,
-                "threads": max(1, int(settings.cpus_per_trial)),
+                "threads": max(1, int(profile.cpus_per_trial)),
                 "fork_service": service.endpoint,
             },
             tune_config=tune.TuneConfig(
-                max_concurrent_trials=settings.max_concurrent,
+                max_concurrent_trials=profile.max_concurrent,
                 trial_name_creator=_trial_name,
                 trial_dirname_creator=_trial_name,
-                reuse_actors=settings.reuse_actors,
+                reuse_actors=profile.reuse_actors,
             ),
             run_config=tune.RunConfig(
                 name=experiment,
                 storage_path=str(rundir.ray_dir),
-                failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+                failure_config=tune.FailureConfig(max_failures=profile.max_failures),
                 stop=_cancel_stopper(cancel_path),
                 callbacks=[callback, CSVLoggerCallback(), JsonLoggerCallback()],
                 verbose=0,

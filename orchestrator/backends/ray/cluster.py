@@ -30,42 +30,14 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fer_core.errors import FerError
+from orchestrator.plan.profiles import RayProfile, SlurmProfile
 
-DEFAULT_CONNECT_TIMEOUT_S = 30.0
-DEFAULT_MAX_FAILURES = 2
 RAY_ENV_DEFAULTS = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-
-
-@dataclass(frozen=True)
-class RaySettings:
-    """The `ray` profile of cluster.yaml, with defaults filled in."""
-
-    address: str | None = None
-    num_cpus: int | None = None  # a local Ray only; None: all cores
-    num_gpus: float | None = None  # a local Ray only; None: Ray detects them
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    max_concurrent: int | None = None
-    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
-    max_failures: int = DEFAULT_MAX_FAILURES  # retries of a trial whose process died
-    # A unit runs in a process of its own either way (forked inside the trial); True lets
-    # the next trial of a wave reuse the actor and its preloaded forkserver.
-    reuse_actors: bool = True
-
-    @classmethod
-    def from_profile(cls, profile: dict[str, Any]) -> RaySettings:
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in profile.items() if k in known and v is not None})
-
-    @property
-    def resources_per_trial(self) -> dict[str, float]:
-        return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
 
 
 def prepare_environment(local: bool) -> None:
@@ -177,7 +149,7 @@ def probe_address(address: str, timeout_s: float) -> dict[str, float]:
 
 
 @contextmanager
-def ray_session(settings: RaySettings, setup_hook: str | None = None) -> Iterator[dict[str, float]]:
+def ray_session(settings: RayProfile, setup_hook: str | None = None) -> Iterator[dict[str, float]]:
     """Ray for the duration of the block; yields the cluster's resources.
 
     Reuses a Ray this process already runs; otherwise connects to `settings.address` or
@@ -230,7 +202,7 @@ def ray_session(settings: RaySettings, setup_hook: str | None = None) -> Iterato
         ray.shutdown()
 
 
-def check_fits(settings: RaySettings, resources: dict[str, float], where: str) -> None:
+def check_fits(settings: RayProfile, resources: dict[str, float], where: str) -> None:
     """A trial must fit on the cluster, else Tune waits for ever for resources."""
     for key, ray_key, per_trial in (
         ("cpus_per_trial", "CPU", settings.cpus_per_trial),
@@ -299,54 +271,47 @@ def render_ray_sbatch(
     job_name: str,
     run_dir: str,
     command: list[str],
-    nodes: int = 1,
-    cpus_per_node: int = 8,
-    gpus_per_node: int = 1,
-    time_min: int = 240,
-    cpus_per_trial: float = 1.0,
-    gpus_per_trial: float = 1.0,
-    partition: str | None = None,
-    account: str | None = None,
-    qos: str | None = None,
-    setup: list[str] | None = None,
-    python: str = "python",
+    allocation: SlurmProfile,
+    trials: RayProfile,
+    nodes: int,
     port: int = 6379,
-    connect_timeout_s: float = 60,
 ) -> str:
     """An sbatch script: Ray head + workers in one allocation, then `python -m orchestrator
     COMMAND --cluster ray --cluster-file <a profile naming the head>`.
 
     `command`: the orchestrator arguments (e.g. `["tune", "--grid", ...]`), each quoted.
+    `allocation`: each node's resources, time, partition and setup lines (a slurm profile);
+    `trials`: each trial's resources and the connect timeout (a ray profile).
     `run_dir` holds the job's log and the profile; it must be on a file system every node
     sees (units' checkpoints and results are written there by whichever node runs a trial).
     """
-    if nodes < 1 or cpus_per_node < 1 or gpus_per_node < 0 or time_min < 1:
-        raise FerError(
-            "render_ray_sbatch: nodes, cpus_per_node and time_min must be >= 1, gpus >= 0"
-        )
-    extra = [
-        f"#SBATCH --{key}={value}"
-        for key, value in (("partition", partition), ("account", account), ("qos", qos))
-        if value
-    ]
+    if nodes < 1:
+        raise FerError(f"render_ray_sbatch: nodes must be >= 1, not {nodes}")
+    gpus_per_node = allocation.gpus_per_job
+    names = (
+        ("partition", allocation.partition),
+        ("account", allocation.account),
+        ("qos", allocation.qos),
+    )
+    extra = [f"#SBATCH --{key}={value}" for key, value in names if value]
     quoted_run_dir = shlex.quote(run_dir)
     return SBATCH_TEMPLATE.format(
         job_name=shlex.quote(job_name),
         nodes=nodes,
-        cpus_per_node=cpus_per_node,
+        cpus_per_node=allocation.cpus_per_job,
         gres_line=f"#SBATCH --gpus-per-node={gpus_per_node}\n" if gpus_per_node else "",
-        time_min=time_min,
+        time_min=allocation.time_min,
         log_dir=run_dir,  # #SBATCH lines are not shell: no quoting there
         extra_lines="\n".join(extra),
-        setup="\n".join(setup or []),
+        setup="\n".join(allocation.setup),
         port=port,
-        python=shlex.quote(python),
+        python=shlex.quote(allocation.python or sys.executable),
         gpus_per_node=gpus_per_node,
         head_wait_s=120,
         worker_wait_s=5 if nodes > 1 else 0,
         run_dir=quoted_run_dir,
-        cpus_per_trial=cpus_per_trial,
-        gpus_per_trial=gpus_per_trial,
-        connect_timeout_s=connect_timeout_s,
+        cpus_per_trial=trials.cpus_per_trial,
+        gpus_per_trial=trials.gpus_per_trial,
+        connect_timeout_s=trials.connect_timeout_s,
         command=shlex.join(command),
     )

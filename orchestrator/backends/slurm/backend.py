@@ -72,15 +72,12 @@ from orchestrator.backends.slurm.jobs import (
     unrecorded_jobs,
 )
 from orchestrator.backends.slurm.pack import plan_packs
+from orchestrator.plan.profiles import SlurmProfile
 from orchestrator.plan.unit import Unit
 from orchestrator.run.progress import Progress, unit_summary
-from orchestrator.run.rundir import RunDir
+from orchestrator.run.rundir import RunDir, Submission
 from orchestrator.run.states import ACTIVE, State
 
-# A timed-out job is requeued this many times at most (profile key `timeout_requeues`; each
-# run resumes from its last epoch, so a limit only stops a unit that cannot finish one epoch
-# within time_min); preemptions are requeued without limit.
-MAX_TIMEOUT_REQUEUES = 3
 POLL_FIRST_S, POLL_GROWTH, POLL_MAX_S = 1.0, 1.25, 10.0  # sacct every 10 s at most
 UNKNOWN_GRACE_S = 120.0  # a job neither sacct nor squeue knows for this long is lost
 
@@ -102,7 +99,7 @@ def array_job_name(tasks: list[tuple[Unit, ...]]) -> str:
 
 
 def job_parameters(
-    profile: dict[str, Any],
+    profile: SlurmProfile,
     rundir: RunDir,
     tasks: list[tuple[Unit, ...]],
     dependency: str,
@@ -114,20 +111,25 @@ def job_parameters(
         "comment": job_comment(rundir.path, key),
         "nodes": 1,
         "ntasks_per_node": 1,
-        "cpus_per_task": int(profile.get("cpus_per_job", 1)),
-        "time": int(profile.get("time_min", 60)),
+        "cpus_per_task": profile.cpus_per_job,
+        "time": profile.time_min,
         "stderr_to_stdout": True,
-        "array_parallelism": int(profile.get("array_parallelism", len(tasks))),
+        # no throttle: submitit writes one anyway (`%N`), so N is every task of the array
+        "array_parallelism": profile.array_parallelism or len(tasks),
     }
-    for name in ("partition", "account", "qos"):
-        if profile.get(name):
-            params[name] = profile[name]
-    if profile.get("mem_gb") is not None:
-        params["mem"] = _mem(profile["mem_gb"])
-    if profile.get("gpus_per_job"):
-        params["gpus_per_node"] = int(profile["gpus_per_job"])
-    if profile.get("setup"):
-        params["setup"] = list(profile["setup"])
+    for name, value in (
+        ("partition", profile.partition),
+        ("account", profile.account),
+        ("qos", profile.qos),
+    ):
+        if value:
+            params[name] = value
+    if profile.mem_gb is not None:
+        params["mem"] = _mem(profile.mem_gb)
+    if profile.gpus_per_job:
+        params["gpus_per_node"] = profile.gpus_per_job
+    if profile.setup:
+        params["setup"] = list(profile.setup)
     if dependency:
         params["dependency"] = dependency
         params["additional_parameters"] = {"kill_on_invalid_dep": "yes"}
@@ -138,10 +140,10 @@ class LimitReached(Exception):
     """sbatch refused an array for a submission limit: its units wait for room."""
 
 
-class SlurmBackend(Backend):
+class SlurmBackend(Backend[SlurmProfile]):
     name = "slurm"
 
-    def __init__(self, profile: dict[str, Any]):
+    def __init__(self, profile: SlurmProfile):
         super().__init__(profile)
         if shutil.which("sbatch") is None:
             raise FerError(
@@ -154,22 +156,19 @@ class SlurmBackend(Backend):
     def job_env(self, units: int = 1) -> dict[str, str]:
         """Set before torch loads: threads = each unit's share of the job's CPUs, then the
         profile's env."""
-        threads = str(max(1, int(self.profile.get("cpus_per_job", 1)) // units))
-        env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-        env.update({k: str(v) for k, v in (self.profile.get("env") or {}).items()})
-        return env
+        threads = str(max(1, self.profile.cpus_per_job // units))
+        return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, **self.profile.env}
 
     def executor(
-        self, rundir: RunDir, tasks: list[tuple[Unit, ...]], dependency: str = "", key: str = ""
+        self, rundir: RunDir, tasks: list[tuple[Unit, ...]], dependency: str, key: str
     ) -> Any:
         """The submitit executor of an array of `tasks` (files in `RUN_DIR/arrays/<key>/`)."""
         from submitit import SlurmExecutor
 
-        key = key or new_key()
-        python = self.profile.get("python") or sys.executable
+        python = self.profile.python or sys.executable
         executor = SlurmExecutor(
             folder=rundir.array_dir(key),
-            max_num_timeout=int(self.profile.get("timeout_requeues", MAX_TIMEOUT_REQUEUES)),
+            max_num_timeout=self.profile.timeout_requeues,
             python=shlex.quote(str(python)),  # submitit puts it in the command line as is
         )
         executor.update_parameters(**job_parameters(self.profile, rundir, tasks, dependency, key))
@@ -212,8 +211,7 @@ class SlurmBackend(Backend):
             for u in units
             if u.id not in adopted and u.id not in held and not rundir.is_done(u.id)
         ]
-        per_job = int(self.profile.get("units_per_job", 1))
-        packs = plan_packs(todo, per_job, {**earlier, **adopted})
+        packs = plan_packs(todo, self.profile.units_per_job, {**earlier, **adopted})
         limits = read_limits(self.profile, self.retry)
         queued = queued_jobs(self.retry) if limits.max_submit is not None else 0
         room = limits.room(queued)
@@ -280,13 +278,11 @@ class SlurmBackend(Backend):
             "sbatch",
             before_retry=lambda: submitted_as(rundir.path, key, self.retry),
         )
-        records: dict[str, dict[str, Any]] = {}
+        records: dict[str, Submission] = {}
         for index, units in enumerate(tasks):
-            record: dict[str, Any] = {
-                "backend": self.name,
-                "job_id": job if len(tasks) == 1 else f"{job}_{index}",
-                "array": key,
-            }
+            record = Submission(
+                backend=self.name, job_id=job if len(tasks) == 1 else f"{job}_{index}", array=key
+            )
             if len(units) > 1:
                 record["pack"] = [unit.id for unit in units]
             records.update({unit.id: record for unit in units})
@@ -315,7 +311,7 @@ class SlurmBackend(Backend):
         adopted: dict[str, str] = {}
         for job, unit_ids in by_job.items():
             _, state, job_units = found[unit_ids[0]]
-            record: dict[str, Any] = {"backend": self.name, "job_id": job}
+            record = Submission(backend=self.name, job_id=job)
             if len(job_units) > 1:
                 record["pack"] = job_units
             rundir.record_submissions(dict.fromkeys(unit_ids, record))
@@ -387,7 +383,8 @@ class SlurmBackend(Backend):
                 elif now - seen_at[unit_id] < UNKNOWN_GRACE_S:
                     continue
                 unit = remaining.pop(unit_id)
-                job_units = [by_id.get(u, unit) for u in records.get(unit_id, {}).get("pack", [])]
+                pack = records[unit_id].get("pack", []) if unit_id in records else []
+                job_units = [by_id.get(u, unit) for u in pack]
                 outcome[unit_id] = self._finished(rundir, unit, state, job_units or [unit])
                 detail = (
                     unit_summary(rundir, unit)
@@ -425,7 +422,7 @@ class SlurmBackend(Backend):
         return "failed"
 
     # --- state and cancel -------------------------------------------------------------------
-    def _jobs(self, rundir: RunDir) -> dict[str, dict[str, Any]]:
+    def _jobs(self, rundir: RunDir) -> dict[str, Submission]:
         return {
             unit_id: record
             for unit_id, record in rundir.submissions().items()

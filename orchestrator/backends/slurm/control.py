@@ -23,9 +23,10 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from fer_core.errors import FerError
+from orchestrator.plan.profiles import SlurmProfile
 
 T = TypeVar("T")
 
@@ -49,15 +50,12 @@ MAX_DELAY_S = 30.0
 class Retry:
     """How often, and how patiently, a call to the controller is repeated."""
 
-    retries: int = 8
-    backoff_s: float = 2.0
+    retries: int
+    backoff_s: float
 
     @classmethod
-    def of(cls, profile: dict[str, Any]) -> Retry:
-        return cls(
-            int(profile.get("retries", cls.retries)),
-            float(profile.get("retry_backoff_s", cls.backoff_s)),
-        )
+    def of(cls, profile: SlurmProfile) -> Retry:
+        return cls(profile.retries, profile.retry_backoff_s)
 
     def delay(self, attempt: int) -> float:
         return min(self.backoff_s * 2**attempt, MAX_DELAY_S)
@@ -135,7 +133,7 @@ class Limits:
         return None if self.max_submit is None else max(0, self.max_submit - queued)
 
 
-def read_limits(profile: dict[str, Any], retry: Retry) -> Limits:
+def read_limits(profile: SlurmProfile, retry: Retry) -> Limits:
     config = _fields(slurm_call(["scontrol", "show", "config"], retry).stdout)
     max_array = _limit(config.get("MaxArraySize"))
     enforce = config.get("AccountingStorageEnforce", "none")
@@ -143,8 +141,8 @@ def read_limits(profile: dict[str, Any], retry: Retry) -> Limits:
         return Limits(max_array)
     user = getpass.getuser()
     where = ["where", f"user={user}", f"cluster={config.get('ClusterName', '')}"]
-    if profile.get("account"):
-        where.append(f"account={profile['account']}")
+    if profile.account:
+        where.append(f"account={profile.account}")
     assoc = slurm_call(
         [
             "sacctmgr",
@@ -161,14 +159,14 @@ def read_limits(profile: dict[str, Any], retry: Retry) -> Limits:
         return Limits(max_array)
     caps: list[tuple[int, str]] = []
     running: list[int] = []
-    qos_names = {profile["qos"]} if profile.get("qos") else set()
+    qos_names = {profile.qos} if profile.qos else set()
     for line in assoc.stdout.splitlines():
         submit, jobs, qos, default_qos = (line.split("|") + ["", "", "", ""])[:4]
         if (cap := _limit(submit)) is not None:
             caps.append((cap, f"MaxSubmitJobs={cap} of {user}'s association"))
         if (cap := _limit(jobs)) is not None:
             running.append(cap)
-        if not profile.get("qos"):
+        if not profile.qos:
             qos_names.add(default_qos or (qos.split(",")[0] if qos else "normal"))
     if qos_names:
         qos = slurm_call(

@@ -30,6 +30,7 @@ from submitit.helpers import Checkpointable
 
 from fer_core.errors import FerError
 from orchestrator.backends.slurm.control import Retry, slurm_call
+from orchestrator.plan.profiles import SlurmProfile
 from orchestrator.run.states import State
 
 # SLURM job state (first word: "CANCELLED by 0" -> CANCELLED) -> backend state name.
@@ -58,7 +59,7 @@ STATE_MAP = {
     "REVOKED": State.CANCELLED,
     "COMPLETED": State.COMPLETED,
 }
-DEFAULT_RETRY = Retry()
+DEFAULT_RETRY = Retry.of(SlurmProfile())
 
 
 class UnitJob(Checkpointable):

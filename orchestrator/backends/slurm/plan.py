@@ -16,18 +16,19 @@ from typing import Any, TextIO
 from orchestrator.backends.slurm.arrays import dependency_of, plan_arrays
 from orchestrator.backends.slurm.backend import job_parameters
 from orchestrator.backends.slurm.pack import plan_packs
+from orchestrator.plan.profiles import SlurmProfile
 from orchestrator.plan.unit import Unit
 from orchestrator.run.rundir import RunDir
 
 PER_ARRAY = ("job_name", "comment", "stderr_to_stdout", "array_parallelism", "setup")
 
 
-def print_slurm_plan(profile: dict[str, Any], rundir: RunDir, units: list[Unit], out: TextIO):
+def print_slurm_plan(profile: SlurmProfile, rundir: RunDir, units: list[Unit], out: TextIO):
     """The plan for `units` (those not done, topological order)."""
     if not units:
         print("  slurm: nothing to submit", file=out)
         return
-    packs = plan_packs(units, int(profile.get("units_per_job", 1)), {})
+    packs = plan_packs(units, profile.units_per_job, {})
     arrays = plan_arrays(packs)
     names = [f"A{i + 1}" for i in range(len(arrays))]
     shared = job_parameters(profile, rundir, [packs[0].units], "", "KEY")
@@ -39,7 +40,7 @@ def print_slurm_plan(profile: dict[str, Any], rundir: RunDir, units: list[Unit],
     print(
         "  every job: " + _flags({k: v for k, v in shared.items() if k not in PER_ARRAY}), file=out
     )
-    parallel = int(profile.get("array_parallelism", 0))
+    parallel = profile.array_parallelism
     for name, array in zip(names, arrays, strict=True):
         tasks = [pack.units for pack in array.packs]
         own = job_parameters(profile, rundir, tasks, dependency_of(array, arrays, names), "KEY")
@@ -53,10 +54,10 @@ def print_slurm_plan(profile: dict[str, Any], rundir: RunDir, units: list[Unit],
         first = ", ".join(u.name for u in tasks[0])
         more = f" ... ({sum(map(len, tasks))} units)" if len(tasks) > 1 else ""
         print(f"    wave {array.wave} {name}: {_flags(flags)}  [{first}{more}]", file=out)
-    gpus = int(profile.get("gpus_per_job", 0))
-    hours = len(packs) * gpus * int(profile.get("time_min", 60)) / 60
+    gpus = profile.gpus_per_job
+    hours = len(packs) * gpus * profile.time_min / 60
     print(
-        f"  requested: {len(packs)} jobs x {gpus} GPU x {profile.get('time_min', 60)} min = "
+        f"  requested: {len(packs)} jobs x {gpus} GPU x {profile.time_min} min = "
         f"{hours:.1f} GPU-hours (the most the cluster will charge)",
         file=out,
     )
@@ -64,7 +65,7 @@ def print_slurm_plan(profile: dict[str, Any], rundir: RunDir, units: list[Unit],
 
 
 def _print_estimate(
-    profile: dict[str, Any], rundir: RunDir, units: list[Unit], jobs: int, out: TextIO
+    profile: SlurmProfile, rundir: RunDir, units: list[Unit], jobs: int, out: TextIO
 ) -> None:
     epochs, runs = rundir.store.read("epochs"), rundir.store.read("runs")
     if epochs is None or runs is None:
@@ -79,7 +80,7 @@ def _print_estimate(
             per_backbone.setdefault(str(backbone[unit_id]), []).append(seconds)
     measured = [u for u in units if u.kind == "train" and u.backbone in per_backbone]
     seconds = sum(mean(per_backbone[u.backbone]) * u.spec["config"]["epochs"] for u in measured)
-    gpus = int(profile.get("gpus_per_job", 0)) / int(profile.get("units_per_job", 1))
+    gpus = profile.gpus_per_job / profile.units_per_job
     print(
         f"  estimate from measured epochs ({', '.join(sorted(per_backbone))}): "
         f"{seconds / 3600:.2f} unit-hours of training, {seconds * gpus / 3600:.2f} GPU-hours, "

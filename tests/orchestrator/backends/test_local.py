@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import replace
 
 import pytest
 
 from orchestrator.backends.local import LocalBackend
+from orchestrator.plan.profiles import LocalProfile, load_profile
 from orchestrator.run.launch import launch
 from orchestrator.run.processes import process_start
 from orchestrator.run.states import State
@@ -57,7 +59,7 @@ def test_forked_workers_log_to_their_unit_and_record_a_nameable_process(finished
         log = (rundir.unit_dir(unit.id) / "local.log").read_text()
         assert log.rstrip().endswith(f"{unit.id}: done"), log[-300:]
         assert records[unit.id]["pid_start"].isdigit()
-    backend = LocalBackend({"jobs": 1})
+    backend = LocalBackend(LocalProfile(jobs=1))
     assert backend.states(rundir) == {}  # all exited
     me = {"backend": "local", "job_id": str(os.getpid())}
     rundir.record_submissions({train[0].id: {**me, "pid_start": process_start(os.getpid())}})
@@ -84,7 +86,7 @@ def test_a_failed_unit_blocks_its_chain_and_a_relaunch_retries_only_that(finishe
     faces.write_bytes(b"damaged on a shared file system")
 
     launch(str(changed), run_dir=rundir.path)
-    rows = {r["name"]: r for r in status_rows(rundir, LocalBackend({}))}
+    rows = {r["name"]: r for r in status_rows(rundir, LocalBackend(LocalProfile()))}
     assert rows["ckplus/f01/tiny/ce"]["state"] == State.FAILED
     assert "faces.pt" in rows["ckplus/f01/tiny/ce"]["detail"]
     assert rows["ckplus/f01/tiny/ce>focal"]["state"] == State.BLOCKED
@@ -92,11 +94,33 @@ def test_a_failed_unit_blocks_its_chain_and_a_relaunch_retries_only_that(finishe
 
     shutil.copy(backup, faces)
     launch(str(changed), run_dir=rundir.path)
-    rows = status_rows(rundir, LocalBackend({}))
+    rows = status_rows(rundir, LocalBackend(LocalProfile()))
     assert {r["state"] for r in rows} == {State.DONE}
     attempts = {r["name"]: r["attempts"] for r in rows}
     assert attempts["ckplus/f01/tiny/ce"] == 2  # failed once, retried once
     assert attempts["ckplus/f01/tiny/ce>focal"] == 1  # blocked: never ran, then ran once
+
+
+def test_launch_jobs_runs_units_with_that_many_at_once(finished_run, tmp_path, monkeypatch):
+    """`--jobs 1` on the local profile (jobs: 2): the backend that runs the units holds the
+    profile with jobs 1, and nothing else of the profile changed."""
+    grid, rundir = finished_run[0], private_copy(finished_run[1], tmp_path)
+    leaf = next(u for u in rundir.read_dag() if u.name == "ckplus/f01/tiny/focal")
+    rundir.reset_unit(leaf.id)
+    profiles = []
+    submit = LocalBackend.submit
+
+    def recording_submit(self, *args, **kwargs):
+        profiles.append(self.profile)
+        return submit(self, *args, **kwargs)
+
+    monkeypatch.setattr(LocalBackend, "submit", recording_submit)
+    launch(str(grid), run_dir=rundir.path, jobs=1)
+    shipped = load_profile("local")
+    assert shipped.jobs != 1  # else this shows nothing
+    assert profiles == [replace(shipped, jobs=1)]
+    assert rundir.is_done(leaf.id, leaf.kind)
+    assert rundir.submissions()[leaf.id]["attempts"] == 2
 
 
 def test_a_run_dir_of_another_grid_is_refused(finished_run, tmp_path):

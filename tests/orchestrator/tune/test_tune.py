@@ -30,11 +30,11 @@ import yaml
 
 from fer_core.errors import FerError
 from orchestrator.cli import main as cli_main
-from orchestrator.plan.profiles import load_profile
+from orchestrator.plan.profiles import RayProfile, SlurmProfile, load_profile
 from orchestrator.query import run_query
 from orchestrator.run.rundir import TRIAL, RunDir
 from orchestrator.tune.nested import choose
-from orchestrator.tune.slurm import render_tune_sbatch
+from orchestrator.tune.slurm import render_tune_sbatch, trial_profile
 from orchestrator.tune.space import STAGE1_LOSSES, STAGE2_LOSSES, load_tune
 from tests.helpers import REPO, Background, cli, ray_running
 
@@ -198,7 +198,7 @@ def test_slurm_renders_a_ray_cluster_script_that_runs_tune(grid, cluster_file, t
         spec,
         tmp_path / "run",
         profile,
-        {"gpus_per_trial": 0.5},
+        RayProfile(gpus_per_trial=0.5),
         nodes=3,
         samples=6,
         data=["ckplus=/data/CK+"],
@@ -210,6 +210,18 @@ def test_slurm_renders_a_ray_cluster_script_that_runs_tune(grid, cluster_file, t
     command = text.rstrip().splitlines()[-2:]
     assert f"-m orchestrator tune --grid {grid}" in command[0]
     assert "--samples 6 --data ckplus=/data/CK+" in command[0] and "--cluster ray" in command[1]
+
+
+def test_slurm_trials_take_the_ray_profile_of_the_same_file(cluster_file, tmp_path):
+    gpus = SlurmProfile(gpus_per_job=4)
+    assert trial_profile(gpus, cluster_file) == load_profile("ray", cluster_file)
+    only_slurm = tmp_path / "slurm.yaml"
+    only_slurm.write_text("s: {backend: slurm}\n")  # no ray profile: one GPU per trial
+    assert trial_profile(gpus, only_slurm) == RayProfile(gpus_per_trial=1)
+    assert trial_profile(SlurmProfile(), only_slurm) == RayProfile()
+    only_slurm.write_text("ray: {backend: local}\n")
+    with pytest.raises(FerError, match="profile 'ray' has backend local"):
+        trial_profile(gpus, only_slurm)
 
 
 def test_slurm_submits_the_script_with_sbatch(grid, cluster_file, tmp_path, monkeypatch, capsys):

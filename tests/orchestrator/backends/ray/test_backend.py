@@ -24,14 +24,10 @@ import pytest
 
 from fer_core.errors import FerError
 from orchestrator.backends.ray.backend import LauncherRecord, RayBackend, wave_numbers
-from orchestrator.backends.ray.cluster import (
-    RaySettings,
-    probe_address,
-    render_ray_sbatch,
-    resolve_local_head,
-)
+from orchestrator.backends.ray.cluster import probe_address, render_ray_sbatch, resolve_local_head
 from orchestrator.plan.dag import expand
 from orchestrator.plan.grid import load_grid
+from orchestrator.plan.profiles import RayProfile, SlurmProfile
 from orchestrator.plan.unit import Unit
 from orchestrator.run import worker
 from orchestrator.run.launch import launch
@@ -71,7 +67,7 @@ def test_waves_follow_the_dag(grid, tmp_path):
 
 def test_the_launcher_record_reports_its_units_only_while_it_lives(tmp_path):
     rundir = RunDir(tmp_path)
-    backend = RayBackend({"backend": "ray"})
+    backend = RayBackend(RayProfile())
     assert backend.states(rundir) == {} and backend.cancel(rundir) == []
     record = LauncherRecord(rundir)
     record.open(["a", "b"])
@@ -115,9 +111,7 @@ def test_a_bad_address_is_refused_by_name():
 
 
 def test_settings_take_the_profile_with_defaults():
-    settings = RaySettings.from_profile(
-        {"address": None, "num_cpus": 2, "cpus_per_trial": 1, "gpus_per_trial": 0.25}
-    )
+    settings = RayProfile(num_cpus=2, cpus_per_trial=1, gpus_per_trial=0.25)
     assert settings.resources_per_trial == {"cpu": 1, "gpu": 0.25}
     assert settings.address is None and settings.max_failures == 2
     assert resolve_local_head("10.0.0.5:6379") == ("10.0.0.5:6379", False)
@@ -128,12 +122,11 @@ def test_the_slurm_sbatch_starts_a_head_then_workers_then_runs_the_command():
         "fer-ray-paper",
         "/shared/runs/paper",
         ["tune", "--grid", "paper.yaml", "--data", "ckplus=/my data"],
+        SlurmProfile(
+            partition="gpu", cpus_per_job=16, gpus_per_job=4, setup=("module load cuda/12.4",)
+        ),
+        RayProfile(gpus_per_trial=0.5),
         nodes=3,
-        cpus_per_node=16,
-        gpus_per_node=4,
-        gpus_per_trial=0.5,
-        partition="gpu",
-        setup=["module load cuda/12.4"],
     )
     assert text.startswith("#!/bin/bash\n")
     assert "#SBATCH --nodes=3" in text and "#SBATCH --gpus-per-node=4" in text
@@ -143,7 +136,7 @@ def test_the_slurm_sbatch_starts_a_head_then_workers_then_runs_the_command():
     assert "gpus_per_trial: 0.5" in text and "--cluster ray" in text
     assert "--data 'ckplus=/my data'" in text  # each argument one shell word
     with pytest.raises(FerError):
-        render_ray_sbatch("fer-ray-paper", "/x", ["tune"], nodes=0)
+        render_ray_sbatch("fer-ray-paper", "/x", ["tune"], SlurmProfile(), RayProfile(), nodes=0)
 
 
 # --- a real local Ray, real units broken through their inputs -------------------------------
@@ -221,7 +214,7 @@ class Killer(threading.Thread):
 
 # max_failures 1: a trial that dies every time is retried once, then failed; the default (2)
 # would show the same for one more attempt.
-PROFILE = {"backend": "ray", "cpus_per_trial": 1, "gpus_per_trial": 0, "max_failures": 1}
+PROFILE = RayProfile(cpus_per_trial=1, gpus_per_trial=0, max_failures=1)
 
 
 @pytest.mark.ray
@@ -251,7 +244,7 @@ def test_failures_block_dependants_and_a_dying_unit_fails_after_its_retries(
     # until its retries are spent.
     log = (rundir.unit_log(broken.id, "ray")).read_text()
     assert log.count("error: ") == 1, log
-    assert len(killer.killed) == 1 + PROFILE["max_failures"]
+    assert len(killer.killed) == 1 + PROFILE.max_failures
     submitted = set(rundir.submissions())
     assert units["ckplus/f01/tiny/ce>focal"].id not in submitted  # blocked: never submitted
     assert units["ckplus/prepare"].id not in submitted  # done before: never submitted
@@ -366,4 +359,4 @@ def test_grid_relaunch_is_a_no_op(finished_run, cluster_file):
     launch(str(grid), cluster="ray", cluster_file=cluster_file, run_dir=rundir.path, out=out)
     assert "nothing to submit" in out.getvalue()
     assert {p: p.stat().st_mtime_ns for p in rundir.store.files("runs")} == before
-    assert RayBackend({"backend": "ray"}).states(rundir) == {}
+    assert RayBackend(RayProfile()).states(rundir) == {}

@@ -16,13 +16,15 @@ import shutil
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from fer_core.errors import FerError
+from orchestrator.backends.ray.cluster import render_ray_sbatch
 from orchestrator.backends.slurm.arrays import dependency_of, plan_arrays
-from orchestrator.backends.slurm.backend import SlurmBackend, job_name
+from orchestrator.backends.slurm.backend import SlurmBackend, job_name, job_parameters
 from orchestrator.backends.slurm.jobs import (
     STATE_MAP,
     normalise_state,
@@ -33,7 +35,7 @@ from orchestrator.backends.slurm.jobs import (
 from orchestrator.backends.slurm.pack import plan_packs
 from orchestrator.plan.dag import expand
 from orchestrator.plan.grid import load_grid
-from orchestrator.plan.profiles import DEFAULT_FILE, load_profile
+from orchestrator.plan.profiles import DEFAULT_FILE, RayProfile, SlurmProfile, load_profile
 from orchestrator.plan.unit import Unit
 from orchestrator.run.launch import launch
 from orchestrator.run.rundir import RunDir
@@ -98,7 +100,7 @@ def cleanup(cluster_file):
 def test_without_sbatch_the_backend_refuses_before_submitting(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(FerError, match="--cluster slurm: no sbatch on PATH"):
-        SlurmBackend({"partition": "debug"})
+        SlurmBackend(SlurmProfile(partition="debug"))
 
 
 def test_every_slurm_state_maps_to_a_backend_state():
@@ -125,9 +127,9 @@ def _normalised(text: str, rundir: RunDir) -> str:
 def test_sbatch_text_of_the_slurm_profile_matches_the_golden_file(monkeypatch, tmp_path):
     fake_slurm_tools(monkeypatch, tmp_path)
     profile = load_profile("slurm", DEFAULT_FILE)
-    profile.pop("backend")
-    profile["setup"] = ["module load cuda/12.4"]  # cluster.yaml ships none; show where they go
-    backend = SlurmBackend(profile)
+    assert isinstance(profile, SlurmProfile)
+    # cluster.yaml ships no setup lines; show where they go
+    backend = SlurmBackend(replace(profile, setup=("module load cuda/12.4",)))
     rundir = RunDir(tmp_path / "run")
     unit = Unit(
         id="0123456789abcdef",
@@ -158,12 +160,12 @@ def test_sbatch_text_of_the_slurm_profile_matches_the_golden_file(monkeypatch, t
 def test_profile_values_reach_sbatch_only_as_quoted_parameters(monkeypatch, tmp_path):
     fake_slurm_tools(monkeypatch, tmp_path)
     backend = SlurmBackend(
-        {
-            "partition": "debug",
-            "mem_gb": 1.5,
-            "gpus_per_job": 0,
-            "env": {"FER_SECRET_LOOKING": "$(touch /tmp/pwned)"},
-        }
+        SlurmProfile(
+            partition="debug",
+            mem_gb=1.5,
+            gpus_per_job=0,
+            env={"FER_SECRET_LOOKING": "$(touch /tmp/pwned)"},
+        )
     )
     rundir = RunDir(tmp_path / "run")
     unit = Unit(
@@ -174,13 +176,27 @@ def test_profile_values_reach_sbatch_only_as_quoted_parameters(monkeypatch, tmp_
         deps=(),
         spec={},
     )
-    text = sbatch_script(backend.executor(rundir, [(unit,)]))
+    text = sbatch_script(backend.executor(rundir, [(unit,)], "", "KEY"))
     assert "--job-name=fer-my_set_f01_tiny_ce_focal_rm_-rf" in text
     assert job_name(unit) == "fer-my_set_f01_tiny_ce_focal_rm_-rf"
     assert "--mem=1536MB" in text and "gpus" not in text and "dependency" not in text
     assert "pwned" not in text  # env is set inside the job's Python, never in the script
     assert backend.job_env()["FER_SECRET_LOOKING"] == "$(touch /tmp/pwned)"
     assert backend.job_env()["OMP_NUM_THREADS"] == "1"
+
+
+def test_units_and_the_tune_allocation_take_the_same_slurm_defaults(tmp_path):
+    """A slurm profile that sets nothing: the units' arrays and the Ray allocation of `tune
+    --cluster slurm` ask for the same time and CPUs (one default per key), and an array is not
+    throttled."""
+    profile = SlurmProfile()
+    unit = Unit(id="abc", kind="train", name="x/f01/tiny/ce", dataset="x", deps=(), spec={})
+    params = job_parameters(profile, RunDir(tmp_path / "run"), [(unit,), (unit,)], "", "KEY")
+    text = render_ray_sbatch("fer-ray-x", "/x", ["tune"], profile, RayProfile(), nodes=1)
+    assert params["time"] == 60 and f"#SBATCH --time={params['time']}\n" in text
+    assert f"#SBATCH --cpus-per-task={params['cpus_per_task']}\n" in text
+    assert params["array_parallelism"] == 2  # all tasks of the array at once
+    assert "connect_timeout_s: 30.0\n" in text  # the ray profile's default
 
 
 # --- a real one-node SLURM --------------------------------------------------------------
@@ -410,7 +426,7 @@ def test_a_dependency_neither_done_nor_queued_is_refused_before_any_sbatch(monke
     rundir, _ = prepare_run(write_study(tmp_path, "orphan"), tmp_path / "run")
     units = rundir.read_dag()
     with pytest.raises(FerError, match=f"unit {units[0].id} is needed by this submission"):
-        SlurmBackend({"partition": "debug"}).submit(rundir, units[1:], wait=False)
+        SlurmBackend(SlurmProfile(partition="debug")).submit(rundir, units[1:], wait=False)
     assert rundir.submissions() == {} and not sbatch_calls.exists()
 
 
@@ -479,12 +495,12 @@ def test_units_per_job_must_be_a_positive_integer(tmp_path):
     with pytest.raises(FerError, match=r"test\.units_per_job: 0 must be an integer >= 1"):
         load_profile("test", path)
     path.write_text("test: {backend: slurm, partition: debug, units_per_job: 3}\n")
-    assert load_profile("test", path)["units_per_job"] == 3
+    assert load_profile("test", path) == SlurmProfile(partition="debug", units_per_job=3)
 
 
 def test_a_pack_job_splits_the_cpus_and_is_tagged_with_its_run_and_units(monkeypatch, tmp_path):
     fake_slurm_tools(monkeypatch, tmp_path)
-    backend = SlurmBackend({"partition": "debug", "cpus_per_job": 8, "units_per_job": 3})
+    backend = SlurmBackend(SlurmProfile(partition="debug", cpus_per_job=8, units_per_job=3))
     rundir = RunDir(tmp_path / "run")
     units = _chain(3)[1:4]
     text = sbatch_script(backend.executor(rundir, [tuple(units)], "afterok:41", "KEY"))
