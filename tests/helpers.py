@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 
 import pytest
 
+from orchestrator.backends.slurm.control import Retry
+from orchestrator.plan.profiles import SlurmProfile
 from orchestrator.plan.unit import Unit
 from orchestrator.run.rundir import RunDir
 
@@ -349,6 +351,7 @@ def tiny_ckplus(root: Path, subjects: int = 6, size: int = 40) -> Path:
 # --- SLURM -------------------------------------------------------------------------------------
 # slurmd refuses a job whose credential is not newer (in whole seconds) than the revocation
 # at its requeue ("Job credential revoked": the job fails), so a release waits this long.
+RETRY = Retry.of(SlurmProfile())  # a test's own controller calls retry as a default profile's
 REQUEUE_GAP_S = 1.5
 
 

@@ -40,6 +40,7 @@ from orchestrator.run.states import State
 from orchestrator.run.status import status_rows
 from tests.helpers import (
     REPO,
+    RETRY,
     alive,
     assert_grid_done_once,
     cli,
@@ -276,7 +277,7 @@ def test_launcher_killed_between_sbatch_and_its_record_does_not_duplicate_the_jo
     killed = _killed_launch("before-record", 1, grid, cluster, run)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert rundir.submissions() == {}
-    orphans = tagged_jobs(run)
+    orphans = tagged_jobs(run, RETRY)
     assert sorted(u for _, units in orphans.values() for u in units) == sorted(u.id for u in train)
     args = ("launch", "--grid", grid, "--cluster", "test", "--cluster-file", cluster)
     again = cli(*args, "--run-dir", run, cwd=tmp_path, timeout=300)
@@ -453,14 +454,14 @@ def test_a_first_launch_killed_mid_submission_then_cancel_cancels_every_job_it_s
         assert json.loads((run / "profile.json").read_text())["cluster"] == "test"
         rundir = RunDir(run)
         assert len(rundir.submissions()) == 2  # the stage-1 array; the stage-2 one unrecorded
-        submitted = tagged_jobs(run)
+        submitted = tagged_jobs(run, RETRY)
         assert len(submitted) == 4
         assert {s for s, _ in submitted.values()} == {"PENDING"}
         cancelled = cli("cancel", "--run-dir", run, cwd=tmp_path, timeout=120)
         assert cancelled.returncode == 0, cancelled.stderr
         assert "cancelled 4 units" in cancelled.stdout, cancelled.stdout
         wait_until(
-            lambda: {s for s, _ in tagged_jobs(run).values()} == {"CANCELLED"},
+            lambda: {s for s, _ in tagged_jobs(run, RETRY).values()} == {"CANCELLED"},
             60,
             "every job of the killed launch to be cancelled",
         )

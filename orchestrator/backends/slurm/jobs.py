@@ -30,7 +30,6 @@ from submitit.helpers import Checkpointable
 
 from fer_core.errors import FerError
 from orchestrator.backends.slurm.control import Retry, slurm_call
-from orchestrator.plan.profiles import SlurmProfile
 from orchestrator.run.states import State
 
 # SLURM job state (first word: "CANCELLED by 0" -> CANCELLED) -> backend state name.
@@ -59,7 +58,6 @@ STATE_MAP = {
     "REVOKED": State.CANCELLED,
     "COMPLETED": State.COMPLETED,
 }
-DEFAULT_RETRY = Retry.of(SlurmProfile())
 
 
 class UnitJob(Checkpointable):
@@ -206,7 +204,7 @@ def job_key(job_id: str) -> tuple[int, int]:
     return int(base), int(task) if task else -1
 
 
-def tagged_jobs(run_dir: Path, retry: Retry = DEFAULT_RETRY) -> dict[str, tuple[str, list[str]]]:
+def tagged_jobs(run_dir: Path, retry: Retry) -> dict[str, tuple[str, list[str]]]:
     """job id (`A_i` for an array task) -> (raw state, unit ids) of every job the controller
     holds for `run_dir`.
 
@@ -227,7 +225,7 @@ def tagged_jobs(run_dir: Path, retry: Retry = DEFAULT_RETRY) -> dict[str, tuple[
     return jobs
 
 
-def submitted_as(run_dir: Path, key: str, retry: Retry = DEFAULT_RETRY) -> str | None:
+def submitted_as(run_dir: Path, key: str, retry: Retry) -> str | None:
     """The job id of the array (or job) `key` if the controller holds it: an sbatch that
     failed on its way back may still have been accepted."""
     return next(
@@ -257,8 +255,8 @@ def _tagged(run_dir: Path, retry: Retry) -> list[tuple[str, str, str]]:
 def unrecorded_jobs(
     run_dir: Path,
     recorded: dict[str, str],
-    wanted: set[str] | None = None,
-    retry: Retry = DEFAULT_RETRY,
+    wanted: set[str] | None,
+    retry: Retry,
 ) -> dict[str, tuple[str, str, list[str]]]:
     """unit id -> (job id, raw state, the job's units) of the newest job of `run_dir` (by its
     comment) that is newer than the unit's recorded job (`recorded`: unit id -> job id), for
@@ -309,9 +307,7 @@ def expand_job_ids(job_id: str) -> list[str]:
     return ids
 
 
-def raw_states(
-    job_ids: list[str], since: float | None = None, retry: Retry = DEFAULT_RETRY
-) -> dict[str, str]:
+def raw_states(job_ids: list[str], since: float | None, retry: Retry) -> dict[str, str]:
     """job id -> raw SLURM state for `job_ids` (`A` or array task `A_i`; those neither
     squeue nor sacct knows are left out).
 

@@ -44,6 +44,7 @@ from orchestrator.run.status import status_rows
 from tests.helpers import (
     CLUSTER,
     REPO,
+    RETRY,
     cli,
     fake_slurm_tools,
     job_logs,
@@ -370,13 +371,13 @@ def test_relaunch_after_a_partial_launch_and_cancel_touch_only_this_run(
         assert "cancelled 3 units" in cancelled.stdout
         wait_until(
             lambda: (
-                [normalise_state(raw_states(ours).get(j, "")) for j in ours]
+                [normalise_state(raw_states(ours, None, RETRY).get(j, "")) for j in ours]
                 == [State.CANCELLED] * 3
             ),
             60,
             "this run's jobs to be cancelled",
         )
-        assert normalise_state(raw_states([other])[other]) == State.RUNNING
+        assert normalise_state(raw_states([other], None, RETRY)[other]) == State.RUNNING
         again = cli("cancel", "--run-dir", run, cwd=REPO, timeout=120)
         assert "cancelled 0 units" in again.stdout
 
@@ -403,16 +404,19 @@ def test_cancel_finds_a_job_a_killed_launch_did_not_record_and_only_in_its_run_d
                 backend.submit(rundir, units[:1], wait=False)
         assert rundir.submissions() == {}
         runs.append(rundir)
-    jobs = [list(tagged_jobs(rundir.path)) for rundir in runs]
+    jobs = [list(tagged_jobs(rundir.path, RETRY)) for rundir in runs]
     assert len(jobs[0]) == len(jobs[1]) == 1 and jobs[0] != jobs[1]
     try:
         assert backend.cancel(runs[0]) == [units[0].id]
         wait_until(
-            lambda: normalise_state(raw_states(jobs[0]).get(jobs[0][0], "")) == State.CANCELLED,
+            lambda: (
+                normalise_state(raw_states(jobs[0], None, RETRY).get(jobs[0][0], ""))
+                == State.CANCELLED
+            ),
             60,
             "the unrecorded job to be cancelled",
         )
-        assert normalise_state(raw_states(jobs[1])[jobs[1][0]]) in ACTIVE
+        assert normalise_state(raw_states(jobs[1], None, RETRY)[jobs[1][0]]) in ACTIVE
     finally:
         assert backend.cancel(runs[1]) == [units[0].id]
 
