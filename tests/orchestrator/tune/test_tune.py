@@ -152,7 +152,7 @@ def test_the_shipped_tune_grid_is_valid():
     assert spec.strategy == "ce>focal" and spec.samples >= 4
     assert None in spec.alpha and "inverse_frequency" in spec.alpha
     assert spec.inner_folds + len(spec.test_folds) == spec.grid.datasets["ckplus"].n_folds
-    assert spec.budget == spec.stage2_config()["epochs"] * len(spec.search_folds)
+    assert spec.budget == spec.stage2_config().epochs * len(spec.search_folds)
 
 
 def test_samples_zero_is_one_line_error(grid, cluster_file, tmp_path):
