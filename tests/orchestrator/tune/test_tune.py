@@ -373,6 +373,12 @@ def test_stage_1_trains_once_per_fold_and_every_trial_starts_from_it(search_a):
         if body.get("parent_weights_sha"):
             seen.setdefault(body["fold"], set()).add(body["parent_weights_sha"])
     assert seen and all(len(shas) == 1 for shas in seen.values())
+    # Trial splits name their Ray trial as scheduler and job (backends.ray.trial.trial_env).
+    experiment = _choice(search_a)["experiment"]
+    trials = {f"{experiment}/{r['trial_id']}" for r in _trials(search_a)}
+    splits = [r for r in runs if r["dataset"] == "ckplus-dev" and r["stage"] == 2]
+    assert splits and {r["scheduler"] for r in splits} == {"ray"}
+    assert {r["job_id"] for r in splits} <= trials
     # The final units: the chosen α/γ on each test fold, from that fold's stage 1.
     choice = _choice(search_a)
     final = {r["unit_id"]: r for r in runs if r["unit_id"] in choice["final_units"].values()}
