@@ -6,17 +6,16 @@ RUN_DIR/tune/choice.json. Present only in run dirs where `tune` has run.
 from __future__ import annotations
 
 import io
-import json
 import math
 import statistics
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any
 
 from fer_core.io import atomic_write_bytes
 from orchestrator.run.rundir import RunDir
 from orchestrator.run.store import Store
 from orchestrator.texttable import markdown_table
+from orchestrator.tune.records import ChoiceRecord, TrialRow, read_choice, read_trials
 
 FIGURE = "tune-landscape.png"
 TOP = 8
@@ -26,11 +25,9 @@ def _pct(value: float | None) -> str:
     return "–" if value is None or not math.isfinite(value) else f"{100 * value:.2f}"
 
 
-def _load(run_dir: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    path = RunDir(run_dir).choice_path
-    choice = json.loads(path.read_text()) if path.is_file() else None
-    table = Store(run_dir).read("trials")
-    rows = table.to_pylist() if table is not None else []
+def _load(run_dir: Path) -> tuple[ChoiceRecord | None, list[TrialRow]]:
+    choice = read_choice(RunDir(run_dir).choice_path)
+    rows = read_trials(Store(run_dir))
     if choice is not None:
         rows = [r for r in rows if r["experiment"] == choice["experiment"]]
     elif rows:  # no choice yet: the most recent experiment's finished trials
@@ -39,7 +36,7 @@ def _load(run_dir: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     return choice, rows
 
 
-def landscape_png(rows: list[dict[str, Any]], alpha_order: list[str], synthetic: bool) -> bytes:
+def landscape_png(rows: list[TrialRow], alpha_order: list[str], synthetic: bool) -> bytes:
     """γ (x) against α (y, categorical), complete trials coloured by inner-val mean (%);
     tagged SYNTHETIC when the searched dataset is a synthetic twin."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -78,7 +75,7 @@ def landscape_png(rows: list[dict[str, Any]], alpha_order: list[str], synthetic:
                 zorder=2,
                 label=label,
             )
-    chosen = [r for r in rows if r.get("chosen")]
+    chosen = [r for r in rows if r["chosen"]]
     if chosen:
         ax.scatter(
             [chosen[0]["gamma"]],
@@ -134,7 +131,7 @@ def tune_section(run_dir: str | Path, out_dir: Path, synthetic: Collection[str] 
     if not rows:
         return ""
     alpha_order = choice["search_space"]["alpha"] if choice else []
-    is_synthetic = any(r.get("dataset") in synthetic for r in rows)
+    is_synthetic = any(r["dataset"] in synthetic for r in rows)
     atomic_write_bytes(out_dir / FIGURE, landscape_png(rows, alpha_order, is_synthetic))
     counts = {s: sum(1 for r in rows if r["status"] == s) for s in ("complete", "stopped", "error")}
     lines = ["## α/γ search (Ray Tune, nested model selection)", ""]
@@ -193,7 +190,7 @@ def tune_section(run_dir: str | Path, out_dir: Path, synthetic: Collection[str] 
             "stage 1 alone (ce, selection inner), same folds", _runs(store, choice["stage1_units"])
         ),
     ]
-    paper = _runs(store, choice.get("paper_protocol_units"))
+    paper = _runs(store, choice["paper_protocol_units"])
     if paper:
         table.append(
             _row(
@@ -209,7 +206,7 @@ def tune_section(run_dir: str | Path, out_dir: Path, synthetic: Collection[str] 
     return "\n".join(lines)
 
 
-def _top_trials(rows: list[dict[str, Any]]) -> list[str]:
+def _top_trials(rows: list[TrialRow]) -> list[str]:
     ranked = sorted(
         rows,
         key=lambda r: (
@@ -223,7 +220,7 @@ def _top_trials(rows: list[dict[str, Any]]) -> list[str]:
     )[:TOP]
     table = [
         [
-            "←" if r.get("chosen") else "",
+            "←" if r["chosen"] else "",
             r["alpha"],
             f"{r['gamma']:.3g}",
             _pct(r["inner_val_mean"]),

@@ -32,6 +32,7 @@ from typing import Any
 
 from fer_core.errors import FerError
 from fer_core.io import atomic_write_text
+from fer_core.spec import UnitSpec
 from orchestrator.backends import make_backend
 from orchestrator.backends.base import Backend
 from orchestrator.backends.ray.cluster import check_fits, ray_session
@@ -43,6 +44,15 @@ from orchestrator.plan.unit import Unit
 from orchestrator.run.rundir import RunDir
 from orchestrator.run.states import State
 from orchestrator.run.status import unit_states
+from orchestrator.tune.records import (
+    ChoiceRecord,
+    SchedulerRecord,
+    Scores,
+    SearchSpace,
+    SearchSplit,
+    TrialRow,
+    read_choice,
+)
 from orchestrator.tune.space import INVERSE_FREQUENCY, TuneSpec, alpha_label, load_tune
 
 
@@ -127,8 +137,8 @@ class TuneRun:
         dataset = spec.grid.datasets[spec.dataset]
         self.base = replace(spec.grid, datasets={spec.dataset: dataset})
 
-    def run(self, started: float) -> dict[str, Any]:
-        from orchestrator.tune.search import run_search
+    def run(self, started: float) -> ChoiceRecord:
+        from orchestrator.tune.search import experiment_name, run_search
 
         spec = self.spec
         stage1_grid = self._grid(strategy=spec.stage1)
@@ -143,12 +153,7 @@ class TuneRun:
             stage1 += expand(replace(stage1_grid, selection="heldout"), self.rundir.path)[1:]
         self._run_units(dev + stage1, "train stage 1 (search splits and test folds)")
         splits = self._splits(dev)
-        experiment = "search-" + content_id(
-            {
-                "search": spec.space_identity(),
-                "splits": [(s["fold"], s["parent_id"]) for s in splits],
-            }
-        )
+        experiment = experiment_name(spec, splits)
         print(
             f"search {experiment}: {spec.n_trials()} trials of α ∈ {{{spec.describe_alpha()}}}, "
             f"γ ∈ {spec.describe_gamma()} on {len(splits)} inner splits",
@@ -193,28 +198,27 @@ class TuneRun:
         )
         return replace(self._grid(spec.stage1), datasets={dev.name: dev}, folds=spec.search_folds)
 
-    def _splits(self, dev: list[Unit]) -> list[dict[str, Any]]:
-        """One per search split: its stage-1 unit (id and spec: a trial's spec follows from
-        it, `orchestrator.tune.trial.unit_spec`) and that split's inverse-frequency α."""
+    def _splits(self, dev: list[Unit]) -> list[SearchSplit]:
+        """One per search split: its stage-1 unit and that split's inverse-frequency α."""
         index = _read_index(dev[0])
         by_fold = {u.fold: u for u in dev if u.kind == "train"}
         return [
-            {
-                "fold": fold,
-                "parent_id": by_fold[fold].id,
-                "parent": by_fold[fold].spec,
-                "strategy": self.spec.strategy,
-                "inverse_frequency": inverse_frequency(index, fold),
-            }
+            SearchSplit(
+                fold=fold,
+                parent_id=by_fold[fold].id,
+                parent=UnitSpec.from_dict(by_fold[fold].spec),
+                strategy=self.spec.strategy,
+                inverse_frequency=tuple(inverse_frequency(index, fold)),
+            )
             for fold in self.spec.search_folds
         ]
 
-    def _final_units(self, chosen: dict[str, Any], index: Any, selection: str) -> list[Unit]:
+    def _final_units(self, chosen: TrialRow, index: Any, selection: str) -> list[Unit]:
         """The chosen configuration's chain on each test fold (stage 1 is already done)."""
         units: dict[str, Unit] = {}
         dataset = self.base.datasets[self.spec.dataset]
         for fold in self.spec.test_folds:
-            alpha = chosen["alpha_value"]
+            alpha: float | list[float] | None = chosen["alpha_value"]
             if chosen["alpha"] == INVERSE_FREQUENCY:
                 alpha = inverse_frequency(index, fold)
             focal = {"alpha": alpha, "gamma": chosen["gamma"]}
@@ -261,71 +265,87 @@ class TuneRun:
                 "again: done units and finished trials are kept"
             )
 
-    def _choice(self, experiment, chosen, rows, final, paper, stage1, started) -> dict[str, Any]:
+    def _choice(
+        self,
+        experiment: str,
+        chosen: TrialRow,
+        rows: list[TrialRow],
+        final: list[Unit],
+        paper: list[Unit],
+        stage1: list[Unit],
+        started: float,
+    ) -> ChoiceRecord:
         spec = self.spec
         counts = {
             s: sum(1 for r in rows if r["status"] == s) for s in ("complete", "stopped", "error")
         }
-        return {
-            "experiment": experiment,
-            "dataset": spec.dataset,
-            "dev_dataset": spec.dev_name,
-            "backbone": spec.backbone,
-            "strategy": spec.strategy,
-            "trial_id": chosen["trial_id"],
-            "alpha": chosen["alpha"],
-            "alpha_value": chosen["alpha_value"],
-            "gamma": chosen["gamma"],
-            "inner_val_mean": chosen["inner_val_mean"],
-            "fold_inner_accuracy": chosen["fold_inner_accuracy"],
-            "search_folds": list(spec.search_folds),
-            "inner_folds": spec.inner_folds,
-            "test_folds": list(spec.test_folds),
-            "search_space": {
-                "alpha": [alpha_label(a) for a in spec.alpha],
-                "gamma": spec.describe_gamma(),
-            },
-            "search_alg": spec.search_alg,
-            "scheduler": vars(spec.scheduler) | {"max_t": spec.budget},
-            "seed": spec.seed,
-            "trials": len(rows),
-            **{f"trials_{k}": v for k, v in counts.items()},
-            "final_units": {str(u.fold): u.id for u in final},
-            "stage1_units": {
+        wall_seconds, chosen_at = self._timing(experiment, started)
+        return ChoiceRecord(
+            experiment=experiment,
+            dataset=spec.dataset,
+            dev_dataset=spec.dev_name,
+            backbone=spec.backbone,
+            strategy=spec.strategy,
+            trial_id=chosen["trial_id"],
+            alpha=chosen["alpha"],
+            alpha_value=chosen["alpha_value"],
+            gamma=chosen["gamma"],
+            inner_val_mean=chosen["inner_val_mean"],
+            fold_inner_accuracy=chosen["fold_inner_accuracy"],
+            search_folds=list(spec.search_folds),
+            inner_folds=spec.inner_folds,
+            test_folds=list(spec.test_folds),
+            search_space=SearchSpace(
+                alpha=[alpha_label(a) for a in spec.alpha], gamma=spec.describe_gamma()
+            ),
+            search_alg=spec.search_alg,
+            scheduler=SchedulerRecord(
+                type=spec.scheduler.type,
+                grace_period=spec.scheduler.grace_period,
+                reduction_factor=spec.scheduler.reduction_factor,
+                max_t=spec.budget,
+            ),
+            seed=spec.seed,
+            trials=len(rows),
+            trials_complete=counts["complete"],
+            trials_stopped=counts["stopped"],
+            trials_error=counts["error"],
+            final_units={str(u.fold): u.id for u in final},
+            stage1_units={
                 str(u.fold): u.id for u in stage1 if u.spec["config"]["selection"] == "inner"
             },
-            "paper_protocol_units": {str(u.fold): u.id for u in paper} or None,
-            "test": self._scores(final),
-            "paper_protocol_test": self._scores(paper) if paper else None,
-            **self._timing(experiment, started),
-        }
+            paper_protocol_units={str(u.fold): u.id for u in paper} or None,
+            test=self._scores(final),
+            paper_protocol_test=self._scores(paper) if paper else None,
+            wall_seconds=wall_seconds,
+            chosen_at=chosen_at,
+        )
 
-    def _timing(self, experiment: str, started: float) -> dict[str, float]:
-        """Wall time of the `tune` call that finished this search (a later no-op call that
-        finds it done keeps that figure)."""
-        path = self.rundir.choice_path
+    def _timing(self, experiment: str, started: float) -> tuple[float, float]:
+        """Wall time and end of the `tune` call that finished this search (a later no-op call
+        that finds it done keeps those figures; a damaged choice.json is replaced)."""
         try:
-            previous = json.loads(path.read_text())
-        except (OSError, ValueError):
-            previous = {}
-        if previous.get("experiment") == experiment and "wall_seconds" in previous:
-            return {k: previous[k] for k in ("wall_seconds", "chosen_at") if k in previous}
-        return {"wall_seconds": time.monotonic() - started, "chosen_at": time.time()}
+            previous = read_choice(self.rundir.choice_path)
+        except FerError:
+            previous = None
+        if previous is not None and previous["experiment"] == experiment:
+            return previous["wall_seconds"], previous["chosen_at"]
+        return time.monotonic() - started, time.time()
 
-    def _scores(self, units: list[Unit]) -> dict[str, Any]:
+    def _scores(self, units: list[Unit]) -> Scores:
         table = self.rundir.store.read("runs", {u.id for u in units})
         rows = table.to_pylist() if table is not None else []
         per_fold = {str(r["fold"]): float(r["test_accuracy"]) for r in rows}
         values = list(per_fold.values())
-        return {
-            "per_fold": per_fold,
-            "mean": statistics.fmean(values) if values else math.nan,
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n_test": sum(int(r["n_test"]) for r in rows),
-        }
+        return Scores(
+            per_fold=per_fold,
+            mean=statistics.fmean(values) if values else math.nan,
+            std=statistics.stdev(values) if len(values) > 1 else 0.0,
+            n_test=sum(int(r["n_test"]) for r in rows),
+        )
 
 
-def choose(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def choose(rows: list[TrialRow]) -> TrialRow:
     """The complete trial with the best inner-validation mean; ties go to the earlier trial.
 
     Only the inner-validation objective is looked at: no test fold has been scored yet.
@@ -382,7 +402,7 @@ def _read_index(prepare: Unit) -> Any:
     return DatasetIndex.read(Path(prepare.spec["out_dir"]) / "index.parquet")
 
 
-def summary(choice: dict[str, Any]) -> str:
+def summary(choice: ChoiceRecord) -> str:
     test = choice["test"]
     folds = ", ".join(f"f{k} {100 * v:.1f}" for k, v in test["per_fold"].items())
     lines = [
@@ -393,7 +413,7 @@ def summary(choice: dict[str, Any]) -> str:
         f"nested test accuracy on held-out folds {choice['test_folds']}: "
         f"{_mean_std(test)} ({folds})",
     ]
-    paper = choice.get("paper_protocol_test")
+    paper = choice["paper_protocol_test"]
     if paper:
         lines.append(f"paper protocol (test fold picks the epochs; optimistic): {_mean_std(paper)}")
     lines.append(
@@ -402,6 +422,6 @@ def summary(choice: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _mean_std(scores: dict[str, Any]) -> str:
+def _mean_std(scores: Scores) -> str:
     spread = f" ± {100 * scores['std']:.2f}" if len(scores["per_fold"]) > 1 else ""
     return f"{100 * scores['mean']:.2f}{spread}%"

@@ -21,10 +21,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fer_core.config import StageConfig
 from fer_core.errors import FerError
+from orchestrator.plan.dag import content_id
 from orchestrator.plan.profiles import RayProfile
 from orchestrator.run.rundir import RunDir
-from orchestrator.tune.space import TuneSpec, alpha_label
+from orchestrator.tune.records import SearchSplit, TrialChoice, TrialRow, read_trials
+from orchestrator.tune.space import TuneSpec
 from orchestrator.tune.trial import (
     METRIC,
     TIME_ATTR,
@@ -58,53 +61,57 @@ def _scheduler_classes():
     return ResumableASHA
 
 
+def experiment_name(spec: TuneSpec, splits: list[SearchSplit]) -> str:
+    """The experiment's name: a hash of the search space and the stage-1 parents (a change
+    to either is a new experiment, never a resumed stale one)."""
+    return "search-" + content_id(
+        {"search": spec.space_identity(), "splits": [(s.fold, s.parent_id) for s in splits]}
+    )
+
+
 def trial_row(
     spec: TuneSpec,
     experiment: str,
     trial_id: str,
-    config: dict[str, Any],
-    splits: list[dict[str, Any]],
-    stage2: dict[str, Any],
+    choice: TrialChoice,
+    splits: list[SearchSplit],
+    stage2: StageConfig,
     run_dir: Path,
     status: str,
     seconds: float | None,
     error: str | None = None,
-) -> dict[str, Any]:
+) -> TrialRow:
     """One row of the `trials` table (a trial is one α/γ configuration)."""
-    records = split_records(run_dir, config, splits, stage2)
-    complete = all(r["complete"] for r in records)
+    records = split_records(run_dir, choice, splits, stage2)
+    complete = all(r.complete for r in records)
     if status != ERROR:
         status = COMPLETE if complete else STOPPED
-    alpha = config["alpha"]
-    epochs_done = sum(len(r["accuracies"]) for r in records)
-    return {
-        "trial_id": trial_id,
-        "experiment": experiment,
-        "config_id": config_id(config, splits, stage2),
-        "dataset": spec.dataset,
-        "backbone": spec.backbone,
-        "loss": spec.stage2,
-        "alpha": alpha_label(alpha),
-        "alpha_value": float(alpha) if isinstance(alpha, int | float) else None,
-        "gamma": float(config["gamma"]),
-        "search_folds": [r["fold"] for r in records],
-        "fold_inner_accuracy": [r["best"] for r in records],
-        "fold_best_epoch": [r["best_epoch"] for r in records],
-        "folds_done": sum(1 for r in records if r["complete"]),
-        "epochs_done": epochs_done,
-        "max_epochs": spec.budget,
-        "inner_val_mean": (
-            sum(r["best"] for r in records) / len(records) if complete else math.nan
-        ),
-        "inner_val_last": _last_metric(run_dir, experiment, trial_id),
-        "stopped_early": status == STOPPED,
-        "status": status,
-        "error": error,
-        "selection": "inner",
-        "seconds": seconds,
-        "chosen": False,
-        "recorded_at": time.time(),
-    }
+    return TrialRow(
+        trial_id=trial_id,
+        experiment=experiment,
+        config_id=config_id(choice, splits, stage2),
+        dataset=spec.dataset,
+        backbone=spec.backbone,
+        loss=spec.stage2,
+        alpha=choice.label,
+        alpha_value=choice.alpha_value,
+        gamma=choice.gamma,
+        search_folds=[r.fold for r in records],
+        fold_inner_accuracy=[r.best for r in records],
+        fold_best_epoch=[r.best_epoch for r in records],
+        folds_done=sum(1 for r in records if r.complete),
+        epochs_done=sum(len(r.accuracies) for r in records),
+        max_epochs=spec.budget,
+        inner_val_mean=sum(r.best for r in records) / len(records) if complete else math.nan,
+        inner_val_last=_last_metric(run_dir, experiment, trial_id),
+        stopped_early=status == STOPPED,
+        status=status,
+        error=error,
+        selection="inner",
+        seconds=seconds,
+        chosen=False,
+        recorded_at=time.time(),
+    )
 
 
 def _last_metric(run_dir: Path, experiment: str, trial_id: str) -> float:
@@ -120,7 +127,14 @@ def _error_line(trial: Any) -> str:
     return lines[-1].strip()[:300] if lines else "trial failed"
 
 
-def make_callback(spec, experiment, splits, stage2, run_dir: Path, total: int):
+def make_callback(
+    spec: TuneSpec,
+    experiment: str,
+    splits: list[SearchSplit],
+    stage2: StageConfig,
+    run_dir: Path,
+    total: int,
+) -> Any:
     """Driver-side: write each finished trial's row at once and print one line for it."""
     from ray import tune
 
@@ -141,7 +155,7 @@ def make_callback(spec, experiment, splits, stage2, run_dir: Path, total: int):
                 spec,
                 experiment,
                 trial.trial_id,
-                trial.config,
+                TrialChoice.from_config(trial.config),
                 splits,
                 stage2,
                 run_dir,
@@ -188,9 +202,9 @@ def run_search(
     spec: TuneSpec,
     rundir: RunDir,
     experiment: str,
-    splits: list[dict[str, Any]],
+    splits: list[SearchSplit],
     settings: RayProfile,
-) -> list[dict[str, Any]]:
+) -> list[TrialRow]:
     """Run (or resume) the experiment; returns one row per trial of it, or raises FerError
     when the search did not finish (interrupted: run `tune` again to resume)."""
     from ray import tune
@@ -262,13 +276,20 @@ def _trial_name(trial: Any) -> str:
     return str(trial.trial_id)
 
 
-def _rows_after(spec, rundir, experiment, splits, stage2, results, total) -> list[dict]:
+def _rows_after(
+    spec: TuneSpec,
+    rundir: RunDir,
+    experiment: str,
+    splits: list[SearchSplit],
+    stage2: StageConfig,
+    results: Any,
+    total: int,
+) -> list[TrialRow]:
     """Rows of every trial of the experiment; FerError if any did not finish."""
-    recorded = {}
-    table = rundir.store.read("trials")
-    if table is not None:
-        recorded = {r["trial_id"]: r for r in table.to_pylist() if r["experiment"] == experiment}
-    rows, unfinished = [], 0
+    trials = read_trials(rundir.store)
+    recorded = {r["trial_id"]: r for r in trials if r["experiment"] == experiment}
+    rows: list[TrialRow] = []
+    unfinished = 0
     for result in results:
         trial_id = Path(result.path).name
         row = recorded.get(trial_id)
@@ -281,13 +302,13 @@ def _rows_after(spec, rundir, experiment, splits, stage2, results, total) -> lis
                 spec,
                 experiment,
                 trial_id,
-                result.config or {},
+                TrialChoice.from_config(result.config),
                 splits,
                 stage2,
                 rundir.path,
                 row["status"] if row["status"] == ERROR else "",
-                row.get("seconds"),
-                row.get("error"),
+                row["seconds"],
+                row["error"],
             )
             if result.config
             else row

@@ -32,6 +32,7 @@ from orchestrator.plan.yamlio import check_keys, load_yaml_mapping
 
 T = TypeVar("T")
 INVERSE_FREQUENCY = "inverse_frequency"
+AlphaChoice = float | str | None  # a number in (0, 1], INVERSE_FREQUENCY, or None (no α)
 GAMMA_MAX = 10.0  # (1 - p)^γ with γ > 10 leaves almost no gradient: a typo, not a setting
 SEARCH_KEYS = {
     "dataset",
@@ -84,7 +85,7 @@ class TuneSpec:
     search_folds: tuple[int, ...]
     stage1: str
     stage2: str
-    alpha: tuple[Any, ...]  # None, floats in (0, 1], "inverse_frequency"
+    alpha: tuple[AlphaChoice, ...]
     gamma_values: tuple[float, ...] | None  # a list of γ ...
     gamma_range: tuple[float, float] | None  # ... or a range
     samples: int
@@ -102,14 +103,16 @@ class TuneSpec:
     def dev_name(self) -> str:
         return f"{self.dataset}-dev"
 
-    def stage2_config(self) -> dict[str, Any]:
-        """Stage 2's StageConfig values without α/γ (the grid's train + stages.2)."""
-        return self.grid.stage_config(self.dataset, self.stage2, 2, self.grid.seeds[0])
+    def stage2_config(self) -> StageConfig:
+        """Stage 2 before α/γ are chosen (the grid's train + stages.2; α and γ at their
+        defaults): what every trial's stage config starts from."""
+        values = self.grid.stage_config(self.dataset, self.stage2, 2, self.grid.seeds[0])
+        return StageConfig.from_dict(values)
 
     @property
     def budget(self) -> int:
         """A trial's epochs in all (ASHA's max_t): stage-2 epochs x search folds."""
-        return int(self.stage2_config()["epochs"]) * len(self.search_folds)
+        return self.stage2_config().epochs * len(self.search_folds)
 
     def gamma_grid(self) -> tuple[float, ...]:
         if self.gamma_values is not None:
@@ -126,7 +129,8 @@ class TuneSpec:
         return self.samples
 
     def space_identity(self) -> dict[str, Any]:
-        """What names the search (with the stage-1 parents): a change starts a new experiment."""
+        """What names the search (with the stage-1 parents): a change starts a new experiment.
+        Only hashed (`orchestrator.tune.search.experiment_name`), so a content id's dict."""
         return {
             "alpha": list(self.alpha),
             "gamma": list(self.gamma_values) if self.gamma_values is not None else None,
@@ -135,7 +139,7 @@ class TuneSpec:
             "scheduler": vars(self.scheduler),
             "search_alg": self.search_alg,
             "seed": self.seed,
-            "stage2": self.stage2_config(),
+            "stage2": self.stage2_config().to_dict(),
         }
 
     def describe_alpha(self) -> str:
@@ -148,7 +152,7 @@ class TuneSpec:
         return f"[{low:g}, {high:g}]"
 
 
-def alpha_label(alpha: Any) -> str:
+def alpha_label(alpha: AlphaChoice) -> str:
     """The α of a trial as text: `null`, `0.25`, `inverse_frequency`."""
     if alpha is None:
         return "null"
@@ -267,7 +271,7 @@ def load_tune(
         value = [1.0] if choice == INVERSE_FREQUENCY else choice
         for gamma in spec.gamma_grid() if gamma_values else (gamma_range or (0.0,)):
             StageConfig.from_dict(
-                {**base, "alpha": value, "gamma": gamma}, where=f"{where}: search"
+                {**base.to_dict(), "alpha": value, "gamma": gamma}, where=f"{where}: search"
             )
     return spec
 
@@ -327,7 +331,7 @@ def _folds(value: Any, where: str, limit: int | None) -> tuple[int, ...]:
     return tuple(sorted(value))
 
 
-def _alpha(value: Any, where: str) -> tuple[float | str | None, ...]:
+def _alpha(value: Any, where: str) -> tuple[AlphaChoice, ...]:
     """The α choices: null, numbers (the registry's scalar range) and `inverse_frequency`."""
     if not isinstance(value, list) or not value:
         raise FerError(
@@ -335,7 +339,7 @@ def _alpha(value: Any, where: str) -> tuple[float | str | None, ...]:
             f"(0, 1] and {INVERSE_FREQUENCY!r} (an empty search space searches nothing)"
         )
     seen: set[str] = set()
-    choices: list[float | str | None] = []
+    choices: list[AlphaChoice] = []
     for item in value:
         if item == INVERSE_FREQUENCY:
             choices.append(INVERSE_FREQUENCY)

@@ -30,6 +30,16 @@ def _metrics(rundir: RunDir, unit_id: str, state: str) -> dict[str, Any]:
     return {"state": state, "test_accuracy": accuracy}
 
 
+def trial_env(experiment: str) -> dict[str, str]:
+    """The environment that names this Ray trial as the scheduler and job of the unit it runs
+    (the `runs` row's `scheduler` and `job_id`, orchestrator.run.worker), for a launched
+    unit and a tune trial split alike."""
+    from ray import tune
+
+    job_id = f"{experiment}/{tune.get_context().get_trial_id()}"
+    return {"FER_SCHEDULER": "ray", "FER_JOB_ID": job_id}
+
+
 def run_unit_trial(config: dict[str, Any]) -> None:
     """The Tune function trainable: run one unit in a process forked from a preloaded server.
 
@@ -45,8 +55,7 @@ def run_unit_trial(config: dict[str, Any]) -> None:
     rundir = RunDir(Path(run_dir))
     log_path = rundir.unit_log(unit_id, "ray")
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    job_id = f"{config['experiment']}/{tune.get_context().get_trial_id()}"
-    env = {**os.environ, "FER_SCHEDULER": "ray", "FER_JOB_ID": job_id, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **trial_env(config["experiment"]), "PYTHONUNBUFFERED": "1"}
     threads = max(1, int(config.get("threads") or 1))
     rundir.clear_failed(unit_id)  # a failed.json left now is this attempt's
     args = (run_dir, unit_id, str(log_path), env, threads)

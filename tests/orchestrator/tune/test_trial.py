@@ -14,9 +14,13 @@ from pathlib import Path
 import pytest
 
 from fer_core.checkpoints import BEST
+from fer_core.config import StageConfig
 from fer_core.errors import FerError
+from fer_core.spec import UnitSpec
+from orchestrator.plan.dag import content_id
 from orchestrator.run.launch import launch
 from orchestrator.run.rundir import TRIAL, RunDir
+from orchestrator.tune.records import SearchSplit, TrialChoice
 from orchestrator.tune.trial import SPLIT_FILE, config_id, train_splits, unit_spec
 from tests.helpers import SMALL_GRID
 
@@ -34,16 +38,10 @@ def _trial(rundir: RunDir, gamma: float):
     """A one-split trial of stage 2 from the launch's stage-1 unit, as `tune` builds it."""
     units = {u.strategy: u for u in rundir.read_dag() if u.kind == "train"}
     stage1, stage2 = units["ce"], units["ce>focal"]
-    split = {
-        "fold": stage1.fold,
-        "parent_id": stage1.id,
-        "parent": stage1.spec,
-        "strategy": "ce>focal",
-        "inverse_frequency": None,
-    }
-    config = {"alpha": 0.25, "gamma": gamma}
-    stage2_config = {k: v for k, v in stage2.spec["config"].items() if k not in ("alpha", "gamma")}
-    return config, [split], stage2_config, stage2
+    split = SearchSplit(stage1.fold, stage1.id, UnitSpec.from_dict(stage1.spec), "ce>focal", ())
+    config = TrialChoice(alpha=0.25, gamma=gamma)
+    values = {k: v for k, v in stage2.spec["config"].items() if k not in ("alpha", "gamma")}
+    return config, [split], StageConfig.from_dict(values), stage2
 
 
 def _records(unit_dir: Path) -> set[str]:
@@ -61,8 +59,13 @@ def test_a_trial_split_leaves_the_records_of_a_launched_unit(launched, tmp_path)
     )
 
     spec = unit_spec(rundir, splits[0], stage2, config)
-    assert spec.parent_dir == str(rundir.work_dir(splits[0]["parent_id"]))
-    assert rundir.read_spec(spec.unit_id)["kind"] == TRIAL
+    assert spec.parent_dir == str(rundir.work_dir(splits[0].parent_id))
+    on_disk = rundir.read_spec(spec.unit_id)
+    assert on_disk["kind"] == TRIAL
+    # The unit's id is the hash of its parent and stage config, as written in its spec.json.
+    written = on_disk["spec"]
+    recipe = {"kind": "tune-trial", "parent": written["parent_id"], "config": written["config"]}
+    assert content_id(recipe) == spec.unit_id == written["unit_id"]
     assert _records(rundir.unit_dir(spec.unit_id)) == _records(rundir.unit_dir(launched_unit.id))
     assert rundir.failure(spec.unit_id) is None
     assert (rundir.unit_dir(spec.unit_id) / "ray.log").is_file()
@@ -72,7 +75,7 @@ def test_a_trial_split_leaves_the_records_of_a_launched_unit(launched, tmp_path)
     assert run["unit_label"].endswith("/split-1") and run["gamma"] == 1.0
     assert not rundir.store.path("predictions", spec.unit_id).exists()
     epochs = rundir.store.read("epochs", {spec.unit_id}).to_pylist()
-    assert reports == [1, 2] and len(epochs) == stage2["epochs"] == 2
+    assert reports == [1, 2] and len(epochs) == stage2.epochs == 2
     assert bests == [run["selection_accuracy"]]
     live = json.loads(rundir.live_path(spec.unit_id).read_text())
     assert live["epoch"] == live["epochs"] == 2
@@ -90,7 +93,7 @@ def test_a_trial_split_leaves_the_records_of_a_launched_unit(launched, tmp_path)
 def test_a_trial_split_that_fails_leaves_failed_json_with_its_reason(launched, tmp_path):
     rundir = RunDir(shutil.copytree(launched.path, tmp_path / "run", symlinks=True))
     config, splits, stage2, _ = _trial(rundir, gamma=2.0)
-    best = rundir.work_dir(splits[0]["parent_id"]) / BEST
+    best = rundir.work_dir(splits[0].parent_id) / BEST
     best.write_bytes(best.read_bytes()[:-64] + bytes(64))  # a damaged parent checkpoint
     reports: list[int] = []
     with pytest.raises(FerError, match="parent unit"):
@@ -104,6 +107,6 @@ def test_a_trial_split_that_fails_leaves_failed_json_with_its_reason(launched, t
         )
     unit_id = unit_spec(rundir, splits[0], stage2, config).unit_id
     reason = rundir.failure(unit_id)
-    assert reason is not None and reason.startswith(f"parent unit {splits[0]['parent_id']}: ")
+    assert reason is not None and reason.startswith(f"parent unit {splits[0].parent_id}: ")
     assert f"its {BEST} must be the file its training recorded" in reason
     assert not rundir.is_done(unit_id) and reports == []

@@ -152,7 +152,7 @@ def test_the_shipped_tune_grid_is_valid():
     assert spec.strategy == "ce>focal" and spec.samples >= 4
     assert None in spec.alpha and "inverse_frequency" in spec.alpha
     assert spec.inner_folds + len(spec.test_folds) == spec.grid.datasets["ckplus"].n_folds
-    assert spec.budget == spec.stage2_config()["epochs"] * len(spec.search_folds)
+    assert spec.budget == spec.stage2_config().epochs * len(spec.search_folds)
 
 
 def test_samples_zero_is_one_line_error(grid, cluster_file, tmp_path):
@@ -385,6 +385,12 @@ def test_stage_1_trains_once_per_fold_and_every_trial_starts_from_it(search_a):
         if body.get("parent_weights_sha"):
             seen.setdefault(body["fold"], set()).add(body["parent_weights_sha"])
     assert seen and all(len(shas) == 1 for shas in seen.values())
+    # Trial splits name their Ray trial as scheduler and job (backends.ray.trial.trial_env).
+    experiment = _choice(search_a)["experiment"]
+    trials = {f"{experiment}/{r['trial_id']}" for r in _trials(search_a)}
+    splits = [r for r in runs if r["dataset"] == "ckplus-dev" and r["stage"] == 2]
+    assert splits and {r["scheduler"] for r in splits} == {"ray"}
+    assert {r["job_id"] for r in splits} <= trials
     # The final units: the chosen α/γ on each test fold, from that fold's stage 1.
     choice = _choice(search_a)
     final = {r["unit_id"]: r for r in runs if r["unit_id"] in choice["final_units"].values()}
