@@ -22,7 +22,7 @@ from orchestrator.plan.overrides import GridPlan, Setting, expand_plan, load_gri
 from orchestrator.plan.profiles import SlurmProfile, load_profile, with_parallelism
 from orchestrator.plan.unit import Unit
 from orchestrator.plan.weights import missing_weights, require_weights
-from orchestrator.run.lineage import stale_units
+from orchestrator.run.lineage import reset_stale, stale_units
 from orchestrator.run.progress import LiveView
 from orchestrator.run.rundir import RunDir
 from orchestrator.run.states import ACTIVE, State
@@ -85,10 +85,7 @@ def launch(
     with rundir.launch_lock():
         rundir.write_grid(plan.effective)
         rundir.write_dag(units)
-        names = {unit.id: unit.name for unit in units}
-        for unit_id, reason in stale_units(rundir, units, digests).items():
-            print(f"{names[unit_id]} ({unit_id}): {reason}; retraining it", file=out, flush=True)
-            rundir.reset_unit(unit_id)
+        reset_stale(rundir, units, digests, out)
         digests.save()
         rundir.write_profile(cluster, cluster_file)
         states = unit_states(rundir, units, backend, digests)

@@ -16,6 +16,7 @@ an unchanged `best.pt` is not re-read at every `launch` or `status`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TextIO
 
 import pyarrow.parquet as pq
 
@@ -44,6 +45,17 @@ def stale_units(rundir: RunDir, units: list[Unit], digests: DigestCache) -> dict
         if reason is not None:
             stale[unit.id] = reason
     return stale
+
+
+def reset_stale(rundir: RunDir, units: list[Unit], digests: DigestCache, out: TextIO) -> None:
+    """Clear the result and work dir of every stale unit among `units` (one line each on
+    `out` saying why), so that submitting it trains it afresh: what `launch` and `tune` do
+    before they submit (a stale unit left in the store would count as done to its worker)."""
+    stale = stale_units(rundir, units, digests)
+    for unit in units:
+        if unit.id in stale:
+            print(f"{unit.name} ({unit.id}): {stale[unit.id]}; retraining it", file=out, flush=True)
+            rundir.reset_unit(unit.id)
 
 
 def _own_weights_problem(work_dir: Path, digests: DigestCache) -> str | None:

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import statistics
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -41,6 +42,7 @@ from orchestrator.plan.grid import DatasetSpec, Experiment, Grid, parse_data_roo
 from orchestrator.plan.labels import distinct_names
 from orchestrator.plan.profiles import LocalProfile, RayProfile, SlurmProfile, load_profile
 from orchestrator.plan.unit import Unit
+from orchestrator.run.lineage import reset_stale
 from orchestrator.run.rundir import RunDir
 from orchestrator.run.states import State
 from orchestrator.run.status import unit_states
@@ -136,21 +138,30 @@ class TuneRun:
         self.dag: list[Unit] = []
         dataset = spec.grid.datasets[spec.dataset]
         self.base = replace(spec.grid, datasets={spec.dataset: dataset})
+        self.digests = rundir.digest_cache()  # one for every expansion of this call
+
+    def _expand(self, grid: Grid) -> list[Unit]:
+        """`expand` with the run's file digests, kept for the next expansion and the next
+        call (a real dataset's images are hashed once, not once per expansion)."""
+        units = expand(grid, self.rundir.path, digests=self.digests)
+        if self.digests.dirty:
+            self.digests.save()
+        return units
 
     def run(self, started: float) -> ChoiceRecord:
         from orchestrator.tune.search import experiment_name, run_search
 
         spec = self.spec
         stage1_grid = self._grid(strategy=spec.stage1)
-        full = expand(stage1_grid, self.rundir.path)
+        full = self._expand(stage1_grid)
         prepare = full[0]
         self._run_units([prepare], "prepare the data")
         full_index = _read_index(prepare)
         dev_grid = self._dev_grid(full_index)
-        dev = expand(dev_grid, self.rundir.path)
+        dev = self._expand(dev_grid)
         stage1 = full[1:]
         if spec.paper_protocol:
-            stage1 += expand(replace(stage1_grid, selection="heldout"), self.rundir.path)[1:]
+            stage1 += self._expand(replace(stage1_grid, selection="heldout"))[1:]
         self._run_units(dev + stage1, "train stage 1 (search splits and test folds)")
         splits = self._splits(dev)
         experiment = experiment_name(spec, splits)
@@ -228,7 +239,7 @@ class TuneRun:
                 selection=selection,
                 datasets={dataset.name: replace(dataset, focal=focal)},
             )
-            for unit in expand(grid, self.rundir.path):
+            for unit in self._expand(grid):
                 units.setdefault(unit.id, unit)
         return [u for u in units.values() if u.kind == "train" and u.stage == 2]
 
@@ -243,7 +254,8 @@ class TuneRun:
         named = {u.id: u for u in self.dag}
         units = [named[u.id] for u in units]
         self.rundir.write_dag(self.dag)
-        states = unit_states(self.rundir, units, self.backend)
+        reset_stale(self.rundir, units, self.digests, sys.stdout)
+        states = unit_states(self.rundir, units, self.backend, self.digests)
         todo = [u for u in units if states[u.id] != State.DONE]
         if not todo:
             print(f"{what}: {len(units)} units already done", flush=True)

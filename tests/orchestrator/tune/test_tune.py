@@ -36,7 +36,7 @@ from orchestrator.run.rundir import TRIAL, RunDir
 from orchestrator.tune.nested import choose
 from orchestrator.tune.slurm import render_tune_sbatch, trial_profile
 from orchestrator.tune.space import STAGE1_LOSSES, STAGE2_LOSSES, load_tune
-from tests.helpers import REPO, Background, cli, ray_running
+from tests.helpers import REPO, Background, cli, private_copy, ray_running
 
 pytestmark = pytest.mark.usefixtures("ray_left_as_found")
 
@@ -468,6 +468,30 @@ def test_tune_again_on_a_finished_run_dir_trains_nothing(search_a, grid, cluster
     assert cli_main(_args(grid, cluster_file, search_a.path, roots[0])) == 0
     assert {p: p.stat().st_mtime_ns for p in search_a.store.files("runs")} == stamps
     assert (search_a.path / "tune" / experiment / "invocations.jsonl").read_text() == starts
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_tune_again_retrains_a_stage_1_whose_weights_changed_and_its_final_unit(
+    search_a, grid, cluster_file, roots, tmp_path, capsys
+):
+    """As `launch` does: a done unit whose lineage no longer holds is cleared and trained
+    afresh, with its dependants; left in the store, its worker would call it done."""
+    rundir = private_copy(search_a, tmp_path)
+    final = next(u for u in rundir.read_dag() if u.kind == "train" and u.stage == 2)
+    parent = final.spec["parent_id"]
+    best = rundir.work_dir(parent) / "best.pt"
+    best.write_bytes(best.read_bytes()[:100])  # truncated
+    before = {r["unit_id"]: r["finished_at"] for r in rundir.store.read("runs").to_pylist()}
+    capsys.readouterr()
+    assert cli_main(_args(grid, cluster_file, rundir.path, roots[0])) == 0
+    out = capsys.readouterr().out
+    assert f"({parent}): its best.pt is not the file its training wrote" in out, out
+    assert f"({final.id}): its parent {parent} is retrained; retraining it" in out, out
+    after = {r["unit_id"]: r["finished_at"] for r in rundir.store.read("runs").to_pylist()}
+    children = {u.id for u in rundir.read_dag() if u.spec.get("parent_id") == parent}
+    assert final.id in children
+    assert {u for u in before if after[u] != before[u]} == {parent} | children  # nothing else
 
 
 @pytest.mark.ray
