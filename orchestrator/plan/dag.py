@@ -193,7 +193,7 @@ def _add_chain(units, grid, dataset, backbone, strategy, replicate, prepare_id, 
     chain: list[dict[str, Any]] = []
     parent: str | None = None
     for stage, loss in enumerate(losses, start=1):
-        chain.append(grid.stage_config(dataset.name, loss, stage, seed))
+        chain.append(grid.stage_config(dataset.name, loss, stage, seed).to_dict())
         common = {  # in the id and in the spec alike
             "fold": fold,
             "n_folds": dataset.n_folds,

@@ -109,15 +109,16 @@ class Grid:
     stages: dict[int, dict[str, Any]]
     mapping: dict[str, Any] = field(default_factory=dict)  # the effective grid, as validated
 
-    def stage_config(self, dataset: str, loss: str, stage: int, seed: int) -> dict[str, Any]:
-        """The full StageConfig values of stage `stage` (1-based) with loss `loss`."""
+    def stage_config(self, dataset: str, loss: str, stage: int, seed: int) -> StageConfig:
+        """Stage `stage` (1-based) with loss `loss`: the grid's train + stages.N settings, the
+        dataset's focal α/γ for a focal loss, validated."""
         values = dict(self.train)
         values.update(self.stages.get(stage, {}))
         values.update(loss=loss, selection=self.selection, seed=seed)
         spec = LOSSES.get(loss)  # an unknown loss: StageConfig names it
         if spec is not None and spec.focal:
             values.update(self.datasets[dataset].focal)
-        return StageConfig.from_dict(values, where=f"{self.path}: train").to_dict()
+        return StageConfig.from_dict(values, where=f"{self.path}: train")
 
     def folds_of(self, dataset: str) -> tuple[int, ...]:
         n_folds = self.datasets[dataset].n_folds

@@ -106,8 +106,7 @@ class TuneSpec:
     def stage2_config(self) -> StageConfig:
         """Stage 2 before α/γ are chosen (the grid's train + stages.2; α and γ at their
         defaults): what every trial's stage config starts from."""
-        values = self.grid.stage_config(self.dataset, self.stage2, 2, self.grid.seeds[0])
-        return StageConfig.from_dict(values)
+        return self.grid.stage_config(self.dataset, self.stage2, 2, self.grid.seeds[0])
 
     @property
     def budget(self) -> int:

@@ -107,4 +107,4 @@ def test_the_example_grid_is_valid(tmp_path):
     path.write_text(block)
     grid = load_grid(str(path))
     assert grid.selection == "inner" and grid.datasets["mine"].kind == "manifest"
-    assert grid.stage_config("mine", "focal", 2, seed=0)["epochs"] == 20
+    assert grid.stage_config("mine", "focal", 2, seed=0).epochs == 20
