@@ -63,6 +63,7 @@ def small_grid(
     crop: int = 32,
     dataset: str = "ckplus",
     epochs: int = 2,
+    n_folds: int | None = None,
     **train: object,
 ) -> str:
     """The text of a small grid on CK+ (tiny CNN): the twin at `root`, or, without one, the
@@ -72,6 +73,8 @@ def small_grid(
         source = f"    synthetic: true\n    image_size: [{image_size[0]}, {image_size[1]}]"
     else:
         source = f"    root: {root}"
+    if n_folds is not None:  # a tree of a few subjects needs fewer than the default 10
+        source += f"\n    n_folds: {n_folds}"
     settings = {"epochs": epochs, "lr_step_epoch": max(1, epochs - 1), "batch_size": 32, **train}
     return GRID_TEMPLATE.format(
         name=name,

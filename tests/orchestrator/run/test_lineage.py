@@ -19,26 +19,13 @@ from orchestrator.run.launch import launch
 from orchestrator.run.rundir import RunDir
 from orchestrator.run.states import State
 from orchestrator.run.status import unit_states
-from tests.helpers import private_copy, tiny_ckplus
+from tests.helpers import private_copy, small_grid, tiny_ckplus
 
-GRID = """name: lineage
-seed: 0
-folds: [1]
-datasets:
-  ck:
-    kind: ckplus
-    root: {root}
-    crop_size: 32
-    detector: center
-    n_folds: 2
-    focal: {{alpha: 0.25, gamma: 0.0}}
-backbones:
-  tiny: {{weights: none, input_size: 32}}
-experiments:
-  - backbones: [tiny]
-    strategies: [{strategies}]
-train: {{epochs: 1, lr_step_epoch: 1, batch_size: 8}}
-"""
+
+def _grid(root, strategies: str) -> str:
+    return small_grid(
+        "lineage", root=root, strategies=strategies, dataset="ck", epochs=1, n_folds=2, batch_size=8
+    )
 
 
 def _launch(grid, run) -> str:
@@ -58,7 +45,7 @@ def chain(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lineage")
     grid = tmp / "grid.yaml"
     root = tiny_ckplus(tmp / "ck")
-    grid.write_text(GRID.format(root=root, strategies='"ce>focal>ce"'))
+    grid.write_text(_grid(root, '["ce>focal>ce"]'))
     _launch(grid, tmp / "run")
     rundir = RunDir(tmp / "run")
     stages = {u.stage: u for u in rundir.read_dag() if u.kind == "train"}
@@ -147,7 +134,7 @@ def test_a_child_whose_parent_was_retrained_since_retrains(chain, tmp_path):
 def test_seeds_on_the_command_line_double_the_trainings_and_the_grid_copy_says_so(tmp_path):
     grid = tmp_path / "grid.yaml"
     root = tiny_ckplus(tmp_path / "ck")
-    grid.write_text(GRID.format(root=root, strategies='ce, "ce>focal"'))
+    grid.write_text(_grid(root, '[ce, "ce>focal"]'))
     run = tmp_path / "run"
     argv = ["launch", "--grid", str(grid), "--run-dir", str(run), "--jobs", "2"]
     assert main([*argv, "--seeds", "0,1"]) == 0

@@ -13,32 +13,17 @@ import pytest
 from fer_core.errors import FerError
 from orchestrator.run.launch import launch
 from orchestrator.run.rundir import RunDir
-from tests.helpers import tiny_ckplus
-
-GRID = """name: copied
-seed: 0
-folds: [1]
-datasets:
-  ck:
-    kind: ckplus
-    root: {root}
-    crop_size: 32
-    detector: center
-    n_folds: 2
-backbones:
-  tiny: {{weights: none, input_size: 32}}
-experiments:
-  - backbones: [tiny]
-    strategies: [ce]
-train: {{epochs: 1, lr_step_epoch: 1, batch_size: 8}}
-"""
+from tests.helpers import small_grid, tiny_ckplus
 
 
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory) -> tuple[Path, RunDir]:
     tmp = tmp_path_factory.mktemp("copied")
     grid = tmp / "grid.yaml"
-    grid.write_text(GRID.format(root=tiny_ckplus(tmp / "ck")))
+    root = tiny_ckplus(tmp / "ck")
+    grid.write_text(
+        small_grid("copied", root=root, strategies="[ce]", epochs=1, n_folds=2, batch_size=8)
+    )
     launch(str(grid), run_dir=tmp / "run", jobs=1, out=io.StringIO())
     return grid, RunDir(tmp / "run")
 
