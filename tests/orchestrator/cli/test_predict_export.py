@@ -217,7 +217,7 @@ def test_export_matches_the_pytorch_model(trained_run, tmp_path, capsys, fmt):
 
 
 def test_a_video_is_predicted_frame_by_frame(trained_run, astronaut, tmp_path):
-    from tests.fer_core.test_predict import _write_video
+    from tests.fer_core.inference.test_predict import _write_video
 
     pixels = np.asarray(Image.open(astronaut).convert("RGB").resize((256, 256)))
     video = tmp_path / "clip.mp4"
