@@ -275,19 +275,27 @@ def expand_plan(
     digests: DigestCache | None = None,
 ) -> list[Unit]:
     """The units of every grid point, in topological order, each unit once (a unit that no
-    swept key changes is shared by the points), named uniquely (`plan.labels`)."""
+    swept key changes is shared by the points), named uniquely (`plan.labels`), each with
+    the labels of the sweep points it serves (`Unit.points`)."""
     units: dict[str, Unit] = {}
-    for grid in plan.grids:
+    for grid, point in zip(plan.grids, plan.points, strict=True):
+        label = point_label(point)
         point_problems: list[str] | None = [] if problems is not None else None
         for unit in expand(grid, run_dir, point_problems, digests):
             known = units.get(unit.id)
-            if known is None:
-                units[unit.id] = unit
-            elif unit.strategies:
+            if known is not None:
                 merged = known.strategies + tuple(
                     s for s in unit.strategies if s not in known.strategies
                 )
-                units[unit.id] = replace(known, strategies=merged)
+                unit = replace(known, strategies=merged)
+            units[unit.id] = replace(unit, points=unit.points + (label,)) if label else unit
         if problems is not None:
             problems.extend(p for p in point_problems or [] if p not in problems)
     return distinct_names(list(units.values()))
+
+
+def point_label(point: dict[str, Any]) -> str:
+    """A sweep point as the report and dag.json name it: `key=value` in the sweep's order,
+    comma-joined (`datasets.ckplus.focal.gamma=2,train.lr=0.01`); "" for a run without a
+    sweep."""
+    return ",".join(f"{key}={_text(value)}" for key, value in point.items())

@@ -28,3 +28,6 @@ class Unit:
     backbone: str = ""
     strategy: str = ""
     strategies: tuple[str, ...] = field(default_factory=tuple)  # grid strategies it serves
+    # Sweep points it serves (`plan.overrides.point_label`, in the sweep's order); empty
+    # without a sweep. Not part of the id: a unit no swept key changes serves every point.
+    points: tuple[str, ...] = field(default_factory=tuple)

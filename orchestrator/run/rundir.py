@@ -175,7 +175,7 @@ class RunDir:
     # --- the DAG ----------------------------------------------------------------------------
     def write_dag(self, units: list[Unit]) -> None:
         links = self._label_links(units)  # first: a refusal leaves the run dir as it was
-        atomic_write_text(self.dag_path, json.dumps([asdict(u) for u in units], indent=1))
+        atomic_write_text(self.dag_path, json.dumps([_dag_entry(u) for u in units], indent=1))
         for unit in units:
             self.write_spec(unit.id, unit.kind, unit.name, unit.spec)
         self._link_labels(links)
@@ -249,6 +249,7 @@ class RunDir:
         for raw in json.loads(path.read_text()):
             raw["deps"] = tuple(raw["deps"])
             raw["strategies"] = tuple(raw["strategies"])
+            raw["points"] = tuple(raw.get("points", ()))  # absent: no sweep, or an older run
             units.append(Unit(**raw))
         return units
 
@@ -465,3 +466,12 @@ def _first_not_in(copy: Path, original: Path) -> Path | None:
             if twin.is_symlink() or not twin.is_file() or not filecmp.cmp(path, twin, False):
                 return path
     return None
+
+
+def _dag_entry(unit: Unit) -> dict[str, Any]:
+    """A unit as dag.json keeps it: its fields, less `points` when it has none, so that the
+    dag.json of a run without a sweep is what it was before units knew their points."""
+    entry = asdict(unit)
+    if not unit.points:
+        del entry["points"]
+    return entry
