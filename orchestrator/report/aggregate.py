@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from fer_core.errors import FerError
 from fer_core.loss_registry import LOSSES
 from orchestrator.report import significance as sig
 
@@ -28,11 +29,13 @@ STRATEGY_ORDER = (*LOSSES, *PAPER_CHAINS)
 
 @dataclass(frozen=True, order=True)
 class Group:
-    """Results that may be compared: same dataset, backbone and model-selection protocol."""
+    """Results that may be compared: same dataset, backbone, model-selection protocol and
+    sweep point (`Unit.points`; "" without a sweep): two points are two configurations."""
 
     dataset: str
     backbone: str
     selection: str
+    point: str = ""
 
 
 FoldSeed = tuple[int, int]  # (test fold, seed): one cross-validation unit of a strategy
@@ -141,34 +144,52 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(array.mean()), std
 
 
-def group_of(row: Mapping[str, Any]) -> Group:
-    return Group(str(row["dataset"]), str(row["backbone"]), str(row.get("selection") or "?"))
+def group_of(row: Mapping[str, Any], point: str = "") -> Group:
+    return Group(
+        str(row["dataset"]), str(row["backbone"]), str(row.get("selection") or "?"), point
+    )
 
 
-def strategy_results(runs: Iterable[Mapping[str, Any]]) -> dict[tuple[Group, str], StrategyResult]:
+def strategy_results(
+    runs: Iterable[Mapping[str, Any]], points: Mapping[str, tuple[str, ...]] | None = None
+) -> dict[tuple[Group, str], StrategyResult]:
     """Per (group, strategy): test accuracy per (fold, seed), in percent.
 
     A run row belongs to the strategy its `strategy` column names (the chain up to its
-    stage), so `ce` is read from stage-1 units and `ce>focal` from stage-2 units. Two rows
-    for the same fold and seed (should not happen within one grid) are averaged. A row's
-    `n_train` (training images) is kept where the row records it.
+    stage), so `ce` is read from stage-1 units and `ce>focal` from stage-2 units, and to
+    every sweep point `points` lists for its unit (a stage 1 that a stage-2 sweep shares is
+    each point's baseline). A row's `n_train` (training images) is kept where the row
+    records it.
+
+    Two rows for one (group, strategy, fold, seed) are two configurations in one cell, which
+    a grid cannot produce (a sweep's points are groups of their own): an error naming both,
+    never an average that would blend them into a number no configuration scored.
     """
     out: dict[tuple[Group, str], StrategyResult] = {}
-    values: dict[tuple[Group, str, FoldSeed], list[float]] = {}
+    seen: dict[tuple[Group, str, FoldSeed], tuple[str, str]] = {}  # -> (unit id, label)
     for row in runs:
         accuracy = row.get("test_accuracy")
         if accuracy is None or not math.isfinite(float(accuracy)):
             continue
-        key = (group_of(row), str(row["strategy"]))
-        result = out.setdefault(key, StrategyResult(*key))
         fold = int(row["fold"])
         unit = (fold, int(row.get("seed") or 0))
-        values.setdefault(key + (unit,), []).append(100.0 * float(accuracy))
-        result.cells[unit] = float(np.mean(values[key + (unit,)]))
-        result.unit_ids.setdefault(fold, []).append(str(row["unit_id"]))
-        result.n_test[fold] = int(row.get("n_test") or 0)
-        if row.get("n_train"):
-            result.n_train[fold] = int(row["n_train"])
+        found = (str(row["unit_id"]), str(row.get("unit_label") or row["unit_id"]))
+        for point in (points or {}).get(found[0]) or ("",):
+            key = (group_of(row, point), str(row["strategy"]))
+            if (other := seen.setdefault(key + (unit,), found)) != found:
+                raise FerError(
+                    f"two results for {key[1]} on fold {fold}, seed {unit[1]}"
+                    + (f" at sweep point {point}" if point else "")
+                    + f": {other[1]} and {found[1]}; a dag.json written before units recorded "
+                    "their sweep points does not tell the points apart: launch the grid "
+                    "again with the same --set (finished units are kept) to rewrite it"
+                )
+            result = out.setdefault(key, StrategyResult(*key))
+            result.cells[unit] = 100.0 * float(accuracy)
+            result.unit_ids.setdefault(fold, []).append(found[0])
+            result.n_test[fold] = int(row.get("n_test") or 0)
+            if row.get("n_train"):
+                result.n_train[fold] = int(row["n_train"])
     for result in out.values():
         result.cells = dict(sorted(result.cells.items()))
     return out

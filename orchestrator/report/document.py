@@ -70,7 +70,8 @@ def confusion_section(study: Study, out_dir: Path) -> str:
             panels.append(figures.ConfusionPanel(title, row_normalised(counts)))
         if not panels or classes is None:
             continue
-        name = f"confusion-{_slug(group.dataset, group.backbone, group.selection)}.png"
+        point = [group.point] if group.point else []
+        name = f"confusion-{_slug(group.dataset, group.backbone, group.selection, *point)}.png"
         title = _figure_title(study, group)
         atomic_write_bytes(out_dir / name, figures.confusion_figure(panels, classes, title))
         lines += [f"### {title}", "", f"![confusion matrices, {title}]({name})", ""]

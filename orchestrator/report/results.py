@@ -52,6 +52,16 @@ class Results:
     def train_units(self) -> list[Unit]:
         return [u for u in self.units if u.kind == "train"]
 
+    @property
+    def points(self) -> dict[str, tuple[str, ...]]:
+        """Unit id -> the sweep points it serves (units of a sweep only)."""
+        return {u.id: u.points for u in self.units if u.points}
+
+    @property
+    def sweep_points(self) -> list[str]:
+        """The grid's sweep points in the sweep's order; empty without a sweep."""
+        return list(dict.fromkeys(p for u in self.units for p in u.points))
+
     def kind_of(self, dataset: str) -> str:
         info = self.datasets.get(dataset)
         return info.kind if info else dataset
@@ -111,8 +121,8 @@ def load_results(run_dir: str | Path) -> Results:
     prepare = {name: by_id[d.prepare_id] for name, d in datasets.items() if d.prepare_id in by_id}
 
     expected: dict[tuple[Group, str], set[int]] = {}
-    for unit in units:
-        if unit.kind == "train":
-            key = (Group(unit.dataset, unit.backbone, _selection_of(unit)), unit.strategy)
-            expected.setdefault(key, set()).add(unit.fold)
+    for unit in (u for u in units if u.kind == "train"):
+        for point in unit.points or ("",):
+            group = Group(unit.dataset, unit.backbone, _selection_of(unit), point)
+            expected.setdefault((group, unit.strategy), set()).add(unit.fold)
     return Results(rundir, info, units, done, runs, prepare, datasets, expected)

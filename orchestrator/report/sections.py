@@ -14,7 +14,6 @@ from collections import Counter
 from statistics import median
 from typing import Any
 
-from orchestrator.plan.labels import SEPARATOR
 from orchestrator.report import aggregate as agg
 from orchestrator.report import paper_numbers as paper
 from orchestrator.report.aggregate import Group
@@ -58,7 +57,8 @@ def folds_cell(result: agg.StrategyResult) -> str:
 
 
 def group_title(group: Group) -> str:
-    return f"{group.dataset} · {group.backbone} ({group.selection})"
+    title = f"{group.dataset} · {group.backbone} ({group.selection})"
+    return f"{title} · {group.point}" if group.point else title
 
 
 def _utc(seconds: float) -> str:
@@ -100,12 +100,14 @@ def header(study: Study) -> str:
         "**Model selection** (which epoch of a stage is kept):",
         "",
     ]
-    variants = sorted({u.name.partition(SEPARATOR)[2] for u in train} - {""})
-    if variants:  # a sweep: its points are not yet told apart by the tables below
+    points = results.sweep_points
+    if points:
+        family = sum(c.holm_pvalue is not None for c in study.comparisons)
         lines[-3:-3] = [
-            f"- **Sweep: {len(variants)} grid points** ({'; '.join(variants)}). The tables "
-            "and tests below pool every point of a strategy; compare the points with "
-            "`query` (column `variant` of `runs`) until the report separates them.",
+            f"- **Sweep: {len(points)} grid points** ({'; '.join(points)}). Each point is "
+            "reported separately (its own rows, figures and comparisons; a unit no swept key "
+            "changes, such as a shared stage 1, counts in every point it serves); Holm's "
+            f"correction runs over the comparisons of all points together (m = {family}).",
         ]
     selections = sorted({g.selection for g in study.groups})
     for selection in selections or ["heldout"]:
@@ -201,8 +203,10 @@ def _seed_cells(result: agg.StrategyResult) -> list[Any]:
 def strategy_rows(study: Study) -> tuple[list[str], list[list[Any]], list[bool]]:
     """Headers, rows and right-alignment of the strategy table; seed columns only when the
     run has replicates, paper columns only where the paper has numbers."""
-    headers = ["dataset", "backbone", "strategy", "selection", "ours (%)", "folds"]
-    right = [False] * 4 + [True] * 2
+    swept = bool(study.results.sweep_points)
+    headers = ["dataset", "backbone", "strategy", *["sweep point"] * swept, "selection"]
+    headers += ["ours (%)", "folds"]
+    right = [False] * (len(headers) - 2) + [True] * 2
     if study.multi_seed:
         headers += ["seeds", "std between seeds"]
         right += [True, True]
@@ -219,6 +223,7 @@ def strategy_rows(study: Study) -> tuple[list[str], list[list[Any]], list[bool]]
                 group.dataset,
                 group.backbone,
                 strategy,
+                *[group.point] * swept,
                 group.selection,
                 mean_pm_std(result),
                 folds_cell(result),

@@ -133,12 +133,13 @@ def _order(values: list[str]) -> dict[str, int]:
 
 def build_study(results: Results) -> Study:
     """Merge expected (DAG) and finished (store) results into one ordered structure."""
-    by_key = agg.strategy_results(results.runs)
+    by_key = agg.strategy_results(results.runs, results.points)
     for key, folds in results.expected.items():
         entry = by_key.setdefault(key, StrategyResult(*key))
         entry.expected_folds = len(folds)
     dataset_rank = _order([u.dataset for u in results.units])
     backbone_rank = _order([u.backbone for u in results.train_units])
+    point_rank = _order(results.sweep_points)
     groups = sorted(
         {g for g, _ in by_key},
         key=lambda g: (
@@ -147,6 +148,7 @@ def build_study(results: Results) -> Study:
             backbone_rank.get(g.backbone, len(backbone_rank)),
             g.backbone,
             g.selection,
+            point_rank.get(g.point, -1),
         ),
     )
     study = Study(results, by_key, groups)
@@ -181,7 +183,9 @@ def _fill_training_sizes(study: Study) -> set[Group]:
 
 
 def _compare(study: Study) -> list[Comparison]:
-    """Every pair of every group, tested, with Holm's correction over the whole family."""
+    """Every pair of every group, tested, with Holm's correction over the whole family (a
+    sweep's points are groups: each point's comparisons stay within it, and all points'
+    comparisons form one family)."""
     found = [
         (group, agg.paired_comparison(study.result(group, a), study.result(group, b)))
         for group in study.groups
