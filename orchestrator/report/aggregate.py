@@ -145,9 +145,7 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def group_of(row: Mapping[str, Any], point: str = "") -> Group:
-    return Group(
-        str(row["dataset"]), str(row["backbone"]), str(row.get("selection") or "?"), point
-    )
+    return Group(str(row["dataset"]), str(row["backbone"]), str(row.get("selection") or "?"), point)
 
 
 def strategy_results(

@@ -84,6 +84,36 @@ def test_a_sweep_multiplies_only_the_units_that_depend_on_it(grid, tmp_path):
     }
 
 
+def test_each_unit_records_the_sweep_points_it_serves(grid, tmp_path):
+    """The report's key to a sweep: the shared stage 1 serves every point, each stage 2 its
+    own; two swept keys give cartesian labels in the sweep's order; no sweep, no points."""
+    assert {u.points for u in _units(grid, tmp_path, "train.lr=0.05")} == {()}
+    swept = _units(grid, tmp_path, "datasets.ckplus.focal.gamma=0,2", "stages.2.lr=0.1,0.01")
+    labels = tuple(
+        f"datasets.ckplus.focal.gamma={g},stages.2.lr={lr}" for g in (0, 2) for lr in (0.1, 0.01)
+    )
+    points = {u.name: u.points for u in swept}
+    assert points["ckplus/prepare"] == points["ckplus/f01/tiny/ce"] == labels
+    stage2 = [u for u in swept if u.stage == 2]
+    assert sorted(u.points for u in stage2) == sorted((label,) for label in labels)
+    gamma2 = next(u for u in stage2 if u.points == (labels[2],))
+    assert gamma2.spec["config"]["gamma"] == 2 and gamma2.spec["config"]["lr"] == 0.1
+
+
+def test_dag_json_keeps_points_only_where_there_are_some(grid, tmp_path):
+    """A run without a sweep writes dag.json as before units knew their points, and a
+    dag.json without the field (an older run) reads back with none."""
+    rundir = RunDir(tmp_path / "run")
+    plain = _units(grid, tmp_path)
+    rundir.write_dag(plain)
+    assert '"points"' not in rundir.dag_path.read_text()
+    assert rundir.read_dag() == plain
+    swept = _units(grid, tmp_path, "datasets.ckplus.focal.gamma=0,2")
+    rundir.write_dag(swept)
+    assert rundir.read_dag() == swept
+    assert {u.points for u in rundir.read_dag()} >= {("datasets.ckplus.focal.gamma=2",)}
+
+
 def test_sweep_ids_are_stable_and_each_point_is_a_normal_grid(grid, tmp_path):
     first = _units(grid, tmp_path, "train.lr=0.01,0.05", "train.batch_size=16,32")
     again = _units(grid, tmp_path, "train.lr=0.01,0.05", "train.batch_size=16,32")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from fer_core.errors import FerError
 from orchestrator.report import aggregate as agg
 from orchestrator.report.aggregate import Group
 from orchestrator.report.results import load_results
@@ -48,11 +49,47 @@ def test_strategy_results_per_fold_in_percent():
     assert results[(HELDOUT, "ce>focal")].folds == pytest.approx({1: 90.0})
 
 
-def test_duplicate_folds_are_averaged_and_missing_accuracies_skipped():
-    rows = [_row(1, 0.8, unit="a"), _row(1, 0.9, unit="b"), _row(2, float("nan")), _row(3, None)]
+def test_missing_accuracies_are_skipped():
+    rows = [_row(1, 0.8, unit="a"), _row(2, float("nan")), _row(3, None)]
     ce = agg.strategy_results(rows)[(HELDOUT, "ce")]
-    assert ce.folds == pytest.approx({1: 85.0})
-    assert ce.unit_ids == {1: ["a", "b"]}
+    assert ce.folds == pytest.approx({1: 80.0}) and ce.unit_ids == {1: ["a"]}
+
+
+def test_two_configurations_in_one_cell_are_an_error_not_an_average():
+    """Two units on one (group, strategy, fold, seed): e.g. the points of a sweep whose
+    dag.json does not record them. Averaging would report a number neither scored."""
+    rows = [
+        _row(1, 0.8, unit="a", unit_label="ckplus/f01/inception_v3/ce@lr=0.01"),
+        _row(1, 0.9, unit="b", unit_label="ckplus/f01/inception_v3/ce@lr=0.05"),
+    ]
+    with pytest.raises(FerError, match=r"two results for ce on fold 1, seed 0: .*ce@lr=0.01 and"):
+        agg.strategy_results(rows)
+    # the same rows, told apart by the points their units serve, are two groups
+    split = agg.strategy_results(rows, {"a": ("train.lr=0.01",), "b": ("train.lr=0.05",)})
+    lr = {p: Group("ckplus", "inception_v3", "heldout", f"train.lr={p}") for p in ("0.01", "0.05")}
+    assert set(split) == {(lr["0.01"], "ce"), (lr["0.05"], "ce")}
+    assert split[(lr["0.01"], "ce")].folds == pytest.approx({1: 80.0})
+    assert split[(lr["0.05"], "ce")].folds == pytest.approx({1: 90.0})
+
+
+def test_a_shared_unit_counts_in_every_point_it_serves():
+    """A stage-2 gamma sweep shares its stage 1: `ce` is each point's baseline, and each
+    point's `ce>focal` holds only its own rows."""
+    points = ("gamma=0", "gamma=2")
+    rows = [_row(f, 0.7 + f / 100) for f in (1, 2)]  # ce-1, ce-2: shared
+    rows += [_row(f, 0.8, "ce>focal", unit=f"g0-{f}") for f in (1, 2)]
+    rows += [_row(f, 0.9, "ce>focal", unit=f"g2-{f}") for f in (1, 2)]
+    served = {"ce-1": points, "ce-2": points}
+    served |= {f"g{g}-{f}": (f"gamma={g}",) for g in (0, 2) for f in (1, 2)}
+    results = agg.strategy_results(rows, served)
+    at = {p: Group("ckplus", "inception_v3", "heldout", p) for p in points}
+    assert set(results) == {(at[p], s) for p in points for s in ("ce", "ce>focal")}
+    for point in points:
+        assert results[(at[point], "ce")].folds == pytest.approx({1: 71.0, 2: 72.0})
+        assert results[(at[point], "ce")].unit_ids == {1: ["ce-1"], 2: ["ce-2"]}
+    assert results[(at["gamma=0"], "ce>focal")].folds == pytest.approx({1: 80.0, 2: 80.0})
+    assert results[(at["gamma=2"], "ce>focal")].folds == pytest.approx({1: 90.0, 2: 90.0})
+    assert results[(at["gamma=2"], "ce>focal")].unit_ids == {1: ["g2-1"], 2: ["g2-2"]}
 
 
 def test_seeds_and_training_sizes_from_rows():

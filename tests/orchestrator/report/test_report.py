@@ -290,21 +290,14 @@ def test_no_paper_column_where_the_paper_has_no_number(tmp_path):
     assert "Tables 2–5" in text  # still CK+: the heading points to the paper's tables
 
 
-def test_a_sweep_is_named_in_the_header_as_pooled(tmp_path):
-    """Units of sweep points carry `@key=value` names: the report must say that its tables
-    pool the points, rather than average them silently."""
-    from dataclasses import replace
-
+def test_a_run_without_a_sweep_shows_no_sweep_point(tmp_path):
+    """Sweep points get a column and titles (tests/orchestrator/report/test_sweep_report.py);
+    a run without a sweep keeps its tables and titles as they were."""
     run = make_run(tmp_path / "run", datasets=("ckplus",))
-    plain = write_report(run.path).path.read_text()
-    assert "Sweep:" not in plain
-    swept = [
-        replace(u, name=f"{u.name}@lr={0.05 if u.fold % 2 else 0.1}") if u.kind == "train" else u
-        for u in run.units
-    ]
-    run.rundir.write_dag(swept)
     text = write_report(run.path).path.read_text()
-    assert "**Sweep: 2 grid points** (lr=0.05; lr=0.1)" in text and "`variant`" in text
+    assert "Sweep:" not in text and "sweep point" not in text
+    assert "| dataset | backbone | strategy | selection | ours (%) | folds |" in text
+    assert "### ckplus · inception_v3 (heldout)\n" in text
 
 
 def test_centre_crops_are_not_reported_as_failed_detections(tmp_path):
