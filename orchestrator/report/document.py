@@ -152,5 +152,17 @@ def write_report(run_dir: str | Path) -> Report:
     ]
     parts = [part for part in parts if part]
     path = out_dir / "report.md"
-    atomic_write_text(path, "\n\n".join(parts) + "\n")
+    text = "\n\n".join(parts) + "\n"
+    atomic_write_text(path, text)
+    _remove_unlinked_figures(out_dir, text)
     return Report(path, sections.strategy_text(study))
+
+
+def _remove_unlinked_figures(out_dir: Path, text: str) -> None:
+    """Delete the figures an earlier report drew that this one does not link (a group that
+    became a sweep's points, a search since removed), so the folder holds one report, not
+    two; only names this module writes are touched, never a file a person put there."""
+    ours = [FOLDS_FIGURE, report_tune.FIGURE, *(p.name for p in out_dir.glob("confusion-*.png"))]
+    for name in ours:
+        if f"({name})" not in text:
+            (out_dir / name).unlink(missing_ok=True)

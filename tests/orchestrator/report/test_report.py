@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 
 import pytest
@@ -87,6 +88,24 @@ def test_per_class_paired_and_focal_note(full):
     assert "| ce>focal − ce | +7.14 | +0.00 | +7.14 |" in text  # per fold
     assert "exactly 0.25 × cross-entropy" in text
     assert "ckplus: the focal stage of `ce>focal` ran with γ = 0 and α = 0.25" in text
+
+
+def test_a_new_report_removes_the_figures_it_no_longer_links(tmp_path):
+    """A group gone (here: a dataset dropped from the DAG) leaves no figure of it behind;
+    a file a person put in the folder stays."""
+    run = make_run(tmp_path / "run")
+    out = write_report(run.path).path.parent
+    assert (out / "confusion-oulu-inception_v3-heldout.png").is_file()
+    (out / "notes.png").write_bytes(PNG_MAGIC)
+    dag = run.path / "dag.json"
+    dag.write_text(json.dumps([u for u in json.loads(dag.read_text()) if u["dataset"] != "oulu"]))
+    text = write_report(run.path).path.read_text()
+    assert "oulu" not in text
+    assert sorted(p.name for p in out.glob("*.png")) == [
+        "confusion-ckplus-inception_v3-heldout.png",
+        "folds.png",
+        "notes.png",
+    ]
 
 
 def test_synthetic_twin_is_labelled(tmp_path):
