@@ -23,6 +23,7 @@ from fer_core.config import StageConfig
 from fer_core.errors import FerError
 from fer_core.loss_registry import FOCAL_PARAMS, LOSSES
 from fer_core.models.backbones import BACKBONES
+from fer_core.models.pool_windows import deterministic_problem
 from orchestrator.plan.yamlio import check_keys, load_yaml_mapping
 
 JOBS_DIR = Path(__file__).resolve().parents[2] / "jobs"
@@ -275,10 +276,26 @@ def grid_from_mapping(
         for strategy in experiment.strategies:
             for dataset_name in datasets:
                 for stage, loss in enumerate(parse_strategy(strategy, where), start=1):
-                    grid.stage_config(dataset_name, loss, stage, seeds[0])
+                    config = grid.stage_config(dataset_name, loss, stage, seeds[0])
+                    if config.deterministic and grid.device != "cpu":
+                        for backbone in experiment.backbones:
+                            _check_deterministic(grid, backbone, stage)
                     if LOSSES[loss].focal and not focal_from_search:
                         _check_focal_given(grid, dataset_name, loss, stage)
     return grid
+
+
+def _check_deterministic(grid: Grid, backbone: str, stage: int) -> None:
+    """`deterministic: true` where a GPU may train: refused for a backbone whose training pass
+    keeps an adaptive pool at its input size (torch would raise mid-run on CUDA)."""
+    size = grid.backbones[backbone].input_size or BACKBONES[backbone].input_size
+    problem = deterministic_problem(BACKBONES[backbone], size)
+    if problem is not None:
+        raise FerError(
+            f"{grid.path}: backbones.{backbone}: deterministic: true (stage {stage}) cannot "
+            f"train it on a GPU: {problem}; choose another input_size, deterministic: false, "
+            "or device: cpu"
+        )
 
 
 def _check_focal_given(grid: Grid, dataset: str, loss: str, stage: int) -> None:

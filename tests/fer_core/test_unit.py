@@ -84,6 +84,18 @@ def test_the_runs_row_says_what_ran_and_deterministic_mode_is_honoured(twin_face
     assert run["git_commit"] is None or len(run["git_commit"].removesuffix("-dirty")) == 40
 
 
+def test_an_fp32_unit_trains_with_tf32_off(twin_faces, tmp_path):
+    """cuDNN's TF32 is on by default; `precision: fp32` turns it off for the stage (and the
+    next unit in the process turns it back on unless it asks for fp32 too)."""
+    try:
+        run_unit(_spec(twin_faces, "f32", 1, "ce", precision="fp32"), tmp_path / "f32")
+        assert torch.backends.cudnn.allow_tf32 is False
+        run_unit(_spec(twin_faces, "auto", 1, "ce"), tmp_path / "auto")
+        assert torch.backends.cudnn.allow_tf32 is True
+    finally:
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def test_a_parent_best_pt_that_is_not_the_recorded_one_is_refused(twin_faces, tmp_path):
     """A swapped but loadable best.pt (another unit's) must not become stage 2's start."""
     run_unit(_spec(twin_faces, "s1", 1, "ce"), tmp_path / "s1")

@@ -12,7 +12,7 @@ from fer_core.spec import PrepareSpec, UnitSpec
 from orchestrator.plan.dag import expand, summary
 from orchestrator.plan.grid import load_grid
 from orchestrator.plan.overrides import expand_plan, load_grids
-from tests.helpers import SMALL_GRID
+from tests.helpers import SMALL_GRID, small_grid
 
 
 def _paper_units(tmp_path: Path):
@@ -132,3 +132,32 @@ def test_wrong_layout_is_refused(tmp_path):
     grid = load_grid("paper", {"ckplus": str(tmp_path / "not-ck"), "oulu": str(tmp_path)})
     with pytest.raises(FerError, match="not a ckplus tree"):
         expand(grid, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("input_size", "device", "stage_only", "refused"),
+    [(299, "auto", False, True), (299, "auto", True, True), (224, "auto", False, False),
+     (299, "cpu", False, False)],
+)  # fmt: skip
+def test_deterministic_is_refused_where_a_gpu_pool_stays_adaptive(
+    tmp_path, input_size, device, stage_only, refused
+):
+    """VGG-16 at 299 px pools its 9 x 9 map to 7 x 7 with uneven windows, which torch cannot
+    differentiate deterministically on CUDA: refused at load, not mid-run on a GPU; at 224 px
+    (7 x 7, no pooling) or on a CPU it trains."""
+    text = small_grid(**({} if stage_only else {"deterministic": "true"}))
+    text = text.replace("tiny: {weights: none, input_size: 32}",
+                        f"vgg_face: {{weights: none, input_size: {input_size}}}")  # fmt: skip
+    text = text.replace("backbones: [tiny]", "backbones: [vgg_face]")
+    text += f"device: {device}\n"
+    if stage_only:
+        text += "stages: {2: {deterministic: true}}\n"
+    path = tmp_path / "det.yaml"
+    path.write_text(text)
+    if refused:
+        stage = 2 if stage_only else 1
+        wanted = rf"vgg_face: deterministic: true \(stage {stage}\).*9 x 9 .* pooled to 7 x 7"
+        with pytest.raises(FerError, match=wanted):
+            load_grid(str(path))
+    else:
+        assert load_grid(str(path)).backbones["vgg_face"].input_size == input_size
