@@ -14,8 +14,9 @@ from fer_core.models.pool_windows import uniform_windows
 
 def avg_pool_to(x: torch.Tensor, out: int) -> torch.Tensor:
     """`F.adaptive_avg_pool2d(x, out)`, as a plain average pool where that is exact."""
-    rows = uniform_windows(x.shape[-2], out)
-    cols = uniform_windows(x.shape[-1], out)
+    # int(): under tracing (export) a shape is a tensor; the exported model's size is fixed
+    rows = uniform_windows(int(x.shape[-2]), out)
+    cols = uniform_windows(int(x.shape[-1]), out)
     if rows is None or cols is None:
         return F.adaptive_avg_pool2d(x, out)
     return F.avg_pool2d(x, (rows[0], cols[0]), (rows[1], cols[1]))
