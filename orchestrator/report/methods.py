@@ -95,6 +95,16 @@ def _counted(values: list[Any], missing: str = NOT_RECORDED) -> str:
     return ", ".join(f"{k} ×{n}" for k, n in counts.most_common())
 
 
+# The runs columns of fer_core.provenance.library_versions, as the setup block names them.
+LIBRARY_COLUMNS = (
+    ("torchvision", "torchvision_version"),
+    ("facenet-pytorch", "facenet_pytorch_version"),
+    ("numpy", "numpy_version"),
+    ("CUDA", "cuda_version"),
+    ("cuDNN", "cudnn_version"),
+)
+
+
 def _recorded(study: Study, column: str, why: str) -> str:
     """A runs column's values, or "not recorded" (and why) when no row carries it."""
     runs = study.results.runs
@@ -177,7 +187,12 @@ def setup_section(study: Study) -> str:
         + _recorded(study, "git_commit", "these rows predate the `git_commit` column")
         + f"; fer_core {_recorded(study, 'package_version', 'no version column')}"
         + f"; torch {_recorded(study, 'torch_version', 'no version column')}"
-        + f"; Python {_recorded(study, 'python_version', 'no version column')}.",
+        + f"; Python {_recorded(study, 'python_version', 'no version column')}"
+        + "".join(
+            f"; {label} {_recorded(study, column, 'these rows predate the column')}"
+            for label, column in LIBRARY_COLUMNS
+        )
+        + ".",
         f"- **Effective grid**: {_grid_copy(study)}.",
         "- **Accuracy**, two definitions: tables and tests use the **fold-mean** accuracy (each "
         "test fold's accuracy, averaged over folds); figure titles and per-class tables use "

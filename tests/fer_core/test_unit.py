@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import asdict
+from importlib.metadata import version
 
+import numpy as np
 import pytest
 import torch
 
@@ -69,6 +71,7 @@ def test_stage_two_starts_from_the_parents_best_weights(twin_faces, tmp_path):
     assert card["classes"] == FaceSet.load(twin_faces).classes and card["input_size"] == CROP
     assert card["crop"]["detector"] == "center" and card["crop"]["crop_size"] == CROP
     assert card["normalisation"]["mean"] == [0.485, 0.456, 0.406]
+    assert card["numpy_version"] == np.__version__ and card["cuda_version"] == torch.version.cuda
 
 
 def test_the_runs_row_says_what_ran_and_deterministic_mode_is_honoured(twin_faces, tmp_path):
@@ -82,6 +85,9 @@ def test_the_runs_row_says_what_ran_and_deterministic_mode_is_honoured(twin_face
     assert run["precision_used"] == "fp32"  # `auto` on a CPU: the dtype, not the setting
     assert run["git_commit"] == git_commit()
     assert run["git_commit"] is None or len(run["git_commit"].removesuffix("-dirty")) == 40
+    assert run["numpy_version"] == np.__version__ and run["cuda_version"] == torch.version.cuda
+    assert run["torchvision_version"] == version("torchvision")
+    assert run["facenet_pytorch_version"] == version("facenet-pytorch")
 
 
 def test_an_fp32_unit_trains_with_tf32_off(twin_faces, tmp_path):

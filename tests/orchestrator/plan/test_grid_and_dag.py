@@ -161,3 +161,47 @@ def test_deterministic_is_refused_where_a_gpu_pool_stays_adaptive(
             load_grid(str(path))
     else:
         assert load_grid(str(path)).backbones["vgg_face"].input_size == input_size
+
+
+def _ids(grid_text: str, tmp_path: Path) -> dict[str, str]:
+    path = tmp_path / "grid.yaml"
+    path.write_text(grid_text)
+    return {u.name: u.id for u in expand(load_grid(str(path)), tmp_path / "run")}
+
+
+def test_a_weights_files_content_not_its_path_is_part_of_the_ids(tmp_path):
+    """A re-imported (changed) weights file retrains what used it; the same bytes at another
+    path do not; the prepare unit never depends on it."""
+    weights = tmp_path / "imported.pth"
+    with_file = SMALL_GRID.replace("tiny: {weights: none", f"tiny: {{weights: {weights}")
+    weights.write_bytes(b"first import")
+    first = _ids(with_file, tmp_path)
+    weights.write_bytes(b"the same file, imported again from a newer .mat")
+    again = _ids(with_file, tmp_path)
+    moved = tmp_path / "elsewhere.pth"
+    moved.write_bytes(b"first import")
+    at_another_path = _ids(with_file.replace(str(weights), str(moved)), tmp_path)
+    trained = [name for name in first if name != "ckplus/prepare"]
+    assert all(first[name] != again[name] for name in trained)
+    assert first == at_another_path
+    assert first["ckplus/prepare"] == again["ckplus/prepare"]
+    assert all(first[name] != _ids(SMALL_GRID, tmp_path)[name] for name in trained)
+
+
+def test_a_missing_weights_file_fails_the_plan_but_not_a_dry_run(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(SMALL_GRID.replace("tiny: {weights: none", "tiny: {weights: /no/such.pth"))
+    with pytest.raises(FerError, match="/no/such.pth"):
+        expand(load_grid(str(grid)), tmp_path / "run")
+    assert expand(load_grid(str(grid)), tmp_path / "run", problems=[])
+
+
+def test_the_twin_generators_version_is_part_of_the_synthetic_data_identity(tmp_path, monkeypatch):
+    """A new generator version (twins.FORMAT) makes a new twin, so new prepare and training
+    ids; version 1 is left out, so the ids issued before it was recorded hold."""
+    import orchestrator.plan.dag as dag
+
+    before = _ids(SMALL_GRID, tmp_path)
+    monkeypatch.setattr(dag, "TWIN_FORMAT", 2)
+    after = _ids(SMALL_GRID, tmp_path)
+    assert set(before) == set(after) and all(before[n] != after[n] for n in before)
