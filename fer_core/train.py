@@ -270,7 +270,7 @@ def train_stage(
             "finished_at": time.time(),  # wall clock: which run of a requeued job did it
         }
         history.append(record)
-        if selection.accuracy > best_accuracy:
+        if config.final_epoch == "last" or selection.accuracy > best_accuracy:
             best_accuracy, best_epoch = selection.accuracy, epoch + 1
             best: BestCheckpoint = {"model": model.state_dict(), "epoch": epoch + 1}
             save(best, work_dir, BEST)

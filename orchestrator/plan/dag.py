@@ -225,7 +225,8 @@ def _add_chain(
     chain: list[dict[str, Any]] = []
     parent: str | None = None
     for stage, loss in enumerate(losses, start=1):
-        chain.append(grid.stage_config(dataset.name, loss, stage, seed).to_dict())
+        final = stage == len(losses)
+        chain.append(grid.stage_config(dataset.name, loss, stage, seed, final).to_dict())
         common = {  # in the spec, and in the id with `weights` as its file's digest
             "fold": fold,
             "n_folds": dataset.n_folds,

@@ -8,7 +8,9 @@ with such a stage must give them (a focal loss with no α and γ = 0 is plain cr
 silent change of method). Loss and backbone names are those of `fer_core.loss_registry` and
 `fer_core.models.backbones`, which import no torch: loading a grid does not either.
 `seed: N` or `seeds: [N, ...]` (top level, like `selection`: they apply to every stage of
-every chain) gives the replicates: every unit runs once per seed.
+every chain) gives the replicates: every unit runs once per seed. `final_epoch: best|last`
+(top level) says which epoch each chain's final stage keeps (D-14); earlier stages keep
+their best, which the next stage starts from.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fer_core.config import StageConfig
+from fer_core.config import FINAL_EPOCHS, StageConfig
 from fer_core.errors import FerError
 from fer_core.loss_registry import FOCAL_PARAMS, LOSSES
 from fer_core.models.backbones import BACKBONES
@@ -39,6 +41,7 @@ GRID_KEYS = {
     "seeds",
     "folds",
     "selection",
+    "final_epoch",
     "device",
     "datasets",
     "backbones",
@@ -60,6 +63,8 @@ DATASET_KEYS = {
 }
 FOCAL_KEYS = set(FOCAL_PARAMS)
 BACKBONE_KEYS = {"weights", "input_size"}
+# StageConfig fields a grid sets elsewhere: the strategy the loss, the top level the rest.
+NOT_TRAIN_KEYS = {"loss", "selection", "seed", "final_epoch"}
 EXPERIMENT_KEYS = {"backbones", "strategies"}
 
 
@@ -102,6 +107,7 @@ class Grid:
     seeds: tuple[int, ...]  # replicates: every unit once per seed
     folds: tuple[int, ...] | None  # None: every fold of each dataset
     selection: str
+    final_epoch: str  # the final stage's kept epoch: "best" or "last"
     device: str
     datasets: dict[str, DatasetSpec]
     backbones: dict[str, BackboneSpec]
@@ -110,12 +116,16 @@ class Grid:
     stages: dict[int, dict[str, Any]]
     mapping: dict[str, Any] = field(default_factory=dict)  # the effective grid, as validated
 
-    def stage_config(self, dataset: str, loss: str, stage: int, seed: int) -> StageConfig:
+    def stage_config(
+        self, dataset: str, loss: str, stage: int, seed: int, final: bool = False
+    ) -> StageConfig:
         """Stage `stage` (1-based) with loss `loss`: the grid's train + stages.N settings, the
-        dataset's focal α/γ for a focal loss, validated."""
+        dataset's focal α/γ for a focal loss, validated; the grid's `final_epoch` if it is
+        its chain's `final` stage (an earlier stage always keeps its best epoch)."""
         values = dict(self.train)
         values.update(self.stages.get(stage, {}))
         values.update(loss=loss, selection=self.selection, seed=seed)
+        values.update(final_epoch=self.final_epoch if final else "best")
         spec = LOSSES.get(loss)  # an unknown loss: StageConfig names it
         if spec is not None and spec.focal:
             values.update(self.datasets[dataset].focal)
@@ -226,23 +236,22 @@ def grid_from_mapping(
         folds = tuple(sorted(set(folds)))
 
     train = raw.get("train") or {}
-    check_keys(
-        train,
-        set(StageConfig.__dataclass_fields__) - {"loss", "selection", "seed"},
-        f"{where}: train",
-    )
+    check_keys(train, set(StageConfig.__dataclass_fields__) - NOT_TRAIN_KEYS, f"{where}: train")
     stages = {}
     for key, values in (raw.get("stages") or {}).items():
         if isinstance(key, bool) or not isinstance(key, int) or key < 1:
             raise FerError(f"{where}: stages: key {key!r} must be a stage number (1, 2, ...)")
         check_keys(
             values or {},
-            set(train) | set(StageConfig.__dataclass_fields__) - {"loss", "selection", "seed"},
+            set(train) | set(StageConfig.__dataclass_fields__) - NOT_TRAIN_KEYS,
             f"{where}: stages.{key}",
         )
         stages[key] = dict(values or {})
 
     selection = raw.get("selection", "heldout")
+    final_epoch = raw.get("final_epoch", "best")
+    if final_epoch not in FINAL_EPOCHS:
+        raise FerError(f"{where}: final_epoch {final_epoch!r} is not one of best, last")
     if selection == "inner":
         for dataset in datasets.values():
             if dataset.n_folds < 3:
@@ -263,6 +272,7 @@ def grid_from_mapping(
         seeds=seeds,
         folds=folds,
         selection=selection,
+        final_epoch=final_epoch,
         device=str(raw.get("device", "auto")),
         datasets=datasets,
         backbones=backbones,
@@ -275,8 +285,10 @@ def grid_from_mapping(
     for experiment in experiments:
         for strategy in experiment.strategies:
             for dataset_name in datasets:
-                for stage, loss in enumerate(parse_strategy(strategy, where), start=1):
-                    config = grid.stage_config(dataset_name, loss, stage, seeds[0])
+                losses = parse_strategy(strategy, where)
+                for stage, loss in enumerate(losses, start=1):
+                    final = stage == len(losses)
+                    config = grid.stage_config(dataset_name, loss, stage, seeds[0], final)
                     if config.deterministic and grid.device != "cpu":
                         for backbone in experiment.backbones:
                             _check_deterministic(grid, backbone, stage)

@@ -19,6 +19,7 @@ import re
 from dataclasses import replace
 from typing import Any
 
+from fer_core.config import LATER_KEYS
 from orchestrator.plan.unit import Unit
 
 SEPARATOR = "@"
@@ -43,9 +44,13 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]+")
 
 
 def _facets(unit: Unit) -> dict[str, Any]:
-    """What a unit's result depends on, flat: spec values and its stage config."""
+    """What a unit's result depends on, flat: spec values and its stage config (a key that
+    the config leaves out at its default, `LATER_KEYS`, shows that default)."""
     facets = {k: v for k, v in unit.spec.items() if k not in NOT_FACETS}
-    facets.update(unit.spec.get("config") or {})
+    config = unit.spec.get("config")
+    if config is not None:
+        facets.update(LATER_KEYS)
+        facets.update(config)
     return facets
 
 

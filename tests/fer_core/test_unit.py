@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from fer_core.checkpoints import BEST
+from fer_core.checkpoints import BEST, resume_state
 from fer_core.data.faces import FaceSet
 from fer_core.errors import FerError
 from fer_core.provenance import git_commit
@@ -100,6 +100,19 @@ def test_an_fp32_unit_trains_with_tf32_off(twin_faces, tmp_path):
         assert torch.backends.cudnn.allow_tf32 is True
     finally:
         torch.backends.cudnn.allow_tf32 = True
+
+
+def test_final_epoch_last_keeps_and_scores_the_last_epoch(twin_faces, tmp_path):
+    """Nothing picks the epoch: best.pt is the last epoch's weights, whatever the selection
+    subset scored, and the runs row says which epoch it kept."""
+    run = run_unit(_spec(twin_faces, "last", 1, "ce", epochs=3, final_epoch="last"),
+                   tmp_path / "last")["run"]  # fmt: skip
+    kept = torch.load(tmp_path / "last" / BEST, weights_only=True)
+    resume, _ = resume_state(tmp_path / "last")
+    assert resume is not None
+    assert run["best_epoch"] == kept["epoch"] == 3
+    assert all(torch.equal(kept["model"][k], v) for k, v in resume["model"].items())
+    assert json.loads(run["config"])["final_epoch"] == "last"
 
 
 def test_a_parent_best_pt_that_is_not_the_recorded_one_is_refused(twin_faces, tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from fer_core.errors import FerError
+from fer_core.models.backbones import BACKBONES
 from fer_core.spec import PrepareSpec, UnitSpec
 from orchestrator.plan.dag import expand, summary
 from orchestrator.plan.grid import load_grid
@@ -205,3 +206,40 @@ def test_the_twin_generators_version_is_part_of_the_synthetic_data_identity(tmp_
     monkeypatch.setattr(dag, "TWIN_FORMAT", 2)
     after = _ids(SMALL_GRID, tmp_path)
     assert set(before) == set(after) and all(before[n] != after[n] for n in before)
+
+
+def test_final_epoch_last_applies_to_each_chains_final_stage_only(tmp_path):
+    """`final_epoch: last`: `ce` keeps its last epoch, `ce>focal` its stage 2's last, while
+    its stage 1 keeps the best (what stage 2 starts from), so the two no longer share it."""
+    grid = tmp_path / "last.yaml"
+    grid.write_text(SMALL_GRID + "final_epoch: last\n")
+    units = {u.name: u for u in expand_plan(load_grids(str(grid)), tmp_path / "run")}
+    config = {n: u.spec["config"] for n, u in units.items() if u.kind == "train"}
+    finals = {n: c.get("final_epoch", "best") for n, c in config.items()}  # best: left out
+    assert finals == {
+        "ckplus/f01/tiny/ce@final_epoch=last": "last",
+        "ckplus/f01/tiny/ce@final_epoch=best": "best",
+        "ckplus/f01/tiny/ce>focal@final_epoch=best": "last",  # named after its parent's
+    }
+    stage2 = units["ckplus/f01/tiny/ce>focal@final_epoch=best"]
+    assert stage2.deps == (units["ckplus/f01/tiny/ce@final_epoch=best"].id,)
+    assert _ids(SMALL_GRID + "final_epoch: best\n", tmp_path) == _ids(SMALL_GRID, tmp_path)
+
+
+def test_an_unknown_final_epoch_is_refused_naming_it(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(SMALL_GRID + "final_epoch: worst\n")
+    with pytest.raises(FerError, match="final_epoch 'worst'"):
+        load_grid(str(path))
+    path.write_text(SMALL_GRID.replace("batch_size: 32", "batch_size: 32, final_epoch: last"))
+    with pytest.raises(FerError, match="final_epoch"):  # top level only, one way to set it
+        load_grid(str(path))
+
+
+def test_the_paper_grid_feeds_every_network_299_px(tmp_path):
+    """D-15: the paper resizes every image to 299 x 299 for all its networks."""
+    units, _ = _paper_units(tmp_path)
+    sizes = {u.backbone: u.spec["input_size"] for u in units if u.kind == "train"}
+    assert set(sizes) == {"inception_v3", "resnet18", "vgg_face"}
+    assert all(size in (299, None) for size in sizes.values())
+    assert sizes["resnet18"] == sizes["vgg_face"] == BACKBONES["inception_v3"].input_size
