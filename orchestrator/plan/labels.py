@@ -40,6 +40,9 @@ NOT_FACETS = {
     "parent_id",
     "parent_dir",
 }
+# Values that say what a stage keeps of itself, not what its children start from: the
+# parent's `final_epoch` is always `best` for a child, so it is not passed on.
+NOT_INHERITED = {"final_epoch"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]+")
 
 
@@ -73,7 +76,7 @@ def distinct_names(units: list[Unit]) -> list[Unit]:
     for unit in units:
         own: dict[str, Any] = {}
         for dep in unit.deps:
-            own.update(values.get(dep, {}))
+            own.update((k, v) for k, v in values.get(dep, {}).items() if k not in NOT_INHERITED)
         group = groups[unit.name]
         if len(group) > 1:
             facets = [_facets(other) for other in group]

@@ -219,9 +219,9 @@ def test_final_epoch_last_applies_to_each_chains_final_stage_only(tmp_path):
     assert finals == {
         "ckplus/f01/tiny/ce@final_epoch=last": "last",
         "ckplus/f01/tiny/ce@final_epoch=best": "best",
-        "ckplus/f01/tiny/ce>focal@final_epoch=best": "last",  # named after its parent's
+        "ckplus/f01/tiny/ce>focal": "last",  # not named after its parent's value
     }
-    stage2 = units["ckplus/f01/tiny/ce>focal@final_epoch=best"]
+    stage2 = units["ckplus/f01/tiny/ce>focal"]
     assert stage2.deps == (units["ckplus/f01/tiny/ce@final_epoch=best"].id,)
     assert _ids(SMALL_GRID + "final_epoch: best\n", tmp_path) == _ids(SMALL_GRID, tmp_path)
 
