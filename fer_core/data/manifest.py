@@ -13,6 +13,9 @@ from pathlib import Path, PurePosixPath
 from fer_core.errors import FerError
 
 REQUIRED = ("path", "subject", "label")
+# What spreadsheets and pandas write for a missing value: read as class names they would
+# become a class of their own ("nan") and train as one.
+MISSING_LABELS = frozenset({"nan", "na", "n/a", "none", "null"})
 
 # (path relative to root, subject, sequence, frame, label)
 Frame = tuple[str, str, str, int, int]
@@ -46,6 +49,8 @@ def read_manifest(
         ) from None
     if not rows:
         raise FerError(f"{manifest}: has a header but no rows; list one image per row")
+    for row, line in rows:
+        _check_label(row["label"], f"{manifest}:{line}")
     names = sorted({row["label"] for row, _ in rows}) if classes is None else list(classes)
     lookup = {name: label for label, name in enumerate(names)}
     frames: list[Frame] = []
@@ -63,6 +68,16 @@ def read_manifest(
         frame = _frame_number(row.get("frame", ""), where)
         frames.append((path, row["subject"], row.get("sequence", ""), frame, lookup[row["label"]]))
     return names, frames
+
+
+def _check_label(label: str, where: str) -> None:
+    if not label:
+        raise FerError(f"{where}: empty label; every image needs its class name")
+    if label.lower() in MISSING_LABELS:
+        raise FerError(
+            f"{where}: label {label!r} marks a missing value, not a class; give the image's "
+            "class name or drop the row"
+        )
 
 
 def _relative_path(root: Path, text: str, where: str) -> str:

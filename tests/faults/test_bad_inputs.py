@@ -440,6 +440,9 @@ def _manifest_cases() -> list[Case]:
         "frame_not_integer": "first",
         "empty_path": "empty path",
         "not_an_image": "notes.png",
+        "label_nan": "label_nan.csv:3: label 'nan'",
+        "label_null": "label_null.csv:3: label 'NULL'",
+        "label_empty": "label_empty.csv:4: empty label",
     }
     found = sorted(p.stem for p in (BAD / "manifests").glob("*.csv"))
     assert found == sorted(culprits), "tests/data/bad/manifests/ and this table must agree"
