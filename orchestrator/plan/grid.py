@@ -21,7 +21,7 @@ from typing import Any
 
 from fer_core.config import StageConfig
 from fer_core.errors import FerError
-from fer_core.loss_registry import FOCAL_PARAMS, LOSSES
+from fer_core.loss_registry import FOCAL_PARAMS, LOSS_PARAMS, LOSSES
 from fer_core.models.backbones import BACKBONES
 from orchestrator.plan.yamlio import check_keys, load_yaml_mapping
 
@@ -359,6 +359,13 @@ def _dataset(name: str, raw: Any, where: str, root_override: str | None) -> Data
         image_size = tuple(image_size)
     focal = raw.get("focal") or {}
     check_keys(focal, FOCAL_KEYS, f"{where}.focal")
+    # Checked whether or not a stage uses them, as a misspelt key is: on a CE-only grid a
+    # bad value would otherwise pass silently and surface only once a focal stage is added.
+    for key, value in focal.items():
+        try:
+            LOSS_PARAMS[key].check(value)
+        except FerError as exc:
+            raise FerError(f"{where}.focal: {exc}") from None
     return DatasetSpec(
         name=name,
         kind=kind,

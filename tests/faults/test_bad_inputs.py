@@ -192,6 +192,7 @@ def _grid_cases() -> list[Case]:
         "image_size_one_number": "image_size",
         "n_folds_one": "n_folds",
         "focal_typo": "alhpa",
+        "focal_value_on_ce_only": "datasets.ckplus.focal: gamma: 'abc'",
         "alpha_zero": "alpha",
         "alpha_above_one": "1.5",
         "gamma_negative": "-2",
