@@ -23,7 +23,7 @@ from PIL import Image
 from fer_core.data import ckplus, oulu
 from fer_core.data.folds import subject_folds
 from fer_core.data.layout import Frame
-from fer_core.data.manifest import read_manifest
+from fer_core.data.manifest import manifest_path, read_manifest
 from fer_core.errors import FerError
 from fer_core.io import atomic_write_bytes, sha256_file
 from fer_core.progressbar import ProgressBar
@@ -171,8 +171,9 @@ def build_index(
 
     `dataset` is `ckplus`, `oulu`, `manifest` or `auto` (CK+ or Oulu from the layout). For
     CK+ and Oulu the last `last_frames` frames of each labelled sequence are kept; a manifest
-    lists its images itself (default `ROOT/manifest.csv`). `verify` opens every kept image so
-    a truncated file fails here, naming it, instead of mid-training.
+    lists its images itself (`manifest` relative to `root` unless absolute, default
+    `ROOT/manifest.csv`). `verify` opens every kept image so a truncated file fails here,
+    naming it, instead of mid-training.
     """
     root = _existing_root(root)
     if dataset == "auto":
@@ -185,8 +186,7 @@ def build_index(
     elif dataset == "oulu":
         names, frames = list(oulu.CLASSES), _last_frames(root, oulu.scan_oulu(root), last_frames)
     elif dataset == "manifest":
-        path = Path(manifest) if manifest is not None else root / "manifest.csv"
-        names, frames = read_manifest(root, path, classes)
+        names, frames = read_manifest(root, manifest_path(root, manifest), classes)
     else:
         raise FerError(f"dataset: {dataset!r} is not one of {', '.join(DATASETS)} or auto")
     if classes is not None and dataset != "manifest" and list(classes) != names:

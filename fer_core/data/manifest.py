@@ -21,13 +21,22 @@ MISSING_LABELS = frozenset({"nan", "na", "n/a", "none", "null"})
 Frame = tuple[str, str, str, int, int]
 
 
+def manifest_path(root: Path, manifest: str | Path | None) -> Path:
+    """Where a dataset's manifest is: `manifest` relative to `root` unless absolute, and
+    `ROOT/manifest.csv` when not given. Never relative to the current folder, so a grid names
+    the same file wherever `launch` runs and wherever its preparation job runs."""
+    return root / Path(manifest if manifest is not None else "manifest.csv").expanduser()
+
+
 def read_manifest(
     root: Path, manifest: Path, classes: list[str] | None = None
 ) -> tuple[list[str], list[Frame]]:
-    """The classes and one entry per manifest row; every path must exist under `root`."""
+    """The classes and one entry per manifest row (`manifest` as `manifest_path` gives it);
+    every path must exist under `root`."""
     if not manifest.is_file():
         raise FerError(
-            f"manifest: {manifest} does not exist; give a CSV with columns path,subject,label"
+            f"manifest: {manifest} does not exist (a relative manifest path is taken from the "
+            f"root {root}); give a CSV with columns path,subject,label"
         )
     try:
         with open(manifest, newline="", encoding="utf-8-sig") as handle:

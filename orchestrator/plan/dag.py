@@ -99,10 +99,6 @@ def _source_identity(spec: DatasetSpec, root: Path, digests: DigestCache) -> dic
             raise FerError(
                 f"dataset {spec.name!r}: {root} is not a {spec.kind} tree (no {marker}/ inside)"
             )
-    if spec.kind == "manifest":
-        manifest = Path(spec.manifest or root / "manifest.csv")
-        if not manifest.is_file():
-            raise FerError(f"dataset {spec.name!r}: manifest {manifest} not found")
     return {"data": dataset_identity(spec.kind, root, spec.manifest, spec.n_folds, digests)}
 
 

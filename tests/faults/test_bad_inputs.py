@@ -164,6 +164,16 @@ def _non_utf8_manifest(inputs: Path) -> None:
     (inputs / "m.csv").write_bytes(b"path,subject,label\n\xff\xfeimg/s1_1.png,s1,\xe9t\xe9\n")
 
 
+def _relative_manifest_grid(inputs: Path) -> None:
+    """A grid naming a manifest the root does not hold: the error says where it looked."""
+    manifest_tree(inputs / "m")
+    (inputs / "grid.yaml").write_text(
+        f"datasets:\n  m:\n    kind: manifest\n    root: {inputs / 'm'}\n"
+        "    manifest: labels.csv\n    detector: center\n"
+        "backbones:\n  tiny: {}\nexperiments:\n  - {backbones: [tiny], strategies: [ce]}\n"
+    )
+
+
 def _other_grids_run(inputs: Path) -> None:
     (inputs / "run").mkdir(parents=True)
     (inputs / "run" / "run.json").write_text('{"grid": "other", "grid_file": "x.yaml"}')
@@ -470,6 +480,13 @@ def _manifest_cases() -> list[Case]:
     ]
     cases += [
         Case("manifest", "not_utf8", index("{in}/m.csv"), "not a UTF-8 CSV", _non_utf8_manifest),
+        Case(
+            "manifest",
+            "relative_manifest_not_in_root",
+            (*LAUNCH, "--grid", "{in}/grid.yaml"),
+            "m/labels.csv does not exist (a relative manifest path is taken from the root",
+            _relative_manifest_grid,
+        ),
         Case(
             "manifest",
             "manifest_missing",
