@@ -208,12 +208,16 @@ def build_index(
 
 
 def check_image(path: Path) -> None:
-    """Cheap integrity check: the header parses and (PNG) every chunk checksum holds or
-    (JPEG) the end-of-image marker is present, so truncated copies are caught."""
+    """The image decodes: the header parses, (PNG) every chunk checksum holds, the pixel data
+    decompresses in full, and (JPEG) the end-of-image marker is present, so truncated or
+    damaged copies are caught. `verify` alone reads no pixels and leaves the file unusable,
+    hence a second open to `load` it."""
     try:
         with Image.open(path) as image:
             image.verify()
             kind = image.format
+        with Image.open(path) as image:
+            image.load()
     except Exception as exc:  # PIL raises many types for bad files
         raise FerError(f"{path}: not a readable image ({exc}); re-copy or remove it") from None
     if kind == "JPEG":

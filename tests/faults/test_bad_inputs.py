@@ -174,6 +174,16 @@ def _relative_manifest_grid(inputs: Path) -> None:
     )
 
 
+def _grid_truncated_frame(inputs: Path) -> None:
+    """A grid over a CK+ tree one of whose used frames is cut short."""
+    _ck(_truncate("cohn-kanade-images/S003/001/S003_001_00000003.png"))(inputs)
+    (inputs / "grid.yaml").write_text(
+        f"datasets:\n  ckplus:\n    root: {inputs / 'ck'}\n    n_folds: 3\n"
+        "    detector: center\n"
+        "backbones:\n  tiny: {}\nexperiments:\n  - {backbones: [tiny], strategies: [ce]}\n"
+    )
+
+
 def _other_grids_run(inputs: Path) -> None:
     (inputs / "run").mkdir(parents=True)
     (inputs / "run" / "run.json").write_text('{"grid": "other", "grid_file": "x.yaml"}')
@@ -385,6 +395,13 @@ def _data_cases() -> list[Case]:
             index("ckplus", "{in}/ck", "--n-folds", "1"),
             "n_folds",
             _ck(lambda r: None),
+        ),
+        Case(
+            "dataset",
+            "launch_truncated_png",
+            (*LAUNCH, "--grid", "{in}/grid.yaml"),
+            "S003_001_00000003.png: not a readable image",
+            _grid_truncated_frame,
         ),
         Case("dataset", "root_missing", index("ckplus", "{in}/no-such-root"), "no-such-root"),
         Case(
