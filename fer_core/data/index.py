@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from fer_core.data import ckplus, oulu
-from fer_core.data.folds import subject_folds
+from fer_core.data.folds import FOLD_RULES, subject_folds
 from fer_core.data.layout import Frame
 from fer_core.data.manifest import manifest_path, read_manifest
 from fer_core.errors import FerError
@@ -54,6 +54,7 @@ class IndexMeta(TypedDict):
     root: str
     classes: list[str]
     n_folds: int
+    fold_rule: str  # absent from indexes written before it existed: interleaved
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class DatasetIndex:
     classes: list[str]
     records: list[ImageRecord] = field(default_factory=list)
     n_folds: int = 10
+    fold_rule: str = FOLD_RULES[0]
 
     def __len__(self) -> int:
         return len(self.records)
@@ -100,8 +102,8 @@ class DatasetIndex:
         return {name: counts.get(label, 0) for label, name in enumerate(self.classes)}
 
     def to_table(self) -> pa.Table:
-        """The records as a pyarrow Table; dataset, root, classes and n_folds ride along in
-        the schema metadata so the Parquet file alone rebuilds the index."""
+        """The records as a pyarrow Table; dataset, root, classes, n_folds and fold_rule ride
+        along in the schema metadata so the Parquet file alone rebuilds the index."""
         columns = {f.name: [getattr(r, f.name) for r in self.records] for f in fields(ImageRecord)}
         meta: IndexMeta = {
             "format": FORMAT,
@@ -109,6 +111,7 @@ class DatasetIndex:
             "root": self.root,
             "classes": self.classes,
             "n_folds": self.n_folds,
+            "fold_rule": self.fold_rule,
         }
         schema = SCHEMA.with_metadata({_META_KEY: json.dumps(meta).encode()})
         return pa.Table.from_pydict(columns, schema=schema)
@@ -141,6 +144,7 @@ class DatasetIndex:
             classes=list(meta["classes"]),
             records=records,
             n_folds=int(meta["n_folds"]),
+            fold_rule=str(meta.get("fold_rule", FOLD_RULES[0])),
         )
 
 
@@ -166,6 +170,7 @@ def build_index(
     classes: list[str] | None = None,
     last_frames: int = LAST_FRAMES,
     verify: bool = True,
+    fold_rule: str = FOLD_RULES[0],
 ) -> DatasetIndex:
     """Scan a raw dataset folder into a `DatasetIndex`.
 
@@ -173,7 +178,8 @@ def build_index(
     CK+ and Oulu the last `last_frames` frames of each labelled sequence are kept; a manifest
     lists its images itself (`manifest` relative to `root` unless absolute, default
     `ROOT/manifest.csv`). `verify` opens every kept image so a truncated file fails here,
-    naming it, instead of mid-training.
+    naming it, instead of mid-training. `fold_rule` says how sorted subjects become folds
+    (`folds.subject_folds`).
     """
     root = _existing_root(root)
     if dataset == "auto":
@@ -199,12 +205,12 @@ def build_index(
                 bar(done, len(frames))
         finally:
             bar.close()  # a bad image's error starts on a line of its own
-    folds = subject_folds((f[1] for f in frames), n_folds)
+    folds = subject_folds((f[1] for f in frames), n_folds, fold_rule)
     records = [
         ImageRecord(path, subject, sequence, frame, label, names[label], folds[subject])
         for path, subject, sequence, frame, label in frames
     ]
-    return DatasetIndex(dataset, str(root), names, records, n_folds)
+    return DatasetIndex(dataset, str(root), names, records, n_folds, fold_rule)
 
 
 def check_image(path: Path) -> None:

@@ -18,6 +18,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from fer_core.data.folds import FOLD_RULES
 from fer_core.data.identity import dataset_identity
 from fer_core.digest_cache import DigestCache
 from fer_core.errors import FerError
@@ -99,7 +100,11 @@ def _source_identity(spec: DatasetSpec, root: Path, digests: DigestCache) -> dic
             raise FerError(
                 f"dataset {spec.name!r}: {root} is not a {spec.kind} tree (no {marker}/ inside)"
             )
-    return {"data": dataset_identity(spec.kind, root, spec.manifest, spec.n_folds, digests)}
+    return {
+        "data": dataset_identity(
+            spec.kind, root, spec.manifest, spec.n_folds, digests, spec.fold_rule
+        )
+    }
 
 
 def expand(
@@ -134,6 +139,9 @@ def expand(
                 "crop_size": dataset.crop_size,
                 "detector": dataset.detector,
                 "n_folds": dataset.n_folds,
+                # only when away from the default, so existing grids keep their ids (a
+                # synthetic twin's source identity holds no folds: the rule must be here)
+                **({"fold_rule": dataset.fold_rule} if dataset.fold_rule != FOLD_RULES[0] else {}),
             }
         )
         data_dir = rundir.data_dir(dataset.name, prepare_id)
@@ -154,6 +162,7 @@ def expand(
                     crop_size=dataset.crop_size,
                     detector=dataset.detector,
                     n_folds=dataset.n_folds,
+                    fold_rule=dataset.fold_rule,
                     out_dir=str(data_dir),
                 )
             ),

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fer_core.config import StageConfig
+from fer_core.data.folds import FOLD_RULES
 from fer_core.errors import FerError
 from fer_core.loss_registry import FOCAL_PARAMS, LOSS_PARAMS, LOSSES
 from fer_core.models.backbones import BACKBONES
@@ -55,6 +56,7 @@ DATASET_KEYS = {
     "crop_size",
     "detector",
     "n_folds",
+    "fold_rule",
     "focal",
 }
 FOCAL_KEYS = set(FOCAL_PARAMS)
@@ -75,6 +77,7 @@ class DatasetSpec:
     crop_size: int = 299
     detector: str = "mtcnn"
     n_folds: int = 10
+    fold_rule: str = FOLD_RULES[0]  # how sorted subjects become folds (D-9)
     focal: dict[str, Any] = field(default_factory=dict)
 
 
@@ -348,6 +351,9 @@ def _dataset(name: str, raw: Any, where: str, root_override: str | None) -> Data
     for key, value in (("crop_size", crop_size), ("n_folds", n_folds)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 2:
             raise FerError(f"{where}: {key} {value!r} must be an integer >= 2")
+    fold_rule = raw.get("fold_rule", FOLD_RULES[0])
+    if fold_rule not in FOLD_RULES:
+        raise FerError(f"{where}: fold_rule {fold_rule!r} is not one of {', '.join(FOLD_RULES)}")
     image_size = raw.get("image_size")
     if image_size is not None:
         if not (
@@ -376,6 +382,7 @@ def _dataset(name: str, raw: Any, where: str, root_override: str | None) -> Data
         crop_size=crop_size,
         detector=detector,
         n_folds=n_folds,
+        fold_rule=fold_rule,
         focal=dict(focal),
     )
 

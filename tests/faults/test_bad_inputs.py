@@ -211,6 +211,7 @@ def _grid_cases() -> list[Case]:
         "crop_size_too_small": "crop_size",
         "image_size_one_number": "image_size",
         "n_folds_one": "n_folds",
+        "fold_rule_unknown": "fold_rule 'step8'",
         "focal_typo": "alhpa",
         "focal_value_on_ce_only": "datasets.ckplus.focal: gamma: 'abc'",
         "alpha_zero": "alpha",
