@@ -121,6 +121,7 @@ class PrepareRow(TypedDict):
     images: int
     subjects: int
     classes: str  # comma-separated, in label order
+    fold_rule: str  # how sorted subjects became folds (fer_core.data.folds.FOLD_RULES)
     detector: str
     crop_size: int
     detected: int

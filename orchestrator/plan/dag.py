@@ -20,6 +20,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from fer_core.data.folds import FOLD_RULES
 from fer_core.data.identity import dataset_identity
 from fer_core.data.synthetic.twins import FORMAT as TWIN_FORMAT
 from fer_core.digest_cache import DigestCache
@@ -106,11 +107,11 @@ def _source_identity(spec: DatasetSpec, root: Path, digests: DigestCache) -> dic
             raise FerError(
                 f"dataset {spec.name!r}: {root} is not a {spec.kind} tree (no {marker}/ inside)"
             )
-    if spec.kind == "manifest":
-        manifest = Path(spec.manifest or root / "manifest.csv")
-        if not manifest.is_file():
-            raise FerError(f"dataset {spec.name!r}: manifest {manifest} not found")
-    return {"data": dataset_identity(spec.kind, root, spec.manifest, spec.n_folds, digests)}
+    return {
+        "data": dataset_identity(
+            spec.kind, root, spec.manifest, spec.n_folds, digests, spec.fold_rule
+        )
+    }
 
 
 def weights_identity(
@@ -166,6 +167,9 @@ def expand(
                 "crop_size": dataset.crop_size,
                 "detector": dataset.detector,
                 "n_folds": dataset.n_folds,
+                # only when away from the default, so existing grids keep their ids (a
+                # synthetic twin's source identity holds no folds: the rule must be here)
+                **({"fold_rule": dataset.fold_rule} if dataset.fold_rule != FOLD_RULES[0] else {}),
             }
         )
         data_dir = rundir.data_dir(dataset.name, prepare_id)
@@ -186,6 +190,7 @@ def expand(
                     crop_size=dataset.crop_size,
                     detector=dataset.detector,
                     n_folds=dataset.n_folds,
+                    fold_rule=dataset.fold_rule,
                     out_dir=str(data_dir),
                 )
             ),

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from fer_core.config import FINAL_EPOCHS, StageConfig
+from fer_core.data.folds import FOLD_RULES
 from fer_core.errors import FerError
-from fer_core.loss_registry import FOCAL_PARAMS, LOSSES
+from fer_core.loss_registry import FOCAL_PARAMS, LOSS_PARAMS, LOSSES
 from fer_core.models.backbones import BACKBONES
 from fer_core.models.pool_windows import deterministic_problem
 from orchestrator.plan.yamlio import check_keys, load_yaml_mapping
@@ -59,6 +60,7 @@ DATASET_KEYS = {
     "crop_size",
     "detector",
     "n_folds",
+    "fold_rule",
     "focal",
 }
 FOCAL_KEYS = set(FOCAL_PARAMS)
@@ -81,6 +83,7 @@ class DatasetSpec:
     crop_size: int = 299
     detector: str = "mtcnn"
     n_folds: int = 10
+    fold_rule: str = FOLD_RULES[0]  # how sorted subjects become folds (D-9)
     focal: dict[str, Any] = field(default_factory=dict)
 
 
@@ -377,6 +380,9 @@ def _dataset(name: str, raw: Any, where: str, root_override: str | None) -> Data
     for key, value in (("crop_size", crop_size), ("n_folds", n_folds)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 2:
             raise FerError(f"{where}: {key} {value!r} must be an integer >= 2")
+    fold_rule = raw.get("fold_rule", FOLD_RULES[0])
+    if fold_rule not in FOLD_RULES:
+        raise FerError(f"{where}: fold_rule {fold_rule!r} is not one of {', '.join(FOLD_RULES)}")
     image_size = raw.get("image_size")
     if image_size is not None:
         if not (
@@ -388,6 +394,13 @@ def _dataset(name: str, raw: Any, where: str, root_override: str | None) -> Data
         image_size = tuple(image_size)
     focal = raw.get("focal") or {}
     check_keys(focal, FOCAL_KEYS, f"{where}.focal")
+    # Checked whether or not a stage uses them, as a misspelt key is: on a CE-only grid a
+    # bad value would otherwise pass silently and surface only once a focal stage is added.
+    for key, value in focal.items():
+        try:
+            LOSS_PARAMS[key].check(value)
+        except FerError as exc:
+            raise FerError(f"{where}.focal: {exc}") from None
     return DatasetSpec(
         name=name,
         kind=kind,
@@ -398,6 +411,7 @@ def _dataset(name: str, raw: Any, where: str, root_override: str | None) -> Data
         crop_size=crop_size,
         detector=detector,
         n_folds=n_folds,
+        fold_rule=fold_rule,
         focal=dict(focal),
     )
 

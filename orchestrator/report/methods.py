@@ -125,10 +125,14 @@ def _folds(study: Study) -> list[str]:
         if not run:
             continue
         shown = f"{run[0]}–{run[-1]}" if run == list(range(run[0], run[-1] + 1)) else run
+        if info.fold_rule == "contiguous":
+            rule = f"fold ⌊i × {info.n_folds} / n⌋ + 1 of n subjects: consecutive blocks"
+        else:
+            rule = f"fold i mod {info.n_folds} + 1: interleaved"
         lines.append(
             f"`{name}`: {info.n_folds} subject-independent folds (subject ids sorted ascending, "
-            f"the i-th subject, counted from 0, goes to fold i mod {info.n_folds} + 1); "
-            f"test folds run: {shown}"
+            f"the i-th subject, counted from 0, goes to {rule}; fold_rule "
+            f"`{info.fold_rule}`, D-9); test folds run: {shown}"
         )
     return lines
 

@@ -88,6 +88,22 @@ def test_seeds_multiply_the_units_and_seed_zero_keeps_its_ids(tmp_path):
     assert sorted(u.id for u in from_cli) == sorted(u.id for u in double)
 
 
+def test_fold_rule_interleaved_is_the_default_and_contiguous_makes_new_units(tmp_path):
+    """Existing grids keep their ids; the other Oulu reading (D-9) is a different dataset
+    split, so every unit differs, even on a synthetic twin whose source holds no folds."""
+    ids = {}
+    for rule in ("", "interleaved", "contiguous"):
+        path = tmp_path / f"{rule or 'default'}.yaml"
+        line = f"\n    fold_rule: {rule}" if rule else ""
+        path.write_text(SMALL_GRID.replace("detector: center", "detector: center" + line))
+        units = expand(load_grid(str(path)), tmp_path)
+        ids[rule] = [u.id for u in units]
+        prepare = next(u for u in units if u.kind == "prepare")
+        assert prepare.spec["fold_rule"] == (rule or "interleaved")
+    assert ids[""] == ids["interleaved"]
+    assert not set(ids["contiguous"]) & set(ids[""])
+
+
 @pytest.mark.parametrize(
     ("edit", "culprit"),
     [
@@ -100,6 +116,7 @@ def test_seeds_multiply_the_units_and_seed_zero_keeps_its_ids(tmp_path):
         (("detector: center", "detector: haar"), "haar"),
         (("folds: [1]", "folds: [11]"), "11"),
         (("kind: ckplus", "kind: fer2013"), "fer2013"),
+        (("detector: center", "detector: center\n    fold_rule: blocks"), "fold_rule 'blocks'"),
     ],
 )
 def test_bad_grids_name_the_culprit(tmp_path, edit, culprit):
