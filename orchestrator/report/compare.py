@@ -16,7 +16,7 @@ from orchestrator.report.aggregate import Paired
 from orchestrator.report.sections import NONE, group_title, pct, pvalue, signed
 from orchestrator.report.significance import TTest
 from orchestrator.report.study import Comparison, Study
-from orchestrator.texttable import markdown_table
+from orchestrator.texttable import markdown_table, quantity
 
 
 # --- per-class accuracy ---------------------------------------------------------------------
@@ -68,7 +68,7 @@ def per_class_section(study: Study) -> str:
             lines += [
                 f"### {group_title(group)}: `{before}` → `{after}`",
                 "",
-                f"Pooled over the {len(folds)} folds both have{seeds} "
+                f"Pooled over the {quantity(len(folds), 'fold')} both have{seeds} "
                 f"({int(a[0].sum())} test predictions; pooled per-class accuracy).",
                 "",
                 markdown_table(
@@ -170,7 +170,7 @@ def _ratio_text(study: Study) -> str:
 def _family(study: Study) -> list[str]:
     n = len(study.comparisons)
     tested = [c for c in study.comparisons if c.holm_pvalue is not None]
-    head = f"**Multiple comparisons.** This report makes {n} comparison{'s' * (n != 1)}; "
+    head = f"**Multiple comparisons.** This report makes {quantity(n, 'comparison')}; "
     if not tested:
         return [head + "none has a defined corrected p yet, so there is nothing to correct."]
     lines = [
@@ -286,31 +286,60 @@ def _scalar(alpha: Any) -> float | None:
     return None
 
 
+def _ce_factor(config: dict[str, Any]) -> float | None:
+    """c where the stage's loss is exactly c × CE: a `focal` or `joint` stage with γ = 0 and
+    a scalar α (focal = α × CE, joint = CE + w · focal = (1 + w·α) × CE); None otherwise."""
+    alpha = _scalar(config.get("alpha"))
+    if not alpha or float(config.get("gamma") or 0) != 0:
+        return None
+    if config.get("loss") == "focal":
+        return alpha
+    if config.get("loss") == "joint":
+        return 1.0 + float(config.get("joint_weight", 1.0)) * alpha
+    return None
+
+
 def focal_note(study: Study) -> str:
-    """docs/METHOD.md §1: the report says that CK+'s α=0.25, γ=0 makes focal exactly 0.25 × CE."""
+    """docs/METHOD.md §1: with γ = 0 and a scalar α, `focal` and `joint` are scaled CE, so every
+    strategy of the paper's CK+ setting is CE at another effective learning rate."""
     lines = [
         "## Note: focal loss with γ = 0 is scaled cross-entropy",
         "",
-        "With γ = 0 the focal loss −α (1−p_t)^γ log p_t is α × CE. The paper's CK+ stage-2 "
-        "setting (α = 0.25, γ = 0) is therefore exactly 0.25 × cross-entropy: with SGD it equals "
-        "continuing CE at 0.25 × the learning rate with 4 × the weight decay, from a freshly "
-        "re-initialised last layer. A stage-2 gain on CK+ cannot come from focal down-weighting "
-        "of easy examples.",
+        "With γ = 0 the focal loss −α (1−p_t)^γ log p_t is α × CE, and `joint` (CE + w · focal) "
+        "is (1 + w·α) × CE. With SGD, training on c × CE equals training on CE at c × the "
+        "learning rate with the weight decay divided by c (momentum scales alike). The paper's "
+        "CK+ setting (α = 0.25, γ = 0) therefore makes every strategy of its Table 4 "
+        "cross-entropy at another effective learning rate: `focal` is CE at 0.25 × the "
+        "learning rate with 4 × the weight decay, `joint` (w = 1) CE at 1.25 × with weight "
+        "decay ÷ 1.25, and the chains are CE followed by CE from a freshly re-initialised last "
+        "layer. A scalar α weights every class alike, so no class balancing comes from it "
+        "either: a difference between these strategies on CK+ cannot come from focal "
+        "down-weighting of easy examples or from class weighting.",
         "",
     ]
-    seen: dict[tuple[str, float], set[str]] = {}
+    seen: dict[tuple[str, str, str], set[str]] = {}
     for unit in study.results.train_units:
         config = unit.spec.get("config", {})
+        factor = _ce_factor(config)
+        if factor is None:
+            continue
         alpha = _scalar(config.get("alpha"))
-        if config.get("loss") == "focal" and float(config.get("gamma") or 0) == 0 and alpha:
-            seen.setdefault((unit.dataset, alpha), set()).add(unit.strategy)
+        settings = f"α = {alpha:g}"
+        if config.get("loss") == "joint":
+            settings += f" and focal weight {float(config.get('joint_weight', 1.0)):g}"
+        key = (
+            unit.dataset,
+            f"{config['loss']} stage",
+            f"{settings}, so its loss is exactly {factor:g} × CE",
+        )
+        seen.setdefault(key, set()).add(unit.strategy)
     if seen:
-        for (dataset, alpha), strategies in seen.items():
+        for (dataset, stage, effect), strategies in seen.items():
             names = ", ".join(f"`{s}`" for s in sorted(strategies, key=agg.strategy_sort_key))
             lines.append(
-                f"- **In this grid**: {dataset}: the focal stage of {names} ran with γ = 0 and "
-                f"α = {alpha:g}, so its loss is exactly {alpha:g} × CE."
+                f"- **In this grid**: {dataset}: the {stage} of {names} ran with γ = 0 and "
+                f"{effect}."
             )
     else:
-        lines.append("- No focal stage in this grid ran with γ = 0 and a scalar α.")
+        lines.append("- No focal or joint stage in this grid ran with γ = 0 and a scalar α.")
     return "\n".join(lines)

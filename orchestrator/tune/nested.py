@@ -93,6 +93,7 @@ def run_tune(args: TuneRequest) -> int:
         rundir.claim(spec.grid.name, spec.path)
         rundir.write_profile(args.cluster, args.cluster_file)
         with rundir.launch_lock():
+            rundir.write_grid(spec.effective)
             choice = TuneRun(spec, rundir, make_backend(profile), settings).run(started)
     from orchestrator.report.document import write_report
 

@@ -86,8 +86,27 @@ def test_per_class_paired_and_focal_note(full):
         "| 2 vs 1: favours first |"
     ) in text
     assert "| ce>focal − ce | +7.14 | +0.00 | +7.14 |" in text  # per fold
-    assert "exactly 0.25 × cross-entropy" in text
+    assert "makes every strategy of its Table 4 cross-entropy at another effective" in text
     assert "ckplus: the focal stage of `ce>focal` ran with γ = 0 and α = 0.25" in text
+
+
+def test_gamma_zero_note_covers_joint_and_says_a_scalar_alpha_balances_no_class(tmp_path):
+    """CK+'s α = 0.25, γ = 0: `focal` is 0.25 × CE and `joint` (w = 1) 1.25 × CE, so every
+    strategy is CE at another effective learning rate; a scalar α weights classes alike."""
+    strategies = ("ce", "focal", "joint", "ce>focal")
+    errors = {("ckplus", s): [1, 2, 0] for s in strategies}
+    run = make_run(tmp_path / "run", datasets=("ckplus",), strategies=strategies, errors=errors)
+    text = write_report(run.path).path.read_text()
+    assert (
+        "ckplus: the focal stage of `focal`, `ce>focal` ran with γ = 0 and α = 0.25, so its "
+        "loss is exactly 0.25 × CE."
+    ) in text
+    assert (
+        "ckplus: the joint stage of `joint` ran with γ = 0 and α = 0.25 and focal weight 1, so "
+        "its loss is exactly 1.25 × CE."
+    ) in text
+    assert "no class balancing comes from it" in text
+    assert "4 × the weight decay" in text and "weight decay ÷ 1.25" in text
 
 
 def test_a_new_report_removes_the_figures_it_no_longer_links(tmp_path):
@@ -255,6 +274,33 @@ def test_holm_family_is_listed(full):
     assert "heuristic whose level is itself approximate" in text
 
 
+def test_heldout_caveat_claims_no_more_than_inner_removes(full):
+    """`inner` stops the test fold from picking epochs; α, γ and the demo's learning rate
+    were still chosen on test folds, so the report does not call `inner` unbiased."""
+    _, report = full
+    text = report.path.read_text()
+    assert "unbiased" not in text
+    assert "for a comparison with no epoch selection on the test fold" in text
+    assert "That is all `inner` removes" in text and "the paper's α and γ" in text
+
+
+def test_one_stage_heldout_comparisons_are_not_called_biased_toward_chains(tmp_path):
+    strategies = ("ce", "focal")
+    errors = {("ckplus", s): [1, 2, 0] for s in strategies}
+    run = make_run(
+        tmp_path / "run",
+        datasets=("ckplus",),
+        strategies=strategies,
+        errors=errors,
+        selection=("heldout", "inner"),
+    )
+    text = write_report(run.path).path.read_text()
+    section = text[text.index("## Paired comparisons") : text.index("## Per-class")]
+    assert "### ckplus · inception_v3 (heldout): epochs chosen on the test fold" in section
+    assert "multi-stage" not in section and "longer chain" not in section
+    assert "heldout comparisons are optimistic" in section
+
+
 def test_ordering_question_and_inner_headline(tmp_path):
     strategies = ("ce", "focal", "focal>ce", "ce>focal")
     errors = {("ckplus", s): [1, 2, 0] for s in strategies}
@@ -312,7 +358,26 @@ def test_no_paper_column_where_the_paper_has_no_number(tmp_path):
     text = report.path.read_text()
     assert "paper (real data)" not in text and "paper" not in report.strategy_table
     assert "paper change" not in text
-    assert "Tables 2–5" in text  # still CK+: the heading points to the paper's tables
+    # no paper number, no pointer to the paper's tables and no red crosses in the fold figure
+    assert "cf. the paper's Tables 2–5" not in text and "paper reports 10-fold" not in text
+    assert "red crosses" not in text
+    # `tiny` has no aux head: the setup block shows no aux-head weight
+    assert "aux-head weight" not in text
+
+
+def test_paper_pointers_and_aux_weight_where_they_apply(full):
+    _, report = full
+    text = report.path.read_text()
+    assert "(cf. the paper's Tables 2–5)" in text and "red crosses are the paper's means" in text
+    assert "| batch | aux-head weight |" in text
+
+
+def test_one_fold_is_not_called_folds(tmp_path):
+    run = make_run(tmp_path / "run", datasets=("ckplus",), folds=(2,))
+    text = write_report(run.path).path.read_text()
+    assert "1 folds" not in text
+    assert "Pooled over the 1 fold both have" in text and "test fold run: 2." in text
+    assert "1–1" not in text and "2–2" not in text
 
 
 def test_a_run_without_a_sweep_shows_no_sweep_point(tmp_path):
