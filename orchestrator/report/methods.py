@@ -129,10 +129,12 @@ def _folds(study: Study) -> list[str]:
             if len(run) > 1 and run == list(range(run[0], run[-1] + 1))
             else ", ".join(str(f) for f in run)
         )
+        scored = "inner split" if info.search_of else "test fold"
         lines.append(
             f"`{name}`: {info.n_folds} subject-independent folds (subject ids sorted ascending, "
             f"the i-th subject, counted from 0, goes to fold i mod {info.n_folds} + 1); "
-            f"test fold{'s' * (len(run) > 1)} run: {shown}"
+            f"{scored}{'s' * (len(run) > 1)} run: {shown}"
+            + (f" (the α/γ search's re-split of `{info.search_of}`)" if info.search_of else "")
         )
     return lines
 

@@ -125,7 +125,7 @@ def data_section(study: Study) -> str:
     results = study.results
     lines = ["## Data", ""]
     for name, info in results.datasets.items():
-        if info.synthetic:
+        if info.synthetic and not info.search_of:
             lines += [
                 f"> **SYNTHETIC twin: `{name}` is not {info.kind} data.** It is generated "
                 f"drawings in the {info.kind} layout. Its numbers show the pipeline works; they "
@@ -141,6 +141,8 @@ def data_section(study: Study) -> str:
     for name, info in results.datasets.items():
         row = results.prepare.get(name)
         kind_cell = f"{info.kind} (SYNTHETIC)" if info.synthetic else info.kind
+        if info.search_of:
+            kind_cell += f": the development subjects of `{info.search_of}` for the α/γ search"
         if row is None:
             rows.append([name, kind_cell, "not prepared yet", "", "", "", "", ""])
             continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import replace
 
 import pytest
 from PIL import Image
@@ -406,3 +407,28 @@ def test_the_methods_table_names_the_settings_each_loss_takes():
     assert methods._loss_text({"loss": "focal", "alpha": [0.5, 1.0], "gamma": 2}) == (
         "focal (α [0.5, 1.0], γ 2)"
     )
+
+
+def test_a_search_split_is_not_test_accuracy_and_stays_synthetic(tmp_path):
+    """`tune` re-splits a dataset's development subjects as a manifest dataset of its own
+    (manifest in RUN_DIR/tune, same raw tree); its folds are the search's inner folds. Here
+    `oulu` plays that split of the synthetic `ckplus`."""
+    run = make_run(tmp_path / "run", synthetic=True)
+    manifest = run.rundir.tune_dir / "dev-0123.csv"
+    units = []
+    for unit in run.rundir.read_dag():
+        if unit.kind == "prepare":
+            spec = {**unit.spec, "root": str(tmp_path / "twin")}
+            if unit.dataset == "oulu":
+                spec |= {"dataset": "manifest", "manifest": str(manifest), "synthetic": False}
+            unit = replace(unit, spec=spec)
+        units.append(unit)
+    run.rundir.write_dag(units)
+    report = write_report(run.path)
+    text = report.path.read_text()
+    assert "| oulu | manifest (SYNTHETIC): the development subjects of `ckplus` for" in text
+    assert "inner splits run: 1–3 (the α/γ search's re-split of `ckplus`)" in text
+    assert "oulu · inception_v3" not in text  # no comparisons, figures or per-class tables
+    assert "| oulu |" not in text[text.index("## Accuracy by strategy") :]
+    assert "oulu" not in report.strategy_table
+    assert "| ckplus | inception_v3 | ce |" in text

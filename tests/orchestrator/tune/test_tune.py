@@ -531,6 +531,9 @@ def test_the_report_gains_the_search_section(search_a):
     assert "nested estimate" in text and "test fold 1 of" in text
     assert "test fold run: 1." in text  # one test fold, not "1–1"
     assert "[`grid.yaml`](../grid.yaml) in the run dir" in text  # tune keeps its grid
+    # the search's development split is no test accuracy
+    assert "manifest: the development subjects of `ckplus` for the α/γ search" in text
+    assert "ckplus-dev · tiny" not in text and "| ckplus-dev | tiny |" not in text
     figure = report.path.parent / "tune-landscape.png"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
