@@ -1,4 +1,5 @@
-"""Tiny table renderers (aligned terminal text and Markdown), so output needs no extra package.
+"""Tiny table renderers (aligned terminal text and Markdown), so output needs no extra package,
+and `quantity`, the count-and-noun of table captions and titles.
 
 Cells are rendered with `cell_text`; numbers are right-aligned, everything else left-aligned,
 which keeps decimal columns readable in a terminal.
@@ -11,6 +12,11 @@ from collections.abc import Sequence
 from typing import Any
 
 MAX_CELL = 60
+
+
+def quantity(n: int, noun: str) -> str:
+    """`1 fold`, `2 folds`: a count with its noun in the right number (regular plurals)."""
+    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def cell_text(value: Any, max_width: int | None = MAX_CELL) -> str:

@@ -4,7 +4,10 @@ Pure functions over plain rows (dicts) and numpy arrays, so they are easy to che
 and the report never stores a number it could recompute. Accuracies here are in percent
 (the store keeps fractions); standard deviations are sample stds (ddof=1) between folds and,
 with replicates, between seeds: the spreads a reader needs to judge a difference of a few
-images. The tests themselves live in `significance`.
+images. A unit's result is kept as its count of correct test predictions, so a difference
+between strategies is a whole number of images before it is put into points: tied
+differences stay tied (a rank test depends on that). The tests themselves live in
+`significance`.
 """
 
 from __future__ import annotations
@@ -43,15 +46,20 @@ FoldSeed = tuple[int, int]  # (test fold, seed): one cross-validation unit of a 
 
 @dataclass
 class StrategyResult:
-    """One strategy's test accuracy (percent) per fold and seed within a group."""
+    """One strategy's correct test predictions per fold and seed within a group."""
 
     group: Group
     strategy: str
-    cells: dict[FoldSeed, float] = field(default_factory=dict)  # (fold, seed) -> accuracy %
+    correct: dict[FoldSeed, int] = field(default_factory=dict)  # (fold, seed) -> images right
     unit_ids: dict[int, list[str]] = field(default_factory=dict)  # fold -> its run rows' units
     n_test: dict[int, int] = field(default_factory=dict)  # fold -> test images
     n_train: dict[int, int] = field(default_factory=dict)  # fold -> training images (if known)
     expected_folds: int = 0  # how many folds the grid asks for (0 = unknown)
+
+    @property
+    def cells(self) -> dict[FoldSeed, float]:
+        """Test accuracy in percent per (fold, seed)."""
+        return {u: 100.0 * c / self.n_test[u[0]] for u, c in self.correct.items()}
 
     @property
     def folds(self) -> dict[int, float]:
@@ -91,35 +99,50 @@ def _means(cells: Mapping[FoldSeed, float], position: int) -> dict[int, float]:
 
 @dataclass(frozen=True)
 class Paired:
-    """Strategy `a` minus strategy `b` over the (fold, seed) units both have (points).
+    """Strategy `a` minus strategy `b` over the test folds both have, in points.
 
-    `corrected` is Nadeau & Bengio's corrected resampled t-test (None when undefined or when
-    the training-set sizes are unknown), `paired_t` the ordinary paired t-test; both carry
-    the 95 % interval of the mean difference under their variance.
+    The unit of every test is the test fold: seeds on one fold share its training and test
+    images, so they are pseudo-replicates, not independent units. A fold's difference is
+    the mean over the seeds both strategies have on it; `seed_differences` (the mean
+    difference of each seed over its folds) only describes how much a re-run with another
+    seed moves the result. `corrected` is Nadeau & Bengio's corrected resampled t-test (None
+    when undefined or when the training-set sizes are unknown), `paired_t` the ordinary
+    paired t-test; both carry the 95 % interval of the mean difference under their variance.
     """
 
     a: str
     b: str
-    units: tuple[FoldSeed, ...]
-    differences: tuple[float, ...]
-    mean_difference: float
-    test_train_ratio: float | None  # mean n_test / n_train over the units
+    fold_differences: dict[int, float]  # fold -> points, mean over the seeds both have
+    seed_differences: dict[int, float]  # seed -> points, mean over the folds both have
+    net_images: float  # test images a got right minus b, summed over folds, mean over seeds
+    images: int  # test images of the paired folds
+    test_train_ratio: float | None  # mean n_test / n_train over the folds
     corrected: sig.TTest | None
     paired_t: sig.TTest | None
     wilcoxon_pvalue: float | None
 
     @property
     def n(self) -> int:
-        return len(self.units)
+        """Independent units: the paired test folds."""
+        return len(self.fold_differences)
 
     @property
     def folds(self) -> tuple[int, ...]:
-        return tuple(sorted({fold for fold, _ in self.units}))
+        return tuple(self.fold_differences)
 
     @property
-    def fold_differences(self) -> dict[int, float]:
-        """Per-fold difference, averaged over the seeds both have on that fold."""
-        return _means(dict(zip(self.units, self.differences, strict=True)), position=0)
+    def differences(self) -> tuple[float, ...]:
+        return tuple(self.fold_differences.values())
+
+    @property
+    def mean_difference(self) -> float:
+        return mean_std(self.differences)[0]
+
+    @property
+    def seed_std(self) -> float:
+        """Spread of the difference between seeds (sample std of the per-seed means); NaN
+        with one seed. Descriptive: no test uses it."""
+        return mean_std(list(self.seed_differences.values()))[1]
 
 
 def strategy_sort_key(strategy: str) -> tuple[int, int, str]:
@@ -171,6 +194,8 @@ def strategy_results(
             continue
         fold = int(row["fold"])
         unit = (fold, int(row.get("seed") or 0))
+        n_test = int(row.get("n_test") or 0)
+        correct = _correct(row, float(accuracy), n_test)
         found = (str(row["unit_id"]), str(row.get("unit_label") or row["unit_id"]))
         for point in (points or {}).get(found[0]) or ("",):
             key = (group_of(row, point), str(row["strategy"]))
@@ -183,35 +208,33 @@ def strategy_results(
                     "again with the same --set (finished units are kept) to rewrite it"
                 )
             result = out.setdefault(key, StrategyResult(*key))
-            result.cells[unit] = 100.0 * float(accuracy)
+            result.correct[unit] = correct
             result.unit_ids.setdefault(fold, []).append(found[0])
-            result.n_test[fold] = int(row.get("n_test") or 0)
+            result.n_test[fold] = n_test
             if row.get("n_train"):
                 result.n_train[fold] = int(row["n_train"])
     for result in out.values():
-        result.cells = dict(sorted(result.cells.items()))
+        result.correct = dict(sorted(result.correct.items()))
     return out
 
 
-def net_images(a: StrategyResult, b: StrategyResult) -> tuple[float, int]:
-    """(test images `a` got right minus those `b` got right, images scored) over shared folds,
-    per seed (a fold's difference is averaged over its seeds first).
-
-    Puts a difference in points into the unit that matters on small datasets: on CK+ 0.6
-    points is about 6 of 981 images.
-    """
-    a_folds, b_folds = a.folds, b.folds
-    folds = sorted(set(a_folds) & set(b_folds))
-    images = sum(a.n_test.get(f, 0) for f in folds)
-    net = sum((a_folds[f] - b_folds[f]) * a.n_test.get(f, 0) / 100.0 for f in folds)
-    return net, images
+def _correct(row: Mapping[str, Any], accuracy: float, n_test: int) -> int:
+    """The unit's correct test predictions: its accuracy times its test images, which a
+    scored unit makes a whole number; anything else is a row no training wrote."""
+    correct = accuracy * n_test
+    if n_test <= 0 or abs(correct - round(correct)) > 1e-6:
+        raise FerError(
+            f"runs row of unit {row['unit_id']}: test_accuracy {accuracy!r} is not a whole "
+            f"number of its n_test = {n_test} test images"
+        )
+    return round(correct)
 
 
-def test_train_ratio(result: StrategyResult, units: Sequence[FoldSeed]) -> float | None:
-    """Mean n_test / n_train over `units` (Nadeau & Bengio's correction term); None when a
-    unit's sizes are unknown."""
+def test_train_ratio(result: StrategyResult, folds: Sequence[int]) -> float | None:
+    """Mean n_test / n_train over `folds` (Nadeau & Bengio's correction term); None when a
+    fold's sizes are unknown."""
     ratios = []
-    for fold, _ in units:
+    for fold in folds:
         n_test, n_train = result.n_test.get(fold), result.n_train.get(fold)
         if not n_test or not n_train:
             return None
@@ -220,19 +243,33 @@ def test_train_ratio(result: StrategyResult, units: Sequence[FoldSeed]) -> float
 
 
 def paired_comparison(a: StrategyResult, b: StrategyResult) -> Paired:
-    """`a` vs `b` on the (fold, seed) units both have: differences, their mean, the corrected
-    resampled t-test (sizes from `a`, which shares its folds with `b`), the paired t-test and
-    the Wilcoxon signed-rank test. Undefined tests (fewer than 2 units, no variation) are None.
+    """`a` vs `b` on the test folds both have (each fold's difference averaged over the seeds
+    both have on it): the mean difference, the corrected resampled t-test (sizes from `a`,
+    which shares its folds with `b`), the paired t-test and the Wilcoxon signed-rank test,
+    all on the fold differences. Undefined tests (fewer than 2 folds, no variation) are None.
+
+    A fold's difference is computed from whole image counts, 100 · Σ_seeds (c_a − c_b) /
+    (seeds · n_test), one rounding of an exact ratio: folds whose differences are equal get
+    bitwise-equal numbers, which the Wilcoxon test then ranks as ties.
     """
-    units = tuple(sorted(set(a.cells) & set(b.cells)))
-    diffs = [a.cells[u] - b.cells[u] for u in units]
-    ratio = test_train_ratio(a, units)
+    units = sorted(set(a.correct) & set(b.correct))
+    net: dict[FoldSeed, int] = {u: a.correct[u] - b.correct[u] for u in units}
+    by_fold: dict[int, list[int]] = {}
+    for (fold, _), d in net.items():
+        by_fold.setdefault(fold, []).append(d)
+    fold_differences = {
+        f: 100.0 * sum(d) / (len(d) * a.n_test[f]) for f, d in sorted(by_fold.items())
+    }
+    seed_differences = _means({u: 100.0 * d / a.n_test[u[0]] for u, d in net.items()}, 1)
+    diffs = list(fold_differences.values())
+    ratio = test_train_ratio(a, list(fold_differences))
     return Paired(
         a=a.strategy,
         b=b.strategy,
-        units=units,
-        differences=tuple(float(d) for d in diffs),
-        mean_difference=float(np.mean(diffs)) if diffs else math.nan,
+        fold_differences=fold_differences,
+        seed_differences=seed_differences,
+        net_images=float(sum(sum(d) / len(d) for d in by_fold.values())),
+        images=sum(a.n_test[f] for f in by_fold),
         test_train_ratio=ratio,
         corrected=None if ratio is None else sig.resampled_t(diffs, ratio),
         paired_t=sig.resampled_t(diffs, 0.0),

@@ -12,10 +12,11 @@ from typing import Any
 
 from orchestrator.report import aggregate as agg
 from orchestrator.report import paper_numbers as paper
+from orchestrator.report.aggregate import Paired
 from orchestrator.report.sections import NONE, group_title, pct, pvalue, signed
 from orchestrator.report.significance import TTest
 from orchestrator.report.study import Comparison, Study
-from orchestrator.texttable import markdown_table
+from orchestrator.texttable import markdown_table, quantity
 
 
 # --- per-class accuracy ---------------------------------------------------------------------
@@ -67,7 +68,7 @@ def per_class_section(study: Study) -> str:
             lines += [
                 f"### {group_title(group)}: `{before}` → `{after}`",
                 "",
-                f"Pooled over the {len(folds)} folds both have{seeds} "
+                f"Pooled over the {quantity(len(folds), 'fold')} both have{seeds} "
                 f"({int(a[0].sum())} test predictions; pooled per-class accuracy).",
                 "",
                 markdown_table(
@@ -103,7 +104,8 @@ def _tests_table(comparisons: list[Comparison], study: Study) -> str:
         "mean",
         "95 % CI (corrected)",
         "net images",
-        "units",
+        "folds",
+        *["seeds", "std between seeds"] * study.multi_seed,
         "corrected p",
         "Holm p",
         "paired t p",
@@ -113,14 +115,15 @@ def _tests_table(comparisons: list[Comparison], study: Study) -> str:
     rows = []
     for c in comparisons:
         p = c.paired
-        net, images = agg.net_images(study.result(c.group, p.a), study.result(c.group, p.b))
+        seeds = len(p.seed_differences)
         rows.append(
             [
                 f"{p.a} − {p.b}",
                 signed(p.mean_difference),
                 _interval(p.corrected),
-                f"{net:+.0f} of {images}" if images else NONE,
+                f"{p.net_images:+.{_net_digits(p)}f} of {p.images}" if p.images else NONE,
                 p.n,
+                *[seeds, pct(p.seed_std) if seeds > 1 else NONE] * study.multi_seed,
                 pvalue(p.corrected.pvalue if p.corrected else None),
                 pvalue(c.holm_pvalue),
                 pvalue(p.paired_t.pvalue if p.paired_t else None),
@@ -128,7 +131,13 @@ def _tests_table(comparisons: list[Comparison], study: Study) -> str:
                 _rounds_cell(c),
             ]
         )
-    return markdown_table(headers, rows, [False] + [True] * 8 + [False])
+    right = [False] + [True] * (len(headers) - 2) + [False]
+    return markdown_table(headers, rows, right)
+
+
+def _net_digits(paired: Paired) -> int:
+    """Whole images with one seed; a mean over seeds may be a fraction of an image."""
+    return 0 if paired.net_images.is_integer() else 1
 
 
 def _folds_table(comparisons: list[Comparison]) -> str:
@@ -161,14 +170,16 @@ def _ratio_text(study: Study) -> str:
 def _family(study: Study) -> list[str]:
     n = len(study.comparisons)
     tested = [c for c in study.comparisons if c.holm_pvalue is not None]
-    head = f"**Multiple comparisons.** This report makes {n} comparison{'s' * (n != 1)}; "
+    head = f"**Multiple comparisons.** This report makes {quantity(n, 'comparison')}; "
     if not tested:
         return [head + "none has a defined corrected p yet, so there is nothing to correct."]
     lines = [
         head + f"{len(tested)} with a defined corrected p form the family of Holm's correction "
         f"(m = {len(tested)}). 'Holm p' is the corrected p after Holm's step-down correction: "
         "claiming only the comparisons with Holm p < 0.05 keeps the chance of any false claim "
-        "among these at 5 %:",
+        "among these at about 5 %. Only about: Holm's guarantee holds for valid p-values, and "
+        "the corrected resampled t-test is a heuristic whose level is itself approximate. "
+        "The family:",
         "",
     ]
     return lines + [
@@ -183,36 +194,58 @@ def paired_section(study: Study) -> str:
     lines = [
         "## Paired comparisons across folds",
         "",
-        "Each comparison pairs two strategies on the units both have (a unit is one test fold"
-        + (", per seed" if study.multi_seed else "")
-        + "); differences are in points of fold accuracy, first minus second (positive = first "
-        f"better). 'net images' turns the mean difference into test images{example}.",
+        "Each comparison pairs two strategies on the test folds both have; differences are in "
+        "points of fold accuracy, first minus second (positive = first better). 'net images' "
+        "counts the test images the first got right minus those the second got right, over "
+        f"those folds{example}."
+        + (
+            " **The unit of every test is the test fold**: a fold's difference is the mean over "
+            "the seeds both have on it, because seeds on one fold share its training and test "
+            "images (counting them as independent units would make every p too small). "
+            "'seeds' and 'std between seeds' (the sample std of the per-seed mean differences) "
+            "only describe how much a re-run with another seed moves the difference; 'net "
+            "images' is a mean over seeds."
+            if study.multi_seed
+            else ""
+        ),
         "",
         "- **corrected p** and the **95 % CI**: the corrected resampled t-test for "
         "cross-validation (Nadeau & Bengio 2003). The training sets of different folds share "
         "most of their images, so the per-fold differences are correlated; the test inflates "
-        "the variance of the J differences by (1/J + n_test/n_train) instead of 1/J. "
+        "the variance of the J fold differences by (1/J + n_test/n_train) instead of 1/J. "
         + _ratio_text(study)
         + ".",
         "- **paired t p** and **Wilcoxon p** (signed-rank) ignore that overlap and are "
-        "anti-conservative; they are shown for comparison. With J units the Wilcoxon p cannot "
-        "go below 2/2ᴶ (0.25 at 3, 0.002 at 10). n/a: fewer than 2 units, no variation, or "
+        "anti-conservative; they are shown for comparison. With J folds the Wilcoxon p cannot "
+        "go below 2/2ᴶ (0.25 at 3, 0.002 at 10), and tied differences (folds where the first "
+        "won by the same number of images) are ranked as ties. n/a: fewer than 2 folds, no "
+        "variation, or "
         "(corrected test only) training-set sizes unknown.",
         "- **test-fold selections**: how many times each side's test fold chose the kept epoch.",
     ]
-    if any(c.group.selection == "heldout" for c in study.comparisons):
+    heldout = [c for c in study.comparisons if c.group.selection == "heldout"]
+    if heldout:
         lines.append(
-            "- ⚠ **heldout comparisons are biased toward multi-stage strategies**: under "
-            "`heldout` every stage keeps the epoch that scored best on the test fold, so a "
-            "k-stage chain has had k rounds of test-fold selection against one for a single "
-            "stage. The optimism this adds is not measured here; with test folds of about a "
-            "hundred images it can be of the order of a point, as large as the gains at stake, "
-            "so read a difference in favour of the longer chain as an upper bound."
+            "- ⚠ **heldout comparisons are optimistic**: under `heldout` every stage keeps the "
+            "epoch that scored best on the test fold. The optimism this adds is not measured "
+            "here; with test folds of about a hundred images it can be of the order of a point, "
+            "as large as the gains at stake."
             + (
-                " The headline comparisons below use the `inner` results."
-                if study.headline_selection
-                else " Run the grid with `selection: inner` for an unbiased comparison."
+                " A k-stage chain has had k rounds of that selection against one for a single "
+                "stage, so a difference in favour of the longer chain is an upper bound."
+                if any(len(set(c.rounds)) > 1 for c in heldout)
+                else ""
             )
+            + (
+                " The headline comparisons below use the `inner` results: no epoch selection "
+                "on the test fold."
+                if study.headline_selection
+                else " Run the grid with `selection: inner` for a comparison with no epoch "
+                "selection on the test fold."
+            )
+            + " That is all `inner` removes: settings chosen by looking at test-fold results "
+            "(the paper's α and γ, a learning rate tuned on `heldout` accuracies, the best "
+            "point of a sweep) keep an optimism that no test here corrects."
         )
     lines.append("")
     if not study.comparisons:
@@ -223,7 +256,7 @@ def paired_section(study: Study) -> str:
         mine = [c for c in ordered if c.group == group]
         role = "headline" if study.headline_selection and mine[0].headline else ""
         if study.headline_selection and not role:
-            role = "biased toward multi-stage strategies"
+            role = "epochs chosen on the test fold"
         title = group_title(group) + (f": {role}" if role else "")
         lines += [
             f"### {title}",
@@ -253,31 +286,60 @@ def _scalar(alpha: Any) -> float | None:
     return None
 
 
+def _ce_factor(config: dict[str, Any]) -> float | None:
+    """c where the stage's loss is exactly c × CE: a `focal` or `joint` stage with γ = 0 and
+    a scalar α (focal = α × CE, joint = CE + w · focal = (1 + w·α) × CE); None otherwise."""
+    alpha = _scalar(config.get("alpha"))
+    if not alpha or float(config.get("gamma") or 0) != 0:
+        return None
+    if config.get("loss") == "focal":
+        return alpha
+    if config.get("loss") == "joint":
+        return 1.0 + float(config.get("joint_weight", 1.0)) * alpha
+    return None
+
+
 def focal_note(study: Study) -> str:
-    """docs/METHOD.md §1: the report says that CK+'s α=0.25, γ=0 makes focal exactly 0.25 × CE."""
+    """docs/METHOD.md §1: with γ = 0 and a scalar α, `focal` and `joint` are scaled CE, so every
+    strategy of the paper's CK+ setting is CE at another effective learning rate."""
     lines = [
         "## Note: focal loss with γ = 0 is scaled cross-entropy",
         "",
-        "With γ = 0 the focal loss −α (1−p_t)^γ log p_t is α × CE. The paper's CK+ stage-2 "
-        "setting (α = 0.25, γ = 0) is therefore exactly 0.25 × cross-entropy: with SGD it equals "
-        "continuing CE at 0.25 × the learning rate with 4 × the weight decay, from a freshly "
-        "re-initialised last layer. A stage-2 gain on CK+ cannot come from focal down-weighting "
-        "of easy examples.",
+        "With γ = 0 the focal loss −α (1−p_t)^γ log p_t is α × CE, and `joint` (CE + w · focal) "
+        "is (1 + w·α) × CE. With SGD, training on c × CE equals training on CE at c × the "
+        "learning rate with the weight decay divided by c (momentum scales alike). The paper's "
+        "CK+ setting (α = 0.25, γ = 0) therefore makes every strategy of its Table 4 "
+        "cross-entropy at another effective learning rate: `focal` is CE at 0.25 × the "
+        "learning rate with 4 × the weight decay, `joint` (w = 1) CE at 1.25 × with weight "
+        "decay ÷ 1.25, and the chains are CE followed by CE from a freshly re-initialised last "
+        "layer. A scalar α weights every class alike, so no class balancing comes from it "
+        "either: a difference between these strategies on CK+ cannot come from focal "
+        "down-weighting of easy examples or from class weighting.",
         "",
     ]
-    seen: dict[tuple[str, float], set[str]] = {}
+    seen: dict[tuple[str, str, str], set[str]] = {}
     for unit in study.results.train_units:
         config = unit.spec.get("config", {})
+        factor = _ce_factor(config)
+        if factor is None:
+            continue
         alpha = _scalar(config.get("alpha"))
-        if config.get("loss") == "focal" and float(config.get("gamma") or 0) == 0 and alpha:
-            seen.setdefault((unit.dataset, alpha), set()).add(unit.strategy)
+        settings = f"α = {alpha:g}"
+        if config.get("loss") == "joint":
+            settings += f" and focal weight {float(config.get('joint_weight', 1.0)):g}"
+        key = (
+            unit.dataset,
+            f"{config['loss']} stage",
+            f"{settings}, so its loss is exactly {factor:g} × CE",
+        )
+        seen.setdefault(key, set()).add(unit.strategy)
     if seen:
-        for (dataset, alpha), strategies in seen.items():
+        for (dataset, stage, effect), strategies in seen.items():
             names = ", ".join(f"`{s}`" for s in sorted(strategies, key=agg.strategy_sort_key))
             lines.append(
-                f"- **In this grid**: {dataset}: the focal stage of {names} ran with γ = 0 and "
-                f"α = {alpha:g}, so its loss is exactly {alpha:g} × CE."
+                f"- **In this grid**: {dataset}: the {stage} of {names} ran with γ = 0 and "
+                f"{effect}."
             )
     else:
-        lines.append("- No focal stage in this grid ran with γ = 0 and a scalar α.")
+        lines.append("- No focal or joint stage in this grid ran with γ = 0 and a scalar α.")
     return "\n".join(lines)

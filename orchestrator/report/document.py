@@ -18,6 +18,7 @@ from orchestrator.report import tune as report_tune
 from orchestrator.report.aggregate import Group, row_normalised
 from orchestrator.report.results import load_results
 from orchestrator.report.study import Study, build_study
+from orchestrator.texttable import quantity
 
 REPORT_DIR = "report"
 FOLDS_FIGURE = "folds.png"
@@ -65,7 +66,7 @@ def confusion_section(study: Study, out_dir: Path) -> str:
             title = (
                 f"{strategy} ({_stage_label(strategy)})\n"
                 f"pooled {accuracy:.1f}% of {int(counts.sum())} predictions, "
-                f"{result.n} folds{seeds}"
+                f"{quantity(result.n, 'fold')}{seeds}"
             )
             panels.append(figures.ConfusionPanel(title, row_normalised(counts)))
         if not panels or classes is None:
@@ -105,7 +106,7 @@ def folds_section(study: Study, out_dir: Path) -> str:
     return (
         f"## Accuracy per fold\n\nEach dot is one test fold's accuracy{seeds}; grey lines "
         "join the same fold across strategies (the pairing the tests use)"
-        + (paper_text if sections.shows_paper(study) else "")
+        + (paper_text if any(panel.paper for panel in panels) else "")
         + ". Dotted: chance (1 / number of classes); dashed: always predicting the majority "
         "class (its share of the test images).\n\n"
         f"![per-fold accuracy]({FOLDS_FIGURE})"

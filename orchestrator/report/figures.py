@@ -16,6 +16,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from orchestrator.texttable import quantity
+
 PANELS_PER_ROW = 3
 
 
@@ -146,7 +148,7 @@ def fold_figure(panels: Sequence[FoldPanel]) -> bytes:
                     label=label,
                 )
                 label = None
-        labels = [f"{s}\n{len(panel.folds[s])} folds" for s in strategies]
+        labels = [f"{s}\n{quantity(len(panel.folds[s]), 'fold')}" for s in strategies]
         ax.set_xticks(range(len(strategies)), labels=labels, fontsize=8)
         ax.set_xlim(-0.6, len(strategies) - 0.4)
         ax.set_ylabel("test accuracy of the fold (%)")

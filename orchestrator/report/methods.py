@@ -14,6 +14,7 @@ from collections import Counter
 from typing import Any
 
 from fer_core.loss_registry import LOSS_PARAMS, LOSSES
+from fer_core.models.backbones import BACKBONES
 from orchestrator.report.sections import NONE
 from orchestrator.report.study import Study
 from orchestrator.texttable import markdown_table
@@ -58,8 +59,12 @@ def _schedule(config: dict[str, Any]) -> str:
 
 
 def _stage_table(study: Study) -> str:
+    """One row per distinct stage setting; the aux-head weight only for backbones that have
+    an aux head (Inception-v3), and its column only when some unit's backbone has one."""
+    with_aux = any(_has_aux(unit.backbone) for unit, _ in _configs(study))
     keys: dict[tuple[Any, ...], set[str]] = {}
     for unit, config in _configs(study):
+        aux = str(config.get("aux_weight")) if _has_aux(unit.backbone) else NONE
         key = (
             unit.stage,
             _loss_text(config),
@@ -68,7 +73,7 @@ def _stage_table(study: Study) -> str:
             config.get("momentum"),
             config.get("weight_decay"),
             config.get("batch_size"),
-            config.get("aux_weight"),
+            *[aux] * with_aux,
         )
         keys.setdefault(key, set()).add(unit.dataset)
     rows = [[*key[:2], ", ".join(sorted(names)), *key[2:]] for key, names in sorted(keys.items())]
@@ -81,9 +86,14 @@ def _stage_table(study: Study) -> str:
         "momentum",
         "weight decay",
         "batch",
-        "aux-head weight",
+        *["aux-head weight"] * with_aux,
     ]
-    return markdown_table(headers, rows, [True, False, False] + [True] * 6)
+    return markdown_table(headers, rows, [True, False, False] + [True] * (len(headers) - 3))
+
+
+def _has_aux(backbone: str) -> bool:
+    spec = BACKBONES.get(backbone)
+    return spec is not None and spec.has_aux
 
 
 def _counted(values: list[Any], missing: str = NOT_RECORDED) -> str:
@@ -124,15 +134,21 @@ def _folds(study: Study) -> list[str]:
         run = sorted({u.fold for u in study.results.train_units if u.dataset == name})
         if not run:
             continue
-        shown = f"{run[0]}–{run[-1]}" if run == list(range(run[0], run[-1] + 1)) else run
+        shown = (
+            f"{run[0]}–{run[-1]}"
+            if len(run) > 1 and run == list(range(run[0], run[-1] + 1))
+            else ", ".join(str(f) for f in run)
+        )
         if info.fold_rule == "contiguous":
             rule = f"fold ⌊i × {info.n_folds} / n⌋ + 1 of n subjects: consecutive blocks"
         else:
             rule = f"fold i mod {info.n_folds} + 1: interleaved"
+        scored = "inner split" if info.search_of else "test fold"
         lines.append(
             f"`{name}`: {info.n_folds} subject-independent folds (subject ids sorted ascending, "
             f"the i-th subject, counted from 0, goes to {rule}; fold_rule "
-            f"`{info.fold_rule}`, D-9); test folds run: {shown}"
+            f"`{info.fold_rule}`, D-9); {scored}{'s' * (len(run) > 1)} run: {shown}"
+            + (f" (the α/γ search's re-split of `{info.search_of}`)" if info.search_of else "")
         )
     return lines
 

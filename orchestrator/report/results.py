@@ -9,7 +9,7 @@ run can show "7/10 folds" rather than pretend its 7 folds are the study.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ class DatasetInfo:
     prepare_id: str
     n_folds: int = 10
     fold_rule: str = FOLD_RULES[0]  # how sorted subjects became folds (D-9)
+    search_of: str | None = None  # `tune`'s re-split of this dataset's development subjects
 
 
 @dataclass
@@ -94,6 +95,26 @@ def _read_rows(rundir: RunDir, table: str, unit_ids: set[str]) -> list[dict[str,
     return [] if data is None else data.to_pylist()
 
 
+def _search_source(rundir: RunDir, unit: Unit, prepares: list[Unit]) -> str | None:
+    """The dataset whose development subjects `unit` prepares for `tune`'s search (its
+    manifest is one `tune` wrote into RUN_DIR/tune, over the same raw tree), else None. Such
+    a dataset's "test" folds are inner folds of the search: no test accuracy, and a twin's
+    images stay a twin's (its own spec says `manifest`, not synthetic). "?" when no other
+    dataset of the run has its raw tree."""
+    manifest = unit.spec.get("manifest")
+    if not manifest or Path(manifest).resolve().parent != rundir.tune_dir.resolve():
+        return None
+    root = Path(str(unit.spec.get("root"))).resolve()
+    return next(
+        (
+            u.dataset
+            for u in prepares
+            if u is not unit and u.spec.get("root") and Path(u.spec["root"]).resolve() == root
+        ),
+        "?",
+    )
+
+
 def load_results(run_dir: str | Path) -> Results:
     """Read `run_dir`'s DAG and the store rows of its units."""
     path = Path(run_dir)
@@ -105,6 +126,7 @@ def load_results(run_dir: str | Path) -> Results:
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     done = {u.id for u in units if rundir.store.is_done(u.id, u.kind)}
 
+    prepares = [u for u in units if u.kind == "prepare"]
     datasets = {
         u.dataset: DatasetInfo(
             u.dataset,
@@ -114,9 +136,15 @@ def load_results(run_dir: str | Path) -> Results:
             int(u.spec.get("n_folds") or 10),
             str(u.spec.get("fold_rule") or FOLD_RULES[0]),
         )
-        for u in units
-        if u.kind == "prepare"
+        for u in prepares
     }
+    for unit in prepares:
+        source = _search_source(rundir, unit, prepares)
+        if source is not None:
+            synthetic = source in datasets and datasets[source].synthetic
+            datasets[unit.dataset] = replace(
+                datasets[unit.dataset], synthetic=synthetic, search_of=source
+            )
     train_ids = {u.id for u in units if u.kind == "train"}
     runs = _read_rows(rundir, "runs", train_ids)
     prepare_rows = _read_rows(rundir, "prepare", {d.prepare_id for d in datasets.values()})

@@ -107,7 +107,10 @@ def header(study: Study) -> str:
             f"- **Sweep: {len(points)} grid points** ({'; '.join(points)}). Each point is "
             "reported separately (its own rows, figures and comparisons; a unit no swept key "
             "changes, such as a shared stage 1, counts in every point it serves); Holm's "
-            f"correction runs over the comparisons of all points together (m = {family}).",
+            f"correction runs over the comparisons of all points together (m = {family}). "
+            "Choosing the best point from these results is itself selection on the test "
+            "folds: Holm's correction covers the number of tests, not that optimism, so the "
+            "best point's numbers are optimistic until a fresh run confirms them.",
         ]
     selections = sorted({g.selection for g in study.groups})
     for selection in selections or ["heldout"]:
@@ -122,7 +125,7 @@ def data_section(study: Study) -> str:
     results = study.results
     lines = ["## Data", ""]
     for name, info in results.datasets.items():
-        if info.synthetic:
+        if info.synthetic and not info.search_of:
             lines += [
                 f"> **SYNTHETIC twin: `{name}` is not {info.kind} data.** It is generated "
                 f"drawings in the {info.kind} layout. Its numbers show the pipeline works; they "
@@ -138,6 +141,8 @@ def data_section(study: Study) -> str:
     for name, info in results.datasets.items():
         row = results.prepare.get(name)
         kind_cell = f"{info.kind} (SYNTHETIC)" if info.synthetic else info.kind
+        if info.search_of:
+            kind_cell += f": the development subjects of `{info.search_of}` for the α/γ search"
         if row is None:
             rows.append([name, kind_cell, "not prepared yet", "", "", "", "", ""])
             continue
@@ -172,14 +177,9 @@ def data_section(study: Study) -> str:
 
 
 # --- the strategy table (Tables 2-5) --------------------------------------------------------
-def shows_paper(study: Study) -> bool:
-    """True when some dataset is one the paper reports on (CK+, Oulu-CASIA): only then does
-    the report set its numbers beside the paper's."""
-    return any(study.results.kind_of(g.dataset) in paper.PAPER_KINDS for g in study.groups)
-
-
 def _has_paper_numbers(study: Study) -> bool:
-    """True when the paper prints a number for some row (not for a `tiny` backbone, say)."""
+    """True when the paper prints a number for some row (not for a `tiny` backbone, say, nor
+    for a user's own dataset): only then does the report point to the paper's tables."""
     return any(
         paper.paper_accuracy(study.results.kind_of(g.dataset), g.backbone, s) is not None
         for g in study.groups
@@ -256,7 +256,7 @@ def strategy_text(study: Study) -> str:
 
 def strategy_section(study: Study) -> str:
     headers, rows, right = strategy_rows(study)
-    with_paper = shows_paper(study)
+    with_paper = _has_paper_numbers(study)
     seeds = (
         " Each fold's accuracy is first averaged over its seeds; 'std between seeds' is the "
         "sample std of the per-seed fold-means, the spread a re-run with another seed gives."

@@ -1,13 +1,16 @@
 """Tests for "is strategy A better than strategy B?" over cross-validation units, and Holm's
 correction across the comparisons of one report.
 
-Pure functions over per-unit differences (a unit = one test fold, or one (fold, seed) pair),
-so each number can be checked by hand. Why more than a paired t-test: the training sets of
-k-fold cross-validation overlap, so the per-fold differences are positively correlated and
-the plain paired t-test (variance / J) is anti-conservative. Nadeau & Bengio (2003) inflate
-the variance of the J differences by (1/J + n_test/n_train) instead of 1/J (the "corrected
-resampled t-test"; with r seeds × k folds, J = r·k, as in Bouckaert & Frank 2004). The
-95 % interval of the mean difference uses the same corrected standard error. A report that
+Pure functions over per-fold differences (a unit = one test fold), so each number can be
+checked by hand. Why more than a paired t-test: the training sets of k-fold cross-validation
+overlap, so the per-fold differences are positively correlated and the plain paired t-test
+(variance / J) is anti-conservative. Nadeau & Bengio (2003) inflate the variance of the J
+differences by (1/J + n_test/n_train) instead of 1/J (the "corrected resampled t-test"). It
+is a heuristic: its level is only approximately the nominal one. The r·k units of
+Bouckaert & Frank (2004) are for repeated cross-validation with a new random partition per
+repetition; seeds on this project's fixed, subject-independent folds share each fold's
+training and test images, so the caller averages them within a fold and J = k. The 95 %
+interval of the mean difference uses the same corrected standard error. A report that
 prints several tests also corrects for their number (Holm 1979, step-down).
 """
 
@@ -60,7 +63,8 @@ def resampled_t(differences: Sequence[float], test_train_ratio: float) -> TTest 
 
 def wilcoxon_pvalue(differences: Sequence[float]) -> float | None:
     """Two-sided Wilcoxon signed-rank p (scipy's default: exact for small J without ties or
-    zeros); None with fewer than 2 units or when every difference is 0."""
+    zeros); None with fewer than 2 units or when every difference is 0. Equal differences
+    must be equal floats to count as ties: the caller computes them from image counts."""
     d = np.asarray(differences, dtype=float)
     if len(d) < 2 or not np.any(d):
         return None

@@ -137,6 +137,10 @@ def build_study(results: Results) -> Study:
     for key, folds in results.expected.items():
         entry = by_key.setdefault(key, StrategyResult(*key))
         entry.expected_folds = len(folds)
+    # a search's development split is scored on inner folds, not on test folds: no test
+    # accuracy to report (the α/γ section reports the search)
+    searched = {name for name, info in results.datasets.items() if info.search_of}
+    by_key = {key: r for key, r in by_key.items() if key[0].dataset not in searched}
     dataset_rank = _order([u.dataset for u in results.units])
     backbone_rank = _order([u.backbone for u in results.train_units])
     point_rank = _order(results.sweep_points)

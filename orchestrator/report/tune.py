@@ -14,7 +14,7 @@ from pathlib import Path
 from fer_core.io import atomic_write_bytes
 from orchestrator.run.rundir import RunDir
 from orchestrator.run.store import Store
-from orchestrator.texttable import markdown_table
+from orchestrator.texttable import markdown_table, quantity
 from orchestrator.tune.records import ChoiceRecord, TrialRow, read_choice, read_trials
 
 FIGURE = "tune-landscape.png"
@@ -102,6 +102,11 @@ def landscape_png(rows: list[TrialRow], alpha_order: list[str], synthetic: bool)
     return buffer.getvalue()
 
 
+def _listed(noun: str, numbers: list[int]) -> str:
+    """`fold 3`, `folds 1, 2`."""
+    return f"{noun}{'s' * (len(numbers) != 1)} {', '.join(str(n) for n in numbers)}"
+
+
 def _runs(store: Store, ids: dict[str, str] | None) -> dict[str, float]:
     """Test accuracy per fold (as text) of the units `ids` (fold -> unit id)."""
     if not ids:
@@ -137,7 +142,8 @@ def tune_section(run_dir: str | Path, out_dir: Path, synthetic: Collection[str] 
     lines = ["## α/γ search (Ray Tune, nested model selection)", ""]
     if choice is None:
         lines += [
-            f"The search has not finished ({len(rows)} trials so far: {counts['complete']} "
+            f"The search has not finished ({quantity(len(rows), 'trial')} so far: "
+            f"{counts['complete']} "
             f"complete, {counts['stopped']} stopped early); run `tune` again on this run dir "
             "to resume it. No configuration has been chosen and no test fold scored.",
             "",
@@ -145,8 +151,8 @@ def tune_section(run_dir: str | Path, out_dir: Path, synthetic: Collection[str] 
         ]
         return "\n".join(lines)
     store = Store(run_dir)
-    folds = ", ".join(str(f) for f in choice["test_folds"])
-    splits = ", ".join(str(f) for f in choice["search_folds"])
+    folds = _listed("fold", choice["test_folds"])
+    splits = _listed("split", choice["search_folds"])
     scheduler = choice["scheduler"]
     sched_text = (
         f"ASHA (grace period {scheduler['grace_period']} epoch(s), reduction factor "
@@ -155,11 +161,11 @@ def tune_section(run_dir: str | Path, out_dir: Path, synthetic: Collection[str] 
         else f"no early stopping ({scheduler['max_t']} epochs per trial)"
     )
     lines += [
-        f"**Protocol.** The search never saw test folds {folds} of `{choice['dataset']}`: "
+        f"**Protocol.** The search never saw test {folds} of `{choice['dataset']}`: "
         f"their subjects were held out, and the other subjects were re-split into "
         f"{choice['inner_folds']} subject-independent inner folds (dataset "
         f"`{choice['dev_dataset']}`). Each trial trained stage 2 ({choice['strategy']}) from "
-        f"the stage-1 checkpoint of inner splits {splits} (stage 1 trained once per split) and "
+        f"the stage-1 checkpoint of inner {splits} (stage 1 trained once per split) and "
         "was ranked by its mean inner-validation accuracy alone. The chosen configuration was "
         "then trained on each test fold's own training set (best epoch picked on an inner "
         "fold) and scored on the test fold, once: a nested estimate.",

@@ -46,6 +46,7 @@ from orchestrator.run.lineage import reset_stale
 from orchestrator.run.rundir import RunDir
 from orchestrator.run.states import State
 from orchestrator.run.status import unit_states
+from orchestrator.texttable import quantity
 from orchestrator.tune.records import (
     ChoiceRecord,
     SchedulerRecord,
@@ -93,6 +94,7 @@ def run_tune(args: TuneRequest) -> int:
         rundir.claim(spec.grid.name, spec.path)
         rundir.write_profile(args.cluster, args.cluster_file)
         with rundir.launch_lock():
+            rundir.write_grid(spec.effective)
             choice = TuneRun(spec, rundir, make_backend(profile), settings).run(started)
     from orchestrator.report.document import write_report
 
@@ -421,8 +423,9 @@ def summary(choice: ChoiceRecord) -> str:
     folds = ", ".join(f"f{k} {100 * v:.1f}" for k, v in test["per_fold"].items())
     lines = [
         f"tune: chosen α={choice['alpha']} γ={choice['gamma']:.3g} on inner validation "
-        f"({100 * choice['inner_val_mean']:.2f}% mean over {len(choice['search_folds'])} inner "
-        f"splits; {choice['trials']} trials: {choice['trials_complete']} complete, "
+        f"({100 * choice['inner_val_mean']:.2f}% mean over "
+        f"{quantity(len(choice['search_folds']), 'inner split')}; "
+        f"{quantity(choice['trials'], 'trial')}: {choice['trials_complete']} complete, "
         f"{choice['trials_stopped']} stopped early, {choice['trials_error']} failed)",
         f"nested test accuracy on held-out folds {choice['test_folds']}: "
         f"{_mean_std(test)} ({folds})",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -94,6 +94,7 @@ class TuneSpec:
     seed: int
     max_concurrent: int | None
     paper_protocol: bool
+    effective: dict[str, Any] = field(default_factory=dict)  # the grid as run, for grid.yaml
 
     @property
     def strategy(self) -> str:
@@ -263,6 +264,7 @@ def load_tune(
         paper_protocol=paper_protocol,
     )
     spec = replace(spec, samples=_samples(search, samples, spec, where))
+    spec = replace(spec, effective=_effective(grid, search, spec.samples))
     _check_max_t(search.get("scheduler") or {}, spec, f"{where}: search.scheduler")
     # Every α choice x the γ extremes must make a valid stage-2 config: fail here, not in a trial.
     base = spec.stage2_config()
@@ -419,6 +421,14 @@ def _check_max_t(value: dict[str, Any], spec: TuneSpec, where: str) -> None:
             f"epochs x {len(spec.search_folds)} search folds), or left out: the objective needs "
             "every fold"
         )
+
+
+def _effective(grid: Grid, search: dict[str, Any], samples: int) -> dict[str, Any]:
+    """The tune grid as it runs (after `--set`, `--samples` and `--data`), in the tune grid's
+    own form: what RUN_DIR/grid.yaml keeps, as `launch` keeps its effective grid. The
+    experiment the search implies is left out (a tune grid may not name one)."""
+    kept = {k: v for k, v in grid.mapping.items() if k != "experiments"}
+    return {**kept, "search": {**search, "samples": samples}}
 
 
 def _samples(search: dict[str, Any], override: int | None, spec: TuneSpec, where: str) -> int:

@@ -82,7 +82,7 @@ def _predictions(unit_id: str, dataset: str, fold: int, wrong: int) -> list[dict
 
 def _config(dataset: str, loss: str, selection: str, seed: int) -> dict[str, Any]:
     """The full stage configuration, as the grid's DAG and the runs rows hold it."""
-    extra = FOCAL[dataset] if loss == "focal" else {"alpha": None, "gamma": 0.0}
+    extra = FOCAL[dataset] if loss in ("focal", "joint") else {"alpha": None, "gamma": 0.0}
     values = {"loss": loss, "selection": selection, "epochs": 3, "seed": seed, **extra}
     return StageConfig.from_dict({**values, "lr_step_epoch": 2}).to_dict()
 

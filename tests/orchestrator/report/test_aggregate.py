@@ -26,7 +26,7 @@ def test_mean_and_sample_std():
     assert all(math.isnan(v) for v in agg.mean_std([]))
 
 
-def _row(fold, accuracy, strategy="ce", unit=None, n_test=10, **extra):
+def _row(fold, accuracy, strategy="ce", unit=None, n_test=100, **extra):
     return {
         "unit_id": unit or f"{strategy}-{fold}",
         "dataset": "ckplus",
@@ -106,14 +106,17 @@ def test_selection_protocols_are_kept_apart():
     assert keys == {(HELDOUT, "ce"), (Group("ckplus", "inception_v3", "inner"), "ce")}
 
 
-def _result(strategy, cells, n_test=10, n_train=40):
-    """A StrategyResult from {fold: accuracy} or {(fold, seed): accuracy}."""
+def _result(strategy, cells, n_test=200, n_train=800):
+    """A StrategyResult from {fold: accuracy %} or {(fold, seed): accuracy %}, each a whole
+    number of the fold's `n_test` images."""
     cells = {(k if isinstance(k, tuple) else (k, 0)): v for k, v in cells.items()}
+    correct = {u: round(v * n_test / 100) for u, v in cells.items()}
+    assert all(100 * correct[u] == v * n_test for u, v in cells.items())
     folds = {f for f, _ in cells}
     return agg.StrategyResult(
         HELDOUT,
         strategy,
-        cells,
+        correct,
         n_test={f: n_test for f in folds},
         n_train={f: n_train for f in folds} if n_train else {},
     )
@@ -132,7 +135,7 @@ def test_paired_comparison_matches_hand_and_scipy():
     assert paired.paired_t.pvalue == pytest.approx(
         stats.ttest_rel([92, 95, 97, 99], [90, 94, 97.5, 96]).pvalue
     )
-    # Nadeau-Bengio with n_test/n_train = 10/40: variance x (1/4 + 1/4) instead of 1/4
+    # Nadeau-Bengio with n_test/n_train = 200/800: variance x (1/4 + 1/4) instead of 1/4
     assert paired.test_train_ratio == pytest.approx(0.25)
     assert paired.corrected.statistic == pytest.approx(t / math.sqrt(2))
     assert paired.wilcoxon_pvalue == pytest.approx(stats.wilcoxon(diffs).pvalue)
@@ -154,8 +157,10 @@ def test_paired_comparison_undefined_cases_are_none():
     assert unknown.paired_t is not None  # the plain test needs no sizes
 
 
-def test_seeds_are_paired_units_and_spread_is_split():
-    # fold 1: seeds 0, 1; fold 2: seeds 0, 1 -> 4 units
+def test_seeds_are_averaged_within_a_fold_and_the_fold_is_the_unit():
+    """Seeds on one fold share its training and test images: pseudo-replicates. The tests run
+    on the per-fold means over seeds (J = folds, df = folds - 1), never on (fold, seed)
+    pairs; the spread between seeds is only described."""
     a = _result("ce>focal", {(1, 0): 90.0, (1, 1): 94.0, (2, 0): 80.0, (2, 1): 82.0})
     b = _result("ce", {(1, 0): 89.0, (1, 1): 90.0, (2, 0): 80.0, (2, 1): 79.0})
     assert a.folds == pytest.approx({1: 92.0, 2: 81.0})
@@ -164,11 +169,88 @@ def test_seeds_are_paired_units_and_spread_is_split():
     assert a.std == pytest.approx(statistics.stdev([92.0, 81.0]))  # between folds
     assert a.seed_std == pytest.approx(statistics.stdev([85.0, 88.0]))  # between seeds
     paired = agg.paired_comparison(a, b)
-    assert paired.units == ((1, 0), (1, 1), (2, 0), (2, 1))
-    assert paired.differences == pytest.approx((1.0, 4.0, 0.0, 3.0))
+    # (fold, seed) differences: (1, 0) 1, (1, 1) 4, (2, 0) 0, (2, 1) 3
     assert paired.fold_differences == pytest.approx({1: 2.5, 2: 1.5})
-    assert paired.corrected.df == 3  # J = folds x seeds = 4
+    assert paired.n == 2 and paired.folds == (1, 2)
+    assert paired.differences == pytest.approx((2.5, 1.5))
+    assert paired.corrected.df == 1 and paired.paired_t.df == 1  # J = 2 folds, not 4 units
+    assert paired.paired_t.pvalue == pytest.approx(stats.ttest_1samp([2.5, 1.5], 0).pvalue)
+    assert paired.seed_differences == pytest.approx({0: 0.5, 1: 3.5})
+    assert paired.seed_std == pytest.approx(statistics.stdev([0.5, 3.5]))
     assert math.isnan(_result("ce", {1: 90.0, 2: 80.0}).seed_std)
+
+
+def test_seeds_sharing_a_fold_keep_the_false_positive_rate_near_nominal():
+    """No true difference; each fold has its own effect (its training and test images) that
+    its 3 seeds share, plus seed noise. A t-test on the 30 (fold, seed) pairs rejects at 5 %
+    about 29 % of the time here; on the 10 fold means it keeps to about 5 %. (Large folds,
+    so that ties are rare and the exact Wilcoxon test stays fast.)"""
+    rng = np.random.default_rng(0)
+    n_test, runs, rejected = 10_000, 200, 0
+    units = [(f, s) for f in range(1, 11) for s in range(3)]
+    for _ in range(runs):
+        shared = rng.normal(0.0, 3.0, size=10)
+        wins = np.rint(100 * (shared[:, None] + rng.normal(0.0, 1.0, size=(10, 3)))).astype(int)
+        results = [
+            agg.StrategyResult(
+                HELDOUT,
+                name,
+                {(f, s): 8000 + int(wins[f - 1, s]) * (name == "a") for f, s in units},
+                n_test=dict.fromkeys(range(1, 11), n_test),
+            )
+            for name in ("a", "b")
+        ]
+        rejected += agg.paired_comparison(*results).paired_t.pvalue < 0.05
+    assert rejected / runs < 0.08
+
+
+def test_seeds_a_fold_lacks_on_one_side_are_left_out_of_that_fold():
+    a = _result("a", {(1, 0): 90.0, (1, 1): 95.0, (2, 0): 80.0})
+    b = _result("b", {(1, 0): 89.0, (2, 0): 79.0, (2, 1): 70.0})
+    paired = agg.paired_comparison(a, b)
+    assert paired.fold_differences == pytest.approx({1: 1.0, 2: 1.0})
+    assert paired.seed_differences == pytest.approx({0: 1.0})
+
+
+def _counts_rows(strategy, correct, n_test):
+    return [
+        _row(f, c / n_test, strategy, unit=f"{strategy}-{f}", n_test=n_test)
+        for f, c in enumerate(correct, start=1)
+    ]
+
+
+def test_tied_differences_are_ties_whatever_the_accuracies():
+    """Ten folds of 144 images; the first wins by 1, 1, 1, 2, 2, 1, 2, 1, -1, 1 images. From
+    percentages (100 c_a / n - 100 c_b / n) equal differences differ in the last bit, the
+    rank test sees no ties and reports the exact no-tie p (0.0137 here); from the counts the
+    ties stay ties."""
+    wins = np.array([1, 1, 1, 2, 2, 1, 2, 1, -1, 1])
+    second = np.array([100, 99, 98, 97, 96, 95, 94, 100, 99, 98]) - wins
+    rows = _counts_rows("a", second + wins, 144) + _counts_rows("b", second, 144)
+    results = agg.strategy_results(rows)
+    paired = agg.paired_comparison(results[(HELDOUT, "a")], results[(HELDOUT, "b")])
+    assert sorted(set(paired.differences)) == pytest.approx([-100 / 144, 100 / 144, 200 / 144])
+    assert len(set(paired.differences)) == 3  # bitwise ties
+    assert paired.wilcoxon_pvalue == pytest.approx(stats.wilcoxon(wins).pvalue)
+    assert paired.wilcoxon_pvalue == pytest.approx(0.015625)
+
+
+def test_the_same_number_of_images_on_every_fold_is_no_variation():
+    """+1 image on every fold is a difference without spread: no t statistic (before, the
+    last-bit noise of percentages gave it a variance and a p of the order of 1e-57)."""
+    first = np.array([130, 125, 117, 103, 99])
+    rows = _counts_rows("a", first + 1, 144) + _counts_rows("b", first, 144)
+    results = agg.strategy_results(rows)
+    paired = agg.paired_comparison(results[(HELDOUT, "a")], results[(HELDOUT, "b")])
+    assert paired.mean_difference == pytest.approx(100 / 144)
+    assert paired.paired_t is None and paired.corrected is None
+
+
+def test_an_accuracy_that_is_no_whole_number_of_images_is_an_error():
+    with pytest.raises(FerError, match=r"unit ce-1: test_accuracy 0.123 is not a whole number"):
+        agg.strategy_results([_row(1, 0.123, n_test=10)])
+    with pytest.raises(FerError, match=r"unit ce-1: .* n_test = 0"):
+        agg.strategy_results([_row(1, 0.5, n_test=0)])
 
 
 def test_confusion_row_normalised_and_per_class():
@@ -190,8 +272,12 @@ def test_class_names_prefer_the_prepare_row():
 def test_net_images():
     a = _result("ce>focal", {1: 100.0, 2: 90.0})
     b = _result("ce", {1: 90.0, 2: 90.0, 3: 50.0})
-    net, images = agg.net_images(a, b)
-    assert (net, images) == (pytest.approx(1.0), 20)
+    paired = agg.paired_comparison(a, b)
+    assert (paired.net_images, paired.images) == (20.0, 400)  # 10 % of 200 on fold 1
+    seeds = agg.paired_comparison(
+        _result("a", {(1, 0): 50.0, (1, 1): 50.5}), _result("b", {(1, 0): 50.0, (1, 1): 50.0})
+    )
+    assert (seeds.net_images, seeds.images) == (0.5, 200)  # one image on one of two seeds
 
 
 def test_strategy_names():
@@ -356,4 +442,4 @@ def test_seeds_multiply_units_and_give_a_between_seed_spread(tmp_path):
     assert ce.seeds == pytest.approx(dict(enumerate(seed_means)))
     assert ce.seed_std == pytest.approx(statistics.stdev(seed_means))
     (comparison,) = study.comparisons
-    assert comparison.paired.n == 6 and comparison.paired.corrected.df == 5
+    assert comparison.paired.n == 3 and comparison.paired.corrected.df == 2  # folds, not units

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import replace
 
 import pytest
 from PIL import Image
@@ -86,8 +87,27 @@ def test_per_class_paired_and_focal_note(full):
         "| 2 vs 1: favours first |"
     ) in text
     assert "| ce>focal − ce | +7.14 | +0.00 | +7.14 |" in text  # per fold
-    assert "exactly 0.25 × cross-entropy" in text
+    assert "makes every strategy of its Table 4 cross-entropy at another effective" in text
     assert "ckplus: the focal stage of `ce>focal` ran with γ = 0 and α = 0.25" in text
+
+
+def test_gamma_zero_note_covers_joint_and_says_a_scalar_alpha_balances_no_class(tmp_path):
+    """CK+'s α = 0.25, γ = 0: `focal` is 0.25 × CE and `joint` (w = 1) 1.25 × CE, so every
+    strategy is CE at another effective learning rate; a scalar α weights classes alike."""
+    strategies = ("ce", "focal", "joint", "ce>focal")
+    errors = {("ckplus", s): [1, 2, 0] for s in strategies}
+    run = make_run(tmp_path / "run", datasets=("ckplus",), strategies=strategies, errors=errors)
+    text = write_report(run.path).path.read_text()
+    assert (
+        "ckplus: the focal stage of `focal`, `ce>focal` ran with γ = 0 and α = 0.25, so its "
+        "loss is exactly 0.25 × CE."
+    ) in text
+    assert (
+        "ckplus: the joint stage of `joint` ran with γ = 0 and α = 0.25 and focal weight 1, so "
+        "its loss is exactly 1.25 × CE."
+    ) in text
+    assert "no class balancing comes from it" in text
+    assert "4 × the weight decay" in text and "weight decay ÷ 1.25" in text
 
 
 def test_a_new_report_removes_the_figures_it_no_longer_links(tmp_path):
@@ -259,7 +279,36 @@ def test_holm_family_is_listed(full):
     assert "makes 2 comparisons; 2 with a defined corrected p" in text and "(m = 2)" in text
     assert "1. ckplus · inception_v3 (heldout): `ce>focal` − `ce`" in text
     assert "2. oulu · inception_v3 (heldout): `ce>focal` − `ce`" in text
-    assert "biased toward multi-stage strategies" in text
+    assert "heldout comparisons are optimistic" in text and "k rounds of that selection" in text
+    assert "keeps the chance of any false claim among these at about 5 %" in text
+    assert "heuristic whose level is itself approximate" in text
+
+
+def test_heldout_caveat_claims_no_more_than_inner_removes(full):
+    """`inner` stops the test fold from picking epochs; α, γ and the demo's learning rate
+    were still chosen on test folds, so the report does not call `inner` unbiased."""
+    _, report = full
+    text = report.path.read_text()
+    assert "unbiased" not in text
+    assert "for a comparison with no epoch selection on the test fold" in text
+    assert "That is all `inner` removes" in text and "the paper's α and γ" in text
+
+
+def test_one_stage_heldout_comparisons_are_not_called_biased_toward_chains(tmp_path):
+    strategies = ("ce", "focal")
+    errors = {("ckplus", s): [1, 2, 0] for s in strategies}
+    run = make_run(
+        tmp_path / "run",
+        datasets=("ckplus",),
+        strategies=strategies,
+        errors=errors,
+        selection=("heldout", "inner"),
+    )
+    text = write_report(run.path).path.read_text()
+    section = text[text.index("## Paired comparisons") : text.index("## Per-class")]
+    assert "### ckplus · inception_v3 (heldout): epochs chosen on the test fold" in section
+    assert "multi-stage" not in section and "longer chain" not in section
+    assert "heldout comparisons are optimistic" in section
 
 
 def test_ordering_question_and_inner_headline(tmp_path):
@@ -275,9 +324,9 @@ def test_ordering_question_and_inner_headline(tmp_path):
     )
     text = write_report(run.path).path.read_text()
     headline = text.index("### ckplus · inception_v3 (inner): headline")
-    biased = text.index("### ckplus · inception_v3 (heldout): biased toward multi-stage strategies")
-    assert headline < biased
-    assert "The headline comparisons below use the `inner` results." in text
+    heldout = text.index("### ckplus · inception_v3 (heldout): epochs chosen on the test fold")
+    assert headline < heldout
+    assert "The headline comparisons below use the `inner` results: no epoch selection" in text
     assert "| ce>focal − focal>ce | +4.76 |" in text
     assert "2 vs 2: both optimistic" in text and "| 0 vs 0 |" in text
     assert "makes 10 comparisons" in text  # 5 pairs x 2 protocols, one Holm family
@@ -296,7 +345,11 @@ def test_seeds_show_between_seed_spread(tmp_path):
     assert f"| 2 | {statistics.stdev(seed_means):.2f} |" in row
     assert "std between seeds" in text and "std between seeds" in report.strategy_table
     assert "**Seeds**: 0, 1 (replicates" in text
-    assert "a unit is one test fold, per seed" in text and "| 6 |" in text
+    assert "**The unit of every test is the test fold**" in text
+    # seed 0 wins by 1, 0, 1 images, seed 1 by 3, 1, 1: folds 2, 0.5, 1 (3 units, not 6)
+    row = next(r for r in text.splitlines() if r.startswith("| ce>focal − ce |"))
+    seed_means = [100 * 2 / 42, 100 * 5 / 42]  # per-seed mean differences, points
+    assert f"| +3.5 of 42 | 3 | 2 | {statistics.stdev(seed_means):.2f} |" in row
 
 
 def test_a_users_dataset_is_not_set_beside_the_paper(tmp_path):
@@ -315,7 +368,26 @@ def test_no_paper_column_where_the_paper_has_no_number(tmp_path):
     text = report.path.read_text()
     assert "paper (real data)" not in text and "paper" not in report.strategy_table
     assert "paper change" not in text
-    assert "Tables 2–5" in text  # still CK+: the heading points to the paper's tables
+    # no paper number, no pointer to the paper's tables and no red crosses in the fold figure
+    assert "cf. the paper's Tables 2–5" not in text and "paper reports 10-fold" not in text
+    assert "red crosses" not in text
+    # `tiny` has no aux head: the setup block shows no aux-head weight
+    assert "aux-head weight" not in text
+
+
+def test_paper_pointers_and_aux_weight_where_they_apply(full):
+    _, report = full
+    text = report.path.read_text()
+    assert "(cf. the paper's Tables 2–5)" in text and "red crosses are the paper's means" in text
+    assert "| batch | aux-head weight |" in text
+
+
+def test_one_fold_is_not_called_folds(tmp_path):
+    run = make_run(tmp_path / "run", datasets=("ckplus",), folds=(2,))
+    text = write_report(run.path).path.read_text()
+    assert "1 folds" not in text
+    assert "Pooled over the 1 fold both have" in text and "test fold run: 2." in text
+    assert "1–1" not in text and "2–2" not in text
 
 
 def test_a_run_without_a_sweep_shows_no_sweep_point(tmp_path):
@@ -344,3 +416,28 @@ def test_the_methods_table_names_the_settings_each_loss_takes():
     assert methods._loss_text({"loss": "focal", "alpha": [0.5, 1.0], "gamma": 2}) == (
         "focal (α [0.5, 1.0], γ 2)"
     )
+
+
+def test_a_search_split_is_not_test_accuracy_and_stays_synthetic(tmp_path):
+    """`tune` re-splits a dataset's development subjects as a manifest dataset of its own
+    (manifest in RUN_DIR/tune, same raw tree); its folds are the search's inner folds. Here
+    `oulu` plays that split of the synthetic `ckplus`."""
+    run = make_run(tmp_path / "run", synthetic=True)
+    manifest = run.rundir.tune_dir / "dev-0123.csv"
+    units = []
+    for unit in run.rundir.read_dag():
+        if unit.kind == "prepare":
+            spec = {**unit.spec, "root": str(tmp_path / "twin")}
+            if unit.dataset == "oulu":
+                spec |= {"dataset": "manifest", "manifest": str(manifest), "synthetic": False}
+            unit = replace(unit, spec=spec)
+        units.append(unit)
+    run.rundir.write_dag(units)
+    report = write_report(run.path)
+    text = report.path.read_text()
+    assert "| oulu | manifest (SYNTHETIC): the development subjects of `ckplus` for" in text
+    assert "inner splits run: 1–3 (the α/γ search's re-split of `ckplus`)" in text
+    assert "oulu · inception_v3" not in text  # no comparisons, figures or per-class tables
+    assert "| oulu |" not in text[text.index("## Accuracy by strategy") :]
+    assert "oulu" not in report.strategy_table
+    assert "| ckplus | inception_v3 | ce |" in text

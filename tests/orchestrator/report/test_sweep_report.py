@@ -77,6 +77,8 @@ def test_comparisons_stay_within_a_point_and_holm_spans_all(swept):
     text = report.path.read_text()
     assert "pool every point" not in text
     assert "**Sweep: 2 grid points**" in text and "all points together (m = 2)" in text
+    assert "Choosing the best point from these results is itself selection on the test" in text
+    assert "Holm's correction covers the number of tests, not that optimism" in text
     for point in POINTS:
         assert f"### ckplus · tiny (heldout) · {point}\n" in text
         assert f"| ckplus | tiny | ce | {point} | heldout |" in text

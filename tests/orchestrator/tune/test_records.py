@@ -193,6 +193,7 @@ def test_trial_rows_and_choice_json_are_written_as_before(spec, tmp_path):
     read = read_choice(rundir.choice_path)
     assert read is not None and json.dumps(read, indent=1) == text
     assert "chosen α=0.25 γ=1 on inner validation (68.75% mean over 2" in summary(read)
+    assert "2 inner splits; 1 trial: 1 complete" in summary(read)  # not "1 trials"
 
 
 def test_trial_rows_round_trip_through_the_store(spec, tmp_path):

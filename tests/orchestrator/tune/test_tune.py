@@ -157,6 +157,26 @@ def test_the_shipped_tune_grid_is_valid():
     assert spec.budget == spec.stage2_config().epochs * len(spec.search_folds)
 
 
+def test_the_effective_tune_grid_loads_back_as_the_same_search(tmp_path):
+    """What `tune` keeps as RUN_DIR/grid.yaml (as `launch` does): the grid after `--set`,
+    `--samples` and `--data`, itself a tune grid that loads to the same search."""
+    root = tmp_path / "ckplus-images"
+    spec = load_tune(
+        str(_write_grid(tmp_path / "g.yaml")),
+        {"ckplus": str(root)},
+        samples=3,
+        settings=("train.lr=0.02",),
+    )
+    rundir = RunDir(tmp_path / "run")
+    rundir.write_grid(spec.effective)
+    again = load_tune(str(rundir.grid_copy_path))
+    assert again.effective == spec.effective and again.samples == 3
+    assert again.grid.train["lr"] == 0.02 and again.grid.datasets["ckplus"].root == str(root)
+    same = ("dataset", "backbone", "test_folds", "inner_folds", "search_folds", "alpha", "seed")
+    assert [getattr(again, k) for k in same] == [getattr(spec, k) for k in same]
+    assert "experiments" not in spec.effective  # a tune grid may not name one
+
+
 def test_samples_zero_is_one_line_error(grid, cluster_file, tmp_path):
     result = cli(*_args(grid, cluster_file, tmp_path / "run", samples=0), cwd=REPO)
     assert result.returncode == 2
@@ -508,7 +528,12 @@ def test_the_report_gains_the_search_section(search_a):
     text = report.path.read_text()
     choice = _choice(search_a)
     assert "## α/γ search" in text and f"**Chosen: α = {choice['alpha']}" in text
-    assert "nested estimate" in text and "test folds 1 of" in text
+    assert "nested estimate" in text and "test fold 1 of" in text
+    assert "test fold run: 1." in text  # one test fold, not "1–1"
+    assert "[`grid.yaml`](../grid.yaml) in the run dir" in text  # tune keeps its grid
+    # the search's development split is no test accuracy
+    assert "manifest: the development subjects of `ckplus` for the α/γ search" in text
+    assert "ckplus-dev · tiny" not in text and "| ckplus-dev | tiny |" not in text
     figure = report.path.parent / "tune-landscape.png"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
