@@ -127,8 +127,16 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from orchestrator.report.document import write_report
+    from orchestrator.run.rundir import RunDir
 
-    report = write_report(_run_dir(args))
+    rundir = RunDir(_run_dir(args))
+    try:  # the scheduler's accounting, for the cost section
+        backend = _backend_of(rundir)
+    except FerError:  # e.g. a SLURM run reported where there is no sbatch: as last stored
+        backend = None
+    if backend is not None:
+        backend.record_accounting(rundir)
+    report = write_report(rundir.path)
     print(report.strategy_table)
     print(f"report: {report.path}")
     return 0

@@ -49,6 +49,7 @@ from typing import Any
 from fer_core.errors import FerError
 from fer_core.io import atomic_write_text
 from orchestrator.backends.base import Backend
+from orchestrator.backends.slurm.accounting import record_accounting
 from orchestrator.backends.slurm.arrays import Array, dependency_of, plan_arrays
 from orchestrator.backends.slurm.control import (
     LIMIT_REFUSAL,
@@ -456,6 +457,9 @@ class SlurmBackend(Backend[SlurmProfile]):
             for unit_id, record in jobs.items()
             if str(record["job_id"]) in raw
         }
+
+    def record_accounting(self, rundir: RunDir) -> None:
+        record_accounting(rundir, self.retry)
 
     def cancel(self, rundir: RunDir) -> list[str]:
         """Cancel this run dir's active jobs: the recorded ones, and those a killed launch
