@@ -216,10 +216,13 @@ def _slowest_section(rows: list[dict[str, Any]], units: dict[str, Unit]) -> str:
     )
 
 
-def _timeline_section(rows: list[dict[str, Any]], units: dict[str, Unit], out_dir: Path) -> str:
+def timeline_bars(rows: list[dict[str, Any]], units: dict[str, Unit]) -> list[figures.TimelineBar]:
+    """One bar per attempt that started, by start time, in seconds since the first
+    submission; a SLURM attempt queues from when it became eligible, a requeued one from
+    its requeue (unknown: no queue bar)."""
     timed = [r for r in rows if r["started_at"] is not None]
     if not timed:
-        return "### Timeline\n\nNo attempt has started yet."
+        return []
     origin = min(r["submitted_at"] or r["started_at"] for r in timed)
     bars = []
     for row in sorted(timed, key=lambda r: r["started_at"]):
@@ -235,7 +238,15 @@ def _timeline_section(rows: list[dict[str, Any]], units: dict[str, Unit], out_di
                 requeue=row["requeue"] or 0,
             )
         )
-    title = f"{len(bars)} attempts of {len({r['unit_id'] for r in timed})} units"
+    return bars
+
+
+def _timeline_section(rows: list[dict[str, Any]], units: dict[str, Unit], out_dir: Path) -> str:
+    bars = timeline_bars(rows, units)
+    if not bars:
+        return "### Timeline\n\nNo attempt has started yet."
+    started = {r["unit_id"] for r in rows if r["started_at"] is not None}
+    title = f"{len(bars)} attempts of {len(started)} units"
     atomic_write_bytes(out_dir / TIMELINE_FIGURE, figures.timeline_figure(bars, title))
     return (
         "### Timeline\n\nOne bar per attempt (a unit's attempts are numbered #1, #2...): hatched "
