@@ -154,7 +154,9 @@ def _resources_view(
     if merged is None:
         missing.append("resources")
         return
-    con.register("resource_rows", merged)
+    con.register("resource_arrow", merged)  # copied: only the `resources` view is listed
+    con.execute("CREATE TEMP TABLE resource_rows AS SELECT * FROM resource_arrow")
+    con.unregister("resource_arrow")
     rows = f"SELECT {_timestamps(con, 'resource_rows')} FROM resource_rows"
     if runs is not None:
         names = {c[0] for c in con.execute(f"DESCRIBE FROM {runs[0]}").fetchall()}
@@ -271,6 +273,7 @@ TABLE_HELP = {
     "epochs": "one row per epoch of the current DAG's trainings",
     "prepare": "one row per prepared dataset of the current DAG",
     "trials": "one row per tune trial",
+    "resources": "one row per attempt of the current DAG's units (worker and SLURM merged)",
 }
 
 

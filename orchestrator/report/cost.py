@@ -29,7 +29,6 @@ from orchestrator.texttable import markdown_table
 TIMELINE_FIGURE = "timeline.png"
 NONE = "–"
 SLOWEST = 5
-DONE_STATES = {"done", "COMPLETED"}
 
 
 def cost_section(study: Study, out_dir: Path) -> str:
@@ -91,7 +90,7 @@ def _used_section(
         )
     waits = [r["queue_wait_s"] for r in rows if r["queue_wait_s"] is not None]
     requeued = sum(1 for r in rows if r["requeue"])
-    failed = sum(1 for r in rows if r["state"] not in DONE_STATES)
+    failed = sum(1 for r in rows if _state(r, rows) not in ("done", "requeued", "running"))
     request = (
         f" of {totals['gpu_req']:.2f} requested (every attempt at its --time)" if profile else ""
     )
@@ -100,7 +99,7 @@ def _used_section(
         "### Cluster time used",
         "",
         f"{len(rows)} attempts of {len({r['unit_id'] for r in rows})} units ({requeued} "
-        f"requeued, {failed} not completed); GPU-hours used: {totals['gpu']:.2f}{request}; "
+        f"requeued, {failed} failed or cancelled); GPU-hours used: {totals['gpu']:.2f}{request}; "
         f"CPU-hours used: {totals['cpu']:.2f}{cpu_request}; total queue wait "
         f"{_duration(sum(waits))} (longest {_duration(max(waits, default=0.0))}, eligible -> "
         "start: waiting on a parent is not counted).",

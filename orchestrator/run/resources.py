@@ -14,7 +14,10 @@ Two views of one attempt, stored apart so that neither writer can overwrite the 
 `resource_rows(rundir)` merges them by (unit, job id, requeue): the accounting's times and
 CPU figures where it has them, the worker's otherwise, both peak RSS figures; `queue_wait_s`
 (eligible -> start on SLURM, submit -> start locally), `elapsed_s` and `cpu_efficiency` = CPU
-time / (elapsed x CPUs). `query` shows it as `resources`; the report's cost section reads it.
+time / (elapsed x CPUs), from one view's pair (the job's TotalCPU and Elapsed where SLURM
+gathers CPU time; else the worker's CPU time over its own wall time, since the job's elapsed
+also holds the interpreter's start-up, which the worker does not see). `query` shows it as
+`resources`; the report's cost section reads it.
 """
 
 from __future__ import annotations
@@ -202,12 +205,16 @@ def resource_rows(rundir: RunDir, unit_ids: set[str] | None = None) -> list[dict
     merged: dict[tuple[str, str, int], dict[str, Any]] = {}
     for row in worker:
         key = (row["unit_id"], str(row["job_id"]), int(row["requeue"]))
-        merged[key] = {**row, "state": row["outcome"]}
+        # the worker's CPU time goes with its own wall time, not with the job's
+        own = (row["cpu_time_s"], row["ended_at"] - row["started_at"])
+        merged[key] = {**row, "state": row["outcome"], "own": own}
     for row in sacct:
         key = (row["unit_id"], str(row["job_id"]), int(row["requeue"]))
         mine = merged.setdefault(key, {})
         mine.update({k: v for k, v in row.items() if v is not None and k != "max_rss_mb"})
         mine["sacct_max_rss_mb"] = row.get("max_rss_mb")
+        if row.get("cpu_time_s") is not None:  # TotalCPU gathered: the job's own pair
+            mine.pop("own", None)
     rows = []
     for row in merged.values():
         started, ended = row.get("started_at"), row.get("ended_at")
@@ -217,10 +224,11 @@ def resource_rows(rundir: RunDir, unit_ids: set[str] | None = None) -> list[dict
         wait = row.get("queue_wait_s")
         if wait is None and row.get("requeue", 0) == 0 and started and row.get("submitted_at"):
             wait = max(0.0, started - row["submitted_at"])
-        cpus, cpu_time = row.get("cpus"), row.get("cpu_time_s")
+        cpus = row.get("cpus")
+        cpu_time, span = row.get("own", (row.get("cpu_time_s"), elapsed))
         efficiency = None
-        if elapsed and cpus and cpu_time is not None:
-            efficiency = cpu_time / (elapsed * cpus)
+        if span and cpus and cpu_time is not None:
+            efficiency = cpu_time / (span * cpus)
         rows.append(
             {
                 **{c: row.get(c) for c in COLUMNS},
