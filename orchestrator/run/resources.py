@@ -160,7 +160,7 @@ class _NvmlSampler:
 
     def start(self) -> None:
         try:
-            import pynvml  # type: ignore[import-not-found]
+            import pynvml
 
             pynvml.nvmlInit()
         except Exception:  # not installed, no driver, no GPU: no utilisation figure
