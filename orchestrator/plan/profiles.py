@@ -11,6 +11,8 @@ key and value. Planning imports this module, so it imports neither Ray nor submi
 from __future__ import annotations
 
 import re
+import shlex
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -218,6 +220,11 @@ class SlurmProfile:
     # mem_gb and time_min: `{prepare: {gpus: 0, cpus: 8, time_min: 60}, inception_v3:
     # {mem_gb: 32, time_min: 480}}`; a kind's entry over its backbone's over the defaults.
     resources: dict[str, dict[str, Any]] = _key({}, _resources)
+
+    def python_command(self) -> str:
+        """The job's interpreter command, each word quoted: `python` split as a shell would
+        (a container command keeps its words), else this interpreter's absolute path."""
+        return shlex.join(shlex.split(self.python) if self.python else [sys.executable])
 
     def resources_for(self, units: tuple[Unit, ...] | list[Unit]) -> JobResources:
         """What a job running `units` asks for: the largest need of each (a pack's units run

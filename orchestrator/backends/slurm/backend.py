@@ -37,9 +37,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import shlex
 import shutil
-import sys
 import time
 import uuid
 from dataclasses import replace
@@ -142,14 +140,6 @@ def job_parameters(
     return params
 
 
-def job_command(profile: SlurmProfile) -> str:
-    """The interpreter command of the job script (after `setup:`), each word quoted: the
-    profile's `python` split as a shell would (a container command keeps its words), else
-    this interpreter's path."""
-    words = shlex.split(profile.python) if profile.python else [sys.executable]
-    return shlex.join(words)
-
-
 class LimitReached(Exception):
     """sbatch refused an array for a submission limit: its units wait for room."""
 
@@ -183,7 +173,7 @@ class SlurmBackend(Backend[SlurmProfile]):
         executor = SlurmExecutor(
             folder=rundir.array_dir(key),
             max_num_timeout=self.profile.timeout_requeues,
-            python=job_command(self.profile),  # submitit puts it in the command line as is
+            python=self.profile.python_command(),  # submitit puts it in the command as is
         )
         executor.update_parameters(**job_parameters(self.profile, rundir, tasks, dependency, key))
         return executor

@@ -208,6 +208,27 @@ def test_extra_sbatch_refuses_the_tools_own_options_and_line_breaks(tmp_path, fl
         load_profile("site", path)
 
 
+def test_a_container_command_is_the_jobs_interpreter_and_site_flags_reach_the_ray_job(
+    monkeypatch, tmp_path
+):
+    fake_slurm_tools(monkeypatch, tmp_path)
+    profile = SlurmProfile(
+        python="apptainer exec --nv '/images/fer 1.sif' python",
+        setup=("module load apptainer",),
+        extra_sbatch={"constraint": "a100|h100"},
+    )
+    unit = Unit(id="abc", kind="train", name="x/f01/tiny/ce", dataset="x", deps=(), spec={})
+    text = sbatch_script(
+        SlurmBackend(profile).executor(RunDir(tmp_path / "run"), [(unit,)], "", "K")
+    )
+    setup, command = text.index("module load apptainer"), text.index("srun --unbuffered")
+    assert setup < command
+    assert "apptainer exec --nv '/images/fer 1.sif' python -u -m submitit" in text[command:]
+    ray = render_ray_sbatch("fer-ray-x", "/x", ["tune"], profile, RayProfile(), nodes=1)
+    assert "#SBATCH --constraint='a100|h100'\n" in ray
+    assert "apptainer exec --nv '/images/fer 1.sif' python -m orchestrator tune" in ray
+
+
 def test_resources_per_unit_kind_and_backbone_reach_their_jobs(monkeypatch, tmp_path):
     """`resources:` of a profile: the preparation job asks for no GPU and an hour, an
     inception_v3 job for its own memory and time, others the defaults; bad entries are one
