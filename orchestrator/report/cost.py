@@ -176,8 +176,7 @@ def _advice(
         kinds.setdefault("prepare" if unit.kind == "prepare" else unit.backbone, []).append(row)
     lines = []
     for kind, members in sorted(kinds.items()):
-        need = _requested(profile, units[members[0]["unit_id"]])
-        assert need is not None
+        need = profile.resources_for([units[members[0]["unit_id"]]])
         notes = []
         peak = _peak_gb(members)
         if need.mem_gb is not None and peak is not None:
