@@ -34,6 +34,7 @@ from typing import Any, TypedDict
 import psutil
 import pyarrow as pa
 
+from fer_core.errors import FerError
 from orchestrator.run.rundir import RunDir
 
 NVML_INTERVAL_S = 5.0
@@ -85,7 +86,8 @@ class Meter:
             raise
         finally:
             self.gpu.stop()
-            with contextlib.suppress(OSError):  # a full disk must not hide the unit's error
+            # a full disk ("disk full:" FerError) must not hide the unit's own outcome
+            with contextlib.suppress(OSError, FerError):
                 self.rundir.store.append("resources", self.unit_id, self.row(outcome))
 
     def row(self, outcome: str) -> WorkerRow:
