@@ -153,6 +153,17 @@ def _resources(value: Any) -> str | None:
     return None
 
 
+def _optional_command(value: Any) -> str | None:
+    """An interpreter command, split as a shell would (`apptainer exec --nv x.sif python`)."""
+    if value is None:
+        return None
+    try:
+        words = shlex.split(value) if isinstance(value, str) else None
+    except ValueError as exc:  # an unclosed quote
+        return f"must be a command a shell can split ({exc})"
+    return None if words else "must be a command (a path, a name on PATH, or a container command)"
+
+
 def _boolean(value: Any) -> str | None:
     return None if isinstance(value, bool) else "must be true or false"
 
@@ -201,7 +212,7 @@ class SlurmProfile:
     # (`python` after a setup line activates a virtualenv), or a container command
     # (`apptainer exec --nv image.sif python`), split as a shell would; None: this
     # interpreter's absolute path.
-    python: str | None = _key(None, _optional_string)
+    python: str | None = _key(None, _optional_command)
     env: dict[str, str] = _key(
         {}, _mapping_of_strings, lambda env: {k: str(v) for k, v in env.items()}
     )

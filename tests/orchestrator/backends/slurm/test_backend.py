@@ -226,6 +226,10 @@ def test_a_container_command_is_the_jobs_interpreter_and_site_flags_reach_the_ra
     assert "apptainer exec --nv '/images/fer 1.sif' python -u -m submitit" in text[command:]
     ray = render_ray_sbatch("fer-ray-x", "/x", ["tune"], profile, RayProfile(), nodes=1)
     assert "#SBATCH --constraint='a100|h100'\n" in ray
+    path = tmp_path / "cluster.yaml"
+    path.write_text('site: {backend: slurm, python: "apptainer exec \'unclosed"}\n')
+    with pytest.raises(FerError, match=r"site\.python: .* must be a command a shell can split"):
+        load_profile("site", path)
     assert "apptainer exec --nv '/images/fer 1.sif' python -m orchestrator tune" in ray
 
 
