@@ -56,13 +56,16 @@ def record_accounting(rundir: RunDir, retry: Retry) -> int:
 
 
 def _earlier_jobs(rundir: RunDir, unit_id: str) -> list[str]:
-    """Job ids of the unit's earlier attempts, from the worker's rows (a re-launch records
-    only the newest job in submissions.json)."""
-    rows = rundir.store.read("resources", {unit_id})
-    if rows is None:
-        return []
-    pairs = zip(rows["job_id"].to_pylist(), rows["scheduler"].to_pylist(), strict=True)
-    return [str(job) for job, scheduler in pairs if scheduler == "slurm"]
+    """Job ids of the unit's earlier attempts (a re-launch records only the newest job in
+    submissions.json): from its worker rows, and from the accounting an earlier `status`
+    stored (a worker killed for memory leaves no row of its own)."""
+    jobs: list[str] = []
+    for table in ("resources", "accounting"):
+        rows = rundir.store.read(table, {unit_id})
+        if rows is not None:
+            pairs = zip(rows["job_id"].to_pylist(), rows["scheduler"].to_pylist(), strict=True)
+            jobs += [str(job) for job, scheduler in pairs if scheduler == "slurm"]
+    return jobs
 
 
 def sacct_attempts(
