@@ -9,6 +9,8 @@ read):
   column (true for the current DAG's units), and are never mixed in silently.
 - `predictions` and `epochs` carry their unit's dataset, backbone, strategy, fold, seed,
   stage and selection (from `runs`), so no question needs a join on `unit_id`.
+- `resources`: one row per attempt of a current unit (`orchestrator.run.resources`: the
+  worker's measurements and SLURM's accounting merged), with its unit's metadata from `runs`.
 - `trials` (written by `tune`). Columns ending in `_at` (epoch seconds in the files) are
   TIMESTAMPs (UTC).
 
@@ -33,6 +35,7 @@ from typing import Any
 import duckdb
 
 from fer_core.errors import FerError
+from orchestrator.run.resources import resource_table
 from orchestrator.run.rundir import RunDir
 from orchestrator.run.store import TABLES, Store
 from orchestrator.texttable import text_table
@@ -57,6 +60,7 @@ _MISSING = re.compile(r"Table with name (\w+) does not exist", re.IGNORECASE)
 _DENIED_FILE = re.compile(r'Cannot access file "([^"]*)"')
 _MISSING_PATH = re.compile(r"Table with name (\S*[/\\.]\S*) does not exist", re.IGNORECASE)
 UNIT_TABLES = ("runs", "predictions", "epochs", "prepare")  # one file per unit: current or not
+ATTEMPT_TABLES = ("resources", "accounting")  # the two views of an attempt, one view here
 WITH_UNIT = ("predictions", "epochs")  # carry their unit's metadata from runs
 UNIT_COLUMNS = (
     "dataset", "backbone", "strategy", "fold", "seed", "stage", "selection",
@@ -105,6 +109,8 @@ def _connect(store: Store, current: set[str] | None) -> tuple[duckdb.DuckDBPyCon
     allowed: list[str] = []
     sources: dict[str, tuple[str, str]] = {}  # table -> (source of all rows, current filter)
     for table in TABLES:
+        if table in ATTEMPT_TABLES:  # merged below, as `resources`
+            continue
         files = [p.resolve() for p in store.files(table)]
         if not files:
             missing.append(table)
@@ -131,11 +137,40 @@ def _connect(store: Store, current: set[str] | None) -> tuple[duckdb.DuckDBPyCon
         con.execute(f"CREATE VIEW {table}_all AS {rows}")
         con.execute(f"CREATE VIEW {table} AS SELECT * EXCLUDE (current) FROM {table}_all "
                     "WHERE current")  # fmt: skip
+    _resources_view(con, store, current, sources.get("runs"), missing)
     if allowed:
         con.execute(f"SET allowed_paths=[{', '.join(_quote(f) for f in allowed)}]")
     con.execute("SET enable_external_access=false")
     con.execute("SET lock_configuration=true")
     return con, missing
+
+
+def _resources_view(
+    con: duckdb.DuckDBPyConnection,
+    store: Store,
+    current: set[str] | None,
+    runs: tuple[str, str] | None,
+    missing: list[str],
+) -> None:
+    """`resources`: one row per attempt of the current DAG's units, the worker's and the
+    scheduler's views merged (`orchestrator.run.resources`), with the unit's dataset,
+    backbone, strategy, fold, seed... from `runs` (none for a preparation unit)."""
+    merged = resource_table(RunDir(store.root.parent), current)
+    if merged is None:
+        missing.append("resources")
+        return
+    con.register("resource_arrow", merged)  # copied: only the `resources` view is listed
+    con.execute("CREATE TEMP TABLE resource_rows AS SELECT * FROM resource_arrow")
+    con.unregister("resource_arrow")
+    rows = f"SELECT {_timestamps(con, 'resource_rows')} FROM resource_rows"
+    if runs is not None:
+        names = {c[0] for c in con.execute(f"DESCRIBE FROM {runs[0]}").fetchall()}
+        meta = ", ".join(c for c in UNIT_COLUMNS if c in names)
+        rows = (
+            f"SELECT r.*, {meta} FROM ({rows}) r LEFT JOIN (SELECT unit_id, {meta} "
+            f"FROM {runs[0]}) USING (unit_id) ORDER BY unit_id, attempt"
+        )
+    con.execute(f"CREATE VIEW resources AS {rows}")
 
 
 def _words(text: str) -> list[str]:
@@ -256,6 +291,7 @@ TABLE_HELP = {
     "epochs": "one row per epoch of the current DAG's trainings",
     "prepare": "one row per prepared dataset of the current DAG",
     "trials": "one row per tune trial",
+    "resources": "one row per attempt of the current DAG's units (worker and SLURM merged)",
 }
 
 

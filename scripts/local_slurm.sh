@@ -235,7 +235,10 @@ AccountingStoragePort=6819
 AccountingStorageEnforce=associations,limits,qos,safe
 # sacct keeps each job's --comment (the orchestrator tags its jobs there).
 AccountingStoreFlags=job_comment
-JobAcctGatherType=jobacct_gather/none
+# Per-step CPU time and peak RSS in sacct (TotalCPU, MaxRSS), sampled every 5 s, as a
+# production cluster gathers them: the `resources` table and the report's cost section read it.
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=5
 JobCompType=jobcomp/none
 $NODE_LINE
 PartitionName=$PARTITION Nodes=ALL Default=YES MaxTime=INFINITE State=UP

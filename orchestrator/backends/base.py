@@ -39,3 +39,7 @@ class Backend(ABC, Generic[P]):
     @abstractmethod
     def cancel(self, rundir: RunDir) -> list[str]:
         """Cancel this run dir's active units (nothing else); returns their ids."""
+
+    def record_accounting(self, rundir: RunDir) -> None:
+        """Store the scheduler's accounting of this run dir's attempts (`status`, `report`).
+        Only SLURM keeps one; elsewhere the workers' own `resources` rows are all there is."""

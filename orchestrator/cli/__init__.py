@@ -41,10 +41,17 @@ def cmd_launch(args: argparse.Namespace) -> int:
         settings=parse_settings(args.set),
         live=args.live,
         seeds=parse_seeds(args.seeds) if args.seeds is not None else None,
+        estimate_from=[_existing_run_dir(path) for path in args.estimate_from or []],
     )
     if args.dry_run:
         return 0
     return _finish(RunDir(rundir.path))
+
+
+def _existing_run_dir(path: str) -> Path:
+    if not (Path(path) / "store").is_dir():
+        raise FerError(f"--estimate-from {path}: not a run dir with a store (no {path}/store)")
+    return Path(path)
 
 
 def _backend_of(rundir):
@@ -120,8 +127,16 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from orchestrator.report.document import write_report
+    from orchestrator.run.rundir import RunDir
 
-    report = write_report(_run_dir(args))
+    rundir = RunDir(_run_dir(args))
+    try:  # the scheduler's accounting, for the cost section
+        backend = _backend_of(rundir)
+    except FerError:  # e.g. a SLURM run reported where there is no sbatch: as last stored
+        backend = None
+    if backend is not None:
+        backend.record_accounting(rundir)
+    report = write_report(rundir.path)
     print(report.strategy_table)
     print(f"report: {report.path}")
     return 0
@@ -236,6 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="replicates: run every unit once per seed (replaces the grid's seed/seeds)",
     )
     p.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")
+    p.add_argument(
+        "--estimate-from",
+        action="append",
+        metavar="RUN_DIR",
+        help="--dry-run --cluster slurm: estimate from this earlier run's measured epochs "
+        "(same backbone, input size and device kind only); repeatable",
+    )
     p.add_argument(
         "--wait", action="store_true", help="block until the cluster jobs finish (slurm, ray)"
     )

@@ -11,12 +11,15 @@ key and value. Planning imports this module, so it imports neither Ray nor submi
 from __future__ import annotations
 
 import re
+import shlex
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 from fer_core.errors import FerError
+from orchestrator.plan.unit import Unit
 from orchestrator.plan.yamlio import load_yaml_mapping
 
 DEFAULT_FILE = Path(__file__).resolve().parents[2] / "cluster.yaml"
@@ -73,6 +76,94 @@ def _mapping_of_strings(value: Any) -> str | None:
     return None
 
 
+# sbatch options the tool sets itself (or submitit does): `extra_sbatch` may not set them,
+# so a site flag can never unhook a dependency, a run dir's comment or the requeue signal.
+TOOL_SBATCH = frozenset(
+    (
+        "array", "comment", "dependency", "kill-on-invalid-dep", "job-name", "nodes",
+        "ntasks-per-node", "cpus-per-task", "time", "output", "error", "open-mode", "signal",
+        "wckey", "partition", "account", "qos", "mem", "gpus-per-node", "gpus", "mem-per-cpu",
+        "mem-per-gpu", "wrap",
+    )
+)  # fmt: skip
+SBATCH_OPTION = re.compile(r"[a-z][a-z0-9-]*")
+
+
+def _extra_sbatch(value: Any) -> str | None:
+    """A site's own sbatch options (`gres`, `constraint`, `mail-type`, `exclude`...): long
+    names without `--`, values on one line (submitit quotes each value in the script; a line
+    break would start a new line of it)."""
+    if not isinstance(value, dict):
+        return "must be a mapping of sbatch options to values"
+    for option, flag in value.items():
+        name = str(option).replace("_", "-")
+        if not isinstance(option, str) or not SBATCH_OPTION.fullmatch(name):
+            return f"has {option!r}: an option is a long sbatch name without '--' (e.g. gres)"
+        if name in TOOL_SBATCH:
+            return f"sets --{name}, which the tool sets itself (refused)"
+        if isinstance(flag, bool) or not isinstance(flag, str | int | float):
+            return f"must be a mapping of sbatch options to strings or numbers ({option}: {flag!r})"
+        if any(ord(c) < 32 or ord(c) == 127 for c in str(flag)):
+            return f"has {option}: {flag!r}, a control character (a line break) in a value"
+    return None
+
+
+@dataclass(frozen=True)
+class JobResources:
+    """What one SLURM job asks for: `resources:` of a profile resolves to one per unit kind
+    and backbone (`SlurmProfile.resources_for`)."""
+
+    gpus: int
+    cpus: int
+    mem_gb: float | None
+    time_min: int
+
+
+RESOURCE_CHECKS: dict[str, Check] = {
+    "gpus": _int(0),
+    "cpus": _int(1),
+    "mem_gb": _number(0.1),
+    "time_min": _int(1),
+}
+
+
+def _resources(value: Any) -> str | None:
+    """`resources: {prepare: {gpus: 0, cpus: 8}, inception_v3: {mem_gb: 32}}`: per unit kind
+    (`prepare`, `train`) or backbone, each key of RESOURCE_CHECKS checked as its profile key."""
+    from fer_core.models.backbones import BACKBONES  # torch-free registry
+
+    if not isinstance(value, dict):
+        return "must be a mapping of a unit kind or backbone to resources"
+    allowed = ("prepare", "train", *BACKBONES)
+    for name, body in value.items():
+        if name not in allowed:
+            kinds = ", ".join(allowed)
+            return (
+                f"must be a mapping of a unit kind or backbone ({kinds}) to resources; "
+                f"{name!r} is neither"
+            )
+        if not isinstance(body, dict) or not body:
+            return f"has {name}: {body!r}, which must be a mapping of {', '.join(RESOURCE_CHECKS)}"
+        for key, setting in body.items():
+            if key not in RESOURCE_CHECKS:
+                return f"has {name}.{key}: unknown; allowed: {', '.join(RESOURCE_CHECKS)}"
+            problem = RESOURCE_CHECKS[key](setting)
+            if problem:
+                return f"has {name}.{key}: {setting!r}, which {problem}"
+    return None
+
+
+def _optional_command(value: Any) -> str | None:
+    """An interpreter command, split as a shell would (`apptainer exec --nv x.sif python`)."""
+    if value is None:
+        return None
+    try:
+        words = shlex.split(value) if isinstance(value, str) else None
+    except ValueError as exc:  # an unclosed quote
+        return f"must be a command a shell can split ({exc})"
+    return None if words else "must be a command (a path, a name on PATH, or a container command)"
+
+
 def _boolean(value: Any) -> str | None:
     return None if isinstance(value, bool) else "must be true or false"
 
@@ -81,7 +172,7 @@ def _key(default: Any, check: Check, convert: Callable[[Any], Any] | None = None
     """A profile key: its default, its check, and how a checked YAML value becomes the
     field's type (when it is not that already)."""
     metadata = {CHECK: check, CONVERT: convert}
-    if isinstance(default, dict):  # the one mutable default (env): a fresh one per profile
+    if isinstance(default, dict):  # mutable defaults (env...): a fresh one per profile
         return field(default_factory=dict, metadata=metadata)
     return field(default=default, metadata=metadata)
 
@@ -117,7 +208,11 @@ class SlurmProfile:
     array_parallelism: int | None = _key(None, _int(1))  # the %N throttle; None: none
     units_per_job: int = _key(1, _int(1))  # >1 packs k units into one job
     setup: tuple[str, ...] = _key((), _string_list, tuple)  # shell lines before the worker
-    python: str | None = _key(None, _optional_string)  # None: this interpreter
+    # The job's interpreter, run after `setup:`: a path, a name found on the job's PATH
+    # (`python` after a setup line activates a virtualenv), or a container command
+    # (`apptainer exec --nv image.sif python`), split as a shell would; None: this
+    # interpreter's absolute path.
+    python: str | None = _key(None, _optional_command)
     env: dict[str, str] = _key(
         {}, _mapping_of_strings, lambda env: {k: str(v) for k, v in env.items()}
     )
@@ -127,6 +222,43 @@ class SlurmProfile:
     timeout_requeues: int = _key(3, _int(0))
     retries: int = _key(8, _int(0))  # of a SLURM tool call the controller did not answer
     retry_backoff_s: float = _key(2.0, _number(0.1))  # first delay; doubles, at most 30 s
+    # A site's own sbatch options for every job, each value quoted: `{gres: "gpu:a100:1",
+    # constraint: a100, mail-type: FAIL, exclude: node07}`; options the tool sets are refused.
+    extra_sbatch: dict[str, str] = _key(
+        {}, _extra_sbatch, lambda flags: {k.replace("_", "-"): str(v) for k, v in flags.items()}
+    )
+    # Per unit kind and backbone, what its jobs ask for instead of gpus_per_job, cpus_per_job,
+    # mem_gb and time_min: `{prepare: {gpus: 0, cpus: 8, time_min: 60}, inception_v3:
+    # {mem_gb: 32, time_min: 480}}`; a kind's entry over its backbone's over the defaults.
+    resources: dict[str, dict[str, Any]] = _key({}, _resources)
+
+    def python_command(self) -> str:
+        """The job's interpreter command, each word quoted: `python` split as a shell would
+        (a container command keeps its words), else this interpreter's absolute path."""
+        return shlex.join(shlex.split(self.python) if self.python else [sys.executable])
+
+    def resources_for(self, units: tuple[Unit, ...] | list[Unit]) -> JobResources:
+        """What a job running `units` asks for: the largest need of each (a pack's units run
+        side by side in the job)."""
+        needs = [self._unit_resources(unit) for unit in units]
+        mems = [n.mem_gb for n in needs]
+        return JobResources(
+            gpus=max(n.gpus for n in needs),
+            cpus=max(n.cpus for n in needs),
+            mem_gb=None if None in mems else max(m for m in mems if m is not None),
+            time_min=max(n.time_min for n in needs),
+        )
+
+    def _unit_resources(self, unit: Unit) -> JobResources:
+        values: dict[str, Any] = {
+            "gpus": self.gpus_per_job,
+            "cpus": self.cpus_per_job,
+            "mem_gb": self.mem_gb,
+            "time_min": self.time_min,
+        }
+        values.update(self.resources.get(unit.backbone, {}) if unit.backbone else {})
+        values.update(self.resources.get(unit.kind, {}))
+        return JobResources(**values)
 
 
 @dataclass(frozen=True)

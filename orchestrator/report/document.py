@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fer_core.io import atomic_write_bytes, atomic_write_text
-from orchestrator.report import compare, figures, methods, sections
+from orchestrator.report import compare, cost, figures, methods, sections
 from orchestrator.report import paper_numbers as paper
 from orchestrator.report import tune as report_tune
 from orchestrator.report.aggregate import Group, row_normalised
@@ -146,7 +146,7 @@ def write_report(run_dir: str | Path) -> Report:
         compare.per_class_section(study),
         confusion_section(study, out_dir),
         compare.focal_note(study),
-        sections.cost_section(study),
+        cost.cost_section(study, out_dir),
         report_tune.tune_section(
             results.rundir.path, out_dir, {n for n, d in results.datasets.items() if d.synthetic}
         ),
@@ -163,7 +163,12 @@ def _remove_unlinked_figures(out_dir: Path, text: str) -> None:
     """Delete the figures an earlier report drew that this one does not link (a group that
     became a sweep's points, a search since removed), so the folder holds one report, not
     two; only names this module writes are touched, never a file a person put there."""
-    ours = [FOLDS_FIGURE, report_tune.FIGURE, *(p.name for p in out_dir.glob("confusion-*.png"))]
+    ours = [
+        FOLDS_FIGURE,
+        report_tune.FIGURE,
+        cost.TIMELINE_FIGURE,
+        *(p.name for p in out_dir.glob("confusion-*.png")),
+    ]
     for name in ours:
         if f"({name})" not in text:
             (out_dir / name).unlink(missing_ok=True)

@@ -1,5 +1,5 @@
-"""PNG figures for the report: confusion heat maps (the paper's Figs 3 and 5) and per-fold
-accuracy strips.
+"""PNG figures for the report: confusion heat maps (the paper's Figs 3 and 5), per-fold
+accuracy strips, and the timeline of the cluster's attempts.
 
 Drawn on `matplotlib.figure.Figure` with the Agg canvas, never through pyplot: no global
 state and no display needed, so a report can be built on a headless login node or inside a
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from orchestrator.texttable import quantity
 
@@ -159,3 +160,60 @@ def fold_figure(panels: Sequence[FoldPanel]) -> bytes:
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     return _png(figure, " | ".join(panel.title for panel in panels))
+
+
+@dataclass(frozen=True)
+class TimelineBar:
+    """One attempt of a unit: queued from `queued` to `start`, ran from `start` to `end`
+    (seconds since the run's first submission; `end` None while it runs)."""
+
+    label: str
+    queued: float | None
+    start: float
+    end: float
+    state: str  # the colour: done, failed, requeued, cancelled, running...
+    requeue: int
+
+
+TIMELINE_COLOURS = {
+    "done": "#2e7d32",
+    "failed": "#c62828",
+    "requeued": "#ef6c00",
+    "interrupted": "#ef6c00",
+    "cancelled": "#757575",
+    "running": "#1565c0",
+}
+
+
+def timeline_figure(bars: Sequence[TimelineBar], title: str) -> bytes:
+    """One bar per attempt, top to bottom by start: queue wait light and hatched, run time
+    solid in its state's colour; a requeued attempt is marked `requeue N`."""
+    height = max(2.5, 0.28 * len(bars) + 1.4)
+    figure = Figure(figsize=(10, height), layout="constrained")
+    axes = figure.subplots()
+    scale, unit = (60.0, "min") if max(b.end for b in bars) >= 180 else (1.0, "s")
+    for y, bar in enumerate(bars):
+        colour = TIMELINE_COLOURS.get(bar.state, "#6a1b9a")
+        if bar.queued is not None and bar.start > bar.queued:
+            axes.barh(
+                y,
+                (bar.start - bar.queued) / scale,
+                left=bar.queued / scale,
+                color="#e0e0e0",
+                hatch="///",
+                edgecolor="#9e9e9e",
+                linewidth=0,
+            )
+        axes.barh(y, max(bar.end - bar.start, 0) / scale, left=bar.start / scale, color=colour)
+        if bar.requeue:
+            axes.text(bar.end / scale, y, f" requeue {bar.requeue}", va="center", fontsize=7)
+    axes.set_yticks(range(len(bars)), [b.label for b in bars], fontsize=7)
+    axes.invert_yaxis()
+    axes.set_xlabel(f"{unit} since the first submission")
+    axes.set_title(title, fontsize=10)
+    states = list(dict.fromkeys(b.state for b in bars))
+    handles = [Patch(color="#e0e0e0", hatch="///", label="queued (eligible -> start)")]
+    handles += [Patch(color=TIMELINE_COLOURS.get(s, "#6a1b9a"), label=s) for s in states]
+    axes.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    axes.grid(axis="x", alpha=0.3)
+    return _png(figure, title)

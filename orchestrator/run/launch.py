@@ -42,6 +42,7 @@ def launch(
     settings: list[Setting] | None = None,
     seeds: list[int] | None = None,
     live: str = "auto",
+    estimate_from: list[Path] | None = None,
 ) -> RunDir:
     """Validate everything, then submit the units that still need to run.
 
@@ -49,7 +50,8 @@ def launch(
     `seeds` (from `--seeds`) replaces the grid's seed(s). A done unit whose lineage no
     longer holds (`orchestrator.run.lineage`) is cleared, with one line saying why, and runs
     again; so do its dependants. `live` ("auto": on a terminal, "on", "off") shows the live
-    view while a local or Ray backend runs the units.
+    view while a local or Ray backend runs the units. `estimate_from`: earlier run dirs
+    whose measured epochs a SLURM dry run's estimate may use (`--estimate-from`).
     """
     out = out or sys.stdout
     profile = load_profile(cluster, cluster_file)
@@ -72,9 +74,12 @@ def launch(
             print(f"  warning: {problem}", file=out)
         if isinstance(profile, SlurmProfile):
             from orchestrator.backends.slurm.plan import print_slurm_plan
+            from orchestrator.run.epochcost import measured_epochs
 
             todo = [u for u in units if u.id not in finished]
-            print_slurm_plan(profile, rundir, todo, out)
+            earlier = [RunDir(path).store for path in estimate_from or []]
+            measured = measured_epochs([rundir.store, *earlier])
+            print_slurm_plan(profile, rundir, todo, out, measured)
         return rundir
     digests = rundir.digest_cache()
     units = expand_plan(plan, rundir.path, digests=digests)

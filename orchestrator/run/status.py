@@ -18,6 +18,7 @@ from orchestrator.run.lineage import stale_units
 from orchestrator.run.progress import running_detail
 from orchestrator.run.rundir import RunDir
 from orchestrator.run.states import ACTIVE, State
+from orchestrator.run.usage import usage
 
 
 class StatusRow(TypedDict):
@@ -105,13 +106,17 @@ def status_rows(rundir: RunDir, backend: Backend | None) -> list[StatusRow]:
 def print_status(
     rundir: RunDir, backend: Backend | None, as_json: bool = False, out: TextIO = sys.stdout
 ) -> int:
+    """The table of units, then what they used and how long the rest should take
+    (`orchestrator.run.usage`), after storing the scheduler's accounting (one sacct)."""
     rows = status_rows(rundir, backend)
-    counts = st.counts({r["unit_id"]: r["state"] for r in rows})
+    if backend is not None:
+        backend.record_accounting(rundir)
+    states = {r["unit_id"]: r["state"] for r in rows}
+    counts = st.counts(states)
+    cost = usage(rundir, rundir.read_dag(), states)
     if as_json:
-        print(
-            json.dumps({"run_dir": str(rundir.path), "counts": counts, "units": rows}, indent=1),
-            file=out,
-        )
+        body = {"run_dir": str(rundir.path), "counts": counts, "units": rows, "usage": cost}
+        print(json.dumps(body, indent=1, default=vars), file=out)
         return 0
     print(f"{rundir.path}: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v), file=out)
     interesting = [r for r in rows if r["state"] != State.DONE]
@@ -123,5 +128,7 @@ def print_status(
                 f"  {row['state']:<8} {row['name']:<{width}}  job {job:<10} {row['detail']}",
                 file=out,
             )
+    for line in cost.lines():
+        print(line, file=out)
     print(f"unit folders by label: {rundir.by_label}", file=out)
     return 0

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from fer_core.errors import FerError
 from fer_core.io import atomic_write_bytes, is_temp_file
 
-TABLES = ("runs", "predictions", "epochs", "prepare", "trials")
+TABLES = ("runs", "predictions", "epochs", "prepare", "trials", "resources", "accounting")
 DONE_TABLE = {"train": "runs", "trial": "runs", "prepare": "prepare"}  # unit kind -> table
 
 
@@ -41,6 +41,16 @@ class Store:
         path = self.path(table, unit_id)
         atomic_write_bytes(path, buffer.getvalue())
         return path
+
+    def append(self, table: str, unit_id: str, row: Mapping[str, object]) -> Path:
+        """Add one attempt's row to `unit_id`'s rows of `table` (replacing a row of the same
+        job and requeue), atomically. One attempt of a unit runs at a time, so there is one
+        writer per file."""
+        path = self.path(table, unit_id)
+        rows = _read(path).to_pylist() if is_whole_parquet(path) else []
+        key = (row.get("job_id"), row.get("requeue"))
+        rows = [r for r in rows if (r.get("job_id"), r.get("requeue")) != key] + [dict(row)]
+        return self.write(table, unit_id, rows)
 
     def write_unit(
         self,

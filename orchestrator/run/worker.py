@@ -5,7 +5,8 @@ and a tune trial (orchestrator.tune.trial), or `run_forked(...)` in a process th
 backend forks from its pre-loaded server. The one path from a unit's spec.json to its records.
 Idempotent: a unit already in the store is not run again. A failure leaves
 `units/<id>/failed.json` with a one-line reason for `status`, and re-raises. A training unit
-writes live.json and TensorBoard scalars after each epoch and its rows to the store.
+writes live.json and TensorBoard scalars after each epoch and its rows to the store. Every
+attempt, however it ends, adds its `resources` row (`orchestrator.run.resources.Meter`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from fer_core.records import EpochRecord, PrepareRow
 from fer_core.spec import PrepareSpec, UnitSpec
 from orchestrator.plan.labels import SEPARATOR
 from orchestrator.run.progress import record_epoch
+from orchestrator.run.resources import Meter
 from orchestrator.run.rundir import TRIAL, RunDir, SpecFile
 from orchestrator.run.tblog import EventWriter
 
@@ -113,9 +115,17 @@ def run(run_dir: str | Path, unit_id: str, on_epoch: EpochHook | None = None) ->
     """
     rundir = RunDir(Path(run_dir))
     body = rundir.read_spec(unit_id)
-    kind, name = body["kind"], body["name"]
+    kind = body["kind"]
     if rundir.is_done(unit_id, kind):
         return "already done"
+    with Meter(rundir, unit_id, kind, dict(scheduler_info())).attempt():
+        _run(rundir, unit_id, body, on_epoch)
+    return "done"
+
+
+def _run(rundir: RunDir, unit_id: str, body: SpecFile, on_epoch: EpochHook | None) -> None:
+    """Run the unit and store its rows; a failure is recorded and re-raised."""
+    kind, name = body["kind"], body["name"]
     try:
         from fer_core.unit import run_unit  # inside: a broken install is a recorded failure
 
@@ -150,7 +160,6 @@ def run(run_dir: str | Path, unit_id: str, on_epoch: EpochHook | None = None) ->
             print(f"error: {reason}", file=sys.stderr)
         raise
     rundir.clear_failed(unit_id)
-    return "done"
 
 
 def _epoch_logger(

@@ -294,6 +294,7 @@ def render_ray_sbatch(
         ("qos", allocation.qos),
     )
     extra = [f"#SBATCH --{key}={value}" for key, value in names if value]
+    extra += [f"#SBATCH --{k}={shlex.quote(v)}" for k, v in allocation.extra_sbatch.items()]
     quoted_run_dir = shlex.quote(run_dir)
     return SBATCH_TEMPLATE.format(
         job_name=shlex.quote(job_name),
@@ -305,7 +306,7 @@ def render_ray_sbatch(
         extra_lines="\n".join(extra),
         setup="\n".join(allocation.setup),
         port=port,
-        python=shlex.quote(allocation.python or sys.executable),
+        python=allocation.python_command(),
         gpus_per_node=gpus_per_node,
         head_wait_s=120,
         worker_wait_s=5 if nodes > 1 else 0,

@@ -14,12 +14,17 @@ A cluster asks for job arrays rather than one `sbatch` per job; but one array ha
   are not P's first tasks) is an array of its own, waiting on exactly its parents' tasks
   (`afterok:<P>_<i>`).
 
+Packs whose jobs ask for different resources (`resources:` per unit kind and backbone of a
+slurm profile: a preparation job without a GPU, a longer time for a large backbone) never
+share an array: `resource_class` tells them apart.
+
 Arrays hold at most `max_size` tasks (the cluster's MaxArraySize). The plan is data only: the
 backend submits it, and `launch --dry-run` prints it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from orchestrator.backends.slurm.pack import Pack
@@ -36,13 +41,18 @@ class Array:
     corr: int | None = None  # task i waits on task i of this plan's array `corr`
 
 
-def plan_arrays(packs: list[Pack], max_size: int | None = None) -> list[Array]:
-    """`packs` (parents first, as `plan_packs` returns them) as arrays, parents' arrays first."""
+def plan_arrays(
+    packs: list[Pack],
+    max_size: int | None = None,
+    resource_class: Callable[[Pack], Hashable] = lambda pack: None,
+) -> list[Array]:
+    """`packs` (parents first, as `plan_packs` returns them) as arrays, parents' arrays first;
+    packs of one array have the same `resource_class`."""
     limit = max_size or len(packs) or 1
     wave: list[int] = []
     for pack in packs:
         wave.append(1 + max((wave[p] for p in pack.parents), default=-1))
-    keys = [(pack.parents, pack.external) for pack in packs]
+    keys = [(pack.parents, pack.external, resource_class(pack)) for pack in packs]
     shared = {key: keys.count(key) for key in keys}
     corr_parent = {
         i: pack.parents[0]
@@ -65,14 +75,15 @@ def plan_arrays(packs: list[Pack], max_size: int | None = None) -> list[Array]:
         for i in members:
             if i not in corr_parent:
                 groups.setdefault(keys[i], []).append(i)
-        for (parents, external), group in groups.items():
+        for (parents, external, _), group in groups.items():
             group.sort(key=lambda i: i not in has_corr_child)  # stable: parents of children first
             add(group, tuple(where[p] for p in parents), external)
-        by_parent_array: dict[int, list[int]] = {}
+        by_parent_array: dict[tuple[int, Hashable], list[int]] = {}
         for i in members:
             if i in corr_parent:
-                by_parent_array.setdefault(where[corr_parent[i]][0], []).append(i)
-        for parent_array, children in by_parent_array.items():
+                parent = (where[corr_parent[i]][0], keys[i][2])
+                by_parent_array.setdefault(parent, []).append(i)
+        for (parent_array, _), children in by_parent_array.items():
             children.sort(key=lambda i: where[corr_parent[i]][1])
             if [where[corr_parent[i]][1] for i in children] == list(range(len(children))):
                 add(children, (), (), parent_array)

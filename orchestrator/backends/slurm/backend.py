@@ -37,9 +37,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import shlex
 import shutil
-import sys
 import time
 import uuid
 from dataclasses import replace
@@ -49,6 +47,7 @@ from typing import Any
 from fer_core.errors import FerError
 from fer_core.io import atomic_write_text
 from orchestrator.backends.base import Backend
+from orchestrator.backends.slurm.accounting import record_accounting
 from orchestrator.backends.slurm.arrays import Array, dependency_of, plan_arrays
 from orchestrator.backends.slurm.control import (
     LIMIT_REFUSAL,
@@ -71,8 +70,8 @@ from orchestrator.backends.slurm.jobs import (
     submitted_as,
     unrecorded_jobs,
 )
-from orchestrator.backends.slurm.pack import plan_packs
-from orchestrator.plan.profiles import SlurmProfile
+from orchestrator.backends.slurm.pack import Pack, plan_packs
+from orchestrator.plan.profiles import JobResources, SlurmProfile
 from orchestrator.plan.unit import Unit
 from orchestrator.run.progress import Progress, unit_summary
 from orchestrator.run.rundir import RunDir, Submission
@@ -105,14 +104,16 @@ def job_parameters(
     dependency: str,
     key: str,
 ) -> dict[str, Any]:
-    """submitit SlurmExecutor parameters of an array of `tasks` (profile values as data)."""
+    """submitit SlurmExecutor parameters of an array of `tasks` (profile values as data; the
+    resources of the tasks' unit kind and backbone, which every task of an array shares)."""
+    need = profile.resources_for([unit for units in tasks for unit in units])
     params: dict[str, Any] = {
         "job_name": array_job_name(tasks),
         "comment": job_comment(rundir.path, key),
         "nodes": 1,
         "ntasks_per_node": 1,
-        "cpus_per_task": profile.cpus_per_job,
-        "time": profile.time_min,
+        "cpus_per_task": need.cpus,
+        "time": need.time_min,
         "stderr_to_stdout": True,
         # no throttle: submitit writes one anyway (`%N`), so N is every task of the array
         "array_parallelism": profile.array_parallelism or len(tasks),
@@ -124,15 +125,18 @@ def job_parameters(
     ):
         if value:
             params[name] = value
-    if profile.mem_gb is not None:
-        params["mem"] = _mem(profile.mem_gb)
-    if profile.gpus_per_job:
-        params["gpus_per_node"] = profile.gpus_per_job
+    if need.mem_gb is not None:
+        params["mem"] = _mem(need.mem_gb)
+    if need.gpus:
+        params["gpus_per_node"] = need.gpus
     if profile.setup:
         params["setup"] = list(profile.setup)
+    extra: dict[str, str] = dict(profile.extra_sbatch)  # checked: none of the tool's own
     if dependency:
         params["dependency"] = dependency
-        params["additional_parameters"] = {"kill_on_invalid_dep": "yes"}
+        extra["kill_on_invalid_dep"] = "yes"
+    if extra:
+        params["additional_parameters"] = extra
     return params
 
 
@@ -153,10 +157,11 @@ class SlurmBackend(Backend[SlurmProfile]):
         self.retry = Retry.of(profile)
 
     # --- submission -------------------------------------------------------------------------
-    def job_env(self, units: int = 1) -> dict[str, str]:
+    def job_env(self, units: tuple[Unit, ...]) -> dict[str, str]:
         """Set before torch loads: threads = each unit's share of the job's CPUs, then the
         profile's env."""
-        threads = str(max(1, self.profile.cpus_per_job // units))
+        cpus = self.profile.resources_for(units).cpus
+        threads = str(max(1, cpus // len(units)))
         return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, **self.profile.env}
 
     def executor(
@@ -165,11 +170,10 @@ class SlurmBackend(Backend[SlurmProfile]):
         """The submitit executor of an array of `tasks` (files in `RUN_DIR/arrays/<key>/`)."""
         from submitit import SlurmExecutor
 
-        python = self.profile.python or sys.executable
         executor = SlurmExecutor(
             folder=rundir.array_dir(key),
             max_num_timeout=self.profile.timeout_requeues,
-            python=shlex.quote(str(python)),  # submitit puts it in the command line as is
+            python=self.profile.python_command(),  # submitit puts it in the command as is
         )
         executor.update_parameters(**job_parameters(self.profile, rundir, tasks, dependency, key))
         return executor
@@ -216,7 +220,7 @@ class SlurmBackend(Backend[SlurmProfile]):
         queued = queued_jobs(self.retry) if limits.max_submit is not None else 0
         room = limits.room(queued)
         fitting = packs if room is None else packs[:room]  # a prefix: parents come first
-        arrays = plan_arrays(fitting, limits.max_array_size)
+        arrays = plan_arrays(fitting, limits.max_array_size, self._resource_class)
         ids: list[str] = []
         for index, array in enumerate(arrays):
             try:
@@ -289,11 +293,14 @@ class SlurmBackend(Backend[SlurmProfile]):
         rundir.record_submissions(records)
         return job
 
+    def _resource_class(self, pack: Pack) -> JobResources:
+        return self.profile.resources_for(pack.units)
+
     def _call(self, rundir: RunDir, units: tuple[Unit, ...]) -> tuple:
         """What a task runs: UnitJob for one unit, PackJob for a pack."""
         if len(units) == 1:
-            return UnitJob(self.job_env()), str(rundir.path), units[0].id
-        return PackJob(self.job_env(len(units))), str(rundir.path), [u.id for u in units]
+            return UnitJob(self.job_env(units)), str(rundir.path), units[0].id
+        return PackJob(self.job_env(units)), str(rundir.path), [u.id for u in units]
 
     def _adopt_unrecorded(self, rundir: RunDir, units: list[Unit]) -> dict[str, str]:
         """Record the jobs of `units` that sbatch accepted but no record holds (a launch was
@@ -440,6 +447,9 @@ class SlurmBackend(Backend[SlurmProfile]):
             for unit_id, record in jobs.items()
             if str(record["job_id"]) in raw
         }
+
+    def record_accounting(self, rundir: RunDir) -> None:
+        record_accounting(rundir, self.retry)
 
     def cancel(self, rundir: RunDir) -> list[str]:
         """Cancel this run dir's active jobs: the recorded ones, and those a killed launch

@@ -1,50 +1,74 @@
 """`launch --dry-run --cluster slurm`: the jobs a cluster user would see, before any sbatch.
 
 Per wave, each job array (one `sbatch`) with its task count, its own sbatch parameters
-(`--array`, `--job-name`, `--dependency` naming the plan's arrays A1, A2...) and its first
-units; the parameters every job shares once; the GPU-hours requested at the profile's
-`time_min`; and, when the run dir's store holds measured epochs, an estimate of the
-GPU-hours the units will use (mean seconds per epoch of each backbone x the unit's epochs).
+(`--array`, `--job-name`, `--dependency` naming the plan's arrays A1, A2..., and the
+resources where its unit kind or backbone has its own) and its first units; the parameters
+every training job shares once; the GPU- and CPU-hours requested at each job's `--time`,
+labelled as the upper bound it is; and an estimate of the GPU-hours (CPU-hours for jobs
+without a GPU) from epochs measured on that kind of device with the same backbone and input
+size (`orchestrator.run.epochcost`), in this run dir or those given by `--estimate-from`,
+one line per measured device; "no measurement on this device" otherwise.
 Nothing here asks the cluster: its MaxArraySize and submission limits are applied at launch.
 """
 
 from __future__ import annotations
 
-from statistics import mean
 from typing import Any, TextIO
 
 from orchestrator.backends.slurm.arrays import dependency_of, plan_arrays
 from orchestrator.backends.slurm.backend import job_parameters
-from orchestrator.backends.slurm.pack import plan_packs
+from orchestrator.backends.slurm.pack import Pack, plan_packs
 from orchestrator.plan.profiles import SlurmProfile
 from orchestrator.plan.unit import Unit
+from orchestrator.run.epochcost import (
+    Measured,
+    estimate_seconds,
+    shape_label,
+    unit_epochs,
+    unit_shape,
+)
 from orchestrator.run.rundir import RunDir
 
 PER_ARRAY = ("job_name", "comment", "stderr_to_stdout", "array_parallelism", "setup")
 
 
-def print_slurm_plan(profile: SlurmProfile, rundir: RunDir, units: list[Unit], out: TextIO):
-    """The plan for `units` (those not done, topological order)."""
+def print_slurm_plan(
+    profile: SlurmProfile,
+    rundir: RunDir,
+    units: list[Unit],
+    out: TextIO,
+    measured: Measured,
+):
+    """The plan for `units` (those not done, topological order); `measured`: the epoch
+    times of this run dir and of the `--estimate-from` run dirs."""
     if not units:
         print("  slurm: nothing to submit", file=out)
         return
     packs = plan_packs(units, profile.units_per_job, {})
-    arrays = plan_arrays(packs)
+    arrays = plan_arrays(packs, None, lambda pack: profile.resources_for(pack.units))
     names = [f"A{i + 1}" for i in range(len(arrays))]
-    shared = job_parameters(profile, rundir, [packs[0].units], "", "KEY")
+    shared = job_parameters(profile, rundir, [packs[-1].units], "", "KEY")
     print(
         f"  slurm: {len(arrays)} sbatch calls (job arrays) for {len(units)} units in "
         f"{len(packs)} tasks; one job per task would take {len(packs)}",
         file=out,
     )
     print(
-        "  every job: " + _flags({k: v for k, v in shared.items() if k not in PER_ARRAY}), file=out
+        "  every job (unless its array says otherwise): "
+        + _flags({k: v for k, v in shared.items() if k not in PER_ARRAY}),
+        file=out,
     )
     parallel = profile.array_parallelism
     for name, array in zip(names, arrays, strict=True):
         tasks = [pack.units for pack in array.packs]
         own = job_parameters(profile, rundir, tasks, dependency_of(array, arrays, names), "KEY")
+        own_needs = {
+            k: own.get(k, "none")
+            for k in shared
+            if k not in (*PER_ARRAY, "additional_parameters") and own.get(k, "none") != shared[k]
+        }
         flags = {
+            **own_needs,
             "job_name": own["job_name"],
             **({"dependency": own["dependency"]} if "dependency" in own else {}),
         }
@@ -54,39 +78,72 @@ def print_slurm_plan(profile: SlurmProfile, rundir: RunDir, units: list[Unit], o
         first = ", ".join(u.name for u in tasks[0])
         more = f" ... ({sum(map(len, tasks))} units)" if len(tasks) > 1 else ""
         print(f"    wave {array.wave} {name}: {_flags(flags)}  [{first}{more}]", file=out)
-    gpus = profile.gpus_per_job
-    hours = len(packs) * gpus * profile.time_min / 60
+    _print_requested(profile, packs, out)
+    _print_estimate(profile, units, measured, out)
+
+
+def _print_requested(profile: SlurmProfile, packs: list[Pack], out: TextIO) -> None:
+    """The `--time` upper bound: what the jobs ask for, the most the cluster will charge."""
+    needs = [profile.resources_for(pack.units) for pack in packs]
+    gpu_hours = sum(n.gpus * n.time_min for n in needs) / 60
+    cpu_hours = sum(n.cpus * n.time_min for n in needs) / 60
+    with_gpu = sum(1 for n in needs if n.gpus)
     print(
-        f"  requested: {len(packs)} jobs x {gpus} GPU x {profile.time_min} min = "
-        f"{hours:.1f} GPU-hours (the most the cluster will charge)",
+        f"  requested (upper bound, every job at its --time): {gpu_hours:.1f} GPU-hours "
+        f"({with_gpu} of {len(needs)} jobs with GPUs), {cpu_hours:.1f} CPU-hours; "
+        f"the most the cluster will charge, not an estimate",
         file=out,
     )
-    _print_estimate(profile, rundir, units, len(packs), out)
 
 
 def _print_estimate(
-    profile: SlurmProfile, rundir: RunDir, units: list[Unit], jobs: int, out: TextIO
+    profile: SlurmProfile, units: list[Unit], measured: Measured, out: TextIO
 ) -> None:
-    epochs, runs = rundir.store.read("epochs"), rundir.store.read("runs")
-    if epochs is None or runs is None:
-        print("  estimate: no measured epochs in this run dir's store yet", file=out)
-        return
-    backbone = dict(zip(runs["unit_id"].to_pylist(), runs["backbone"].to_pylist(), strict=True))
-    per_backbone: dict[str, list[float]] = {}
-    for unit_id, seconds in zip(
-        epochs["unit_id"].to_pylist(), epochs["seconds"].to_pylist(), strict=True
-    ):
-        if unit_id in backbone and seconds is not None:
-            per_backbone.setdefault(str(backbone[unit_id]), []).append(seconds)
-    measured = [u for u in units if u.kind == "train" and u.backbone in per_backbone]
-    seconds = sum(mean(per_backbone[u.backbone]) * u.spec["config"]["epochs"] for u in measured)
-    gpus = profile.gpus_per_job / profile.units_per_job
-    print(
-        f"  estimate from measured epochs ({', '.join(sorted(per_backbone))}): "
-        f"{seconds / 3600:.2f} unit-hours of training, {seconds * gpus / 3600:.2f} GPU-hours, "
-        f"for {len(measured)} of the {len(units)} units (start-up and evaluation not included)",
-        file=out,
-    )
+    """GPU-hours (CPU-hours for jobs without GPUs) of the training units from epochs measured
+    on the same kind of device with the same backbone and input size; never across kinds."""
+    trainings = [u for u in units if u.kind == "train"]
+    gpu_units = [u for u in trainings if profile.resources_for([u]).gpus]
+    for gpu, group in ((True, gpu_units), (False, [u for u in trainings if u not in gpu_units])):
+        if not group:
+            continue
+        kind = "GPU" if gpu else "CPU"
+        devices = measured.devices(gpu)
+        if not devices:
+            print(
+                f"  estimate: no measurement on this device ({kind}) for {len(group)} training "
+                f"units; give --estimate-from RUN_DIR of a run on that kind of device",
+                file=out,
+            )
+            continue
+        for device in devices:
+            seconds, known = estimate_seconds(group, measured.per_device[device])
+            hours = sum(
+                measured.per_device[device][unit_shape(u)]
+                * unit_epochs(u)
+                * _share(profile, u, gpu)
+                for u in known
+            )
+            shapes = sorted({unit_shape(u) for u in known})
+            used = ", ".join(
+                f"{shape_label(s)} {measured.per_device[device][s]:.2f} s/epoch "
+                f"({measured.epochs[device][s]} epochs)"
+                for s in shapes
+            )
+            missing = sorted({shape_label(unit_shape(u)) for u in group if u not in known})
+            print(
+                f"  estimate on {device}: {hours / 3600:.2f} {kind}-hours ({seconds / 3600:.2f} "
+                f"unit-hours of training) for {len(known)} of {len(group)} training units"
+                + (f"; from {used}" if used else "")
+                + (f"; no measurement on this device for {', '.join(missing)}" if missing else "")
+                + " (start-up and evaluation not included)",
+                file=out,
+            )
+
+
+def _share(profile: SlurmProfile, unit: Unit, gpu: bool) -> float:
+    """The GPUs (CPUs) one unit holds: its job's, split between the units of a pack."""
+    need = profile.resources_for([unit])
+    return (need.gpus if gpu else need.cpus) / profile.units_per_job
 
 
 def _flags(params: dict[str, Any]) -> str:

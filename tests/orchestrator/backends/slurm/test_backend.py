@@ -123,8 +123,9 @@ def test_sbatch_text_of_the_slurm_profile_matches_the_golden_file(monkeypatch, t
     fake_slurm_tools(monkeypatch, tmp_path)
     profile = load_profile("slurm", DEFAULT_FILE)
     assert isinstance(profile, SlurmProfile)
-    # cluster.yaml ships no setup lines; show where they go
-    backend = SlurmBackend(replace(profile, setup=("module load cuda/12.4",)))
+    # cluster.yaml ships no setup lines nor site flags; show where they go (each value quoted)
+    flags = {"constraint": "a100|h100", "mail-type": "FAIL", "mail-user": "me@lab.org"}
+    backend = SlurmBackend(replace(profile, setup=("module load cuda/12.4",), extra_sbatch=flags))
     rundir = RunDir(tmp_path / "run")
     unit = Unit(
         id="0123456789abcdef",
@@ -176,8 +177,99 @@ def test_profile_values_reach_sbatch_only_as_quoted_parameters(monkeypatch, tmp_
     assert job_name(unit) == "fer-my_set_f01_tiny_ce_focal_rm_-rf"
     assert "--mem=1536MB" in text and "gpus" not in text and "dependency" not in text
     assert "pwned" not in text  # env is set inside the job's Python, never in the script
-    assert backend.job_env()["FER_SECRET_LOOKING"] == "$(touch /tmp/pwned)"
-    assert backend.job_env()["OMP_NUM_THREADS"] == "1"
+    assert backend.job_env((unit,))["FER_SECRET_LOOKING"] == "$(touch /tmp/pwned)"
+    assert backend.job_env((unit,))["OMP_NUM_THREADS"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("flags", "problem"),
+    [
+        ("{dependency: 'afterany:1'}", "sets --dependency, which the tool sets itself"),
+        ("{comment: x}", "sets --comment, which the tool sets itself"),
+        ("{array: 0-3}", "sets --array, which the tool sets itself"),
+        ("{kill_on_invalid_dep: 'no'}", "sets --kill-on-invalid-dep, which the tool sets"),
+        ("{'--gres': 'gpu:1'}", "an option is a long sbatch name without '--'"),
+        ('{mail-type: "FAIL\\nrm -rf ~"}', "a control character"),
+        ("[gres]", "must be a mapping of sbatch options to values"),
+    ],
+)
+def test_extra_sbatch_refuses_the_tools_own_options_and_line_breaks(tmp_path, flags, problem):
+    path = tmp_path / "cluster.yaml"
+    path.write_text(f"site: {{backend: slurm, extra_sbatch: {flags}}}\n")
+    with pytest.raises(
+        FerError, match=rf"cluster.yaml: site\.extra_sbatch: .*{re.escape(problem)}"
+    ):
+        load_profile("site", path)
+
+
+def test_a_container_command_is_the_jobs_interpreter_and_site_flags_reach_the_ray_job(
+    monkeypatch, tmp_path
+):
+    fake_slurm_tools(monkeypatch, tmp_path)
+    profile = SlurmProfile(
+        python="apptainer exec --nv '/images/fer 1.sif' python",
+        setup=("module load apptainer",),
+        extra_sbatch={"constraint": "a100|h100"},
+    )
+    unit = Unit(id="abc", kind="train", name="x/f01/tiny/ce", dataset="x", deps=(), spec={})
+    text = sbatch_script(
+        SlurmBackend(profile).executor(RunDir(tmp_path / "run"), [(unit,)], "", "K")
+    )
+    setup, command = text.index("module load apptainer"), text.index("srun --unbuffered")
+    assert setup < command
+    assert "apptainer exec --nv '/images/fer 1.sif' python -u -m submitit" in text[command:]
+    ray = render_ray_sbatch("fer-ray-x", "/x", ["tune"], profile, RayProfile(), nodes=1)
+    assert "#SBATCH --constraint='a100|h100'\n" in ray
+    path = tmp_path / "cluster.yaml"
+    path.write_text('site: {backend: slurm, python: "apptainer exec \'unclosed"}\n')
+    with pytest.raises(FerError, match=r"site\.python: .* must be a command a shell can split"):
+        load_profile("site", path)
+    assert "apptainer exec --nv '/images/fer 1.sif' python -m orchestrator tune" in ray
+
+
+def test_resources_per_unit_kind_and_backbone_reach_their_jobs(monkeypatch, tmp_path):
+    """`resources:` of a profile: the preparation job asks for no GPU and an hour, an
+    inception_v3 job for its own memory and time, others the defaults; bad entries are one
+    line naming them."""
+    fake_slurm_tools(monkeypatch, tmp_path)
+    path = tmp_path / "cluster.yaml"
+    path.write_text(
+        "site: {backend: slurm, gpus_per_job: 1, cpus_per_job: 4, mem_gb: 16, time_min: 240,\n"
+        "  resources: {prepare: {gpus: 0, cpus: 8, time_min: 60},\n"
+        "              inception_v3: {mem_gb: 32, time_min: 480}}}\n"
+    )
+    profile = load_profile("site", path)
+    assert isinstance(profile, SlurmProfile)
+    backend = SlurmBackend(profile)
+    rundir = RunDir(tmp_path / "run")
+    prepare = Unit(
+        id="p", kind="prepare", name="ckplus/prepare", dataset="ckplus", deps=(), spec={}
+    )
+    inception, tiny = (
+        Unit(id=b, kind="train", name=f"ckplus/f01/{b}/ce", dataset="ckplus", deps=("p",),
+             spec={}, backbone=b)
+        for b in ("inception_v3", "tiny")
+    )  # fmt: skip
+    text = sbatch_script(backend.executor(rundir, [(prepare,)], "", "KEY"))
+    assert "--cpus-per-task=8\n" in text and "--time=60\n" in text and "gpus" not in text
+    assert "--mem=16GB\n" in text
+    assert backend.job_env((prepare,))["OMP_NUM_THREADS"] == "8"
+    text = sbatch_script(backend.executor(rundir, [(inception,)], "afterok:1", "KEY"))
+    assert "--mem=32GB\n" in text and "--time=480\n" in text and "--gpus-per-node=1\n" in text
+    text = sbatch_script(backend.executor(rundir, [(tiny,)], "afterok:1", "KEY"))
+    assert "--mem=16GB\n" in text and "--time=240\n" in text and "--cpus-per-task=4\n" in text
+    # tasks of different needs never share an array
+    packs = plan_packs([prepare, inception, tiny], 1, {})
+    arrays = plan_arrays(packs, None, lambda pack: profile.resources_for(pack.units))
+    assert [[p.units[0].id for p in a.packs] for a in arrays] == [["p"], ["inception_v3"], ["tiny"]]
+    for body, problem in (
+        ("{vgg: {gpus: 1}}", "to resources; 'vgg' is neither"),
+        ("{prepare: {gpu: 0}}", "prepare.gpu: unknown"),
+        ("{prepare: {time_min: 0}}", "prepare.time_min: 0, which must be an integer >= 1"),
+    ):
+        path.write_text(f"site: {{backend: slurm, resources: {body}}}\n")
+        with pytest.raises(FerError, match=rf"site\.resources: .*{re.escape(problem)}"):
+            load_profile("site", path)
 
 
 def test_units_and_the_tune_allocation_take_the_same_slurm_defaults(tmp_path):
@@ -500,7 +592,7 @@ def test_a_pack_job_splits_the_cpus_and_is_tagged_with_its_run_and_units(monkeyp
     assert "--job-name=fer-pack3-a1" in text and "--cpus-per-task=8" in text
     assert f"--comment={run_tag(rundir.path)}:KEY" in text and "--array" not in text
     assert str(rundir.path / "arrays" / "KEY") in text and "--dependency=afterok:41" in text
-    assert backend.job_env(3)["OMP_NUM_THREADS"] == "2"
+    assert backend.job_env(tuple(units))["OMP_NUM_THREADS"] == "2"
     assert run_tag(tmp_path / "run") != run_tag(tmp_path / "other")  # same grid, other dir
 
 
@@ -569,31 +661,54 @@ def test_a_pack_job_fails_for_a_failed_unit_and_keeps_its_siblings_results(tmp_p
 
 
 def test_dry_run_shows_the_arrays_their_sbatch_parameters_and_gpu_hours(tmp_path):
-    """The demo grid on the `slurm` profile: 51 units in 3 sbatch calls (prepare; the
-    stage-1 array after it; the stage-2 array, task i after stage-1 task i), the GPU-hours
-    requested at time_min, and an estimate once the store holds measured epochs."""
+    """The demo grid on the `slurm` profile: 51 units in 3 sbatch calls (prepare, without a
+    GPU and for an hour (`resources: prepare`); the stage-1 array after it; the stage-2 array,
+    task i after stage-1 task i), the GPU-hours requested at --time as the upper bound, and an
+    estimate only from epochs measured on a GPU with the same backbone and input size."""
     run = tmp_path / "run"
     out = io.StringIO()
     launch("demo", cluster="slurm", run_dir=run, dry_run=True, out=out)
     text = out.getvalue()
     assert "slurm: 3 sbatch calls (job arrays) for 51 units in 51 tasks" in text, text
     assert "--partition=gpu" in text and "--gpus-per-node=1" in text and "--time=240" in text
+    assert re.search(r"wave 0 A1: --time=60 --gpus-per-node=none .*prepare", text), text
     assert re.search(r"wave 1 A2: --array=0-29%30 .*--dependency=afterok:A1 ", text), text
     assert re.search(r"wave 2 A3: --array=0-19%20 .*--dependency=aftercorr:A2 ", text), text
-    assert "51 jobs x 1 GPU x 240 min = 204.0 GPU-hours" in text
-    assert "no measured epochs" in text
+    assert (
+        "requested (upper bound, every job at its --time): 200.0 GPU-hours (50 of 51 jobs" in text
+    )
+    assert "estimate: no measurement on this device (GPU) for 50 training units" in text
     assert not (run / "submissions.json").exists()
 
-    # One stage-1 unit measured (done): 2 s per epoch of `tiny`; the 50 others to run have
-    # 4 epochs each (the demo grid's train.epochs) -> 400 s.
+    # One stage-1 unit measured on this machine's CPU (its result incomplete: it runs again):
+    # never a GPU-hour.
     units = expand(load_grid("demo"), run)
     first = next(u for u in units if u.kind == "train")
-    rundir = RunDir(run)
-    rundir.store.write("runs", first.id, [{"unit_id": first.id, "backbone": "tiny"}])
-    epochs = [{"unit_id": first.id, "epoch": e, "seconds": 2.0} for e in (1, 2)]
-    rundir.store.write("epochs", first.id, epochs)
+    size = first.spec["input_size"]
+
+    def measure(rundir: RunDir, unit_id: str, device: str, input_size: int, seconds: float):
+        row = {"unit_id": unit_id, "backbone": "tiny", "input_size": input_size, "device": device}
+        rundir.store.write("runs", unit_id, [row])
+        epochs = [{"unit_id": unit_id, "epoch": e, "seconds": seconds} for e in (1, 2)]
+        rundir.store.write("epochs", unit_id, epochs)
+
+    measure(RunDir(run), first.id, "cpu", size, 2.0)
     out = io.StringIO()
     launch("demo", cluster="slurm", run_dir=run, dry_run=True, out=out)
+    assert "estimate: no measurement on this device (GPU) for 50 training units" in out.getvalue()
+
+    # An earlier run on a GPU: tiny at this input size, 0.5 s per epoch, counts; a
+    # measurement at another input size does not.
+    earlier = RunDir(tmp_path / "earlier")
+    measure(earlier, "aaaa", "NVIDIA H100", size, 0.5)
+    measure(earlier, "bbbb", "NVIDIA H100", size * 2, 9.0)
+    out = io.StringIO()
+    launch(
+        "demo", cluster="slurm", run_dir=run, dry_run=True, out=out, estimate_from=[earlier.path]
+    )
     train_epochs = sum(u.spec["config"]["epochs"] for u in units if u.kind == "train")
-    left = (train_epochs - first.spec["config"]["epochs"]) * 2.0 / 3600
-    assert f"estimate from measured epochs (tiny): {left:.2f} unit-hours" in out.getvalue()
+    left = train_epochs * 0.5 / 3600
+    assert (
+        f"estimate on NVIDIA H100: {left:.2f} GPU-hours ({left:.2f} unit-hours of training) "
+        f"for 50 of 50 training units; from tiny@{size}px 0.50 s/epoch (2 epochs)"
+    ) in out.getvalue(), out.getvalue()
