@@ -78,6 +78,8 @@ class PrepareSpec:
     detector: str  # mtcnn | center
     n_folds: int
     out_dir: str  # the prepared dataset: index.parquet, faces.pt, faces.json
+    options: dict[str, str] = field(default_factory=dict)  # the kind's (fer_core.data.wild)
+    scale: float | None = None  # a fixed-split twin's size (1: the real split sizes)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PrepareSpec:

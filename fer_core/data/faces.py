@@ -32,11 +32,12 @@ import torch
 from PIL import Image
 
 from fer_core.data.index import DatasetIndex, dataset_fingerprint
+from fer_core.data.wild import face_source
 from fer_core.errors import FerError
 from fer_core.io import atomic_torch_save, atomic_write_text
 from fer_core.progressbar import ProgressBar
 
-DETECTORS = ("mtcnn", "center")
+DETECTORS = ("mtcnn", "center", "box")
 FORMAT = 1
 CROP_METHOD = 1  # bump when the cropping code changes what it produces
 PT_NAME, JSON_NAME = "faces.pt", "faces.json"
@@ -228,7 +229,9 @@ def prepare_faces(
 
     `margin` widens the detected box's longer side by that fraction (0.2 = 10 % each side)
     before squaring and clamping to the frame. `detector="center"` skips MTCNN and takes the
-    centre square of every frame: a declared option for synthetic data and quick runs.
+    centre square of every frame: a declared option for synthetic data and quick runs, and
+    the whole image where it is the face already (RAF-DB aligned, FER2013); `detector="box"`
+    crops the face box the dataset gives (AffectNet's CSV).
     `device` runs MTCNN there (default: cuda when available). `progress(done, total)` is
     called after each batch (default: a `fer_core.progressbar.ProgressBar` on stdout).
     Reuses the cache when the fingerprint matches; writes atomically (faces.pt first,
@@ -272,10 +275,19 @@ def prepare_faces(
     detected = torch.zeros(n, dtype=torch.bool)
     probs = torch.full((n,), math.nan, dtype=torch.float32)
     mtcnn = _load_mtcnn(device) if detector == "mtcnn" else None
+    source = face_source(index.dataset, Path(index.root))
     done = 0
-    for batch in _batches_by_size(index, batch_size):
-        frames = [open_rgb(index.path_of(index.records[i]), "; rebuild the index") for i in batch]
-        found = _detect(mtcnn, frames) if mtcnn is not None else [None] * len(frames)
+    batches = (
+        _batches_by_size(index, batch_size)
+        if mtcnn is not None
+        else [list(range(k, min(k + batch_size, n))) for k in range(0, n, batch_size)]
+    )
+    for batch in batches:
+        frames = [source.frame(index.records[i].path) for i in batch]
+        if mtcnn is not None:
+            found = _detect(mtcnn, frames)
+        else:
+            found = [_given(source.box(index.records[i].path), detector) for i in batch]
         for i, frame, hit in zip(batch, frames, found, strict=True):
             if hit is not None:
                 detected[i], probs[i] = True, hit[1]
@@ -396,6 +408,15 @@ def _batches_by_size(index: DatasetIndex, batch_size: int) -> list[list[int]]:
             raise FerError(f"{path}: cannot open image ({exc}); rebuild the index") from None
         groups.setdefault(size, []).append(i)
     return [g[k : k + batch_size] for g in groups.values() for k in range(0, len(g), batch_size)]
+
+
+def _given(box: Box | None, detector: str) -> Hit | None:
+    """A dataset's own face box as a hit (no detector probability), when cropping by box."""
+    if detector != "box":
+        return None
+    if box is None:
+        raise FerError("detector: box needs a dataset that gives face boxes (affectnet)")
+    return (box, math.nan)
 
 
 def open_rgb(path: Path, hint: str = "") -> Image.Image:

@@ -10,6 +10,7 @@ per image instead of a read (bench/identity.py measures both).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from fer_core.data.index import build_index, dataset_fingerprint
@@ -23,13 +24,16 @@ def dataset_identity(
     manifest: str | Path | None,
     n_folds: int,
     digests: DigestCache,
+    options: Mapping[str, str] | None = None,
 ) -> str:
     """The content identity (sha256 hex) of a raw dataset tree as its units would use it.
 
     Images are not decoded here (the preparation job verifies them); one that cannot be
     read is a FerError naming it.
     """
-    index = build_index(dataset, root, manifest=manifest, n_folds=n_folds, verify=False)
+    index = build_index(
+        dataset, root, manifest=manifest, n_folds=n_folds, verify=False, options=options
+    )
 
     def file_digest(path: Path) -> str:
         try:

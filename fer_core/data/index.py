@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TypedDict
@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from fer_core.data import ckplus, oulu
+from fer_core.data import ckplus, oulu, wild
 from fer_core.data.folds import subject_folds
 from fer_core.data.layout import Frame
 from fer_core.data.manifest import read_manifest
@@ -28,7 +28,7 @@ from fer_core.errors import FerError
 from fer_core.io import atomic_write_bytes, sha256_file
 from fer_core.progressbar import ProgressBar
 
-DATASETS = ("ckplus", "oulu", "manifest")
+DATASETS = ("ckplus", "oulu", "manifest", *wild.KINDS)
 LAST_FRAMES = 3  # the paper keeps the last three frames (the apex) of each sequence
 FORMAT = 1
 _META_KEY = b"fer_core.index"
@@ -41,6 +41,7 @@ _COLUMNS: list[tuple[str, pa.DataType]] = [
     ("label", pa.int64()),
     ("label_name", pa.string()),
     ("fold", pa.int64()),
+    ("split", pa.string()),
 ]
 SCHEMA = pa.schema(_COLUMNS)
 
@@ -54,12 +55,16 @@ class IndexMeta(TypedDict):
     root: str
     classes: list[str]
     n_folds: int
+    options: dict[str, str]
+    skipped: dict[str, int]
 
 
 @dataclass(frozen=True)
 class ImageRecord:
     """One used image. `path` is relative to the dataset root (POSIX); `label` is 0-based,
-    `fold` 1-based. The path doubles as the image id: unique and stable across machines."""
+    `fold` 1-based. The path doubles as the image id: unique and stable across machines.
+    `split` is "" for a k-fold dataset, else train | val | test (the dataset's own split,
+    with `fold` 0); a FER2013 face has no file and its path is its id (`fer0000000`)."""
 
     path: str
     subject: str
@@ -68,6 +73,7 @@ class ImageRecord:
     label: int
     label_name: str
     fold: int
+    split: str = ""
 
     @property
     def image_id(self) -> str:
@@ -76,13 +82,17 @@ class ImageRecord:
 
 @dataclass
 class DatasetIndex:
-    """The images of one dataset with their classes and folds; `root` is absolute."""
+    """The images of one dataset with their classes and folds; `root` is absolute.
+    `options` are the dataset kind's (`fer_core.data.wild.OPTIONS`); `skipped` counts the
+    rows the dataset itself marks as no expression, by reason."""
 
     dataset: str
     root: str
     classes: list[str]
     records: list[ImageRecord] = field(default_factory=list)
     n_folds: int = 10
+    options: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -109,6 +119,8 @@ class DatasetIndex:
             "root": self.root,
             "classes": self.classes,
             "n_folds": self.n_folds,
+            "options": self.options,
+            "skipped": self.skipped,
         }
         schema = SCHEMA.with_metadata({_META_KEY: json.dumps(meta).encode()})
         return pa.Table.from_pydict(columns, schema=schema)
@@ -131,7 +143,8 @@ class DatasetIndex:
         try:
             table = pq.read_table(path)
             meta = json.loads((table.schema.metadata or {})[_META_KEY])
-            rows = table.select([f.name for f in SCHEMA]).to_pylist()
+            names = [f.name for f in SCHEMA if f.name in table.schema.names]
+            rows = table.select(names).to_pylist()  # an index older than `split` has none
         except (pa.ArrowException, OSError, KeyError, ValueError) as exc:
             raise FerError(f"index: {path} is not a dataset index ({exc}); rebuild it") from None
         records = [ImageRecord(**row) for row in rows]
@@ -141,6 +154,8 @@ class DatasetIndex:
             classes=list(meta["classes"]),
             records=records,
             n_folds=int(meta["n_folds"]),
+            options=dict(meta.get("options", {})),
+            skipped=dict(meta.get("skipped", {})),
         )
 
 
@@ -166,17 +181,22 @@ def build_index(
     classes: list[str] | None = None,
     last_frames: int = LAST_FRAMES,
     verify: bool = True,
+    options: Mapping[str, object] | None = None,
 ) -> DatasetIndex:
     """Scan a raw dataset folder into a `DatasetIndex`.
 
     `dataset` is `ckplus`, `oulu`, `manifest` or `auto` (CK+ or Oulu from the layout). For
     CK+ and Oulu the last `last_frames` frames of each labelled sequence are kept; a manifest
     lists its images itself (default `ROOT/manifest.csv`). `verify` opens every kept image so
-    a truncated file fails here, naming it, instead of mid-training.
+    a truncated file fails here, naming it, instead of mid-training. A fixed-split kind
+    (`fer_core.data.wild`: rafdb, fer2013, ferplus, affectnet) reads its own list files,
+    with its `options`; a listed image file that is missing fails even without `verify`.
     """
     root = _existing_root(root)
     if dataset == "auto":
         dataset = detect_dataset(root)
+    if dataset in wild.KINDS:
+        return _fixed_index(dataset, root, wild.resolve_options(dataset, options, dataset), verify)
     if dataset == "ckplus":
         names, frames = (
             list(ckplus.CLASSES),
@@ -207,6 +227,30 @@ def build_index(
     return DatasetIndex(dataset, str(root), names, records, n_folds)
 
 
+def _fixed_index(dataset: str, root: Path, options: dict[str, str], verify: bool) -> DatasetIndex:
+    """A fixed-split dataset's index: its list's rows, each image its own subject, fold 0."""
+    listing = wild.scan(dataset, root, options)
+    if listing.files:
+        for path, _, _ in listing.rows:
+            if not (root / path).is_file():
+                raise FerError(f"{root / path}: listed by the dataset but missing; restore it")
+    if verify:
+        source = wild.face_source(dataset, root)
+        bar = ProgressBar(f"index {dataset}")
+        try:
+            for done, (path, _, _) in enumerate(listing.rows, start=1):
+                source.check(path)
+                bar(done, len(listing.rows))
+        finally:
+            bar.close()
+    names = listing.classes
+    records = [
+        ImageRecord(path, path, "", 0, label, names[label], 0, split)
+        for path, label, split in listing.rows
+    ]
+    return DatasetIndex(dataset, str(root), names, records, 0, options, dict(listing.skipped))
+
+
 def check_image(path: Path) -> None:
     """Cheap integrity check: the header parses and (PNG) every chunk checksum holds or
     (JPEG) the end-of-image marker is present, so truncated copies are caught."""
@@ -227,13 +271,21 @@ def dataset_fingerprint(
     index: DatasetIndex, file_digest: Callable[[Path], str] = sha256_file
 ) -> str:
     """sha256 over the classes and, per image (in path order), its path, the sha256 of its
-    bytes (from `file_digest`: a cache may answer), label, subject and fold. Independent of
-    where the data lives (root) and of every file the index does not use."""
+    bytes (from `file_digest`: a cache may answer), label, subject, fold and split.
+    Independent of where the data lives (root) and of every file the index does not use.
+    What an image's content is, is its dataset's (`fer_core.data.wild.FaceSource`): a
+    FER2013 face's pixels, an AffectNet image's bytes and face box."""
     digest = hashlib.sha256()
-    digest.update(json.dumps({"dataset": index.dataset, "classes": index.classes}).encode())
+    head: dict[str, object] = {"dataset": index.dataset, "classes": index.classes}
+    if index.options:  # an older index's fingerprint stays as it was
+        head["options"] = index.options
+    digest.update(json.dumps(head).encode())
+    source = wild.face_source(index.dataset, Path(index.root))
     for record in sorted(index.records, key=lambda r: r.path):
-        content = file_digest(index.path_of(record))
+        content = source.content(record.path, file_digest)
         line = [record.path, content, record.label, record.subject, record.fold]
+        if record.split:
+            line.append(record.split)
         digest.update((json.dumps(line) + "\n").encode())
     return digest.hexdigest()
 

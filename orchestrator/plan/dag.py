@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fer_core.data.identity import dataset_identity
+from fer_core.data.synthetic.wild import FORMAT as WILD_TWIN_FORMAT
 from fer_core.digest_cache import DigestCache
 from fer_core.errors import FerError
 from fer_core.spec import PrepareSpec, UnitSpec
@@ -89,7 +90,14 @@ def dataset_root(spec: DatasetSpec, rundir: RunDir) -> Path:
 
 def _source_identity(spec: DatasetSpec, root: Path, digests: DigestCache) -> dict[str, Any]:
     if spec.synthetic:  # generated deterministically from these settings
-        return {"synthetic": spec.kind, "image_size": spec.image_size}
+        if spec.scale is None:
+            return {"synthetic": spec.kind, "image_size": spec.image_size}
+        return {
+            "synthetic": spec.kind,
+            "image_size": spec.image_size,
+            "scale": spec.scale,
+            "generator": WILD_TWIN_FORMAT,
+        }
     if not root.is_dir():
         raise FerError(
             f"dataset {spec.name!r}: root {root} does not exist; pass --data {spec.name}=DIR"
@@ -103,7 +111,8 @@ def _source_identity(spec: DatasetSpec, root: Path, digests: DigestCache) -> dic
         manifest = Path(spec.manifest or root / "manifest.csv")
         if not manifest.is_file():
             raise FerError(f"dataset {spec.name!r}: manifest {manifest} not found")
-    return {"data": dataset_identity(spec.kind, root, spec.manifest, spec.n_folds, digests)}
+    identity = dataset_identity(spec.kind, root, spec.manifest, spec.n_folds, digests, spec.options)
+    return {"data": identity}
 
 
 def expand(
@@ -138,6 +147,8 @@ def expand(
                 "crop_size": dataset.crop_size,
                 "detector": dataset.detector,
                 "n_folds": dataset.n_folds,
+                # a kind's options (absent for CK+/Oulu/manifest, whose ids stay as they were)
+                **({"options": dataset.options} if dataset.options else {}),
             }
         )
         data_dir = rundir.data_dir(dataset.name, prepare_id)
@@ -159,6 +170,8 @@ def expand(
                     detector=dataset.detector,
                     n_folds=dataset.n_folds,
                     out_dir=str(data_dir),
+                    options=dataset.options,
+                    scale=dataset.scale,
                 )
             ),
         )

@@ -98,7 +98,7 @@ def test_seeds_multiply_the_units_and_seed_zero_keeps_its_ids(tmp_path):
         (("batch_size: 32", "batch_sise: 32"), "batch_sise"),
         (("detector: center", "detector: haar"), "haar"),
         (("folds: [1]", "folds: [11]"), "11"),
-        (("kind: ckplus", "kind: fer2013"), "fer2013"),
+        (("kind: ckplus", "kind: sfew"), "sfew"),
     ],
 )
 def test_bad_grids_name_the_culprit(tmp_path, edit, culprit):
