@@ -12,7 +12,8 @@ square crop and is counted and listed, never silently dropped (docs/METHOD.md D-
 `faces.pt` keys: images (uint8 N x 3 x S x S), labels / folds (int64 N), subjects, image_ids
 (= index paths), classes (list[str]), dataset (str), fingerprint (str), boxes (float32 N x 4:
 the crop box x0, y0, x1, y1 in source pixels), detected (bool N), probs (float32 N, NaN when
-not detected). Loads with `torch.load(..., weights_only=True)`.
+not detected), targets (float32 N x C soft targets where labels are distributions, FERPlus
+`probability`; else None). Loads with `torch.load(..., weights_only=True)`.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class FacesBlob(TypedDict):
     boxes: torch.Tensor
     detected: torch.Tensor
     probs: torch.Tensor
+    targets: torch.Tensor | None
 
 
 class FacesMeta(TypedDict):
@@ -128,6 +130,7 @@ class FaceSet:
     dataset: str
     fingerprint: str = ""
     detected: torch.Tensor | None = None  # bool N; False = centre-crop fallback
+    targets: torch.Tensor | None = None  # float32 N x C soft targets (FERPlus probability)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -154,6 +157,7 @@ class FaceSet:
                 dataset=str(blob["dataset"]),
                 fingerprint=str(blob.get("fingerprint", "")),
                 detected=blob.get("detected"),
+                targets=blob.get("targets"),
             )
         except Exception as exc:  # unpickling and missing keys fail in many ways
             raise FerError(f"faces: {path} is corrupt ({type(exc).__name__}); {RERUN}") from None
@@ -182,6 +186,7 @@ class FaceSet:
             subjects=[self.subjects[i] for i in picks],
             image_ids=[self.image_ids[i] for i in picks],
             detected=None if self.detected is None else self.detected[idx],
+            targets=None if self.targets is None else self.targets[idx],
         )
 
     def fold_mask(self, folds: int | Iterable[int]) -> torch.Tensor:
@@ -202,6 +207,7 @@ class FaceSet:
             and self.labels.shape == (n,)
             and len(self.subjects) == len(self.image_ids) == n
             and (n == 0 or int(self.labels.max()) < len(self.classes))
+            and (self.targets is None or self.targets.shape == (n, len(self.classes)))
         )
         if not ok:
             raise FerError(f"faces: {path} has inconsistent contents; {RERUN}")
@@ -313,6 +319,11 @@ def prepare_faces(
         "boxes": boxes,
         "detected": detected,
         "probs": probs,
+        "targets": (
+            torch.tensor([index.targets[r.path] for r in records], dtype=torch.float32)
+            if index.targets
+            else None
+        ),
     }
     sha = atomic_torch_save(blob, pt_path)
     n_detected = int(detected.sum())

@@ -11,7 +11,8 @@ same order, with the votes of 10 taggers over neutral ... contempt, unknown and 
 face). Label modes: `majority`, FERPlus's rule (a single vote is noise and is removed; a
 class needs more than half of the remaining votes; an image whose majority is unknown or
 NF, or with no majority, is dropped and counted), and `probability` (the votes as a soft
-target; docs/METHOD.md D-23).
+target, docs/METHOD.md D-14: single votes removed, the rest normalised over the eight
+classes; an image whose top vote is unknown or NF is dropped; no majority is needed).
 """
 
 from __future__ import annotations
@@ -64,15 +65,17 @@ def scan_fer2013(root: Path) -> Listing:
 
 
 def scan_ferplus(root: Path, label_mode: str = "majority") -> Listing:
-    """FERPlus labels on FER2013's faces. Every image gets the class of its vote
-    majority (in `probability` mode that is the record's hard label; the soft target is
-    read by `vote_distribution`); the images the rule drops are counted in `skipped`."""
+    """FERPlus labels on FER2013's faces: in `majority` mode the class of the vote
+    majority; in `probability` mode the vote distribution (`Listing.targets`) with its top
+    class as the row's label. The images the mode's rule drops are counted in `skipped`."""
     if label_mode not in LABEL_MODES:
         raise FerError(f"label_mode: {label_mode!r} is not one of {', '.join(LABEL_MODES)}")
     faces = list(_fer_rows(root))
     plus = root / PLUS_FILE
     rows: list[Row] = []
     skipped: dict[str, int] = {}
+    targets: dict[str, list[float]] = {}
+    rule = majority if label_mode == "majority" else distribution
     number = -1
     for number, (line, (usage, name, *counts)) in enumerate(csv_rows(plus, PLUS_COLUMNS)):
         where = f"{plus}:{line}"
@@ -87,14 +90,17 @@ def scan_ferplus(root: Path, label_mode: str = "majority") -> Listing:
         if not name:
             skipped["not in FERPlus"] = skipped.get("not in FERPlus", 0) + 1
             continue
-        outcome = majority(_votes(counts, where))
+        outcome = rule(_votes(counts, where))
         if isinstance(outcome, str):
             skipped[outcome] = skipped.get(outcome, 0) + 1
             continue
+        if isinstance(outcome, list):
+            targets[image_id(number)] = outcome
+            outcome = outcome.index(max(outcome))  # the top class (the first of a tie)
         rows.append((image_id(number), outcome, split))
     if number + 1 != len(faces):
         raise FerError(f"{plus}: has {number + 1} rows but {CSV_FILE} has {len(faces)}")
-    return Listing(list(PLUS_CLASSES), rows, skipped, files=False)
+    return Listing(list(PLUS_CLASSES), rows, skipped, files=False, targets=targets)
 
 
 def majority(votes: list[int]) -> int | str:
@@ -114,6 +120,22 @@ def majority(votes: list[int]) -> int | str:
     if index == len(PLUS_CLASSES) + 1:
         return "not a face"
     return index
+
+
+def distribution(votes: list[int]) -> list[float] | str:
+    """The `probability` mode's soft target from one image's 10 vote counts: single votes
+    removed (noise, as in `majority`), the rest normalised over the eight classes; or why
+    the image is dropped (`unknown`, `not a face`: that column holds the top vote; `no
+    votes`: nothing is left)."""
+    kept = [v if v > 1 else 0 for v in votes]
+    top = max(kept)
+    if top == 0:
+        return "no votes"
+    index = kept.index(top)
+    if index >= len(PLUS_CLASSES):
+        return "unknown" if index == len(PLUS_CLASSES) else "not a face"
+    classes = kept[: len(PLUS_CLASSES)]
+    return [v / sum(classes) for v in classes]
 
 
 def read_pixels(root: Path) -> dict[str, np.ndarray]:

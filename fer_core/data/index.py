@@ -57,6 +57,7 @@ class IndexMeta(TypedDict):
     n_folds: int
     options: dict[str, str]
     skipped: dict[str, int]
+    targets: dict[str, list[float]]
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,8 @@ class ImageRecord:
 class DatasetIndex:
     """The images of one dataset with their classes and folds; `root` is absolute.
     `options` are the dataset kind's (`fer_core.data.wild.OPTIONS`); `skipped` counts the
-    rows the dataset itself marks as no expression, by reason."""
+    rows the dataset itself marks as no expression, by reason; `targets` the soft target of
+    each image where labels are distributions (FERPlus `probability`), else empty."""
 
     dataset: str
     root: str
@@ -93,6 +95,7 @@ class DatasetIndex:
     n_folds: int = 10
     options: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
+    targets: dict[str, list[float]] = field(default_factory=dict)  # image id -> soft target
 
     def __len__(self) -> int:
         return len(self.records)
@@ -121,6 +124,7 @@ class DatasetIndex:
             "n_folds": self.n_folds,
             "options": self.options,
             "skipped": self.skipped,
+            "targets": self.targets,
         }
         schema = SCHEMA.with_metadata({_META_KEY: json.dumps(meta).encode()})
         return pa.Table.from_pydict(columns, schema=schema)
@@ -156,6 +160,7 @@ class DatasetIndex:
             n_folds=int(meta["n_folds"]),
             options=dict(meta.get("options", {})),
             skipped=dict(meta.get("skipped", {})),
+            targets=dict(meta.get("targets", {})),
         )
 
 
@@ -248,7 +253,9 @@ def _fixed_index(dataset: str, root: Path, options: dict[str, str], verify: bool
         ImageRecord(path, path, "", 0, label, names[label], 0, split)
         for path, label, split in listing.rows
     ]
-    return DatasetIndex(dataset, str(root), names, records, 0, options, dict(listing.skipped))
+    return DatasetIndex(
+        dataset, str(root), names, records, 0, options, dict(listing.skipped), listing.targets
+    )
 
 
 def check_image(path: Path) -> None:
@@ -286,6 +293,8 @@ def dataset_fingerprint(
         line = [record.path, content, record.label, record.subject, record.fold]
         if record.split:
             line.append(record.split)
+        if index.targets:
+            line.append(index.targets[record.path])
         digest.update((json.dumps(line) + "\n").encode())
     return digest.hexdigest()
 

@@ -28,12 +28,15 @@ class Listing:
 
     `skipped` counts the rows the dataset itself marks as no expression (AffectNet codes
     8-10, FERPlus unknown/not-a-face/no majority), by reason: they are reported, not errors.
-    `files` is False where the pixels live in the list itself (FER2013): no image file."""
+    `files` is False where the pixels live in the list itself (FER2013): no image file.
+    `targets` maps an image to its soft target (one probability per class) where the label
+    is a distribution (FERPlus `probability`); its row's label is then the top class."""
 
     classes: list[str]
     rows: list[Row]
     skipped: dict[str, int] = field(default_factory=dict)
     files: bool = True
+    targets: dict[str, list[float]] = field(default_factory=dict)  # soft targets (FERPlus)
 
 
 def csv_rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, list[str]]]:

@@ -84,3 +84,41 @@ def test_ferplus_indexes_its_majority_labels(wild_twin):
     index = build_index("ferplus", root)
     assert index.classes == fer2013.PLUS_CLASSES and "no majority" in index.skipped
     assert len(index) + sum(index.skipped.values()) == len(build_index("fer2013", root))
+
+
+@pytest.mark.parametrize(
+    ("votes", "outcome"),
+    [
+        ([0, 6, 4, 0, 0, 0, 0, 0, 0, 0], [0, 0.6, 0.4, 0, 0, 0, 0, 0]),
+        ([0, 5, 5, 0, 0, 0, 0, 0, 0, 0], [0, 0.5, 0.5, 0, 0, 0, 0, 0]),  # no majority needed
+        ([0, 5, 4, 0, 0, 0, 0, 0, 0, 1], [0, 5 / 9, 4 / 9, 0, 0, 0, 0, 0]),  # single vote: noise
+        ([0, 4, 0, 0, 0, 0, 0, 0, 2, 4], [0, 1.0, 0, 0, 0, 0, 0, 0]),  # tie with NF: first wins
+        ([3, 0, 0, 0, 0, 0, 0, 0, 7, 0], "unknown"),
+        ([0, 3, 0, 0, 0, 0, 0, 0, 0, 7], "not a face"),
+        ([1, 1, 1, 1, 1, 1, 1, 1, 1, 1], "no votes"),
+    ],
+)
+def test_the_ferplus_probability_rule(votes, outcome):
+    assert fer2013.distribution(votes) == pytest.approx(outcome)
+
+
+def test_ferplus_probability_indexes_soft_targets_into_the_faces(wild_twin, tmp_path):
+    root = wild_twin("ferplus")
+    index = build_index("ferplus", root, options={"label_mode": "probability"})
+    majority = build_index("ferplus", root)
+    assert "no majority" not in index.skipped and len(index) > len(majority)
+    for record in index.records:
+        target = index.targets[record.path]
+        assert sum(target) == pytest.approx(1) and target.index(max(target)) == record.label
+    prepare_faces(index, tmp_path / "faces", 48, detector="center")
+    faces = FaceSet.load(tmp_path / "faces")
+    assert faces.targets is not None and faces.targets.shape == (len(index), 8)
+    assert torch.allclose(faces.targets[5], torch.tensor(index.targets[index.records[5].path]))
+    assert FaceSet.load(tmp_path / "faces").subset([1, 2]).targets.shape == (2, 8)
+    index.write(tmp_path / "index.parquet")
+    from fer_core.data.index import DatasetIndex, dataset_fingerprint
+
+    assert DatasetIndex.read(tmp_path / "index.parquet").targets == index.targets
+    assert dataset_fingerprint(index) != dataset_fingerprint(
+        build_index("ferplus", root, options={"label_mode": "majority"})
+    )
