@@ -284,9 +284,13 @@ def _readme(params: TwinParams) -> str:
         "Every image here is a cartoon face drawn procedurally by fer_core.data.synthetic.twins "
         "(PIL ellipses and lines); no real person is shown and no real image was used.\n"
         f"It copies the raw folder layout of {name} so the project's real dataset adapters "
-        "read it unchanged, and it keeps that dataset's design (subjects, sequences, classes"
+        "read it unchanged, and it keeps that dataset's design ("
+        + (
+            "splits and classes, the real split sizes and class counts at scale 1"
+            if "scale" in params
+            else "subjects, sequences, classes"
+        )
         + (", the real CK+ roster and class imbalance" if params["kind"] == "ckplus" else "")
-        + (", the real split sizes and class counts at scale 1" if "scale" in params else "")
         + ").\nUse it to test and demonstrate the pipeline; accuracies measured on it say "
         "nothing about the paper's results on the real data.\n\n"
         f"Parameters: {json.dumps(params, sort_keys=True)}\n"

@@ -11,9 +11,10 @@ the list files alone: at scale 1 they carry the split sizes and class counts wit
 small twin with images).
 
 FERPlus's per-class majority counts are not published split by split; its twin labels each
-FER2013 face with the same-named FERPlus class, turns one neutral face in 40 into contempt,
-and gives one face in 25 of every class votes the majority rule drops (unknown, not a face,
-no majority), so `skipped` has all three reasons.
+FER2013 face with the same-named FERPlus class, turns the first neutral face of each split
+and one in 40 after it into contempt, gives one face in 25 votes the majority rule drops
+(unknown, not a face, no majority in turn) and leaves one row in 500 without an image name;
+the first face of each split and class is never dropped, so every class is in every split.
 """
 
 from __future__ import annotations
@@ -278,14 +279,18 @@ def _ferplus_csv(plan: list[tuple[str, str, int]], usage: dict[str, str], seed: 
     lines = io.StringIO()
     lines.write(",".join(fer2013.PLUS_COLUMNS) + "\n")
     n_votes = len(fer2013.PLUS_VOTES)
+    contempt = fer2013.PLUS_CLASSES.index("contempt")
+    kept: set[tuple[str, int]] = set()  # (split, class) with a kept face: never drop the first
     for i, (split, _, code) in enumerate(plan):
         target = fer2013.PLUS_CLASSES.index(FERPLUS_OF[fer2013.CLASSES[code]])
-        if target == 0 and i % 40 == 1:
-            target = fer2013.PLUS_CLASSES.index("contempt")
+        if target == 0 and (i % 40 == 1 or (split, contempt) not in kept):
+            target = contempt
+        first = (split, target) not in kept
+        kept.add((split, target))
         votes = [0] * n_votes
         others = [k for k in range(len(fer2013.PLUS_CLASSES)) if k != target]
         a, b = (int(k) for k in rng.choice(others, 2, replace=False))
-        if i % 25 == 0:  # a face the majority rule drops, three ways in turn
+        if i % 25 == 0 and not first:  # a face the majority rule drops, three ways in turn
             drop = (i // 25) % 3
             if drop == 2:  # no majority: 4 + 4 + 2
                 votes[target], votes[a], votes[b] = 4, 4, 2
@@ -295,7 +300,8 @@ def _ferplus_csv(plan: list[tuple[str, str, int]], usage: dict[str, str], seed: 
             votes[target] = int(rng.integers(6, 10))
             votes[a] = 10 - votes[target] - 1
             votes[b] += 1  # a single vote: noise the rule removes
-        image = "" if i % 500 == 7 else f"{fer2013.image_id(i)}.png"  # a few left out
+        left_out = i % 500 == 7 and not first  # FERPlus left a few faces out
+        image = "" if left_out else f"{fer2013.image_id(i)}.png"
         lines.write(f"{usage[split]},{image},{','.join(map(str, votes))}\n")
     return lines.getvalue()
 
