@@ -132,3 +132,37 @@ def test_wrong_layout_is_refused(tmp_path):
     grid = load_grid("paper", {"ckplus": str(tmp_path / "not-ck"), "oulu": str(tmp_path)})
     with pytest.raises(FerError, match="not a ckplus tree"):
         expand(grid, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("edit", "culprit"),
+    [
+        (("kind: ckplus", "kind: rafdb\n    images: cropped"), "images 'cropped' is not one of"),
+        (("kind: ckplus", "kind: ckplus\n    classes: 7"), "'classes' is not an option of"),
+        (("kind: ckplus", "kind: affectnet\n    classes: 6"), "classes 6 is not one of 8, 7"),
+        (("kind: ckplus", "kind: affectnet"), "detector 'center' is not one of box"),
+        (("detector: center", "detector: box"), "detector 'box' is not one of mtcnn, center"),
+        (("kind: ckplus", "kind: fer2013\n    scale: 0"), r"scale 0 must be a number in \(0, 1\]"),
+        (("kind: ckplus", "kind: ckplus\n    scale: 0.5"), "scale is a synthetic"),
+    ],
+)
+def test_bad_dataset_options_name_the_culprit(tmp_path, edit, culprit):
+    path = tmp_path / "bad.yaml"
+    old, new = edit
+    path.write_text(SMALL_GRID.replace(old, new))
+    with pytest.raises(FerError, match=culprit):
+        load_grid(str(path))
+
+
+def test_a_fixed_split_kind_gets_its_own_detector_and_options(tmp_path):
+    path = tmp_path / "wild.yaml"
+    text = SMALL_GRID.replace("    detector: center\n", "").replace("image_size: [96, 72]", "")
+    for kind, extra, detector, options in (
+        ("affectnet", "", "box", {"classes": "8"}),
+        ("rafdb", "", "center", {"images": "aligned"}),
+        ("rafdb", "\n    images: original", "mtcnn", {"images": "original"}),
+        ("ferplus", "\n    label_mode: probability", "center", {"label_mode": "probability"}),
+    ):
+        path.write_text(text.replace("kind: ckplus", f"kind: {kind}{extra}"))
+        spec = load_grid(str(path)).datasets["ckplus"]
+        assert (spec.detector, spec.options, spec.scale) == (detector, options, 1.0), kind
