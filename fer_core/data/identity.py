@@ -1,7 +1,8 @@
 """A dataset's identity: what its training units use, not where or when its files were written.
 
 The identity is `index.dataset_fingerprint` of the dataset's index: the labelled frames it
-keeps, their subjects, labels and folds, and the sha256 of each used image. A `touch`, a copy
+keeps, their subjects, labels, folds and splits, and each used image's content (the sha256
+of its file; a FER2013 face's pixels; an AffectNet image's bytes and face box). A `touch`, a copy
 to another disk (with or without times), or files the tool itself writes beside the images
 (face caches, indexes) leave it unchanged; a changed label, pixel, fold count or manifest row
 changes it. Image digests come from a `DigestCache`, so an unchanged tree costs one `stat`
