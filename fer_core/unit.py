@@ -75,6 +75,7 @@ def stage_data(faces: FaceSet, fold: int, n_folds: int, selection: str) -> Stage
         faces.images[select],
         faces.labels[select],
         len(faces.classes),
+        None if faces.targets is None else faces.targets[train],
     )
 
 

@@ -99,7 +99,7 @@ def test_write_read_round_trip(ckplus_twin, tmp_path):
     table = index.to_table()
     assert table.num_rows == 981
     assert table.column_names == ["path", "subject", "sequence", "frame", "label", "label_name",
-                                  "fold"]  # fmt: skip
+                                  "fold", "split"]  # fmt: skip
     moved = DatasetIndex.read(path, root=tmp_path)
     assert moved.root == str(tmp_path.resolve()) and moved.records == index.records
 
@@ -151,7 +151,9 @@ def test_unknown_layout(tmp_path):
         build_index("ckplus", tmp_path)
     with pytest.raises(FerError, match="OriginalImg"):
         build_index("oulu", tmp_path)
-    with pytest.raises(FerError, match="'fer2013'"):
+    with pytest.raises(FerError, match="'sfew'"):
+        build_index("sfew", tmp_path)
+    with pytest.raises(FerError, match="fer2013.csv: missing"):
         build_index("fer2013", tmp_path)
 
 

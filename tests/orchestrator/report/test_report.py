@@ -441,3 +441,17 @@ def test_a_search_split_is_not_test_accuracy_and_stays_synthetic(tmp_path):
     assert "| oulu |" not in text[text.index("## Accuracy by strategy") :]
     assert "oulu" not in report.strategy_table
     assert "| ckplus | inception_v3 | ce |" in text
+
+
+def test_the_data_section_lists_the_rows_a_dataset_marks_as_no_expression(tmp_path):
+    from orchestrator.report.sections import data_section
+
+    run = make_run(tmp_path / "run", datasets=("ckplus", "oulu"))
+    table = run.rundir.store.read("prepare")
+    assert table is not None
+    row = next(r for r in table.to_pylist() if r["dataset"] == "ckplus")
+    row["skipped"] = json.dumps({"none": 3, "non-face": 5})
+    run.rundir.store.write("prepare", row["unit_id"], [row])
+    text = data_section(build_study(load_results(run.path)))
+    assert "`ckplus`: rows the dataset marks as no expression, dropped: non-face 5, none 3." in text
+    assert "`oulu`: rows" not in text  # no skipped column (an older row) or nothing skipped

@@ -30,7 +30,7 @@ from tests.helpers import (
     wait_mid_training,
     wait_requeued_to_end,
 )
-from tests.orchestrator.backends.slurm.test_backend import needs_slurm, units_by_role
+from tests.orchestrator.backends.slurm.test_backend import units_by_role
 
 
 def _virtualenv(folder: Path) -> Path:
@@ -63,7 +63,6 @@ def _gathers_memory() -> bool:
 
 
 @pytest.mark.slurm
-@needs_slurm
 def test_resources_of_every_attempt_one_sacct_timeline_and_the_jobs_own_settings(
     tmp_path, twin_root, monkeypatch
 ):
