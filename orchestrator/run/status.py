@@ -103,8 +103,11 @@ def status_rows(rundir: RunDir, backend: Backend | None) -> list[StatusRow]:
 
 
 def print_status(
-    rundir: RunDir, backend: Backend | None, as_json: bool = False, out: TextIO = sys.stdout
+    rundir: RunDir, backend: Backend | None, as_json: bool = False, out: TextIO | None = None
 ) -> int:
+    """The status table (or JSON) on `out`, by default the sys.stdout of the call (the CLI's
+    wraps it: orchestrator.cli.stdout), not the one of this module's import."""
+    out = out or sys.stdout
     rows = status_rows(rundir, backend)
     counts = st.counts({r["unit_id"]: r["state"] for r in rows})
     if as_json:
