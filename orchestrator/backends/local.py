@@ -10,8 +10,9 @@ torch._dynamo, more than a small unit trains. A forked worker behaves as that co
 
 One thread starts and joins every worker. multiprocessing's `Process.start()` first polls
 the exit status of every other child it started (`process._cleanup()`); a forkserver child's
-status is a message read from a pipe, so a poll in one thread and a `join()` in another can
-each read part of it, and the joiner then reports exit status 255 for a unit that finished.
+status is a message read from a pipe, so when a poll in one thread and a `join()` in another
+both find it ready, the one that reads second finds the pipe empty and closed, which
+multiprocessing reports as exit status 255, for a unit that finished.
 So the launcher waits on the workers' sentinels itself, in the thread that starts them.
 
 An interruption is not a failure: Ctrl-C, or SIGTERM to the launcher (what `cancel` sends),
@@ -37,7 +38,7 @@ from fer_core.runtime import PRELOAD
 from orchestrator.backends.base import Backend
 from orchestrator.plan.profiles import LocalProfile
 from orchestrator.plan.unit import Unit
-from orchestrator.run.processes import process_start
+from orchestrator.run.processes import has_open, process_start
 from orchestrator.run.progress import Progress, unit_summary
 from orchestrator.run.rundir import RunDir, Submission
 from orchestrator.run.states import State
@@ -205,7 +206,7 @@ class LocalBackend(Backend[LocalProfile]):
             progress.finished(unit, *self._ended(rundir, unit, process))
         print(
             f"stopped: {len(running)} running units stopped, {left} not started; "
-            "nothing was recorded as failed; `launch` again resumes",
+            "a stopped unit is not a failure; `launch` again resumes",
             file=progress.stream,
             flush=True,
         )
@@ -232,8 +233,13 @@ class LocalBackend(Backend[LocalProfile]):
 
     def cancel(self, rundir: RunDir) -> list[str]:
         """Stop the launch first (SIGTERM: it starts nothing more and stops its workers),
-        then any worker still running (one a killed launcher left behind)."""
+        then any worker still running (one a killed launcher left behind). The pid in
+        `launch.lock` is signalled only while that process holds the file open: a launcher
+        killed by SIGKILL leaves its pid there, and the pid may be another process's now."""
         launcher = rundir.launcher()
+        if launcher is not None and not has_open(launcher, rundir.path / "launch.lock"):
+            launcher = None
+        started = process_start(launcher) if launcher is not None else None
         if launcher is not None:
             with suppress(ProcessLookupError):
                 os.kill(launcher, signal.SIGTERM)
@@ -243,6 +249,9 @@ class LocalBackend(Backend[LocalProfile]):
                 os.kill(int(rundir.submissions()[unit_id]["job_id"]), signal.SIGTERM)
             cancelled.append(unit_id)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and (self.states(rundir) or rundir.launcher()):
+        while time.monotonic() < deadline:
+            launching = launcher is not None and process_start(launcher) == started
+            if not launching and not self.states(rundir):
+                break
             time.sleep(0.2)
         return cancelled

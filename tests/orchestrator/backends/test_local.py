@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from dataclasses import asdict, replace
 
 import pytest
@@ -178,3 +179,20 @@ def test_many_short_units_are_each_recorded_as_what_they_did(tmp_path, capsys):
     assert len(finished) == len(units) and not wrong, "\n".join(wrong)
     assert all(rundir.failure(u.id) is None for u in units)
     assert len(rundir.submissions()) == len(units)
+
+
+def test_cancel_spares_a_process_that_took_a_killed_launchers_pid(tmp_path):
+    """A launcher killed by SIGKILL leaves its pid in launch.lock; `cancel` stops the process
+    of that pid only while it holds the lock file open, so a process that now has the pid
+    (here: one that is not a launcher at all) is left alone."""
+    rundir = RunDir(tmp_path / "run")
+    rundir.path.mkdir()
+    bystander = subprocess.Popen(["sleep", "300"])
+    try:
+        (rundir.path / "launch.lock").write_text(f"{bystander.pid}\n")
+        assert rundir.launcher() == bystander.pid  # what cancel reads
+        assert LocalBackend(LocalProfile()).cancel(rundir) == []
+        assert bystander.poll() is None, "cancel signalled a process that is no launcher"
+    finally:
+        bystander.kill()
+        bystander.wait()
