@@ -8,21 +8,18 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 import pytest
 
-from fer_core.spec import PrepareSpec
 from orchestrator.backends.local import LocalBackend
 from orchestrator.plan.profiles import LocalProfile, load_profile
-from orchestrator.plan.unit import Unit
-from orchestrator.run import worker
 from orchestrator.run.launch import launch
 from orchestrator.run.processes import process_start
 from orchestrator.run.rundir import RunDir
 from orchestrator.run.states import State
 from orchestrator.run.status import status_rows
-from tests.helpers import SMALL_GRID, private_copy, tiny_ckplus
+from tests.helpers import SMALL_GRID, done_prepare_units, private_copy, tiny_ckplus
 
 GRID = SMALL_GRID.replace("folds: [1]", "folds: [1, 2]").replace(
     'strategies: [ce, "ce>focal"]', 'strategies: [ce, "ce>focal", focal]'
@@ -138,31 +135,6 @@ def test_a_run_dir_of_another_grid_is_refused(finished_run, tmp_path):
         launch(str(other), run_dir=rundir.path)
 
 
-def _prepared_units(rundir: RunDir, root, count: int) -> list[Unit]:
-    """`count` data-preparation units of a tiny tree, run (in this process) and so done, in
-    pairs: the second of each pair depends on the first, so that a parent misread as failed
-    shows as a blocked child too. A worker given a done unit exits 0 within milliseconds."""
-    units: list[Unit] = []
-    for i in range(count):
-        spec = PrepareSpec(
-            dataset="ckplus",
-            name="tiny",
-            root=str(root),
-            manifest=None,
-            synthetic=False,
-            image_size=None,
-            crop_size=16,
-            detector="center",
-            n_folds=2,
-            out_dir=str(rundir.path / "data" / f"u{i:03d}"),
-        )
-        deps = (units[-1].id,) if i % 2 else ()
-        units.append(Unit(f"u{i:03d}", "prepare", f"tiny/u{i:03d}", "tiny", deps, asdict(spec)))
-        rundir.write_spec(units[-1].id, "prepare", units[-1].name, units[-1].spec)
-        assert worker.run(rundir.path, units[-1].id) == "done"
-    return units
-
-
 def test_many_short_units_are_each_recorded_as_what_they_did(tmp_path, capsys):
     """Stress: 60 units whose workers exit 0 within milliseconds, four at a time, so that
     workers start while others end. Each must be reported done with the exit status it had:
@@ -170,7 +142,7 @@ def test_many_short_units_are_each_recorded_as_what_they_did(tmp_path, capsys):
     threads read each other's exit status: some came back as 255.)"""
     root = tiny_ckplus(tmp_path / "tree", subjects=2, size=16)
     rundir = RunDir(tmp_path / "run")
-    units = _prepared_units(rundir, root, 60)
+    units = done_prepare_units(rundir, root, 60)
     capsys.readouterr()
     LocalBackend(LocalProfile(jobs=4, threads_per_job=1)).submit(rundir, units)
     lines = capsys.readouterr().out.splitlines()
