@@ -39,6 +39,19 @@ class QuietStdout(io.TextIOBase):
     def fileno(self) -> int:
         return self.stream.fileno()
 
+    @property
+    def encoding(self) -> str:  # type: ignore[override]  # typeshed: a writable attribute
+        return self.stream.encoding
+
+    @property
+    def errors(self) -> str | None:  # type: ignore[override]
+        return self.stream.errors
+
+    def __getattr__(self, name: str) -> object:
+        """The rest of a text stream (`buffer`, `reconfigure`, ...): the wrapped one's, for
+        libraries that look for them on sys.stdout."""
+        return getattr(self.stream, name)
+
     def _drop(self) -> None:
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, self.stream.fileno())
