@@ -351,6 +351,36 @@ def tiny_ckplus(root: Path, subjects: int = 6, size: int = 40) -> Path:
     return root
 
 
+def done_prepare_units(rundir: RunDir, root: Path, count: int) -> list[Unit]:
+    """`count` data-preparation units of a tiny tree, run (in this process) and so done, in
+    pairs: the second of each pair depends on the first, so that a parent misread as failed
+    shows as a blocked child too. A worker given a done unit exits 0 within milliseconds."""
+    from dataclasses import asdict
+
+    from fer_core.spec import PrepareSpec
+    from orchestrator.run import worker
+
+    units: list[Unit] = []
+    for i in range(count):
+        spec = PrepareSpec(
+            dataset="ckplus",
+            name="tiny",
+            root=str(root),
+            manifest=None,
+            synthetic=False,
+            image_size=None,
+            crop_size=16,
+            detector="center",
+            n_folds=2,
+            out_dir=str(rundir.path / "data" / f"u{i:03d}"),
+        )
+        deps = (units[-1].id,) if i % 2 else ()
+        units.append(Unit(f"u{i:03d}", "prepare", f"tiny/u{i:03d}", "tiny", deps, asdict(spec)))
+        rundir.write_spec(units[-1].id, "prepare", units[-1].name, units[-1].spec)
+        assert worker.run(rundir.path, units[-1].id) == "done"
+    return units
+
+
 # --- SLURM -------------------------------------------------------------------------------------
 # The SLURM tests hold the whole node, requeue jobs, change the user's MaxSubmitJobs and restart
 # slurmd: they may run only against the one-node cluster of scripts/local_slurm.sh, and only

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from fer_core.errors import FerError
+from orchestrator.cli.stdout import QuietStdout
 from orchestrator.plan.grid import parse_data_roots, parse_seeds
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,7 +68,8 @@ def _finish(rundir) -> int:
     from orchestrator.run.status import unit_states
 
     units = rundir.read_dag()
-    tally = counts(unit_states(rundir, units, _backend_of(rundir)))
+    backend = _backend_of(rundir)
+    tally = counts(unit_states(rundir, units, backend))
     print("units: " + ", ".join(f"{k} {v}" for k, v in tally.items() if v))
     if tally[State.DONE] == len(units):
         from orchestrator.report.document import write_report
@@ -77,14 +79,19 @@ def _finish(rundir) -> int:
         print(f"report: {report.path}")
         return 0
     bad = tally[State.FAILED] + tally[State.BLOCKED]
+    # A local launch returns once its units have ended: one still to do neither finished nor
+    # failed (stopped by a signal, or its dependency was), and the launch did not do its job.
+    unfinished = tally[State.TODO] if backend.name == "local" else 0
+    see = f"see `python -m orchestrator status --run-dir {rundir.path}`"
     if bad:
+        print(f"{bad} units failed or blocked: {see}", file=sys.stderr)
+    if unfinished:
         print(
-            f"{bad} units failed or blocked: see `python -m orchestrator status "
-            f"--run-dir {rundir.path}`",
+            f"{unfinished} units neither done nor failed (stopped, or waiting on a stopped "
+            f"unit): `launch` again runs them; {see}",
             file=sys.stderr,
         )
-        return 1
-    return 0
+    return 1 if bad or unfinished else 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -372,8 +379,10 @@ actions:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    stdout = sys.stdout
+    sys.stdout = QuietStdout(stdout)  # `... | head`: quiet, and the work goes on
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except FerError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -381,3 +390,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        sys.stdout.flush()
+        sys.stdout = stdout

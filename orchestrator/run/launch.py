@@ -6,11 +6,15 @@ the units they blocked) are retried. Launching a finished grid is a no-op that s
 Records first: the run dir's DAG and `profile.json` (which backend `status` and `cancel` ask)
 are written before anything is submitted, so a launch killed during its first submission
 leaves a run dir whose jobs `cancel` finds.
+
+On a machine with `sbatch` on PATH (a login node), a local launch says in one line that it
+trains here, and how to pick the cluster: the default stays local.
 """
 
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -19,7 +23,7 @@ from orchestrator.backends import make_backend
 from orchestrator.plan.dag import summary
 from orchestrator.plan.grid import Grid
 from orchestrator.plan.overrides import GridPlan, Setting, expand_plan, load_grids
-from orchestrator.plan.profiles import SlurmProfile, load_profile, with_parallelism
+from orchestrator.plan.profiles import LocalProfile, SlurmProfile, load_profile, with_parallelism
 from orchestrator.plan.unit import Unit
 from orchestrator.plan.weights import missing_weights, require_weights
 from orchestrator.run.lineage import reset_stale, stale_units
@@ -55,6 +59,13 @@ def launch(
     """
     out = out or sys.stdout
     profile = load_profile(cluster, cluster_file)
+    if isinstance(profile, LocalProfile) and shutil.which("sbatch"):
+        print(
+            f"note: training on this machine (--cluster {cluster}) although sbatch is on PATH; "
+            "`--cluster slurm` (or another SLURM profile of cluster.yaml) submits to the cluster",
+            file=out,
+            flush=True,
+        )
     if jobs is not None:
         profile = with_parallelism(profile, jobs)
     plan = load_grids(grid_name, data_roots, settings, seeds)

@@ -104,10 +104,13 @@ def status_rows(rundir: RunDir, backend: Backend | None) -> list[StatusRow]:
 
 
 def print_status(
-    rundir: RunDir, backend: Backend | None, as_json: bool = False, out: TextIO = sys.stdout
+    rundir: RunDir, backend: Backend | None, as_json: bool = False, out: TextIO | None = None
 ) -> int:
     """The table of units, then what they used and how long the rest should take
-    (`orchestrator.run.usage`), after storing the scheduler's accounting (one sacct)."""
+    (`orchestrator.run.usage`), after storing the scheduler's accounting (one sacct); on
+    `out`, by default the sys.stdout of the call (the CLI's wraps it:
+    orchestrator.cli.stdout), not the one of this module's import."""
+    out = out or sys.stdout
     rows = status_rows(rundir, backend)
     if backend is not None:
         backend.record_accounting(rundir)

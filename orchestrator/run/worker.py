@@ -228,7 +228,8 @@ def run_forked(
 ) -> None:
     """`python -m orchestrator.run.worker RUN_DIR UNIT_ID` in a process forked from a server that
     has torch loaded already: same environment, log and exit status as that command, without
-    its seconds of imports. Exits the process."""
+    its seconds of imports. Exits the process; interrupted (Ctrl-C), it dies of SIGINT as that
+    command would, rather than exit with multiprocessing's status 1, which reads as a failure."""
     os.environ.clear()
     os.environ.update(env)
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
@@ -241,7 +242,13 @@ def run_forked(
     from fer_core.runtime import use_threads
 
     use_threads(threads)
-    sys.exit(main([run_dir, unit_id]))
+    try:
+        code = main([run_dir, unit_id])
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+        raise
+    sys.exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """Faults on the local backend, through the real CLI (`python -m orchestrator launch` as a
 subprocess): a worker SIGKILLed mid-epoch, the launcher SIGKILLed mid-grid, two launches on
-one run dir at once.
+one run dir at once, `cancel` and Ctrl-C mid-launch, a launch whose stdout reader went away.
 """
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -23,6 +25,7 @@ from tests.helpers import (
     alive,
     assert_grid_done_once,
     cli,
+    cli_env,
     epochs_done,
     launched_roles,
     temp_files,
@@ -159,3 +162,122 @@ def test_two_launches_at_once_one_wins_the_other_says_busy(study, tmp_path):
     assert {r["attempts"] for r in rundir.submissions().values()} == {1}
     assert_grid_done_once(rundir, 2)
     assert json.loads((run / "run.json").read_text())["grid"] == "faults"
+
+
+STOP_EPOCHS = 6
+
+
+def _stopped_mid_training(study, tmp_path, stop) -> tuple[RunDir, Background, str]:
+    """A launch of two independent trainings, one at a time, stopped by `stop(launcher,
+    rundir)` while the first trains; (run dir, launcher, that unit's id) once it exited."""
+    epochs = STOP_EPOCHS
+    grid, run = study(strategies="[ce, focal]", epochs=epochs)
+    launcher = Background(*_launch_args(grid, run), cwd=tmp_path, name="launch")
+    rundir = RunDir(run)
+    try:
+        launched_roles(run, launcher)
+        first = wait_until(
+            lambda: next((u for u in rundir.submissions() if u in _trainings(rundir)), None),
+            120,
+            "the first training to start",
+            explain=launcher.output,
+        )
+        wait_mid_training(rundir, first, 1, epochs - 1, 240, explain=launcher.output)
+        stop(launcher, rundir)
+        launcher.wait(600)  # a bound, not a timing
+    finally:
+        launcher.kill_group()
+    return rundir, launcher, first
+
+
+def _trainings(rundir: RunDir) -> set[str]:
+    return {u.id for u in rundir.read_dag() if u.kind == "train"}
+
+
+def _assert_stopped_not_failed(rundir: RunDir, launcher: Background, first: str) -> None:
+    """The launch stopped its running unit and started no other; nothing reads as failed;
+    the stopped unit is to do again, and a re-launch resumes it and completes the grid."""
+    assert launcher.process.returncode == 130, launcher.output()
+    assert "Traceback" not in launcher.stderr(), launcher.stderr()
+    assert set(rundir.submissions()) & _trainings(rundir) == {first}, launcher.output()
+    assert not any(rundir.failure(u) for u in _trainings(rundir))
+    rows = {r["unit_id"]: r for r in status_rows(rundir, LocalBackend(LocalProfile()))}
+    assert {rows[u]["state"] for u in _trainings(rundir)} == {"todo"}, rows
+    _relaunch_resumes(rundir, first, tmp_path=rundir.path.parent)
+
+
+def _relaunch_resumes(rundir: RunDir, first: str, tmp_path) -> None:
+    """`launch` again completes the grid, once, the stopped unit from its last epoch."""
+    again = cli(*_launch_args(rundir.path.parent / "faults.yaml", rundir.path), cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    runs = assert_grid_done_once(rundir, STOP_EPOCHS)
+    assert runs[first]["resumed_from_epoch"] >= 1, runs[first]
+
+
+def test_cancel_stops_a_local_launch_and_starts_nothing_more(study, tmp_path):
+    """Fault: `cancel` while a local launch trains the first of two units (--jobs 1).
+    Expect: the launcher stops (it used to start the next unit once its worker was
+    killed), exits as interrupted, and nothing is recorded as failed."""
+
+    def cancel(launcher: Background, rundir: RunDir) -> None:
+        result = cli("cancel", "--run-dir", rundir.path, cwd=tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "cancelled 1 units" in result.stdout
+
+    _assert_stopped_not_failed(*_stopped_mid_training(study, tmp_path, cancel))
+
+
+def test_ctrl_c_stops_a_local_launch_without_recording_failures(study, tmp_path):
+    """Fault: Ctrl-C (SIGINT to the terminal's whole process group: launcher, fork server
+    and workers) while a unit trains. Expect: everything stops, the launch exits 130, and
+    the interrupted unit is not recorded as failed (it used to be: "exited with status 1")."""
+
+    def ctrl_c(launcher: Background, rundir: RunDir) -> None:
+        os.killpg(launcher.pid, signal.SIGINT)
+
+    _assert_stopped_not_failed(*_stopped_mid_training(study, tmp_path, ctrl_c))
+
+
+def test_a_launch_whose_reader_went_away_runs_every_unit(study, tmp_path):
+    """Fault: `launch | head`: the launcher's stdout is a pipe whose reader has gone.
+    Expect: no traceback, and the launch still runs the grid to the end (it used to die at
+    its first line of output, leaving the units undone)."""
+    grid, run = study(strategies='["ce>focal"]', epochs=2)
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "orchestrator", *_launch_args(grid, run)],
+            cwd=tmp_path,
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=600,
+            env=cli_env(),
+        )
+    finally:
+        os.close(write)
+    assert result.returncode == 0 and not result.stderr, result.stderr
+    assert_grid_done_once(RunDir(run), 2)
+
+
+def test_a_worker_stopped_by_hand_is_not_a_failure_and_the_launch_says_what_is_left(
+    study, tmp_path
+):
+    """Fault: one worker gets SIGTERM (by hand, not `cancel`) while the launch goes on.
+    Expect: that unit is stopped, not failed (nothing recorded), the other unit runs, and
+    the launch ends saying a unit is neither done nor failed, with exit status 1."""
+
+    def sigterm_worker(launcher: Background, rundir: RunDir) -> None:
+        first = next(u for u in rundir.submissions() if u in _trainings(rundir))
+        os.kill(int(rundir.submissions()[first]["job_id"]), signal.SIGTERM)
+
+    rundir, launcher, first = _stopped_mid_training(study, tmp_path, sigterm_worker)
+    assert launcher.process.returncode == 1, launcher.output()
+    assert "1 units neither done nor failed" in launcher.stderr(), launcher.output()
+    assert f"stopped {rundir.read_spec(first)['name']}" in launcher.output()
+    assert rundir.failure(first) is None
+    rows = {r["unit_id"]: r for r in status_rows(rundir, LocalBackend(LocalProfile()))}
+    assert rows[first]["state"] == "todo"
+    assert {rows[u]["state"] for u in _trainings(rundir) - {first}} == {"done"}
+    _relaunch_resumes(rundir, first, tmp_path=rundir.path.parent)

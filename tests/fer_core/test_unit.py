@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import time
 from dataclasses import asdict
 from importlib.metadata import version
 
@@ -134,3 +137,17 @@ def test_a_spec_with_an_unknown_or_missing_key_is_refused_naming_it(twin_faces):
     del body["data_dir"]
     with pytest.raises(FerError, match="missing key 'data_dir'"):
         UnitSpec.from_dict(body)
+
+
+def test_a_process_start_is_read_to_a_clock_tick():
+    """The start-up figure (process start -> first step) counts from when the process
+    really started: after the moment its parent started it (to a 10 ms clock tick), not up
+    to a second before (the boot time in whole seconds that psutil adds to the start)."""
+    code = "from fer_core.unit import process_started_at; print(repr(process_started_at()))"
+    before = time.time()
+    child = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    after = time.time()
+    started = float(child.stdout)
+    assert before - 0.02 <= started <= after, (before, started, after)

@@ -145,6 +145,12 @@ class ForkService:
     a trial's own server to load; and one server serves every trial on this host, not one
     per actor. A trial sends its unit's arguments over a Unix socket (with an authkey) and
     gets the exit status back; if the trial goes first (stopped, killed), its unit is stopped.
+
+    Each trial's unit is started and waited for on a thread of its own, so `children` keeps
+    them from touching multiprocessing's child records at the same time: `Process.start()`
+    polls every earlier child's exit status, a message read from a pipe, and a thread reading
+    it while another does gets exit status 255 for a unit that finished (see
+    orchestrator.backends.local, which starts and joins its workers on one thread).
     """
 
     def __init__(self) -> None:
@@ -157,6 +163,7 @@ class ForkService:
         self.authkey = os.urandom(32)
         self.listener = multiprocessing.connection.Listener(family="AF_UNIX", authkey=self.authkey)
         self.closed = False
+        self.children = threading.Lock()  # held to start a unit or to read its exit status
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
@@ -192,10 +199,12 @@ class ForkService:
             except (EOFError, OSError):
                 return
             process = self.context.Process(target=_unit_process, args=args, name=args[1])
-            process.start()
+            with self.children:
+                process.start()
             multiprocessing.connection.wait([process.sentinel, conn])
-            if process.is_alive():  # the trial went first (stopped, killed): so does its unit
-                process.terminate()
-            process.join()
+            with self.children:
+                if process.is_alive():  # the trial went first (stopped, killed): so does its unit
+                    process.terminate()
+                process.join()
             with contextlib.suppress(OSError):  # the trial may be gone
                 conn.send(process.exitcode)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from dataclasses import replace
 
 import pytest
@@ -15,9 +16,10 @@ from orchestrator.backends.local import LocalBackend
 from orchestrator.plan.profiles import LocalProfile, load_profile
 from orchestrator.run.launch import launch
 from orchestrator.run.processes import process_start
+from orchestrator.run.rundir import RunDir
 from orchestrator.run.states import State
 from orchestrator.run.status import status_rows
-from tests.helpers import SMALL_GRID, private_copy
+from tests.helpers import SMALL_GRID, done_prepare_units, private_copy, tiny_ckplus
 
 GRID = SMALL_GRID.replace("folds: [1]", "folds: [1, 2]").replace(
     'strategies: [ce, "ce>focal"]', 'strategies: [ce, "ce>focal", focal]'
@@ -131,3 +133,38 @@ def test_a_run_dir_of_another_grid_is_refused(finished_run, tmp_path):
     other.write_text(GRID.replace("name: small", "name: other"))
     with pytest.raises(FerError, match="holds results of grid 'small'"):
         launch(str(other), run_dir=rundir.path)
+
+
+def test_many_short_units_are_each_recorded_as_what_they_did(tmp_path, capsys):
+    """Stress: 60 units whose workers exit 0 within milliseconds, four at a time, so that
+    workers start while others end. Each must be reported done with the exit status it had:
+    none failed, none blocked, no status but 0. (Workers started and joined from several
+    threads read each other's exit status: some came back as 255.)"""
+    root = tiny_ckplus(tmp_path / "tree", subjects=2, size=16)
+    rundir = RunDir(tmp_path / "run")
+    units = done_prepare_units(rundir, root, 60)
+    capsys.readouterr()
+    LocalBackend(LocalProfile(jobs=4, threads_per_job=1)).submit(rundir, units)
+    lines = capsys.readouterr().out.splitlines()
+    finished = [line for line in lines if line.startswith("[")]
+    wrong = [line for line in finished if " done " not in line or "status" in line]
+    assert len(finished) == len(units) and not wrong, "\n".join(wrong)
+    assert all(rundir.failure(u.id) is None for u in units)
+    assert len(rundir.submissions()) == len(units)
+
+
+def test_cancel_spares_a_process_that_took_a_killed_launchers_pid(tmp_path):
+    """A launcher killed by SIGKILL leaves its pid in launch.lock; `cancel` stops the process
+    of that pid only while it holds the lock file open, so a process that now has the pid
+    (here: one that is not a launcher at all) is left alone."""
+    rundir = RunDir(tmp_path / "run")
+    rundir.path.mkdir()
+    bystander = subprocess.Popen(["sleep", "300"])
+    try:
+        (rundir.path / "launch.lock").write_text(f"{bystander.pid}\n")
+        assert rundir.launcher() == bystander.pid  # what cancel reads
+        assert LocalBackend(LocalProfile()).cancel(rundir) == []
+        assert bystander.poll() is None, "cancel signalled a process that is no launcher"
+    finally:
+        bystander.kill()
+        bystander.wait()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli import main
-from tests.helpers import REPO, SMALL_GRID
+from tests.helpers import REPO, SMALL_GRID, prepare_run
 
 
 def _cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -153,3 +154,53 @@ def test_data_synth_and_index_a_fixed_split_twin(tmp_path, capsys):
         "dropped rows (not an expression, or not a class of this variant): contempt (not in "
         "AffectNet-7) 9, non-face 166, none 67, uncertain 24"
     )
+
+
+def _cli_to_closed_pipe(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m orchestrator ARGS | head`, its reader gone before the first line."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "orchestrator", *args],
+            cwd=cwd,
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+    finally:
+        os.close(write)
+
+
+def test_a_closed_pipe_ends_the_output_quietly(tmp_path, grid):
+    """`status | head` and `launch --dry-run | head`: no BrokenPipeError traceback, and the
+    command's own exit status."""
+    rundir, _ = prepare_run(grid, tmp_path / "run")
+    rundir.write_profile("local", None)
+    for args in (
+        ("status", "--run-dir", str(rundir.path)),
+        ("launch", "--grid", "paper", "--dry-run", "--run-dir", str(tmp_path / "r")),
+    ):
+        result = _cli_to_closed_pipe(*args, cwd=tmp_path)
+        assert result.returncode == 0 and not result.stderr, (args, result.stderr)
+
+
+def test_a_local_launch_where_sbatch_is_on_path_says_so_once(tmp_path, grid):
+    """A login node: `sbatch` on PATH, the default (local) profile. The launch trains here as
+    before, and one line says so and names the option that picks the cluster."""
+    sbatch = shutil.which("sbatch")
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    if sbatch is None:  # a machine without SLURM: a PATH with one, as on a login node
+        (bare / "sbatch").symlink_to(shutil.which("true") or "/bin/true")
+    args = ("launch", "--grid", str(grid), "--dry-run", "--run-dir", str(tmp_path / "r"))
+    path = f"{bare}{os.pathsep}{os.environ['PATH']}"
+    login = _cli(*args, cwd=tmp_path, env={"PATH": path})
+    assert login.returncode == 0, login.stderr
+    notes = [line for line in login.stdout.splitlines() if "sbatch is on PATH" in line]
+    assert len(notes) == 1 and "--cluster slurm" in notes[0], login.stdout
+    elsewhere = _cli(*args, cwd=tmp_path, env={"PATH": str(Path(sys.executable).parent)})
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert "sbatch" not in elsewhere.stdout
