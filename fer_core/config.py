@@ -17,7 +17,8 @@ from fer_core.loss_registry import LOSS_PARAMS, Alpha, check_loss_params, loss_s
 SELECTIONS = ("heldout", "inner")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 NAN_POLICIES = ("fail", "skip")
-LATER_KEYS = {"deterministic": False}  # see StageConfig.to_dict
+SAMPLERS = ("shuffle", "balanced")
+LATER_KEYS = {"deterministic": False, "sampler": "shuffle"}  # see StageConfig.to_dict
 
 
 @dataclass(frozen=True)
@@ -47,12 +48,14 @@ class StageConfig:
     compile: bool = False
     nan_policy: str = "fail"
     deterministic: bool = False  # deterministic kernels only (fer_core.runtime.use_determinism)
+    sampler: str = "shuffle"  # how training batches are drawn (fer_core.train.epoch_order)
 
     def __post_init__(self) -> None:
         loss_spec(self.loss)
         _check_choice("selection", self.selection, SELECTIONS)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("nan_policy", self.nan_policy, NAN_POLICIES)
+        _check_choice("sampler", self.sampler, SAMPLERS)
         _check_positive_int("epochs", self.epochs)
         _check_positive_int("batch_size", self.batch_size)
         for key in ("lr", "lr_decay"):
