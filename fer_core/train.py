@@ -168,7 +168,11 @@ class _StoreRows(torch.utils.data.Dataset[torch.Tensor]):
         return len(self.chunks)
 
     def __getitem__(self, k: int) -> torch.Tensor:
-        return self.store.gather(self.chunks[k].numpy())
+        rows = self.chunks[k]
+        out = torch.empty((len(rows), *self.store.shape[1:]), dtype=torch.uint8)
+        # read straight into shared memory: the loader hands it over without another copy
+        shared: torch.Tensor = out.share_memory_()  # type: ignore[no-untyped-call]  # torch
+        return self.store.gather(rows.numpy(), shared)
 
 
 @dataclass(frozen=True)

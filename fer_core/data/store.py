@@ -154,26 +154,34 @@ class CropStore:
     def __getstate__(self) -> dict[str, object]:
         return {**self.__dict__, "_fds": {}}  # descriptors do not cross processes
 
-    def gather(self, index: np.ndarray) -> torch.Tensor:
-        """The crops of rows `index` (in that order) as a new uint8 k x 3 x S x S tensor.
-        Consecutive rows of one shard are read with one system call."""
+    def gather(self, index: np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The crops of rows `index` (in that order) as a uint8 k x 3 x S x S tensor, read
+        straight into `out` when given (e.g. one in shared memory, which a loader worker then
+        hands over without another copy). Rows consecutive in both the file and `index` are
+        read with one system call."""
         index = np.asarray(index, dtype=np.int64).reshape(-1)
         if index.size and (index.min() < 0 or index.max() >= self.n):
             raise FerError(f"crop store: row index out of range 0..{self.n - 1}")
+        if out is None:
+            out = torch.empty((len(index), *self.shape[1:]), dtype=torch.uint8)
+        flat = out.view(len(index), self.row_bytes).numpy()
         order = np.argsort(index, kind="stable")
         rows = index[order]
-        buffer = np.empty((len(rows), self.row_bytes), dtype=np.uint8)
         for lo, hi in _runs(rows, self.rows):
             shard, first = divmod(int(rows[lo]), self.rows)
             offset = self.offsets[shard] + first * self.row_bytes
-            view = buffer[lo:hi].data.cast("B")
-            if os.preadv(self._fd(shard), [view], offset) != len(view):
-                raise FerError(f"crop store: short read from {shard_path(self.directory, shard)}")
-        if not np.array_equal(order, np.arange(len(order))):
-            unsorted = np.empty_like(buffer)
-            unsorted[order] = buffer
-            buffer = unsorted
-        return torch.from_numpy(buffer).view(len(index), *self.shape[1:])
+            dest = order[lo:hi]
+            if hi - lo == 1 or bool((np.diff(dest) == 1).all()):
+                self._read(shard, flat[dest[0] : dest[0] + hi - lo], offset)
+            else:  # the same rows wanted in another order: one read per row
+                for k, row in enumerate(dest):
+                    self._read(shard, flat[row : row + 1], offset + k * self.row_bytes)
+        return out
+
+    def _read(self, shard: int, into: np.ndarray, offset: int) -> None:
+        view = into.data.cast("B")
+        if os.preadv(self._fd(shard), [view], offset) != len(view):
+            raise FerError(f"crop store: short read from {shard_path(self.directory, shard)}")
 
     def _fd(self, shard: int) -> int:
         if self._pid != os.getpid():  # forked: the parent's descriptors share its offsets
