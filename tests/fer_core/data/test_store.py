@@ -134,3 +134,18 @@ def test_a_store_of_other_crops_is_replaced_not_mixed(tmp_path):
     assert write_store(tmp_path, 10, 8, "b", rows(3), rows_per_shard=4) == 0
     store = CropStore(tmp_path)
     assert store.fingerprint == "b" and bool((store[:] == 3).all())
+
+
+def test_auto_storage_picks_the_store_by_size_and_reuses_it(oulu_index, tmp_path, monkeypatch):
+    from fer_core.data import faces as faces_module
+
+    prepare_faces(oulu_index, tmp_path / "small", CROP, detector="center")
+    assert json.loads((tmp_path / "small" / "faces.json").read_text())["storage"] == "memory"
+    crop_bytes = len(oulu_index.records) * 3 * CROP * CROP
+    monkeypatch.setattr(faces_module, "STORE_MIN_BYTES", crop_bytes)
+    report = prepare_faces(oulu_index, tmp_path / "large", CROP, detector="center")
+    assert json.loads((tmp_path / "large" / "faces.json").read_text())["storage"] == "store"
+    assert report.reused == 0
+    again = prepare_faces(oulu_index, tmp_path / "large", CROP, detector="center")
+    assert again.reused == len(oulu_index.records)
+    assert isinstance(FaceSet.load(tmp_path / "large").images, CropStore)
