@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks of the speed issue, as one prepared script for a lent H100/H200:
 #   run from the repo root; writes figures to ${OUT:-bench/out}.
-# Budget: about 6 minutes. The machine's own python3 has torch/torchvision; fer_core's
-# other imports (facenet-pytorch, pyarrow) are only needed for backbones/paths not run here.
+# Budget: about 10 minutes (6 without the data-path check (4)). The machine's own python3 has
+# torch/torchvision; fer_core's other imports (facenet-pytorch, pyarrow) are only needed for
+# backbones/paths not run here.
 set -uo pipefail
 OUT=${OUT:-bench/out}
 mkdir -p "$OUT"
@@ -18,3 +19,8 @@ timeout 90 python3 bench/throughput.py --backbone resnet18 --size 224 --batch 32
 # (3) Packing: k units on one GPU, utilisation sampled with nvidia-smi.
 timeout 150 python3 bench/packing.py --backbone inception_v3 --size 299 --packs 1 2 4 \
     --json "$OUT/packing.json" 2>&1 | tee "$OUT/packing.log"
+# (4) Data path at scale: 200k crops @112 as JPEGs + PIL vs the on-disk crop store (batches
+# moved to the GPU; b+aug augments there) vs copying a ready batch; ~7.5 GB under /tmp,
+# deleted at the end. About 4 minutes, most of it writing the store.
+timeout 330 python3 bench/data_path.py --n 200000 --size 112 --workers 8 --device cuda \
+    --dir /tmp/data-path-bench --json "$OUT/data_path.json" 2>&1 | tail -25 | tee "$OUT/data_path.log"

@@ -18,7 +18,9 @@ SELECTIONS = ("heldout", "inner")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 FINAL_EPOCHS = ("best", "last")
 NAN_POLICIES = ("fail", "skip")
-LATER_KEYS = {"deterministic": False, "final_epoch": "best"}  # see StageConfig.to_dict
+SAMPLERS = ("shuffle", "balanced")
+# keys added after ids were first issued: left out of a spec at their default (StageConfig.to_dict)
+LATER_KEYS = {"deterministic": False, "final_epoch": "best", "sampler": "shuffle"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class StageConfig:
     # selection subset, or the last one, which nothing picks (D-14). Grids set it for a
     # chain's final stage only (the grid's top-level `final_epoch`).
     final_epoch: str = "best"
+    sampler: str = "shuffle"  # how training batches are drawn (fer_core.train.epoch_order)
 
     def __post_init__(self) -> None:
         loss_spec(self.loss)
@@ -59,6 +62,7 @@ class StageConfig:
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("nan_policy", self.nan_policy, NAN_POLICIES)
         _check_choice("final_epoch", self.final_epoch, FINAL_EPOCHS)
+        _check_choice("sampler", self.sampler, SAMPLERS)
         _check_positive_int("epochs", self.epochs)
         _check_positive_int("batch_size", self.batch_size)
         for key in ("lr", "lr_decay"):

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from fer_core.errors import FerError
 
@@ -67,6 +67,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write UTF-8 `text` to `path` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_save_array(path: Path, array: Any) -> None:
+    """`numpy.save` a numpy array to `path` atomically (a `.npy` file, memory-mappable)."""
+    import numpy as np
+
+    _atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False))
 
 
 def atomic_torch_save(obj: object, path: Path) -> str:

@@ -72,7 +72,7 @@ def _focal(
 
     `target` is N class indices, or an N x C soft target (rows summing to 1): then the loss
     is `-sum_c q_c α_c (1 - p_c)^γ log p_c`, which is the hard one for a one-hot q
-    (docs/METHOD.md D-14)."""
+    (docs/METHOD.md D-17)."""
     soft = target.ndim == 2 and target.shape == logits.shape
     if logits.ndim != 2 or not (soft or target.ndim == 1) or target.shape[0] != logits.shape[0]:
         raise FerError(
@@ -112,7 +112,7 @@ def focal_loss(
     reduction: str = "mean",
 ) -> torch.Tensor:
     """`-α_t (1 - p_t)^γ log p_t` of N x C `logits` against N class indices `target` (or
-    N x C soft targets: the q-weighted sum over classes, docs/METHOD.md D-14).
+    N x C soft targets: the q-weighted sum over classes, docs/METHOD.md D-17).
 
     γ = 0 and α = None give exactly the cross-entropy; γ = 0 and a scalar α give α × CE (the
     paper's CK+ setting α = 0.25, γ = 0 is 0.25 × CE). See the module docstring for α.

@@ -1,10 +1,11 @@
 """One training stage, read top to bottom: fit, select the best epoch, checkpoint, resume.
 
 The data is the dataset's cached face crops, held once as a uint8 tensor on the training
-device; each step gathers a batch by index and augments it on that device, so no DataLoader
-or per-image CPU work sits between the GPU and the next batch. The loss is accumulated on the
-device and read back once per epoch (no per-step host synchronisation, unless
-`nan_policy="skip"` asks to inspect each step).
+device, or for a large dataset read batch by batch from the on-disk crop store by worker
+processes (`fer_core.data.store`); each step gathers a batch by index and augments it on the
+device, so no per-image CPU work sits between the GPU and the next batch. The loss is
+accumulated on the device and read back once per epoch (no per-step host synchronisation,
+unless `nan_policy="skip"` asks to inspect each step).
 
 Checkpoints (`last.pt`, `last.prev.pt`, `best.pt`, their digests, resume and fallback) are
 `fer_core.checkpoints`; this module decides when to write them.
@@ -16,7 +17,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict, cast
@@ -37,14 +38,18 @@ from fer_core.checkpoints import (
 )
 from fer_core.config import StageConfig
 from fer_core.data.augment import train_transform
+from fer_core.data.store import CropStore
 from fer_core.errors import FerError
-from fer_core.evaluate import Evaluation, evaluate
+from fer_core.evaluate import Evaluation, predict
+from fer_core.heap import fix_mmap_threshold
 from fer_core.io import atomic_write_text
 from fer_core.losses import build_loss
 from fer_core.records import EpochRecord
 from fer_core.runtime import use_determinism, use_precision
 
 PROGRESS = "progress.json"  # epochs done, for `status` while a unit runs
+LOADER_WORKERS = 2  # processes reading batches from the on-disk crop store
+SCORE_ROWS = 4096  # crops per read when scoring from the on-disk store
 
 
 class BestCheckpoint(TypedDict):
@@ -71,24 +76,104 @@ class ResumeState(TypedDict):
 
 @dataclass(frozen=True)
 class StageData:
-    """Face crops (uint8 N x 3 x S x S) and labels of one stage's three roles."""
+    """A dataset's crops (uint8 N x 3 x S x S, in memory or the on-disk store) and labels, and
+    the rows of one stage's training and selection roles. Roles are row indices, not copies:
+    a unit holds the crops once (in memory) or not at all (the store: batches are read by
+    index), so its memory does not grow with the dataset."""
 
-    train_images: torch.Tensor
-    train_labels: torch.Tensor
-    select_images: torch.Tensor
-    select_labels: torch.Tensor
+    images: torch.Tensor | CropStore
+    labels: torch.Tensor  # int64 N
+    train_rows: torch.Tensor  # int64, rows of the training role
+    select_rows: torch.Tensor  # int64, rows of the selection role
     num_classes: int
-    train_targets: torch.Tensor | None = None  # N x C soft targets; None: train on labels
+    targets: torch.Tensor | None = None  # N x C soft targets of every row; None: the labels
 
-    def to(self, device: torch.device) -> StageData:
-        return StageData(
-            self.train_images.to(device),
-            self.train_labels.to(device),
-            self.select_images.to(device),
-            self.select_labels.to(device),
-            self.num_classes,
-            None if self.train_targets is None else self.train_targets.to(device),
-        )
+    @classmethod
+    def from_masks(
+        cls,
+        images: torch.Tensor | CropStore,
+        labels: torch.Tensor,
+        train: torch.Tensor,
+        select: torch.Tensor,
+        num_classes: int,
+        targets: torch.Tensor | None = None,
+    ) -> StageData:
+        """The roles given as bool masks over the dataset's rows."""
+        train_rows, select_rows = train.nonzero().flatten(), select.nonzero().flatten()
+        return cls(images, labels, train_rows, select_rows, num_classes, targets)
+
+    @property
+    def train_labels(self) -> torch.Tensor:
+        return self.labels[self.train_rows]
+
+    @property
+    def select_labels(self) -> torch.Tensor:
+        return self.labels[self.select_rows]
+
+
+def epoch_order(labels: torch.Tensor, sampler: str, generator: torch.Generator) -> torch.Tensor:
+    """Positions in the training role (0..n-1) in the order one epoch visits them.
+
+    `shuffle` (the paper): a random permutation. `balanced` (D-20): n draws with replacement,
+    each position with probability proportional to 1 / (its class's count in `labels`), the
+    training role's labels, so every present class is drawn equally often in expectation.
+    """
+    n = len(labels)
+    if sampler == "shuffle":
+        return torch.randperm(n, generator=generator)
+    counts = torch.bincount(labels)
+    weights = 1.0 / counts[labels].double()
+    return torch.multinomial(weights, n, replacement=True, generator=generator)
+
+
+def batches(
+    images: torch.Tensor | CropStore,
+    rows: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+) -> Iterator[torch.Tensor]:
+    """The uint8 crops of `rows`, `batch_size` at a time, on `device`, in `rows`' order.
+
+    In-memory crops (already on `device`) are indexed there. From the on-disk store, worker
+    processes (`LOADER_WORKERS`) read the next batches while the device trains on this one;
+    only those few batches are ever in memory. Both give the same crops in the same order.
+    """
+    chunks = list(torch.split(rows, batch_size))
+    if isinstance(images, torch.Tensor):
+        for chunk in chunks:
+            yield images[chunk.to(images.device)]
+        return
+    if not chunks:
+        return
+    loader = torch.utils.data.DataLoader(
+        _StoreRows(images, chunks),
+        batch_size=None,
+        num_workers=min(LOADER_WORKERS, len(chunks)),
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4,
+        # the loader seeds its workers from this, not from the global RNG, which dropout
+        # draws from: both paths then train identically (workers draw nothing random)
+        generator=torch.Generator(),
+    )
+    for batch in loader:
+        yield batch.to(device, non_blocking=True)
+
+
+class _StoreRows(torch.utils.data.Dataset[torch.Tensor]):
+    """Batch k = the crops of `chunks[k]`, read from the store (in a worker process)."""
+
+    def __init__(self, store: CropStore, chunks: list[torch.Tensor]):
+        self.store, self.chunks = store, chunks
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, k: int) -> torch.Tensor:
+        rows = self.chunks[k]
+        out = torch.empty((len(rows), *self.store.shape[1:]), dtype=torch.uint8)
+        # read straight into shared memory: the loader hands it over without another copy
+        shared: torch.Tensor = out.share_memory_()  # type: ignore[no-untyped-call]  # torch
+        return self.store.gather(rows.numpy(), shared)
 
 
 @dataclass(frozen=True)
@@ -160,6 +245,7 @@ def train_stage(
     work_dir.mkdir(parents=True, exist_ok=True)
     use_determinism(config.deterministic)
     use_precision(config.precision)
+    fix_mmap_threshold()  # before the first batch: see fer_core.heap
     # Every global RNG starts from the seed (torch's seeds CUDA too); a resume then restores
     # them all, so a resumed unit draws what an uninterrupted one would have.
     random.seed(config.seed)
@@ -200,10 +286,13 @@ def train_stage(
         best_accuracy, best_epoch = state["best_accuracy"], state["best_epoch"]
         start_epoch = state["epoch"] + 1
 
-    data = data.to(device)
-    n_train = len(data.train_labels)
-    if n_train == 0 or len(data.select_labels) == 0:
+    n_train = len(data.train_rows)
+    if n_train == 0 or len(data.select_rows) == 0:
         raise FerError("stage data: the training or selection set is empty; check the folds")
+    images = data.images.to(device) if isinstance(data.images, torch.Tensor) else data.images
+    train_labels = data.train_labels.to(device)
+    # soft targets (FERPlus `probability`) replace the labels in the loss, not in accuracy
+    train_targets = None if data.targets is None else data.targets[data.train_rows].to(device)
     images_seen, busy_seconds, first_step_at = 0, 0.0, math.nan
     for epoch in range(start_epoch, config.epochs):
         lr = config.lr_at(epoch)
@@ -211,17 +300,18 @@ def train_stage(
             group["lr"] = lr
         step_model.train()
         started = time.perf_counter()
-        order = torch.randperm(n_train, generator=generator).to(device)
+        order = epoch_order(data.train_labels, config.sampler, generator)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         skipped, used = 0, 0
-        for start in range(0, n_train, config.batch_size):
-            index = order[start : start + config.batch_size]
-            batch = train_transform(data.train_images[index], input_size, generator)
+        crops = batches(images, data.train_rows[order], config.batch_size, device)
+        for index, crop in zip(
+            torch.split(order.to(device), config.batch_size), crops, strict=True
+        ):
+            batch = train_transform(crop, input_size, generator)
             if config.channels_last and device.type == "cuda":
                 batch = batch.contiguous(memory_format=torch.channels_last)
-            targets = data.train_labels if data.train_targets is None else data.train_targets
-            target = targets[index]
+            target = train_labels[index] if train_targets is None else train_targets[index]
             with torch.autocast(
                 device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
             ):
@@ -239,7 +329,7 @@ def train_stage(
                 first_step_at = time.time()
             logits = output[0] if isinstance(output, tuple) else output
             loss_sum += loss.detach().float() * len(index)
-            correct += (logits.argmax(dim=1) == data.train_labels[index]).sum()
+            correct += (logits.argmax(dim=1) == train_labels[index]).sum()
             used += len(index)
         if used == 0:
             raise FerError(
@@ -252,11 +342,13 @@ def train_stage(
                 f"epoch {epoch + 1}: training loss is {train_loss} (not finite); lower the LR, "
                 "or set nan_policy: skip to drop such batches"
             )
-        selection = evaluate(
+        selection = score_rows(
             model,
-            data.select_images,
+            images,
+            data.select_rows,
             data.select_labels,
             input_size,
+            device,
             autocast_dtype=amp_dtype,
             channels_last=config.channels_last and device.type == "cuda",
         )
@@ -311,17 +403,46 @@ def train_stage(
 
 def score(
     model: nn.Module,
-    images: torch.Tensor,
+    images: torch.Tensor | CropStore,
+    rows: torch.Tensor,
     labels: torch.Tensor,
     input_size: int,
     device: torch.device,
     precision: str = "auto",
 ) -> Evaluation:
-    """Score `model` on uint8 crops (moved to `device`) — used for the test fold."""
-    return evaluate(
+    """Score `model` on crops `rows` of `images` against `labels` — used for the test set."""
+    if isinstance(images, torch.Tensor):
+        images = images[rows]
+        rows = torch.arange(len(rows))
+    return score_rows(
         model.to(device),
-        images.to(device),
+        images.to(device) if isinstance(images, torch.Tensor) else images,
+        rows,
         labels,
         input_size,
+        device,
         autocast_dtype=autocast_dtype(precision, device),
     )
+
+
+def score_rows(
+    model: nn.Module,
+    images: torch.Tensor | CropStore,
+    rows: torch.Tensor,
+    labels: torch.Tensor,
+    input_size: int,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> Evaluation:
+    """Score `model` on crops `rows` of `images` (in memory on `device`, or the store: read
+    `SCORE_ROWS` at a time, so scoring holds no more of the set than that)."""
+    chunk = max(len(rows), 1) if isinstance(images, torch.Tensor) else SCORE_ROWS
+    parts = [
+        predict(
+            model, crops, input_size, autocast_dtype=autocast_dtype, channels_last=channels_last
+        )
+        for crops in batches(images, rows, chunk, device)
+    ]
+    probabilities = torch.cat(parts) if parts else predict(model, images[rows[:0]], input_size)
+    return Evaluation(probabilities, probabilities.argmax(dim=1), labels.cpu().long())

@@ -69,13 +69,8 @@ def stage_data(faces: FaceSet, fold: int, n_folds: int, selection: str) -> Stage
         select, train = test, ~test
     if not bool(test.any()):
         raise FerError(f"fold {fold}: no images in this fold of {faces.dataset}")
-    return StageData(
-        faces.images[train],
-        faces.labels[train],
-        faces.images[select],
-        faces.labels[select],
-        len(faces.classes),
-        None if faces.targets is None else faces.targets[train],
+    return StageData.from_masks(
+        faces.images, faces.labels, train, select, len(faces.classes), faces.targets
     )
 
 
@@ -141,7 +136,13 @@ def run_unit(
     if not score_test:
         test = torch.zeros_like(test)
     result = score(
-        model, faces.images[test], faces.labels[test], input_size, device, config.precision
+        model,
+        faces.images,
+        test.nonzero().flatten(),
+        faces.labels[test],
+        input_size,
+        device,
+        config.precision,
     )
     finished_at = time.time()
     run: RunRow = {

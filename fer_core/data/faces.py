@@ -4,7 +4,9 @@ Why cached: detection costs ~60-100 ms per frame on a CPU core and gives the sam
 time, while a training unit reads all images every epoch. So `prepare_faces` detects the face
 in each indexed frame (facenet-pytorch MTCNN, batched over same-size frames), crops a square
 box with a margin, resizes it to `crop_size` and stores every crop in one uint8 tensor
-(`faces.pt`) with the labels, folds and subjects, plus a human-readable `faces.json`. Its
+(`faces.pt`) with the labels, folds and subjects, plus a human-readable `faces.json`; a large
+dataset's crops go to the on-disk store `crops/` instead (`fer_core.data.store`), read by
+index, so a unit's memory does not grow with the dataset (`storage` of `prepare_faces`). Its
 fingerprint covers the data (paths, bytes, labels, folds) and the crop settings: a match means
 reuse, any change means recompute. A frame without a detected face falls back to a centre
 square crop and is counted and listed, never silently dropped (docs/METHOD.md D-7).
@@ -33,12 +35,15 @@ import torch
 from PIL import Image
 
 from fer_core.data.index import DatasetIndex, dataset_fingerprint
+from fer_core.data.store import STORE_DIR, CropStore, ShardRows, read_side_data, write_store
 from fer_core.data.wild import face_source
 from fer_core.errors import FerError
 from fer_core.io import atomic_torch_save, atomic_write_text
 from fer_core.progressbar import ProgressBar
 
 DETECTORS = ("mtcnn", "center", "box")
+STORAGES = ("auto", "memory", "store")
+STORE_MIN_BYTES = 1 << 30  # `auto` storage: crops from this size on go to the on-disk store
 FORMAT = 1
 CROP_METHOD = 1  # bump when the cropping code changes what it produces
 PT_NAME, JSON_NAME = "faces.pt", "faces.json"
@@ -59,6 +64,7 @@ class FacesBlob(TypedDict):
     """`faces.pt` (see the module docstring), as `prepare_faces` writes it."""
 
     format: int
+    storage: str  # "memory": the crops are `images`; "store": `crops/` (empty `images`)
     images: torch.Tensor
     labels: torch.Tensor
     folds: torch.Tensor
@@ -84,6 +90,7 @@ class FacesMeta(TypedDict):
     margin: float
     detector: str
     crop_method: int
+    storage: str
     n: int
     detected: int
     fallback: int
@@ -121,7 +128,7 @@ class FacesReport:
 class FaceSet:
     """All face crops of one dataset, in index order, ready to batch onto a device."""
 
-    images: torch.Tensor  # uint8 N x 3 x S x S
+    images: torch.Tensor | CropStore  # uint8 N x 3 x S x S; `images[rows]` is a tensor
     labels: torch.Tensor  # int64 N, 0-based
     folds: torch.Tensor  # int64 N, 1-based
     subjects: list[str]
@@ -147,8 +154,9 @@ class FaceSet:
             raise FerError(f"faces: {path} does not match its faces.json (corrupt?); {RERUN}")
         try:
             blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            store = blob.get("storage") == "store"
             faces = cls(
-                images=blob["images"],
+                images=CropStore(Path(out_dir) / STORE_DIR) if store else blob["images"],
                 labels=blob["labels"],
                 folds=blob["folds"],
                 subjects=list(blob["subjects"]),
@@ -159,6 +167,8 @@ class FaceSet:
                 detected=blob.get("detected"),
                 targets=blob.get("targets"),
             )
+        except FerError:
+            raise
         except Exception as exc:  # unpickling and missing keys fail in many ways
             raise FerError(f"faces: {path} is corrupt ({type(exc).__name__}); {RERUN}") from None
         faces._check(path)
@@ -197,12 +207,14 @@ class FaceSet:
     def _check(self, path: Path) -> None:
         n = len(self)
         images = self.images
+        shape = tuple(images.shape)
         ok = (
             images.dtype == torch.uint8
-            and images.dim() == 4
-            and images.shape[0] == n
-            and images.shape[1] == 3
-            and images.shape[2] == images.shape[3]
+            and len(shape) == 4
+            and shape[0] == n
+            and shape[1] == 3
+            and shape[2] == shape[3]
+            and (not isinstance(images, CropStore) or images.fingerprint == self.fingerprint)
             and self.folds.shape == (n,)
             and self.labels.shape == (n,)
             and len(self.subjects) == len(self.image_ids) == n
@@ -230,6 +242,8 @@ def prepare_faces(
     *,
     device: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    storage: str = "auto",
+    shard_rows: int | None = None,
 ) -> FacesReport:
     """Crop the face of every indexed frame into `out_dir/faces.pt` (+ `faces.json`).
 
@@ -240,10 +254,15 @@ def prepare_faces(
     crops the face box the dataset gives (AffectNet's CSV).
     `device` runs MTCNN there (default: cuda when available). `progress(done, total)` is
     called after each batch (default: a `fer_core.progressbar.ProgressBar` on stdout).
-    Reuses the cache when the fingerprint matches; writes atomically (faces.pt first,
-    faces.json last as the seal).
+    `storage` says where the crops go: `memory` (inside faces.pt, loaded whole), `store` (the
+    on-disk shards of `fer_core.data.store`, `shard_rows` crops each, default about 256 MB;
+    read by index, resumed shard by shard if preparation is killed) or `auto`: the store
+    from `STORE_MIN_BYTES` of crops on. Reuses the cache when the fingerprint matches; writes
+    atomically (the shards, faces.pt, then faces.json last as the seal).
     """
     _check_args(crop_size, detector, batch_size, margin)
+    if storage not in STORAGES:
+        raise FerError(f"storage: {storage!r} is not one of {', '.join(STORAGES)}")
     out_dir = Path(out_dir)
     settings: CropSettings = {
         "crop_size": int(crop_size),
@@ -257,8 +276,10 @@ def prepare_faces(
     if (
         meta
         and meta.get("fingerprint") == fingerprint
+        and storage in ("auto", meta.get("storage", "memory"))
         and pt_path.is_file()
         and pt_path.stat().st_size == meta.get("pt_bytes")
+        and (meta.get("storage") != "store" or _store_ok(out_dir, fingerprint))
     ):
         return FacesReport(
             detected=int(meta["detected"]),
@@ -273,34 +294,32 @@ def prepare_faces(
 
     started = time.time()
     n = len(index.records)
+    if storage == "auto":
+        storage = "store" if n * 3 * crop_size * crop_size >= STORE_MIN_BYTES else "memory"
     bar = None
     if progress is None:
         progress = bar = ProgressBar(f"faces ({detector})")
-    images = torch.zeros((n, 3, crop_size, crop_size), dtype=torch.uint8)
-    boxes = torch.zeros((n, 4), dtype=torch.float32)
-    detected = torch.zeros(n, dtype=torch.bool)
-    probs = torch.full((n,), math.nan, dtype=torch.float32)
     mtcnn = _load_mtcnn(device) if detector == "mtcnn" else None
-    source = face_source(index.dataset, Path(index.root))
-    done = 0
-    batches = (
-        _batches_by_size(index, batch_size)
-        if mtcnn is not None
-        else [list(range(k, min(k + batch_size, n))) for k in range(0, n, batch_size)]
-    )
-    for batch in batches:
-        frames = [source.frame(index.records[i].path) for i in batch]
-        if mtcnn is not None:
-            found = _detect(mtcnn, frames)
-        else:
-            found = [_given(source.box(index.records[i].path), detector) for i in batch]
-        for i, frame, hit in zip(batch, frames, found, strict=True):
-            if hit is not None:
-                detected[i], probs[i] = True, hit[1]
-            images[i], box = crop_frame(frame, hit, crop_size, margin)
-            boxes[i] = torch.tensor(box, dtype=torch.float32)
-        done += len(batch)
-        progress(done, n)
+
+    def crop_rows(start: int, stop: int, tick: Callable[[int], None]) -> ShardRows:
+        return _crop_rows(
+            index, range(start, stop), mtcnn, detector, crop_size, margin, batch_size, tick
+        )
+
+    if storage == "store":
+        write_store(out_dir / STORE_DIR, n, crop_size, fingerprint, crop_rows, progress, shard_rows)
+        images = torch.zeros((0, 3, crop_size, crop_size), dtype=torch.uint8)
+        boxes, detected, probs = read_side_data(out_dir / STORE_DIR, n)
+    else:
+        done = [0]
+
+        def tick(k: int) -> None:
+            done[0] += k
+            progress(done[0], n)
+
+        rows = crop_rows(0, n, tick)
+        images, boxes = torch.from_numpy(rows.images), torch.from_numpy(rows.boxes)
+        detected, probs = torch.from_numpy(rows.detected), torch.from_numpy(rows.probs)
     if bar is not None:
         bar.close()
 
@@ -308,6 +327,7 @@ def prepare_faces(
     fallback = [records[i].path for i in range(n) if not detected[i]] if mtcnn else []
     blob: FacesBlob = {
         "format": FORMAT,
+        "storage": storage,
         "images": images,
         "labels": torch.tensor([r.label for r in records], dtype=torch.long),
         "folds": torch.tensor([r.fold for r in records], dtype=torch.long),
@@ -334,6 +354,7 @@ def prepare_faces(
         "dataset_fingerprint": data_fp,
         **settings,
         "crop_method": CROP_METHOD,
+        "storage": storage,
         "n": n,
         "detected": n_detected,
         "fallback": len(fallback),
@@ -353,6 +374,59 @@ def prepare_faces(
         detector=detector,
         fallback_images=tuple(fallback),
     )
+
+
+def _crop_rows(
+    index: DatasetIndex,
+    rows: range,
+    mtcnn: FaceDetector | None,
+    detector: str,
+    crop_size: int,
+    margin: float,
+    batch_size: int,
+    tick: Callable[[int], None],
+) -> ShardRows:
+    """The crops and side data of index rows `rows`; `tick(k)` after each batch of k. Frames
+    come from the dataset's face source (an image file, or a FER2013 row's pixels); without
+    MTCNN, batches need no equal frame sizes, so no file is opened to group them."""
+    k = len(rows)
+    part = ShardRows(
+        images=np.zeros((k, 3, crop_size, crop_size), dtype=np.uint8),
+        boxes=np.zeros((k, 4), dtype=np.float32),
+        detected=np.zeros(k, dtype=bool),
+        probs=np.full(k, math.nan, dtype=np.float32),
+    )
+    source = face_source(index.dataset, Path(index.root))
+    batches = (
+        _batches_by_size(index, batch_size, rows)
+        if mtcnn is not None
+        else [
+            list(range(k, min(k + batch_size, rows.stop)))
+            for k in range(rows.start, rows.stop, batch_size)
+        ]
+    )
+    for batch in batches:
+        frames = [source.frame(index.records[i].path) for i in batch]
+        if mtcnn is not None:
+            found = _detect(mtcnn, frames)
+        else:
+            found = [_given(source.box(index.records[i].path), detector) for i in batch]
+        for i, frame, hit in zip(batch, frames, found, strict=True):
+            j = i - rows.start
+            if hit is not None:
+                part.detected[j], part.probs[j] = True, hit[1]
+            crop, box = crop_frame(frame, hit, crop_size, margin)
+            part.images[j], part.boxes[j] = crop.numpy(), box
+        tick(len(batch))
+    return part
+
+
+def _store_ok(out_dir: Path, fingerprint: str) -> bool:
+    """A complete crop store of these crops is in `out_dir`."""
+    try:
+        return CropStore(out_dir / STORE_DIR).fingerprint == fingerprint
+    except FerError:
+        return False
 
 
 def crop_frame(
@@ -407,11 +481,11 @@ def _check_args(crop_size: int, detector: str, batch_size: int, margin: float) -
         raise FerError(f"margin: {margin!r} must be a number >= 0")
 
 
-def _batches_by_size(index: DatasetIndex, batch_size: int) -> list[list[int]]:
-    """Indices grouped by frame size (MTCNN batches need equal sizes), then chunked."""
+def _batches_by_size(index: DatasetIndex, batch_size: int, rows: range) -> list[list[int]]:
+    """Indices `rows` grouped by frame size (MTCNN batches need equal sizes), then chunked."""
     groups: dict[tuple[int, int], list[int]] = {}
-    for i, record in enumerate(index.records):
-        path = index.path_of(record)
+    for i in rows:
+        path = index.path_of(index.records[i])
         try:
             with Image.open(path) as image:
                 size = image.size

@@ -11,7 +11,7 @@ same order, with the votes of 10 taggers over neutral ... contempt, unknown and 
 face). Label modes: `majority`, FERPlus's rule (a single vote is noise and is removed; a
 class needs more than half of the remaining votes; an image whose majority is unknown or
 NF, or with no majority, is dropped and counted), and `probability` (the votes as a soft
-target, docs/METHOD.md D-14: single votes removed, the rest normalised over the eight
+target, docs/METHOD.md D-17: single votes removed, the rest normalised over the eight
 classes; an image whose top vote is unknown or NF is dropped; no majority is needed).
 """
 

@@ -202,7 +202,7 @@ def test_inverse_frequency_alpha():
         inverse_frequency_alpha([], 4)
 
 
-# ------------------------------------------------------------------ soft targets (D-14)
+# ------------------------------------------------------------------ soft targets (D-17)
 @pytest.mark.parametrize("name", ["ce", "focal", "joint"])
 def test_a_one_hot_soft_target_is_the_hard_target(batch, name):
     logits, target = batch

@@ -151,3 +151,20 @@ def test_a_process_start_is_read_to_a_clock_tick():
     after = time.time()
     started = float(child.stdout)
     assert before - 0.02 <= started <= after, (before, started, after)
+
+
+def test_a_unit_on_the_crop_store_gives_the_rows_of_one_in_memory(twin_faces, tmp_path):
+    """The same unit on the same crops, in memory and from the on-disk store (D-21): the
+    same run figures and predictions, so the layout is not part of a result."""
+    from fer_core.data.faces import prepare_faces
+    from fer_core.data.index import DatasetIndex
+
+    stored = tmp_path / "store-faces"
+    index = DatasetIndex.read(twin_faces / "index.parquet")
+    prepare_faces(index, stored, CROP, detector="center", storage="store", shard_rows=500)
+    memory = run_unit(_spec(twin_faces, "m", 1, "ce", sampler="balanced"), tmp_path / "m")
+    store = run_unit(_spec(stored, "m", 1, "ce", sampler="balanced"), tmp_path / "s")
+    for key in ("best_epoch", "selection_accuracy", "test_accuracy", "n_train", "n_test"):
+        assert memory["run"][key] == store["run"][key], key
+    assert json.loads(store["run"]["config"])["sampler"] == "balanced"
+    assert memory["predictions"] == store["predictions"]
