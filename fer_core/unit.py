@@ -132,7 +132,7 @@ def run_unit(
     )
     finished_at = time.time()
     run: RunRow = {
-        **_run_row(spec, config, outcome, result, device, started_at, finished_at),
+        **_run_row(spec, config, outcome, result, faces.classes, device, started_at, finished_at),
         "input_size": input_size,
         "n_train": len(data.train_labels),
         "start_weights_sha": start_digest,
@@ -171,11 +171,13 @@ def _run_row(
     config: StageConfig,
     outcome: StageOutcome,
     result: Evaluation,
+    classes: list[str],
     device: torch.device,
     started_at: float,
     finished_at: float,
 ) -> RunCore:
     alpha = config.alpha
+    scored = result.metrics()
     return {
         "unit_id": spec.unit_id,
         "parent_id": spec.parent_id,
@@ -193,7 +195,12 @@ def _run_row(
         "epochs": config.epochs,
         "best_epoch": outcome.best_epoch,
         "selection_accuracy": outcome.best_selection_accuracy,
-        "test_accuracy": result.accuracy,
+        "test_accuracy": scored.accuracy,
+        "mean_class_accuracy": scored.mean_class_accuracy,
+        "macro_f1": scored.macro_f1,
+        "per_class_recall": scored.per_class_recall,
+        "test_class_counts": [int(n) for n in result.confusion().sum(dim=1).tolist()],
+        "classes": list(classes),
         "n_test": len(result.labels),
         "resumed_from_epoch": outcome.resumed_from_epoch,
         "train_seconds": outcome.train_seconds,
