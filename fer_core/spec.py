@@ -43,8 +43,11 @@ class UnitSpec:
     grid: str = ""
     dataset: str
     data_dir: str  # the prepared dataset (faces.pt)
-    fold: int
+    fold: int  # the test fold; 0 on a fixed split (no folds)
     n_folds: int = 10
+    protocol: str = "kfold"  # kfold | fixed (fer_core.data.protocol)
+    holdout_fraction: float = 0.1  # fixed, no val split: the training split held out to select
+    holdout_seed: int = 0
     backbone: str
     weights: str = "none"
     input_size: int | None = None

@@ -10,7 +10,8 @@ reuse, any change means recompute. A frame without a detected face falls back to
 square crop and is counted and listed, never silently dropped (docs/METHOD.md D-7).
 
 `faces.pt` keys: images (uint8 N x 3 x S x S), labels / folds (int64 N), subjects, image_ids
-(= index paths), classes (list[str]), dataset (str), fingerprint (str), boxes (float32 N x 4:
+(= index paths), splits (the index's `split`: "" or train / val / test), classes (list[str]),
+dataset (str), fingerprint (str), boxes (float32 N x 4:
 the crop box x0, y0, x1, y1 in source pixels), detected (bool N), probs (float32 N, NaN when
 not detected). Loads with `torch.load(..., weights_only=True)`.
 """
@@ -23,7 +24,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, TypedDict, cast
 
@@ -62,6 +63,7 @@ class FacesBlob(TypedDict):
     folds: torch.Tensor
     subjects: list[str]
     image_ids: list[str]
+    splits: list[str]
     classes: list[str]
     dataset: str
     fingerprint: str
@@ -127,6 +129,13 @@ class FaceSet:
     dataset: str
     fingerprint: str = ""
     detected: torch.Tensor | None = None  # bool N; False = centre-crop fallback
+    # Per crop, parallel to `labels`: "" for a k-fold dataset, else train / val / test (the
+    # dataset's own fixed split; its folds are 0). Left out, every crop is "".
+    splits: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.splits:
+            self.splits = [""] * len(self)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -153,6 +162,7 @@ class FaceSet:
                 dataset=str(blob["dataset"]),
                 fingerprint=str(blob.get("fingerprint", "")),
                 detected=blob.get("detected"),
+                splits=list(blob.get("splits") or ()),  # a cache older than splits: ""
             )
         except Exception as exc:  # unpickling and missing keys fail in many ways
             raise FerError(f"faces: {path} is corrupt ({type(exc).__name__}); {RERUN}") from None
@@ -180,6 +190,7 @@ class FaceSet:
             folds=self.folds[idx],
             subjects=[self.subjects[i] for i in picks],
             image_ids=[self.image_ids[i] for i in picks],
+            splits=[self.splits[i] for i in picks],
             detected=None if self.detected is None else self.detected[idx],
         )
 
@@ -199,7 +210,7 @@ class FaceSet:
             and images.shape[2] == images.shape[3]
             and self.folds.shape == (n,)
             and self.labels.shape == (n,)
-            and len(self.subjects) == len(self.image_ids) == n
+            and len(self.subjects) == len(self.image_ids) == len(self.splits) == n
             and (n == 0 or int(self.labels.max()) < len(self.classes))
         )
         if not ok:
@@ -295,6 +306,7 @@ def prepare_faces(
         "folds": torch.tensor([r.fold for r in records], dtype=torch.long),
         "subjects": [r.subject for r in records],
         "image_ids": [r.image_id for r in records],
+        "splits": [r.split for r in records],
         "classes": list(index.classes),
         "dataset": index.dataset,
         "fingerprint": fingerprint,

@@ -41,6 +41,7 @@ _COLUMNS: list[tuple[str, pa.DataType]] = [
     ("label", pa.int64()),
     ("label_name", pa.string()),
     ("fold", pa.int64()),
+    ("split", pa.string()),
 ]
 SCHEMA = pa.schema(_COLUMNS)
 
@@ -59,7 +60,9 @@ class IndexMeta(TypedDict):
 @dataclass(frozen=True)
 class ImageRecord:
     """One used image. `path` is relative to the dataset root (POSIX); `label` is 0-based,
-    `fold` 1-based. The path doubles as the image id: unique and stable across machines."""
+    `fold` 1-based. The path doubles as the image id: unique and stable across machines.
+    `split` is "" for a k-fold dataset, else the image's role in the dataset's own fixed
+    split, "train" | "val" | "test" (then `fold` is 0)."""
 
     path: str
     subject: str
@@ -68,6 +71,7 @@ class ImageRecord:
     label: int
     label_name: str
     fold: int
+    split: str = ""
 
     @property
     def image_id(self) -> str:
@@ -131,7 +135,9 @@ class DatasetIndex:
         try:
             table = pq.read_table(path)
             meta = json.loads((table.schema.metadata or {})[_META_KEY])
-            rows = table.select([f.name for f in SCHEMA]).to_pylist()
+            # An index written before the split column reads as a k-fold one ("").
+            names = [f.name for f in SCHEMA if f.name in table.column_names]
+            rows = table.select(names).to_pylist()
         except (pa.ArrowException, OSError, KeyError, ValueError) as exc:
             raise FerError(f"index: {path} is not a dataset index ({exc}); rebuild it") from None
         records = [ImageRecord(**row) for row in rows]
@@ -177,6 +183,7 @@ def build_index(
     root = _existing_root(root)
     if dataset == "auto":
         dataset = detect_dataset(root)
+    splits: list[str] = []
     if dataset == "ckplus":
         names, frames = (
             list(ckplus.CLASSES),
@@ -186,7 +193,7 @@ def build_index(
         names, frames = list(oulu.CLASSES), _last_frames(root, oulu.scan_oulu(root), last_frames)
     elif dataset == "manifest":
         path = Path(manifest) if manifest is not None else root / "manifest.csv"
-        names, frames = read_manifest(root, path, classes)
+        names, frames, splits = read_manifest(root, path, classes)
     else:
         raise FerError(f"dataset: {dataset!r} is not one of {', '.join(DATASETS)} or auto")
     if classes is not None and dataset != "manifest" and list(classes) != names:
@@ -199,11 +206,17 @@ def build_index(
                 bar(done, len(frames))
         finally:
             bar.close()  # a bad image's error starts on a line of its own
-    folds = subject_folds((f[1] for f in frames), n_folds)
-    records = [
-        ImageRecord(path, subject, sequence, frame, label, names[label], folds[subject])
-        for path, subject, sequence, frame, label in frames
-    ]
+    if any(splits):  # a fixed split of its own: no subject folds
+        records = [
+            ImageRecord(path, subject, sequence, frame, label, names[label], 0, split)
+            for (path, subject, sequence, frame, label), split in zip(frames, splits, strict=True)
+        ]
+    else:
+        folds = subject_folds((f[1] for f in frames), n_folds)
+        records = [
+            ImageRecord(path, subject, sequence, frame, label, names[label], folds[subject])
+            for path, subject, sequence, frame, label in frames
+        ]
     return DatasetIndex(dataset, str(root), names, records, n_folds)
 
 
@@ -227,13 +240,16 @@ def dataset_fingerprint(
     index: DatasetIndex, file_digest: Callable[[Path], str] = sha256_file
 ) -> str:
     """sha256 over the classes and, per image (in path order), its path, the sha256 of its
-    bytes (from `file_digest`: a cache may answer), label, subject and fold. Independent of
-    where the data lives (root) and of every file the index does not use."""
+    bytes (from `file_digest`: a cache may answer), label, subject, fold and (a fixed split's
+    only, so a k-fold dataset keeps its fingerprint) split. Independent of where the data
+    lives (root) and of every file the index does not use."""
     digest = hashlib.sha256()
     digest.update(json.dumps({"dataset": index.dataset, "classes": index.classes}).encode())
     for record in sorted(index.records, key=lambda r: r.path):
         content = file_digest(index.path_of(record))
         line = [record.path, content, record.label, record.subject, record.fold]
+        if record.split:
+            line.append(record.split)
         digest.update((json.dumps(line) + "\n").encode())
     return digest.hexdigest()
 

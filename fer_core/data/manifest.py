@@ -1,8 +1,11 @@
-"""Your own dataset: a CSV manifest `path,subject,label` (optional `sequence`, `frame`).
+"""Your own dataset: a CSV manifest `path,subject,label` (optional `sequence`, `frame`,
+`split`).
 
 Paths are relative to the dataset root (POSIX slashes). Every listed image is used, with no
 last-frames rule: the manifest already says which images count. Labels are class names; the
 classes are the sorted unique names unless given, so the label order is reproducible.
+An optional `split` column (`train`, `val` or `test` on every row) gives the dataset a fixed
+split of its own (the `fixed` protocol, docs/METHOD.md D-14) instead of subject folds.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from fer_core.errors import FerError
 
 REQUIRED = ("path", "subject", "label")
+SPLITS = ("train", "val", "test")  # a fixed split's roles; "" = none (subject folds)
 
 # (path relative to root, subject, sequence, frame, label)
 Frame = tuple[str, str, str, int, int]
@@ -20,8 +24,9 @@ Frame = tuple[str, str, str, int, int]
 
 def read_manifest(
     root: Path, manifest: Path, classes: list[str] | None = None
-) -> tuple[list[str], list[Frame]]:
-    """The classes and one entry per manifest row; every path must exist under `root`."""
+) -> tuple[list[str], list[Frame], list[str]]:
+    """The classes, one entry per manifest row and each row's split ("" everywhere without a
+    `split` column); every path must exist under `root`."""
     if not manifest.is_file():
         raise FerError(
             f"manifest: {manifest} does not exist; give a CSV with columns path,subject,label"
@@ -49,6 +54,8 @@ def read_manifest(
     names = sorted({row["label"] for row, _ in rows}) if classes is None else list(classes)
     lookup = {name: label for label, name in enumerate(names)}
     frames: list[Frame] = []
+    splits: list[str] = []
+    has_split = "split" in columns
     seen: set[str] = set()
     for row, line in rows:
         where = f"{manifest}:{line}"
@@ -62,7 +69,20 @@ def read_manifest(
             raise FerError(f"{where}: unknown label {row['label']!r}; known classes are {names}")
         frame = _frame_number(row.get("frame", ""), where)
         frames.append((path, row["subject"], row.get("sequence", ""), frame, lookup[row["label"]]))
-    return names, frames
+        if has_split and row["split"] not in SPLITS:
+            raise FerError(
+                f"{where}: split {row['split']!r} is not one of {', '.join(SPLITS)}; with a "
+                "split column every row names its split"
+            )
+        splits.append(row["split"] if has_split else "")
+    if has_split:
+        for needed in ("train", "test"):
+            if needed not in splits:
+                raise FerError(
+                    f"{manifest}: split column has no {needed!r} row; a fixed split needs "
+                    "training and test images (val is optional)"
+                )
+    return names, frames, splits
 
 
 def _relative_path(root: Path, text: str, where: str) -> str:

@@ -14,6 +14,7 @@ from fer_core import train as train_module
 from fer_core.checkpoints import BEST, DIGESTS, LAST, load_best
 from fer_core.config import StageConfig
 from fer_core.data.faces import FaceSet
+from fer_core.data.protocol import kfold_roles
 from fer_core.errors import FerError
 from fer_core.models import build_model
 from fer_core.train import score, train_stage
@@ -42,7 +43,7 @@ def faces(twin_faces) -> FaceSet:
 @pytest.mark.slow
 def test_tiny_cnn_learns_the_twin_well_above_chance(faces, tmp_path):
     config = StageConfig(epochs=12, lr=0.05, lr_step_epoch=10, batch_size=32)
-    data = stage_data(faces, fold=1, n_folds=10, selection="inner")
+    data = stage_data(faces, kfold_roles(faces.folds, 1, 10, "inner"))
     model = _model(len(faces.classes))
     outcome = train_stage(model, data, config, tmp_path, input_size=CROP, device=CPU)
     load_best(model, tmp_path)
@@ -55,7 +56,7 @@ def test_tiny_cnn_learns_the_twin_well_above_chance(faces, tmp_path):
 
 def test_resume_after_a_kill_equals_a_straight_run(faces, tmp_path):
     config = StageConfig(epochs=4, lr_step_epoch=3, batch_size=64)
-    data = stage_data(faces, fold=2, n_folds=10, selection="heldout")
+    data = stage_data(faces, kfold_roles(faces.folds, 2, 10, "heldout"))
 
     straight = _model(len(faces.classes))
     train_stage(straight, data, config, tmp_path / "straight", CROP, CPU)
@@ -80,7 +81,7 @@ def test_resume_after_a_kill_equals_a_straight_run(faces, tmp_path):
 
 def test_checkpoints_carry_digests_and_a_corrupt_resume_state_restarts(faces, tmp_path):
     config = StageConfig(epochs=1, batch_size=64)
-    data = stage_data(faces, fold=3, n_folds=10, selection="heldout")
+    data = stage_data(faces, kfold_roles(faces.folds, 3, 10, "heldout"))
     train_stage(_model(len(faces.classes)), data, config, tmp_path, CROP, CPU)
     digests = json.loads((tmp_path / DIGESTS).read_text())
     assert set(digests) == {LAST, BEST}
@@ -92,7 +93,7 @@ def test_checkpoints_carry_digests_and_a_corrupt_resume_state_restarts(faces, tm
 
 def test_a_corrupt_best_checkpoint_is_detected(faces, tmp_path):
     config = StageConfig(epochs=1, batch_size=64)
-    data = stage_data(faces, fold=3, n_folds=10, selection="heldout")
+    data = stage_data(faces, kfold_roles(faces.folds, 3, 10, "heldout"))
     model = _model(len(faces.classes))
     train_stage(model, data, config, tmp_path, CROP, CPU)
     raw = bytearray((tmp_path / BEST).read_bytes())
@@ -104,13 +105,13 @@ def test_a_corrupt_best_checkpoint_is_detected(faces, tmp_path):
 
 def test_a_diverging_loss_stops_with_the_epoch_named(faces, tmp_path):
     config = StageConfig(epochs=3, lr=1e12, momentum=0.0, batch_size=64)
-    data = stage_data(faces, fold=1, n_folds=10, selection="heldout")
+    data = stage_data(faces, kfold_roles(faces.folds, 1, 10, "heldout"))
     with pytest.raises(FerError, match=r"epoch \d+: training loss is (nan|inf)"):
         train_stage(_model(len(faces.classes)), data, config, tmp_path, CROP, CPU)
 
 
 def test_inner_selection_never_uses_the_test_fold(faces):
-    data = stage_data(faces, fold=4, n_folds=10, selection="inner")
+    data = stage_data(faces, kfold_roles(faces.folds, 4, 10, "inner"))
     test_count = int((faces.folds == 4).sum())
     inner_count = int((faces.folds == 5).sum())
     assert len(data.select_labels) == inner_count
@@ -151,7 +152,7 @@ def test_resume_restores_every_global_rng(faces, tmp_path, monkeypatch, device):
 
     monkeypatch.setattr(train_module, "train_transform", drawing_transform)
     config = StageConfig(epochs=3, lr_step_epoch=2, batch_size=64)
-    data = stage_data(faces, fold=3, n_folds=10, selection="heldout")
+    data = stage_data(faces, kfold_roles(faces.folds, 3, 10, "heldout"))
     seen: dict[tuple[str, int], str] = {}
 
     def watch(run: str):
