@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from fer_core.errors import FerError
 
 _Spec = TypeVar("_Spec", "UnitSpec", "PrepareSpec")
+PROTOCOLS = ("kfold", "fixed")  # subject folds, or the dataset's own train/val/test split
 
 
 def _from_dict(cls: type[_Spec], what: str, values: dict[str, Any]) -> _Spec:

@@ -22,8 +22,6 @@ import torch
 from fer_core.data.folds import inner_validation_fold
 from fer_core.errors import FerError
 
-PROTOCOLS = ("kfold", "fixed")
-
 
 @dataclass(frozen=True)
 class Holdout:

@@ -6,7 +6,9 @@ subjects, folds and image bytes: `fer_core.data.identity`; a synthetic twin, its
 settings) and crop settings; a training unit hashes its data unit, fold, backbone and the
 full config of every stage of its chain up to itself, seed included. So `ce` and `ce>focal`
 of one seed share their stage-1 unit, which trains once, and re-expanding an unchanged grid
-gives the same ids (resume, dedup), wherever the data lives.
+gives the same ids (resume, dedup), wherever the data lives. A unit on a fixed split has
+fold 0 and hashes its protocol and hold-out too (a k-fold unit's id hashes neither, so it
+keeps the id it had before protocols existed).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from fer_core.digest_cache import DigestCache
 from fer_core.errors import FerError
 from fer_core.spec import PrepareSpec, UnitSpec
 from orchestrator.plan.grid import DatasetSpec, Grid, parse_strategy
+from orchestrator.plan.labels import fold_tag
 from orchestrator.plan.unit import Unit
 from orchestrator.run.rundir import RunDir
 
@@ -35,6 +38,9 @@ CHAIN_FIELDS = (
     "data_dir",
     "fold",
     "n_folds",
+    "protocol",
+    "holdout_fraction",
+    "holdout_seed",
     "backbone",
     "weights",
     "input_size",
@@ -62,11 +68,12 @@ def train_spec(
     parent_id: str | None,
 ) -> UnitSpec:
     """The spec of a training unit, for launch and tune alike: `chain` gives the CHAIN_FIELDS
-    (a grid's dataset and backbone, or a parent's spec), the rest says which stage this is;
-    the parent's work dir is the run dir's (`RunDir.work_dir`)."""
+    (a grid's dataset and backbone, or a parent's spec; a k-fold grid unit leaves the
+    protocol fields to their defaults), the rest says which stage this is; the parent's work
+    dir is the run dir's (`RunDir.work_dir`)."""
     return UnitSpec(
         unit_id=unit_id,
-        **{key: chain[key] for key in CHAIN_FIELDS},
+        **{key: chain[key] for key in CHAIN_FIELDS if key in chain},
         strategy=strategy,
         stage=stage,
         config=config,
@@ -190,13 +197,23 @@ def _add_chain(units, grid, dataset, backbone, strategy, replicate, prepare_id, 
     # The seed is part of each stage's config (so of the id); names show it only when a grid
     # has several, so a one-seed grid keeps its names.
     seed_tag = f"/s{seed}" if len(grid.seeds) > 1 else ""
+    split = (
+        {
+            "protocol": dataset.protocol,
+            "holdout_fraction": dataset.holdout_fraction,
+            "holdout_seed": dataset.holdout_seed,
+        }
+        if dataset.fixed
+        else {}
+    )
     chain: list[dict[str, Any]] = []
     parent: str | None = None
     for stage, loss in enumerate(losses, start=1):
         chain.append(grid.stage_config(dataset.name, loss, stage, seed).to_dict())
         common = {  # in the id and in the spec alike
             "fold": fold,
-            "n_folds": dataset.n_folds,
+            "n_folds": 0 if dataset.fixed else dataset.n_folds,
+            **split,
             "backbone": backbone.name,
             "weights": backbone.weights,
             "input_size": backbone.input_size,
@@ -212,7 +229,7 @@ def _add_chain(units, grid, dataset, backbone, strategy, replicate, prepare_id, 
             units[unit_id] = Unit(
                 id=unit_id,
                 kind="train",
-                name=f"{dataset.name}/f{fold:02d}/{backbone.name}/{chain_name}{seed_tag}",
+                name=f"{dataset.name}/{fold_tag(fold)}/{backbone.name}/{chain_name}{seed_tag}",
                 dataset=dataset.name,
                 deps=(prepare_id,) if parent is None else (parent,),
                 stage=stage,

@@ -8,7 +8,9 @@ with such a stage must give them (a focal loss with no α and γ = 0 is plain cr
 silent change of method). Loss and backbone names are those of `fer_core.loss_registry` and
 `fer_core.models.backbones`, which import no torch: loading a grid does not either.
 `seed: N` or `seeds: [N, ...]` (top level, like `selection`: they apply to every stage of
-every chain) gives the replicates: every unit runs once per seed.
+every chain) gives the replicates: every unit runs once per seed. A dataset's `protocol` is
+`kfold` (subject folds) or `fixed` (its own train/val/test split: one unit per backbone,
+stage and seed, fold 0, and `selection: heldout` is refused: it would select on the test set).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from fer_core.config import StageConfig
 from fer_core.errors import FerError
 from fer_core.loss_registry import FOCAL_PARAMS, LOSSES
 from fer_core.models.backbones import BACKBONES
+from fer_core.spec import PROTOCOLS
 from orchestrator.plan.yamlio import check_keys, load_yaml_mapping
 
 JOBS_DIR = Path(__file__).resolve().parents[2] / "jobs"
@@ -55,8 +58,12 @@ DATASET_KEYS = {
     "crop_size",
     "detector",
     "n_folds",
+    "protocol",
+    "holdout_fraction",
+    "holdout_seed",
     "focal",
 }
+FIXED_ONLY_KEYS = ("holdout_fraction", "holdout_seed")
 FOCAL_KEYS = set(FOCAL_PARAMS)
 BACKBONE_KEYS = {"weights", "input_size"}
 EXPERIMENT_KEYS = {"backbones", "strategies"}
@@ -76,6 +83,13 @@ class DatasetSpec:
     detector: str = "mtcnn"
     n_folds: int = 10
     focal: dict[str, Any] = field(default_factory=dict)
+    protocol: str = "kfold"  # kfold | fixed (fer_core.data.protocol)
+    holdout_fraction: float = 0.1  # fixed without a val split: share of train that selects
+    holdout_seed: int = 0
+
+    @property
+    def fixed(self) -> bool:
+        return self.protocol == "fixed"
 
 
 @dataclass(frozen=True)
@@ -121,8 +135,11 @@ class Grid:
         return StageConfig.from_dict(values, where=f"{self.path}: train")
 
     def folds_of(self, dataset: str) -> tuple[int, ...]:
-        n_folds = self.datasets[dataset].n_folds
-        return self.folds if self.folds is not None else tuple(range(1, n_folds + 1))
+        """The test folds of a k-fold dataset; (0,) for a fixed split, which has none."""
+        spec = self.datasets[dataset]
+        if spec.fixed:
+            return (0,)
+        return self.folds if self.folds is not None else tuple(range(1, spec.n_folds + 1))
 
 
 def parse_strategy(strategy: str, where: str) -> tuple[str, ...]:
@@ -218,8 +235,13 @@ def grid_from_mapping(
             folds = list(range(1, folds + 1))
         if not isinstance(folds, list) or not folds:
             raise FerError(f"{where}: folds {folds!r} must be a count or a non-empty list")
+        kfold = [d.n_folds for d in datasets.values() if not d.fixed]
+        if not kfold:
+            raise FerError(
+                f"{where}: folds: every dataset has protocol: fixed (no folds); remove folds:"
+            )
         for fold in folds:
-            limit = min(d.n_folds for d in datasets.values())
+            limit = min(kfold)
             if isinstance(fold, bool) or not isinstance(fold, int) or not 1 <= fold <= limit:
                 raise FerError(f"{where}: folds: {fold!r} is not a fold number in 1..{limit}")
         folds = tuple(sorted(set(folds)))
@@ -242,9 +264,16 @@ def grid_from_mapping(
         stages[key] = dict(values or {})
 
     selection = raw.get("selection", "heldout")
+    for dataset in datasets.values():
+        if dataset.fixed and selection == "heldout":
+            raise FerError(
+                f"{where}: selection: heldout would choose each stage's epoch on the test set "
+                f"of datasets.{dataset.name} (protocol: fixed), which may only be scored; set "
+                "selection: inner (its val split, or a stratified hold-out of its training split)"
+            )
     if selection == "inner":
         for dataset in datasets.values():
-            if dataset.n_folds < 3:
+            if not dataset.fixed and dataset.n_folds < 3:
                 raise FerError(
                     f"{where}: selection: inner needs n_folds >= 3 (one fold tests, the next "
                     f"selects, the rest train); datasets.{dataset.name} has n_folds "
@@ -359,6 +388,23 @@ def _dataset(name: str, raw: Any, where: str, root_override: str | None) -> Data
         image_size = tuple(image_size)
     focal = raw.get("focal") or {}
     check_keys(focal, FOCAL_KEYS, f"{where}.focal")
+    protocol = raw.get("protocol", "kfold")
+    if protocol not in PROTOCOLS:
+        raise FerError(f"{where}: protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    for key in (*FIXED_ONLY_KEYS, "n_folds"):
+        if key in raw and (protocol == "fixed") != (key in FIXED_ONLY_KEYS):
+            raise FerError(
+                f"{where}: {key} applies to protocol: {'kfold' if key == 'n_folds' else 'fixed'}"
+                f" only; this dataset has protocol: {protocol}"
+            )
+    fraction = raw.get("holdout_fraction", 0.1)
+    if not (isinstance(fraction, int | float) and not isinstance(fraction, bool)) or not (
+        0 < fraction < 1
+    ):
+        raise FerError(f"{where}: holdout_fraction {fraction!r} must be a number in (0, 1)")
+    holdout_seed = raw.get("holdout_seed", 0)
+    if isinstance(holdout_seed, bool) or not isinstance(holdout_seed, int):
+        raise FerError(f"{where}: holdout_seed {holdout_seed!r} must be an integer")
     return DatasetSpec(
         name=name,
         kind=kind,
@@ -370,6 +416,9 @@ def _dataset(name: str, raw: Any, where: str, root_override: str | None) -> Data
         detector=detector,
         n_folds=n_folds,
         focal=dict(focal),
+        protocol=protocol,
+        holdout_fraction=float(fraction),
+        holdout_seed=holdout_seed,
     )
 
 
