@@ -19,6 +19,8 @@ from numpy.typing import ArrayLike
 
 from fer_core.errors import FerError
 from fer_core.loss_registry import LOSSES
+from fer_core.metrics import is_imbalanced
+from orchestrator.report import paper_numbers as paper
 from orchestrator.report import significance as sig
 
 # The single-stage strategies in registry order (the paper's Table 4 order for its three),
@@ -38,20 +40,78 @@ class Group:
     point: str = ""
 
 
-FoldSeed = tuple[int, int]  # (test fold, seed): one cross-validation unit of a strategy
+FoldSeed = tuple[int, int]  # (test fold, seed): one unit of a strategy; fold 0 = fixed split
+# The runs columns every table shows, in this order; one of them is a dataset's headline.
+METRICS = {
+    "test_accuracy": "accuracy",
+    "mean_class_accuracy": "mean-class accuracy",
+    "macro_f1": "macro-F1",
+}
+
+
+@dataclass(frozen=True)
+class Headline:
+    """Which metric leads a dataset's tables and comparisons, and why (docs/METHOD.md D-15)."""
+
+    column: str  # a key of METRICS
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return METRICS[self.column]
+
+
+def headline_of(kind: str, class_counts: Sequence[int] | None) -> Headline:
+    """Overall accuracy on the paper's datasets (its metric: its numbers compare like with
+    like); elsewhere mean-class accuracy when the test set is imbalanced (`class_counts`:
+    test images per class, pooled over the units), else overall accuracy, which then
+    coincides with it."""
+    if kind in paper.PAPER_KINDS:
+        return Headline("test_accuracy", "the paper's metric, so its tables compare directly")
+    if not class_counts or not any(class_counts):
+        return Headline("test_accuracy", "these rows record no per-class test counts")
+    present = [n for n in class_counts if n > 0]
+    ratio = max(present) / min(present)
+    if is_imbalanced(present):
+        return Headline(
+            "mean_class_accuracy",
+            f"the test set is imbalanced (largest class {ratio:.1f}× the smallest), where "
+            "overall accuracy mostly measures the largest classes",
+        )
+    return Headline("test_accuracy", f"the test set is balanced ({ratio:.2f}: largest/smallest)")
 
 
 @dataclass
 class StrategyResult:
-    """One strategy's test accuracy (percent) per fold and seed within a group."""
+    """One strategy's headline metric (percent) per fold and seed within a group, and every
+    metric of METRICS and the per-class recalls beside it."""
 
     group: Group
     strategy: str
-    cells: dict[FoldSeed, float] = field(default_factory=dict)  # (fold, seed) -> accuracy %
+    cells: dict[FoldSeed, float] = field(default_factory=dict)  # (fold, seed) -> headline %
+    scores: dict[str, dict[FoldSeed, float]] = field(default_factory=dict)  # column -> cells
+    recalls: dict[FoldSeed, list[float]] = field(default_factory=dict)  # per class, %
+    classes: list[str] = field(default_factory=list)
     unit_ids: dict[int, list[str]] = field(default_factory=dict)  # fold -> its run rows' units
     n_test: dict[int, int] = field(default_factory=dict)  # fold -> test images
     n_train: dict[int, int] = field(default_factory=dict)  # fold -> training images (if known)
     expected_folds: int = 0  # how many folds the grid asks for (0 = unknown)
+
+    @property
+    def fixed(self) -> bool:
+        """True for a fixed split (fold 0): one test set, replicates are seeds only."""
+        return set(self.folds) == {0}
+
+    def metric(self, column: str) -> StrategyResult:
+        """The same units scored by another METRICS column (mean/std as for the headline)."""
+        return StrategyResult(
+            self.group,
+            self.strategy,
+            dict(self.scores.get(column, {})),
+            n_test=self.n_test,
+            n_train=self.n_train,
+            expected_folds=self.expected_folds,
+        )
 
     @property
     def folds(self) -> dict[int, float]:
@@ -149,9 +209,13 @@ def group_of(row: Mapping[str, Any], point: str = "") -> Group:
 
 
 def strategy_results(
-    runs: Iterable[Mapping[str, Any]], points: Mapping[str, tuple[str, ...]] | None = None
+    runs: Iterable[Mapping[str, Any]],
+    points: Mapping[str, tuple[str, ...]] | None = None,
+    headlines: Mapping[str, Headline] | None = None,
 ) -> dict[tuple[Group, str], StrategyResult]:
-    """Per (group, strategy): test accuracy per (fold, seed), in percent.
+    """Per (group, strategy): the dataset's headline metric (`headlines`; default overall
+    accuracy) per (fold, seed), in percent, with every METRICS column and the per-class
+    recalls a row records.
 
     A run row belongs to the strategy its `strategy` column names (the chain up to its
     stage), so `ce` is read from stage-1 units and `ce>focal` from stage-2 units, and to
@@ -166,7 +230,8 @@ def strategy_results(
     out: dict[tuple[Group, str], StrategyResult] = {}
     seen: dict[tuple[Group, str, FoldSeed], tuple[str, str]] = {}  # -> (unit id, label)
     for row in runs:
-        accuracy = row.get("test_accuracy")
+        headline = (headlines or {}).get(str(row["dataset"]))
+        accuracy = row.get(headline.column if headline else "test_accuracy")
         if accuracy is None or not math.isfinite(float(accuracy)):
             continue
         fold = int(row["fold"])
@@ -184,6 +249,12 @@ def strategy_results(
                 )
             result = out.setdefault(key, StrategyResult(*key))
             result.cells[unit] = 100.0 * float(accuracy)
+            for column in METRICS:
+                if row.get(column) is not None:
+                    result.scores.setdefault(column, {})[unit] = 100.0 * float(row[column])
+            if row.get("per_class_recall") is not None:
+                result.recalls[unit] = [100.0 * float(v) for v in row["per_class_recall"]]
+                result.classes = list(row.get("classes") or [])
             result.unit_ids.setdefault(fold, []).append(found[0])
             result.n_test[fold] = int(row.get("n_test") or 0)
             if row.get("n_train"):
@@ -191,6 +262,23 @@ def strategy_results(
     for result in out.values():
         result.cells = dict(sorted(result.cells.items()))
     return out
+
+
+def headlines_of(
+    runs: Iterable[Mapping[str, Any]], kinds: Mapping[str, str]
+) -> dict[str, Headline]:
+    """Each dataset's headline (`headline_of`), its test class counts pooled over its rows."""
+    counts: dict[str, np.ndarray] = {}
+    for row in runs:
+        found = row.get("test_class_counts")
+        if found:
+            name = str(row["dataset"])
+            counts[name] = counts.get(name, 0) + np.asarray(found, dtype=np.int64)
+    names = {str(row["dataset"]) for row in runs} | set(counts)
+    return {
+        name: headline_of(kinds.get(name, name), counts[name].tolist() if name in counts else None)
+        for name in names
+    }
 
 
 def net_images(a: StrategyResult, b: StrategyResult) -> tuple[float, int]:
@@ -209,7 +297,11 @@ def net_images(a: StrategyResult, b: StrategyResult) -> tuple[float, int]:
 
 def test_train_ratio(result: StrategyResult, units: Sequence[FoldSeed]) -> float | None:
     """Mean n_test / n_train over `units` (Nadeau & Bengio's correction term); None when a
-    unit's sizes are unknown."""
+    unit's sizes are unknown. 0 on a fixed split: its seeds train on the same images and
+    score the same test set, so no training data is resampled and nothing needs correcting
+    (the corrected test is then the paired t-test over seeds)."""
+    if units and all(fold == 0 for fold, _ in units):
+        return 0.0
     ratios = []
     for fold, _ in units:
         n_test, n_train = result.n_test.get(fold), result.n_train.get(fold)

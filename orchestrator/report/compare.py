@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestrator.plan.labels import fold_tag
 from orchestrator.report import aggregate as agg
 from orchestrator.report import paper_numbers as paper
 from orchestrator.report.sections import NONE, group_title, pct, pvalue, signed
@@ -113,7 +114,10 @@ def _tests_table(comparisons: list[Comparison], study: Study) -> str:
     rows = []
     for c in comparisons:
         p = c.paired
-        net, images = agg.net_images(study.result(c.group, p.a), study.result(c.group, p.b))
+        net, images = agg.net_images(  # test images right: overall accuracy's unit
+            study.result(c.group, p.a).metric("test_accuracy"),
+            study.result(c.group, p.b).metric("test_accuracy"),
+        )
         rows.append(
             [
                 f"{p.a} − {p.b}",
@@ -133,7 +137,7 @@ def _tests_table(comparisons: list[Comparison], study: Study) -> str:
 
 def _folds_table(comparisons: list[Comparison]) -> str:
     all_folds = sorted({f for c in comparisons for f in c.paired.folds})
-    headers = ["comparison"] + [f"f{f}" for f in all_folds]
+    headers = ["comparison"] + [fold_tag(f) for f in all_folds]
     rows = []
     for c in comparisons:
         diffs = c.paired.fold_differences
@@ -146,7 +150,7 @@ def _folds_table(comparisons: list[Comparison]) -> str:
 
 def _ratio_text(study: Study) -> str:
     found = [c.paired.test_train_ratio for c in study.comparisons]
-    ratios = sorted({round(r, 3) for r in found if r})
+    ratios = sorted({round(r, 3) for r in found if r is not None})
     sizes = (
         "derived from the prepare row's image count for "
         + ", ".join(group_title(g) for g in sorted(study.derived_n_train))
@@ -185,8 +189,10 @@ def paired_section(study: Study) -> str:
         "",
         "Each comparison pairs two strategies on the units both have (a unit is one test fold"
         + (", per seed" if study.multi_seed else "")
-        + "); differences are in points of fold accuracy, first minus second (positive = first "
-        f"better). 'net images' turns the mean difference into test images{example}.",
+        + "); differences are in points of the dataset's headline metric (strategy table), "
+        "first minus second (positive = first "
+        "better). 'net images' is the difference in test images classified correctly (from "
+        f"overall accuracy){example}.",
         "",
         "- **corrected p** and the **95 % CI**: the corrected resampled t-test for "
         "cross-validation (Nadeau & Bengio 2003). The training sets of different folds share "
@@ -200,6 +206,14 @@ def paired_section(study: Study) -> str:
         "(corrected test only) training-set sizes unknown.",
         "- **test-fold selections**: how many times each side's test fold chose the kept epoch.",
     ]
+    if any(c.paired.folds == (0,) for c in study.comparisons):
+        lines.append(
+            "- On a **fixed split** (column `fixed`) the units are seeds, paired by seed: every "
+            "seed trains on the same images and is scored on the same test set, so no training "
+            "data is resampled, n_test/n_train is 0 and the corrected test is the paired "
+            "t-test over seeds. It measures the spread of training runs, not of test sets: a "
+            "fixed split has no fold variance."
+        )
     if any(c.group.selection == "heldout" for c in study.comparisons):
         lines.append(
             "- ⚠ **heldout comparisons are biased toward multi-stage strategies**: under "

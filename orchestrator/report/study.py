@@ -53,6 +53,10 @@ class Study:
     groups: list[Group]
     comparisons: list[Comparison] = field(default_factory=list)
     derived_n_train: set[Group] = field(default_factory=set)  # sizes not in the runs rows
+    headlines: dict[str, agg.Headline] = field(default_factory=dict)  # dataset -> its metric
+
+    def headline(self, dataset: str) -> agg.Headline:
+        return self.headlines.get(dataset) or agg.headline_of(self.results.kind_of(dataset), None)
 
     def strategies(self, group: Group) -> list[str]:
         found = {s for g, s in self.by_key if g == group}
@@ -133,7 +137,9 @@ def _order(values: list[str]) -> dict[str, int]:
 
 def build_study(results: Results) -> Study:
     """Merge expected (DAG) and finished (store) results into one ordered structure."""
-    by_key = agg.strategy_results(results.runs, results.points)
+    kinds = {name: info.kind for name, info in results.datasets.items()}
+    headlines = agg.headlines_of(results.runs, kinds)
+    by_key = agg.strategy_results(results.runs, results.points, headlines)
     for key, folds in results.expected.items():
         entry = by_key.setdefault(key, StrategyResult(*key))
         entry.expected_folds = len(folds)
@@ -151,7 +157,7 @@ def build_study(results: Results) -> Study:
             point_rank.get(g.point, -1),
         ),
     )
-    study = Study(results, by_key, groups)
+    study = Study(results, by_key, groups, headlines=headlines)
     study.derived_n_train = _fill_training_sizes(study)
     study.comparisons = _compare(study)
     return study

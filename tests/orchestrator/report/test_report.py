@@ -315,7 +315,7 @@ def test_a_run_without_a_sweep_shows_no_sweep_point(tmp_path):
     run = make_run(tmp_path / "run", datasets=("ckplus",))
     text = write_report(run.path).path.read_text()
     assert "Sweep:" not in text and "sweep point" not in text
-    assert "| dataset | backbone | strategy | selection | ours (%) | folds |" in text
+    assert "| dataset | backbone | strategy | selection | headline | accuracy (%) |" in text
     assert "### ckplus · inception_v3 (heldout)\n" in text
 
 
@@ -335,3 +335,97 @@ def test_the_methods_table_names_the_settings_each_loss_takes():
     assert methods._loss_text({"loss": "focal", "alpha": [0.5, 1.0], "gamma": 2}) == (
         "focal (α [0.5, 1.0], γ 2)"
     )
+
+
+# A fixed split (fold 0) with three seeds: wrong predictions per seed, all of happiness (the
+# test set's largest class: 8 of 20 images; 2 of every other class).
+FIXED_ERRORS = {
+    ("rafdb", "ce", 0): [4],
+    ("rafdb", "ce", 1): [2],
+    ("rafdb", "ce", 2): [6],
+    ("rafdb", "ce>focal", 0): [2],
+    ("rafdb", "ce>focal", 1): [2],
+    ("rafdb", "ce>focal", 2): [4],
+}
+
+
+def _mean_class(wrong: int) -> float:
+    """Six classes all right, happiness (8 images) with `wrong` of them missed."""
+    return 100.0 * (6 + (8 - wrong) / 8) / 7
+
+
+@pytest.fixture(scope="module")
+def fixed(tmp_path_factory):
+    run = make_run(
+        tmp_path_factory.mktemp("fixed") / "run",
+        datasets=("rafdb",),
+        folds=(0,),
+        seeds=(0, 1, 2),
+        selection="inner",
+        errors=FIXED_ERRORS,
+        backbone="resnet18",
+    )
+    return run, write_report(run.path)
+
+
+def test_a_fixed_split_is_compared_by_seed_on_its_headline_mean_class_accuracy(fixed):
+    run, _ = fixed
+    study = build_study(load_results(run.path))
+    assert study.headline("rafdb").column == "mean_class_accuracy"
+    (comparison,) = study.comparisons
+    paired = comparison.paired
+    assert paired.units == ((0, 0), (0, 1), (0, 2))  # seeds are the replicates
+    expected = [_mean_class(a[0]) - _mean_class(b[0]) for a, b in zip(
+        [FIXED_ERRORS[("rafdb", "ce>focal", s)] for s in (0, 1, 2)],
+        [FIXED_ERRORS[("rafdb", "ce", s)] for s in (0, 1, 2)], strict=True)]  # fmt: skip
+    assert paired.differences == pytest.approx(expected)
+    # nothing resampled: the corrected test is the paired t-test over seeds
+    assert paired.test_train_ratio == 0.0
+    assert paired.corrected is not None and paired.paired_t is not None
+    assert paired.corrected.pvalue == pytest.approx(paired.paired_t.pvalue)
+
+
+def test_the_report_of_a_fixed_split_says_so_and_shows_every_metric(fixed):
+    _, report = fixed
+    text = report.path.read_text()
+    assert "`rafdb`: **mean-class accuracy**: the test set is imbalanced (largest class 4.0×" in (
+        text
+    )
+    means = [_mean_class(FIXED_ERRORS[("rafdb", "ce", s)][0]) for s in (0, 1, 2)]
+    accuracies = [100.0 * (20 - FIXED_ERRORS[("rafdb", "ce", s)][0]) / 20 for s in (0, 1, 2)]
+    row = next(line for line in text.splitlines() if line.startswith("| rafdb | resnet18 | ce |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[4] == "mean-class accuracy"
+    assert cells[5] == f"{statistics.mean(accuracies):.2f} ± {statistics.stdev(accuracies):.2f}"
+    assert cells[6] == f"{statistics.mean(means):.2f} ± {statistics.stdev(means):.2f}"
+    assert cells[8] == "fixed split"
+    assert "A **fixed split** has one test set and no fold variance" in text
+    assert "`rafdb`: **fixed split**" in text  # the setup block
+    assert "paired t-test over seeds" in text
+    # per-class recall: happiness is the mean over seeds of (8 - wrong) / 8
+    recall = next(
+        line
+        for line in text.split("## Per-class recall")[1].splitlines()
+        if line.startswith("| ce |")
+    )
+    happiness = statistics.mean(
+        100 * (8 - FIXED_ERRORS[("rafdb", "ce", s)][0]) / 8 for s in (0, 1, 2)
+    )
+    assert recall.split("|")[1 + 1 + 3].strip() == f"{happiness:.1f}"  # column 3: happiness
+
+
+def test_published_numbers_stand_beside_ours_as_other_methods(fixed):
+    _, report = fixed
+    section = report.path.read_text().split("## Published numbers of other methods")[1]
+    section = section.split("\n## ")[0]
+    assert "### RAF-DB (`rafdb`)" in section
+    assert "| POSTER++ | other method (published) | 92.21 | POSTER++ (Mao et al., 2023)" in section
+    assert "| DAN | other method (published) | 89.70 |" in section
+    assert "| `ce>focal`, resnet18 | this run (inner) |" in section
+    assert "AffectNet" not in section  # only the benchmark this run has
+    assert "enter none of this report's statistics" in section
+
+
+def test_no_published_numbers_for_the_papers_datasets(full):
+    _, report = full
+    assert "## Published numbers of other methods" not in report.path.read_text()
