@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from numpy.typing import ArrayLike
 
 from fer_core.errors import FerError
 from fer_core.loss_registry import LOSSES
-from fer_core.metrics import is_imbalanced
+from fer_core.metrics import is_imbalanced, metrics
 from orchestrator.report import paper_numbers as paper
 from orchestrator.report import significance as sig
 
@@ -332,12 +331,6 @@ def paired_comparison(a: StrategyResult, b: StrategyResult) -> Paired:
     )
 
 
-def confusion_counts(labels: ArrayLike, predicted: ArrayLike, n_classes: int) -> np.ndarray:
-    """Counts, rows = ground truth, columns = prediction (the paper's Figs 3 and 5)."""
-    flat = np.asarray(labels, dtype=np.int64) * n_classes + np.asarray(predicted, dtype=np.int64)
-    return np.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
-
-
 def row_normalised(counts: np.ndarray) -> np.ndarray:
     """Each row divided by its total; a class with no images keeps a row of zeros."""
     totals = counts.sum(axis=1, keepdims=True)
@@ -347,10 +340,7 @@ def row_normalised(counts: np.ndarray) -> np.ndarray:
 
 def per_class_accuracy(counts: np.ndarray) -> list[float]:
     """Recall of each class in percent (NaN for a class with no test images)."""
-    totals = counts.sum(axis=1)
-    return [
-        100.0 * float(counts[i, i]) / float(t) if t > 0 else math.nan for i, t in enumerate(totals)
-    ]
+    return [100.0 * r for r in metrics(counts).per_class_recall]
 
 
 def class_names(prepared: str | None, label_names: Mapping[int, str], n_classes: int) -> list[str]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fer_core.data.folds import inner_validation_fold
+from fer_core.metrics import confusion_matrix
 from orchestrator.report import aggregate as agg
 from orchestrator.report import significance as sig
 from orchestrator.report.aggregate import Group, Paired, StrategyResult
@@ -127,7 +128,7 @@ class Study:
         prepared = self.results.prepare.get(group.dataset, {}).get("classes")
         n_classes = len(prepared.split(",")) if prepared else 0
         n_classes = max(n_classes, int(labels.max()) + 1, int(predicted.max()) + 1)
-        counts = agg.confusion_counts(labels, predicted, n_classes)
+        counts = confusion_matrix(labels, predicted, n_classes)
         return counts, self.classes(group.dataset, names, n_classes)
 
 

@@ -10,6 +10,7 @@ import pytest
 from scipy import stats
 
 from fer_core.errors import FerError
+from fer_core.metrics import confusion_matrix
 from orchestrator.report import aggregate as agg
 from orchestrator.report.aggregate import Group
 from orchestrator.report.results import load_results
@@ -172,7 +173,7 @@ def test_seeds_are_paired_units_and_spread_is_split():
 
 
 def test_confusion_row_normalised_and_per_class():
-    counts = agg.confusion_counts([0, 0, 1, 2, 2, 2], [0, 1, 1, 0, 2, 2], n_classes=4)
+    counts = confusion_matrix([0, 0, 1, 2, 2, 2], [0, 1, 1, 0, 2, 2], n_classes=4)
     assert counts.tolist() == [[1, 1, 0, 0], [0, 1, 0, 0], [1, 0, 2, 0], [0, 0, 0, 0]]
     normalised = agg.row_normalised(counts)
     assert normalised[0].tolist() == [0.5, 0.5, 0.0, 0.0]
@@ -357,3 +358,25 @@ def test_seeds_multiply_units_and_give_a_between_seed_spread(tmp_path):
     assert ce.seed_std == pytest.approx(statistics.stdev(seed_means))
     (comparison,) = study.comparisons
     assert comparison.paired.n == 6 and comparison.paired.corrected.df == 5
+
+
+def test_the_headline_is_mean_class_accuracy_only_on_an_imbalanced_test_set():
+    assert agg.headline_of("rafdb", [329, 74, 160, 1185, 478, 162, 680]).column == (
+        "mean_class_accuracy"
+    )
+    assert agg.headline_of("affectnet", [500] * 7).column == "test_accuracy"  # balanced
+    # CK+ is imbalanced, but the paper reports accuracy: its tables compare like with like
+    ckplus = agg.headline_of("ckplus", [135, 54, 177, 75, 207, 84, 249])
+    assert ckplus.column == "test_accuracy" and "paper" in ckplus.reason
+    assert agg.headline_of("manifest", None).column == "test_accuracy"  # older rows
+
+
+def test_headlines_pool_each_datasets_test_class_counts():
+    rows = [
+        {"dataset": "mine", "test_class_counts": [10, 4]},
+        {"dataset": "mine", "test_class_counts": [2, 8]},  # pooled: 12 vs 12, balanced
+        {"dataset": "other", "test_class_counts": [10, 4]},
+    ]
+    headlines = agg.headlines_of(rows, {"mine": "manifest", "other": "manifest"})
+    assert headlines["mine"].column == "test_accuracy"
+    assert headlines["other"].column == "mean_class_accuracy"
