@@ -135,12 +135,21 @@ def _folds(study: Study) -> list[str]:
     return lines
 
 
+# How a stage's `sampler` draws its training batches (a config without one: `shuffle`).
+SAMPLER_TEXT = {
+    "shuffle": "shuffled (every training image once per epoch)",
+    "balanced": "balanced (drawn with replacement, probability 1 / its class count)",
+}
+
+
 def _imbalance(configs: list[tuple[Any, dict[str, Any]]]) -> str:
     """The imbalance tools in use: how training batches are drawn (a stage's `sampler`;
     without one, a shuffle of the training images each epoch) and each dataset's α
     weighting of its focal stages (D-2; a list weighs classes)."""
-    samplers = _counted([c.get("sampler") or "shuffled (every image once per epoch)"
-                         for _, c in configs], NONE)  # fmt: skip
+    samplers = _counted(
+        [SAMPLER_TEXT.get(c.get("sampler") or "shuffle", c.get("sampler")) for _, c in configs],
+        NONE,
+    )
     alphas: dict[str, set[str]] = {}
     for unit, config in configs:
         if LOSSES.get(str(config.get("loss"))) and LOSSES[str(config["loss"])].focal:

@@ -401,6 +401,10 @@ def test_the_report_of_a_fixed_split_says_so_and_shows_every_metric(fixed):
     assert cells[8] == "fixed split"
     assert "A **fixed split** has one test set and no fold variance" in text
     assert "`rafdb`: **fixed split**" in text  # the setup block
+    assert (
+        "- **Class imbalance**: batches shuffled (every training image once per epoch); α of "
+        "the focal stages: `rafdb` none." in text
+    )
     assert "paired t-test over seeds" in text
     # per-class recall: happiness is the mean over seeds of (8 - wrong) / 8
     recall = next(
