@@ -8,11 +8,14 @@ import statistics
 import pytest
 from PIL import Image
 
+from fer_core.data.index import build_index
 from fer_core.errors import FerError
 from orchestrator.report import document, methods
 from orchestrator.report.document import write_report
 from orchestrator.report.results import load_results
 from orchestrator.report.study import build_study
+from orchestrator.run.launch import launch
+from tests.helpers import tiny_ckplus
 from tests.orchestrator.report.fake_results import ERRORS, accuracy, make_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -433,3 +436,53 @@ def test_published_numbers_stand_beside_ours_as_other_methods(fixed):
 def test_no_published_numbers_for_the_papers_datasets(full):
     _, report = full
     assert "## Published numbers of other methods" not in report.path.read_text()
+
+
+def test_a_real_fixed_split_run_from_a_manifest_to_its_report(tmp_path):
+    """Launched for real (local backend): a manifest with a split column is prepared, its
+    units train fold-less on the training split (less the stratified hold-out) and score the
+    test split, and the report shows it as a fixed split."""
+    root = tiny_ckplus(tmp_path / "data")
+    index = build_index("ckplus", root, n_folds=2)
+    rows = ["path,subject,label,split"]
+    for r in index.records:  # subjects S005, S006 (6 images) test; the rest (12) train
+        split = "test" if r.subject in ("S005", "S006") else "train"
+        rows.append(f"{r.path},{r.subject},{r.label_name},{split}")
+    (root / "split.csv").write_text("\n".join(rows) + "\n")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        f"""
+name: fixedrun
+seeds: [0, 1]
+selection: inner
+datasets:
+  mine:
+    kind: manifest
+    root: {root}
+    manifest: {root / "split.csv"}
+    protocol: fixed
+    crop_size: 16
+    detector: center
+    focal: {{alpha: null, gamma: 2.0}}
+backbones:
+  tiny: {{input_size: 16}}
+experiments:
+  - backbones: [tiny]
+    strategies: [ce, "ce>focal"]
+train: {{epochs: 2, lr_step_epoch: 1, batch_size: 8}}
+"""
+    )
+    rundir = launch(str(grid), run_dir=tmp_path / "run", jobs=2)
+    runs = rundir.store.read("runs").to_pylist()
+    assert sorted(r["unit_label"] for r in runs) == [
+        "mine/fixed/tiny/ce/s0",
+        "mine/fixed/tiny/ce/s1",
+        "mine/fixed/tiny/ce>focal/s0",
+        "mine/fixed/tiny/ce>focal/s1",
+    ]
+    # 12 training images, one of each of their 4 classes held out to select; 6 scored
+    assert {(r["fold"], r["n_train"], r["n_test"]) for r in runs} == {(0, 8, 6)}
+    predictions = rundir.store.read("predictions").to_pylist()
+    assert {p["subject"] for p in predictions} == {"S005", "S006"}
+    text = write_report(rundir.path).path.read_text()
+    assert "`mine`: **fixed split**" in text and "| fixed split |" in text
