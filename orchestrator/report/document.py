@@ -103,7 +103,8 @@ def folds_section(study: Study, out_dir: Path) -> str:
         " (real data)" if any(study.results.is_synthetic(g.dataset) for g in study.groups) else ""
     )
     return (
-        f"## Accuracy per fold\n\nEach dot is one test fold's accuracy{seeds}; grey lines "
+        f"## Accuracy per fold\n\nEach dot is one test fold's headline metric (the strategy "
+        f"table names it per dataset; a fixed split has one dot: its test set){seeds}; grey lines "
         "join the same fold across strategies (the pairing the tests use)"
         + (paper_text if sections.shows_paper(study) else "")
         + ". Dotted: chance (1 / number of classes); dashed: always predicting the majority "
