@@ -5,7 +5,7 @@ Paths are relative to the dataset root (POSIX slashes). Every listed image is us
 last-frames rule: the manifest already says which images count. Labels are class names; the
 classes are the sorted unique names unless given, so the label order is reproducible.
 An optional `split` column (`train`, `val` or `test` on every row) gives the dataset a fixed
-split of its own (the `fixed` protocol, docs/METHOD.md D-14) instead of subject folds.
+split of its own (the `fixed` protocol, docs/METHOD.md D-21) instead of subject folds.
 """
 
 from __future__ import annotations

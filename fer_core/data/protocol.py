@@ -1,6 +1,6 @@
 """Which crops of a dataset train a unit, which select its best epoch, and which are scored.
 
-Two protocols (docs/METHOD.md D-11, D-14):
+Two protocols (docs/METHOD.md D-11, D-21):
 - `kfold`: subject-independent folds (CK+, Oulu-CASIA, a manifest without a split). The test
   fold is scored; `heldout` selects on the test fold itself (the paper's protocol), `inner`
   on the next fold of the training folds.

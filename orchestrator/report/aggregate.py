@@ -50,7 +50,7 @@ METRICS = {
 
 @dataclass(frozen=True)
 class Headline:
-    """Which metric leads a dataset's tables and comparisons, and why (docs/METHOD.md D-15)."""
+    """Which metric leads a dataset's tables and comparisons, and why (docs/METHOD.md D-22)."""
 
     column: str  # a key of METRICS
     reason: str

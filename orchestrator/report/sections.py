@@ -310,7 +310,7 @@ def strategy_section(study: Study) -> str:
 
 
 def _headline_lines(study: Study) -> list[str]:
-    """Which metric leads each dataset's comparisons, and why (docs/METHOD.md D-15)."""
+    """Which metric leads each dataset's comparisons, and why (docs/METHOD.md D-22)."""
     names = list(dict.fromkeys(g.dataset for g in study.groups))
     if not names:
         return []
