@@ -22,7 +22,7 @@ demo: $(STAMP)
 typecheck: $(STAMP)
 	$(PY) -m mypy
 
-## test: type check + lint + the whole test suite (SLURM and Ray tests need `make slurm-up` first; CI does it)
+## test: type check + lint + the whole test suite (SLURM tests also need `make slurm-up` and FER_TEST_SLURM=1; CI does both)
 test: $(STAMP) typecheck
 	$(VENV)/bin/ruff check fer_core orchestrator tests bench
 	$(VENV)/bin/ruff format --check fer_core orchestrator tests bench

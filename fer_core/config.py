@@ -16,8 +16,9 @@ from fer_core.loss_registry import LOSS_PARAMS, Alpha, check_loss_params, loss_s
 
 SELECTIONS = ("heldout", "inner")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+FINAL_EPOCHS = ("best", "last")
 NAN_POLICIES = ("fail", "skip")
-LATER_KEYS = {"deterministic": False}  # see StageConfig.to_dict
+LATER_KEYS = {"deterministic": False, "final_epoch": "best"}  # see StageConfig.to_dict
 
 
 @dataclass(frozen=True)
@@ -47,12 +48,17 @@ class StageConfig:
     compile: bool = False
     nan_policy: str = "fail"
     deterministic: bool = False  # deterministic kernels only (fer_core.runtime.use_determinism)
+    # Which epoch's weights the stage keeps (`best.pt`, scored and passed on): the best on the
+    # selection subset, or the last one, which nothing picks (D-14). Grids set it for a
+    # chain's final stage only (the grid's top-level `final_epoch`).
+    final_epoch: str = "best"
 
     def __post_init__(self) -> None:
         loss_spec(self.loss)
         _check_choice("selection", self.selection, SELECTIONS)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("nan_policy", self.nan_policy, NAN_POLICIES)
+        _check_choice("final_epoch", self.final_epoch, FINAL_EPOCHS)
         _check_positive_int("epochs", self.epochs)
         _check_positive_int("batch_size", self.batch_size)
         for key in ("lr", "lr_decay"):

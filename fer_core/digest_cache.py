@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from fer_core.io import atomic_write_text, sha256_file
@@ -48,8 +49,13 @@ class DigestCache:
         entries = body.get("files")
         return entries if isinstance(entries, dict) else {}
 
-    def sha256(self, path: str | Path) -> str:
-        """The sha256 of `path`'s bytes (OSError if it cannot be read)."""
+    def sha256(self, path: str | Path, check: Callable[[Path], None] | None = None) -> str:
+        """The sha256 of `path`'s bytes (OSError if it cannot be read).
+
+        `check` (e.g. "the image decodes") runs only when the file is read afresh, so it
+        costs nothing on an unchanged file; whatever it raises propagates and the file is not
+        remembered, so a refused file is checked again until it is fixed.
+        """
         name = os.path.abspath(path)
         stat = os.stat(name)
         key: Entry = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
@@ -58,6 +64,8 @@ class DigestCache:
             return str(entry[4])
         digest = sha256_file(Path(name))
         self.hashed += 1
+        if check is not None:
+            check(Path(name))
         newest = max(stat.st_mtime_ns, stat.st_ctime_ns) / 1e9
         if time.time() - newest > RACY_SECONDS:
             self._known[name] = [*key, digest]

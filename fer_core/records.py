@@ -83,7 +83,17 @@ class RunCore(TypedDict):
     finished_at: float
 
 
-class RunRow(RunCore):
+class LibraryVersions(TypedDict):
+    """`fer_core.provenance.library_versions`: columns of the `runs` table."""
+
+    torchvision_version: str | None
+    facenet_pytorch_version: str | None
+    numpy_version: str
+    cuda_version: str | None  # torch's build; None for a CPU-only torch
+    cudnn_version: str | None  # e.g. "91002" (cuDNN 9.10.2), as torch reports it
+
+
+class RunRow(RunCore, LibraryVersions):
     """A row of the `runs` table as the unit writes it (a scheduler adds its own columns)."""
 
     input_size: int
@@ -116,6 +126,7 @@ class PrepareRow(TypedDict):
     images: int
     subjects: int
     classes: str  # comma-separated, in label order
+    fold_rule: str  # how sorted subjects became folds (fer_core.data.folds.FOLD_RULES)
     detector: str
     crop_size: int
     detected: int

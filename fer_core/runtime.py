@@ -36,3 +36,15 @@ def use_determinism(deterministic: bool) -> None:
     torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = False
+
+
+def use_precision(precision: str) -> None:
+    """`precision: fp32` means IEEE fp32: cuDNN convolutions and cuBLAS matmuls without TF32
+    (torch lets cuDNN use TF32 by default on Ampere and later GPUs, ~10 mantissa bits).
+    Any other precision restores torch's defaults (cuDNN TF32 on, matmul TF32 off). Set
+    both ways, so a process that runs several units carries nothing over."""
+    import torch
+
+    ieee = precision == "fp32"
+    torch.backends.cudnn.allow_tf32 = not ieee
+    torch.backends.cuda.matmul.allow_tf32 = False

@@ -81,6 +81,7 @@ class PrepareSpec:
     crop_size: int
     detector: str  # mtcnn | center
     n_folds: int
+    fold_rule: str = "interleaved"  # fer_core.data.folds.FOLD_RULES (absent from older specs)
     out_dir: str  # the prepared dataset: index.parquet, faces.pt, faces.json
 
     @classmethod

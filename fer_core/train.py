@@ -42,7 +42,7 @@ from fer_core.evaluate import Evaluation, evaluate
 from fer_core.io import atomic_write_text
 from fer_core.losses import build_loss
 from fer_core.records import EpochRecord
-from fer_core.runtime import use_determinism
+from fer_core.runtime import use_determinism, use_precision
 
 PROGRESS = "progress.json"  # epochs done, for `status` while a unit runs
 
@@ -157,6 +157,7 @@ def train_stage(
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     use_determinism(config.deterministic)
+    use_precision(config.precision)
     # Every global RNG starts from the seed (torch's seeds CUDA too); a resume then restores
     # them all, so a resumed unit draws what an uninterrupted one would have.
     random.seed(config.seed)
@@ -269,7 +270,7 @@ def train_stage(
             "finished_at": time.time(),  # wall clock: which run of a requeued job did it
         }
         history.append(record)
-        if selection.accuracy > best_accuracy:
+        if config.final_epoch == "last" or selection.accuracy > best_accuracy:
             best_accuracy, best_epoch = selection.accuracy, epoch + 1
             best: BestCheckpoint = {"model": model.state_dict(), "epoch": epoch + 1}
             save(best, work_dir, BEST)

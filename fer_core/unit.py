@@ -31,7 +31,7 @@ from fer_core.errors import FerError
 from fer_core.evaluate import Evaluation
 from fer_core.inference.card import write_card
 from fer_core.models import BACKBONES, FerNet, build_model
-from fer_core.provenance import git_commit
+from fer_core.provenance import git_commit, library_versions
 from fer_core.records import EpochRecord, PredictionRow, RunCore, RunRow, UnitResult
 from fer_core.spec import UnitSpec
 from fer_core.train import StageData, StageOutcome, score, train_stage
@@ -163,6 +163,7 @@ def run_unit(
         "precision_used": outcome.precision_used,
         "deterministic": config.deterministic,
         "git_commit": git_commit(),
+        **library_versions(),
     }
     test_ids = [i for i, t in zip(faces.image_ids, test.tolist(), strict=True) if t]
     test_subjects = [s for s, t in zip(faces.subjects, test.tolist(), strict=True) if t]

@@ -51,6 +51,11 @@ READ_PRAGMAS = {
 _EXPLAIN = re.compile(r"^\s*explain(\s+analy[sz]e)?\s+", re.IGNORECASE)
 _PRAGMA = re.compile(r"^\s*pragma\s+(\w+)", re.IGNORECASE)
 _MISSING = re.compile(r"Table with name (\w+) does not exist", re.IGNORECASE)
+# A file named in the SQL: DuckDB says "file system operations are disabled" when it tried to
+# read it, and, for a name whose extension it does not know, "Table with name /etc/passwd
+# does not exist! Did you mean "pg_class"?", which hides that the refusal is on purpose.
+_DENIED_FILE = re.compile(r'Cannot access file "([^"]*)"')
+_MISSING_PATH = re.compile(r"Table with name (\S*[/\\.]\S*) does not exist", re.IGNORECASE)
 UNIT_TABLES = ("runs", "predictions", "epochs", "prepare")  # one file per unit: current or not
 WITH_UNIT = ("predictions", "epochs")  # carry their unit's metadata from runs
 UNIT_COLUMNS = (
@@ -195,6 +200,17 @@ def _missing_error(sql: str, missing: list[str], run_dir: Path) -> FerError | No
     return None
 
 
+def _file_error(exc: duckdb.Error) -> FerError | None:
+    """A refused read of a file named in the SQL, said as such."""
+    found = _DENIED_FILE.search(str(exc)) or _MISSING_PATH.search(str(exc))
+    if found is None:
+        return None
+    return FerError(
+        f"query: file access is refused ({found.group(1)!r}: file system operations are "
+        f"disabled); a query reads only the run's tables: {', '.join(TABLES)}"
+    )
+
+
 def run_query(run_dir: str | Path, sql: str, fmt: str = "table") -> str:
     """Run read-only `sql` over `run_dir`'s store; the last statement's rows as `fmt` text.
 
@@ -221,8 +237,10 @@ def run_query(run_dir: str | Path, sql: str, fmt: str = "table") -> str:
                     raise FerError(
                         f"query: table {found.group(1).lower()} has no rows yet in {run_dir}"
                     ) from exc
-                raise _missing_error(statement.query, missing, run_dir) or FerError(
-                    f"query: {_one_line(exc)}"
+                raise (
+                    _file_error(exc)
+                    or _missing_error(statement.query, missing, run_dir)
+                    or FerError(f"query: {_one_line(exc)}")
                 ) from exc
         assert cursor is not None
         columns = [d[0] for d in cursor.description or []]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import CLUSTER, CROP, SMALL_IMAGE, ray_running
+from tests.helpers import CLUSTER, CROP, SMALL_IMAGE, ray_running, slurm_gate
 
 # One thread per test process: the suite shares 2 cores with the worker processes that the
 # backend tests start, and oversubscribed torch threads slow a tiny CNN down ~10x.
@@ -19,6 +19,17 @@ torch.set_num_threads(1)
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip every `slurm`-marked test, with the reason, unless `slurm_gate` lets them run:
+    they submit, hold the node, requeue and restart daemons, so only on the project's own
+    one-node cluster and only when asked to. Checked once, and only if any was collected."""
+    slurm = [item for item in items if item.get_closest_marker("slurm")]
+    reason = slurm_gate() if slurm else None
+    if reason is not None:
+        for item in slurm:
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(scope="session")

@@ -352,6 +352,59 @@ def tiny_ckplus(root: Path, subjects: int = 6, size: int = 40) -> Path:
 
 
 # --- SLURM -------------------------------------------------------------------------------------
+# The SLURM tests hold the whole node, requeue jobs, change the user's MaxSubmitJobs and restart
+# slurmd: they may run only against the one-node cluster of scripts/local_slurm.sh, and only
+# when asked to (.ci/run sets SLURM_OPT_IN). Whatever else answers as `sbatch` is left alone.
+SLURM_OPT_IN = "FER_TEST_SLURM"
+LOCAL_SLURM_CLUSTER = os.environ.get("FER_SLURM_CLUSTER", "fer")  # as scripts/local_slurm.sh
+LOCAL_SLURM_MARKER = "# Written by scripts/local_slurm.sh"  # its slurm.conf's first line
+
+
+def slurm_gate() -> str | None:
+    """Why the `slurm`-marked tests must be skipped here, or None where they may run: the
+    opt-in is set, and the cluster that `scontrol` answers for is named as local_slurm.sh
+    names it and runs on a slurm.conf that the script wrote (a real cluster named `fer`
+    fails the second check)."""
+    up = "start it with `sudo scripts/local_slurm.sh up`"
+    if os.environ.get(SLURM_OPT_IN) != "1":
+        return (
+            f"SLURM tests run only with {SLURM_OPT_IN}=1 (.ci/run sets it), against the "
+            "one-node cluster of scripts/local_slurm.sh"
+        )
+    if shutil.which("sbatch") is None or shutil.which("scontrol") is None:
+        return f"no sbatch/scontrol on PATH: {up}"
+    try:
+        shown = subprocess.run(
+            ["scontrol", "show", "config"], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"scontrol show config: {exc}; {up}"
+    if shown.returncode != 0:
+        return f"scontrol show config failed ({shown.stderr.strip()[:200]}); {up}"
+    config = dict(
+        (key.strip(), value.strip())
+        for key, sep, value in (line.partition("=") for line in shown.stdout.splitlines())
+        if sep
+    )
+    name = config.get("ClusterName")
+    if name != LOCAL_SLURM_CLUSTER:
+        return (
+            f"scontrol reports cluster {name!r}, not {LOCAL_SLURM_CLUSTER!r} of "
+            "scripts/local_slurm.sh: the SLURM tests never submit to another cluster"
+        )
+    conf = Path(config.get("SLURM_CONF", "/etc/slurm/slurm.conf"))
+    try:
+        first = conf.read_text().splitlines()[:1]
+    except OSError as exc:
+        return f"cannot read the cluster's {conf} ({exc}) to check who wrote it"
+    if not first or not first[0].startswith(LOCAL_SLURM_MARKER):
+        return (
+            f"cluster {name!r} runs on {conf}, which scripts/local_slurm.sh did not write: "
+            "the SLURM tests never submit to another cluster"
+        )
+    return None
+
+
 # slurmd refuses a job whose credential is not newer (in whole seconds) than the revocation
 # at its requeue ("Job credential revoked": the job fails), so a release waits this long.
 RETRY = Retry.of(SlurmProfile())  # a test's own controller calls retry as a default profile's

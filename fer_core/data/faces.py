@@ -237,8 +237,8 @@ def prepare_faces(
 ) -> FacesReport:
     """Crop the face of every indexed frame into `out_dir/faces.pt` (+ `faces.json`).
 
-    `margin` widens the detected box's longer side by that fraction (0.2 = 10 % each side)
-    before squaring and clamping to the frame. `detector="center"` skips MTCNN and takes the
+    `margin` widens the detected box's longer side by that fraction (0.2 = 10 % each side,
+    D-16) before squaring and clamping to the frame. `detector="center"` skips MTCNN and takes the
     centre square of every frame: a declared option for synthetic data and quick runs.
     `device` runs MTCNN there (default: cuda when available). `progress(done, total)` is
     called after each batch (default: a `fer_core.progressbar.ProgressBar` on stdout).

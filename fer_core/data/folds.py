@@ -1,9 +1,10 @@
 """Subject-independent cross-validation folds.
 
 The paper splits CK+ into ten folds by sorting the subject ids and taking every tenth one
-("step size of 10"); the published CK+ split is exactly this rule, and the project applies the
-same interleaving to Oulu-CASIA and user datasets (docs/METHOD.md section 4, D-9). A subject
-never appears in two folds, so a test fold only ever holds unseen people.
+("step size of 10"); the published CK+ split is exactly this rule (`interleaved`). For
+Oulu-CASIA the paper's "10 groups of 8 subjects, step size 8" reads either way, so a grid
+chooses (`fold_rule`, D-9): `interleaved` (the default) or `contiguous` blocks of sorted
+subjects. A subject never appears in two folds, so a test fold only ever holds unseen people.
 """
 
 from __future__ import annotations
@@ -12,20 +13,30 @@ from collections.abc import Iterable
 
 from fer_core.errors import FerError
 
+FOLD_RULES = ("interleaved", "contiguous")  # the first is the default
 
-def subject_folds(subjects: Iterable[str], n_folds: int = 10) -> dict[str, int]:
+
+def subject_folds(
+    subjects: Iterable[str], n_folds: int = 10, rule: str = "interleaved"
+) -> dict[str, int]:
     """Map each unique subject id to its 1-based fold.
 
     Ids are sorted ascending as strings (CK+ `S005`, Oulu `P001` are zero-padded, so this is
-    also numeric order); the subject at sorted position i gets fold `i % n_folds + 1`.
+    also numeric order); of n subjects, the one at sorted position i gets fold
+    `i % n_folds + 1` (`interleaved`) or `i * n_folds // n + 1` (`contiguous`: consecutive
+    blocks whose sizes differ by at most one).
     """
     unique = sorted({str(subject) for subject in subjects})
     _check_n_folds(n_folds)
+    if rule not in FOLD_RULES:
+        raise FerError(f"fold_rule: {rule!r} is not one of {', '.join(FOLD_RULES)}")
     if len(unique) < n_folds:
         raise FerError(
             f"n_folds: {n_folds} folds need at least {n_folds} subjects but the dataset has "
             f"{len(unique)}; use fewer folds or more subjects"
         )
+    if rule == "contiguous":
+        return {s: i * n_folds // len(unique) + 1 for i, s in enumerate(unique)}
     return {subject: position % n_folds + 1 for position, subject in enumerate(unique)}
 
 

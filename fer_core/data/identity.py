@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fer_core.data.index import build_index, dataset_fingerprint
+from fer_core.data.folds import FOLD_RULES
+from fer_core.data.index import build_index, check_image, dataset_fingerprint
 from fer_core.digest_cache import DigestCache
 from fer_core.errors import FerError
 
@@ -23,17 +24,22 @@ def dataset_identity(
     manifest: str | Path | None,
     n_folds: int,
     digests: DigestCache,
+    fold_rule: str = FOLD_RULES[0],
 ) -> str:
     """The content identity (sha256 hex) of a raw dataset tree as its units would use it.
 
-    Images are not decoded here (the preparation job verifies them); one that cannot be
-    read is a FerError naming it.
+    Every image whose digest is computed afresh is also decoded (`index.check_image`), so a
+    truncated frame is one error naming it before anything is submitted, not a failed
+    preparation job; an image the cache already vouches for is neither read nor decoded.
+    One that cannot be read is a FerError naming it.
     """
-    index = build_index(dataset, root, manifest=manifest, n_folds=n_folds, verify=False)
+    index = build_index(
+        dataset, root, manifest=manifest, n_folds=n_folds, verify=False, fold_rule=fold_rule
+    )
 
     def file_digest(path: Path) -> str:
         try:
-            return digests.sha256(path)
+            return digests.sha256(path, check=check_image)
         except OSError as exc:
             raise FerError(f"{path}: cannot be read ({exc.strerror}); fix or remove it") from None
 

@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from fer_core.data import ckplus, oulu
-from fer_core.data.folds import subject_folds
+from fer_core.data.folds import FOLD_RULES, subject_folds
 from fer_core.data.layout import Frame
-from fer_core.data.manifest import read_manifest
+from fer_core.data.manifest import manifest_path, read_manifest
 from fer_core.errors import FerError
 from fer_core.io import atomic_write_bytes, sha256_file
 from fer_core.progressbar import ProgressBar
@@ -55,6 +55,7 @@ class IndexMeta(TypedDict):
     root: str
     classes: list[str]
     n_folds: int
+    fold_rule: str  # absent from indexes written before it existed: interleaved
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class DatasetIndex:
     classes: list[str]
     records: list[ImageRecord] = field(default_factory=list)
     n_folds: int = 10
+    fold_rule: str = FOLD_RULES[0]
 
     def __len__(self) -> int:
         return len(self.records)
@@ -104,8 +106,8 @@ class DatasetIndex:
         return {name: counts.get(label, 0) for label, name in enumerate(self.classes)}
 
     def to_table(self) -> pa.Table:
-        """The records as a pyarrow Table; dataset, root, classes and n_folds ride along in
-        the schema metadata so the Parquet file alone rebuilds the index."""
+        """The records as a pyarrow Table; dataset, root, classes, n_folds and fold_rule ride
+        along in the schema metadata so the Parquet file alone rebuilds the index."""
         columns = {f.name: [getattr(r, f.name) for r in self.records] for f in fields(ImageRecord)}
         meta: IndexMeta = {
             "format": FORMAT,
@@ -113,6 +115,7 @@ class DatasetIndex:
             "root": self.root,
             "classes": self.classes,
             "n_folds": self.n_folds,
+            "fold_rule": self.fold_rule,
         }
         schema = SCHEMA.with_metadata({_META_KEY: json.dumps(meta).encode()})
         return pa.Table.from_pydict(columns, schema=schema)
@@ -147,6 +150,7 @@ class DatasetIndex:
             classes=list(meta["classes"]),
             records=records,
             n_folds=int(meta["n_folds"]),
+            fold_rule=str(meta.get("fold_rule", FOLD_RULES[0])),
         )
 
 
@@ -172,13 +176,16 @@ def build_index(
     classes: list[str] | None = None,
     last_frames: int = LAST_FRAMES,
     verify: bool = True,
+    fold_rule: str = FOLD_RULES[0],
 ) -> DatasetIndex:
     """Scan a raw dataset folder into a `DatasetIndex`.
 
     `dataset` is `ckplus`, `oulu`, `manifest` or `auto` (CK+ or Oulu from the layout). For
     CK+ and Oulu the last `last_frames` frames of each labelled sequence are kept; a manifest
-    lists its images itself (default `ROOT/manifest.csv`). `verify` opens every kept image so
-    a truncated file fails here, naming it, instead of mid-training.
+    lists its images itself (`manifest` relative to `root` unless absolute, default
+    `ROOT/manifest.csv`). `verify` opens every kept image so a truncated file fails here,
+    naming it, instead of mid-training. `fold_rule` says how sorted subjects become folds
+    (`folds.subject_folds`).
     """
     root = _existing_root(root)
     if dataset == "auto":
@@ -192,8 +199,7 @@ def build_index(
     elif dataset == "oulu":
         names, frames = list(oulu.CLASSES), _last_frames(root, oulu.scan_oulu(root), last_frames)
     elif dataset == "manifest":
-        path = Path(manifest) if manifest is not None else root / "manifest.csv"
-        names, frames, splits = read_manifest(root, path, classes)
+        names, frames, splits = read_manifest(root, manifest_path(root, manifest), classes)
     else:
         raise FerError(f"dataset: {dataset!r} is not one of {', '.join(DATASETS)} or auto")
     if classes is not None and dataset != "manifest" and list(classes) != names:
@@ -212,21 +218,25 @@ def build_index(
             for (path, subject, sequence, frame, label), split in zip(frames, splits, strict=True)
         ]
     else:
-        folds = subject_folds((f[1] for f in frames), n_folds)
+        folds = subject_folds((f[1] for f in frames), n_folds, fold_rule)
         records = [
             ImageRecord(path, subject, sequence, frame, label, names[label], folds[subject])
             for path, subject, sequence, frame, label in frames
         ]
-    return DatasetIndex(dataset, str(root), names, records, n_folds)
+    return DatasetIndex(dataset, str(root), names, records, n_folds, fold_rule)
 
 
 def check_image(path: Path) -> None:
-    """Cheap integrity check: the header parses and (PNG) every chunk checksum holds or
-    (JPEG) the end-of-image marker is present, so truncated copies are caught."""
+    """The image decodes: the header parses, (PNG) every chunk checksum holds, the pixel data
+    decompresses in full, and (JPEG) the end-of-image marker is present, so truncated or
+    damaged copies are caught. `verify` alone reads no pixels and leaves the file unusable,
+    hence a second open to `load` it."""
     try:
         with Image.open(path) as image:
             image.verify()
             kind = image.format
+        with Image.open(path) as image:
+            image.load()
     except Exception as exc:  # PIL raises many types for bad files
         raise FerError(f"{path}: not a readable image ({exc}); re-copy or remove it") from None
     if kind == "JPEG":

@@ -17,19 +17,31 @@ from fer_core.errors import FerError
 
 REQUIRED = ("path", "subject", "label")
 SPLITS = ("train", "val", "test")  # a fixed split's roles; "" = none (subject folds)
+# What spreadsheets and pandas write for a missing value: read as class names they would
+# become a class of their own ("nan") and train as one.
+MISSING_LABELS = frozenset({"nan", "na", "n/a", "none", "null"})
 
 # (path relative to root, subject, sequence, frame, label)
 Frame = tuple[str, str, str, int, int]
 
 
+def manifest_path(root: Path, manifest: str | Path | None) -> Path:
+    """Where a dataset's manifest is: `manifest` relative to `root` unless absolute, and
+    `ROOT/manifest.csv` when not given. Never relative to the current folder, so a grid names
+    the same file wherever `launch` runs and wherever its preparation job runs."""
+    return root / Path(manifest if manifest is not None else "manifest.csv").expanduser()
+
+
 def read_manifest(
     root: Path, manifest: Path, classes: list[str] | None = None
 ) -> tuple[list[str], list[Frame], list[str]]:
-    """The classes, one entry per manifest row and each row's split ("" everywhere without a
-    `split` column); every path must exist under `root`."""
+    """The classes, one entry per manifest row (`manifest` as `manifest_path` gives it) and
+    each row's split ("" everywhere without a `split` column); every path must exist under
+    `root`."""
     if not manifest.is_file():
         raise FerError(
-            f"manifest: {manifest} does not exist; give a CSV with columns path,subject,label"
+            f"manifest: {manifest} does not exist (a relative manifest path is taken from the "
+            f"root {root}); give a CSV with columns path,subject,label"
         )
     try:
         with open(manifest, newline="", encoding="utf-8-sig") as handle:
@@ -51,6 +63,8 @@ def read_manifest(
         ) from None
     if not rows:
         raise FerError(f"{manifest}: has a header but no rows; list one image per row")
+    for row, line in rows:
+        _check_label(row["label"], f"{manifest}:{line}")
     names = sorted({row["label"] for row, _ in rows}) if classes is None else list(classes)
     lookup = {name: label for label, name in enumerate(names)}
     frames: list[Frame] = []
@@ -83,6 +97,16 @@ def read_manifest(
                     "training and test images (val is optional)"
                 )
     return names, frames, splits
+
+
+def _check_label(label: str, where: str) -> None:
+    if not label:
+        raise FerError(f"{where}: empty label; every image needs its class name")
+    if label.lower() in MISSING_LABELS:
+        raise FerError(
+            f"{where}: label {label!r} marks a missing value, not a class; give the image's "
+            "class name or drop the row"
+        )
 
 
 def _relative_path(root: Path, text: str, where: str) -> str:

@@ -20,6 +20,8 @@ import fer_core
 from fer_core.errors import FerError
 from fer_core.io import atomic_write_text
 from fer_core.models.backbones import BACKBONES, NORMALISATIONS
+from fer_core.provenance import library_versions
+from fer_core.records import LibraryVersions
 
 CARD = "best.json"
 FORMAT = 1
@@ -40,7 +42,7 @@ class CropInfo(TypedDict):
     crop_method: int | None
 
 
-class ModelCard(TypedDict):
+class ModelCard(LibraryVersions):
     """`best.json`, keys in file order. A card of an older version may lack some keys;
     `read_card` requires the five inference cannot do without."""
 
@@ -104,6 +106,7 @@ def write_card(
         },
         "package_version": fer_core.__version__,
         "torch_version": torch.__version__,
+        **library_versions(),
         "written_at": time.time(),
     }
     atomic_write_text(work_dir / CARD, json.dumps(card, indent=1) + "\n")

@@ -102,6 +102,30 @@ class BackboneSpec:
     build: Callable[[], nn.Module] = field(repr=False, compare=False)
     aux_fc: str | None = None  # attribute path of the aux head's last FC inside the backbone
     weights_command: str | None = None
+    # (map size, output size) of each average pool to a size > 1 in its training pass, at an
+    # input size: whether `deterministic: true` can train it (fer_core.models.pool_windows)
+    adaptive_pools: Callable[[int], tuple[tuple[int, int], ...]] = field(
+        default=lambda size: (), repr=False, compare=False
+    )
+
+
+def _tiny_pools(size: int) -> tuple[tuple[int, int], ...]:
+    for _ in range(4):  # four 3 x 3 convs, stride 2, padding 1
+        size = (size + 1) // 2
+    return ((size, 2),)
+
+
+def _inception_v3_pools(size: int) -> tuple[tuple[int, int], ...]:
+    """The aux head pools adaptively to 5 x 5 below a 17 x 17 map (InceptionAuxAnySize)."""
+    size = (size - 3) // 2 + 1 - 2  # Conv2d_1a (3 x 3, stride 2), Conv2d_2a (3 x 3)
+    size = (size - 3) // 2 + 1 - 2  # max pool (3, stride 2), Conv2d_4a (3 x 3)
+    size = (size - 3) // 2 + 1  # max pool (3, stride 2); Mixed_5* keep the size
+    size = (size - 3) // 2 + 1  # Mixed_6a (stride 2): the aux head's input
+    return () if size >= 17 else ((size, 5),)
+
+
+def _vgg16_pools(size: int) -> tuple[tuple[int, int], ...]:
+    return ((size // 32, 7),)  # five 2 x 2 max pools, then the pool to 7 x 7
 
 
 def _tiny() -> nn.Module:
@@ -157,6 +181,7 @@ BACKBONES: dict[str, BackboneSpec] = {
             description="torchvision Inception-v3, ImageNet weights (the paper's main network)",
             build=_inception_v3,
             aux_fc="AuxLogits.fc",
+            adaptive_pools=_inception_v3_pools,
         ),
         BackboneSpec(
             name="resnet18",
@@ -191,6 +216,7 @@ BACKBONES: dict[str, BackboneSpec] = {
             ),
             build=_vgg16,
             weights_command=VGG_FACE_IMPORT,
+            adaptive_pools=_vgg16_pools,
         ),
         BackboneSpec(
             name="inception_resnet_v1",
@@ -224,6 +250,7 @@ BACKBONES: dict[str, BackboneSpec] = {
             layout="fer_core TinyCNN",
             description="a three-conv CNN for tests and the CPU demo (not in the paper)",
             build=_tiny,
+            adaptive_pools=_tiny_pools,
         ),
     )
 }

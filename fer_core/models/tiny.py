@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fer_core.models.avg_pool import AvgPoolTo
+
 
 class TinyCNN(nn.Module):
     """A small CNN for tests and the CPU demo (input 48 px), not a model of the paper.
@@ -27,7 +29,7 @@ class TinyCNN(nn.Module):
                 nn.ReLU(inplace=True),
             ]
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.pool = AvgPoolTo(2)  # deterministic-safe where it can be (48 px: 3 -> 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.pool(self.features(x)), 1)

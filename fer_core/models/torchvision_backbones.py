@@ -15,6 +15,8 @@ import torchvision
 from torch import nn
 from torchvision.models import inception as tv_inception
 
+from fer_core.models.avg_pool import AvgPoolTo, avg_pool_to
+
 
 class InceptionAuxAnySize(tv_inception.InceptionAux):  # type: ignore[misc]  # untyped base
     """torchvision's Inception-v3 aux head, also usable below ~299 px input.
@@ -22,13 +24,14 @@ class InceptionAuxAnySize(tv_inception.InceptionAux):  # type: ignore[misc]  # u
     The original pools 17 x 17 maps with a 5 x 5 / stride-3 window and then applies a 5 x 5
     conv, so it fails for inputs much smaller than 299 px. Where the map is too small for
     that (< 17), this pools adaptively to 5 x 5 instead; at the paper's 299 px it is exactly
-    the original. Same parameters, same state-dict keys.
+    the original. Same parameters, same state-dict keys. The 5 x 5 pool is a plain average
+    pool where that is exact (fer_core.models.avg_pool), so deterministic mode can train it.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if min(x.shape[-2:]) >= 17:
             return cast(torch.Tensor, super().forward(x))
-        x = F.adaptive_avg_pool2d(x, 5)
+        x = avg_pool_to(x, 5)
         x = self.conv1(self.conv0(x))
         x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
         return cast(torch.Tensor, self.fc(x))
@@ -65,4 +68,5 @@ def vgg16() -> nn.Module:
     # drop fc8 and the dropout before it (FerNet's own dropout takes that place).
     model.classifier[5] = nn.Identity()
     model.classifier[6] = nn.Identity()
+    model.avgpool = AvgPoolTo(7)  # at 224 px a 7 x 7 map: no pooling, deterministic backward
     return cast(nn.Module, model)

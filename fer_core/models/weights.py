@@ -163,15 +163,18 @@ def load_backbone_weights(
     backbone.load_state_dict(wanted, strict=False)
 
 
-def check_weights(backbone: str, weights: str) -> None:
-    """A FerError naming the expected path (and how to make it) when `weights` of
-    `backbone` cannot be found; reads nothing (a launch checks every backbone this way)."""
+def check_weights(backbone: str, weights: str) -> Path | None:
+    """The file `weights` of `backbone` names (None for `none`), or a FerError naming the
+    expected path (and how to make it) when it cannot be found; reads nothing (a launch
+    checks every backbone this way, and the plan digests the file it returns)."""
     if weights == "none":
-        return
+        return None
     if weights == "pretrained":
-        resolve_pretrained(BACKBONES[backbone])
-    elif not Path(weights).expanduser().is_file():
+        return resolve_pretrained(BACKBONES[backbone])
+    path = Path(weights).expanduser()
+    if not path.is_file():
         raise FerError(
             f"weights: backbone {backbone}: file {weights!r} not found (weights must be none, "
             "pretrained or the path of a state dict)"
         )
+    return path

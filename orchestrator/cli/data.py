@@ -107,5 +107,6 @@ def _raw_tree_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", required=True, help="the dataset's raw root folder")
     p.add_argument(
         "--manifest",
-        help="CSV path,subject,label for --dataset manifest (default: ROOT/manifest.csv)",
+        help="CSV path,subject,label for --dataset manifest, relative to ROOT unless absolute "
+        "(default: ROOT/manifest.csv)",
     )

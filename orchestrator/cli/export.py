@@ -3,7 +3,8 @@
 Writes a model that takes a face crop and returns class probabilities, with `model.json`
 beside it (classes, crop and normalisation, the input's dtype/layout/size/range), after
 checking it against the PyTorch model (`fer_core.inference.export`). The model is picked as
-for `predict`; `--ensemble` exports one model averaging every fold's.
+for `predict` (one configuration, or an error listing them); `--ensemble` exports one model
+averaging the folds of that configuration.
 """
 
 from __future__ import annotations

@@ -1,17 +1,21 @@
 """`python -m orchestrator predict`: a run's trained model on your own images.
 
     python -m orchestrator predict --run-dir R [--dataset D --backbone B --strategy S
-        --seed N] [--fold K | --ensemble] IMAGES_OR_FOLDERS... [--out FILE.csv|.parquet]
+        --seed N --selection inner|heldout --point LABEL] [--fold K | --ensemble]
+        IMAGES_OR_FOLDERS... [--out FILE.csv|.parquet]
 
 The model is picked from the run's finished units by dataset, backbone, strategy (the chain,
-e.g. `ce>focal`) and seed; a choice that leaves several is an error listing them. A model is
-trained once per test fold: `--fold K` uses fold K's, `--ensemble` averages all folds'. The
-tensor work is `fer_core.inference.predict`'s; this module picks units and writes rows.
+e.g. `ce>focal`), seed, selection protocol and sweep point: one configuration. A choice that
+leaves several is an error listing them with the options that pick each, never an average
+of different configurations. A model is trained once per test fold: `--fold K` uses fold K's,
+`--ensemble` averages the folds' of that one configuration. The tensor work is
+`fer_core.inference.predict`'s; this module picks units and writes rows.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -20,7 +24,7 @@ from typing import Any
 
 from fer_core.errors import FerError
 
-SELECTORS = ("dataset", "backbone", "strategy", "seed")
+SELECTORS = ("dataset", "backbone", "strategy", "seed", "selection")
 
 
 @dataclass(frozen=True)
@@ -32,14 +36,20 @@ class Choice:
     backbone: str
     strategy: str
     seed: int
+    selection: str
+    points: tuple[str, ...]  # the sweep points the unit serves (Unit.points); () without
     fold: int
     work_dir: Path
 
     def model(self) -> str:
-        return (
+        """The options that pick this unit's configuration (a unit serving several sweep
+        points is one configuration: any of its points picks it)."""
+        options = (
             f"--dataset {self.dataset} --backbone {self.backbone} "
-            f"--strategy {self.strategy} --seed {self.seed}"
+            f"--strategy {shlex.quote(self.strategy)} --seed {self.seed} "
+            f"--selection {self.selection}"
         )
+        return options + (f" --point {shlex.quote(self.points[0])}" if self.points else "")
 
 
 def add_selection_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,6 +59,10 @@ def add_selection_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone")
     p.add_argument("--strategy", help="the strategy chain, e.g. ce>focal (its last stage)")
     p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--selection", choices=["heldout", "inner"], help="the selection protocol (tune runs)"
+    )
+    p.add_argument("--point", help="the sweep point, e.g. train.lr=0.02 (as dag.json names it)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--fold", type=int, help="the model trained with test fold K")
     which.add_argument("--ensemble", action="store_true", help="average every fold's model")
@@ -83,6 +97,8 @@ def select_units(args: argparse.Namespace) -> list[Choice]:
             backbone=u.backbone,
             strategy=u.strategy,
             seed=int(u.spec["config"].get("seed", 0)),
+            selection=str(u.spec["config"].get("selection", "heldout")),
+            points=u.points,
             fold=u.fold,
             work_dir=rundir.work_dir(u.id),
         )
@@ -97,12 +113,22 @@ def select_units(args: argparse.Namespace) -> list[Choice]:
             choices = [c for c in choices if getattr(c, key) == wanted]
             if not choices:
                 raise FerError(f"--{key} {wanted}: no finished unit of {rundir.path} has it")
+    if args.point is not None:
+        choices = [c for c in choices if args.point in c.points]
+        if not choices:
+            raise FerError(f"--point {args.point}: no finished unit of {rundir.path} serves it")
     models = sorted({c.model() for c in choices})
     if len(models) > 1:
         raise FerError(
-            f"{len(models)} models match in {rundir.path}; pick one: " + "; ".join(models)
+            f"{len(models)} configurations match in {rundir.path}; pick one: " + "; ".join(models)
         )
     folds = sorted(c.fold for c in choices)
+    twice = sorted({f for f in folds if folds.count(f) > 1})
+    if twice:  # one configuration trains each fold once: two units would be averaged
+        raise FerError(
+            f"fold {twice[0]} has {folds.count(twice[0])} finished units for {models[0]} in "
+            f"{rundir.path}: their settings differ in something these options do not pick"
+        )
     if args.fold is not None:
         choices = [c for c in choices if c.fold == args.fold]
         if not choices:

@@ -3,7 +3,9 @@
 A unit's id is a hash of what determines its result (never of paths, times or scheduler
 ids): a data-preparation unit hashes the dataset's content identity (its labelled frames,
 subjects, folds and image bytes: `fer_core.data.identity`; a synthetic twin, its generator's
-settings) and crop settings; a training unit hashes its data unit, fold, backbone and the
+settings and version) and crop settings; a training unit hashes its data unit, fold,
+backbone, the sha256 of its start weights file (`pretrained` or a path; not the path itself,
+so a re-imported or replaced file retrains what used it and a moved one does not) and the
 full config of every stage of its chain up to itself, seed included. So `ce` and `ce>focal`
 of one seed share their stage-1 unit, which trains once, and re-expanding an unchanged grid
 gives the same ids (resume, dedup), wherever the data lives. A unit on a fixed split has
@@ -20,11 +22,14 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from fer_core.data.folds import FOLD_RULES
 from fer_core.data.identity import dataset_identity
+from fer_core.data.synthetic.twins import FORMAT as TWIN_FORMAT
 from fer_core.digest_cache import DigestCache
 from fer_core.errors import FerError
+from fer_core.models.weights import check_weights
 from fer_core.spec import PrepareSpec, UnitSpec
-from orchestrator.plan.grid import DatasetSpec, Grid, parse_strategy
+from orchestrator.plan.grid import BackboneSpec, DatasetSpec, Grid, parse_strategy
 from orchestrator.plan.labels import fold_tag
 from orchestrator.plan.unit import Unit
 from orchestrator.run.rundir import RunDir
@@ -95,8 +100,11 @@ def dataset_root(spec: DatasetSpec, rundir: RunDir) -> Path:
 
 
 def _source_identity(spec: DatasetSpec, root: Path, digests: DigestCache) -> dict[str, Any]:
-    if spec.synthetic:  # generated deterministically from these settings
-        return {"synthetic": spec.kind, "image_size": spec.image_size}
+    if spec.synthetic:  # generated deterministically from these settings by this generator
+        identity: dict[str, Any] = {"synthetic": spec.kind, "image_size": spec.image_size}
+        if TWIN_FORMAT != 1:  # the first version is left out: ids issued before it hold
+            identity["generator"] = TWIN_FORMAT
+        return identity
     if not root.is_dir():
         raise FerError(
             f"dataset {spec.name!r}: root {root} does not exist; pass --data {spec.name}=DIR"
@@ -106,11 +114,32 @@ def _source_identity(spec: DatasetSpec, root: Path, digests: DigestCache) -> dic
             raise FerError(
                 f"dataset {spec.name!r}: {root} is not a {spec.kind} tree (no {marker}/ inside)"
             )
-    if spec.kind == "manifest":
-        manifest = Path(spec.manifest or root / "manifest.csv")
-        if not manifest.is_file():
-            raise FerError(f"dataset {spec.name!r}: manifest {manifest} not found")
-    return {"data": dataset_identity(spec.kind, root, spec.manifest, spec.n_folds, digests)}
+    return {
+        "data": dataset_identity(
+            spec.kind, root, spec.manifest, spec.n_folds, digests, spec.fold_rule
+        )
+    }
+
+
+def weights_identity(
+    backbone: BackboneSpec, digests: DigestCache, problems: list[str] | None = None
+) -> str:
+    """What a training unit's id holds of its start weights: `none`, or `sha256:` and the
+    digest of the file that `weights` names. A missing file is the FerError of the weights
+    pre-flight, unless `problems` is given (a dry run, whose pre-flight lists it): then the
+    id holds `unresolved:` and the setting."""
+    try:
+        path = check_weights(backbone.name, backbone.weights)
+    except FerError:
+        if problems is None:
+            raise
+        return f"unresolved:{backbone.weights}"
+    if path is None:
+        return "none"
+    try:
+        return f"sha256:{digests.sha256(path)}"
+    except OSError as exc:
+        raise FerError(f"weights: backbone {backbone.name}: cannot read {path}: {exc}") from exc
 
 
 def expand(
@@ -145,6 +174,9 @@ def expand(
                 "crop_size": dataset.crop_size,
                 "detector": dataset.detector,
                 "n_folds": dataset.n_folds,
+                # only when away from the default, so existing grids keep their ids (a
+                # synthetic twin's source identity holds no folds: the rule must be here)
+                **({"fold_rule": dataset.fold_rule} if dataset.fold_rule != FOLD_RULES[0] else {}),
             }
         )
         data_dir = rundir.data_dir(dataset.name, prepare_id)
@@ -165,6 +197,7 @@ def expand(
                     crop_size=dataset.crop_size,
                     detector=dataset.detector,
                     n_folds=dataset.n_folds,
+                    fold_rule=dataset.fold_rule,
                     out_dir=str(data_dir),
                 )
             ),
@@ -172,6 +205,7 @@ def expand(
         for experiment in grid.experiments:
             for backbone_name in experiment.backbones:
                 backbone = grid.backbones[backbone_name]
+                weights = weights_identity(backbone, digests, problems)
                 for strategy in experiment.strategies:
                     for seed in grid.seeds:
                         for fold in grid.folds_of(dataset.name):
@@ -180,6 +214,7 @@ def expand(
                                 grid,
                                 dataset,
                                 backbone,
+                                weights,
                                 strategy,
                                 (fold, seed),
                                 prepare_id,
@@ -189,7 +224,9 @@ def expand(
     return list(units.values())
 
 
-def _add_chain(units, grid, dataset, backbone, strategy, replicate, prepare_id, data_dir, rundir):
+def _add_chain(
+    units, grid, dataset, backbone, weights, strategy, replicate, prepare_id, data_dir, rundir
+):
     """The units of one strategy chain on one (fold, seed); stages already there (a shared
     stage 1 of the same seed) are reused."""
     fold, seed = replicate
@@ -209,8 +246,9 @@ def _add_chain(units, grid, dataset, backbone, strategy, replicate, prepare_id, 
     chain: list[dict[str, Any]] = []
     parent: str | None = None
     for stage, loss in enumerate(losses, start=1):
-        chain.append(grid.stage_config(dataset.name, loss, stage, seed).to_dict())
-        common = {  # in the id and in the spec alike
+        final = stage == len(losses)
+        chain.append(grid.stage_config(dataset.name, loss, stage, seed, final).to_dict())
+        common = {  # in the spec, and in the id with `weights` as its file's digest
             "fold": fold,
             "n_folds": 0 if dataset.fixed else dataset.n_folds,
             **split,
@@ -219,7 +257,8 @@ def _add_chain(units, grid, dataset, backbone, strategy, replicate, prepare_id, 
             "input_size": backbone.input_size,
             "device": grid.device,
         }
-        unit_id = content_id({"kind": "train", "data": prepare_id, **common, "chain": chain})
+        identity = {**common, "weights": weights}  # the file's digest, not its path
+        unit_id = content_id({"kind": "train", "data": prepare_id, **identity, "chain": chain})
         chain_name = ">".join(losses[:stage])
         existing = units.get(unit_id)
         if existing is not None:

@@ -8,9 +8,12 @@ with such a stage must give them (a focal loss with no α and γ = 0 is plain cr
 silent change of method). Loss and backbone names are those of `fer_core.loss_registry` and
 `fer_core.models.backbones`, which import no torch: loading a grid does not either.
 `seed: N` or `seeds: [N, ...]` (top level, like `selection`: they apply to every stage of
-every chain) gives the replicates: every unit runs once per seed. A dataset's `protocol` is
-`kfold` (subject folds) or `fixed` (its own train/val/test split: one unit per backbone,
-stage and seed, fold 0, and `selection: heldout` is refused: it would select on the test set).
+every chain) gives the replicates: every unit runs once per seed. `final_epoch: best|last`
+(top level) says which epoch each chain's final stage keeps (D-14); earlier stages keep
+their best, which the next stage starts from.
+A dataset's `protocol` is `kfold` (subject folds) or `fixed` (its own train/val/test split:
+one unit per backbone, stage and seed, fold 0, and `selection: heldout` is refused: it would
+select on the test set).
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fer_core.config import StageConfig
+from fer_core.config import FINAL_EPOCHS, StageConfig
+from fer_core.data.folds import FOLD_RULES
 from fer_core.errors import FerError
-from fer_core.loss_registry import FOCAL_PARAMS, LOSSES
+from fer_core.loss_registry import FOCAL_PARAMS, LOSS_PARAMS, LOSSES
 from fer_core.models.backbones import BACKBONES
+from fer_core.models.pool_windows import deterministic_problem
 from fer_core.spec import PROTOCOLS
 from orchestrator.plan.yamlio import check_keys, load_yaml_mapping
 
@@ -41,6 +46,7 @@ GRID_KEYS = {
     "seeds",
     "folds",
     "selection",
+    "final_epoch",
     "device",
     "datasets",
     "backbones",
@@ -58,14 +64,18 @@ DATASET_KEYS = {
     "crop_size",
     "detector",
     "n_folds",
+    "fold_rule",
     "protocol",
     "holdout_fraction",
     "holdout_seed",
     "focal",
 }
 FIXED_ONLY_KEYS = ("holdout_fraction", "holdout_seed")
+KFOLD_ONLY_KEYS = ("n_folds", "fold_rule")
 FOCAL_KEYS = set(FOCAL_PARAMS)
 BACKBONE_KEYS = {"weights", "input_size"}
+# StageConfig fields a grid sets elsewhere: the strategy the loss, the top level the rest.
+NOT_TRAIN_KEYS = {"loss", "selection", "seed", "final_epoch"}
 EXPERIMENT_KEYS = {"backbones", "strategies"}
 
 
@@ -82,6 +92,7 @@ class DatasetSpec:
     crop_size: int = 299
     detector: str = "mtcnn"
     n_folds: int = 10
+    fold_rule: str = FOLD_RULES[0]  # how sorted subjects become folds (D-9)
     focal: dict[str, Any] = field(default_factory=dict)
     protocol: str = "kfold"  # kfold | fixed (fer_core.data.protocol)
     holdout_fraction: float = 0.1  # fixed without a val split: share of train that selects
@@ -115,6 +126,7 @@ class Grid:
     seeds: tuple[int, ...]  # replicates: every unit once per seed
     folds: tuple[int, ...] | None  # None: every fold of each dataset
     selection: str
+    final_epoch: str  # the final stage's kept epoch: "best" or "last"
     device: str
     datasets: dict[str, DatasetSpec]
     backbones: dict[str, BackboneSpec]
@@ -123,12 +135,16 @@ class Grid:
     stages: dict[int, dict[str, Any]]
     mapping: dict[str, Any] = field(default_factory=dict)  # the effective grid, as validated
 
-    def stage_config(self, dataset: str, loss: str, stage: int, seed: int) -> StageConfig:
+    def stage_config(
+        self, dataset: str, loss: str, stage: int, seed: int, final: bool = False
+    ) -> StageConfig:
         """Stage `stage` (1-based) with loss `loss`: the grid's train + stages.N settings, the
-        dataset's focal α/γ for a focal loss, validated."""
+        dataset's focal α/γ for a focal loss, validated; the grid's `final_epoch` if it is
+        its chain's `final` stage (an earlier stage always keeps its best epoch)."""
         values = dict(self.train)
         values.update(self.stages.get(stage, {}))
         values.update(loss=loss, selection=self.selection, seed=seed)
+        values.update(final_epoch=self.final_epoch if final else "best")
         spec = LOSSES.get(loss)  # an unknown loss: StageConfig names it
         if spec is not None and spec.focal:
             values.update(self.datasets[dataset].focal)
@@ -247,18 +263,14 @@ def grid_from_mapping(
         folds = tuple(sorted(set(folds)))
 
     train = raw.get("train") or {}
-    check_keys(
-        train,
-        set(StageConfig.__dataclass_fields__) - {"loss", "selection", "seed"},
-        f"{where}: train",
-    )
+    check_keys(train, set(StageConfig.__dataclass_fields__) - NOT_TRAIN_KEYS, f"{where}: train")
     stages = {}
     for key, values in (raw.get("stages") or {}).items():
         if isinstance(key, bool) or not isinstance(key, int) or key < 1:
             raise FerError(f"{where}: stages: key {key!r} must be a stage number (1, 2, ...)")
         check_keys(
             values or {},
-            set(train) | set(StageConfig.__dataclass_fields__) - {"loss", "selection", "seed"},
+            set(train) | set(StageConfig.__dataclass_fields__) - NOT_TRAIN_KEYS,
             f"{where}: stages.{key}",
         )
         stages[key] = dict(values or {})
@@ -271,6 +283,9 @@ def grid_from_mapping(
                 f"of datasets.{dataset.name} (protocol: fixed), which may only be scored; set "
                 "selection: inner (its val split, or a stratified hold-out of its training split)"
             )
+    final_epoch = raw.get("final_epoch", "best")
+    if final_epoch not in FINAL_EPOCHS:
+        raise FerError(f"{where}: final_epoch {final_epoch!r} is not one of best, last")
     if selection == "inner":
         for dataset in datasets.values():
             if not dataset.fixed and dataset.n_folds < 3:
@@ -291,6 +306,7 @@ def grid_from_mapping(
         seeds=seeds,
         folds=folds,
         selection=selection,
+        final_epoch=final_epoch,
         device=str(raw.get("device", "auto")),
         datasets=datasets,
         backbones=backbones,
@@ -303,11 +319,29 @@ def grid_from_mapping(
     for experiment in experiments:
         for strategy in experiment.strategies:
             for dataset_name in datasets:
-                for stage, loss in enumerate(parse_strategy(strategy, where), start=1):
-                    grid.stage_config(dataset_name, loss, stage, seeds[0])
+                losses = parse_strategy(strategy, where)
+                for stage, loss in enumerate(losses, start=1):
+                    final = stage == len(losses)
+                    config = grid.stage_config(dataset_name, loss, stage, seeds[0], final)
+                    if config.deterministic and grid.device != "cpu":
+                        for backbone in experiment.backbones:
+                            _check_deterministic(grid, backbone, stage)
                     if LOSSES[loss].focal and not focal_from_search:
                         _check_focal_given(grid, dataset_name, loss, stage)
     return grid
+
+
+def _check_deterministic(grid: Grid, backbone: str, stage: int) -> None:
+    """`deterministic: true` where a GPU may train: refused for a backbone whose training pass
+    keeps an adaptive pool at its input size (torch would raise mid-run on CUDA)."""
+    size = grid.backbones[backbone].input_size or BACKBONES[backbone].input_size
+    problem = deterministic_problem(BACKBONES[backbone], size)
+    if problem is not None:
+        raise FerError(
+            f"{grid.path}: backbones.{backbone}: deterministic: true (stage {stage}) cannot "
+            f"train it on a GPU: {problem}; choose another input_size, deterministic: false, "
+            "or device: cpu"
+        )
 
 
 def _check_focal_given(grid: Grid, dataset: str, loss: str, stage: int) -> None:
@@ -377,6 +411,9 @@ def _dataset(name: str, raw: Any, where: str, root_override: str | None) -> Data
     for key, value in (("crop_size", crop_size), ("n_folds", n_folds)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 2:
             raise FerError(f"{where}: {key} {value!r} must be an integer >= 2")
+    fold_rule = raw.get("fold_rule", FOLD_RULES[0])
+    if fold_rule not in FOLD_RULES:
+        raise FerError(f"{where}: fold_rule {fold_rule!r} is not one of {', '.join(FOLD_RULES)}")
     image_size = raw.get("image_size")
     if image_size is not None:
         if not (
@@ -388,14 +425,22 @@ def _dataset(name: str, raw: Any, where: str, root_override: str | None) -> Data
         image_size = tuple(image_size)
     focal = raw.get("focal") or {}
     check_keys(focal, FOCAL_KEYS, f"{where}.focal")
+    # Checked whether or not a stage uses them, as a misspelt key is: on a CE-only grid a
+    # bad value would otherwise pass silently and surface only once a focal stage is added.
+    for key, value in focal.items():
+        try:
+            LOSS_PARAMS[key].check(value)
+        except FerError as exc:
+            raise FerError(f"{where}.focal: {exc}") from None
     protocol = raw.get("protocol", "kfold")
     if protocol not in PROTOCOLS:
         raise FerError(f"{where}: protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
-    for key in (*FIXED_ONLY_KEYS, "n_folds"):
+    for key in (*FIXED_ONLY_KEYS, *KFOLD_ONLY_KEYS):
         if key in raw and (protocol == "fixed") != (key in FIXED_ONLY_KEYS):
+            owner = "kfold" if key in KFOLD_ONLY_KEYS else "fixed"
             raise FerError(
-                f"{where}: {key} applies to protocol: {'kfold' if key == 'n_folds' else 'fixed'}"
-                f" only; this dataset has protocol: {protocol}"
+                f"{where}: {key} applies to protocol: {owner} only; this dataset has "
+                f"protocol: {protocol}"
             )
     fraction = raw.get("holdout_fraction", 0.1)
     if not (isinstance(fraction, int | float) and not isinstance(fraction, bool)) or not (
@@ -415,6 +460,7 @@ def _dataset(name: str, raw: Any, where: str, root_override: str | None) -> Data
         crop_size=crop_size,
         detector=detector,
         n_folds=n_folds,
+        fold_rule=fold_rule,
         focal=dict(focal),
         protocol=protocol,
         holdout_fraction=float(fraction),

@@ -21,6 +21,7 @@ import re
 from dataclasses import replace
 from typing import Any
 
+from fer_core.config import LATER_KEYS
 from orchestrator.plan.unit import Unit
 
 SEPARATOR = "@"
@@ -41,6 +42,9 @@ NOT_FACETS = {
     "parent_id",
     "parent_dir",
 }
+# Values that say what a stage keeps of itself, not what its children start from: the
+# parent's `final_epoch` is always `best` for a child, so it is not passed on.
+NOT_INHERITED = {"final_epoch"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]+")
 
 
@@ -50,9 +54,13 @@ def fold_tag(fold: int) -> str:
 
 
 def _facets(unit: Unit) -> dict[str, Any]:
-    """What a unit's result depends on, flat: spec values and its stage config."""
+    """What a unit's result depends on, flat: spec values and its stage config (a key that
+    the config leaves out at its default, `LATER_KEYS`, shows that default)."""
     facets = {k: v for k, v in unit.spec.items() if k not in NOT_FACETS}
-    facets.update(unit.spec.get("config") or {})
+    config = unit.spec.get("config")
+    if config is not None:
+        facets.update(LATER_KEYS)
+        facets.update(config)
     return facets
 
 
@@ -75,7 +83,7 @@ def distinct_names(units: list[Unit]) -> list[Unit]:
     for unit in units:
         own: dict[str, Any] = {}
         for dep in unit.deps:
-            own.update(values.get(dep, {}))
+            own.update((k, v) for k, v in values.get(dep, {}).items() if k not in NOT_INHERITED)
         group = groups[unit.name]
         if len(group) > 1:
             facets = [_facets(other) for other in group]

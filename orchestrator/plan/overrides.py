@@ -34,6 +34,7 @@ from orchestrator.plan.grid import (
     DATASET_KEYS,
     EXPERIMENT_KEYS,
     GRID_KEYS,
+    NOT_TRAIN_KEYS,
     Grid,
     find_grid,
     grid_from_mapping,
@@ -42,9 +43,7 @@ from orchestrator.plan.labels import distinct_names
 from orchestrator.plan.unit import Unit
 from orchestrator.plan.yamlio import load_yaml_mapping
 
-_TRAIN = {
-    key: None for key in set(StageConfig.__dataclass_fields__) - {"loss", "selection", "seed"}
-}
+_TRAIN = {key: None for key in set(StageConfig.__dataclass_fields__) - NOT_TRAIN_KEYS}
 NAMED, NUMBERED, OPEN = "<name>", "<number>", "<any>"
 # What a dotted key may walk through: None is a value; NAMED children must already be in the
 # grid (a dataset, a backbone); NUMBERED ones are list indexes or stage numbers.

@@ -95,6 +95,16 @@ def _counted(values: list[Any], missing: str = NOT_RECORDED) -> str:
     return ", ".join(f"{k} ×{n}" for k, n in counts.most_common())
 
 
+# The runs columns of fer_core.provenance.library_versions, as the setup block names them.
+LIBRARY_COLUMNS = (
+    ("torchvision", "torchvision_version"),
+    ("facenet-pytorch", "facenet_pytorch_version"),
+    ("numpy", "numpy_version"),
+    ("CUDA", "cuda_version"),
+    ("cuDNN", "cudnn_version"),
+)
+
+
 def _recorded(study: Study, column: str, why: str) -> str:
     """A runs column's values, or "not recorded" (and why) when no row carries it."""
     runs = study.results.runs
@@ -127,10 +137,14 @@ def _folds(study: Study) -> list[str]:
             )
             continue
         shown = f"{run[0]}–{run[-1]}" if run == list(range(run[0], run[-1] + 1)) else run
+        if info.fold_rule == "contiguous":
+            rule = f"fold ⌊i × {info.n_folds} / n⌋ + 1 of n subjects: consecutive blocks"
+        else:
+            rule = f"fold i mod {info.n_folds} + 1: interleaved"
         lines.append(
             f"`{name}`: {info.n_folds} subject-independent folds (subject ids sorted ascending, "
-            f"the i-th subject, counted from 0, goes to fold i mod {info.n_folds} + 1); "
-            f"test folds run: {shown}"
+            f"the i-th subject, counted from 0, goes to {rule}; fold_rule "
+            f"`{info.fold_rule}`, D-9); test folds run: {shown}"
         )
     return lines
 
@@ -221,7 +235,12 @@ def setup_section(study: Study) -> str:
         + _recorded(study, "git_commit", "these rows predate the `git_commit` column")
         + f"; fer_core {_recorded(study, 'package_version', 'no version column')}"
         + f"; torch {_recorded(study, 'torch_version', 'no version column')}"
-        + f"; Python {_recorded(study, 'python_version', 'no version column')}.",
+        + f"; Python {_recorded(study, 'python_version', 'no version column')}"
+        + "".join(
+            f"; {label} {_recorded(study, column, 'these rows predate the column')}"
+            for label, column in LIBRARY_COLUMNS
+        )
+        + ".",
         f"- **Effective grid**: {_grid_copy(study)}.",
         "- **Accuracy**, two definitions: tables and tests use the **fold-mean** accuracy (each "
         "test fold's accuracy, averaged over folds); figure titles and per-class tables use "

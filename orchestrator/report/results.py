@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fer_core.data.folds import FOLD_RULES
 from fer_core.errors import FerError
 from orchestrator.plan.unit import Unit
 from orchestrator.report.aggregate import Group
@@ -33,6 +34,7 @@ class DatasetInfo:
     synthetic: bool
     prepare_id: str
     n_folds: int = 10
+    fold_rule: str = FOLD_RULES[0]  # how sorted subjects became folds (D-9)
 
 
 @dataclass
@@ -110,6 +112,7 @@ def load_results(run_dir: str | Path) -> Results:
             bool(u.spec.get("synthetic")),
             u.id,
             int(u.spec.get("n_folds") or 10),
+            str(u.spec.get("fold_rule") or FOLD_RULES[0]),
         )
         for u in units
         if u.kind == "prepare"

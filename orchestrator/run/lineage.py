@@ -2,8 +2,9 @@
 ones its result came from.
 
 A done unit is stale when
-- its `best.pt` is missing, unreadable, or not the file its training recorded in
-  `checkpoints.json` (swapped, damaged): its children could not start from it;
+- its `best.pt` is missing, unreadable, not the file its training recorded in
+  `checkpoints.json` (swapped, damaged), or not a whole checkpoint archive (damaged with its
+  record edited to match): its children could not start from it;
 - its parent is stale or not done (the parent trains again, so its weights will change);
 - its parent's recorded `best.pt` digest is not the one it started from (`runs.
   parent_best_sha`): the parent was retrained since.
@@ -20,8 +21,10 @@ from typing import TextIO
 
 import pyarrow.parquet as pq
 
-from fer_core.checkpoints import BEST, DIGESTS, recorded_digests
+from fer_core.checkpoints import BEST, DIGESTS, check_archive, recorded_digests
 from fer_core.digest_cache import DigestCache
+from fer_core.errors import FerError
+from fer_core.io import sha256_file
 from orchestrator.plan.unit import Unit
 from orchestrator.run.rundir import RunDir
 
@@ -62,13 +65,18 @@ def _own_weights_problem(work_dir: Path, digests: DigestCache) -> str | None:
     recorded = recorded_digests(work_dir).get(BEST)
     if recorded is None:
         return f"no digest of its {BEST} is recorded in {DIGESTS}"
+    not_its_own = f"its {BEST} is not the file its training wrote (sha256 differs from {DIGESTS})"
     try:
-        actual = digests.sha256(work_dir / BEST)
+        actual = digests.sha256(work_dir / BEST, check=check_archive)
     except OSError as exc:
         return f"its {BEST} cannot be read ({exc.strerror})"
-    if actual != recorded:
-        return f"its {BEST} is not the file its training wrote (sha256 differs from {DIGESTS})"
-    return None
+    except FerError:  # damaged: say whether its record still vouches for it (edited to match)
+        if sha256_file(work_dir / BEST) != recorded:
+            return not_its_own
+        return (
+            f"its {BEST} does not load (not a whole checkpoint archive) though {DIGESTS} matches it"
+        )
+    return not_its_own if actual != recorded else None
 
 
 def _parent_changed(rundir: RunDir, unit_id: str, parent: str) -> str | None:

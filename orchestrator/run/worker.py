@@ -77,7 +77,9 @@ def prepare(unit_id: str, spec: PrepareSpec) -> PrepareRow:
         else:
             synth.write_oulu_twin(root, (custom[0], custom[1]) if custom else synth.OULU_SIZE)
     out_dir = Path(spec.out_dir)
-    index = build_index(spec.dataset, root, manifest=spec.manifest, n_folds=spec.n_folds)
+    index = build_index(
+        spec.dataset, root, manifest=spec.manifest, n_folds=spec.n_folds, fold_rule=spec.fold_rule
+    )
     index.write(out_dir / "index.parquet")
     report = prepare_faces(index, out_dir, spec.crop_size, detector=spec.detector)
     return {
@@ -89,6 +91,7 @@ def prepare(unit_id: str, spec: PrepareSpec) -> PrepareRow:
         "images": len(index.records),
         "subjects": len({r.subject for r in index.records}),
         "classes": ",".join(index.classes),
+        "fold_rule": index.fold_rule,
         "detector": spec.detector,
         "crop_size": spec.crop_size,
         "detected": report.detected,

@@ -188,7 +188,8 @@ class TuneRun:
         return replace(self.base, experiments=(experiment,), **changes)
 
     def _dev_grid(self, full_index: Any) -> Grid:
-        """The development subjects as a manifest dataset, re-split into inner folds."""
+        """The development subjects as a manifest dataset, re-split into inner folds by the
+        dataset's own fold rule."""
         spec = self.spec
         manifest = write_dev_manifest(full_index, spec.test_folds, self.rundir.tune_dir)
         subjects = {r.subject for r in full_index.records if r.fold not in spec.test_folds}
@@ -206,6 +207,7 @@ class TuneRun:
             crop_size=dataset.crop_size,
             detector=dataset.detector,
             n_folds=spec.inner_folds,
+            fold_rule=dataset.fold_rule,
         )
         return replace(self._grid(spec.stage1), datasets={dev.name: dev}, folds=spec.search_folds)
 

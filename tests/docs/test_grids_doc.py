@@ -22,7 +22,7 @@ from orchestrator.plan.grid import DatasetSpec, load_grid
 from orchestrator.tune.space import SEARCH_KEYS
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "GRIDS.md"
-STAGE_KEYS = {f.name for f in fields(StageConfig)} - {"loss", "selection", "seed"}
+STAGE_KEYS = {f.name for f in fields(StageConfig)} - grid_module.NOT_TRAIN_KEYS
 SECTIONS = {
     "Top level": grid_module.GRID_KEYS,
     "datasets.NAME": grid_module.DATASET_KEYS,

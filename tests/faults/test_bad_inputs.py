@@ -164,6 +164,26 @@ def _non_utf8_manifest(inputs: Path) -> None:
     (inputs / "m.csv").write_bytes(b"path,subject,label\n\xff\xfeimg/s1_1.png,s1,\xe9t\xe9\n")
 
 
+def _relative_manifest_grid(inputs: Path) -> None:
+    """A grid naming a manifest the root does not hold: the error says where it looked."""
+    manifest_tree(inputs / "m")
+    (inputs / "grid.yaml").write_text(
+        f"datasets:\n  m:\n    kind: manifest\n    root: {inputs / 'm'}\n"
+        "    manifest: labels.csv\n    detector: center\n"
+        "backbones:\n  tiny: {}\nexperiments:\n  - {backbones: [tiny], strategies: [ce]}\n"
+    )
+
+
+def _grid_truncated_frame(inputs: Path) -> None:
+    """A grid over a CK+ tree one of whose used frames is cut short."""
+    _ck(_truncate("cohn-kanade-images/S003/001/S003_001_00000003.png"))(inputs)
+    (inputs / "grid.yaml").write_text(
+        f"datasets:\n  ckplus:\n    root: {inputs / 'ck'}\n    n_folds: 3\n"
+        "    detector: center\n"
+        "backbones:\n  tiny: {}\nexperiments:\n  - {backbones: [tiny], strategies: [ce]}\n"
+    )
+
+
 def _other_grids_run(inputs: Path) -> None:
     (inputs / "run").mkdir(parents=True)
     (inputs / "run" / "run.json").write_text('{"grid": "other", "grid_file": "x.yaml"}')
@@ -191,7 +211,9 @@ def _grid_cases() -> list[Case]:
         "crop_size_too_small": "crop_size",
         "image_size_one_number": "image_size",
         "n_folds_one": "n_folds",
+        "fold_rule_unknown": "fold_rule 'step8'",
         "focal_typo": "alhpa",
+        "focal_value_on_ce_only": "datasets.ckplus.focal: gamma: 'abc'",
         "alpha_zero": "alpha",
         "alpha_above_one": "1.5",
         "gamma_negative": "-2",
@@ -378,6 +400,13 @@ def _data_cases() -> list[Case]:
             "n_folds",
             _ck(lambda r: None),
         ),
+        Case(
+            "dataset",
+            "launch_truncated_png",
+            (*LAUNCH, "--grid", "{in}/grid.yaml"),
+            "S003_001_00000003.png: not a readable image",
+            _grid_truncated_frame,
+        ),
         Case("dataset", "root_missing", index("ckplus", "{in}/no-such-root"), "no-such-root"),
         Case(
             "dataset",
@@ -445,6 +474,9 @@ def _manifest_cases() -> list[Case]:
         "not_an_image": "notes.png",
         "split_unknown": "split 'dev' is not one of train, val, test",
         "split_without_test": "split column has no 'test' row",
+        "label_nan": "label_nan.csv:3: label 'nan'",
+        "label_null": "label_null.csv:3: label 'NULL'",
+        "label_empty": "label_empty.csv:4: empty label",
     }
     found = sorted(p.stem for p in (BAD / "manifests").glob("*.csv"))
     assert found == sorted(culprits), "tests/data/bad/manifests/ and this table must agree"
@@ -471,6 +503,13 @@ def _manifest_cases() -> list[Case]:
     ]
     cases += [
         Case("manifest", "not_utf8", index("{in}/m.csv"), "not a UTF-8 CSV", _non_utf8_manifest),
+        Case(
+            "manifest",
+            "relative_manifest_not_in_root",
+            (*LAUNCH, "--grid", "{in}/grid.yaml"),
+            "m/labels.csv does not exist (a relative manifest path is taken from the root",
+            _relative_manifest_grid,
+        ),
         Case(
             "manifest",
             "manifest_missing",

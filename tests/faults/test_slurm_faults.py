@@ -14,7 +14,6 @@ import getpass
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -57,14 +56,7 @@ from tests.helpers import (
     wait_until,
 )
 
-pytestmark = [
-    pytest.mark.slurm,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        shutil.which("sbatch") is None,
-        reason="no sbatch on PATH: start the one-node SLURM with `scripts/local_slurm.sh up`",
-    ),
-]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]  # slurm: see tests.helpers.slurm_gate
 
 # sacct -S without -s leaves out a job cancelled before it started (never eligible); with -s
 # it needs -E too (else the window ends where it starts, and only squeue's jobs are seen).

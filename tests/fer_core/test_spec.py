@@ -38,8 +38,14 @@ def test_the_json_form_reads_back_as_the_same_spec_in_field_order():
         "crop_size",
         "detector",
         "n_folds",
+        "fold_rule",
         "out_dir",
     ]
+
+
+def test_a_spec_written_before_fold_rule_reads_back_as_interleaved():
+    older = {k: v for k, v in asdict(SPEC).items() if k != "fold_rule"}
+    assert PrepareSpec.from_dict(older).fold_rule == "interleaved"
 
 
 def test_an_unknown_key_is_refused_naming_it():

@@ -7,12 +7,14 @@ import json
 import random
 import shutil
 from dataclasses import asdict, replace
+from importlib.metadata import version
 
+import numpy as np
 import pytest
 import torch
 
 from fer_core import metrics
-from fer_core.checkpoints import BEST
+from fer_core.checkpoints import BEST, resume_state
 from fer_core.data.faces import FaceSet, prepare_faces
 from fer_core.data.index import build_index
 from fer_core.errors import FerError
@@ -72,6 +74,7 @@ def test_stage_two_starts_from_the_parents_best_weights(twin_faces, tmp_path):
     assert card["classes"] == FaceSet.load(twin_faces).classes and card["input_size"] == CROP
     assert card["crop"]["detector"] == "center" and card["crop"]["crop_size"] == CROP
     assert card["normalisation"]["mean"] == [0.485, 0.456, 0.406]
+    assert card["numpy_version"] == np.__version__ and card["cuda_version"] == torch.version.cuda
 
 
 def test_the_runs_row_says_what_ran_and_deterministic_mode_is_honoured(twin_faces, tmp_path):
@@ -85,6 +88,34 @@ def test_the_runs_row_says_what_ran_and_deterministic_mode_is_honoured(twin_face
     assert run["precision_used"] == "fp32"  # `auto` on a CPU: the dtype, not the setting
     assert run["git_commit"] == git_commit()
     assert run["git_commit"] is None or len(run["git_commit"].removesuffix("-dirty")) == 40
+    assert run["numpy_version"] == np.__version__ and run["cuda_version"] == torch.version.cuda
+    assert run["torchvision_version"] == version("torchvision")
+    assert run["facenet_pytorch_version"] == version("facenet-pytorch")
+
+
+def test_an_fp32_unit_trains_with_tf32_off(twin_faces, tmp_path):
+    """cuDNN's TF32 is on by default; `precision: fp32` turns it off for the stage (and the
+    next unit in the process turns it back on unless it asks for fp32 too)."""
+    try:
+        run_unit(_spec(twin_faces, "f32", 1, "ce", precision="fp32"), tmp_path / "f32")
+        assert torch.backends.cudnn.allow_tf32 is False
+        run_unit(_spec(twin_faces, "auto", 1, "ce"), tmp_path / "auto")
+        assert torch.backends.cudnn.allow_tf32 is True
+    finally:
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def test_final_epoch_last_keeps_and_scores_the_last_epoch(twin_faces, tmp_path):
+    """Nothing picks the epoch: best.pt is the last epoch's weights, whatever the selection
+    subset scored, and the runs row says which epoch it kept."""
+    run = run_unit(_spec(twin_faces, "last", 1, "ce", epochs=3, final_epoch="last"),
+                   tmp_path / "last")["run"]  # fmt: skip
+    kept = torch.load(tmp_path / "last" / BEST, weights_only=True)
+    resume, _ = resume_state(tmp_path / "last")
+    assert resume is not None
+    assert run["best_epoch"] == kept["epoch"] == 3
+    assert all(torch.equal(kept["model"][k], v) for k, v in resume["model"].items())
+    assert json.loads(run["config"])["final_epoch"] == "last"
 
 
 def test_a_parent_best_pt_that_is_not_the_recorded_one_is_refused(twin_faces, tmp_path):

@@ -123,8 +123,18 @@ def test_writes_are_refused(run, tmp_path):
 
 
 def test_other_files_cannot_be_read(run):
-    with pytest.raises(FerError, match="disabled"):
-        run_query(run.path, "SELECT * FROM read_csv('/etc/hostname')")
+    """A file named in the SQL, read by a function or by its name alone, is refused as such
+    (not "did you mean pg_class")."""
+    for sql, path in (
+        ("SELECT * FROM read_csv('/etc/hostname')", "/etc/hostname"),
+        ("SELECT * FROM '/etc/passwd'", "/etc/passwd"),
+        ('FROM "/etc/passwd"', "/etc/passwd"),
+        ("SELECT * FROM 'elsewhere.parquet'", "elsewhere.parquet"),
+    ):
+        with pytest.raises(FerError) as refused:
+            run_query(run.path, sql)
+        assert str(refused.value).startswith(f"query: file access is refused ({path!r}"), sql
+        assert "pg_class" not in str(refused.value)
 
 
 def test_explain_of_a_select_is_allowed(run):

@@ -25,6 +25,20 @@ def test_matches_the_published_ckplus_split(roster_rows):
         assert folds[row["subject"]] == int(row["published_fold"]), row
 
 
+def test_contiguous_blocks_of_sorted_subjects():
+    """Oulu's other reading of "10 groups of 8 subjects": P001-P008 fold 1, P009-P016 fold 2."""
+    subjects = [f"P{i:03d}" for i in range(1, 81)]
+    folds = subject_folds(reversed(subjects), rule="contiguous")
+    assert [folds[s] for s in subjects] == [k for k in range(1, 11) for _ in range(8)]
+    uneven = subject_folds([f"s{i:02d}" for i in range(10)], n_folds=3, rule="contiguous")
+    assert list(uneven.values()) == [1, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+
+
+def test_rejects_an_unknown_fold_rule():
+    with pytest.raises(FerError, match="fold_rule: 'blocks'"):
+        subject_folds(["a", "b", "c"], n_folds=2, rule="blocks")
+
+
 @pytest.mark.parametrize("n_folds", [1, 0, -3, 2.5, True])
 def test_rejects_bad_fold_counts(n_folds):
     with pytest.raises(FerError, match="n_folds"):

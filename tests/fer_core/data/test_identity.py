@@ -15,6 +15,7 @@ from fer_core.data.faces import prepare_faces
 from fer_core.data.identity import dataset_identity
 from fer_core.data.index import build_index
 from fer_core.digest_cache import DigestCache
+from fer_core.errors import FerError
 from tests.helpers import tiny_ckplus
 
 IMAGE = "cohn-kanade-images/S002/001/S002_001_00000003.png"
@@ -117,3 +118,19 @@ def test_an_unreadable_cache_file_is_an_empty_cache(tmp_path):
     path = tmp_path / "f.bin"
     path.write_bytes(b"x")
     assert DigestCache(tmp_path / "digests.json").sha256(path) == DigestCache(None).sha256(path)
+
+
+def test_an_image_read_afresh_must_decode_and_a_refused_one_is_not_remembered(tmp_path, settled):
+    """The decode check rides on hashing: a truncated frame fails the identity, naming it,
+    every time until it is fixed (it never enters the cache)."""
+    root = tiny_ckplus(tmp_path / "ck")
+    image = root / IMAGE
+    good = image.read_bytes()
+    image.write_bytes(good[: len(good) // 2])
+    for _ in range(2):
+        cache = DigestCache(tmp_path / "digests.json")
+        with pytest.raises(FerError, match=f"{image}: not a readable image"):
+            _identity(root, cache)
+        cache.save()
+    image.write_bytes(good)
+    assert _identity(root, DigestCache(tmp_path / "digests.json")) == _identity(root)

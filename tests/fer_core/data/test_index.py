@@ -100,7 +100,7 @@ def test_write_read_round_trip(ckplus_twin, tmp_path):
     table = index.to_table()
     assert table.num_rows == 981
     assert table.column_names == ["path", "subject", "sequence", "frame", "label", "label_name",
-                                  "fold"]  # fmt: skip
+                                  "fold", "split"]  # fmt: skip
     moved = DatasetIndex.read(path, root=tmp_path)
     assert moved.root == str(tmp_path.resolve()) and moved.records == index.records
 
@@ -312,3 +312,17 @@ def test_a_bad_split_is_one_line_naming_the_row(tmp_path, splits, message):
 def test_missing_manifest(tmp_path):
     with pytest.raises(FerError, match="manifest.csv"):
         build_index("manifest", tmp_path)
+
+
+def test_relative_manifest_is_read_from_the_root(tmp_path, monkeypatch):
+    """A relative manifest path means the same file wherever the command runs: the root's."""
+    root = _manifest_tree(tmp_path / "data")
+    (root / "lists").mkdir()
+    (root / "manifest.csv").rename(root / "lists" / "labels.csv")
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "lists").mkdir(parents=True)
+    (elsewhere / "lists" / "labels.csv").write_text("path,subject,label\nnope.png,s,x\n")
+    monkeypatch.chdir(elsewhere)
+    assert len(build_index("manifest", root, "lists/labels.csv", 2)) == 12
+    with pytest.raises(FerError, match=f"{root}/lists/other.csv does not exist .*from the root"):
+        build_index("manifest", root, "lists/other.csv", 2)

@@ -173,7 +173,7 @@ def test_a_folder_without_faces_is_reported_not_centre_cropped(trained_run, tmp_
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        ([], "2 models match"),  # ce and focal
+        ([], "2 configurations match"),  # ce and focal
         (["--strategy", "ce"], "folds [1, 2]: pass --fold K or --ensemble"),
         (["--strategy", "ce", "--fold", "7"], "--fold 7"),
         (["--strategy", "ce>focal", "--fold", "1"], "--strategy ce>focal"),

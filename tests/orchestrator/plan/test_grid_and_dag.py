@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 
 from fer_core.errors import FerError
+from fer_core.models.backbones import BACKBONES
 from fer_core.spec import PrepareSpec, UnitSpec
 from orchestrator.plan.dag import expand, summary
 from orchestrator.plan.grid import load_grid
 from orchestrator.plan.labels import label_parts
 from orchestrator.plan.overrides import expand_plan, load_grids
-from tests.helpers import SMALL_GRID, cli
+from tests.helpers import SMALL_GRID, cli, small_grid
 
 
 def _paper_units(tmp_path: Path):
@@ -88,6 +89,22 @@ def test_seeds_multiply_the_units_and_seed_zero_keeps_its_ids(tmp_path):
     assert sorted(u.id for u in from_cli) == sorted(u.id for u in double)
 
 
+def test_fold_rule_interleaved_is_the_default_and_contiguous_makes_new_units(tmp_path):
+    """Existing grids keep their ids; the other Oulu reading (D-9) is a different dataset
+    split, so every unit differs, even on a synthetic twin whose source holds no folds."""
+    ids = {}
+    for rule in ("", "interleaved", "contiguous"):
+        path = tmp_path / f"{rule or 'default'}.yaml"
+        line = f"\n    fold_rule: {rule}" if rule else ""
+        path.write_text(SMALL_GRID.replace("detector: center", "detector: center" + line))
+        units = expand(load_grid(str(path)), tmp_path)
+        ids[rule] = [u.id for u in units]
+        prepare = next(u for u in units if u.kind == "prepare")
+        assert prepare.spec["fold_rule"] == (rule or "interleaved")
+    assert ids[""] == ids["interleaved"]
+    assert not set(ids["contiguous"]) & set(ids[""])
+
+
 @pytest.mark.parametrize(
     ("edit", "culprit"),
     [
@@ -100,6 +117,7 @@ def test_seeds_multiply_the_units_and_seed_zero_keeps_its_ids(tmp_path):
         (("detector: center", "detector: haar"), "haar"),
         (("folds: [1]", "folds: [11]"), "11"),
         (("kind: ckplus", "kind: fer2013"), "fer2013"),
+        (("detector: center", "detector: center\n    fold_rule: blocks"), "fold_rule 'blocks'"),
     ],
 )
 def test_bad_grids_name_the_culprit(tmp_path, edit, culprit):
@@ -219,3 +237,113 @@ def test_bad_protocol_keys_are_refused_naming_them(tmp_path, edit, message):
     (tmp_path / "g.yaml").write_text(text)
     with pytest.raises(FerError, match=f"datasets.mine: {message}"):
         load_grid(str(tmp_path / "g.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("input_size", "device", "stage_only", "refused"),
+    [(299, "auto", False, True), (299, "auto", True, True), (224, "auto", False, False),
+     (299, "cpu", False, False)],
+)  # fmt: skip
+def test_deterministic_is_refused_where_a_gpu_pool_stays_adaptive(
+    tmp_path, input_size, device, stage_only, refused
+):
+    """VGG-16 at 299 px pools its 9 x 9 map to 7 x 7 with uneven windows, which torch cannot
+    differentiate deterministically on CUDA: refused at load, not mid-run on a GPU; at 224 px
+    (7 x 7, no pooling) or on a CPU it trains."""
+    text = small_grid(**({} if stage_only else {"deterministic": "true"}))
+    text = text.replace("tiny: {weights: none, input_size: 32}",
+                        f"vgg_face: {{weights: none, input_size: {input_size}}}")  # fmt: skip
+    text = text.replace("backbones: [tiny]", "backbones: [vgg_face]")
+    text += f"device: {device}\n"
+    if stage_only:
+        text += "stages: {2: {deterministic: true}}\n"
+    path = tmp_path / "det.yaml"
+    path.write_text(text)
+    if refused:
+        stage = 2 if stage_only else 1
+        wanted = rf"vgg_face: deterministic: true \(stage {stage}\).*9 x 9 .* pooled to 7 x 7"
+        with pytest.raises(FerError, match=wanted):
+            load_grid(str(path))
+    else:
+        assert load_grid(str(path)).backbones["vgg_face"].input_size == input_size
+
+
+def _ids(grid_text: str, tmp_path: Path) -> dict[str, str]:
+    path = tmp_path / "grid.yaml"
+    path.write_text(grid_text)
+    return {u.name: u.id for u in expand(load_grid(str(path)), tmp_path / "run")}
+
+
+def test_a_weights_files_content_not_its_path_is_part_of_the_ids(tmp_path):
+    """A re-imported (changed) weights file retrains what used it; the same bytes at another
+    path do not; the prepare unit never depends on it."""
+    weights = tmp_path / "imported.pth"
+    with_file = SMALL_GRID.replace("tiny: {weights: none", f"tiny: {{weights: {weights}")
+    weights.write_bytes(b"first import")
+    first = _ids(with_file, tmp_path)
+    weights.write_bytes(b"the same file, imported again from a newer .mat")
+    again = _ids(with_file, tmp_path)
+    moved = tmp_path / "elsewhere.pth"
+    moved.write_bytes(b"first import")
+    at_another_path = _ids(with_file.replace(str(weights), str(moved)), tmp_path)
+    trained = [name for name in first if name != "ckplus/prepare"]
+    assert all(first[name] != again[name] for name in trained)
+    assert first == at_another_path
+    assert first["ckplus/prepare"] == again["ckplus/prepare"]
+    assert all(first[name] != _ids(SMALL_GRID, tmp_path)[name] for name in trained)
+
+
+def test_a_missing_weights_file_fails_the_plan_but_not_a_dry_run(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(SMALL_GRID.replace("tiny: {weights: none", "tiny: {weights: /no/such.pth"))
+    with pytest.raises(FerError, match="/no/such.pth"):
+        expand(load_grid(str(grid)), tmp_path / "run")
+    assert expand(load_grid(str(grid)), tmp_path / "run", problems=[])
+
+
+def test_the_twin_generators_version_is_part_of_the_synthetic_data_identity(tmp_path, monkeypatch):
+    """A new generator version (twins.FORMAT) makes a new twin, so new prepare and training
+    ids; version 1 is left out, so the ids issued before it was recorded hold."""
+    import orchestrator.plan.dag as dag
+
+    before = _ids(SMALL_GRID, tmp_path)
+    monkeypatch.setattr(dag, "TWIN_FORMAT", 2)
+    after = _ids(SMALL_GRID, tmp_path)
+    assert set(before) == set(after) and all(before[n] != after[n] for n in before)
+
+
+def test_final_epoch_last_applies_to_each_chains_final_stage_only(tmp_path):
+    """`final_epoch: last`: `ce` keeps its last epoch, `ce>focal` its stage 2's last, while
+    its stage 1 keeps the best (what stage 2 starts from), so the two no longer share it."""
+    grid = tmp_path / "last.yaml"
+    grid.write_text(SMALL_GRID + "final_epoch: last\n")
+    units = {u.name: u for u in expand_plan(load_grids(str(grid)), tmp_path / "run")}
+    config = {n: u.spec["config"] for n, u in units.items() if u.kind == "train"}
+    finals = {n: c.get("final_epoch", "best") for n, c in config.items()}  # best: left out
+    assert finals == {
+        "ckplus/f01/tiny/ce@final_epoch=last": "last",
+        "ckplus/f01/tiny/ce@final_epoch=best": "best",
+        "ckplus/f01/tiny/ce>focal": "last",  # not named after its parent's value
+    }
+    stage2 = units["ckplus/f01/tiny/ce>focal"]
+    assert stage2.deps == (units["ckplus/f01/tiny/ce@final_epoch=best"].id,)
+    assert _ids(SMALL_GRID + "final_epoch: best\n", tmp_path) == _ids(SMALL_GRID, tmp_path)
+
+
+def test_an_unknown_final_epoch_is_refused_naming_it(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(SMALL_GRID + "final_epoch: worst\n")
+    with pytest.raises(FerError, match="final_epoch 'worst'"):
+        load_grid(str(path))
+    path.write_text(SMALL_GRID.replace("batch_size: 32", "batch_size: 32, final_epoch: last"))
+    with pytest.raises(FerError, match="final_epoch"):  # top level only, one way to set it
+        load_grid(str(path))
+
+
+def test_the_paper_grid_feeds_every_network_299_px(tmp_path):
+    """D-15: the paper resizes every image to 299 x 299 for all its networks."""
+    units, _ = _paper_units(tmp_path)
+    sizes = {u.backbone: u.spec["input_size"] for u in units if u.kind == "train"}
+    assert set(sizes) == {"inception_v3", "resnet18", "vgg_face"}
+    assert all(size in (299, None) for size in sizes.values())
+    assert sizes["resnet18"] == sizes["vgg_face"] == BACKBONES["inception_v3"].input_size

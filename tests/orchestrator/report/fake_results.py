@@ -9,7 +9,6 @@ accuracy is known by hand), and `epochs` rows. The default: CK+ (7 classes) and 
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fer_core import metrics
-from fer_core.checkpoints import BEST, DIGESTS
+from fer_core.checkpoints import BEST, save
 from fer_core.config import StageConfig
 from orchestrator.plan.labels import fold_tag
 from orchestrator.plan.unit import Unit
@@ -318,10 +317,9 @@ def _drop_n_train(rundir: RunDir, unit_id: str) -> None:
 
 
 def _leave_weights(rundir, unit_id: str) -> None:
-    """What a finished training leaves in its work dir: a best.pt and its recorded digest
-    (without them the unit's lineage does not hold, and it would count as not done)."""
+    """What a finished training leaves in its work dir: a best.pt (a real, loadable archive)
+    and its recorded digest (without them the unit's lineage does not hold, and it would
+    count as not done)."""
     work = rundir.work_dir(unit_id)
     work.mkdir(parents=True, exist_ok=True)
-    body = f"weights of {unit_id}".encode()
-    (work / BEST).write_bytes(body)
-    (work / DIGESTS).write_text(json.dumps({BEST: hashlib.sha256(body).hexdigest()}))
+    save({"unit_id": unit_id}, work, BEST)

@@ -229,11 +229,20 @@ def test_setup_block_from_rows_and_dag(full):
 
 
 def test_setup_block_shows_recorded_lineage(tmp_path):
-    extra = {"git_commit": "abc1234", "precision_used": "bfloat16", "deterministic": True}
+    extra = {
+        "git_commit": "abc1234",
+        "precision_used": "bfloat16",
+        "deterministic": True,
+        "numpy_version": "2.1.0",
+        "cuda_version": "12.4",
+        "cudnn_version": "90100",
+    }
     run = make_run(tmp_path / "run", datasets=("ckplus",), extra_columns=extra)
     (run.path / "grid.yaml").write_text("name: fake\n")
     text = write_report(run.path).path.read_text()
     assert "tool commit abc1234" in text
+    assert "numpy 2.1.0; CUDA 12.4; cuDNN 90100" in text
+    assert "torchvision not recorded (these rows predate the column)" in text
     assert "requested `auto`; used: bfloat16" in text
     assert "**Deterministic algorithms**: True" in text
     assert "[`grid.yaml`](../grid.yaml) in the run dir" in text

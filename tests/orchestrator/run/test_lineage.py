@@ -6,13 +6,14 @@ the effective grid a launch keeps."""
 from __future__ import annotations
 
 import io
+import json
 import shutil
 
 import pytest
 import torch
 import yaml
 
-from fer_core.checkpoints import BEST, recorded_digests, save
+from fer_core.checkpoints import BEST, DIGESTS, recorded_digests, save
 from fer_core.io import sha256_file
 from orchestrator.cli import main
 from orchestrator.run.launch import launch
@@ -144,3 +145,26 @@ def test_seeds_on_the_command_line_double_the_trainings_and_the_grid_copy_says_s
     kept = yaml.safe_load((run / "grid.yaml").read_text())
     assert kept["seeds"] == [0, 1] and "seed" not in kept
     assert kept["datasets"]["ck"]["root"] == str(root)
+
+
+def test_a_best_pt_that_does_not_load_retrains_even_when_its_digest_was_edited_to_match(
+    chain, tmp_path
+):
+    """A damaged parent vouched for by an edited checkpoints.json is not done: it retrains,
+    then its child, instead of the child failing on every launch."""
+    grid, shared, stages = chain
+    rundir = private_copy(shared, tmp_path)  # the module's chain stays as launched
+    before = _finished(rundir)
+    middle = rundir.work_dir(stages[2].id)
+    (middle / BEST).write_bytes((middle / BEST).read_bytes()[:-200])  # truncated
+    record = middle / DIGESTS
+    digests = json.loads(record.read_text())
+    record.write_text(json.dumps({**digests, BEST: sha256_file(middle / BEST)}))
+    states = unit_states(rundir, rundir.read_dag(), None)
+    assert [states[stages[k].id] for k in (1, 2, 3)] == [State.DONE, State.TODO, State.TODO]
+    output = _launch(grid, rundir.path)
+    assert f"{stages[2].name} ({stages[2].id}): its {BEST} does not load" in output
+    after = _finished(rundir)
+    assert after[stages[1].id] == before[stages[1].id]
+    assert all(after[stages[k].id] > before[stages[k].id] for k in (2, 3))
+    _assert_lineage_recorded(rundir, stages)

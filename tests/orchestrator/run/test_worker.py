@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import json
 import signal
+from pathlib import Path
 
 import pytest
 
+from fer_core.data.index import DatasetIndex
+from orchestrator.report.document import write_report
 from orchestrator.run import worker
 from tests.helpers import prepare_run, small_grid, tiny_ckplus
 
@@ -35,6 +38,25 @@ def test_a_prepare_unit_runs_once_and_stores_its_row(run):
     written = rundir.store.path("prepare", prepare.id).stat().st_mtime_ns
     assert worker.run(rundir.path, prepare.id) == "already done"
     assert rundir.store.path("prepare", prepare.id).stat().st_mtime_ns == written
+
+
+def test_a_prepare_unit_splits_by_the_grids_fold_rule_and_records_it(tmp_path):
+    """`fold_rule: contiguous` reaches the preparation job: consecutive blocks of sorted
+    subjects, recorded in the index, the prepare row and the report's method text."""
+    grid = tmp_path / "grid.yaml"
+    root = tiny_ckplus(tmp_path / "ck", subjects=6)
+    text = small_grid(root=root, epochs=1, batch_size=8, n_folds=2)
+    grid.write_text(text.replace("detector: center", "detector: center\n    fold_rule: contiguous"))
+    rundir, units = prepare_run(grid, tmp_path / "run")
+    assert worker.run(rundir.path, units["prepare"].id) == "done"
+    index = DatasetIndex.read(Path(units["prepare"].spec["out_dir"]) / "index.parquet")
+    assert index.fold_rule == "contiguous"
+    folds = {r.subject: r.fold for r in index.records}
+    assert [folds[s] for s in sorted(folds)] == [1, 1, 1, 2, 2, 2]
+    row = rundir.store.read("prepare").to_pylist()[0]
+    assert row["fold_rule"] == "contiguous"
+    text = write_report(rundir.path).path.read_text()
+    assert "fold_rule `contiguous`" in text and "consecutive blocks" in text
 
 
 def test_a_training_unit_stores_its_rows_with_the_schedulers_columns(run, monkeypatch):

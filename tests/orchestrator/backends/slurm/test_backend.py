@@ -2,8 +2,8 @@
 chain, failure -> blocked -> retry of only that chain, resume after scancel, requeue on
 preemption, and a cancel that touches only this run's jobs.
 
-The cluster tests need `scripts/local_slurm.sh up` (partition `debug`, accounting on);
-they are skipped only where there is no `sbatch` at all.
+The cluster tests (marked `slurm`) need `scripts/local_slurm.sh up` (partition `debug`,
+accounting on) and FER_TEST_SLURM=1; elsewhere they are skipped (tests.helpers.slurm_gate).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import contextlib
 import io
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -61,11 +60,6 @@ from tests.helpers import (
 )
 
 GOLDEN = Path(__file__).parent / "golden" / "sbatch_slurm_profile.txt"
-
-needs_slurm = pytest.mark.skipif(
-    shutil.which("sbatch") is None,
-    reason="no sbatch on PATH: start the one-node SLURM with `sudo scripts/local_slurm.sh up`",
-)
 
 
 def write_study(
@@ -202,7 +196,6 @@ def test_units_and_the_tune_allocation_take_the_same_slurm_defaults(tmp_path):
 
 # --- a real one-node SLURM --------------------------------------------------------------
 @pytest.mark.slurm
-@needs_slurm
 def test_chain_runs_with_afterok_a_failure_blocks_and_relaunch_retries_that_chain(
     tmp_path, cleanup, twin_root, cluster_file
 ):
@@ -283,7 +276,6 @@ def test_chain_runs_with_afterok_a_failure_blocks_and_relaunch_retries_that_chai
 
 
 @pytest.mark.slurm
-@needs_slurm
 def test_scancel_then_relaunch_resumes_and_preemption_requeues(
     tmp_path, cleanup, twin_root, cluster_file
 ):
@@ -330,7 +322,6 @@ def test_scancel_then_relaunch_resumes_and_preemption_requeues(
 
 
 @pytest.mark.slurm
-@needs_slurm
 def test_a_partition_sbatch_refuses_is_one_clear_error_and_nothing_recorded(tmp_path):
     grid = write_study(tmp_path, "slurmrefused")
     cluster = tmp_path / "cluster.yaml"
@@ -341,7 +332,6 @@ def test_a_partition_sbatch_refuses_is_one_clear_error_and_nothing_recorded(tmp_
 
 
 @pytest.mark.slurm
-@needs_slurm
 def test_relaunch_after_a_partial_launch_and_cancel_touch_only_this_run(
     tmp_path, cleanup, cluster_file
 ):
@@ -387,7 +377,6 @@ class _Killed(Exception):
 
 
 @pytest.mark.slurm
-@needs_slurm
 def test_cancel_finds_a_job_a_killed_launch_did_not_record_and_only_in_its_run_dir(
     tmp_path, cleanup, monkeypatch, cluster_file
 ):

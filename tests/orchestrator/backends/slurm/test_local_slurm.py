@@ -2,14 +2,13 @@
 
 These tests check the cluster itself (the things the SLURM backend relies on), not our code:
 a job runs and `sacct` reports it, a failed job's `afterok` dependant is cancelled rather than
-left pending, and two one-CPU jobs share the node. Start the cluster first:
-`sudo scripts/local_slurm.sh up`.
+left pending, and two one-CPU jobs share the node. Start the cluster first
+(`sudo scripts/local_slurm.sh up`) and set FER_TEST_SLURM=1 (tests.helpers.slurm_gate).
 """
 
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -19,13 +18,7 @@ import pytest
 
 from tests.helpers import scontrol_job, wait_until
 
-pytestmark = [
-    pytest.mark.slurm,
-    pytest.mark.skipif(
-        shutil.which("sbatch") is None,
-        reason="sbatch not on PATH; start a local cluster with scripts/local_slurm.sh up",
-    ),
-]
+pytestmark = pytest.mark.slurm  # run only where tests.helpers.slurm_gate allows
 
 JOB_TIMEOUT_S = 45.0  # a one-second job; generous for a loaded CI box
 POLL_S = 0.25
