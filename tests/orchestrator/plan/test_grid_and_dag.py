@@ -228,6 +228,7 @@ def test_heldout_selection_on_a_fixed_split_is_refused_at_load_in_one_line(tmp_p
         (("protocol: fixed", "protocol: split"), "protocol 'split' is not one of kfold, fixed"),
         (("protocol: fixed", "protocol: kfold"), "holdout_fraction applies to protocol: fixed"),
         (("holdout_seed: 3", "n_folds: 5"), "n_folds applies to protocol: kfold only"),
+        (("holdout_seed: 3", "fold_rule: contiguous"), "fold_rule applies to protocol: kfold"),
         (("holdout_fraction: 0.2", "holdout_fraction: 1"), "holdout_fraction 1 must be"),
         (("holdout_seed: 3", "holdout_seed: x"), "holdout_seed 'x' must be an integer"),
     ],
