@@ -68,13 +68,19 @@ def _focal(
     gamma: float,
     reduction: str,
 ) -> torch.Tensor:
-    """Focal loss with already validated arguments (no host synchronisation)."""
-    if logits.ndim != 2 or target.ndim != 1 or target.shape[0] != logits.shape[0]:
+    """Focal loss with already validated arguments (no host synchronisation).
+
+    `target` is N class indices, or an N x C soft target (rows summing to 1): then the loss
+    is `-sum_c q_c α_c (1 - p_c)^γ log p_c`, which is the hard one for a one-hot q
+    (docs/METHOD.md D-14)."""
+    soft = target.ndim == 2 and target.shape == logits.shape
+    if logits.ndim != 2 or not (soft or target.ndim == 1) or target.shape[0] != logits.shape[0]:
         raise FerError(
             f"focal loss: logits {tuple(logits.shape)} and target {tuple(target.shape)} "
-            "must be N x C and N"
+            "must be N x C and N (or N x C soft targets)"
         )
-    logp_t = F.log_softmax(_at_least_float32(logits), dim=1).gather(1, target[:, None]).squeeze(1)
+    logp = F.log_softmax(_at_least_float32(logits), dim=1)
+    logp_t = logp if soft else logp.gather(1, target[:, None]).squeeze(1)
     loss = -logp_t
     if gamma != 0:
         one_minus_p = (-torch.expm1(logp_t)).clamp(min=0)
@@ -89,9 +95,12 @@ def _focal(
                 f"alpha: {alpha.numel()} per-class weights given for {logits.shape[1]} classes; "
                 "give one weight per class"
             )
-        loss = loss * alpha.to(device=loss.device)[target]
+        weights = alpha.to(device=loss.device)
+        loss = loss * (weights if soft else weights[target])
     elif alpha is not None:
         loss = loss * alpha
+    if soft:
+        loss = (loss * target.to(loss.dtype)).sum(dim=1)
     return _reduce(loss, reduction)
 
 
@@ -102,7 +111,8 @@ def focal_loss(
     gamma: float = 0.0,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """`-α_t (1 - p_t)^γ log p_t` of N x C `logits` against N class indices `target`.
+    """`-α_t (1 - p_t)^γ log p_t` of N x C `logits` against N class indices `target` (or
+    N x C soft targets: the q-weighted sum over classes, docs/METHOD.md D-14).
 
     γ = 0 and α = None give exactly the cross-entropy; γ = 0 and a scalar α give α × CE (the
     paper's CK+ setting α = 0.25, γ = 0 is 0.25 × CE). See the module docstring for α.
@@ -138,7 +148,8 @@ class FocalLoss(nn.Module):
 
 
 class CrossEntropyLoss(nn.Module):
-    """The paper's CE stage loss: `-log p_t`, computed like the focal loss (float32 log_softmax)."""
+    """The paper's CE stage loss: `-log p_t`, computed like the focal loss (float32
+    log_softmax); against N x C soft targets `-sum_c q_c log p_c` (torch's own form)."""
 
     def __init__(self, reduction: str = "mean") -> None:
         super().__init__()

@@ -133,4 +133,5 @@ class PrepareRow(TypedDict):
     fallback: int
     reused: int
     fingerprint: str
+    skipped: str  # JSON {reason: count}: rows the dataset marks as no expression
     prepared_at: float

@@ -83,6 +83,8 @@ class PrepareSpec:
     n_folds: int
     fold_rule: str = "interleaved"  # fer_core.data.folds.FOLD_RULES (absent from older specs)
     out_dir: str  # the prepared dataset: index.parquet, faces.pt, faces.json
+    options: dict[str, str] = field(default_factory=dict)  # the kind's (fer_core.data.wild)
+    scale: float | None = None  # a fixed-split twin's size (1: the real split sizes)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PrepareSpec:

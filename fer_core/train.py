@@ -78,6 +78,7 @@ class StageData:
     select_images: torch.Tensor
     select_labels: torch.Tensor
     num_classes: int
+    train_targets: torch.Tensor | None = None  # N x C soft targets; None: train on labels
 
     def to(self, device: torch.device) -> StageData:
         return StageData(
@@ -86,6 +87,7 @@ class StageData:
             self.select_images.to(device),
             self.select_labels.to(device),
             self.num_classes,
+            None if self.train_targets is None else self.train_targets.to(device),
         )
 
 
@@ -218,7 +220,8 @@ def train_stage(
             batch = train_transform(data.train_images[index], input_size, generator)
             if config.channels_last and device.type == "cuda":
                 batch = batch.contiguous(memory_format=torch.channels_last)
-            target = data.train_labels[index]
+            targets = data.train_labels if data.train_targets is None else data.train_targets
+            target = targets[index]
             with torch.autocast(
                 device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
             ):
@@ -236,7 +239,7 @@ def train_stage(
                 first_step_at = time.time()
             logits = output[0] if isinstance(output, tuple) else output
             loss_sum += loss.detach().float() * len(index)
-            correct += (logits.argmax(dim=1) == target).sum()
+            correct += (logits.argmax(dim=1) == data.train_labels[index]).sum()
             used += len(index)
         if used == 0:
             raise FerError(

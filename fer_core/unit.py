@@ -95,6 +95,7 @@ def stage_data(faces: FaceSet, found: Roles) -> StageData:
         faces.images[found.select],
         faces.labels[found.select],
         len(faces.classes),
+        None if faces.targets is None else faces.targets[found.train],
     )
 
 

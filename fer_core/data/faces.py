@@ -13,7 +13,8 @@ square crop and is counted and listed, never silently dropped (docs/METHOD.md D-
 (= index paths), splits (the index's `split`: "" or train / val / test), classes (list[str]),
 dataset (str), fingerprint (str), boxes (float32 N x 4:
 the crop box x0, y0, x1, y1 in source pixels), detected (bool N), probs (float32 N, NaN when
-not detected). Loads with `torch.load(..., weights_only=True)`.
+not detected), targets (float32 N x C soft targets where labels are distributions, FERPlus
+`probability`; else None). Loads with `torch.load(..., weights_only=True)`.
 """
 
 from __future__ import annotations
@@ -33,11 +34,12 @@ import torch
 from PIL import Image
 
 from fer_core.data.index import DatasetIndex, dataset_fingerprint
+from fer_core.data.wild import face_source
 from fer_core.errors import FerError
 from fer_core.io import atomic_torch_save, atomic_write_text
 from fer_core.progressbar import ProgressBar
 
-DETECTORS = ("mtcnn", "center")
+DETECTORS = ("mtcnn", "center", "box")
 FORMAT = 1
 CROP_METHOD = 1  # bump when the cropping code changes what it produces
 PT_NAME, JSON_NAME = "faces.pt", "faces.json"
@@ -70,6 +72,7 @@ class FacesBlob(TypedDict):
     boxes: torch.Tensor
     detected: torch.Tensor
     probs: torch.Tensor
+    targets: torch.Tensor | None
 
 
 class FacesMeta(TypedDict):
@@ -129,6 +132,7 @@ class FaceSet:
     dataset: str
     fingerprint: str = ""
     detected: torch.Tensor | None = None  # bool N; False = centre-crop fallback
+    targets: torch.Tensor | None = None  # float32 N x C soft targets (FERPlus probability)
     # Per crop, parallel to `labels`: "" for a k-fold dataset, else train / val / test (the
     # dataset's own fixed split; its folds are 0). Left out, every crop is "".
     splits: list[str] = field(default_factory=list)
@@ -163,6 +167,7 @@ class FaceSet:
                 fingerprint=str(blob.get("fingerprint", "")),
                 detected=blob.get("detected"),
                 splits=list(blob.get("splits") or ()),  # a cache older than splits: ""
+                targets=blob.get("targets"),
             )
         except Exception as exc:  # unpickling and missing keys fail in many ways
             raise FerError(f"faces: {path} is corrupt ({type(exc).__name__}); {RERUN}") from None
@@ -192,6 +197,7 @@ class FaceSet:
             image_ids=[self.image_ids[i] for i in picks],
             splits=[self.splits[i] for i in picks],
             detected=None if self.detected is None else self.detected[idx],
+            targets=None if self.targets is None else self.targets[idx],
         )
 
     def fold_mask(self, folds: int | Iterable[int]) -> torch.Tensor:
@@ -212,6 +218,7 @@ class FaceSet:
             and self.labels.shape == (n,)
             and len(self.subjects) == len(self.image_ids) == len(self.splits) == n
             and (n == 0 or int(self.labels.max()) < len(self.classes))
+            and (self.targets is None or self.targets.shape == (n, len(self.classes)))
         )
         if not ok:
             raise FerError(f"faces: {path} has inconsistent contents; {RERUN}")
@@ -238,8 +245,11 @@ def prepare_faces(
     """Crop the face of every indexed frame into `out_dir/faces.pt` (+ `faces.json`).
 
     `margin` widens the detected box's longer side by that fraction (0.2 = 10 % each side,
-    D-16) before squaring and clamping to the frame. `detector="center"` skips MTCNN and takes the
-    centre square of every frame: a declared option for synthetic data and quick runs.
+    D-16)
+    before squaring and clamping to the frame. `detector="center"` skips MTCNN and takes the
+    centre square of every frame: a declared option for synthetic data and quick runs, and
+    the whole image where it is the face already (RAF-DB aligned, FER2013); `detector="box"`
+    crops the face box the dataset gives (AffectNet's CSV).
     `device` runs MTCNN there (default: cuda when available). `progress(done, total)` is
     called after each batch (default: a `fer_core.progressbar.ProgressBar` on stdout).
     Reuses the cache when the fingerprint matches; writes atomically (faces.pt first,
@@ -283,10 +293,19 @@ def prepare_faces(
     detected = torch.zeros(n, dtype=torch.bool)
     probs = torch.full((n,), math.nan, dtype=torch.float32)
     mtcnn = _load_mtcnn(device) if detector == "mtcnn" else None
+    source = face_source(index.dataset, Path(index.root))
     done = 0
-    for batch in _batches_by_size(index, batch_size):
-        frames = [open_rgb(index.path_of(index.records[i]), "; rebuild the index") for i in batch]
-        found = _detect(mtcnn, frames) if mtcnn is not None else [None] * len(frames)
+    batches = (
+        _batches_by_size(index, batch_size)
+        if mtcnn is not None
+        else [list(range(k, min(k + batch_size, n))) for k in range(0, n, batch_size)]
+    )
+    for batch in batches:
+        frames = [source.frame(index.records[i].path) for i in batch]
+        if mtcnn is not None:
+            found = _detect(mtcnn, frames)
+        else:
+            found = [_given(source.box(index.records[i].path), detector) for i in batch]
         for i, frame, hit in zip(batch, frames, found, strict=True):
             if hit is not None:
                 detected[i], probs[i] = True, hit[1]
@@ -313,6 +332,11 @@ def prepare_faces(
         "boxes": boxes,
         "detected": detected,
         "probs": probs,
+        "targets": (
+            torch.tensor([index.targets[r.path] for r in records], dtype=torch.float32)
+            if index.targets
+            else None
+        ),
     }
     sha = atomic_torch_save(blob, pt_path)
     n_detected = int(detected.sum())
@@ -408,6 +432,15 @@ def _batches_by_size(index: DatasetIndex, batch_size: int) -> list[list[int]]:
             raise FerError(f"{path}: cannot open image ({exc}); rebuild the index") from None
         groups.setdefault(size, []).append(i)
     return [g[k : k + batch_size] for g in groups.values() for k in range(0, len(g), batch_size)]
+
+
+def _given(box: Box | None, detector: str) -> Hit | None:
+    """A dataset's own face box as a hit (no detector probability), when cropping by box."""
+    if detector != "box":
+        return None
+    if box is None:
+        raise FerError("detector: box needs a dataset that gives face boxes (affectnet)")
+    return (box, math.nan)
 
 
 def open_rgb(path: Path, hint: str = "") -> Image.Image:

@@ -1,7 +1,8 @@
 """A dataset's identity: what its training units use, not where or when its files were written.
 
 The identity is `index.dataset_fingerprint` of the dataset's index: the labelled frames it
-keeps, their subjects, labels and folds, and the sha256 of each used image. A `touch`, a copy
+keeps, their subjects, labels, folds and splits, and each used image's content (the sha256
+of its file; a FER2013 face's pixels; an AffectNet image's bytes and face box). A `touch`, a copy
 to another disk (with or without times), or files the tool itself writes beside the images
 (face caches, indexes) leave it unchanged; a changed label, pixel, fold count or manifest row
 changes it. Image digests come from a `DigestCache`, so an unchanged tree costs one `stat`
@@ -10,6 +11,7 @@ per image instead of a read (bench/identity.py measures both).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from fer_core.data.folds import FOLD_RULES
@@ -25,6 +27,7 @@ def dataset_identity(
     n_folds: int,
     digests: DigestCache,
     fold_rule: str = FOLD_RULES[0],
+    options: Mapping[str, str] | None = None,
 ) -> str:
     """The content identity (sha256 hex) of a raw dataset tree as its units would use it.
 
@@ -34,7 +37,13 @@ def dataset_identity(
     One that cannot be read is a FerError naming it.
     """
     index = build_index(
-        dataset, root, manifest=manifest, n_folds=n_folds, verify=False, fold_rule=fold_rule
+        dataset,
+        root,
+        manifest=manifest,
+        n_folds=n_folds,
+        verify=False,
+        fold_rule=fold_rule,
+        options=options,
     )
 
     def file_digest(path: Path) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TypedDict
@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from fer_core.data import ckplus, oulu
+from fer_core.data import ckplus, oulu, wild
 from fer_core.data.folds import FOLD_RULES, subject_folds
 from fer_core.data.layout import Frame
 from fer_core.data.manifest import manifest_path, read_manifest
@@ -28,7 +28,7 @@ from fer_core.errors import FerError
 from fer_core.io import atomic_write_bytes, sha256_file
 from fer_core.progressbar import ProgressBar
 
-DATASETS = ("ckplus", "oulu", "manifest")
+DATASETS = ("ckplus", "oulu", "manifest", *wild.KINDS)
 LAST_FRAMES = 3  # the paper keeps the last three frames (the apex) of each sequence
 FORMAT = 1
 _META_KEY = b"fer_core.index"
@@ -56,14 +56,17 @@ class IndexMeta(TypedDict):
     classes: list[str]
     n_folds: int
     fold_rule: str  # absent from indexes written before it existed: interleaved
+    options: dict[str, str]
+    skipped: dict[str, int]
+    targets: dict[str, list[float]]
 
 
 @dataclass(frozen=True)
 class ImageRecord:
     """One used image. `path` is relative to the dataset root (POSIX); `label` is 0-based,
     `fold` 1-based. The path doubles as the image id: unique and stable across machines.
-    `split` is "" for a k-fold dataset, else the image's role in the dataset's own fixed
-    split, "train" | "val" | "test" (then `fold` is 0)."""
+    `split` is "" for a k-fold dataset, else train | val | test (the dataset's own split,
+    with `fold` 0); a FER2013 face has no file and its path is its id (`fer0000000`)."""
 
     path: str
     subject: str
@@ -81,7 +84,10 @@ class ImageRecord:
 
 @dataclass
 class DatasetIndex:
-    """The images of one dataset with their classes and folds; `root` is absolute."""
+    """The images of one dataset with their classes and folds; `root` is absolute.
+    `options` are the dataset kind's (`fer_core.data.wild.OPTIONS`); `skipped` counts the
+    rows the dataset itself marks as no expression, by reason; `targets` the soft target of
+    each image where labels are distributions (FERPlus `probability`), else empty."""
 
     dataset: str
     root: str
@@ -89,6 +95,9 @@ class DatasetIndex:
     records: list[ImageRecord] = field(default_factory=list)
     n_folds: int = 10
     fold_rule: str = FOLD_RULES[0]
+    options: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    targets: dict[str, list[float]] = field(default_factory=dict)  # image id -> soft target
 
     def __len__(self) -> int:
         return len(self.records)
@@ -116,6 +125,9 @@ class DatasetIndex:
             "classes": self.classes,
             "n_folds": self.n_folds,
             "fold_rule": self.fold_rule,
+            "options": self.options,
+            "skipped": self.skipped,
+            "targets": self.targets,
         }
         schema = SCHEMA.with_metadata({_META_KEY: json.dumps(meta).encode()})
         return pa.Table.from_pydict(columns, schema=schema)
@@ -151,6 +163,9 @@ class DatasetIndex:
             records=records,
             n_folds=int(meta["n_folds"]),
             fold_rule=str(meta.get("fold_rule", FOLD_RULES[0])),
+            options=dict(meta.get("options", {})),
+            skipped=dict(meta.get("skipped", {})),
+            targets=dict(meta.get("targets", {})),
         )
 
 
@@ -177,6 +192,7 @@ def build_index(
     last_frames: int = LAST_FRAMES,
     verify: bool = True,
     fold_rule: str = FOLD_RULES[0],
+    options: Mapping[str, object] | None = None,
 ) -> DatasetIndex:
     """Scan a raw dataset folder into a `DatasetIndex`.
 
@@ -185,11 +201,15 @@ def build_index(
     lists its images itself (`manifest` relative to `root` unless absolute, default
     `ROOT/manifest.csv`). `verify` opens every kept image so a truncated file fails here,
     naming it, instead of mid-training. `fold_rule` says how sorted subjects become folds
-    (`folds.subject_folds`).
+    (`folds.subject_folds`). A fixed-split kind (`fer_core.data.wild`: rafdb, fer2013,
+    ferplus, affectnet) reads its own list files, with its `options`; a listed image file
+    that is missing fails even without `verify`.
     """
     root = _existing_root(root)
     if dataset == "auto":
         dataset = detect_dataset(root)
+    if dataset in wild.KINDS:
+        return _fixed_index(dataset, root, wild.resolve_options(dataset, options, dataset), verify)
     splits: list[str] = []
     if dataset == "ckplus":
         names, frames = (
@@ -226,6 +246,39 @@ def build_index(
     return DatasetIndex(dataset, str(root), names, records, n_folds, fold_rule)
 
 
+def _fixed_index(dataset: str, root: Path, options: dict[str, str], verify: bool) -> DatasetIndex:
+    """A fixed-split dataset's index: its list's rows, each image its own subject, fold 0."""
+    listing = wild.scan(dataset, root, options)
+    if listing.files:
+        for path, _, _ in listing.rows:
+            if not (root / path).is_file():
+                raise FerError(f"{root / path}: listed by the dataset but missing; restore it")
+    if verify:
+        source = wild.face_source(dataset, root)
+        bar = ProgressBar(f"index {dataset}")
+        try:
+            for done, (path, _, _) in enumerate(listing.rows, start=1):
+                source.check(path)
+                bar(done, len(listing.rows))
+        finally:
+            bar.close()
+    names = listing.classes
+    records = [
+        ImageRecord(path, path, "", 0, label, names[label], 0, split)
+        for path, label, split in listing.rows
+    ]
+    return DatasetIndex(
+        dataset,
+        str(root),
+        names,
+        records,
+        0,
+        options=options,
+        skipped=dict(listing.skipped),
+        targets=listing.targets,
+    )
+
+
 def check_image(path: Path) -> None:
     """The image decodes: the header parses, (PNG) every chunk checksum holds, the pixel data
     decompresses in full, and (JPEG) the end-of-image marker is present, so truncated or
@@ -252,14 +305,22 @@ def dataset_fingerprint(
     """sha256 over the classes and, per image (in path order), its path, the sha256 of its
     bytes (from `file_digest`: a cache may answer), label, subject, fold and (a fixed split's
     only, so a k-fold dataset keeps its fingerprint) split. Independent of where the data
-    lives (root) and of every file the index does not use."""
+    lives (root) and of every file the index does not use. What an image's content is,
+    is its dataset's (`fer_core.data.wild.FaceSource`): a FER2013 face's pixels, an
+    AffectNet image's bytes and face box."""
     digest = hashlib.sha256()
-    digest.update(json.dumps({"dataset": index.dataset, "classes": index.classes}).encode())
+    head: dict[str, object] = {"dataset": index.dataset, "classes": index.classes}
+    if index.options:  # an older index's fingerprint stays as it was
+        head["options"] = index.options
+    digest.update(json.dumps(head).encode())
+    source = wild.face_source(index.dataset, Path(index.root))
     for record in sorted(index.records, key=lambda r: r.path):
-        content = file_digest(index.path_of(record))
+        content = source.content(record.path, file_digest)
         line = [record.path, content, record.label, record.subject, record.fold]
         if record.split:
             line.append(record.split)
+        if index.targets:
+            line.append(index.targets[record.path])
         digest.update((json.dumps(line) + "\n").encode())
     return digest.hexdigest()
 

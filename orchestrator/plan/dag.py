@@ -25,6 +25,7 @@ from typing import Any
 from fer_core.data.folds import FOLD_RULES
 from fer_core.data.identity import dataset_identity
 from fer_core.data.synthetic.twins import FORMAT as TWIN_FORMAT
+from fer_core.data.synthetic.wild import FORMAT as WILD_TWIN_FORMAT
 from fer_core.digest_cache import DigestCache
 from fer_core.errors import FerError
 from fer_core.models.weights import check_weights
@@ -101,6 +102,13 @@ def dataset_root(spec: DatasetSpec, rundir: RunDir) -> Path:
 
 def _source_identity(spec: DatasetSpec, root: Path, digests: DigestCache) -> dict[str, Any]:
     if spec.synthetic:  # generated deterministically from these settings by this generator
+        if spec.scale is not None:  # a fixed-split twin
+            return {
+                "synthetic": spec.kind,
+                "image_size": spec.image_size,
+                "scale": spec.scale,
+                "generator": WILD_TWIN_FORMAT,
+            }
         identity: dict[str, Any] = {"synthetic": spec.kind, "image_size": spec.image_size}
         if TWIN_FORMAT != 1:  # the first version is left out: ids issued before it hold
             identity["generator"] = TWIN_FORMAT
@@ -116,7 +124,13 @@ def _source_identity(spec: DatasetSpec, root: Path, digests: DigestCache) -> dic
             )
     return {
         "data": dataset_identity(
-            spec.kind, root, spec.manifest, spec.n_folds, digests, spec.fold_rule
+            spec.kind,
+            root,
+            spec.manifest,
+            spec.n_folds,
+            digests,
+            fold_rule=spec.fold_rule,
+            options=spec.options,
         )
     }
 
@@ -177,6 +191,8 @@ def expand(
                 # only when away from the default, so existing grids keep their ids (a
                 # synthetic twin's source identity holds no folds: the rule must be here)
                 **({"fold_rule": dataset.fold_rule} if dataset.fold_rule != FOLD_RULES[0] else {}),
+                # a kind's options (absent for CK+/Oulu/manifest, whose ids stay as they were)
+                **({"options": dataset.options} if dataset.options else {}),
             }
         )
         data_dir = rundir.data_dir(dataset.name, prepare_id)
@@ -199,6 +215,8 @@ def expand(
                     n_folds=dataset.n_folds,
                     fold_rule=dataset.fold_rule,
                     out_dir=str(data_dir),
+                    options=dataset.options,
+                    scale=dataset.scale,
                 )
             ),
         )

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fer_core.config import FINAL_EPOCHS, StageConfig
+from fer_core.data import wild
 from fer_core.data.folds import FOLD_RULES
 from fer_core.errors import FerError
 from fer_core.loss_registry import FOCAL_PARAMS, LOSS_PARAMS, LOSSES
@@ -34,9 +35,9 @@ from fer_core.spec import PROTOCOLS
 from orchestrator.plan.yamlio import check_keys, load_yaml_mapping
 
 JOBS_DIR = Path(__file__).resolve().parents[2] / "jobs"
-DATASET_KINDS = ("ckplus", "oulu", "manifest")
-SYNTHETIC_KINDS = ("ckplus", "oulu")
-DETECTORS = ("mtcnn", "center")
+DATASET_KINDS = ("ckplus", "oulu", "manifest", *wild.KINDS)
+SYNTHETIC_KINDS = ("ckplus", "oulu", *wild.KINDS)
+OPTION_KEYS = {key for options in wild.OPTIONS.values() for key in options}
 DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 GRID_KEYS = {
@@ -69,6 +70,8 @@ DATASET_KEYS = {
     "holdout_fraction",
     "holdout_seed",
     "focal",
+    "scale",  # a fixed-split twin's size: 1 = the real split sizes and class counts
+    *OPTION_KEYS,  # a dataset kind's own options (fer_core.data.wild.OPTIONS)
 }
 FIXED_ONLY_KEYS = ("holdout_fraction", "holdout_seed")
 KFOLD_ONLY_KEYS = ("n_folds", "fold_rule")
@@ -94,6 +97,8 @@ class DatasetSpec:
     n_folds: int = 10
     fold_rule: str = FOLD_RULES[0]  # how sorted subjects become folds (D-9)
     focal: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, str] = field(default_factory=dict)  # the kind's, defaults filled in
+    scale: float | None = None  # a fixed-split twin's; None: not such a twin
     protocol: str = "kfold"  # kfold | fixed (fer_core.data.protocol)
     holdout_fraction: float = 0.1  # fixed without a val split: share of train that selects
     holdout_seed: int = 0
@@ -403,9 +408,10 @@ def _dataset(name: str, raw: Any, where: str, root_override: str | None) -> Data
     if synthetic and kind not in SYNTHETIC_KINDS:
         raise FerError(f"{where}: synthetic twins exist for {', '.join(SYNTHETIC_KINDS)} only")
     root = root_override or os.environ.get(f"FER_DATA_{name.upper()}") or raw.get("root")
-    detector = raw.get("detector", "mtcnn")
-    if detector not in DETECTORS:
-        raise FerError(f"{where}: detector {detector!r} is not one of {', '.join(DETECTORS)}")
+    options = wild.resolve_options(kind, {k: v for k, v in raw.items() if k in OPTION_KEYS}, where)
+    detector = raw.get("detector", wild.default_detector(kind, options))
+    wild.check_detector(kind, detector, where)
+    scale = _twin_scale(raw, kind, synthetic, where)
     crop_size = raw.get("crop_size", 299)
     n_folds = raw.get("n_folds", 10)
     for key, value in (("crop_size", crop_size), ("n_folds", n_folds)):
@@ -432,9 +438,15 @@ def _dataset(name: str, raw: Any, where: str, root_override: str | None) -> Data
             LOSS_PARAMS[key].check(value)
         except FerError as exc:
             raise FerError(f"{where}.focal: {exc}") from None
-    protocol = raw.get("protocol", "kfold")
+    # A distributed fixed-split dataset has no subjects to fold: fixed is its only protocol.
+    protocol = raw.get("protocol", "fixed" if kind in wild.KINDS else "kfold")
     if protocol not in PROTOCOLS:
         raise FerError(f"{where}: protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    if kind in wild.KINDS and protocol != "fixed":
+        raise FerError(
+            f"{where}: protocol {protocol!r}: {kind} has a fixed train/val/test split and no "
+            "subjects to fold; use protocol: fixed"
+        )
     for key in (*FIXED_ONLY_KEYS, *KFOLD_ONLY_KEYS):
         if key in raw and (protocol == "fixed") != (key in FIXED_ONLY_KEYS):
             owner = "kfold" if key in KFOLD_ONLY_KEYS else "fixed"
@@ -465,7 +477,21 @@ def _dataset(name: str, raw: Any, where: str, root_override: str | None) -> Data
         protocol=protocol,
         holdout_fraction=float(fraction),
         holdout_seed=holdout_seed,
+        options=options,
+        scale=scale,
     )
+
+
+def _twin_scale(raw: dict[str, Any], kind: str, synthetic: bool, where: str) -> float | None:
+    """`scale:` of a fixed-split dataset's synthetic twin (default 1: the real sizes)."""
+    if "scale" in raw and not (synthetic and kind in wild.KINDS):
+        raise FerError(f"{where}: scale is a synthetic {'/'.join(wild.KINDS)} twin's key")
+    if not (synthetic and kind in wild.KINDS):
+        return None
+    scale = raw.get("scale", 1)
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 < scale <= 1:
+        raise FerError(f"{where}: scale {scale!r} must be a number in (0, 1]")
+    return float(scale)
 
 
 def _backbone(name: str, raw: Any, where: str) -> BackboneSpec:

@@ -8,6 +8,7 @@ are the things a reader comparing against the paper would otherwise get wrong.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import Counter
@@ -183,6 +184,11 @@ def data_section(study: Study) -> str:
         "fell back to centre crop",
     ]
     lines.append(markdown_table(headers, rows))
+    for name in results.datasets:
+        skipped = json.loads(str((results.prepare.get(name) or {}).get("skipped") or "{}"))
+        if skipped:  # rows the dataset itself marks as no expression: counted, not errors
+            counts = ", ".join(f"{reason} {n:,}" for reason, n in sorted(skipped.items()))
+            lines += ["", f"`{name}`: rows the dataset marks as no expression, dropped: {counts}."]
     return "\n".join(lines)
 
 

@@ -64,6 +64,8 @@ def unit_summary(rundir: RunDir, unit: Unit) -> str:
         row = table.to_pylist()[0]
         if row["detector"] == "center":
             return f"{row['images']} images, centre crops (detector: center)"
+        if row["detector"] == "box":
+            return f"{row['images']} images, cropped by the dataset's face boxes"
         detected, fallback = row["detected"], row["fallback"]
         return f"{row['images']} images, {detected} faces detected, {fallback} fell back"
     table = rundir.store.read("runs", {unit.id})

@@ -11,6 +11,7 @@ writes live.json and TensorBoard scalars after each epoch and its rows to the st
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import socket
@@ -67,18 +68,26 @@ def prepare(unit_id: str, spec: PrepareSpec) -> PrepareRow:
     from fer_core.data.faces import prepare_faces
     from fer_core.data.index import build_index
     from fer_core.data.synthetic import twins as synth
+    from fer_core.data.synthetic.wild import write_wild_twin
 
     root = Path(spec.root)
     if spec.synthetic:  # built atomically, reused when present with the same parameters
         custom = spec.image_size
-        if spec.dataset == "ckplus":
+        if spec.scale is not None:
+            write_wild_twin(spec.dataset, root, spec.scale)
+        elif spec.dataset == "ckplus":
             size = (custom[0], custom[1]) if custom else synth.CKPLUS_SIZE
             synth.write_ckplus_twin(root, synth.DEFAULT_ROSTER, size)
         else:
             synth.write_oulu_twin(root, (custom[0], custom[1]) if custom else synth.OULU_SIZE)
     out_dir = Path(spec.out_dir)
     index = build_index(
-        spec.dataset, root, manifest=spec.manifest, n_folds=spec.n_folds, fold_rule=spec.fold_rule
+        spec.dataset,
+        root,
+        manifest=spec.manifest,
+        n_folds=spec.n_folds,
+        fold_rule=spec.fold_rule,
+        options=spec.options,
     )
     index.write(out_dir / "index.parquet")
     report = prepare_faces(index, out_dir, spec.crop_size, detector=spec.detector)
@@ -98,6 +107,7 @@ def prepare(unit_id: str, spec: PrepareSpec) -> PrepareRow:
         "fallback": report.fallback,
         "reused": report.reused,
         "fingerprint": report.fingerprint,
+        "skipped": json.dumps(index.skipped, sort_keys=True),
         "prepared_at": time.time(),
     }
 

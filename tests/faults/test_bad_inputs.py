@@ -204,7 +204,7 @@ def _grid_cases() -> list[Case]:
         "seed_not_int": "zero",
         "datasets_empty": "datasets is empty",
         "datasets_list": "datasets must be a mapping",
-        "unknown_dataset_kind": "fer2013",
+        "unknown_dataset_kind": "sfew",
         "synthetic_manifest": "synthetic",
         "unknown_dataset_key": "detecter",
         "bad_detector": "haar",
@@ -521,6 +521,199 @@ def _manifest_cases() -> list[Case]:
     return cases
 
 
+# --- fixed-split datasets as distributed: RAF-DB, FER2013/FERPlus, AffectNet ---------------
+RAF_LIST = "EmoLabel/list_patition_label.txt"
+AFFECT_CSV = "Manually_Annotated_file_lists/{}.csv"
+AFFECT_HEAD = (
+    "subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,expression,"
+    "valence,arousal"
+)
+FER_PIXELS = " ".join(["128"] * 2304)
+
+
+def rafdb_tree(root: Path) -> Path:
+    names = ("train_00001.jpg", "train_00002.jpg", "test_0001.jpg")
+    for name in names:
+        _jpeg(root / f"Image/aligned/{name[:-4]}_aligned.jpg")
+    _write(root / RAF_LIST, "".join(f"{name} {k + 1}\n" for k, name in enumerate(names)))
+    return root
+
+
+def affectnet_tree(root: Path) -> Path:
+    """Two training rows and one validation row, 16x16 images with 10x10 face boxes, and a
+    non-expression row (code 9) that must be counted, not refused."""
+    rows = {"training": ["1/a.jpg,2,2,10,10,,1,0.5,0.2", "1/b.jpg,3,3,10,10,,9,0,0"]}
+    rows["validation"] = ["2/c.jpg,0,0,10,10,,0,0.1,0.1"]
+    for name, lines in rows.items():
+        _write(root / AFFECT_CSV.format(name), "\n".join([AFFECT_HEAD, *lines]) + "\n")
+        for line in lines:
+            _jpeg(root / "Manually_Annotated_Images" / line.split(",")[0])
+    return root
+
+
+def fer2013_tree(root: Path) -> Path:
+    rows = [f"{k},{FER_PIXELS},{u}" for k, u in enumerate(("Training", "PublicTest"))]
+    _write(root / "fer2013.csv", "\n".join(["emotion,pixels,Usage", *rows]) + "\n")
+    plus = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,"
+    votes = ("Training,fer0000000.png,8,2,0,0,0,0,0,0,0,0", "PublicTest,,0,0,0,0,0,0,0,0,0,10")
+    _write(root / "fer2013new.csv", "\n".join([plus + "unknown,NF", *votes]) + "\n")
+    return root
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def _tree(
+    build: Callable[[Path], Path], name: str, mutate: Callable[[Path], None]
+) -> Callable[[Path], None]:
+    def setup(inputs: Path) -> None:
+        mutate(build(inputs / name))
+
+    return setup
+
+
+def _replace(relative: str, old: str, new: str) -> Callable[[Path], None]:
+    def mutate(root: Path) -> None:
+        path = root / relative
+        text = path.read_text()
+        assert old in text, (relative, old)
+        path.write_text(text.replace(old, new, 1))
+
+    return mutate
+
+
+def _remove(relative: str) -> Callable[[Path], None]:
+    return lambda root: (root / relative).unlink()
+
+
+def _wild_cases() -> list[Case]:
+    def index(dataset: str, *extra: str) -> tuple[str, ...]:
+        root = "{in}/" + dataset.replace("ferplus", "fer2013")
+        out = "{work}/index.parquet"
+        return ("data", "index", "--dataset", dataset, "--root", root, "--out", out, *extra)
+
+    def raf(mutate: Callable[[Path], None]) -> Callable[[Path], None]:
+        return _tree(rafdb_tree, "rafdb", mutate)
+
+    def aff(mutate: Callable[[Path], None]) -> Callable[[Path], None]:
+        return _tree(affectnet_tree, "affectnet", mutate)
+
+    def fer(mutate: Callable[[Path], None]) -> Callable[[Path], None]:
+        return _tree(fer2013_tree, "fer2013", mutate)
+
+    training = AFFECT_CSV.format("training")
+    return [
+        Case("dataset", "rafdb_list_missing", index("rafdb"), RAF_LIST, raf(_remove(RAF_LIST))),
+        Case(
+            "dataset",
+            "rafdb_label_out_of_range",
+            index("rafdb"),
+            "list_patition_label.txt:2: label '8' is out of range",
+            raf(_replace(RAF_LIST, "train_00002.jpg 2", "train_00002.jpg 8")),
+        ),
+        Case(
+            "dataset",
+            "rafdb_image_missing",
+            index("rafdb"),
+            "train_00002_aligned.jpg: listed by the dataset but missing",
+            raf(_remove("Image/aligned/train_00002_aligned.jpg")),
+        ),
+        Case(
+            "dataset",
+            "rafdb_original_missing",
+            index("rafdb", "--images", "original"),
+            "Image/original/train_00001.jpg: listed by the dataset but missing",
+            raf(lambda root: None),
+        ),
+        Case(
+            "dataset",
+            "affectnet_missing_column",
+            index("affectnet"),
+            "training.csv: missing column 'face_height'",
+            aff(_replace(training, ",face_height", ",face_h")),
+        ),
+        Case(
+            "dataset",
+            "affectnet_label_out_of_range",
+            index("affectnet"),
+            "training.csv:2: label '11' is out of range",
+            aff(_replace(training, ",,1,0.5", ",,11,0.5")),
+        ),
+        Case(
+            "dataset",
+            "affectnet_image_missing",
+            index("affectnet"),
+            "Manually_Annotated_Images/2/c.jpg: listed by the dataset but missing",
+            aff(_remove("Manually_Annotated_Images/2/c.jpg")),
+        ),
+        Case(
+            "dataset",
+            "affectnet_box_outside_image",
+            index("affectnet"),
+            "a.jpg: face box [2, 2, 20, 10] (x, y, width, height from ",
+            aff(_replace(training, "1/a.jpg,2,2,10,10", "1/a.jpg,2,2,20,10")),
+        ),
+        Case(
+            "dataset",
+            "affectnet_validation_missing",
+            index("affectnet"),
+            "validation.csv: missing",
+            aff(_remove(AFFECT_CSV.format("validation"))),
+        ),
+        Case(
+            "dataset",
+            "fer2013_pixels_wrong_count",
+            index("fer2013"),
+            "fer2013.csv:3: pixels hold 2303 values, need 2304",
+            fer(_replace("fer2013.csv", "1," + FER_PIXELS, "1," + FER_PIXELS[4:])),
+        ),
+        Case(
+            "dataset",
+            "fer2013_label_out_of_range",
+            index("fer2013"),
+            "fer2013.csv:2: label '7' is out of range",
+            fer(_replace("fer2013.csv", "0," + FER_PIXELS[:3], "7," + FER_PIXELS[:3])),
+        ),
+        Case(
+            "dataset",
+            "fer2013_missing_column",
+            index("fer2013"),
+            "fer2013.csv: missing column 'Usage'",
+            fer(_replace("fer2013.csv", "Usage", "usage")),
+        ),
+        Case(
+            "dataset",
+            "fer2013_pixel_out_of_range",
+            index("fer2013"),
+            "fer2013.csv:2: pixels '300 128",
+            fer(_replace("fer2013.csv", "0,128 ", "0,300 ")),
+        ),
+        Case(
+            "dataset",
+            "ferplus_votes_file_missing",
+            index("ferplus"),
+            "fer2013new.csv: missing",
+            fer(_remove("fer2013new.csv")),
+        ),
+        Case(
+            "dataset",
+            "ferplus_rows_out_of_step",
+            index("ferplus"),
+            "fer2013new.csv:2: Usage 'PublicTest' differs from row 1 of fer2013.csv",
+            fer(_replace("fer2013new.csv", "Training,fer", "PublicTest,fer")),
+        ),
+        Case(
+            "dataset",
+            "ferplus_bad_vote",
+            index("ferplus"),
+            "fer2013new.csv:2: neutral vote 'x' is not a count",
+            fer(_replace("fer2013new.csv", "png,8,", "png,x,")),
+        ),
+    ]
+
+
 def _cli_cases() -> list[Case]:
     small = ("--grid", "demo")
     return [
@@ -597,7 +790,14 @@ def _cli_cases() -> list[Case]:
     ]
 
 
-CASES = _grid_cases() + _cluster_cases() + _data_cases() + _manifest_cases() + _cli_cases()
+CASES = (
+    _grid_cases()
+    + _cluster_cases()
+    + _data_cases()
+    + _wild_cases()
+    + _manifest_cases()
+    + _cli_cases()
+)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -200,3 +200,41 @@ def test_inverse_frequency_alpha():
         inverse_frequency_alpha([0, 4], 4)
     with pytest.raises(FerError, match="labels: empty"):
         inverse_frequency_alpha([], 4)
+
+
+# ------------------------------------------------------------------ soft targets (D-14)
+@pytest.mark.parametrize("name", ["ce", "focal", "joint"])
+def test_a_one_hot_soft_target_is_the_hard_target(batch, name):
+    logits, target = batch
+    params = {} if name == "ce" else {"alpha": [0.2, 0.4, 1, 0.5, 0.3, 0.8, 0.6], "gamma": 0.5}
+    loss = build_loss(name, **params)
+    one_hot = F.one_hot(target, 7).to(logits.dtype)
+    assert torch.allclose(loss(logits, one_hot), loss(logits, target), atol=1e-12)
+
+
+def test_soft_focal_matches_hand_computation(batch):
+    logits, _ = batch
+    generator = torch.Generator().manual_seed(1)
+    q = torch.rand(16, 7, generator=generator, dtype=torch.float64)
+    q[:, 3] = 0  # a class nobody voted for contributes nothing
+    q = q / q.sum(dim=1, keepdim=True)
+    alpha, gamma = torch.linspace(0.2, 1.0, 7, dtype=torch.float64), 2.0
+    p = logits.softmax(dim=1)
+    expected = -(q * alpha * (1 - p) ** gamma * p.log()).sum(dim=1).mean()
+    got = focal_loss(logits, q, alpha=alpha.tolist(), gamma=gamma)
+    assert torch.allclose(got, expected, atol=1e-10)
+    ce = CrossEntropyLoss()(logits, q)
+    assert torch.allclose(ce, -(q * p.log()).sum(dim=1).mean(), atol=1e-10)
+
+
+def test_soft_focal_gradient_is_finite_for_gamma_below_one():
+    logits = torch.tensor([[60.0, 0.0, 0.0]], requires_grad=True)  # p -> 1 for class 0
+    q = torch.tensor([[0.7, 0.3, 0.0]])
+    focal_loss(logits, q, gamma=0.5).backward()
+    assert logits.grad is not None and bool(torch.isfinite(logits.grad).all())
+
+
+def test_a_soft_target_of_the_wrong_shape_is_refused(batch):
+    logits, _ = batch
+    with pytest.raises(FerError, match=r"target \(16, 6\)"):
+        focal_loss(logits, torch.full((16, 6), 1 / 6, dtype=logits.dtype))

@@ -179,3 +179,28 @@ def test_resume_restores_every_global_rng(faces, tmp_path, monkeypatch, device):
     )
     assert outcome.resumed_from_epoch == 2
     assert seen[("resumed", 3)] == seen[("straight", 3)]
+
+
+def test_soft_targets_are_what_a_stage_trains_on(faces, tmp_path):
+    """`StageData.train_targets` (FERPlus `probability`) replaces the labels in the loss:
+    one-hot targets train exactly as the labels do, smoothed ones do not."""
+    from dataclasses import replace
+
+    config = StageConfig(epochs=1, lr_step_epoch=1, batch_size=64)
+    data = stage_data(faces, fold=2, n_folds=10, selection="heldout")
+    one_hot = torch.nn.functional.one_hot(data.train_labels, len(faces.classes)).float()
+    smooth = 0.5 * one_hot + 0.5 / len(faces.classes)
+    losses = []
+    for targets in (None, one_hot, smooth):
+        outcome = train_stage(
+            _model(len(faces.classes)),
+            replace(data, train_targets=targets),
+            config,
+            tmp_path / str(len(losses)),
+            input_size=CROP,
+            device=CPU,
+        )
+        losses.append(outcome.epochs[0]["train_loss"])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6) and losses[2] != pytest.approx(
+        losses[0], rel=1e-3
+    )

@@ -45,7 +45,7 @@ Job = tuple[int, str, list[tuple[str, int]]]  # (subject number, subject, [(sequ
 
 
 class _TwinParams(TypedDict):
-    kind: Literal["ckplus", "oulu"]
+    kind: Literal["ckplus", "oulu", "rafdb", "fer2013", "ferplus", "affectnet"]
     format: int
     image_size: list[int]  # [width, height]
     frames_per_sequence: list[int]  # [min, max]
@@ -57,6 +57,7 @@ class TwinParams(_TwinParams, total=False):
 
     roster_sha256: str  # CK+ only
     n_subjects: int  # Oulu only
+    scale: float  # a fixed-split twin's (fer_core.data.synthetic.wild)
 
 
 def write_ckplus_twin(
@@ -87,7 +88,7 @@ def write_ckplus_twin(
     }
     subjects = sorted(roster)
     jobs = [(i, s, roster[s]) for i, s in enumerate(subjects)]
-    return _materialise(Path(out), params, _write_ckplus_subject, jobs, overwrite, workers)
+    return materialise(Path(out), params, _write_ckplus_subject, jobs, overwrite, workers)
 
 
 def write_oulu_twin(
@@ -113,7 +114,7 @@ def write_oulu_twin(
         "n_subjects": int(n_subjects),
     }
     jobs: list[Job] = [(i, f"P{i + 1:03d}", []) for i in range(n_subjects)]
-    return _materialise(Path(out), params, _write_oulu_subject, jobs, overwrite, workers)
+    return materialise(Path(out), params, _write_oulu_subject, jobs, overwrite, workers)
 
 
 def read_roster(path: Path) -> dict[str, list[tuple[str, int]]]:
@@ -207,7 +208,7 @@ def png_bytes(image: Image.Image) -> bytes:
     )
 
 
-def _materialise(
+def materialise(
     out: Path,
     params: TwinParams,
     write_subject: Callable[[Path, TwinParams, Job], None],
@@ -266,14 +267,29 @@ def _swap_in(tmp: Path, out: Path, params: TwinParams, overwrite: bool) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+NAMES = {
+    "ckplus": "CK+ (Extended Cohn-Kanade)",
+    "oulu": "Oulu-CASIA",
+    "rafdb": "RAF-DB",
+    "fer2013": "FER2013",
+    "ferplus": "FERPlus",
+    "affectnet": "AffectNet",
+}
+
+
 def _readme(params: TwinParams) -> str:
-    name = "CK+ (Extended Cohn-Kanade)" if params["kind"] == "ckplus" else "Oulu-CASIA"
+    name = NAMES[params["kind"]]
     return (
         f"SYNTHETIC DATA - THIS IS NOT {name}.\n\n"
         "Every image here is a cartoon face drawn procedurally by fer_core.data.synthetic.twins "
         "(PIL ellipses and lines); no real person is shown and no real image was used.\n"
         f"It copies the raw folder layout of {name} so the project's real dataset adapters "
-        "read it unchanged, and it keeps that dataset's design (subjects, sequences, classes"
+        "read it unchanged, and it keeps that dataset's design ("
+        + (
+            "splits and classes, the real split sizes and class counts at scale 1"
+            if "scale" in params
+            else "subjects, sequences, classes"
+        )
         + (", the real CK+ roster and class imbalance" if params["kind"] == "ckplus" else "")
         + ").\nUse it to test and demonstrate the pipeline; accuracies measured on it say "
         "nothing about the paper's results on the real data.\n\n"

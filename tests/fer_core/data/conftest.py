@@ -46,3 +46,18 @@ def ckplus_copy(ckplus_twin: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def oulu_copy(oulu_twin: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(oulu_twin, tmp_path / "oulu"))
+
+
+@pytest.fixture(scope="session")
+def wild_twin(tmp_path_factory: pytest.TempPathFactory):
+    """`wild_twin(kind)`: a small fixed-split twin of `kind` with its images (scale 0.01,
+    AffectNet 0.002), written once per session and kind."""
+    from fer_core.data.synthetic.wild import write_wild_twin
+
+    base = tmp_path_factory.mktemp("wild")
+    scales = {"affectnet": 0.002}
+
+    def make(kind: str) -> Path:
+        return write_wild_twin(kind, base / kind, scales.get(kind, 0.01))
+
+    return make

@@ -152,7 +152,9 @@ def test_unknown_layout(tmp_path):
         build_index("ckplus", tmp_path)
     with pytest.raises(FerError, match="OriginalImg"):
         build_index("oulu", tmp_path)
-    with pytest.raises(FerError, match="'fer2013'"):
+    with pytest.raises(FerError, match="'sfew'"):
+        build_index("sfew", tmp_path)
+    with pytest.raises(FerError, match="fer2013.csv: missing"):
         build_index("fer2013", tmp_path)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.cli import main
 from tests.helpers import REPO, SMALL_GRID
 
 
@@ -132,3 +133,23 @@ def test_help_explains_every_command_with_defaults(tmp_path, argv, expected):
     text = " ".join(result.stdout.split())
     for phrase in expected:
         assert phrase in text, phrase
+
+
+def test_data_synth_and_index_a_fixed_split_twin(tmp_path, capsys):
+    """`data synth --dataset affectnet --scale S` writes the twin; `data index` reads it as
+    distributed and prints the split sizes and the rows it dropped, with their reasons."""
+    twin = tmp_path / "affectnet"
+    assert (
+        main(["data", "synth", "--dataset", "affectnet", "--scale", "0.002", "--out", str(twin)])
+        == 0
+    )
+    out = tmp_path / "index.parquet"
+    argv = ["data", "index", "--dataset", "affectnet", "--classes", "7", "--root", str(twin)]
+    assert main([*argv, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    # 0.002 x the published counts per split and class (at least 1), contempt dropped
+    assert "576 images (569 train, 7 test), 7 classes" in printed[-2]
+    assert printed[-1] == (
+        "dropped rows (not an expression, or not a class of this variant): contempt (not in "
+        "AffectNet-7) 9, non-face 166, none 67, uncertain 24"
+    )

@@ -116,7 +116,7 @@ def test_fold_rule_interleaved_is_the_default_and_contiguous_makes_new_units(tmp
         (("batch_size: 32", "batch_sise: 32"), "batch_sise"),
         (("detector: center", "detector: haar"), "haar"),
         (("folds: [1]", "folds: [11]"), "11"),
-        (("kind: ckplus", "kind: fer2013"), "fer2013"),
+        (("kind: ckplus", "kind: sfew"), "sfew"),
         (("detector: center", "detector: center\n    fold_rule: blocks"), "fold_rule 'blocks'"),
     ],
 )
@@ -348,3 +348,39 @@ def test_the_paper_grid_feeds_every_network_299_px(tmp_path):
     assert set(sizes) == {"inception_v3", "resnet18", "vgg_face"}
     assert all(size in (299, None) for size in sizes.values())
     assert sizes["resnet18"] == sizes["vgg_face"] == BACKBONES["inception_v3"].input_size
+
+
+@pytest.mark.parametrize(
+    ("edit", "culprit"),
+    [
+        (("kind: ckplus", "kind: rafdb\n    images: cropped"), "images 'cropped' is not one of"),
+        (("kind: ckplus", "kind: ckplus\n    classes: 7"), "'classes' is not an option of"),
+        (("kind: ckplus", "kind: affectnet\n    classes: 6"), "classes 6 is not one of 8, 7"),
+        (("kind: ckplus", "kind: affectnet"), "detector 'center' is not one of box"),
+        (("detector: center", "detector: box"), "detector 'box' is not one of mtcnn, center"),
+        (("kind: ckplus", "kind: fer2013\n    scale: 0"), r"scale 0 must be a number in \(0, 1\]"),
+        (("kind: ckplus", "kind: ckplus\n    scale: 0.5"), "scale is a synthetic"),
+    ],
+)
+def test_bad_dataset_options_name_the_culprit(tmp_path, edit, culprit):
+    path = tmp_path / "bad.yaml"
+    old, new = edit
+    path.write_text(SMALL_GRID.replace(old, new))
+    with pytest.raises(FerError, match=culprit):
+        load_grid(str(path))
+
+
+def test_a_fixed_split_kind_gets_its_own_detector_and_options(tmp_path):
+    path = tmp_path / "wild.yaml"
+    text = SMALL_GRID.replace("    detector: center\n", "").replace("image_size: [96, 72]", "")
+    # a fixed split has no folds to pick, and its test set may not select (D-21)
+    text = text.replace("folds: [1]\n", "selection: inner\n")
+    for kind, extra, detector, options in (
+        ("affectnet", "", "box", {"classes": "8"}),
+        ("rafdb", "", "center", {"images": "aligned"}),
+        ("rafdb", "\n    images: original", "mtcnn", {"images": "original"}),
+        ("ferplus", "\n    label_mode: probability", "center", {"label_mode": "probability"}),
+    ):
+        path.write_text(text.replace("kind: ckplus", f"kind: {kind}{extra}"))
+        spec = load_grid(str(path)).datasets["ckplus"]
+        assert (spec.detector, spec.options, spec.scale) == (detector, options, 1.0), kind

@@ -495,3 +495,17 @@ train: {{epochs: 2, lr_step_epoch: 1, batch_size: 8}}
     assert {p["subject"] for p in predictions} == {"S005", "S006"}
     text = write_report(rundir.path).path.read_text()
     assert "`mine`: **fixed split**" in text and "| fixed split |" in text
+
+
+def test_the_data_section_lists_the_rows_a_dataset_marks_as_no_expression(tmp_path):
+    from orchestrator.report.sections import data_section
+
+    run = make_run(tmp_path / "run", datasets=("ckplus", "oulu"))
+    table = run.rundir.store.read("prepare")
+    assert table is not None
+    row = next(r for r in table.to_pylist() if r["dataset"] == "ckplus")
+    row["skipped"] = json.dumps({"none": 3, "non-face": 5})
+    run.rundir.store.write("prepare", row["unit_id"], [row])
+    text = data_section(build_study(load_results(run.path)))
+    assert "`ckplus`: rows the dataset marks as no expression, dropped: non-face 5, none 3." in text
+    assert "`oulu`: rows" not in text  # no skipped column (an older row) or nothing skipped

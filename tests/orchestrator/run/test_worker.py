@@ -138,3 +138,40 @@ def test_death_reason_says_how_a_worker_died(tmp_path):
     assert "SIGKILL (out of memory, or killed by hand)" in killed and "resumes" in killed
     assert "SIGTERM (stopped)" in worker.death_reason(-signal.SIGTERM, log)
     assert str(log) in worker.death_reason(3, log) and "status 3" in worker.death_reason(3, log)
+
+
+WILD_GRID = """
+name: wild-prepare
+datasets:
+  affect:
+    kind: affectnet
+    synthetic: true
+    scale: 0.002
+    crop_size: 32{extra}
+backbones: {{tiny: {{}}}}
+experiments: [{{backbones: [tiny], strategies: [ce]}}]
+train: {{epochs: 1}}
+"""
+
+
+def test_a_fixed_split_twin_is_generated_indexed_and_cropped_by_its_box(tmp_path):
+    from fer_core.data.index import DatasetIndex
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(WILD_GRID.format(extra=""))
+    rundir, units = prepare_run(grid, tmp_path / "run")
+    prepare = units["prepare"]
+    assert prepare.spec["options"] == {"classes": "8"} and prepare.spec["scale"] == 0.002
+    assert worker.run(rundir.path, prepare.id) == "done"
+    table = rundir.store.read("prepare")
+    assert table is not None
+    row = table.to_pylist()[0]
+    assert (row["kind"], row["detector"], row["synthetic"]) == ("affectnet", "box", True)
+    assert json.loads(row["skipped"]) == {"non-face": 166, "none": 67, "uncertain": 24}
+    index = DatasetIndex.read(prepare.spec["out_dir"] + "/index.parquet")
+    assert row["images"] == len(index) and {r.split for r in index.records} == {"train", "test"}
+    assert row["detected"] == len(index)  # every crop is a given box
+    # the kind's options are part of the data unit's identity
+    grid.write_text(WILD_GRID.format(extra="\n    classes: 7"))
+    _, seven = prepare_run(grid, tmp_path / "run7")
+    assert seven["prepare"].id != prepare.id
