@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import asdict
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from orchestrator.plan.dag import expand, summary
 from orchestrator.plan.grid import load_grid
 from orchestrator.plan.labels import label_parts
 from orchestrator.plan.overrides import expand_plan, load_grids
+from orchestrator.run.launch import launch
 from tests.helpers import SMALL_GRID, cli, small_grid
 
 
@@ -384,3 +386,28 @@ def test_a_fixed_split_kind_gets_its_own_detector_and_options(tmp_path):
         path.write_text(text.replace("kind: ckplus", f"kind: {kind}{extra}"))
         spec = load_grid(str(path)).datasets["ckplus"]
         assert (spec.detector, spec.options, spec.scale) == (detector, options, 1.0), kind
+
+
+def test_the_wild_grids_are_fold_less_five_strategies_three_datasets_three_seeds(tmp_path):
+    for name, backbone in (("wild", "resnet18"), ("wild-demo", "tiny")):
+        grid = load_grid(name)
+        assert {d.kind for d in grid.datasets.values()} == {"rafdb", "ferplus", "affectnet"}
+        assert all(d.fixed for d in grid.datasets.values()) and grid.seeds == (0, 1, 2)
+        assert grid.datasets["affectnet7"].options == {"classes": "7"}
+        units = expand(grid, tmp_path / name, [])
+        counts = summary(units)
+        # per dataset and seed: ce, focal, joint, then focal>ce and ce>focal on their stage 1
+        assert counts == {"prepare": 3, "train": 45, "stage 1": 27, "stage 2": 18}, name
+        train = [u for u in units if u.kind == "train"]
+        assert {u.fold for u in train} == {0}
+        assert f"rafdb/fixed/{backbone}/ce>focal/s2" in {u.name for u in train}
+
+
+def test_the_wild_grid_dry_run_on_slurm_lists_its_arrays_and_gpu_hours(tmp_path):
+    out = io.StringIO()
+    launch("wild", cluster="slurm", run_dir=tmp_path / "run", dry_run=True, out=out)
+    text = out.getvalue()
+    assert "slurm: 7 sbatch calls (job arrays) for 48 units in 48 tasks" in text, text
+    assert "wave 1 A2: --array=0-8%9" in text and "--dependency=aftercorr:A2" in text
+    assert "48 jobs x 1 GPU x 240 min = 192.0 GPU-hours" in text
+    assert not (tmp_path / "run" / "submissions.json").exists()
