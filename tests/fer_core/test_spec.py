@@ -40,6 +40,8 @@ def test_the_json_form_reads_back_as_the_same_spec_in_field_order():
         "n_folds",
         "fold_rule",
         "out_dir",
+        "options",
+        "scale",
     ]
 
 

@@ -187,7 +187,7 @@ def test_soft_targets_are_what_a_stage_trains_on(faces, tmp_path):
     from dataclasses import replace
 
     config = StageConfig(epochs=1, lr_step_epoch=1, batch_size=64)
-    data = stage_data(faces, fold=2, n_folds=10, selection="heldout")
+    data = stage_data(faces, kfold_roles(faces.folds, 2, 10, "heldout"))
     one_hot = torch.nn.functional.one_hot(data.train_labels, len(faces.classes)).float()
     smooth = 0.5 * one_hot + 0.5 / len(faces.classes)
     losses = []

@@ -121,7 +121,7 @@ def test_a_sweep_dry_run_counts_its_points_and_units(tmp_path, grid):
         (["status"], ["--watch", "(default: 2.0)"]),
         (["query"], ["runs_all", "PIVOT", "--tables", "CSV with a header", "prepare"]),
         (["tune"], ["(default: tune)", "(default: ray)", "search.samples"]),
-        (["data", "faces"], ["(default: 299)", "(default: mtcnn)", "(default: 10)", "centre"]),
+        (["data", "faces"], ["(default: 299)", "default: the kind's", "(default: 10)", "centre"]),
         (["data", "index"], ["(default: 10)", "Parquet"]),
         (["data", "synth"], ["(default: 0)", "twin"]),
         (["cluster"], ["install", "apt-install", "stop slurmd", "sinfo"]),
