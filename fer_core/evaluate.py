@@ -1,4 +1,4 @@
-"""Scoring a model on a set of face crops: accuracy, per-class accuracy, confusion matrix.
+"""Scoring a model on a set of face crops: its predictions, confusion matrix and metrics.
 
 Confusion matrices follow the paper's figures: rows are the ground truth, columns the
 prediction; `row_normalised` turns counts into per-class rates.
@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from fer_core.data.augment import test_transform
+from fer_core.metrics import Metrics, metrics
 
 
 @dataclass(frozen=True)
@@ -28,9 +29,8 @@ class Evaluation:
 
     @property
     def accuracy(self) -> float:
-        if len(self.labels) == 0:
-            return float("nan")
-        return int((self.predicted == self.labels).sum()) / len(self.labels)
+        """Overall accuracy (what selects a stage's best epoch); NaN with no images."""
+        return self.metrics().accuracy
 
     def confusion(self) -> torch.Tensor:
         """Counts, rows = ground truth, columns = prediction."""
@@ -38,14 +38,9 @@ class Evaluation:
         flat = self.labels * c + self.predicted
         return torch.bincount(flat, minlength=c * c).reshape(c, c)
 
-    def per_class_accuracy(self) -> list[float]:
-        """Recall of each class (NaN for a class absent from the labels)."""
-        counts = self.confusion().double()
-        totals = counts.sum(dim=1)
-        diagonal = counts.diagonal()
-        return [
-            float(d / t) if t > 0 else float("nan") for d, t in zip(diagonal, totals, strict=True)
-        ]
+    def metrics(self) -> Metrics:
+        """Accuracy, mean-class accuracy, macro-F1 and per-class recall (`fer_core.metrics`)."""
+        return metrics(self.confusion().numpy())
 
 
 def row_normalised(confusion: torch.Tensor) -> torch.Tensor:

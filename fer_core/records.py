@@ -64,6 +64,11 @@ class RunCore(TypedDict):
     best_epoch: int
     selection_accuracy: float
     test_accuracy: float  # NaN when the test fold was not scored
+    mean_class_accuracy: float  # mean of the per-class recalls (fer_core.metrics); NaN idem
+    macro_f1: float
+    per_class_recall: list[float]  # in `classes` order; NaN for a class with no test image
+    test_class_counts: list[int]  # test images per class, in `classes` order
+    classes: list[str]  # the dataset's class names, in label order
     n_test: int
     resumed_from_epoch: int
     train_seconds: float

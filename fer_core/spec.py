@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from fer_core.errors import FerError
 
 _Spec = TypeVar("_Spec", "UnitSpec", "PrepareSpec")
+PROTOCOLS = ("kfold", "fixed")  # subject folds, or the dataset's own train/val/test split
 
 
 def _from_dict(cls: type[_Spec], what: str, values: dict[str, Any]) -> _Spec:
@@ -43,8 +44,11 @@ class UnitSpec:
     grid: str = ""
     dataset: str
     data_dir: str  # the prepared dataset (faces.pt)
-    fold: int
+    fold: int  # the test fold; 0 on a fixed split (no folds)
     n_folds: int = 10
+    protocol: str = "kfold"  # kfold | fixed (fer_core.data.protocol)
+    holdout_fraction: float = 0.1  # fixed, no val split: the training split held out to select
+    holdout_seed: int = 0
     backbone: str
     weights: str = "none"
     input_size: int | None = None

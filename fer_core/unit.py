@@ -26,7 +26,7 @@ import fer_core
 from fer_core.checkpoints import BEST, DIGESTS, load_best, load_verified_best
 from fer_core.config import StageConfig
 from fer_core.data.faces import FaceSet
-from fer_core.data.folds import inner_validation_fold
+from fer_core.data.protocol import Holdout, Roles, fixed_roles, kfold_roles
 from fer_core.errors import FerError
 from fer_core.evaluate import Evaluation
 from fer_core.inference.card import write_card
@@ -55,22 +55,42 @@ def weights_digest(model: FerNet) -> str:
     return digest.hexdigest()
 
 
-def stage_data(faces: FaceSet, fold: int, n_folds: int, selection: str) -> StageData:
-    """Split a dataset's crops for test fold `fold`.
-
-    `heldout` (the paper's protocol) selects the best epoch on the test fold itself;
-    `inner` holds out the next fold of the training folds, so the test fold is only scored.
-    """
-    test = faces.folds == fold
-    if selection == "inner":
-        select = faces.folds == inner_validation_fold(fold, n_folds)
-        train = ~test & ~select
+def roles(faces: FaceSet, spec: UnitSpec, selection: str) -> Roles:
+    """Which crops train, select and test this unit, by its protocol
+    (`fer_core.data.protocol`); the data must be of that protocol's kind."""
+    fixed = any(faces.splits)
+    if spec.protocol == "fixed":
+        if not fixed:
+            raise FerError(
+                f"dataset {faces.dataset}: protocol fixed needs a split per image (train, "
+                "val, test), but this dataset has subject folds; use protocol: kfold"
+            )
+        found = fixed_roles(
+            faces.splits,
+            faces.labels,
+            selection,
+            Holdout(spec.holdout_fraction, spec.holdout_seed),
+        )
     else:
-        select, train = test, ~test
-    if not bool(test.any()):
-        raise FerError(f"fold {fold}: no images in this fold of {faces.dataset}")
+        if fixed:
+            raise FerError(
+                f"dataset {faces.dataset}: it has a fixed train/val/test split of its own "
+                "and no folds; use protocol: fixed"
+            )
+        found = kfold_roles(faces.folds, spec.fold, spec.n_folds, selection)
+    for role in ("train", "select", "test"):
+        if not bool(getattr(found, role).any()):
+            raise FerError(
+                f"{spec.dataset} ({spec.protocol}, fold {spec.fold}): no {role} images; "
+                "check the folds or the split"
+            )
+    return found
+
+
+def stage_data(faces: FaceSet, found: Roles) -> StageData:
+    """The crops and labels of the training and selection roles."""
     return StageData.from_masks(
-        faces.images, faces.labels, train, select, len(faces.classes), faces.targets
+        faces.images, faces.labels, found.train, found.select, len(faces.classes), faces.targets
     )
 
 
@@ -128,11 +148,12 @@ def run_unit(
     model.reset_head(torch.Generator().manual_seed(config.seed + spec.stage))
     start_digest = weights_digest(model)
 
-    data = stage_data(faces, spec.fold, spec.n_folds, config.selection)
+    found = roles(faces, spec, config.selection)
+    data = stage_data(faces, found)
     outcome = train_stage(model, data, config, work_dir, input_size, device, on_epoch)
     load_best(model, work_dir)
     write_card(work_dir, asdict(spec), faces.classes, input_size)
-    test = faces.folds == spec.fold
+    test = found.test  # touched here for the first time (but under heldout)
     if not score_test:
         test = torch.zeros_like(test)
     result = score(
@@ -146,7 +167,7 @@ def run_unit(
     )
     finished_at = time.time()
     run: RunRow = {
-        **_run_row(spec, config, outcome, result, device, started_at, finished_at),
+        **_run_row(spec, config, outcome, result, faces.classes, device, started_at, finished_at),
         "input_size": input_size,
         "n_train": len(data.train_labels),
         "start_weights_sha": start_digest,
@@ -186,11 +207,13 @@ def _run_row(
     config: StageConfig,
     outcome: StageOutcome,
     result: Evaluation,
+    classes: list[str],
     device: torch.device,
     started_at: float,
     finished_at: float,
 ) -> RunCore:
     alpha = config.alpha
+    scored = result.metrics()
     return {
         "unit_id": spec.unit_id,
         "parent_id": spec.parent_id,
@@ -208,7 +231,12 @@ def _run_row(
         "epochs": config.epochs,
         "best_epoch": outcome.best_epoch,
         "selection_accuracy": outcome.best_selection_accuracy,
-        "test_accuracy": result.accuracy,
+        "test_accuracy": scored.accuracy,
+        "mean_class_accuracy": scored.mean_class_accuracy,
+        "macro_f1": scored.macro_f1,
+        "per_class_recall": scored.per_class_recall,
+        "test_class_counts": [int(n) for n in result.confusion().sum(dim=1).tolist()],
+        "classes": list(classes),
         "n_test": len(result.labels),
         "resumed_from_epoch": outcome.resumed_from_epoch,
         "train_seconds": outcome.train_seconds,

@@ -12,7 +12,8 @@ reuse, any change means recompute. A frame without a detected face falls back to
 square crop and is counted and listed, never silently dropped (docs/METHOD.md D-7).
 
 `faces.pt` keys: images (uint8 N x 3 x S x S), labels / folds (int64 N), subjects, image_ids
-(= index paths), classes (list[str]), dataset (str), fingerprint (str), boxes (float32 N x 4:
+(= index paths), splits (the index's `split`: "" or train / val / test), classes (list[str]),
+dataset (str), fingerprint (str), boxes (float32 N x 4:
 the crop box x0, y0, x1, y1 in source pixels), detected (bool N), probs (float32 N, NaN when
 not detected), targets (float32 N x C soft targets where labels are distributions, FERPlus
 `probability`; else None). Loads with `torch.load(..., weights_only=True)`.
@@ -26,7 +27,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, TypedDict, cast
 
@@ -70,6 +71,7 @@ class FacesBlob(TypedDict):
     folds: torch.Tensor
     subjects: list[str]
     image_ids: list[str]
+    splits: list[str]
     classes: list[str]
     dataset: str
     fingerprint: str
@@ -138,6 +140,13 @@ class FaceSet:
     fingerprint: str = ""
     detected: torch.Tensor | None = None  # bool N; False = centre-crop fallback
     targets: torch.Tensor | None = None  # float32 N x C soft targets (FERPlus probability)
+    # Per crop, parallel to `labels`: "" for a k-fold dataset, else train / val / test (the
+    # dataset's own fixed split; its folds are 0). Left out, every crop is "".
+    splits: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.splits:
+            self.splits = [""] * len(self)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -165,6 +174,7 @@ class FaceSet:
                 dataset=str(blob["dataset"]),
                 fingerprint=str(blob.get("fingerprint", "")),
                 detected=blob.get("detected"),
+                splits=list(blob.get("splits") or ()),  # a cache older than splits: ""
                 targets=blob.get("targets"),
             )
         except FerError:
@@ -195,6 +205,7 @@ class FaceSet:
             folds=self.folds[idx],
             subjects=[self.subjects[i] for i in picks],
             image_ids=[self.image_ids[i] for i in picks],
+            splits=[self.splits[i] for i in picks],
             detected=None if self.detected is None else self.detected[idx],
             targets=None if self.targets is None else self.targets[idx],
         )
@@ -217,7 +228,7 @@ class FaceSet:
             and (not isinstance(images, CropStore) or images.fingerprint == self.fingerprint)
             and self.folds.shape == (n,)
             and self.labels.shape == (n,)
-            and len(self.subjects) == len(self.image_ids) == n
+            and len(self.subjects) == len(self.image_ids) == len(self.splits) == n
             and (n == 0 or int(self.labels.max()) < len(self.classes))
             and (self.targets is None or self.targets.shape == (n, len(self.classes)))
         )
@@ -247,7 +258,8 @@ def prepare_faces(
 ) -> FacesReport:
     """Crop the face of every indexed frame into `out_dir/faces.pt` (+ `faces.json`).
 
-    `margin` widens the detected box's longer side by that fraction (0.2 = 10 % each side)
+    `margin` widens the detected box's longer side by that fraction (0.2 = 10 % each side,
+    D-16)
     before squaring and clamping to the frame. `detector="center"` skips MTCNN and takes the
     centre square of every frame: a declared option for synthetic data and quick runs, and
     the whole image where it is the face already (RAF-DB aligned, FER2013); `detector="box"`
@@ -333,6 +345,7 @@ def prepare_faces(
         "folds": torch.tensor([r.fold for r in records], dtype=torch.long),
         "subjects": [r.subject for r in records],
         "image_ids": [r.image_id for r in records],
+        "splits": [r.split for r in records],
         "classes": list(index.classes),
         "dataset": index.dataset,
         "fingerprint": fingerprint,

@@ -150,8 +150,9 @@ class DatasetIndex:
         try:
             table = pq.read_table(path)
             meta = json.loads((table.schema.metadata or {})[_META_KEY])
-            names = [f.name for f in SCHEMA if f.name in table.schema.names]
-            rows = table.select(names).to_pylist()  # an index older than `split` has none
+            # An index written before the split column reads as a k-fold one ("").
+            names = [f.name for f in SCHEMA if f.name in table.column_names]
+            rows = table.select(names).to_pylist()
         except (pa.ArrowException, OSError, KeyError, ValueError) as exc:
             raise FerError(f"index: {path} is not a dataset index ({exc}); rebuild it") from None
         records = [ImageRecord(**row) for row in rows]
@@ -209,6 +210,7 @@ def build_index(
         dataset = detect_dataset(root)
     if dataset in wild.KINDS:
         return _fixed_index(dataset, root, wild.resolve_options(dataset, options, dataset), verify)
+    splits: list[str] = []
     if dataset == "ckplus":
         names, frames = (
             list(ckplus.CLASSES),
@@ -217,7 +219,7 @@ def build_index(
     elif dataset == "oulu":
         names, frames = list(oulu.CLASSES), _last_frames(root, oulu.scan_oulu(root), last_frames)
     elif dataset == "manifest":
-        names, frames = read_manifest(root, manifest_path(root, manifest), classes)
+        names, frames, splits = read_manifest(root, manifest_path(root, manifest), classes)
     else:
         raise FerError(f"dataset: {dataset!r} is not one of {', '.join(DATASETS)} or auto")
     if classes is not None and dataset != "manifest" and list(classes) != names:
@@ -230,11 +232,17 @@ def build_index(
                 bar(done, len(frames))
         finally:
             bar.close()  # a bad image's error starts on a line of its own
-    folds = subject_folds((f[1] for f in frames), n_folds, fold_rule)
-    records = [
-        ImageRecord(path, subject, sequence, frame, label, names[label], folds[subject])
-        for path, subject, sequence, frame, label in frames
-    ]
+    if any(splits):  # a fixed split of its own: no subject folds
+        records = [
+            ImageRecord(path, subject, sequence, frame, label, names[label], 0, split)
+            for (path, subject, sequence, frame, label), split in zip(frames, splits, strict=True)
+        ]
+    else:
+        folds = subject_folds((f[1] for f in frames), n_folds, fold_rule)
+        records = [
+            ImageRecord(path, subject, sequence, frame, label, names[label], folds[subject])
+            for path, subject, sequence, frame, label in frames
+        ]
     return DatasetIndex(dataset, str(root), names, records, n_folds, fold_rule)
 
 
@@ -295,10 +303,11 @@ def dataset_fingerprint(
     index: DatasetIndex, file_digest: Callable[[Path], str] = sha256_file
 ) -> str:
     """sha256 over the classes and, per image (in path order), its path, the sha256 of its
-    bytes (from `file_digest`: a cache may answer), label, subject, fold and split.
-    Independent of where the data lives (root) and of every file the index does not use.
-    What an image's content is, is its dataset's (`fer_core.data.wild.FaceSource`): a
-    FER2013 face's pixels, an AffectNet image's bytes and face box."""
+    bytes (from `file_digest`: a cache may answer), label, subject, fold and (a fixed split's
+    only, so a k-fold dataset keeps its fingerprint) split. Independent of where the data
+    lives (root) and of every file the index does not use. What an image's content is,
+    is its dataset's (`fer_core.data.wild.FaceSource`): a FER2013 face's pixels, an
+    AffectNet image's bytes and face box."""
     digest = hashlib.sha256()
     head: dict[str, object] = {"dataset": index.dataset, "classes": index.classes}
     if index.options:  # an older index's fingerprint stays as it was

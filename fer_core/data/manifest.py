@@ -1,8 +1,11 @@
-"""Your own dataset: a CSV manifest `path,subject,label` (optional `sequence`, `frame`).
+"""Your own dataset: a CSV manifest `path,subject,label` (optional `sequence`, `frame`,
+`split`).
 
 Paths are relative to the dataset root (POSIX slashes). Every listed image is used, with no
 last-frames rule: the manifest already says which images count. Labels are class names; the
 classes are the sorted unique names unless given, so the label order is reproducible.
+An optional `split` column (`train`, `val` or `test` on every row) gives the dataset a fixed
+split of its own (the `fixed` protocol, docs/METHOD.md D-18) instead of subject folds.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from fer_core.errors import FerError
 
 REQUIRED = ("path", "subject", "label")
+SPLITS = ("train", "val", "test")  # a fixed split's roles; "" = none (subject folds)
 # What spreadsheets and pandas write for a missing value: read as class names they would
 # become a class of their own ("nan") and train as one.
 MISSING_LABELS = frozenset({"nan", "na", "n/a", "none", "null"})
@@ -30,9 +34,10 @@ def manifest_path(root: Path, manifest: str | Path | None) -> Path:
 
 def read_manifest(
     root: Path, manifest: Path, classes: list[str] | None = None
-) -> tuple[list[str], list[Frame]]:
-    """The classes and one entry per manifest row (`manifest` as `manifest_path` gives it);
-    every path must exist under `root`."""
+) -> tuple[list[str], list[Frame], list[str]]:
+    """The classes, one entry per manifest row (`manifest` as `manifest_path` gives it) and
+    each row's split ("" everywhere without a `split` column); every path must exist under
+    `root`."""
     if not manifest.is_file():
         raise FerError(
             f"manifest: {manifest} does not exist (a relative manifest path is taken from the "
@@ -63,6 +68,8 @@ def read_manifest(
     names = sorted({row["label"] for row, _ in rows}) if classes is None else list(classes)
     lookup = {name: label for label, name in enumerate(names)}
     frames: list[Frame] = []
+    splits: list[str] = []
+    has_split = "split" in columns
     seen: set[str] = set()
     for row, line in rows:
         where = f"{manifest}:{line}"
@@ -76,7 +83,20 @@ def read_manifest(
             raise FerError(f"{where}: unknown label {row['label']!r}; known classes are {names}")
         frame = _frame_number(row.get("frame", ""), where)
         frames.append((path, row["subject"], row.get("sequence", ""), frame, lookup[row["label"]]))
-    return names, frames
+        if has_split and row["split"] not in SPLITS:
+            raise FerError(
+                f"{where}: split {row['split']!r} is not one of {', '.join(SPLITS)}; with a "
+                "split column every row names its split"
+            )
+        splits.append(row["split"] if has_split else "")
+    if has_split:
+        for needed in ("train", "test"):
+            if needed not in splits:
+                raise FerError(
+                    f"{manifest}: split column has no {needed!r} row; a fixed split needs "
+                    "training and test images (val is optional)"
+                )
+    return names, frames, splits
 
 
 def _check_label(label: str, where: str) -> None:

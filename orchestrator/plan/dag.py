@@ -8,7 +8,9 @@ backbone, the sha256 of its start weights file (`pretrained` or a path; not the 
 so a re-imported or replaced file retrains what used it and a moved one does not) and the
 full config of every stage of its chain up to itself, seed included. So `ce` and `ce>focal`
 of one seed share their stage-1 unit, which trains once, and re-expanding an unchanged grid
-gives the same ids (resume, dedup), wherever the data lives.
+gives the same ids (resume, dedup), wherever the data lives. A unit on a fixed split has
+fold 0 and hashes its protocol and hold-out too (a k-fold unit's id hashes neither, so it
+keeps the id it had before protocols existed).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from fer_core.errors import FerError
 from fer_core.models.weights import check_weights
 from fer_core.spec import PrepareSpec, UnitSpec
 from orchestrator.plan.grid import BackboneSpec, DatasetSpec, Grid, parse_strategy
+from orchestrator.plan.labels import fold_tag
 from orchestrator.plan.unit import Unit
 from orchestrator.run.rundir import RunDir
 
@@ -41,6 +44,9 @@ CHAIN_FIELDS = (
     "data_dir",
     "fold",
     "n_folds",
+    "protocol",
+    "holdout_fraction",
+    "holdout_seed",
     "backbone",
     "weights",
     "input_size",
@@ -68,11 +74,12 @@ def train_spec(
     parent_id: str | None,
 ) -> UnitSpec:
     """The spec of a training unit, for launch and tune alike: `chain` gives the CHAIN_FIELDS
-    (a grid's dataset and backbone, or a parent's spec), the rest says which stage this is;
-    the parent's work dir is the run dir's (`RunDir.work_dir`)."""
+    (a grid's dataset and backbone, or a parent's spec; a k-fold grid unit leaves the
+    protocol fields to their defaults), the rest says which stage this is; the parent's work
+    dir is the run dir's (`RunDir.work_dir`)."""
     return UnitSpec(
         unit_id=unit_id,
-        **{key: chain[key] for key in CHAIN_FIELDS},
+        **{key: chain[key] for key in CHAIN_FIELDS if key in chain},
         strategy=strategy,
         stage=stage,
         config=config,
@@ -112,7 +119,13 @@ def _source_identity(spec: DatasetSpec, root: Path, digests: DigestCache) -> dic
             )
     return {
         "data": dataset_identity(
-            spec.kind, root, spec.manifest, spec.n_folds, digests, spec.fold_rule, spec.options
+            spec.kind,
+            root,
+            spec.manifest,
+            spec.n_folds,
+            digests,
+            fold_rule=spec.fold_rule,
+            options=spec.options,
         )
     }
 
@@ -234,6 +247,15 @@ def _add_chain(
     # The seed is part of each stage's config (so of the id); names show it only when a grid
     # has several, so a one-seed grid keeps its names.
     seed_tag = f"/s{seed}" if len(grid.seeds) > 1 else ""
+    split = (
+        {
+            "protocol": dataset.protocol,
+            "holdout_fraction": dataset.holdout_fraction,
+            "holdout_seed": dataset.holdout_seed,
+        }
+        if dataset.fixed
+        else {}
+    )
     chain: list[dict[str, Any]] = []
     parent: str | None = None
     for stage, loss in enumerate(losses, start=1):
@@ -241,7 +263,8 @@ def _add_chain(
         chain.append(grid.stage_config(dataset.name, loss, stage, seed, final).to_dict())
         common = {  # in the spec, and in the id with `weights` as its file's digest
             "fold": fold,
-            "n_folds": dataset.n_folds,
+            "n_folds": 0 if dataset.fixed else dataset.n_folds,
+            **split,
             "backbone": backbone.name,
             "weights": backbone.weights,
             "input_size": backbone.input_size,
@@ -258,7 +281,7 @@ def _add_chain(
             units[unit_id] = Unit(
                 id=unit_id,
                 kind="train",
-                name=f"{dataset.name}/f{fold:02d}/{backbone.name}/{chain_name}{seed_tag}",
+                name=f"{dataset.name}/{fold_tag(fold)}/{backbone.name}/{chain_name}{seed_tag}",
                 dataset=dataset.name,
                 deps=(prepare_id,) if parent is None else (parent,),
                 stage=stage,

@@ -11,6 +11,9 @@ silent change of method). Loss and backbone names are those of `fer_core.loss_re
 every chain) gives the replicates: every unit runs once per seed. `final_epoch: best|last`
 (top level) says which epoch each chain's final stage keeps (D-14); earlier stages keep
 their best, which the next stage starts from.
+A dataset's `protocol` is `kfold` (subject folds) or `fixed` (its own train/val/test split:
+one unit per backbone, stage and seed, fold 0, and `selection: heldout` is refused: it would
+select on the test set).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from fer_core.errors import FerError
 from fer_core.loss_registry import FOCAL_PARAMS, LOSS_PARAMS, LOSSES
 from fer_core.models.backbones import BACKBONES
 from fer_core.models.pool_windows import deterministic_problem
+from fer_core.spec import PROTOCOLS
 from orchestrator.plan.yamlio import check_keys, load_yaml_mapping
 
 JOBS_DIR = Path(__file__).resolve().parents[2] / "jobs"
@@ -62,10 +66,15 @@ DATASET_KEYS = {
     "detector",
     "n_folds",
     "fold_rule",
+    "protocol",
+    "holdout_fraction",
+    "holdout_seed",
     "focal",
     "scale",  # a fixed-split twin's size: 1 = the real split sizes and class counts
     *OPTION_KEYS,  # a dataset kind's own options (fer_core.data.wild.OPTIONS)
 }
+FIXED_ONLY_KEYS = ("holdout_fraction", "holdout_seed")
+KFOLD_ONLY_KEYS = ("n_folds", "fold_rule")
 FOCAL_KEYS = set(FOCAL_PARAMS)
 BACKBONE_KEYS = {"weights", "input_size"}
 # StageConfig fields a grid sets elsewhere: the strategy the loss, the top level the rest.
@@ -90,6 +99,13 @@ class DatasetSpec:
     focal: dict[str, Any] = field(default_factory=dict)
     options: dict[str, str] = field(default_factory=dict)  # the kind's, defaults filled in
     scale: float | None = None  # a fixed-split twin's; None: not such a twin
+    protocol: str = "kfold"  # kfold | fixed (fer_core.data.protocol)
+    holdout_fraction: float = 0.1  # fixed without a val split: share of train that selects
+    holdout_seed: int = 0
+
+    @property
+    def fixed(self) -> bool:
+        return self.protocol == "fixed"
 
 
 @dataclass(frozen=True)
@@ -140,8 +156,11 @@ class Grid:
         return StageConfig.from_dict(values, where=f"{self.path}: train")
 
     def folds_of(self, dataset: str) -> tuple[int, ...]:
-        n_folds = self.datasets[dataset].n_folds
-        return self.folds if self.folds is not None else tuple(range(1, n_folds + 1))
+        """The test folds of a k-fold dataset; (0,) for a fixed split, which has none."""
+        spec = self.datasets[dataset]
+        if spec.fixed:
+            return (0,)
+        return self.folds if self.folds is not None else tuple(range(1, spec.n_folds + 1))
 
 
 def parse_strategy(strategy: str, where: str) -> tuple[str, ...]:
@@ -237,8 +256,13 @@ def grid_from_mapping(
             folds = list(range(1, folds + 1))
         if not isinstance(folds, list) or not folds:
             raise FerError(f"{where}: folds {folds!r} must be a count or a non-empty list")
+        kfold = [d.n_folds for d in datasets.values() if not d.fixed]
+        if not kfold:
+            raise FerError(
+                f"{where}: folds: every dataset has protocol: fixed (no folds); remove folds:"
+            )
         for fold in folds:
-            limit = min(d.n_folds for d in datasets.values())
+            limit = min(kfold)
             if isinstance(fold, bool) or not isinstance(fold, int) or not 1 <= fold <= limit:
                 raise FerError(f"{where}: folds: {fold!r} is not a fold number in 1..{limit}")
         folds = tuple(sorted(set(folds)))
@@ -257,12 +281,19 @@ def grid_from_mapping(
         stages[key] = dict(values or {})
 
     selection = raw.get("selection", "heldout")
+    for dataset in datasets.values():
+        if dataset.fixed and selection == "heldout":
+            raise FerError(
+                f"{where}: selection: heldout would choose each stage's epoch on the test set "
+                f"of datasets.{dataset.name} (protocol: fixed), which may only be scored; set "
+                "selection: inner (its val split, or a stratified hold-out of its training split)"
+            )
     final_epoch = raw.get("final_epoch", "best")
     if final_epoch not in FINAL_EPOCHS:
         raise FerError(f"{where}: final_epoch {final_epoch!r} is not one of best, last")
     if selection == "inner":
         for dataset in datasets.values():
-            if dataset.n_folds < 3:
+            if not dataset.fixed and dataset.n_folds < 3:
                 raise FerError(
                     f"{where}: selection: inner needs n_folds >= 3 (one fold tests, the next "
                     f"selects, the rest train); datasets.{dataset.name} has n_folds "
@@ -407,6 +438,30 @@ def _dataset(name: str, raw: Any, where: str, root_override: str | None) -> Data
             LOSS_PARAMS[key].check(value)
         except FerError as exc:
             raise FerError(f"{where}.focal: {exc}") from None
+    # A distributed fixed-split dataset has no subjects to fold: fixed is its only protocol.
+    protocol = raw.get("protocol", "fixed" if kind in wild.KINDS else "kfold")
+    if protocol not in PROTOCOLS:
+        raise FerError(f"{where}: protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    if kind in wild.KINDS and protocol != "fixed":
+        raise FerError(
+            f"{where}: protocol {protocol!r}: {kind} has a fixed train/val/test split and no "
+            "subjects to fold; use protocol: fixed"
+        )
+    for key in (*FIXED_ONLY_KEYS, *KFOLD_ONLY_KEYS):
+        if key in raw and (protocol == "fixed") != (key in FIXED_ONLY_KEYS):
+            owner = "kfold" if key in KFOLD_ONLY_KEYS else "fixed"
+            raise FerError(
+                f"{where}: {key} applies to protocol: {owner} only; this dataset has "
+                f"protocol: {protocol}"
+            )
+    fraction = raw.get("holdout_fraction", 0.1)
+    if not (isinstance(fraction, int | float) and not isinstance(fraction, bool)) or not (
+        0 < fraction < 1
+    ):
+        raise FerError(f"{where}: holdout_fraction {fraction!r} must be a number in (0, 1)")
+    holdout_seed = raw.get("holdout_seed", 0)
+    if isinstance(holdout_seed, bool) or not isinstance(holdout_seed, int):
+        raise FerError(f"{where}: holdout_seed {holdout_seed!r} must be an integer")
     return DatasetSpec(
         name=name,
         kind=kind,
@@ -419,6 +474,9 @@ def _dataset(name: str, raw: Any, where: str, root_override: str | None) -> Data
         n_folds=n_folds,
         fold_rule=fold_rule,
         focal=dict(focal),
+        protocol=protocol,
+        holdout_fraction=float(fraction),
+        holdout_seed=holdout_seed,
         options=options,
         scale=scale,
     )

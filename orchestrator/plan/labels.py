@@ -1,15 +1,17 @@
 """Human labels for units: unique within a run, and a readable folder path for each.
 
-A unit's base name is `dataset/fNN/backbone/strategy` (`ckplus/f01/tiny/ce>focal`). Units
+A unit's base name is `dataset/fNN/backbone/strategy` (`ckplus/f01/tiny/ce>focal`); a unit
+on a fixed split (fold 0: the dataset's own test set, no folds) says `fixed` where the fold
+goes (`rafdb/fixed/resnet18/ce>focal`). Units
 that share a base name but differ (sweep points, seeds, the heldout and inner stage 1 of a
 tune run) get the values that tell them apart appended: `ckplus/f01/tiny/ce@lr=0.05,seed=1`.
 A unit inherits its parent's distinguishing values, so a stage 2 trained from the `lr=0.05`
 stage 1 says so even when its own config does not differ.
 
 `label_parts` turns a unit into path components for `RUN_DIR/by-label/` and TensorBoard:
-`dataset/backbone/strategy/fNN/seedS[/values]`. Decision: `>` becomes `-` in paths
-(`ce-focal`), and characters other than letters, digits and `._=,+-` become `_`, so a path
-can be typed into a shell without quoting.
+`dataset/backbone/strategy/fNN/seedS[/values]` (`fixed` for fNN on a fixed split).
+Decision: `>` becomes `-` in paths (`ce-focal`), and characters other than letters, digits
+and `._=,+-` become `_`, so a path can be typed into a shell without quoting.
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ NOT_FACETS = {
 # parent's `final_epoch` is always `best` for a child, so it is not passed on.
 NOT_INHERITED = {"final_epoch"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]+")
+
+
+def fold_tag(fold: int) -> str:
+    """`f01` for a test fold, `fixed` for fold 0 (a fixed split has none)."""
+    return f"f{fold:02d}" if fold else "fixed"
 
 
 def _facets(unit: Unit) -> dict[str, Any]:
@@ -112,7 +119,7 @@ def label_parts(
         parts = [dataset, "prepare"]
     else:
         strategy = strategy.replace(">", "-")
-        parts = [dataset, backbone, strategy, f"f{fold:02d}", f"seed{seed or 0}"]
+        parts = [dataset, backbone, strategy, fold_tag(fold), f"seed{seed or 0}"]
     if extra:
         parts.append(extra)
     return [_UNSAFE.sub("_", part).strip("_.") or "_" for part in parts]

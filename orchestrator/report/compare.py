@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestrator.plan.labels import fold_tag
 from orchestrator.report import aggregate as agg
 from orchestrator.report import paper_numbers as paper
 from orchestrator.report.aggregate import Paired
@@ -142,7 +143,7 @@ def _net_digits(paired: Paired) -> int:
 
 def _folds_table(comparisons: list[Comparison]) -> str:
     all_folds = sorted({f for c in comparisons for f in c.paired.folds})
-    headers = ["comparison"] + [f"f{f}" for f in all_folds]
+    headers = ["comparison"] + [fold_tag(f) for f in all_folds]
     rows = []
     for c in comparisons:
         diffs = c.paired.fold_differences
@@ -155,7 +156,7 @@ def _folds_table(comparisons: list[Comparison]) -> str:
 
 def _ratio_text(study: Study) -> str:
     found = [c.paired.test_train_ratio for c in study.comparisons]
-    ratios = sorted({round(r, 3) for r in found if r})
+    ratios = sorted({round(r, 3) for r in found if r is not None})
     sizes = (
         "derived from the prepare row's image count for "
         + ", ".join(group_title(g) for g in sorted(study.derived_n_train))
@@ -195,9 +196,9 @@ def paired_section(study: Study) -> str:
         "## Paired comparisons across folds",
         "",
         "Each comparison pairs two strategies on the test folds both have; differences are in "
-        "points of fold accuracy, first minus second (positive = first better). 'net images' "
-        "counts the test images the first got right minus those the second got right, over "
-        f"those folds{example}."
+        "points of the dataset's headline metric (strategy table), first minus second "
+        "(positive = first better). 'net images' counts the test images the first got right "
+        f"minus those the second got right (overall accuracy), over those folds{example}."
         + (
             " **The unit of every test is the test fold**: a fold's difference is the mean over "
             "the seeds both have on it, because seeds on one fold share its training and test "
@@ -223,6 +224,14 @@ def paired_section(study: Study) -> str:
         "(corrected test only) training-set sizes unknown.",
         "- **test-fold selections**: how many times each side's test fold chose the kept epoch.",
     ]
+    if any(c.paired.fixed for c in study.comparisons):
+        lines.append(
+            "- On a **fixed split** (column `fixed`) the units are seeds, paired by seed (the "
+            "'folds' column then counts seeds): every seed trains on the same images and is "
+            "scored on the same test set, so no training data is resampled, n_test/n_train is "
+            "0 and the corrected test is the paired t-test over seeds. It measures the spread "
+            "of training runs, not of test sets: a fixed split has no fold variance."
+        )
     heldout = [c for c in study.comparisons if c.group.selection == "heldout"]
     if heldout:
         lines.append(

@@ -104,7 +104,8 @@ def folds_section(study: Study, out_dir: Path) -> str:
         " (real data)" if any(study.results.is_synthetic(g.dataset) for g in study.groups) else ""
     )
     return (
-        f"## Accuracy per fold\n\nEach dot is one test fold's accuracy{seeds}; grey lines "
+        f"## Accuracy per fold\n\nEach dot is one test fold's headline metric (the strategy "
+        f"table names it per dataset; a fixed split has one dot: its test set){seeds}; grey lines "
         "join the same fold across strategies (the pairing the tests use)"
         + (paper_text if any(panel.paper for panel in panels) else "")
         + ". Dotted: chance (1 / number of classes); dashed: always predicting the majority "
@@ -141,8 +142,10 @@ def write_report(run_dir: str | Path) -> Report:
         methods.setup_section(study),
         sections.data_section(study),
         sections.strategy_section(study),
+        sections.published_section(study),
         folds_section(study, out_dir),
         compare.paired_section(study),
+        sections.recall_section(study),
         compare.per_class_section(study),
         confusion_section(study, out_dir),
         compare.focal_note(study),

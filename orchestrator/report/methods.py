@@ -131,8 +131,20 @@ def _recorded(study: Study, column: str, why: str) -> str:
 def _folds(study: Study) -> list[str]:
     lines = []
     for name, info in study.results.datasets.items():
-        run = sorted({u.fold for u in study.results.train_units if u.dataset == name})
+        units = [u for u in study.results.train_units if u.dataset == name]
+        run = sorted({u.fold for u in units})
         if not run:
+            continue
+        if run == [0]:
+            spec = units[0].spec
+            lines.append(
+                f"`{name}`: **fixed split**, the dataset's own train / val / test images; each "
+                "stage's epoch is chosen on its val split, or where it has none on a stratified "
+                f"hold-out of {100 * float(spec.get('holdout_fraction', 0.1)):g} % of each class "
+                f"of its training split (seed {spec.get('holdout_seed', 0)}, the same images "
+                "for every unit); the test split is only scored. One test set: no fold "
+                "variance; replicates are seeds"
+            )
             continue
         shown = (
             f"{run[0]}–{run[-1]}"
@@ -151,6 +163,37 @@ def _folds(study: Study) -> list[str]:
             + (f" (the α/γ search's re-split of `{info.search_of}`)" if info.search_of else "")
         )
     return lines
+
+
+# How a stage's `sampler` draws its training batches (a config without one: `shuffle`).
+SAMPLER_TEXT = {
+    "shuffle": "shuffled (every training image once per epoch)",
+    "balanced": "balanced (drawn with replacement, probability 1 / its class count)",
+}
+
+
+def _imbalance(configs: list[tuple[Any, dict[str, Any]]]) -> str:
+    """The imbalance tools in use: how training batches are drawn (a stage's `sampler`;
+    without one, a shuffle of the training images each epoch) and each dataset's α
+    weighting of its focal stages (D-2; a list weighs classes)."""
+    samplers = _counted(
+        [SAMPLER_TEXT.get(c.get("sampler") or "shuffle", c.get("sampler")) for _, c in configs],
+        NONE,
+    )
+    alphas: dict[str, set[str]] = {}
+    for unit, config in configs:
+        if LOSSES.get(str(config.get("loss"))) and LOSSES[str(config["loss"])].focal:
+            alpha = config.get("alpha")
+            text = (
+                "none"
+                if alpha is None
+                else f"per class {alpha}"
+                if isinstance(alpha, list)
+                else f"{alpha:g} (all classes alike: no class weighting)"
+            )
+            alphas.setdefault(unit.dataset, set()).add(text)
+    weighting = "; ".join(f"`{d}` {', '.join(sorted(t))}" for d, t in alphas.items())
+    return f"batches {samplers}; α of the focal stages: {weighting or 'no focal stage'}"
 
 
 def _backbones(study: Study) -> str:
@@ -194,6 +237,7 @@ def setup_section(study: Study) -> str:
         f"- **Networks**: {_backbones(study)}.",
         f"- **Augmentation**: {AUGMENTATION}.",
         *(f"- **Folds**: {line}." for line in _folds(study)),
+        f"- **Class imbalance**: {_imbalance(configs)}.",
         f"- **Model selection**: {selections} (what that means: see above).",
         f"- **Seeds**: {', '.join(str(s) for s in seeds)}"
         + (" (replicates: one unit per fold and seed)." if len(seeds) > 1 else "."),

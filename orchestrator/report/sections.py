@@ -15,8 +15,11 @@ from collections import Counter
 from statistics import median
 from typing import Any
 
+import numpy as np
+
 from orchestrator.report import aggregate as agg
 from orchestrator.report import paper_numbers as paper
+from orchestrator.report import published
 from orchestrator.report.aggregate import Group
 from orchestrator.report.study import Study
 from orchestrator.texttable import markdown_table, text_table
@@ -45,15 +48,20 @@ def pvalue(value: float | None) -> str:
 
 
 def mean_pm_std(result: agg.StrategyResult) -> str:
-    """`98.37 ± 1.20`; just the mean with one fold; a dash with none."""
+    """`98.37 ± 1.20` (± the std between folds; on a fixed split, which has one test set,
+    between seeds); just the mean with one fold (or seed); a dash with none."""
     if result.n == 0:
         return NONE
+    if result.fixed and len(result.seeds) > 1:
+        return f"{pct(result.mean)} ± {pct(result.seed_std)}"
     if result.n == 1:
         return pct(result.mean)
     return f"{pct(result.mean)} ± {pct(result.std)}"
 
 
 def folds_cell(result: agg.StrategyResult) -> str:
+    if result.fixed:
+        return "fixed split"
     return f"{result.n}/{result.expected_folds}" if result.expected_folds else str(result.n)
 
 
@@ -116,6 +124,13 @@ def header(study: Study) -> str:
     selections = sorted({g.selection for g in study.groups})
     for selection in selections or ["heldout"]:
         lines.append(f"- {SELECTION_TEXT.get(selection, f'**{selection}**')}")
+    fixed = sorted({u.dataset for u in train if u.fold == 0})
+    if fixed:
+        lines.append(
+            f"- On a **fixed split** ({', '.join(f'`{d}`' for d in fixed)}), `inner` means the "
+            "dataset's own val split, or a stratified hold-out of its training split, chose "
+            "the epoch; the test split was only scored."
+        )
     if len(selections) > 1:
         lines.append("- This run mixes protocols: compare numbers only within one selection.")
     return "\n".join(lines)
@@ -211,8 +226,8 @@ def strategy_rows(study: Study) -> tuple[list[str], list[list[Any]], list[bool]]
     run has replicates, paper columns only where the paper has numbers."""
     swept = bool(study.results.sweep_points)
     headers = ["dataset", "backbone", "strategy", *["sweep point"] * swept, "selection"]
-    headers += ["ours (%)", "folds"]
-    right = [False] * (len(headers) - 2) + [True] * 2
+    headers += ["headline", "accuracy (%)", "mean-class acc. (%)", "macro-F1 (%)", "folds"]
+    right = [False] * (len(headers) - 4) + [True] * 4
     if study.multi_seed:
         headers += ["seeds", "std between seeds"]
         right += [True, True]
@@ -231,7 +246,8 @@ def strategy_rows(study: Study) -> tuple[list[str], list[list[Any]], list[bool]]
                 strategy,
                 *[group.point] * swept,
                 group.selection,
-                mean_pm_std(result),
+                study.headline(group.dataset).name,
+                *(mean_pm_std(result.metric(column)) for column in agg.METRICS),
                 folds_cell(result),
             ]
             if study.multi_seed:
@@ -251,7 +267,7 @@ def strategy_text(study: Study) -> str:
     headers, rows, right = strategy_rows(study)
     if not rows:
         return "no training units in this grid"
-    caption = "test accuracy, fold-mean ± std between folds (%)"
+    caption = "test metrics, fold-mean ± std between folds (a fixed split: between seeds) (%)"
     if study.multi_seed:
         caption += "; folds averaged over seeds"
     synthetic = any(study.results.is_synthetic(g.dataset) for g in study.groups)
@@ -269,14 +285,23 @@ def strategy_section(study: Study) -> str:
         if study.multi_seed
         else ""
     )
+    fixed = any(study.result(g, s).fixed for g in study.groups for s in study.strategies(g))
     lines = [
         "## Accuracy by strategy" + (" (cf. the paper's Tables 2–5)" if with_paper else ""),
         "",
-        "Test accuracy in %, **fold-mean** (the mean over test folds of each fold's accuracy) "
-        "± sample std between folds, over the folds finished so far ('folds' = "
-        f"finished/planned).{seeds}"
+        "Test metrics in %: overall accuracy, mean-class accuracy (the mean of the per-class "
+        "recalls, i.e. balanced accuracy) and macro-F1, each the **fold-mean** (the mean over "
+        "test folds of each fold's figure) ± sample std between folds, over the folds finished "
+        f"so far ('folds' = finished/planned).{seeds}"
+        + (
+            " A **fixed split** has one test set and no fold variance: its ± is the std "
+            "between seeds, the replicates, and comparisons pair units by seed."
+            if fixed
+            else ""
+        )
         + (" The paper reports 10-fold means with `heldout` selection." if with_paper else ""),
         "",
+        *_headline_lines(study),
         markdown_table(headers, rows, right=right) if rows else "No training units in this grid.",
     ]
     kinds = [
@@ -288,6 +313,110 @@ def strategy_section(study: Study) -> str:
         prior = ", ".join(f"{name} {value:.1f}" for name, value in paper.PRIOR_ART[kind].items())
         lines += ["", f"Prior art the paper lists for {kind} (Tables 2–3): {prior}."]
     return "\n".join(lines)
+
+
+def _headline_lines(study: Study) -> list[str]:
+    """Which metric leads each dataset's comparisons, and why (docs/METHOD.md D-19)."""
+    names = list(dict.fromkeys(g.dataset for g in study.groups))
+    if not names:
+        return []
+    lines = ["**Headline metric** (the one the paired comparisons test), per dataset:", ""]
+    for name in names:
+        headline = study.headline(name)
+        lines.append(f"- `{name}`: **{headline.name}**: {headline.reason}.")
+    return [*lines, ""]
+
+
+def _mean_recalls(result: agg.StrategyResult) -> list[float]:
+    """Per class, the mean of its recalls over the units that have test images of it."""
+    values = np.asarray(list(result.recalls.values()), dtype=float)
+    seen = ~np.isnan(values)
+    totals = np.where(seen, values, 0.0).sum(axis=0)
+    counts = seen.sum(axis=0)
+    return [float(t / c) if c else math.nan for t, c in zip(totals, counts, strict=True)]
+
+
+def recall_section(study: Study) -> str:
+    """Per-class recall (%) of each strategy, the mean over its units (folds and seeds)."""
+    lines = ["## Per-class recall", ""]
+    found = False
+    for group in study.groups:
+        results = [study.result(group, s) for s in study.strategies(group)]
+        results = [r for r in results if r.recalls]
+        if not results:
+            continue
+        found = True
+        classes = results[0].classes
+        rows = [[r.strategy, *(pct(v, 1) for v in _mean_recalls(r))] for r in results]
+        lines += [
+            f"### {group_title(group)}",
+            "",
+            markdown_table(["strategy", *classes], rows, right=[False] + [True] * len(classes)),
+            "",
+        ]
+    if not found:
+        return "\n".join([*lines, "No per-class recalls recorded yet."])
+    lines.append(
+        "Each cell is the mean over the strategy's units (test folds, seeds) of the recall of "
+        "that class, in %; a dash: the class has no test image in any unit. Mean-class "
+        "accuracy is the mean of a row over the classes its test set has."
+    )
+    return "\n".join(lines)
+
+
+def published_section(study: Study) -> str:
+    """Other methods' published accuracies beside ours, for the benchmarks that have them;
+    labelled as other methods and kept out of every statistic."""
+    lines = [
+        "## Published numbers of other methods",
+        "",
+        "Overall test accuracy (%) as published by other methods (their own networks, "
+        "pre-training and training recipes), beside this run's overall accuracy on the same "
+        "benchmark. They are for orientation only and enter none of this report's statistics.",
+        "",
+    ]
+    shown = False
+    for name, info in study.results.datasets.items():
+        classes = str((study.results.prepare.get(name) or {}).get("classes") or "")
+        benchmark = published.benchmark_of(info.kind, len([c for c in classes.split(",") if c]))
+        others = published.published(benchmark) if benchmark else []
+        if not others:
+            continue
+        shown = True
+        rows: list[list[Any]] = [
+            [p.method, "other method (published)", f"{p.accuracy:.2f}", p.source] for p in others
+        ]
+        for group in (g for g in study.groups if g.dataset == name):
+            for strategy in study.strategies(group):
+                result = study.result(group, strategy).metric("test_accuracy")
+                rows.append(
+                    [
+                        f"`{strategy}`, {group.backbone}",
+                        f"this run ({group.selection})",
+                        mean_pm_std(result),
+                        f"`{name}`" + (", SYNTHETIC twin" if info.synthetic else ""),
+                    ]
+                )
+        lines += [
+            f"### {benchmark} (`{name}`)",
+            "",
+            *(
+                [
+                    f"> `{name}` is a synthetic twin: the published figures are on the real "
+                    f"{benchmark}, ours are not.",
+                    "",
+                ]
+                if info.synthetic
+                else []
+            ),
+            markdown_table(
+                ["method", "kind", "accuracy (%)", "source"],
+                rows,
+                right=[False, False, True, False],
+            ),
+            "",
+        ]
+    return "\n".join(lines).rstrip() if shown else ""
 
 
 # --- cost -----------------------------------------------------------------------------------

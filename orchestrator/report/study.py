@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fer_core.data.folds import inner_validation_fold
+from fer_core.metrics import confusion_matrix
 from orchestrator.report import aggregate as agg
 from orchestrator.report import significance as sig
 from orchestrator.report.aggregate import Group, Paired, StrategyResult
@@ -53,6 +54,10 @@ class Study:
     groups: list[Group]
     comparisons: list[Comparison] = field(default_factory=list)
     derived_n_train: set[Group] = field(default_factory=set)  # sizes not in the runs rows
+    headlines: dict[str, agg.Headline] = field(default_factory=dict)  # dataset -> its metric
+
+    def headline(self, dataset: str) -> agg.Headline:
+        return self.headlines.get(dataset) or agg.headline_of(self.results.kind_of(dataset), None)
 
     def strategies(self, group: Group) -> list[str]:
         found = {s for g, s in self.by_key if g == group}
@@ -123,7 +128,7 @@ class Study:
         prepared = self.results.prepare.get(group.dataset, {}).get("classes")
         n_classes = len(prepared.split(",")) if prepared else 0
         n_classes = max(n_classes, int(labels.max()) + 1, int(predicted.max()) + 1)
-        counts = agg.confusion_counts(labels, predicted, n_classes)
+        counts = confusion_matrix(labels, predicted, n_classes)
         return counts, self.classes(group.dataset, names, n_classes)
 
 
@@ -133,7 +138,9 @@ def _order(values: list[str]) -> dict[str, int]:
 
 def build_study(results: Results) -> Study:
     """Merge expected (DAG) and finished (store) results into one ordered structure."""
-    by_key = agg.strategy_results(results.runs, results.points)
+    kinds = {name: info.kind for name, info in results.datasets.items()}
+    headlines = agg.headlines_of(results.runs, kinds)
+    by_key = agg.strategy_results(results.runs, results.points, headlines)
     for key, folds in results.expected.items():
         entry = by_key.setdefault(key, StrategyResult(*key))
         entry.expected_folds = len(folds)
@@ -155,7 +162,7 @@ def build_study(results: Results) -> Study:
             point_rank.get(g.point, -1),
         ),
     )
-    study = Study(results, by_key, groups)
+    study = Study(results, by_key, groups, headlines=headlines)
     study.derived_n_train = _fill_training_sizes(study)
     study.comparisons = _compare(study)
     return study

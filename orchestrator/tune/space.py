@@ -203,6 +203,11 @@ def load_tune(
         "experiments": [{"backbones": [backbone], "strategies": [f"{stage1}>{stage2}"]}],
     }
     grid = _load_grid_part(derived, path, data_roots)
+    if grid.datasets[dataset].fixed:
+        raise FerError(
+            f"{where}: search.dataset: {dataset} has protocol: fixed; the nested search "
+            "re-splits subject folds, which a fixed split does not have"
+        )
     n_folds = grid.datasets[dataset].n_folds
     if max(test_folds) > n_folds:
         raise FerError(

@@ -21,6 +21,7 @@ import torch
 
 from fer_core.config import StageConfig
 from fer_core.data.faces import FaceSet
+from fer_core.data.protocol import kfold_roles
 from fer_core.models import build_model
 from fer_core.train import StageOutcome, train_stage
 from fer_core.unit import stage_data
@@ -50,7 +51,7 @@ def train(
     model = model if model is not None else model_for(faces)
     settings = {"epochs": epochs, "lr_step_epoch": max(1, epochs - 1), "batch_size": 64}
     stage = StageConfig(**{**settings, **config})
-    data = stage_data(faces, fold=1, n_folds=10, selection="heldout")
+    data = stage_data(faces, kfold_roles(faces.folds, 1, 10, "heldout"))
     outcome = train_stage(model, data, stage, Path(work_dir), INPUT, CPU, on_epoch=on_epoch)
     return outcome, model
 

@@ -252,6 +252,9 @@ def _grid_cases() -> list[Case]:
         "seeds_repeated": "lists a seed twice",
         "seeds_not_a_list": "seeds 3 must be a non-empty list",
         "deterministic_not_bool": "'sometimes'",
+        "heldout_on_fixed_split": "selection: heldout would choose each stage's epoch on the test",
+        "protocol_unknown": "protocol 'split'",
+        "holdout_fraction_on_kfold": "holdout_fraction applies to protocol: fixed only",
     }
     found = sorted(p.stem for p in (BAD / "grids").glob("*.yaml"))
     assert found == sorted(culprits), "tests/data/bad/grids/ and this table must agree"
@@ -469,6 +472,8 @@ def _manifest_cases() -> list[Case]:
         "frame_not_integer": "first",
         "empty_path": "empty path",
         "not_an_image": "notes.png",
+        "split_unknown": "split 'dev' is not one of train, val, test",
+        "split_without_test": "split column has no 'test' row",
         "label_nan": "label_nan.csv:3: label 'nan'",
         "label_null": "label_null.csv:3: label 'NULL'",
         "label_empty": "label_empty.csv:4: empty label",

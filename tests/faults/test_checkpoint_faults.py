@@ -212,9 +212,11 @@ class NaNOnBatches(nn.Module):
 
 
 def _per_epoch(faces_dir) -> int:
+    from fer_core.data.protocol import kfold_roles
     from fer_core.unit import stage_data
 
-    n = len(stage_data(_faces(faces_dir), 1, 10, "heldout").train_labels)
+    faces = _faces(faces_dir)
+    n = len(stage_data(faces, kfold_roles(faces.folds, 1, 10, "heldout")).train_labels)
     return -(-n // 64)
 
 

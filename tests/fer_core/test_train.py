@@ -18,6 +18,7 @@ from fer_core.checkpoints import BEST, DIGESTS, LAST, load_best
 from fer_core.config import StageConfig
 from fer_core.data.faces import FaceSet, prepare_faces
 from fer_core.data.index import DatasetIndex
+from fer_core.data.protocol import kfold_roles
 from fer_core.data.store import STORE_DIR, CropStore, ShardRows, write_store
 from fer_core.errors import FerError
 from fer_core.models import build_model
@@ -47,7 +48,7 @@ def faces(twin_faces) -> FaceSet:
 @pytest.mark.slow
 def test_tiny_cnn_learns_the_twin_well_above_chance(faces, tmp_path):
     config = StageConfig(epochs=12, lr=0.05, lr_step_epoch=10, batch_size=32)
-    data = stage_data(faces, fold=1, n_folds=10, selection="inner")
+    data = stage_data(faces, kfold_roles(faces.folds, 1, 10, "inner"))
     model = _model(len(faces.classes))
     outcome = train_stage(model, data, config, tmp_path, input_size=CROP, device=CPU)
     load_best(model, tmp_path)
@@ -60,7 +61,7 @@ def test_tiny_cnn_learns_the_twin_well_above_chance(faces, tmp_path):
 
 def test_resume_after_a_kill_equals_a_straight_run(faces, tmp_path):
     config = StageConfig(epochs=4, lr_step_epoch=3, batch_size=64)
-    data = stage_data(faces, fold=2, n_folds=10, selection="heldout")
+    data = stage_data(faces, kfold_roles(faces.folds, 2, 10, "heldout"))
 
     straight = _model(len(faces.classes))
     train_stage(straight, data, config, tmp_path / "straight", CROP, CPU)
@@ -85,7 +86,7 @@ def test_resume_after_a_kill_equals_a_straight_run(faces, tmp_path):
 
 def test_checkpoints_carry_digests_and_a_corrupt_resume_state_restarts(faces, tmp_path):
     config = StageConfig(epochs=1, batch_size=64)
-    data = stage_data(faces, fold=3, n_folds=10, selection="heldout")
+    data = stage_data(faces, kfold_roles(faces.folds, 3, 10, "heldout"))
     train_stage(_model(len(faces.classes)), data, config, tmp_path, CROP, CPU)
     digests = json.loads((tmp_path / DIGESTS).read_text())
     assert set(digests) == {LAST, BEST}
@@ -97,7 +98,7 @@ def test_checkpoints_carry_digests_and_a_corrupt_resume_state_restarts(faces, tm
 
 def test_a_corrupt_best_checkpoint_is_detected(faces, tmp_path):
     config = StageConfig(epochs=1, batch_size=64)
-    data = stage_data(faces, fold=3, n_folds=10, selection="heldout")
+    data = stage_data(faces, kfold_roles(faces.folds, 3, 10, "heldout"))
     model = _model(len(faces.classes))
     train_stage(model, data, config, tmp_path, CROP, CPU)
     raw = bytearray((tmp_path / BEST).read_bytes())
@@ -109,13 +110,13 @@ def test_a_corrupt_best_checkpoint_is_detected(faces, tmp_path):
 
 def test_a_diverging_loss_stops_with_the_epoch_named(faces, tmp_path):
     config = StageConfig(epochs=3, lr=1e12, momentum=0.0, batch_size=64)
-    data = stage_data(faces, fold=1, n_folds=10, selection="heldout")
+    data = stage_data(faces, kfold_roles(faces.folds, 1, 10, "heldout"))
     with pytest.raises(FerError, match=r"epoch \d+: training loss is (nan|inf)"):
         train_stage(_model(len(faces.classes)), data, config, tmp_path, CROP, CPU)
 
 
 def test_inner_selection_never_uses_the_test_fold(faces):
-    data = stage_data(faces, fold=4, n_folds=10, selection="inner")
+    data = stage_data(faces, kfold_roles(faces.folds, 4, 10, "inner"))
     test_count = int((faces.folds == 4).sum())
     inner_count = int((faces.folds == 5).sum())
     assert len(data.select_labels) == inner_count
@@ -156,7 +157,7 @@ def test_resume_restores_every_global_rng(faces, tmp_path, monkeypatch, device):
 
     monkeypatch.setattr(train_module, "train_transform", drawing_transform)
     config = StageConfig(epochs=3, lr_step_epoch=2, batch_size=64)
-    data = stage_data(faces, fold=3, n_folds=10, selection="heldout")
+    data = stage_data(faces, kfold_roles(faces.folds, 3, 10, "heldout"))
     seen: dict[tuple[str, int], str] = {}
 
     def watch(run: str):
@@ -191,7 +192,7 @@ def test_soft_targets_are_what_a_stage_trains_on(faces, tmp_path):
     from dataclasses import replace
 
     config = StageConfig(epochs=1, lr_step_epoch=1, batch_size=64)
-    data = stage_data(faces, fold=2, n_folds=10, selection="heldout")
+    data = stage_data(faces, kfold_roles(faces.folds, 2, 10, "heldout"))
     one_hot = torch.nn.functional.one_hot(faces.labels, len(faces.classes)).float()
     smooth = 0.5 * one_hot + 0.5 / len(faces.classes)
     losses = []
@@ -222,8 +223,8 @@ def store_faces(twin_faces, tmp_path_factory) -> FaceSet:
 
 
 def test_store_and_memory_paths_give_identical_batches_and_training(faces, store_faces, tmp_path):
-    data = stage_data(faces, fold=2, n_folds=10, selection="heldout")
-    stored = stage_data(store_faces, fold=2, n_folds=10, selection="heldout")
+    data = stage_data(faces, kfold_roles(faces.folds, 2, 10, "heldout"))
+    stored = stage_data(store_faces, kfold_roles(store_faces.folds, 2, 10, "heldout"))
     assert torch.equal(data.train_rows, stored.train_rows)
     order = data.train_rows[epoch_order(data.train_labels, "shuffle", torch.Generator())]
     pairs = zip(
@@ -268,11 +269,12 @@ from fer_core.data.augment import train_transform
 from fer_core.data.faces import FaceSet
 from fer_core.train import batches, epoch_order
 from fer_core.heap import fix_mmap_threshold
+from fer_core.data.protocol import kfold_roles
 from fer_core.unit import stage_data
 
 assert fix_mmap_threshold()  # as train_stage does
 faces = FaceSet.load(Path(sys.argv[1]))
-data = stage_data(faces, fold=1, n_folds=10, selection="inner")
+data = stage_data(faces, kfold_roles(faces.folds, 1, 10, "inner"))
 generator = torch.Generator().manual_seed(0)
 order = data.train_rows[epoch_order(data.train_labels, "balanced", generator)]
 for rows in (order, data.select_rows):

@@ -4,19 +4,22 @@ UnitSpec it takes."""
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from importlib.metadata import version
 
 import numpy as np
 import pytest
 import torch
 
+from fer_core import metrics
 from fer_core.checkpoints import BEST, resume_state
-from fer_core.data.faces import FaceSet
+from fer_core.data.faces import FaceSet, prepare_faces
+from fer_core.data.index import build_index
 from fer_core.errors import FerError
 from fer_core.provenance import git_commit
 from fer_core.spec import UnitSpec
@@ -168,3 +171,65 @@ def test_a_unit_on_the_crop_store_gives_the_rows_of_one_in_memory(twin_faces, tm
         assert memory["run"][key] == store["run"][key], key
     assert json.loads(store["run"]["config"])["sampler"] == "balanced"
     assert memory["predictions"] == store["predictions"]
+
+
+def _fixed_split_faces(twin_root, out, scramble_test: bool):
+    """The twin as a manifest with a fixed split (folds 1-7 train, 8-10 test, no val split),
+    indexed and cropped as a preparation unit does; `scramble_test` permutes the test labels."""
+    index = build_index("ckplus", twin_root)
+    test = [r for r in index.records if r.fold > 7]
+    names = [r.label_name for r in test]
+    scrambled = random.Random(0).sample(names, len(names))
+    shuffled = dict(zip((r.path for r in test), scrambled, strict=True))
+    rows = ["path,subject,label,split"]
+    for r in index.records:
+        label = shuffled[r.path] if scramble_test and r.path in shuffled else r.label_name
+        rows.append(f"{r.path},{r.subject},{label},{'test' if r.fold > 7 else 'train'}")
+    out.mkdir()
+    (out / "manifest.csv").write_text("\n".join(rows) + "\n")
+    fixed = build_index("manifest", twin_root, out / "manifest.csv", classes=index.classes)
+    prepare_faces(fixed, out, CROP, detector="center")
+    return out
+
+
+def _fixed_spec(faces_dir, unit_id) -> UnitSpec:
+    spec = _spec(faces_dir, unit_id, 1, "ce", epochs=4, selection="inner", lr=0.05)
+    return replace(spec, fold=0, n_folds=0, protocol="fixed", holdout_fraction=0.2)
+
+
+def test_a_fixed_split_unit_never_looks_at_its_test_labels_before_scoring(twin_root, tmp_path):
+    """Scrambled test labels change nothing of training and selection: the same epochs, the
+    same best epoch, the same predictions; only the final score differs."""
+    plain = _fixed_split_faces(twin_root, tmp_path / "plain", scramble_test=False)
+    scrambled = _fixed_split_faces(twin_root, tmp_path / "scrambled", scramble_test=True)
+    a = run_unit(_fixed_spec(plain, "a"), tmp_path / "a")
+    b = run_unit(_fixed_spec(scrambled, "b"), tmp_path / "b")
+
+    def trajectory(result):
+        return [(e["train_loss"], e["selection_accuracy"]) for e in result["epochs"]]
+
+    assert trajectory(a) == trajectory(b)
+    assert len({e["selection_accuracy"] for e in a["epochs"]}) > 1  # selection had a choice
+    assert a["run"]["best_epoch"] == b["run"]["best_epoch"]
+    assert [p["predicted"] for p in a["predictions"]] == [p["predicted"] for p in b["predictions"]]
+    assert [p["label"] for p in a["predictions"]] != [p["label"] for p in b["predictions"]]
+    faces = FaceSet.load(plain)
+    n_test = faces.splits.count("test")
+    assert a["run"]["n_test"] == n_test and a["run"]["fold"] == 0
+    # the stratified 20 % hold-out of the training split selected, and did not train
+    assert a["run"]["n_train"] == pytest.approx(0.8 * (len(faces) - n_test), abs=7)
+
+
+def test_the_runs_row_carries_the_imbalance_metrics_of_its_predictions(twin_faces, tmp_path):
+    result = run_unit(_spec(twin_faces, "m", 1, "ce"), tmp_path / "m")
+    run, predictions = result["run"], result["predictions"]
+    classes = FaceSet.load(twin_faces).classes
+    assert run["classes"] == classes
+    counts = metrics.confusion_matrix(
+        [p["label"] for p in predictions], [p["predicted"] for p in predictions], len(classes)
+    )
+    expected = metrics.metrics(counts)
+    assert run["test_class_counts"] == counts.sum(axis=1).tolist()
+    assert run["mean_class_accuracy"] == pytest.approx(expected.mean_class_accuracy)
+    assert run["macro_f1"] == pytest.approx(expected.macro_f1)
+    assert run["per_class_recall"] == pytest.approx(expected.per_class_recall, nan_ok=True)

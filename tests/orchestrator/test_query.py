@@ -8,7 +8,7 @@ import pytest
 
 from fer_core.errors import FerError
 from orchestrator.query import run_query
-from tests.orchestrator.report.fake_results import IMAGES_PER_FOLD, make_run
+from tests.orchestrator.report.fake_results import CLASSES, IMAGES_PER_FOLD, make_run
 
 N_RUNS = 2 * 3 * 2  # datasets x folds x (ce, ce>focal stage 2)
 N_PREDICTIONS = 3 * 2 * (IMAGES_PER_FOLD["ckplus"] + IMAGES_PER_FOLD["oulu"])
@@ -58,6 +58,24 @@ def test_json_renders_lists_and_nan(run):
     sql = "SELECT probabilities, 'nan'::DOUBLE AS x FROM predictions LIMIT 1"
     record = json.loads(run_query(run.path, sql, fmt="json"))[0]
     assert isinstance(record["probabilities"], list) and record["x"] is None
+
+
+def test_per_class_recall_reads_by_class_name(run):
+    """The list columns `classes` and `per_class_recall` unnest side by side: one row per
+    class, as the README shows."""
+    sql = (
+        "SELECT c, avg(r) AS recall FROM (SELECT unnest(classes) AS c, "
+        "unnest(per_class_recall) AS r FROM runs WHERE dataset = 'oulu' AND strategy = 'ce') "
+        "GROUP BY c ORDER BY c"
+    )
+    records = json.loads(run_query(run.path, sql, fmt="json"))
+    assert [r["c"] for r in records] == sorted(CLASSES["oulu"])
+    # oulu `ce` misses the first 3, 2, 4 test images of folds 1-3: one of the two anger ones
+    by_class = {r["c"]: r["recall"] for r in records}
+    assert by_class["anger"] == pytest.approx((0.5 + 0.5 + 0.5) / 3)
+    assert by_class["surprise"] == 1.0
+    rows = run_query(run.path, "SELECT avg(mean_class_accuracy), avg(macro_f1) FROM runs")
+    assert "nan" not in rows.lower()
 
 
 def test_describe_summarize_show_and_several_statements(run):

@@ -62,13 +62,13 @@ def print_slurm_plan(
     for name, array in zip(names, arrays, strict=True):
         tasks = [pack.units for pack in array.packs]
         own = job_parameters(profile, rundir, tasks, dependency_of(array, arrays, names), "KEY")
-        own_needs = {
-            k: own.get(k, "none")
+        differs = [
+            k
             for k in shared
-            if k not in (*PER_ARRAY, "additional_parameters") and own.get(k, "none") != shared[k]
-        }
+            if k not in (*PER_ARRAY, "additional_parameters") and own.get(k) != shared[k]
+        ]
         flags = {
-            **own_needs,
+            **{k: own[k] for k in differs if k in own},
             "job_name": own["job_name"],
             **({"dependency": own["dependency"]} if "dependency" in own else {}),
         }
@@ -77,7 +77,9 @@ def print_slurm_plan(
             flags = {"array": f"0-{len(tasks) - 1}{throttle}", **flags}
         first = ", ".join(u.name for u in tasks[0])
         more = f" ... ({sum(map(len, tasks))} units)" if len(tasks) > 1 else ""
-        print(f"    wave {array.wave} {name}: {_flags(flags)}  [{first}{more}]", file=out)
+        # a flag every other job has but this array does not (a preparation job's GPU)
+        dropped = "".join(f" (no --{k.replace('_', '-')})" for k in differs if k not in own)
+        print(f"    wave {array.wave} {name}: {_flags(flags)}{dropped}  [{first}{more}]", file=out)
     _print_requested(profile, packs, out)
     _print_estimate(profile, units, measured, out)
 

@@ -2,6 +2,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -262,6 +263,52 @@ def test_manifest_missing_image(tmp_path):
     (root / "img/s1/2.png").unlink()
     with pytest.raises(FerError, match="manifest.csv:7.*s1/2.png"):
         build_index("manifest", root, n_folds=2)
+
+
+def _with_split(root: Path, splits: list[str]) -> Path:
+    lines = (root / "manifest.csv").read_text().splitlines()
+    rows = [f"{lines[0]},split"] + [f"{r},{s}" for r, s in zip(lines[1:], splits, strict=True)]
+    (root / "split.csv").write_text("\n".join(rows) + "\n")
+    return root / "split.csv"
+
+
+def test_a_manifest_split_column_gives_a_fixed_split_without_folds(tmp_path):
+    root = _manifest_tree(tmp_path)
+    splits = ["train"] * 6 + ["val"] * 3 + ["test"] * 3
+    index = build_index("manifest", root, _with_split(root, splits), 2)
+    assert [r.split for r in index.records] == splits
+    assert {r.fold for r in index.records} == {0}
+    index.write(tmp_path / "index.parquet")
+    assert DatasetIndex.read(tmp_path / "index.parquet").records == index.records
+    # the split is part of the content: moving an image to another role changes the id
+    moved = build_index("manifest", root, _with_split(root, splits[::-1]), 2)
+    assert dataset_fingerprint(moved) != dataset_fingerprint(index)
+
+
+def test_without_a_split_column_records_and_fingerprint_are_k_fold(tmp_path):
+    root = _manifest_tree(tmp_path)
+    index = build_index("manifest", root, n_folds=2)
+    assert {r.split for r in index.records} == {""}
+    # an index written before the split column existed reads as k-fold
+    index.write(tmp_path / "index.parquet")
+    table = pq.read_table(tmp_path / "index.parquet").drop_columns(["split"])
+    pq.write_table(table, tmp_path / "old.parquet")
+    assert DatasetIndex.read(tmp_path / "old.parquet").records == index.records
+
+
+@pytest.mark.parametrize(
+    ("splits", "message"),
+    [
+        (["train"] * 11 + ["dev"], r"split.csv:13: split 'dev' is not one of train, val, test"),
+        (["train"] * 11 + [""], r"split.csv:13: split '' is not one of"),
+        (["train"] * 12, r"split.csv: split column has no 'test' row"),
+        (["test"] * 12, r"split.csv: split column has no 'train' row"),
+    ],
+)
+def test_a_bad_split_is_one_line_naming_the_row(tmp_path, splits, message):
+    root = _manifest_tree(tmp_path)
+    with pytest.raises(FerError, match=message):
+        build_index("manifest", root, _with_split(root, splits), 2)
 
 
 def test_missing_manifest(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import asdict
 from pathlib import Path
 
@@ -12,8 +13,10 @@ from fer_core.models.backbones import BACKBONES
 from fer_core.spec import PrepareSpec, UnitSpec
 from orchestrator.plan.dag import expand, summary
 from orchestrator.plan.grid import load_grid
+from orchestrator.plan.labels import label_parts
 from orchestrator.plan.overrides import expand_plan, load_grids
-from tests.helpers import SMALL_GRID, small_grid
+from orchestrator.run.launch import launch
+from tests.helpers import SMALL_GRID, cli, small_grid
 
 
 def _paper_units(tmp_path: Path):
@@ -152,6 +155,93 @@ def test_wrong_layout_is_refused(tmp_path):
         expand(grid, tmp_path)
 
 
+FIXED_GRID = """
+name: fixedsplit
+seeds: [0, 1]
+selection: {selection}
+datasets:
+  mine:
+    kind: manifest
+    root: {root}
+    protocol: fixed
+    holdout_fraction: 0.2
+    holdout_seed: 3
+    crop_size: 32
+    detector: center
+    focal: {{alpha: null, gamma: 2.0}}
+  ckplus: {{synthetic: true, crop_size: 32, detector: center, focal: {{alpha: 0.25}}}}
+backbones:
+  tiny: {{input_size: 32}}
+experiments:
+  - backbones: [tiny]
+    strategies: [ce, "ce>focal"]
+folds: [1]
+"""
+
+
+def test_a_fixed_split_has_one_unit_per_backbone_stage_and_seed_and_no_folds(tmp_path):
+    (tmp_path / "g.yaml").write_text(FIXED_GRID.format(selection="inner", root=tmp_path))
+    units = [
+        u for u in expand(load_grid(str(tmp_path / "g.yaml")), tmp_path / "run", []) if u.stage
+    ]
+    fixed = [u for u in units if u.dataset == "mine"]
+    assert sorted(u.name for u in fixed) == [
+        "mine/fixed/tiny/ce/s0",
+        "mine/fixed/tiny/ce/s1",
+        "mine/fixed/tiny/ce>focal/s0",
+        "mine/fixed/tiny/ce>focal/s1",
+    ]
+    for unit in fixed:
+        spec = UnitSpec.from_dict(unit.spec)
+        assert (spec.fold, spec.n_folds, spec.protocol) == (0, 0, "fixed")
+        assert (spec.holdout_fraction, spec.holdout_seed) == (0.2, 3)
+    assert label_parts(fixed[0].name, "mine", "tiny", "ce", 0, 0) == [
+        "mine", "tiny", "ce", "fixed", "seed0"
+    ]  # fmt: skip
+    # `folds:` picks the k-fold dataset's folds; its units keep the protocol defaults
+    kfold = [UnitSpec.from_dict(u.spec) for u in units if u.dataset == "ckplus"]
+    assert {(s.fold, s.protocol) for s in kfold} == {(1, "kfold")}
+
+
+def test_the_hold_out_is_part_of_a_fixed_units_id(tmp_path):
+    ids = []
+    for seed in (3, 4):
+        path = tmp_path / f"g{seed}.yaml"
+        text = FIXED_GRID.format(selection="inner", root=tmp_path)
+        path.write_text(text.replace("holdout_seed: 3", f"holdout_seed: {seed}"))
+        ids.append({u.name: u.id for u in expand(load_grid(str(path)), tmp_path / "run", [])})
+    assert ids[0]["mine/fixed/tiny/ce/s0"] != ids[1]["mine/fixed/tiny/ce/s0"]
+    assert ids[0]["ckplus/f01/tiny/ce/s0"] == ids[1]["ckplus/f01/tiny/ce/s0"]
+
+
+def test_heldout_selection_on_a_fixed_split_is_refused_at_load_in_one_line(tmp_path):
+    (tmp_path / "g.yaml").write_text(FIXED_GRID.format(selection="heldout", root=tmp_path))
+    done = cli("launch", "--grid", tmp_path / "g.yaml", "--dry-run", cwd=tmp_path, timeout=120)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert "selection: heldout" in lines[0] and "datasets.mine (protocol: fixed)" in lines[0]
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (("protocol: fixed", "protocol: split"), "protocol 'split' is not one of kfold, fixed"),
+        (("protocol: fixed", "protocol: kfold"), "holdout_fraction applies to protocol: fixed"),
+        (("holdout_seed: 3", "n_folds: 5"), "n_folds applies to protocol: kfold only"),
+        (("holdout_seed: 3", "fold_rule: contiguous"), "fold_rule applies to protocol: kfold"),
+        (("holdout_fraction: 0.2", "holdout_fraction: 1"), "holdout_fraction 1 must be"),
+        (("holdout_seed: 3", "holdout_seed: x"), "holdout_seed 'x' must be an integer"),
+    ],
+)
+def test_bad_protocol_keys_are_refused_naming_them(tmp_path, edit, message):
+    text = FIXED_GRID.format(selection="inner", root=tmp_path).replace(*edit)
+    (tmp_path / "g.yaml").write_text(text)
+    with pytest.raises(FerError, match=f"datasets.mine: {message}"):
+        load_grid(str(tmp_path / "g.yaml"))
+
+
 @pytest.mark.parametrize(
     ("input_size", "device", "stage_only", "refused"),
     [(299, "auto", False, True), (299, "auto", True, True), (224, "auto", False, False),
@@ -285,6 +375,8 @@ def test_bad_dataset_options_name_the_culprit(tmp_path, edit, culprit):
 def test_a_fixed_split_kind_gets_its_own_detector_and_options(tmp_path):
     path = tmp_path / "wild.yaml"
     text = SMALL_GRID.replace("    detector: center\n", "").replace("image_size: [96, 72]", "")
+    # a fixed split has no folds to pick, and its test set may not select (D-18)
+    text = text.replace("folds: [1]\n", "selection: inner\n")
     for kind, extra, detector, options in (
         ("affectnet", "", "box", {"classes": "8"}),
         ("rafdb", "", "center", {"images": "aligned"}),
@@ -294,3 +386,31 @@ def test_a_fixed_split_kind_gets_its_own_detector_and_options(tmp_path):
         path.write_text(text.replace("kind: ckplus", f"kind: {kind}{extra}"))
         spec = load_grid(str(path)).datasets["ckplus"]
         assert (spec.detector, spec.options, spec.scale) == (detector, options, 1.0), kind
+
+
+def test_the_wild_grids_are_fold_less_five_strategies_three_datasets_three_seeds(tmp_path):
+    for name, backbone in (("wild", "resnet18"), ("wild-demo", "tiny")):
+        grid = load_grid(name)
+        assert {d.kind for d in grid.datasets.values()} == {"rafdb", "ferplus", "affectnet"}
+        assert all(d.fixed for d in grid.datasets.values()) and grid.seeds == (0, 1, 2)
+        assert grid.datasets["affectnet7"].options == {"classes": "7"}
+        units = expand(grid, tmp_path / name, [])
+        counts = summary(units)
+        # per dataset and seed: ce, focal, joint, then focal>ce and ce>focal on their stage 1
+        assert counts == {"prepare": 3, "train": 45, "stage 1": 27, "stage 2": 18}, name
+        train = [u for u in units if u.kind == "train"]
+        assert {u.fold for u in train} == {0}
+        assert f"rafdb/fixed/{backbone}/ce>focal/s2" in {u.name for u in train}
+
+
+def test_the_wild_grid_dry_run_on_slurm_lists_its_arrays_and_gpu_hours(tmp_path):
+    out = io.StringIO()
+    launch("wild", cluster="slurm", run_dir=tmp_path / "run", dry_run=True, out=out)
+    text = out.getvalue()
+    assert "slurm: 7 sbatch calls (job arrays) for 48 units in 48 tasks" in text, text
+    assert "wave 1 A2: --array=0-8%9" in text and "--dependency=aftercorr:A2" in text
+    assert "wave 0 A1: --array=0-2%3 --time=60 --job-name" in text  # prepare: no GPU
+    assert "(no --gpus-per-node)" in text
+    assert "180.0 GPU-hours (45 of 48 jobs with GPUs)" in text and "upper bound" in text
+    assert "no measurement on this device (GPU)" in text
+    assert not (tmp_path / "run" / "submissions.json").exists()

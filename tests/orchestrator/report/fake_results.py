@@ -3,7 +3,8 @@
 Units, dag.json and run.json are written with the real `RunDir`/`Unit`/`Store` code; each
 training unit gets a `runs` row, `predictions` whose errors are chosen per fold (so every
 accuracy is known by hand), and `epochs` rows. The default: CK+ (7 classes) and Oulu
-(6 classes) × inception_v3 × {ce, ce>focal} × folds 1–3.
+(6 classes) × inception_v3 × {ce, ce>focal} × folds 1–3. `rafdb` is a fixed split's fake
+(fold 0, an imbalanced test set: 8 happiness images, 2 of each other class).
 """
 
 from __future__ import annotations
@@ -14,16 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fer_core import metrics
 from fer_core.checkpoints import BEST, save
 from fer_core.config import StageConfig
+from orchestrator.plan.labels import fold_tag
 from orchestrator.plan.unit import Unit
 from orchestrator.run.rundir import RunDir
 
 CLASSES = {
     "ckplus": ["anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise"],
     "oulu": ["anger", "disgust", "fear", "happiness", "sadness", "surprise"],
+    "rafdb": ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"],
 }
-IMAGES_PER_FOLD = {"ckplus": 14, "oulu": 12}  # two images per class
+IMAGES_PER_FOLD = {"ckplus": 14, "oulu": 12, "rafdb": 20}  # two images per class (but rafdb)
+LABELS = {"rafdb": [3] * 8 + [0, 0, 1, 1, 2, 2, 4, 4, 5, 5, 6, 6]}
 # wrong predictions per (dataset, strategy) and fold 1, 2, 3
 ERRORS = {
     ("ckplus", "ce"): [2, 1, 3],
@@ -31,7 +36,11 @@ ERRORS = {
     ("oulu", "ce"): [3, 2, 4],
     ("oulu", "ce>focal"): [2, 3, 1],
 }
-FOCAL = {"ckplus": {"alpha": 0.25, "gamma": 0.0}, "oulu": {"alpha": None, "gamma": 0.5}}
+FOCAL = {
+    "ckplus": {"alpha": 0.25, "gamma": 0.0},
+    "oulu": {"alpha": None, "gamma": 0.5},
+    "rafdb": {"alpha": None, "gamma": 2.0},
+}
 
 
 @dataclass
@@ -48,7 +57,7 @@ class FakeRun:
 def accuracy(dataset: str, strategy: str, fold: int, errors=ERRORS, seed: int = 0) -> float:
     """The fake's test accuracy in percent."""
     n = IMAGES_PER_FOLD[dataset]
-    return 100.0 * (n - _errors(errors, dataset, strategy, seed)[fold - 1]) / n
+    return 100.0 * (n - _errors(errors, dataset, strategy, seed)[_slot(fold)]) / n
 
 
 def _errors(errors, dataset: str, strategy: str, seed: int) -> list[int]:
@@ -56,12 +65,23 @@ def _errors(errors, dataset: str, strategy: str, seed: int) -> list[int]:
     return errors.get((dataset, strategy, seed)) or errors[(dataset, strategy)]
 
 
+def _slot(fold: int) -> int:
+    """A fold's entry in an errors list: fold 1 the first, a fixed split (fold 0) too."""
+    return max(fold, 1) - 1
+
+
+def label_of(dataset: str, i: int) -> int:
+    """The label of a test unit's i-th image."""
+    found = LABELS.get(dataset)
+    return found[i] if found else i % len(CLASSES[dataset])
+
+
 def _predictions(unit_id: str, dataset: str, fold: int, wrong: int) -> list[dict[str, Any]]:
     """Two images per class; the first `wrong` images are predicted as the next class."""
     classes = CLASSES[dataset]
     rows = []
     for i in range(IMAGES_PER_FOLD[dataset]):
-        label = i % len(classes)
+        label = label_of(dataset, i)
         predicted = (label + 1) % len(classes) if i < wrong else label
         probabilities = [0.0] * len(classes)
         probabilities[predicted] = 1.0
@@ -127,7 +147,7 @@ def make_run(
                 spec={"dataset": kind, "name": dataset, "synthetic": synthetic, "n_folds": 10},
             )
         )
-        n_images = IMAGES_PER_FOLD[dataset] * 10
+        n_images = IMAGES_PER_FOLD[dataset] * (10 if 0 not in folds else 5)
         rundir.store.write(
             "prepare",
             prepare_id,
@@ -188,7 +208,7 @@ def _add_chain(fake, cell: Cell, prepare_id, skip, errors, extra, record_n_train
                 Unit(
                     id=unit_id,
                     kind="train",
-                    name=f"{cell.dataset}/f{cell.fold:02d}/{cell.backbone}/{chain}{seed_tag}",
+                    name=f"{cell.dataset}/{fold_tag(cell.fold)}/{cell.backbone}/{chain}{seed_tag}",
                     dataset=cell.dataset,
                     deps=(parent or prepare_id,),
                     stage=stage,
@@ -218,8 +238,15 @@ def _add_chain(fake, cell: Cell, prepare_id, skip, errors, extra, record_n_train
 def _write_unit(rundir, unit_id, parent, cell: Cell, chain, stage, config, errors, extra):
     _leave_weights(rundir, unit_id)
     dataset, fold = cell.dataset, cell.fold
-    wrong = errors[fold - 1]
+    wrong = errors[_slot(fold)]
     n = IMAGES_PER_FOLD[dataset]
+    predictions = _predictions(unit_id, dataset, fold, wrong)
+    classes = CLASSES[dataset]
+    scored = metrics.metrics(
+        metrics.confusion_matrix(
+            [p["label"] for p in predictions], [p["predicted"] for p in predictions], len(classes)
+        )
+    )
     alpha = config["alpha"]
     held_out = 2 if cell.selection == "inner" else 1  # test fold (+ inner-validation fold)
     run = {
@@ -240,6 +267,13 @@ def _write_unit(rundir, unit_id, parent, cell: Cell, chain, stage, config, error
         "best_epoch": 2,
         "selection_accuracy": (n - wrong) / n,
         "test_accuracy": (n - wrong) / n,
+        "mean_class_accuracy": scored.mean_class_accuracy,
+        "macro_f1": scored.macro_f1,
+        "per_class_recall": scored.per_class_recall,
+        "test_class_counts": [
+            sum(label_of(dataset, i) == c for i in range(n)) for c in range(len(classes))
+        ],
+        "classes": classes,
         "n_test": n,
         "n_train": n * (10 - held_out),
         "input_size": 299,
@@ -272,7 +306,7 @@ def _write_unit(rundir, unit_id, parent, cell: Cell, chain, stage, config, error
         }
         for e in (1, 2, 3)
     ]
-    rundir.store.write_unit(unit_id, run, _predictions(unit_id, dataset, fold, wrong), epochs)
+    rundir.store.write_unit(unit_id, run, predictions, epochs)
 
 
 def _drop_n_train(rundir: RunDir, unit_id: str) -> None:

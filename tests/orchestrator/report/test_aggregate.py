@@ -10,6 +10,7 @@ import pytest
 from scipy import stats
 
 from fer_core.errors import FerError
+from fer_core.metrics import confusion_matrix
 from orchestrator.report import aggregate as agg
 from orchestrator.report.aggregate import Group
 from orchestrator.report.results import load_results
@@ -116,6 +117,7 @@ def _result(strategy, cells, n_test=200, n_train=800):
     return agg.StrategyResult(
         HELDOUT,
         strategy,
+        cells,
         correct,
         n_test={f: n_test for f in folds},
         n_train={f: n_train for f in folds} if n_train else {},
@@ -191,11 +193,16 @@ def test_seeds_sharing_a_fold_keep_the_false_positive_rate_near_nominal():
     for _ in range(runs):
         shared = rng.normal(0.0, 3.0, size=10)
         wins = np.rint(100 * (shared[:, None] + rng.normal(0.0, 1.0, size=(10, 3)))).astype(int)
+        correct = {
+            name: {(f, s): 8000 + int(wins[f - 1, s]) * (name == "a") for f, s in units}
+            for name in ("a", "b")
+        }
         results = [
             agg.StrategyResult(
                 HELDOUT,
                 name,
-                {(f, s): 8000 + int(wins[f - 1, s]) * (name == "a") for f, s in units},
+                {u: 100 * c / n_test for u, c in correct[name].items()},
+                correct[name],
                 n_test=dict.fromkeys(range(1, 11), n_test),
             )
             for name in ("a", "b")
@@ -254,7 +261,7 @@ def test_an_accuracy_that_is_no_whole_number_of_images_is_an_error():
 
 
 def test_confusion_row_normalised_and_per_class():
-    counts = agg.confusion_counts([0, 0, 1, 2, 2, 2], [0, 1, 1, 0, 2, 2], n_classes=4)
+    counts = confusion_matrix([0, 0, 1, 2, 2, 2], [0, 1, 1, 0, 2, 2], n_classes=4)
     assert counts.tolist() == [[1, 1, 0, 0], [0, 1, 0, 0], [1, 0, 2, 0], [0, 0, 0, 0]]
     normalised = agg.row_normalised(counts)
     assert normalised[0].tolist() == [0.5, 0.5, 0.0, 0.0]
@@ -443,3 +450,25 @@ def test_seeds_multiply_units_and_give_a_between_seed_spread(tmp_path):
     assert ce.seed_std == pytest.approx(statistics.stdev(seed_means))
     (comparison,) = study.comparisons
     assert comparison.paired.n == 3 and comparison.paired.corrected.df == 2  # folds, not units
+
+
+def test_the_headline_is_mean_class_accuracy_only_on_an_imbalanced_test_set():
+    assert agg.headline_of("rafdb", [329, 74, 160, 1185, 478, 162, 680]).column == (
+        "mean_class_accuracy"
+    )
+    assert agg.headline_of("affectnet", [500] * 7).column == "test_accuracy"  # balanced
+    # CK+ is imbalanced, but the paper reports accuracy: its tables compare like with like
+    ckplus = agg.headline_of("ckplus", [135, 54, 177, 75, 207, 84, 249])
+    assert ckplus.column == "test_accuracy" and "paper" in ckplus.reason
+    assert agg.headline_of("manifest", None).column == "test_accuracy"  # older rows
+
+
+def test_headlines_pool_each_datasets_test_class_counts():
+    rows = [
+        {"dataset": "mine", "test_class_counts": [10, 4]},
+        {"dataset": "mine", "test_class_counts": [2, 8]},  # pooled: 12 vs 12, balanced
+        {"dataset": "other", "test_class_counts": [10, 4]},
+    ]
+    headlines = agg.headlines_of(rows, {"mine": "manifest", "other": "manifest"})
+    assert headlines["mine"].column == "test_accuracy"
+    assert headlines["other"].column == "mean_class_accuracy"

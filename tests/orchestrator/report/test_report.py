@@ -9,11 +9,14 @@ from dataclasses import replace
 import pytest
 from PIL import Image
 
+from fer_core.data.index import build_index
 from fer_core.errors import FerError
 from orchestrator.report import document, methods
 from orchestrator.report.document import write_report
 from orchestrator.report.results import load_results
 from orchestrator.report.study import build_study
+from orchestrator.run.launch import launch
+from tests.helpers import tiny_ckplus
 from tests.orchestrator.report.fake_results import ERRORS, accuracy, make_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -396,7 +399,7 @@ def test_a_run_without_a_sweep_shows_no_sweep_point(tmp_path):
     run = make_run(tmp_path / "run", datasets=("ckplus",))
     text = write_report(run.path).path.read_text()
     assert "Sweep:" not in text and "sweep point" not in text
-    assert "| dataset | backbone | strategy | selection | ours (%) | folds |" in text
+    assert "| dataset | backbone | strategy | selection | headline | accuracy (%) |" in text
     assert "### ckplus · inception_v3 (heldout)\n" in text
 
 
@@ -441,6 +444,154 @@ def test_a_search_split_is_not_test_accuracy_and_stays_synthetic(tmp_path):
     assert "| oulu |" not in text[text.index("## Accuracy by strategy") :]
     assert "oulu" not in report.strategy_table
     assert "| ckplus | inception_v3 | ce |" in text
+
+
+# A fixed split (fold 0) with three seeds: wrong predictions per seed, all of happiness (the
+# test set's largest class: 8 of 20 images; 2 of every other class).
+FIXED_ERRORS = {
+    ("rafdb", "ce", 0): [4],
+    ("rafdb", "ce", 1): [2],
+    ("rafdb", "ce", 2): [6],
+    ("rafdb", "ce>focal", 0): [2],
+    ("rafdb", "ce>focal", 1): [2],
+    ("rafdb", "ce>focal", 2): [4],
+}
+
+
+def _mean_class(wrong: int) -> float:
+    """Six classes all right, happiness (8 images) with `wrong` of them missed."""
+    return 100.0 * (6 + (8 - wrong) / 8) / 7
+
+
+@pytest.fixture(scope="module")
+def fixed(tmp_path_factory):
+    run = make_run(
+        tmp_path_factory.mktemp("fixed") / "run",
+        datasets=("rafdb",),
+        folds=(0,),
+        seeds=(0, 1, 2),
+        selection="inner",
+        errors=FIXED_ERRORS,
+        backbone="resnet18",
+    )
+    return run, write_report(run.path)
+
+
+def test_a_fixed_split_is_compared_by_seed_on_its_headline_mean_class_accuracy(fixed):
+    run, _ = fixed
+    study = build_study(load_results(run.path))
+    assert study.headline("rafdb").column == "mean_class_accuracy"
+    (comparison,) = study.comparisons
+    paired = comparison.paired
+    assert paired.fixed and paired.folds == (0,) and paired.n == 3  # seeds: the replicates
+    expected = [_mean_class(a[0]) - _mean_class(b[0]) for a, b in zip(
+        [FIXED_ERRORS[("rafdb", "ce>focal", s)] for s in (0, 1, 2)],
+        [FIXED_ERRORS[("rafdb", "ce", s)] for s in (0, 1, 2)], strict=True)]  # fmt: skip
+    assert paired.differences == pytest.approx(expected)
+    # nothing resampled: the corrected test is the paired t-test over seeds
+    assert paired.test_train_ratio == 0.0
+    assert paired.corrected is not None and paired.paired_t is not None
+    assert paired.corrected.pvalue == pytest.approx(paired.paired_t.pvalue)
+
+
+def test_the_report_of_a_fixed_split_says_so_and_shows_every_metric(fixed):
+    _, report = fixed
+    text = report.path.read_text()
+    assert "`rafdb`: **mean-class accuracy**: the test set is imbalanced (largest class 4.0×" in (
+        text
+    )
+    means = [_mean_class(FIXED_ERRORS[("rafdb", "ce", s)][0]) for s in (0, 1, 2)]
+    accuracies = [100.0 * (20 - FIXED_ERRORS[("rafdb", "ce", s)][0]) / 20 for s in (0, 1, 2)]
+    row = next(line for line in text.splitlines() if line.startswith("| rafdb | resnet18 | ce |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[4] == "mean-class accuracy"
+    assert cells[5] == f"{statistics.mean(accuracies):.2f} ± {statistics.stdev(accuracies):.2f}"
+    assert cells[6] == f"{statistics.mean(means):.2f} ± {statistics.stdev(means):.2f}"
+    assert cells[8] == "fixed split"
+    assert "A **fixed split** has one test set and no fold variance" in text
+    assert "`rafdb`: **fixed split**" in text  # the setup block
+    assert (
+        "- **Class imbalance**: batches shuffled (every training image once per epoch); α of "
+        "the focal stages: `rafdb` none." in text
+    )
+    assert "paired t-test over seeds" in text
+    # per-class recall: happiness is the mean over seeds of (8 - wrong) / 8
+    recall = next(
+        line
+        for line in text.split("## Per-class recall")[1].splitlines()
+        if line.startswith("| ce |")
+    )
+    happiness = statistics.mean(
+        100 * (8 - FIXED_ERRORS[("rafdb", "ce", s)][0]) / 8 for s in (0, 1, 2)
+    )
+    assert recall.split("|")[1 + 1 + 3].strip() == f"{happiness:.1f}"  # column 3: happiness
+
+
+def test_published_numbers_stand_beside_ours_as_other_methods(fixed):
+    _, report = fixed
+    section = report.path.read_text().split("## Published numbers of other methods")[1]
+    section = section.split("\n## ")[0]
+    assert "### RAF-DB (`rafdb`)" in section
+    assert "| POSTER++ | other method (published) | 92.21 | POSTER++ (Mao et al., 2023)" in section
+    assert "| DAN | other method (published) | 89.70 |" in section
+    assert "| `ce>focal`, resnet18 | this run (inner) |" in section
+    assert "AffectNet" not in section  # only the benchmark this run has
+    assert "enter none of this report's statistics" in section
+
+
+def test_no_published_numbers_for_the_papers_datasets(full):
+    _, report = full
+    assert "## Published numbers of other methods" not in report.path.read_text()
+
+
+def test_a_real_fixed_split_run_from_a_manifest_to_its_report(tmp_path):
+    """Launched for real (local backend): a manifest with a split column is prepared, its
+    units train fold-less on the training split (less the stratified hold-out) and score the
+    test split, and the report shows it as a fixed split."""
+    root = tiny_ckplus(tmp_path / "data")
+    index = build_index("ckplus", root, n_folds=2)
+    rows = ["path,subject,label,split"]
+    for r in index.records:  # subjects S005, S006 (6 images) test; the rest (12) train
+        split = "test" if r.subject in ("S005", "S006") else "train"
+        rows.append(f"{r.path},{r.subject},{r.label_name},{split}")
+    (root / "split.csv").write_text("\n".join(rows) + "\n")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        f"""
+name: fixedrun
+seeds: [0, 1]
+selection: inner
+datasets:
+  mine:
+    kind: manifest
+    root: {root}
+    manifest: {root / "split.csv"}
+    protocol: fixed
+    crop_size: 16
+    detector: center
+    focal: {{alpha: null, gamma: 2.0}}
+backbones:
+  tiny: {{input_size: 16}}
+experiments:
+  - backbones: [tiny]
+    strategies: [ce, "ce>focal"]
+train: {{epochs: 2, lr_step_epoch: 1, batch_size: 8}}
+"""
+    )
+    rundir = launch(str(grid), run_dir=tmp_path / "run", jobs=2)
+    runs = rundir.store.read("runs").to_pylist()
+    assert sorted(r["unit_label"] for r in runs) == [
+        "mine/fixed/tiny/ce/s0",
+        "mine/fixed/tiny/ce/s1",
+        "mine/fixed/tiny/ce>focal/s0",
+        "mine/fixed/tiny/ce>focal/s1",
+    ]
+    # 12 training images, one of each of their 4 classes held out to select; 6 scored
+    assert {(r["fold"], r["n_train"], r["n_test"]) for r in runs} == {(0, 8, 6)}
+    predictions = rundir.store.read("predictions").to_pylist()
+    assert {p["subject"] for p in predictions} == {"S005", "S006"}
+    text = write_report(rundir.path).path.read_text()
+    assert "`mine`: **fixed split**" in text and "| fixed split |" in text
 
 
 def test_the_data_section_lists_the_rows_a_dataset_marks_as_no_expression(tmp_path):

@@ -142,6 +142,7 @@ def test_death_reason_says_how_a_worker_died(tmp_path):
 
 WILD_GRID = """
 name: wild-prepare
+selection: inner
 datasets:
   affect:
     kind: affectnet

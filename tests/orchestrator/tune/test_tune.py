@@ -149,6 +149,14 @@ def test_grid_parts_are_validated_by_the_grid_schema(tmp_path):
         load_tune(str(tmp_path / "g.yaml"))
 
 
+def test_a_fixed_split_dataset_is_refused_for_the_nested_search(tmp_path):
+    body = yaml.safe_load(_write_grid(tmp_path / "g.yaml").read_text())
+    body["datasets"]["ckplus"] = {"kind": "manifest", "root": str(tmp_path), "protocol": "fixed"}
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(body))
+    with pytest.raises(FerError, match="ckplus has protocol: fixed; the nested search"):
+        load_tune(str(tmp_path / "g.yaml"))
+
+
 def test_the_shipped_tune_grid_is_valid():
     spec = load_tune("tune")
     assert spec.strategy == "ce>focal" and spec.samples >= 4

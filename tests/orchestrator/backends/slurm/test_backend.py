@@ -671,7 +671,9 @@ def test_dry_run_shows_the_arrays_their_sbatch_parameters_and_gpu_hours(tmp_path
     text = out.getvalue()
     assert "slurm: 3 sbatch calls (job arrays) for 51 units in 51 tasks" in text, text
     assert "--partition=gpu" in text and "--gpus-per-node=1" in text and "--time=240" in text
-    assert re.search(r"wave 0 A1: --time=60 --gpus-per-node=none .*prepare", text), text
+    assert re.search(
+        r"wave 0 A1: --time=60 --job-name=\S+ \(no --gpus-per-node\) .*prepare", text
+    ), text
     assert re.search(r"wave 1 A2: --array=0-29%30 .*--dependency=afterok:A1 ", text), text
     assert re.search(r"wave 2 A3: --array=0-19%20 .*--dependency=aftercorr:A2 ", text), text
     assert (
