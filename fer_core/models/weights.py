@@ -4,7 +4,8 @@ Compute nodes are often offline, so nothing here downloads: `pretrained` means "
 the local cache where torchvision / facenet-pytorch would have put it" (for a timm model: its
 Hugging Face file under $TORCH_HOME/hub/checkpoints/timm/), and a missing file is
 an error naming that path — never a silent random init. Files are read with
-`torch.load(weights_only=True)`, so a file carrying arbitrary pickled code is refused.
+`torch.load(weights_only=True)`, so a file carrying arbitrary pickled code is refused, or, for
+`.safetensors` (timm's hub files), with the safetensors package, which holds tensors only.
 
 Loading ignores the original classifier (`BackboneSpec.classifier_keys`) and is strict about
 everything else: a missing, unexpected or differently shaped key is an error naming the file
