@@ -55,6 +55,13 @@ def timm_spec(model: str, where: str = "backbone") -> BackboneSpec:
             f"{where}: {TIMM_PREFIX}{model} is not a timm {timm.__version__} model; "
             "list them with python -c 'import timm; print(timm.list_models())'"
         )
+    arch, _, tag = model.partition(".")
+    tags = timm.list_pretrained(f"{arch}.*")
+    if tag and model not in tags:
+        raise FerError(
+            f"{where}: {TIMM_PREFIX}{model}: timm has no pretrained tag {tag!r} for {arch}; "
+            f"it has {', '.join(t.partition('.')[2] for t in tags) or 'none'}"
+        )
     with torch.device("meta"):
         network = _build(model)
     # timm sets both on every model; nn.Module's typing knows neither

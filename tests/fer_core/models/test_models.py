@@ -155,6 +155,10 @@ def test_heads_follow_fc_std_and_num_classes():
     [
         ({"backbone": "resnet50"}, "unknown backbone 'resnet50'; known: inception_v3, "),
         ({"backbone": "timm:no_such_net"}, "timm:no_such_net is not a timm 1.0"),
+        (
+            {"backbone": "timm:test_vit.nope"},
+            "no pretrained tag 'nope' for test_vit; it has r160_in1k",
+        ),
         ({"num_classes": 1}, "num_classes: 1"),
         ({"dropout": 1.0}, "dropout: 1.0"),
         ({"fc_std": 0}, "fc_std: 0"),
