@@ -43,8 +43,8 @@ def git_commit(checkout: Path = CHECKOUT) -> str | None:
 
 
 def library_versions() -> LibraryVersions:
-    """The versions, besides torch and Python, that a number depends on: torchvision and
-    facenet-pytorch (the backbones' code), numpy, and the CUDA and cuDNN that torch was
+    """The versions, besides torch and Python, that a number depends on: torchvision,
+    facenet-pytorch and timm (the backbones' code), numpy, and the CUDA and cuDNN that torch was
     built with (None where torch has none, or a library is not installed). Read from the
     installed packages' metadata: the libraries themselves are not imported for this."""
     import numpy
@@ -54,6 +54,7 @@ def library_versions() -> LibraryVersions:
     return {
         "torchvision_version": _installed("torchvision"),
         "facenet_pytorch_version": _installed("facenet-pytorch"),
+        "timm_version": _installed("timm"),
         "numpy_version": numpy.__version__,
         "cuda_version": torch.version.cuda,
         "cudnn_version": None if cudnn is None else str(cudnn),

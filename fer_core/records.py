@@ -88,6 +88,7 @@ class LibraryVersions(TypedDict):
 
     torchvision_version: str | None
     facenet_pytorch_version: str | None
+    timm_version: str | None
     numpy_version: str
     cuda_version: str | None  # torch's build; None for a CPU-only torch
     cudnn_version: str | None  # e.g. "91002" (cuDNN 9.10.2), as torch reports it

@@ -30,7 +30,7 @@ from fer_core.data.protocol import Holdout, Roles, fixed_roles, kfold_roles
 from fer_core.errors import FerError
 from fer_core.evaluate import Evaluation
 from fer_core.inference.card import write_card
-from fer_core.models import BACKBONES, FerNet, build_model
+from fer_core.models import FerNet, backbone_spec, build_model
 from fer_core.provenance import git_commit, library_versions
 from fer_core.records import EpochRecord, PredictionRow, RunCore, RunRow, UnitResult
 from fer_core.spec import UnitSpec
@@ -129,9 +129,7 @@ def run_unit(
     work_dir = Path(work_dir)
     device = resolve_device(spec.device)
     faces = FaceSet.load(Path(spec.data_dir))
-    if spec.backbone not in BACKBONES:
-        raise FerError(f"backbone: {spec.backbone!r} is unknown")
-    input_size = spec.input_size or BACKBONES[spec.backbone].input_size
+    input_size = spec.input_size or backbone_spec(spec.backbone).input_size
 
     # Randomly initialised layers draw from the global RNG: seed it, so a unit's start weights
     # depend on its seed only, not on what ran before in this process (a reused Ray actor).

@@ -19,7 +19,7 @@ import torch
 import fer_core
 from fer_core.errors import FerError
 from fer_core.io import atomic_write_text
-from fer_core.models.backbones import BACKBONES, NORMALISATIONS
+from fer_core.models.backbones import NORMALISATIONS, backbone_spec
 from fer_core.provenance import library_versions
 from fer_core.records import LibraryVersions
 
@@ -77,7 +77,7 @@ def write_card(
     work_dir = Path(work_dir)
     digests = _read_json(work_dir / "checkpoints.json")
     crop = _read_json(Path(spec["data_dir"]) / "faces.json")
-    backbone = BACKBONES[spec["backbone"]]
+    backbone = backbone_spec(spec["backbone"])
     config = spec.get("config") or {}
     card: ModelCard = {
         "format": FORMAT,

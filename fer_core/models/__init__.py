@@ -1,8 +1,10 @@
 """Backbones, the FerNet head and local-only weight loading (docs/METHOD.md section 3).
 
 - `backbones`: `BACKBONES` (name -> `BackboneSpec`: input size, aux head, weights file), the
-  one registry of backbones; no torch.
-- `fernet`: `FerNet` and `build_model`; `tiny`: `TinyCNN`; `torchvision_backbones`.
+  one registry of backbones, and `backbone_spec` (a registry entry, or a `timm:<model>`'s); no
+  torch until a timm name is asked for.
+- `fernet`: `FerNet` and `build_model`; `tiny`: `TinyCNN`; `torchvision_backbones`;
+  `timm_backbones`.
 - `weights`: finding (no torch) and strictly loading pre-trained files, never downloading.
 
 Importing this package imports no torch either (a grid loads, and a launch checks weights,
@@ -15,7 +17,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from fer_core.models.backbones import BACKBONES, BackboneSpec
+from fer_core.models.backbones import BACKBONES, BackboneSpec, backbone_spec
 from fer_core.models.weights import pretrained_candidates, read_state_dict, resolve_pretrained
 
 if TYPE_CHECKING:
@@ -33,6 +35,7 @@ __all__ = [
     "BackboneSpec",
     "FerNet",
     "TinyCNN",
+    "backbone_spec",
     "build_model",
     "pretrained_candidates",
     "read_state_dict",

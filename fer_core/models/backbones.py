@@ -7,6 +7,8 @@ it. Grids are checked against it (`orchestrator.plan.grid`), FerNet is built fro
 module imports no torch (a grid loads, and a launch checks weights files, without it); each
 `build` imports its network when called. Adding a backbone: one `BackboneSpec` entry below,
 whose builder may import its network from a library (or from a module of its own).
+`backbone: timm:<model>` names any timm model without an entry: `backbone_spec` builds its
+`BackboneSpec` from timm's pretrained configuration (fer_core.models.timm_backbones).
 
 Each backbone is the original network with its classifier replaced by `Identity`, so its
 state-dict keys stay those of the original model: pre-trained files load without renaming.
@@ -25,6 +27,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from fer_core.errors import FerError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -49,6 +53,9 @@ VGG_FACE_IMPORT = "python -m orchestrator weights import vgg_face FILE"
 # Where each pre-trained file lives in the local cache (see `weights.pretrained_candidates`).
 TORCHVISION_CACHE = "torchvision"  # $TORCH_HOME/hub/checkpoints (torch.hub.get_dir())
 FACENET_CACHE = "facenet"  # $TORCH_HOME/checkpoints (facenet_pytorch's get_torch_home())
+TIMM_CACHE = "timm"  # $TORCH_HOME/hub/checkpoints/timm/<name>.safetensors or .pth
+
+TIMM_PREFIX = "timm:"  # `backbone: timm:<name>`: any timm model (fer_core.models.timm_backbones)
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,12 @@ NORMALISATIONS: dict[str, Normalisation] = {
     "inception": Normalisation("RGB", 1.0, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     # facenet-pytorch's fixed_image_standardization: (x*255 - 127.5) / 128
     "facenet": Normalisation("RGB", 255.0, (127.5, 127.5, 127.5), (128.0, 128.0, 128.0)),
+    # OpenAI CLIP's image statistics (many timm ViTs pre-trained from CLIP)
+    "clip": Normalisation(
+        "RGB", 1.0, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    ),
+    # plain 0..1 RGB (Apple's MobileCLIP FastViTs in timm)
+    "unit": Normalisation("RGB", 1.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
     # the original VGG-Face (Caffe, Torch7; MatConvNet's file once imported): BGR 0..255 minus
     # the mean pixel, no division
     "vgg_face": Normalisation("BGR", 255.0, VGG_FACE_MEAN_RGB[::-1], (1.0, 1.0, 1.0)),
@@ -102,6 +115,9 @@ class BackboneSpec:
     build: Callable[[], nn.Module] = field(repr=False, compare=False)
     aux_fc: str | None = None  # attribute path of the aux head's last FC inside the backbone
     weights_command: str | None = None
+    # True where the network is built for exactly `input_size` (timm backbones: a ViT's
+    # position embedding is sized at build), so a grid cannot choose another size
+    fixed_input_size: bool = False
     # (map size, output size) of each average pool to a size > 1 in its training pass, at an
     # input size: whether `deterministic: true` can train it (fer_core.models.pool_windows)
     adaptive_pools: Callable[[int], tuple[tuple[int, int], ...]] = field(
@@ -254,3 +270,20 @@ BACKBONES: dict[str, BackboneSpec] = {
         ),
     )
 }
+
+
+def backbone_spec(name: str, where: str = "backbone") -> BackboneSpec:
+    """The `BackboneSpec` of `name`: a `BACKBONES` entry, or for `timm:<model>` one read from
+    timm's pretrained configuration (importing timm and torch, only when a grid names one).
+    An unknown name is a FerError prefixed with `where`."""
+    spec = BACKBONES.get(name)
+    if spec is not None:
+        return spec
+    if name.startswith(TIMM_PREFIX):
+        from fer_core.models.timm_backbones import timm_spec
+
+        return timm_spec(name.removeprefix(TIMM_PREFIX), where)
+    raise FerError(
+        f"{where}: unknown backbone {name!r}; known: {', '.join(BACKBONES)}, or "
+        f"{TIMM_PREFIX}<model> for any timm model"
+    )

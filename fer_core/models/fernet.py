@@ -17,11 +17,11 @@ from torch import nn
 
 from fer_core.errors import FerError
 from fer_core.models.backbones import (
-    BACKBONES,
     IMAGENET_MEAN,
     IMAGENET_STD,
     NORMALISATIONS,
     BackboneSpec,
+    backbone_spec,
 )
 from fer_core.models.weights import load_backbone_weights, read_state_dict, resolve_pretrained
 
@@ -140,11 +140,7 @@ def build_model(
     `pretrained` (the backbone's file in the local torch cache; never downloaded) or the path of
     a state dict in the original model's key layout. The original classifier is ignored.
     """
-    spec = BACKBONES.get(backbone)
-    if spec is None:
-        raise FerError(
-            f"backbone: {backbone!r} is unknown; known backbones: {', '.join(BACKBONES)}"
-        )
+    spec = backbone_spec(backbone)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise FerError(f"num_classes: {num_classes!r} must be an integer >= 2")
     if not isinstance(dropout, int | float) or not 0 <= dropout < 1:

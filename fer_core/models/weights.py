@@ -1,9 +1,11 @@
 """Loading pre-trained backbone weights from local files only (docs/METHOD.md D-5).
 
 Compute nodes are often offline, so nothing here downloads: `pretrained` means "the file in
-the local cache where torchvision / facenet-pytorch would have put it", and a missing file is
+the local cache where torchvision / facenet-pytorch would have put it" (for a timm model: its
+Hugging Face file under $TORCH_HOME/hub/checkpoints/timm/), and a missing file is
 an error naming that path — never a silent random init. Files are read with
-`torch.load(weights_only=True)`, so a file carrying arbitrary pickled code is refused.
+`torch.load(weights_only=True)`, so a file carrying arbitrary pickled code is refused, or, for
+`.safetensors` (timm's hub files), with the safetensors package, which holds tensors only.
 
 Loading ignores the original classifier (`BackboneSpec.classifier_keys`) and is strict about
 everything else: a missing, unexpected or differently shaped key is an error naming the file
@@ -20,7 +22,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fer_core.errors import FerError
-from fer_core.models.backbones import BACKBONES, FACENET_CACHE, TORCHVISION_CACHE, BackboneSpec
+from fer_core.models.backbones import (
+    FACENET_CACHE,
+    TIMM_CACHE,
+    TORCHVISION_CACHE,
+    BackboneSpec,
+    backbone_spec,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -45,6 +53,9 @@ def pretrained_candidates(spec: BackboneSpec) -> list[Path]:
         return [_torch_home() / "checkpoints" / spec.weights_file, hub]
     if spec.weights_cache == TORCHVISION_CACHE:
         return [hub]
+    if spec.weights_cache == TIMM_CACHE:  # weights_file: the timm model name
+        folder = _torch_home() / "hub" / "checkpoints" / "timm"
+        return [folder / f"{spec.weights_file}.safetensors", folder / f"{spec.weights_file}.pth"]
     raise ValueError(f"{spec.name}: unknown weights cache {spec.weights_cache!r}")
 
 
@@ -98,7 +109,8 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Read a state dict with `weights_only=True`; any failure is a FerError naming the file."""
+    """Read a state dict with `weights_only=True` (a `.safetensors` file with the safetensors
+    package, which holds tensors only); any failure is a FerError naming the file."""
     import torch
 
     path = Path(path)
@@ -108,7 +120,12 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             "or the path of a state dict)"
         )
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: object = load_file(path, device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a pickle payload, a truncated or foreign file
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         if found:
@@ -170,7 +187,7 @@ def check_weights(backbone: str, weights: str) -> Path | None:
     if weights == "none":
         return None
     if weights == "pretrained":
-        return resolve_pretrained(BACKBONES[backbone])
+        return resolve_pretrained(backbone_spec(backbone))
     path = Path(weights).expanduser()
     if not path.is_file():
         raise FerError(

@@ -29,7 +29,7 @@ from fer_core.data import wild
 from fer_core.data.folds import FOLD_RULES
 from fer_core.errors import FerError
 from fer_core.loss_registry import FOCAL_PARAMS, LOSS_PARAMS, LOSSES
-from fer_core.models.backbones import BACKBONES
+from fer_core.models.backbones import backbone_spec
 from fer_core.models.pool_windows import deterministic_problem
 from fer_core.spec import PROTOCOLS
 from orchestrator.plan.yamlio import check_keys, load_yaml_mapping
@@ -339,8 +339,9 @@ def grid_from_mapping(
 def _check_deterministic(grid: Grid, backbone: str, stage: int) -> None:
     """`deterministic: true` where a GPU may train: refused for a backbone whose training pass
     keeps an adaptive pool at its input size (torch would raise mid-run on CUDA)."""
-    size = grid.backbones[backbone].input_size or BACKBONES[backbone].input_size
-    problem = deterministic_problem(BACKBONES[backbone], size)
+    model = backbone_spec(backbone)
+    size = grid.backbones[backbone].input_size or model.input_size
+    problem = deterministic_problem(model, size)
     if problem is not None:
         raise FerError(
             f"{grid.path}: backbones.{backbone}: deterministic: true (stage {stage}) cannot "
@@ -495,14 +496,17 @@ def _twin_scale(raw: dict[str, Any], kind: str, synthetic: bool, where: str) -> 
 
 
 def _backbone(name: str, raw: Any, where: str) -> BackboneSpec:
-    if name not in BACKBONES:
-        raise FerError(f"{where}: unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
+    model = backbone_spec(name, where)  # a timm name imports timm here, only then
     check_keys(raw, BACKBONE_KEYS, where)
     weights = raw.get("weights", "none")
     if weights is None or not isinstance(weights, str):
         raise FerError(f"{where}: weights {weights!r} must be 'none', 'pretrained' or a file path")
     input_size = raw.get("input_size")
-    smallest = BACKBONES[name].min_input_size  # below it the network's feature maps vanish
+    if model.fixed_input_size and input_size not in (None, model.input_size):
+        raise FerError(
+            f"{where}: input_size {input_size!r}: {name} is built for {model.input_size} px only"
+        )
+    smallest = model.min_input_size  # below it the network's feature maps vanish
     if input_size is not None and (
         isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < smallest
     ):

@@ -129,14 +129,16 @@ RESOURCE_CHECKS: dict[str, Check] = {
 
 def _resources(value: Any) -> str | None:
     """`resources: {prepare: {gpus: 0, cpus: 8}, inception_v3: {mem_gb: 32}}`: per unit kind
-    (`prepare`, `train`) or backbone, each key of RESOURCE_CHECKS checked as its profile key."""
-    from fer_core.models.backbones import BACKBONES  # torch-free registry
+    (`prepare`, `train`) or backbone, each key of RESOURCE_CHECKS checked as its profile key.
+    A `timm:<model>` key is taken as written: timm is not imported to read a profile, and a
+    grid naming the model checks the name."""
+    from fer_core.models.backbones import BACKBONES, TIMM_PREFIX  # torch-free registry
 
     if not isinstance(value, dict):
         return "must be a mapping of a unit kind or backbone to resources"
-    allowed = ("prepare", "train", *BACKBONES)
+    allowed = ("prepare", "train", *BACKBONES, f"{TIMM_PREFIX}<model>")
     for name, body in value.items():
-        if name not in allowed:
+        if name not in allowed and not str(name).startswith(TIMM_PREFIX):
             kinds = ", ".join(allowed)
             return (
                 f"must be a mapping of a unit kind or backbone ({kinds}) to resources; "

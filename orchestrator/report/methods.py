@@ -109,6 +109,7 @@ def _counted(values: list[Any], missing: str = NOT_RECORDED) -> str:
 LIBRARY_COLUMNS = (
     ("torchvision", "torchvision_version"),
     ("facenet-pytorch", "facenet_pytorch_version"),
+    ("timm", "timm_version"),
     ("numpy", "numpy_version"),
     ("CUDA", "cuda_version"),
     ("cuDNN", "cudnn_version"),

@@ -43,6 +43,7 @@ def test_library_versions_are_the_installed_ones():
     versions = library_versions()
     assert versions["torchvision_version"] == version("torchvision")
     assert versions["facenet_pytorch_version"] == version("facenet-pytorch")
+    assert versions["timm_version"] == version("timm")
     assert versions["numpy_version"] == numpy.__version__
     assert versions["cuda_version"] == torch.version.cuda
     cudnn = torch.backends.cudnn.version()

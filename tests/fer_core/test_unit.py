@@ -233,3 +233,17 @@ def test_the_runs_row_carries_the_imbalance_metrics_of_its_predictions(twin_face
     assert run["mean_class_accuracy"] == pytest.approx(expected.mean_class_accuracy)
     assert run["macro_f1"] == pytest.approx(expected.macro_f1)
     assert run["per_class_recall"] == pytest.approx(expected.per_class_recall, nan_ok=True)
+
+
+@pytest.mark.slow  # ~16 s on a CPU: the twin's crops scored at 160 px
+def test_a_timm_backbone_trains_at_its_pretrained_size(twin_faces, tmp_path):
+    """`timm:<model>` through the whole unit: no input_size in the spec means the model's own
+    (160 px for timm's test ConvNeXt), and the card says how to normalise for it."""
+    spec = UnitSpec.from_dict(
+        {**asdict(_spec(twin_faces, "timm", 1, "ce", epochs=1)), "input_size": None,
+         "backbone": "timm:test_convnext"}
+    )  # fmt: skip
+    result = run_unit(spec, tmp_path / "timm")
+    assert result["run"]["backbone"] == "timm:test_convnext" and len(result["epochs"]) == 1
+    card = json.loads((tmp_path / "timm" / "best.json").read_text())
+    assert card["input_size"] == 160 and card["normalisation"]["mean"] == [0.5, 0.5, 0.5]

@@ -11,7 +11,7 @@ import torch
 
 from fer_core.evaluate import predict
 from fer_core.inference.export import export_units
-from fer_core.models import BACKBONES, FerNet, TinyCNN
+from fer_core.models import BACKBONES, FerNet, TinyCNN, backbone_spec, build_model
 from fer_core.models.backbones import NORMALISATIONS
 
 SIZE = 48
@@ -57,3 +57,20 @@ def test_export_equals_the_pytorch_scoring_path(tmp_path, fmt, input_norm):
     got = _run(fmt, tmp_path, crops.float())
     assert torch.allclose(got, expected, atol=1e-4)
     assert torch.allclose(got.sum(dim=1), torch.ones(5), atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("backbone", ["timm:test_vit", "timm:test_convnext"])
+def test_a_timm_backbone_exports_with_parity(tmp_path, backbone, fmt):
+    """A ViT and a ConvNeXt from timm, at their pretrained input size and normalisation."""
+    spec = backbone_spec(backbone)
+    torch.manual_seed(0)
+    model = build_model(backbone, len(CLASSES)).eval()
+    torch.nn.init.normal_(model.head.weight, std=0.5)
+    card = {**_card(spec.input_norm), "backbone": backbone, "input_size": spec.input_size}
+    description = export_units([model], [card], fmt, tmp_path)
+    assert description["parity_max_abs_diff"] <= 1e-4
+    assert description["backbone"] == backbone and description["input_size"] == 160
+    crops = torch.randint(0, 256, (3, 3, spec.input_size, spec.input_size), dtype=torch.uint8)
+    expected = predict(model, crops, spec.input_size)
+    assert torch.allclose(_run(fmt, tmp_path, crops.float()), expected, atol=1e-4)

@@ -10,8 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+from fer_core.checkpoints import save
 from fer_core.data.augment import test_transform
 from fer_core.errors import FerError
+from fer_core.inference.card import write_card
 from fer_core.inference.predict import CHUNK, LoadedUnit, input_files, load_units, predict_files
 from fer_core.models import build_model
 
@@ -110,3 +112,35 @@ def test_a_video_gives_a_row_per_frame_as_its_frames_as_images_would(tmp_path):
     assert [r["frame"] for r in expected] == [None, None, None]
     for got, want in zip(rows, expected, strict=True):
         assert [got[f"p_{c}"] for c in CLASSES] == [want[f"p_{c}"] for c in CLASSES]
+
+
+def test_a_timm_unit_predicts_from_its_card_and_checkpoint(tmp_path):
+    """A unit on a timm backbone, as a run leaves it (best.pt, checkpoints.json, best.json),
+    loads and scores an image as its model does at its pretrained size and normalisation."""
+    torch.manual_seed(0)
+    model = build_model("timm:test_vit", len(CLASSES)).eval()
+    torch.nn.init.normal_(model.head.weight, std=0.5)
+    work, data = tmp_path / "unit", tmp_path / "data"
+    work.mkdir()
+    data.mkdir()
+    (data / "faces.json").write_text(
+        json.dumps({"detector": "center", "crop_size": 176, "margin": 0.2, "crop_method": 1})
+    )
+    save({"model": model.state_dict(), "epoch": 1}, work, "best.pt")
+    spec = {
+        "unit_id": "u0", "dataset": "d", "fold": 1, "n_folds": 10, "backbone": "timm:test_vit",
+        "strategy": "ce", "stage": 1, "weights": "none", "data_dir": str(data),
+    }  # fmt: skip
+    write_card(work, spec, CLASSES, input_size=160)
+    card = json.loads((work / "best.json").read_text())
+    assert card["input_norm"] == "inception" and card["normalisation"]["mean"] == [0.5] * 3
+    [unit] = load_units([work], "cpu")
+    image = tmp_path / "face.png"
+    pixels = np.random.default_rng(0).integers(0, 256, (176, 176, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(image)
+    [row] = predict_files([image], [unit])
+    x = torch.from_numpy(pixels).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        expected = torch.softmax(model(test_transform(x, 160)), dim=1)[0]
+    got = torch.tensor([row[f"p_{name}"] for name in CLASSES])
+    assert torch.allclose(got, expected, atol=1e-5)

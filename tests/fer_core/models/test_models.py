@@ -12,9 +12,12 @@ from torch import nn
 
 from fer_core.errors import FerError
 from fer_core.models import BACKBONES, FerNet, build_model
-from fer_core.models.backbones import NORMALISATIONS
+from fer_core.models.backbones import NORMALISATIONS, backbone_spec
 
 NAMES = ("tiny", "resnet18", "vgg_face", "inception_v3", "inception_resnet_v1")
+# timm's own test models (a ViT and a ConvNeXt, 0.2-0.3 M parameters at 160 px): what
+# `timm:convnext_tiny` or `timm:vit_small_patch16_224` run, small enough for a CPU
+TIMM_NAMES = ("timm:test_vit", "timm:test_convnext")
 SLOW = {"vgg_face", "inception_v3", "inception_resnet_v1"}
 
 
@@ -61,14 +64,15 @@ def test_every_backbone_entry_is_whole():
         ), f"{name}: a weights file nobody says how to get"
 
 
-@pytest.mark.parametrize("name", backbone_params())
+@pytest.mark.parametrize("name", [*backbone_params(), *TIMM_NAMES])
 def test_builds_runs_and_trains_at_a_small_input(name):
     torch.manual_seed(0)
     model = build_model(name, 7)
-    assert model.input_size == BACKBONES[name].input_size
+    spec = backbone_spec(name)
+    assert model.input_size == spec.input_size
     # the smallest input a grid may ask for (orchestrator.plan.grid checks it): the network must
     # run there, and it is small enough to keep this fast on a CPU
-    size = BACKBONES[name].min_input_size
+    size = spec.min_input_size
     x = torch.randn(2, 3, size, size)
 
     model.eval()
@@ -84,7 +88,7 @@ def test_builds_runs_and_trains_at_a_small_input(name):
 
     model.train()
     out = model(x)
-    if BACKBONES[name].has_aux:
+    if spec.has_aux:
         assert isinstance(out, tuple) and len(out) == 2
         assert out[0].shape == (2, 7) and out[1].shape == (2, 7)
         loss = out[0].sum() + 0.4 * out[1].sum()
@@ -99,7 +103,7 @@ def test_builds_runs_and_trains_at_a_small_input(name):
     changed = {k for k, v in model.named_parameters() if not torch.equal(v, before[k])}
     assert "head.weight" in changed
     assert any(k.startswith("backbone.") and "AuxLogits.fc" not in k for k in changed)
-    if BACKBONES[name].has_aux:
+    if spec.has_aux:
         assert "backbone.AuxLogits.fc.weight" in changed
 
 
@@ -149,7 +153,12 @@ def test_heads_follow_fc_std_and_num_classes():
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
     [
-        ({"backbone": "resnet50"}, "'resnet50' is unknown; known backbones: inception_v3, "),
+        ({"backbone": "resnet50"}, "unknown backbone 'resnet50'; known: inception_v3, "),
+        ({"backbone": "timm:no_such_net"}, "timm:no_such_net is not a timm 1.0"),
+        (
+            {"backbone": "timm:test_vit.nope"},
+            "no pretrained tag 'nope' for test_vit; it has r160_in1k",
+        ),
         ({"num_classes": 1}, "num_classes: 1"),
         ({"dropout": 1.0}, "dropout: 1.0"),
         ({"fc_std": 0}, "fc_std: 0"),
@@ -172,6 +181,74 @@ def test_pretrained_missing_names_the_expected_path(name, empty_torch_home):
     assert str(expected) in message
     assert BACKBONES[name].weights_url in message
     assert "\n" not in message
+
+
+def test_timm_backbones_take_the_pretrained_configuration():
+    """Input size, normalisation, feature size and classifier come from timm, per model."""
+    vit = backbone_spec("timm:vit_small_patch16_224")
+    assert (vit.input_size, vit.input_norm, vit.feature_dim) == (224, "inception", 384)
+    assert vit.classifier_keys == ("head.",) and vit.fixed_input_size
+    convnext = backbone_spec("timm:convnext_tiny")
+    assert (convnext.input_size, convnext.input_norm, convnext.feature_dim) == (
+        224,
+        "imagenet",
+        768,
+    )
+    assert convnext.classifier_keys == ("head.fc.",)
+    # a tag chooses the pretrained configuration, hence the hub file
+    assert "timm/convnext_tiny.fb_in1k/" in str(
+        backbone_spec("timm:convnext_tiny.fb_in1k").weights_url
+    )
+    # a timm model whose statistics none of NORMALISATIONS holds is refused, not mis-fed
+    with pytest.raises(FerError, match=r"timm:dpn68\.mx_in1k expects input mean"):
+        backbone_spec("timm:dpn68.mx_in1k")
+
+
+def test_pretrained_timm_missing_names_the_expected_path_and_the_hub_file(empty_torch_home):
+    with pytest.raises(FerError) as info:
+        build_model("timm:test_convnext", 7, weights="pretrained")
+    message = str(info.value)
+    expected = empty_torch_home / "hub" / "checkpoints" / "timm" / "test_convnext.safetensors"
+    assert str(expected) in message
+    hub = "https://huggingface.co/timm/test_convnext.r160_in1k/resolve/main/model.safetensors"
+    assert hub in message and "\n" not in message
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_pretrained_timm_loads_from_the_local_file(empty_torch_home, suffix):
+    """The hub file's layout (timm's classifier included) loads all but the classifier."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(2)
+    reference = timm.create_model("test_convnext", pretrained=False)  # with its 1000-way head
+    path = empty_torch_home / "hub" / "checkpoints" / "timm" / f"test_convnext{suffix}"
+    path.parent.mkdir(parents=True)
+    if suffix == ".safetensors":
+        save_file(reference.state_dict(), path)
+    else:
+        torch.save(reference.state_dict(), path)
+    model = build_model("timm:test_convnext", 7, weights="pretrained").eval()
+    assert model.weights_source == str(path)
+    reference.eval().reset_classifier(0)
+    x = torch.randn(2, 3, 160, 160)
+    with torch.no_grad():
+        features = reference(model.backbone_input(x))
+        assert torch.equal(model.backbone(model.backbone_input(x)), features)
+
+
+def test_timm_state_dict_file_round_trip(tmp_path):
+    """`weights: PATH` for a timm backbone: a saved backbone loads back to the same outputs."""
+    torch.manual_seed(3)
+    first = build_model("timm:test_vit", 7).eval()
+    path = tmp_path / "vit.pth"
+    torch.save(first.backbone.state_dict(), path)
+    torch.manual_seed(4)
+    second = build_model("timm:test_vit", 7, weights=path).eval()
+    second.head.load_state_dict(first.head.state_dict())
+    x = torch.randn(2, 3, 160, 160)
+    with torch.no_grad():
+        assert torch.equal(first(x), second(x))
 
 
 def test_pretrained_facenet_missing_names_its_cache(empty_torch_home):

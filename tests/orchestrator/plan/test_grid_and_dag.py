@@ -112,6 +112,7 @@ def test_fold_rule_interleaved_is_the_default_and_contiguous_makes_new_units(tmp
     [
         (('strategies: [ce, "ce>focal"]', 'strategies: [ce, "ce>hinge"]'), "hinge"),
         (("tiny: {weights: none", "resnet99: {weights: none"), "resnet99"),
+        (("tiny: {weights: none", "timm:resnet99: {weights: none"), "timm:resnet99 is not a timm"),
         (("gamma: 0.0", "gamma: -1"), "-1"),
         (("alpha: 0.25", "alpha: 0"), "alpha"),
         (("alpha: 0.25", "alpha: 1.5"), "1.5"),
@@ -129,6 +130,26 @@ def test_bad_grids_name_the_culprit(tmp_path, edit, culprit):
     path.write_text(SMALL_GRID.replace(old, new))
     with pytest.raises(FerError, match=culprit):
         load_grid(str(path))
+
+
+def test_a_timm_backbone_takes_its_pretrained_input_size_and_checks_its_file(tmp_path, monkeypatch):
+    """`timm:<model>`: units take the model's own input size; another is refused at load; a
+    missing pretrained file fails the plan naming where it must be."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    text = SMALL_GRID.replace("backbones: [tiny]", "backbones: ['timm:test_convnext']")
+    path = tmp_path / "timm.yaml"
+    path.write_text(text.replace("tiny: {weights: none, input_size: 32}", "timm:test_convnext: {}"))
+    units = expand(load_grid(str(path)), tmp_path / "run")
+    trained = [u.spec for u in units if u.kind == "train"]
+    assert {(s["backbone"], s["input_size"]) for s in trained} == {("timm:test_convnext", None)}
+    path.write_text(text.replace("tiny: {weights: none", "timm:test_convnext: {weights: none"))
+    with pytest.raises(FerError, match=r"input_size 32: timm:test_convnext is built for 160 px"):
+        load_grid(str(path))
+    path.write_text(text.replace("tiny: {weights: none, input_size: 32}",
+                                 "timm:test_convnext: {weights: pretrained}"))  # fmt: skip
+    expected = tmp_path / "torch_home" / "hub" / "checkpoints" / "timm" / "test_convnext"
+    with pytest.raises(FerError, match=f"{expected}.safetensors or {expected}.pth"):
+        expand(load_grid(str(path)), tmp_path / "run")
 
 
 def test_unknown_grid_name_lists_the_known_ones():

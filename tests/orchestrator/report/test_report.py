@@ -263,6 +263,7 @@ def test_setup_block_shows_recorded_lineage(tmp_path):
     assert "tool commit abc1234" in text
     assert "numpy 2.1.0; CUDA 12.4; cuDNN 90100" in text
     assert "torchvision not recorded (these rows predate the column)" in text
+    assert "timm not recorded (these rows predate the column)" in text
     assert "requested `auto`; used: bfloat16" in text
     assert "**Deterministic algorithms**: True" in text
     assert "[`grid.yaml`](../grid.yaml) in the run dir" in text

@@ -272,6 +272,18 @@ def test_resources_per_unit_kind_and_backbone_reach_their_jobs(monkeypatch, tmp_
             load_profile("site", path)
 
 
+def test_a_timm_backbone_has_resources_of_its_own(tmp_path):
+    path = tmp_path / "cluster.yaml"
+    path.write_text(
+        "site: {backend: slurm, mem_gb: 16, resources: {timm:convnext_tiny: {mem_gb: 40}}}\n"
+    )
+    profile = load_profile("site", path)
+    assert isinstance(profile, SlurmProfile)
+    unit = Unit(id="c", kind="train", name="ckplus/f01/timm:convnext_tiny/ce", dataset="ckplus",
+                deps=(), spec={}, backbone="timm:convnext_tiny")  # fmt: skip
+    assert profile.resources_for((unit,)).mem_gb == 40
+
+
 def test_units_and_the_tune_allocation_take_the_same_slurm_defaults(tmp_path):
     """A slurm profile that sets nothing: the units' arrays and the Ray allocation of `tune
     --cluster slurm` ask for the same time and CPUs (one default per key), and an array is not
