@@ -259,9 +259,8 @@ def prepare_faces(
     """Crop the face of every indexed frame into `out_dir/faces.pt` (+ `faces.json`).
 
     `margin` widens the detected box's longer side by that fraction (0.2 = 10 % each side,
-    D-16)
-    before squaring and clamping to the frame. `detector="center"` skips MTCNN and takes the
-    centre square of every frame: a declared option for synthetic data and quick runs, and
+    D-16) before squaring and clamping to the frame. `detector="center"` skips MTCNN and
+    takes the centre square of every frame: a declared option for synthetic data and quick runs, and
     the whole image where it is the face already (RAF-DB aligned, FER2013); `detector="box"`
     crops the face box the dataset gives (AffectNet's CSV).
     `device` runs MTCNN there (default: cuda when available). `progress(done, total)` is
