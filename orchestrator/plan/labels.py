@@ -10,7 +10,7 @@ stage 1 says so even when its own config does not differ.
 
 `label_parts` turns a unit into path components for `RUN_DIR/by-label/` and TensorBoard:
 `dataset/backbone/strategy/fNN/seedS[/values]` (`fixed` for fNN on a fixed split).
-Decision: `>` becomes `-` in paths (`ce-focal`), and characters other than letters, digits
+Naming choice: `>` becomes `-` in paths (`ce-focal`), and characters other than letters, digits
 and `._=,+-` become `_`, so a path can be typed into a shell without quoting.
 """
 
