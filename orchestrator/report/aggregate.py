@@ -13,6 +13,7 @@ reason. The tests themselves live in `significance`.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -101,6 +102,12 @@ class StrategyResult:
     n_test: dict[int, int] = field(default_factory=dict)  # fold -> test images
     n_train: dict[int, int] = field(default_factory=dict)  # fold -> training images (if known)
     expected_folds: int = 0  # how many folds the grid asks for (0 = unknown)
+    final_epoch: str = "best"  # which epoch its final stage kept (the runs rows' config)
+
+    @property
+    def rounds(self) -> int:
+        """Its rounds of model selection (`selection_rounds`)."""
+        return selection_rounds(self.strategy, self.final_epoch)
 
     @property
     def fixed(self) -> bool:
@@ -212,6 +219,13 @@ class Paired:
         return mean_std(list(self.seed_differences.values()))[1]
 
 
+def selection_rounds(strategy: str, final_epoch: str = "best") -> int:
+    """Rounds of model selection a chain had: one per stage that kept its best epoch, which
+    is every stage but a final one that kept its last (`final_epoch: last`, D-14). Under
+    `heldout` each round looked at the test fold."""
+    return strategy.count(">") + (final_epoch != "last")
+
+
 def strategy_sort_key(strategy: str) -> tuple[int, int, str]:
     """Paper order first, then shorter chains, then by name."""
     if strategy in STRATEGY_ORDER:
@@ -281,6 +295,7 @@ def strategy_results(
                     "again with the same --set (finished units are kept) to rewrite it"
                 )
             result = out.setdefault(key, StrategyResult(*key))
+            result.final_epoch = str(_config(row).get("final_epoch", "best"))
             result.correct[unit] = correct
             if headline is None or headline.column == "test_accuracy":
                 result.cells[unit] = 100.0 * correct / n_test
@@ -301,6 +316,12 @@ def strategy_results(
         result.cells = dict(sorted(result.cells.items()))
         result.correct = dict(sorted(result.correct.items()))
     return out
+
+
+def _config(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A runs row's stage config (JSON; keys left out at their default, as in its spec)."""
+    text = row.get("config")
+    return dict(json.loads(text)) if text else {}
 
 
 def _correct(row: Mapping[str, Any], accuracy: float, n_test: int) -> int:

@@ -235,8 +235,9 @@ def paired_section(study: Study) -> str:
     heldout = [c for c in study.comparisons if c.group.selection == "heldout"]
     if heldout:
         lines.append(
-            "- ⚠ **heldout comparisons are optimistic**: under `heldout` every stage keeps the "
-            "epoch that scored best on the test fold. The optimism this adds is not measured "
+            "- ⚠ **heldout comparisons are optimistic**: under `heldout` every stage that keeps "
+            "its best epoch (all of them, unless `final_epoch: last`) picks it on the test fold. "
+            "The optimism this adds is not measured "
             "here; with test folds of about a hundred images it can be of the order of a point, "
             "as large as the gains at stake."
             + (

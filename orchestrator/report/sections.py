@@ -27,7 +27,8 @@ from orchestrator.texttable import markdown_table, text_table
 SELECTION_TEXT = {
     "heldout": "**heldout**: the paper's protocol. Each stage's best epoch was chosen on the "
     "test fold itself, so these accuracies are optimistic (the test fold helped pick the model), "
-    "and more so for longer chains: a k-stage strategy had k such rounds of selection.",
+    "and more so for longer chains: a k-stage strategy had k such rounds of selection (k − 1 "
+    "under `final_epoch: last`, whose final stage keeps its last epoch).",
     "inner": "**inner**: each stage's best epoch was chosen on an inner, subject-independent "
     "validation fold taken from the training folds; the test fold was only scored. This is not "
     "the paper's protocol; expect numbers below the paper's.",

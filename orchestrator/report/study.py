@@ -21,12 +21,6 @@ from orchestrator.report.results import Results
 BASELINE = "ce"
 
 
-def selection_rounds(strategy: str) -> int:
-    """Rounds of model selection a chain had: one per stage (each stage keeps its best epoch).
-    Under `heldout` each round looked at the test fold."""
-    return strategy.count(">") + 1
-
-
 @dataclass(frozen=True)
 class Comparison:
     """One test of the report's family: `paired.a` minus `paired.b` within `group`.
@@ -39,10 +33,7 @@ class Comparison:
     paired: Paired
     holm_pvalue: float | None
     headline: bool
-
-    @property
-    def rounds(self) -> tuple[int, int]:
-        return selection_rounds(self.paired.a), selection_rounds(self.paired.b)
+    rounds: tuple[int, int]  # selection rounds of `paired.a`, `paired.b` (agg.selection_rounds)
 
 
 @dataclass
@@ -205,6 +196,12 @@ def _compare(study: Study) -> list[Comparison]:
     adjusted = sig.holm([p.corrected.pvalue if p.corrected else None for _, p in found])
     headline = study.headline_selection
     return [
-        Comparison(group, paired, holm_p, headline is None or group.selection == headline)
+        Comparison(
+            group,
+            paired,
+            holm_p,
+            headline is None or group.selection == headline,
+            (study.result(group, paired.a).rounds, study.result(group, paired.b).rounds),
+        )
         for (group, paired), holm_p in zip(found, adjusted, strict=True)
     ]

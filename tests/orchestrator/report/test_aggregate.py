@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 
@@ -39,6 +40,16 @@ def _row(fold, accuracy, strategy="ce", unit=None, n_test=100, **extra):
         "n_test": n_test,
         **extra,
     }
+
+
+def test_a_final_stage_that_keeps_its_last_epoch_is_no_round_of_selection():
+    """`final_epoch: last` (D-14): `ce>focal`'s stage 2 picked nothing, so the chain had one
+    round of test-fold selection (its stage 1), as `ce` had one and `ce` under last none."""
+    last = json.dumps({"final_epoch": "last"})
+    rows = [_row(1, 0.8), _row(1, 0.9, "ce>focal", config=last), _row(1, 0.7, "focal", config=last)]
+    results = agg.strategy_results(rows)
+    rounds = {s: results[(HELDOUT, s)].rounds for s in ("ce", "ce>focal", "focal")}
+    assert rounds == {"ce": 1, "ce>focal": 1, "focal": 0}
 
 
 def test_strategy_results_per_fold_in_percent():
