@@ -11,13 +11,14 @@ Two views of one attempt, stored apart so that neither writer can overwrite the 
   and `report` from one batched `sacct` call, `orchestrator.backends.slurm.accounting`): every
   attempt SLURM ran, a requeued or OOM-killed one included.
 
-`resource_rows(rundir)` merges them by (unit, job id, requeue): the accounting's times and
-CPU figures where it has them, the worker's otherwise, both peak RSS figures; `queue_wait_s`
-(eligible -> start on SLURM, submit -> start locally), `elapsed_s` and `cpu_efficiency` = CPU
-time / (elapsed x CPUs), from one view's pair (the job's TotalCPU and Elapsed where SLURM
-gathers CPU time; else the worker's CPU time over its own wall time, since the job's elapsed
-also holds the interpreter's start-up, which the worker does not see). `query` shows it as
-`resources`; the report's cost section reads it.
+`resource_rows(rundir)` merges them by (unit, job id, requeue): the accounting's times where
+it has them, the worker's otherwise, both peak RSS figures; `queue_wait_s` (eligible -> start
+on SLURM, submit -> start locally), `elapsed_s` and `cpu_efficiency` = CPU time / (wall time x
+CPUs), from one view's pair: the worker's CPU time over its own wall time where the worker
+measured the attempt (to the microsecond), else the job's TotalCPU over its Elapsed (a killed
+worker's attempt; SLURM gives Elapsed in whole seconds, which over a job of a few seconds
+can put the ratio well off, so it is only the fallback). `cpu_time_s` is the pair's CPU
+time. `query` shows it as `resources`; the report's cost section reads it.
 """
 
 from __future__ import annotations
@@ -213,10 +214,15 @@ def resource_rows(rundir: RunDir, unit_ids: set[str] | None = None) -> list[dict
     for row in sacct:
         key = (row["unit_id"], str(row["job_id"]), int(row["requeue"]))
         mine = merged.setdefault(key, {})
-        mine.update({k: v for k, v in row.items() if v is not None and k != "max_rss_mb"})
+        # the worker's own CPU time stays with its own wall time (the pair in `own`)
+        mine.update(
+            {
+                k: v
+                for k, v in row.items()
+                if v is not None and k != "max_rss_mb" and not (k == "cpu_time_s" and "own" in mine)
+            }
+        )
         mine["sacct_max_rss_mb"] = row.get("max_rss_mb")
-        if row.get("cpu_time_s") is not None:  # TotalCPU gathered: the job's own pair
-            mine.pop("own", None)
     rows = []
     for row in merged.values():
         started, ended = row.get("started_at"), row.get("ended_at")

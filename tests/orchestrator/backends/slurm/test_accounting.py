@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -57,9 +58,13 @@ def _counting_sacct(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return calls
 
 
-def _gathers_memory() -> bool:
+def _gather_interval_s() -> float | None:
+    """How often this SLURM samples a step's MaxRSS; None when it gathers nothing."""
     config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True)
-    return "jobacct_gather/none" not in config.stdout
+    if "jobacct_gather/none" in config.stdout:
+        return None
+    found = re.search(r"JobAcctGatherFrequency\s*=\s*(?:task=)?(\d+)", config.stdout)
+    return float(found.group(1)) if found else 30.0  # SLURM's default
 
 
 @pytest.mark.slurm
@@ -151,6 +156,10 @@ def test_resources_of_every_attempt_one_sacct_timeline_and_the_jobs_own_settings
     title = Image.open(report.path.parent / TIMELINE_FIGURE).text["Title"]
     assert title.startswith("4 attempts of 3 units")
 
-    if not _gathers_memory():
+    interval = _gather_interval_s()
+    if interval is None:
         pytest.skip("this SLURM's JobAcctGatherType is none: sacct has no MaxRSS to check")
-    assert all(row["sacct_max_rss_mb"] for row in last), last
+    # MaxRSS is sampled: an attempt that ran a few sampling intervals has at least one sample
+    sampled = [row for row in last if row["elapsed_s"] >= 3 * interval]
+    assert sampled, (interval, last)
+    assert all(row["sacct_max_rss_mb"] for row in sampled), sampled
