@@ -410,7 +410,7 @@ def test_a_fixed_split_kind_gets_its_own_detector_and_options(tmp_path):
 
 
 def test_the_wild_grids_are_fold_less_five_strategies_three_datasets_three_seeds(tmp_path):
-    for name, backbone in (("wild", "resnet18"), ("wild-demo", "tiny")):
+    for name, backbones in (("wild", ("resnet18", "timm:convnext_tiny")), ("wild-demo", ("tiny",))):
         grid = load_grid(name)
         assert {d.kind for d in grid.datasets.values()} == {"rafdb", "ferplus", "affectnet"}
         assert all(d.fixed for d in grid.datasets.values()) and grid.seeds == (0, 1, 2)
@@ -418,20 +418,22 @@ def test_the_wild_grids_are_fold_less_five_strategies_three_datasets_three_seeds
         units = expand(grid, tmp_path / name, [])
         counts = summary(units)
         # per dataset and seed: ce, focal, joint, then focal>ce and ce>focal on their stage 1
-        assert counts == {"prepare": 3, "train": 45, "stage 1": 27, "stage 2": 18}, name
+        k = len(backbones)
+        assert counts == {"prepare": 3, "train": 45 * k, "stage 1": 27 * k, "stage 2": 18 * k}
         train = [u for u in units if u.kind == "train"]
         assert {u.fold for u in train} == {0}
-        assert f"rafdb/fixed/{backbone}/ce>focal/s2" in {u.name for u in train}
+        assert {u.backbone for u in train} == set(backbones)
+        assert f"rafdb/fixed/{backbones[0]}/ce>focal/s2" in {u.name for u in train}
 
 
 def test_the_wild_grid_dry_run_on_slurm_lists_its_arrays_and_gpu_hours(tmp_path):
     out = io.StringIO()
     launch("wild", cluster="slurm", run_dir=tmp_path / "run", dry_run=True, out=out)
     text = out.getvalue()
-    assert "slurm: 7 sbatch calls (job arrays) for 48 units in 48 tasks" in text, text
-    assert "wave 1 A2: --array=0-8%9" in text and "--dependency=aftercorr:A2" in text
+    assert "slurm: 7 sbatch calls (job arrays) for 93 units in 93 tasks" in text, text
+    assert "wave 1 A2: --array=0-17%18" in text and "--dependency=aftercorr:A2" in text
     assert "wave 0 A1: --array=0-2%3 --time=60 --job-name" in text  # prepare: no GPU
     assert "(no --gpus-per-node)" in text
-    assert "180.0 GPU-hours (45 of 48 jobs with GPUs)" in text and "upper bound" in text
+    assert "360.0 GPU-hours (90 of 93 jobs with GPUs)" in text and "upper bound" in text
     assert "no measurement on this device (GPU)" in text
     assert not (tmp_path / "run" / "submissions.json").exists()
