@@ -82,20 +82,40 @@ def confusion_section(study: Study, out_dir: Path) -> str:
     return "\n".join(lines).rstrip()
 
 
-def folds_section(study: Study, out_dir: Path) -> str:
-    """A strip/box plot of per-fold accuracy per strategy, one axes per group."""
+def fold_panels(study: Study) -> list[figures.FoldPanel]:
+    """One axes per group: each strategy's headline metric per fold (per seed on a fixed
+    split), against chance and the majority-class floor in that metric."""
     panels = []
     for group in study.groups:
         kind = study.results.kind_of(group.dataset)
-        folds = {s: study.result(group, s).folds for s in study.strategies(group)}
+        results = [study.result(group, s) for s in study.strategies(group)]
+        fixed = any(r.fixed for r in results)  # one test set: its seeds are the units
+        folds = {r.strategy: r.seeds if fixed else r.folds for r in results}
         if not any(folds.values()):
             continue
         numbers = {s: paper.paper_accuracy(kind, group.backbone, s) for s in folds}
         paper_means = {s: v for s, v in numbers.items() if v is not None}
         chance, majority = _floors(study, group)
+        headline = study.headline(group.dataset)
+        if headline.column != "test_accuracy":
+            majority = chance  # always the majority class: one class right of C, all others 0
         panels.append(
-            figures.FoldPanel(_figure_title(study, group), folds, paper_means, chance, majority)
+            figures.FoldPanel(
+                _figure_title(study, group),
+                folds,
+                paper_means,
+                chance,
+                majority,
+                metric=headline.name,
+                unit="seed" if fixed else "fold",
+            )
         )
+    return panels
+
+
+def folds_section(study: Study, out_dir: Path) -> str:
+    """A strip/box plot of per-fold accuracy per strategy, one axes per group."""
+    panels = fold_panels(study)
     if not panels:
         return "## Accuracy per fold\n\nNo finished folds yet."
     atomic_write_bytes(out_dir / FOLDS_FIGURE, figures.fold_figure(panels))
@@ -105,11 +125,13 @@ def folds_section(study: Study, out_dir: Path) -> str:
     )
     return (
         f"## Accuracy per fold\n\nEach dot is one test fold's headline metric (the strategy "
-        f"table names it per dataset; a fixed split has one dot: its test set){seeds}; grey lines "
-        "join the same fold across strategies (the pairing the tests use)"
+        f"table names it per dataset){seeds}; on a fixed split, with its one test set, each dot "
+        "is a seed; grey lines join the same fold (seed) across strategies (the pairing the "
+        "tests use)"
         + (paper_text if any(panel.paper for panel in panels) else "")
         + ". Dotted: chance (1 / number of classes); dashed: always predicting the majority "
-        "class (its share of the test images).\n\n"
+        "class (its share of the test images in accuracy; in mean-class accuracy it is chance)."
+        "\n\n"
         f"![per-fold accuracy]({FOLDS_FIGURE})"
     )
 

@@ -32,13 +32,16 @@ class ConfusionPanel:
 
 @dataclass(frozen=True)
 class FoldPanel:
-    """One axes of the per-fold figure: accuracy per fold of each strategy."""
+    """One axes of the per-fold figure: the headline metric per unit of each strategy (per
+    test fold; per seed on a fixed split, whose one test set the seeds share)."""
 
     title: str
-    folds: Mapping[str, Mapping[int, float]]  # strategy -> fold -> accuracy %
+    folds: Mapping[str, Mapping[int, float]]  # strategy -> fold (or seed) -> metric %
     paper: Mapping[str, float]  # strategy -> the paper's mean, where it has one
     chance: float | None = None  # 100 / number of classes
-    majority: float | None = None  # % of test images in the most frequent class
+    majority: float | None = None  # the metric of always predicting the most frequent class
+    metric: str = "accuracy"  # the headline metric's name
+    unit: str = "fold"  # what a dot is: `fold`, or `seed` on a fixed split
 
 
 def _png(figure: Figure, title: str) -> bytes:
@@ -149,10 +152,10 @@ def fold_figure(panels: Sequence[FoldPanel]) -> bytes:
                     label=label,
                 )
                 label = None
-        labels = [f"{s}\n{quantity(len(panel.folds[s]), 'fold')}" for s in strategies]
+        labels = [f"{s}\n{quantity(len(panel.folds[s]), panel.unit)}" for s in strategies]
         ax.set_xticks(range(len(strategies)), labels=labels, fontsize=8)
         ax.set_xlim(-0.6, len(strategies) - 0.4)
-        ax.set_ylabel("test accuracy of the fold (%)")
+        ax.set_ylabel(f"test {panel.metric} of the {panel.unit} (%)")
         ax.set_title(panel.title, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
         if panel.paper:

@@ -478,6 +478,19 @@ def fixed(tmp_path_factory):
     return run, write_report(run.path)
 
 
+def test_a_fixed_split_is_drawn_per_seed_in_its_headline_metric(fixed):
+    """The fold figure of a fixed split: a dot per seed (its one test set), the headline
+    metric on the axis, and the majority-class floor of mean-class accuracy, which is chance."""
+    from orchestrator.report.document import fold_panels
+
+    run, _ = fixed
+    (panel,) = fold_panels(build_study(load_results(run.path)))
+    assert (panel.unit, panel.metric) == ("seed", "mean-class accuracy")
+    assert set(panel.folds["ce"]) == {0, 1, 2}
+    assert panel.folds["ce"][1] == pytest.approx(_mean_class(FIXED_ERRORS[("rafdb", "ce", 1)][0]))
+    assert panel.chance == panel.majority == pytest.approx(100 / 7)
+
+
 def test_a_fixed_split_is_compared_by_seed_on_its_headline_mean_class_accuracy(fixed):
     run, _ = fixed
     study = build_study(load_results(run.path))
