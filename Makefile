@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
-## demo: the `demo` grid end to end on the synthetic CK+ twin, locally (~2.5 min on 2 cores)
+## demo: the `demo` grid end to end on the synthetic CK+ twin, locally (~1-2.5 min on 2 cores)
 demo: $(STAMP)
 	$(PY) -m orchestrator launch --grid demo
 
