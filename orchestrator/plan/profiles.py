@@ -119,6 +119,21 @@ class JobResources:
     time_min: int
 
 
+@dataclass(frozen=True)
+class UnitRanks:
+    """How many processes (ranks) one training unit runs as, data-parallel, and on how many
+    nodes: `world` ranks in all, `world // nodes` on each node, one GPU each on a GPU job
+    (NCCL), CPU threads on a CPU job (gloo). Data preparation always runs as one process."""
+
+    world: int = 1
+    nodes: int = 1
+    gpu: bool = False
+
+    @property
+    def per_node(self) -> int:
+        return self.world // self.nodes
+
+
 RESOURCE_CHECKS: dict[str, Check] = {
     "gpus": _int(0),
     "cpus": _int(1),
@@ -187,7 +202,18 @@ class LocalProfile:
     parallelism: ClassVar[str] = "jobs"  # the key `--jobs` sets
 
     jobs: int = _key(1, _int(1))  # units running at once
-    threads_per_job: int = _key(1, _int(1))  # torch threads per unit
+    threads_per_job: int = _key(1, _int(1))  # torch threads per unit (per rank)
+    # Processes (ranks) of one training unit, data-parallel on this machine: gloo on CPU,
+    # one GPU each (NCCL) where there are GPUs. Each takes threads_per_job threads.
+    procs_per_unit: int = _key(1, _int(1))
+    # A collective that waits longer than this fails its unit (a rank died or hangs).
+    collective_timeout_s: float = _key(300.0, _number(10))
+
+    def unit_ranks(self, unit: Unit) -> UnitRanks:
+        """The ranks a unit runs as (`UnitRanks`)."""
+        if unit.kind != "train":
+            return UnitRanks()
+        return UnitRanks(world=self.procs_per_unit)
 
 
 @dataclass(frozen=True)
@@ -233,6 +259,39 @@ class SlurmProfile:
     # mem_gb and time_min: `{prepare: {gpus: 0, cpus: 8, time_min: 60}, inception_v3:
     # {mem_gb: 32, time_min: 480}}`; a kind's entry over its backbone's over the defaults.
     resources: dict[str, dict[str, Any]] = _key({}, _resources)
+    # One training unit on several GPUs and nodes, data-parallel (NCCL): gpus_per_unit GPUs
+    # in all, one rank (SLURM task) each, spread evenly over nodes_per_unit nodes; > 1 sets
+    # the GPUs per node of training jobs (over gpus_per_job and `resources:`). On CPU jobs
+    # (no GPUs) procs_per_unit ranks (gloo) instead. A multi-rank unit takes whole jobs: no
+    # packing (units_per_job 1).
+    gpus_per_unit: int = _key(1, _int(1))
+    nodes_per_unit: int = _key(1, _int(1))
+    procs_per_unit: int = _key(1, _int(1))
+    # A collective that waits longer than this fails its unit (a rank died or hangs).
+    collective_timeout_s: float = _key(300.0, _number(10))
+
+    def __post_init__(self) -> None:
+        problem = _rank_problem(self.gpus_per_unit, self.procs_per_unit, self.nodes_per_unit)
+        if (
+            problem is None
+            and self.units_per_job > 1
+            and max(self.gpus_per_unit, self.procs_per_unit, self.nodes_per_unit) > 1
+        ):
+            problem = (
+                "units_per_job > 1 packs units into one job, and a multi-rank unit takes whole "
+                "jobs; use one or the other"
+            )
+        if problem:
+            raise ProfileProblem(problem)
+
+    def unit_ranks(self, unit: Unit) -> UnitRanks:
+        """The ranks a unit runs as: gpus_per_unit on a GPU job (or when it asks for more
+        than one GPU), procs_per_unit on a CPU job; preparation is one process."""
+        if unit.kind != "train":
+            return UnitRanks()
+        if self.gpus_per_unit > 1 or self._unit_resources(unit).gpus > 0:
+            return UnitRanks(self.gpus_per_unit, self.nodes_per_unit, gpu=True)
+        return UnitRanks(self.procs_per_unit, self.nodes_per_unit)
 
     def python_command(self) -> str:
         """The job's interpreter command, each word quoted: `python` split as a shell would
@@ -260,6 +319,8 @@ class SlurmProfile:
         }
         values.update(self.resources.get(unit.backbone, {}) if unit.backbone else {})
         values.update(self.resources.get(unit.kind, {}))
+        if unit.kind == "train" and self.gpus_per_unit > 1:  # each node's share of the GPUs
+            values["gpus"] = self.gpus_per_unit // self.nodes_per_unit
         return JobResources(**values)
 
 
@@ -282,10 +343,48 @@ class RayProfile:
     # the next trial of a wave reuse the actor and its preloaded forkserver.
     reuse_actors: bool = _key(True, _boolean)
     connect_timeout_s: float = _key(30.0, _number(1))  # to reach `address`
+    # One training unit as several Ray Train workers (ranks), data-parallel: gpus_per_unit
+    # workers with one GPU each (NCCL), or on CPUs procs_per_unit workers (gloo); each
+    # worker takes cpus_per_trial CPUs.
+    gpus_per_unit: int = _key(1, _int(1))
+    procs_per_unit: int = _key(1, _int(1))
+    # A collective that waits longer than this fails its unit (a rank died or hangs).
+    collective_timeout_s: float = _key(300.0, _number(10))
+
+    def __post_init__(self) -> None:
+        problem = _rank_problem(self.gpus_per_unit, self.procs_per_unit, 1)
+        if problem:
+            raise ProfileProblem(problem)
+
+    def unit_ranks(self, unit: Unit) -> UnitRanks:
+        """The ranks (Ray Train workers) a unit runs as; preparation is one trial."""
+        if unit.kind != "train":
+            return UnitRanks()
+        if self.gpus_per_unit > 1:
+            return UnitRanks(self.gpus_per_unit, gpu=True)
+        return UnitRanks(self.procs_per_unit)
 
     @property
     def resources_per_trial(self) -> dict[str, float]:
         return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
+
+
+class ProfileProblem(ValueError):
+    """Keys of a profile that are valid one by one but not together (raised while the
+    dataclass is built; `parse_profile` names the file and profile)."""
+
+
+def _rank_problem(gpus_per_unit: int, procs_per_unit: int, nodes_per_unit: int) -> str | None:
+    """What is wrong with a profile's rank keys together, or None."""
+    if gpus_per_unit > 1 and procs_per_unit > 1:
+        return (
+            "gpus_per_unit and procs_per_unit both > 1: procs_per_unit is the rank count of "
+            "CPU jobs, gpus_per_unit of GPU jobs; set one"
+        )
+    world = max(gpus_per_unit, procs_per_unit)
+    if world % nodes_per_unit:
+        return f"nodes_per_unit {nodes_per_unit} does not divide the unit's {world} ranks evenly"
+    return None
 
 
 Profile = LocalProfile | SlurmProfile | RayProfile
@@ -329,7 +428,24 @@ def parse_profile(name: str, body: Any, path: Path) -> Profile:
             raise FerError(f"{where}.{key}: {value!r} {problem}")
         convert = keys[key].metadata[CONVERT]
         values[key] = value if convert is None else convert(value)
-    return kind(**values)
+    try:
+        return kind(**values)
+    except ProfileProblem as exc:
+        raise FerError(f"{where}: {exc}") from None
+
+
+def check_unit_ranks(profile: Profile, units: list[Unit], where: str) -> None:
+    """Refuse, before anything is submitted, a training unit whose global batch (`batch_size`,
+    split evenly across its ranks: docs/METHOD.md D-24) does not divide by its rank count."""
+    for unit in units:
+        ranks = profile.unit_ranks(unit)
+        batch = int(unit.spec.get("config", {}).get("batch_size", 1))
+        if ranks.world > 1 and batch % ranks.world:
+            raise FerError(
+                f"{where}: batch_size {batch} of {unit.name} does not split evenly over the "
+                f"{ranks.world} ranks of a unit; batch_size is the global batch: make it a "
+                f"multiple of {ranks.world}"
+            )
 
 
 def with_parallelism(profile: Profile, jobs: int) -> Profile:

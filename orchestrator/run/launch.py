@@ -23,7 +23,13 @@ from orchestrator.backends import make_backend
 from orchestrator.plan.dag import summary
 from orchestrator.plan.grid import Grid
 from orchestrator.plan.overrides import GridPlan, Setting, expand_plan, load_grids
-from orchestrator.plan.profiles import LocalProfile, SlurmProfile, load_profile, with_parallelism
+from orchestrator.plan.profiles import (
+    LocalProfile,
+    SlurmProfile,
+    check_unit_ranks,
+    load_profile,
+    with_parallelism,
+)
 from orchestrator.plan.unit import Unit
 from orchestrator.plan.weights import missing_weights, require_weights
 from orchestrator.run.lineage import reset_stale, stale_units
@@ -75,6 +81,7 @@ def launch(
         problems = list(dict.fromkeys(p for point in plan.grids for p in missing_weights(point)))
         digests = rundir.digest_cache()  # read, never saved: a dry run writes nothing
         units = expand_plan(plan, rundir.path, problems, digests=digests)
+        check_unit_ranks(profile, units, f"--cluster {cluster}")
         stale = stale_units(rundir, units, digests)
         finished = {u.id for u in units if rundir.is_done(u.id, u.kind) and u.id not in stale}
         _print_plan(grid, plan, units, rundir, len(finished), out)
@@ -94,6 +101,7 @@ def launch(
         return rundir
     digests = rundir.digest_cache()
     units = expand_plan(plan, rundir.path, digests=digests)
+    check_unit_ranks(profile, units, f"--cluster {cluster}")
     for point in plan.grids:
         require_weights(point)
     backend = make_backend(profile)

@@ -60,7 +60,9 @@ def test_every_key_is_checked_and_a_bad_value_names_it(tmp_path, backend, key):
 def test_an_unknown_key_lists_the_dataclass_fields(tmp_path):
     path = tmp_path / "cluster.yaml"
     path.write_text("p: {backend: local, jbos: 2}\n")
-    with pytest.raises(FerError, match="allowed: jobs, threads_per_job$"):
+    with pytest.raises(
+        FerError, match="allowed: collective_timeout_s, jobs, procs_per_unit, threads_per_job$"
+    ):
         load_profile("p", path)
 
 
@@ -154,3 +156,44 @@ def test_launch_jobs_reaches_the_backend_as_its_own_key(
     with pytest.raises(Captured) as captured:
         main(argv)
     assert captured.value.args[0] == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("{backend: slurm, gpus_per_unit: 2, procs_per_unit: 2}", "set one"),
+        ("{backend: slurm, gpus_per_unit: 4, nodes_per_unit: 3}", "does not divide"),
+        ("{backend: slurm, procs_per_unit: 2, units_per_job: 2}", "use one or the other"),
+        ("{backend: ray, gpus_per_unit: 2, procs_per_unit: 3}", "set one"),
+    ],
+)
+def test_rank_keys_that_do_not_go_together_are_refused_naming_the_profile(tmp_path, body, message):
+    path = tmp_path / "cluster.yaml"
+    path.write_text(f"p: {body}\n")
+    with pytest.raises(FerError, match=f"cluster.yaml: p: .*{message}"):
+        load_profile("p", path)
+
+
+def test_a_multi_gpu_unit_asks_each_node_for_its_share_of_the_gpus():
+    from orchestrator.plan.unit import Unit
+
+    train = Unit("t", "train", "ds/f00/tiny/ce", "ds", (), {"config": {"batch_size": 8}})
+    prepare = Unit("p", "prepare", "prepare ds", "ds", (), {})
+    profile = SlurmProfile(gpus_per_job=1, gpus_per_unit=8, nodes_per_unit=2)
+    ranks = profile.unit_ranks(train)
+    assert (ranks.world, ranks.nodes, ranks.per_node, ranks.gpu) == (8, 2, 4, True)
+    assert profile.resources_for([train]).gpus == 4
+    assert profile.unit_ranks(prepare).world == 1
+    assert profile.resources_for([prepare]).gpus == 1
+    cpu = SlurmProfile(procs_per_unit=2)
+    assert (cpu.unit_ranks(train).world, cpu.unit_ranks(train).gpu) == (2, False)
+
+
+def test_a_global_batch_that_does_not_split_over_the_ranks_is_refused():
+    from orchestrator.plan.profiles import check_unit_ranks
+    from orchestrator.plan.unit import Unit
+
+    train = Unit("t", "train", "ds/f00/tiny/ce", "ds", (), {"config": {"batch_size": 9}})
+    check_unit_ranks(LocalProfile(procs_per_unit=3), [train], "--cluster p")
+    with pytest.raises(FerError, match="batch_size 9 of ds/f00/tiny/ce .* 2 ranks"):
+        check_unit_ranks(LocalProfile(procs_per_unit=2), [train], "--cluster p")
