@@ -85,13 +85,17 @@ class _Group:
     """The worker processes of one running unit, by rank (one for most units), and how they
     ended: `first` is the first rank to end non-zero (exit status or signal) and its code;
     once there is one, the others are told to stop, and SIGKILLed at `kill_at` if still
-    running (time.monotonic())."""
+    running (time.monotonic()). `interrupted`: the unit was stopped, not failed: a rank
+    died of Ctrl-C or SIGTERM before any rank failed (not the launcher's SIGTERM ending a
+    failed group), or the launch was interrupted before any rank of a data-parallel unit
+    failed (a rank that then fails has lost a stopped peer)."""
 
     unit: Unit
     processes: list[BaseProcess]
     exits: dict[int, int] = field(default_factory=dict)  # rank -> exit code
     first: tuple[int, int] | None = None
     kill_at: float | None = None
+    interrupted: bool = False
 
     @property
     def finished(self) -> bool:
@@ -114,13 +118,19 @@ class _Group:
             self.exits[rank] = code
             if code != 0:
                 failed.append((code >= 0, rank, code))
+            if -code in STOP_SIGNALS and self.first is None:  # not one ending a failed group
+                self.interrupted = True
         if failed and self.first is None:
             _, rank, code = min(failed)
             self.first = (rank, code)
             self.stop()
 
-    def stop(self) -> None:
-        """SIGTERM the ranks still running; SIGKILL them after GRACE_S (`enforce`)."""
+    def stop(self, interrupted: bool = False) -> None:
+        """SIGTERM the ranks still running; SIGKILL them after GRACE_S (`enforce`).
+        `interrupted`: the launch was, which stops a data-parallel unit that had not
+        failed yet (a one-process worker is judged by its own exit, as it always was)."""
+        if interrupted and self.first is None and len(self.processes) > 1:
+            self.interrupted = True
         for rank, process in enumerate(self.processes):
             if rank not in self.exits:
                 process.terminate()
@@ -294,10 +304,11 @@ class LocalBackend(Backend[LocalProfile]):
             if code != 0:  # the result is complete (`runs` is written last): keep it
                 detail += f" ({who or 'its worker'} then exited with status {code})"
             return "done", detail
-        if -code in STOP_SIGNALS:
+        if group.interrupted:
             if world > 1:  # a rank that lost a stopped peer may have called it a failure
                 rundir.clear_failed(unit.id)
-            return "stopped", f"{signal.Signals(-code).name}; a re-launch resumes it"
+            how = signal.Signals(-code).name if -code in STOP_SIGNALS else "interrupted"
+            return "stopped", f"{how}; a re-launch resumes it"
         log_path = self._log(rundir, unit.id, rank)
         reason = rundir.failure(unit.id)
         if reason is None or (world > 1 and code < 0):
@@ -316,7 +327,7 @@ class LocalBackend(Backend[LocalProfile]):
         and say what became of each: one that finished meanwhile is done, a stopped one
         records nothing."""
         for group in running.values():
-            group.stop()
+            group.stop(interrupted=True)
         stopped = len(running)
         while running:
             for group in self._reap(running):

@@ -94,6 +94,33 @@ def test_a_two_rank_unit_lands_once_with_its_ranks_recorded(two_rank_run):
     assert rundir.failure(unit.id) is None
 
 
+EPOCHS = 8  # of the unit a test breaks: long enough to catch mid-training
+
+
+def _mid_training(two_rank_run, cluster, tmp_path):
+    """A background launch of an 8-epoch 2-rank unit (a copy of the shared run: its data
+    unit is done) caught mid-training: (run dir, launcher, unit, epochs done, launch args)."""
+    rundir = private_copy(two_rank_run[1], tmp_path)
+    shorter = _train(rundir).id
+    grid = tmp_path / "grid.yaml"  # the same data unit, a new training
+    grid.write_text(GRID.replace("epochs: 2", f"epochs: {EPOCHS}"))
+    args = ["launch", "--grid", grid, "--run-dir", rundir.path, "--cluster", "two"]
+    args += ["--cluster-file", cluster]
+    launcher = Background(*args, cwd=tmp_path, name="first")
+
+    def started():
+        unit = _train(rundir)
+        return unit if unit.id != shorter and unit.id in rundir.submissions() else None
+
+    try:
+        unit = wait_until(started, 120, "the 8-epoch unit to start", explain=launcher.output)
+        done = wait_mid_training(rundir, unit.id, 1, EPOCHS - 1, 240, explain=launcher.output)
+    except BaseException:
+        launcher.kill_group()
+        raise
+    return rundir, launcher, unit, done, args
+
+
 def test_a_rank_killed_mid_epoch_fails_the_unit_at_once_and_a_relaunch_resumes(
     two_rank_run, cluster, tmp_path
 ):
@@ -101,22 +128,8 @@ def test_a_rank_killed_mid_epoch_fails_the_unit_at_once_and_a_relaunch_resumes(
     launcher ends rank 0 and the unit fails within a minute, named by rank and signal (the
     issue's bound; the collective timeout is 300 s); a re-launch resumes from the last
     epoch checkpoint on both ranks and finishes."""
-    epochs = 8
-    rundir = private_copy(two_rank_run[1], tmp_path)
-    shorter = _train(rundir).id
-    grid = tmp_path / "grid.yaml"  # the same data unit, a new training of 8 epochs
-    grid.write_text(GRID.replace("epochs: 2", f"epochs: {epochs}"))
-    args = ["launch", "--grid", grid, "--run-dir", rundir.path, "--cluster", "two"]
-    args += ["--cluster-file", cluster]
-    first = Background(*args, cwd=tmp_path, name="first")
+    rundir, first, unit, _, args = _mid_training(two_rank_run, cluster, tmp_path)
     try:
-
-        def started():
-            unit = _train(rundir)
-            return unit if unit.id != shorter and unit.id in rundir.submissions() else None
-
-        unit = wait_until(started, 120, "the 8-epoch unit to start", explain=first.output)
-        wait_mid_training(rundir, unit.id, 1, epochs - 1, 240, explain=first.output)
         ranks = rundir.submissions()[unit.id]["ranks"]
         os.kill(ranks[1]["pid"], signal.SIGKILL)
         killed_at = time.monotonic()
@@ -139,11 +152,53 @@ def test_a_rank_killed_mid_epoch_fails_the_unit_at_once_and_a_relaunch_resumes(
     assert again.returncode == 0, again.stdout + again.stderr
     row = rundir.store.read("runs", {unit.id}).to_pylist()[0]
     epoch_rows = rundir.store.read("epochs", {unit.id}).column("epoch").to_pylist()
-    assert epoch_rows == list(range(1, epochs + 1))
+    assert epoch_rows == list(range(1, EPOCHS + 1))
     assert rundir.store.read("predictions", {unit.id}).num_rows == row["n_test"]
     assert row["resumed_from_epoch"] >= max(1, done_at_kill), (row, done_at_kill)
     assert row["world_size"] == 2 and rundir.failure(unit.id) is None
     assert rundir.submissions()[unit.id]["attempts"] == 2
+
+
+def test_a_killed_launchers_ranks_are_seen_running_and_cancel_stops_them_all(
+    two_rank_run, cluster, tmp_path
+):
+    """Fault: the launcher gets SIGKILL while a 2-rank unit trains (its ranks live on).
+    Expect: `status` shows the unit running; `cancel` stops both ranks, and the unit is
+    stopped, not failed (to do: a re-launch resumes it)."""
+    rundir, launcher, unit, _, _ = _mid_training(two_rank_run, cluster, tmp_path)
+    ranks = rundir.submissions()[unit.id]["ranks"]
+    try:
+        os.kill(launcher.pid, signal.SIGKILL)
+        launcher.process.wait(30)
+        assert all(alive(p["pid"]) for p in ranks), "the ranks should outlive their launcher"
+        rows = {r["unit_id"]: r for r in status_rows(rundir, LocalBackend(LocalProfile()))}
+        assert rows[unit.id]["state"] == "running", rows[unit.id]
+        result = cli("cancel", "--run-dir", rundir.path, cwd=tmp_path)
+    finally:
+        launcher.kill_group()
+    assert result.returncode == 0 and "cancelled 1 units" in result.stdout, result.stdout
+    assert not any(alive(p["pid"]) for p in ranks)
+    assert rundir.failure(unit.id) is None
+    rows = {r["unit_id"]: r for r in status_rows(rundir, LocalBackend(LocalProfile()))}
+    assert rows[unit.id]["state"] == "todo", rows[unit.id]
+
+
+def test_ctrl_c_stops_a_two_rank_unit_without_recording_a_failure(two_rank_run, cluster, tmp_path):
+    """Fault: Ctrl-C (SIGINT to the launcher, its fork server and both ranks) mid-training.
+    Expect: the launch exits as interrupted (130) and the unit is stopped, not failed,
+    whichever rank noticed the other's end first."""
+    rundir, launcher, unit, _, _ = _mid_training(two_rank_run, cluster, tmp_path)
+    try:
+        os.killpg(launcher.pid, signal.SIGINT)
+        code = launcher.wait(60)
+    finally:
+        launcher.kill_group()
+    assert code == 130, launcher.output()
+    assert "Traceback" not in launcher.stderr(), launcher.stderr()
+    assert rundir.failure(unit.id) is None
+    assert not any(alive(p["pid"]) for p in rundir.submissions()[unit.id]["ranks"])
+    rows = {r["unit_id"]: r for r in status_rows(rundir, LocalBackend(LocalProfile()))}
+    assert rows[unit.id]["state"] == "todo", rows[unit.id]
 
 
 def test_a_global_batch_that_does_not_split_over_the_ranks_is_refused(cluster, tmp_path):
