@@ -63,6 +63,7 @@ from orchestrator.backends.slurm.control import (
     slurm_call,
 )
 from orchestrator.backends.slurm.jobs import (
+    RUN_START,
     PackJob,
     UnitJob,
     job_comment,
@@ -516,7 +517,9 @@ def dead_rank(rundir: RunDir, array: str, job_id: str) -> str | None:
         lines = log.read_text(errors="replace").splitlines()
     except OSError:
         return None
-    for line in lines:
+    # the log grows by one run per requeue: the last run is the one that failed
+    starts = [i for i, line in enumerate(lines) if RUN_START.match(line)]
+    for line in lines[starts[-1] if starts else 0 :]:
         match = SRUN_TASK_END.search(line)
         if match is not None:
             node, rank, how = match.groups()

@@ -73,6 +73,9 @@ STATE_MAP = {
 # The rendezvous ports of multi-rank units (submitit's helper draws from the same range).
 PORT_MIN, PORT_SPAN = 20000, 40000
 RESTART_COUNT = "SLURM_RESTART_COUNT"  # set by SLURM from the first requeue of a job on
+# Rank 0's first line of each run of a job (`UnitJob._join_ranks`): a job's log grows by one
+# run per requeue, and the post-mortem reads the last.
+RUN_START = re.compile(r"rank 0 of \d+ .*, restart \d+")
 
 
 def rendezvous_port(job_id: str, restart: int) -> int:
