@@ -27,7 +27,9 @@ from orchestrator.run.launch import launch
 from orchestrator.run.rundir import RunDir
 from tests.helpers import (
     REPO,
+    _release_if_held,
     cli_env,
+    epochs_done,
     job_logs,
     roles,
     scontrol_job,
@@ -99,32 +101,47 @@ def rank_lines(rundir: RunDir, job: str) -> list[tuple[int, str, int, int]]:
 def test_a_requeued_two_rank_job_resumes_with_a_fresh_rendezvous_and_finishes(
     tmp_path, ranks2, cancel_after, twin_root
 ):
-    grid = one_unit_grid(tmp_path, "ranksrequeue", twin_root)
+    """`scontrol requeue` (SIGTERM to every rank), then a preemption notice (USR2: rank 0
+    requeues, rank 1 stops quietly): each run meets at its own port, resumes and the unit
+    finishes as one 2-rank unit, never recorded as failed."""
+    grid = one_unit_grid(tmp_path, "ranksrequeue", twin_root, epochs=8)
     run = tmp_path / "run"
     cancel_after(RunDir(run))
     rundir = launch(str(grid), cluster="ranks2", cluster_file=ranks2, run_dir=run)
     backend = SlurmBackend(load_profile("ranks2", ranks2))
     unit = roles(rundir.read_dag())["s1f1"]
     job = str(rundir.submissions()[unit.id]["job_id"])
-    assert "NumTasks=2 " in scontrol_job(job) or "NumTasks=2\n" in scontrol_job(job)
+    assert re.search(r"\bNumTasks=2\b", scontrol_job(job)), scontrol_job(job)
 
-    wait_mid_training(rundir, unit.id, 1, 6, 180, job_logs(rundir))
+    done = wait_mid_training(rundir, unit.id, 1, 7, 180, job_logs(rundir))
     subprocess.run(["scontrol", "requeue", job], check=True)
     wait_until(lambda: "Restarts=1" in scontrol_job(job), 60, "the requeue", 0.5, job_logs(rundir))
-    wait_requeued_to_end(backend, rundir, job, 240, "the requeued 2-rank job")
+    # the second run trains an epoch of its own, then gets the preemption notice
+    wait_until(
+        lambda: _release_if_held(job) or epochs_done(rundir, unit.id) > done,
+        180,
+        "an epoch of the requeued run",
+        0.05,
+        job_logs(rundir),
+    )
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    wait_until(lambda: "Restarts=2" in scontrol_job(job), 60, "the second requeue", 0.5)
+    wait_requeued_to_end(backend, rundir, job, 240, "the twice requeued 2-rank job")
 
     row = run_row(rundir, unit.id)
     assert (row["world_size"], row["nodes"], row["dist_backend"]) == (2, 1, "gloo")
-    assert row["resumed_from_epoch"] >= 1 and row["requeues"] == 1 and row["job_id"] == job
+    assert row["resumed_from_epoch"] > done and row["requeues"] == 2 and row["job_id"] == job
     assert len(row["rank_images_per_second"]) == 2
     assert rundir.failure(unit.id) is None  # a requeue is no failure, on any rank
     lines = rank_lines(rundir, job)
-    # each rank logged each attempt; the attempts met at their own ports, the ranks of one
-    # attempt at the same
-    assert [(rank, restart) for rank, _, _, restart in lines] == [(0, 0), (1, 0), (0, 1), (1, 1)]
-    ports = {restart: {port for _, _, port, r in lines if r == restart} for restart in (0, 1)}
-    assert ports == {r: {rendezvous_port(job, r)} for r in (0, 1)}
-    assert ports[0] != ports[1]
+    # each rank logged each run; the runs met at their own ports, the ranks of a run at one
+    runs = [(rank, restart) for rank, _, _, restart in lines]
+    assert runs == [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2)]
+    ports = {restart: {port for _, _, port, r in lines if r == restart} for restart in (0, 1, 2)}
+    assert ports == {r: {rendezvous_port(job, r)} for r in (0, 1, 2)}
+    assert len({port for (port,) in ports.values()}) == 3
+    rank1 = next(rundir.path.glob(f"arrays/*/{job}_1_log.out")).read_text()
+    assert "rank 1: stopping for the requeue of this job (rank 0 requeues)" in rank1
     print("\n".join(_quoted(rundir, job)))  # for the record (pytest -s)
 
 
