@@ -38,7 +38,7 @@ from typing import Any
 from submitit.helpers import Checkpointable
 
 from fer_core.errors import FerError
-from fer_core.ranks import COLLECTIVE_TIMEOUT, NODES
+from fer_core.ranks import COLLECTIVE_TIMEOUT, DEFAULT_TIMEOUT_S, NODES
 from orchestrator.backends.slurm.control import Retry, slurm_call
 from orchestrator.run.states import State
 
@@ -131,7 +131,7 @@ class UnitJob(Checkpointable):
             f"rank {dist.rank} of {dist.world_size} (local rank {dist.local_rank} of "
             f"{dist.local_world_size}, node {job.node} of {job.num_nodes}) in job {job.job_id}: "
             f"rendezvous {dist.master_addr}:{dist.master_port}, restart {restart}, collective "
-            f"timeout {os.environ.get(COLLECTIVE_TIMEOUT, 'default')} s",
+            f"timeout {os.environ.get(COLLECTIVE_TIMEOUT, DEFAULT_TIMEOUT_S)} s",
             flush=True,
         )
         if dist.rank > 0:

@@ -143,7 +143,7 @@ def test_a_task_exports_its_rank_and_this_attempts_rendezvous(rank, restart):
     }
     assert line.startswith(f"rank {rank} of 2 (local rank {rank} of 2, node 0 of 1) in job 77: ")
     assert line.endswith(
-        f"rendezvous node7:{port}, restart {restart or 0}, collective timeout default s"
+        f"rendezvous node7:{port}, restart {restart or 0}, collective timeout 300.0 s"
     )
 
 
