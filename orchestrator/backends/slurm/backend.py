@@ -75,7 +75,7 @@ from orchestrator.backends.slurm.jobs import (
 )
 from orchestrator.backends.slurm.pack import Pack, plan_packs
 from orchestrator.backends.slurm.ranks import job_ranks
-from orchestrator.plan.profiles import JobResources, SlurmProfile
+from orchestrator.plan.profiles import JobResources, SlurmProfile, UnitRanks
 from orchestrator.plan.unit import Unit
 from orchestrator.run.progress import Progress, unit_summary
 from orchestrator.run.rundir import RunDir, Submission
@@ -310,8 +310,10 @@ class SlurmBackend(Backend[SlurmProfile]):
         rundir.record_submissions(records)
         return job
 
-    def _resource_class(self, pack: Pack) -> JobResources:
-        return self.profile.resources_for(pack.units)
+    def _resource_class(self, pack: Pack) -> tuple[JobResources, UnitRanks]:
+        """What an array's tasks share: their resources and their ranks (a one-process unit,
+        a trial say, never runs in a multi-rank unit's array)."""
+        return self.profile.resources_for(pack.units), job_ranks(self.profile, [pack.units])
 
     def _call(self, rundir: RunDir, units: tuple[Unit, ...]) -> tuple:
         """What a task runs: UnitJob for one unit (each of its ranks), PackJob for a pack."""

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 from orchestrator.backends.slurm.arrays import dependency_of, plan_arrays
 from orchestrator.backends.slurm.backend import job_parameters
 from orchestrator.backends.slurm.pack import Pack, plan_packs
-from orchestrator.backends.slurm.ranks import job_totals
+from orchestrator.backends.slurm.ranks import job_ranks, job_totals
 from orchestrator.plan.profiles import SlurmProfile
 from orchestrator.plan.unit import Unit
 from orchestrator.run.epochcost import (
@@ -49,7 +49,11 @@ def print_slurm_plan(
         print("  slurm: nothing to submit", file=out)
         return
     packs = plan_packs(units, profile.units_per_job, {})
-    arrays = plan_arrays(packs, None, lambda pack: profile.resources_for(pack.units))
+    arrays = plan_arrays(
+        packs,
+        None,
+        lambda pack: (profile.resources_for(pack.units), job_ranks(profile, [pack.units])),
+    )
     names = [f"A{i + 1}" for i in range(len(arrays))]
     shared = job_parameters(profile, rundir, [packs[-1].units], "", "KEY")
     print(

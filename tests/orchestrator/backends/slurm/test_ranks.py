@@ -263,3 +263,24 @@ def test_a_ranks_resources_row_counts_the_whole_units_gpus_and_cpus(monkeypatch)
     monkeypatch.delenv("WORLD_SIZE")
     monkeypatch.setenv("SLURM_NTASKS", "1")
     assert (_gpus(), _cpus()) == (1, 6)
+
+
+def test_one_process_units_never_share_an_array_with_multi_rank_units(monkeypatch, tmp_path):
+    """A trial (one process) and a training (2 ranks) of one wave ask for the same CPUs per
+    task, but not for the same tasks: two arrays."""
+    from orchestrator.backends.slurm.arrays import plan_arrays
+    from orchestrator.backends.slurm.pack import plan_packs
+
+    fake_slurm_tools(monkeypatch, tmp_path)
+    profile = load_profile("slurm-local-2proc")
+    assert isinstance(profile, SlurmProfile)
+    trial = Unit(id="t0", kind="trial", name="ckplus/f01/tiny/ce/trial0", dataset="ckplus",
+                 deps=("p",), spec={}, backbone="tiny")  # fmt: skip
+    packs = plan_packs([trial, TRAIN], 1, {"p": "41"})
+    arrays = plan_arrays(packs, None, SlurmBackend(profile)._resource_class)
+    assert [[p.units[0].id for p in a.packs] for a in arrays] == [["t0"], ["t1"]]
+    tasks = [
+        job_parameters(profile, RunDir(tmp_path), [p.units for p in a.packs], "", "K")
+        for a in arrays
+    ]
+    assert [params["ntasks_per_node"] for params in tasks] == [1, 2]
