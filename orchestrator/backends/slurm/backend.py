@@ -413,11 +413,8 @@ class SlurmBackend(Backend[SlurmProfile]):
                 pack = records[unit_id].get("pack", []) if unit_id in records else []
                 job_units = [by_id.get(u, unit) for u in pack]
                 outcome[unit_id] = self._finished(rundir, unit, state, job_units or [unit])
-                if outcome[unit_id] == "failed" and rundir.failure(unit_id) is None:
-                    array = str(records[unit_id].get("array", "")) if unit_id in records else ""
-                    died = dead_rank(rundir, array, ids.get(unit_id, ""))
-                    if died is not None:
-                        rundir.mark_failed(unit_id, died)
+                if outcome[unit_id] == "failed" and unit_id in records:
+                    post_mortem(rundir, unit_id, records[unit_id])
                 detail = (
                     unit_summary(rundir, unit)
                     if outcome[unit_id] == "done"
@@ -467,11 +464,15 @@ class SlurmBackend(Backend[SlurmProfile]):
             return {}
         since = min(record.get("submitted_at", time.time()) for record in jobs.values())
         raw = raw_states([str(r["job_id"]) for r in jobs.values()], since, self.retry)
-        return {
+        states = {
             unit_id: normalise_state(raw[str(record["job_id"])])
             for unit_id, record in jobs.items()
             if str(record["job_id"]) in raw
         }
+        for unit_id, state in states.items():  # `status` of a launch that did not --wait
+            if state == State.FAILED:
+                post_mortem(rundir, unit_id, jobs[unit_id])
+        return states
 
     def record_accounting(self, rundir: RunDir) -> None:
         record_accounting(rundir, self.retry)
@@ -506,6 +507,16 @@ class SlurmBackend(Backend[SlurmProfile]):
 # srun's report of a task that ended badly, in the job's log: `srun: error: node7: task 1:
 # Killed`, `... tasks 0-1: Exited with exit code 1`, `... task 3: Out Of Memory`.
 SRUN_TASK_END = re.compile(r"srun: error: (\S+): tasks? (\d+)(?:[-,][\d,-]*)?: (.+?)\s*$")
+
+
+def post_mortem(rundir: RunDir, unit_id: str, record: Submission) -> None:
+    """Record why the failed job of `unit_id` ended where the unit could not (a rank killed
+    or crashed; `dead_rank`), unless a reason is recorded already."""
+    if rundir.failure(unit_id) is not None or rundir.is_done(unit_id):
+        return
+    died = dead_rank(rundir, str(record.get("array", "")), str(record.get("job_id", "")))
+    if died is not None:
+        rundir.mark_failed(unit_id, died)
 
 
 def dead_rank(rundir: RunDir, array: str, job_id: str) -> str | None:

@@ -25,6 +25,7 @@ from orchestrator.backends.slurm.jobs import rendezvous_port
 from orchestrator.plan.profiles import load_profile
 from orchestrator.run.launch import launch
 from orchestrator.run.rundir import RunDir
+from orchestrator.run.status import status_rows
 from tests.helpers import (
     REPO,
     _release_if_held,
@@ -183,9 +184,9 @@ def test_a_sigkilled_rank_fails_the_unit_within_a_minute_named_and_a_relaunch_re
     killed_at = time.monotonic()
     wait_until(lambda: slurm_finished(backend, rundir), 60, "the job to end", 0.5, job_logs(rundir))
     assert time.monotonic() - killed_at < 60  # the bound: no hang to the time limit
-    backend.wait(rundir, rundir.read_dag())  # the launcher's view: the post-mortem
-    reason = rundir.failure(unit.id)
-    assert reason is not None and re.search(r"\brank 1\b", reason), reason
+    row = next(r for r in status_rows(rundir, backend) if r["unit_id"] == unit.id)
+    assert row["state"] == "failed" and re.search(r"\brank 1\b", row["detail"]), row
+    assert rundir.failure(unit.id) == row["detail"]
     assert not rundir.is_done(unit.id)
 
     launch(str(grid), cluster="ranks2", cluster_file=ranks2, run_dir=run, wait=True)

@@ -16,7 +16,12 @@ import sys
 import pytest
 
 from fer_core.ranks import COLLECTIVE_TIMEOUT, NODES, RANK_ENV
-from orchestrator.backends.slurm.backend import SlurmBackend, dead_rank, job_parameters
+from orchestrator.backends.slurm.backend import (
+    SlurmBackend,
+    dead_rank,
+    job_parameters,
+    post_mortem,
+)
 from orchestrator.backends.slurm.control import clean_env, launcher_env
 from orchestrator.backends.slurm.jobs import PORT_MIN, PORT_SPAN, rendezvous_port
 from orchestrator.backends.slurm.ranks import job_totals
@@ -24,7 +29,7 @@ from orchestrator.plan.profiles import SlurmProfile, load_profile
 from orchestrator.plan.unit import Unit
 from orchestrator.report.cost import _hours
 from orchestrator.run.launch import launch
-from orchestrator.run.rundir import RunDir
+from orchestrator.run.rundir import RunDir, Submission
 from tests.helpers import REPO, fake_slurm_tools, sbatch_script
 
 TRAIN = Unit(id="t1", kind="train", name="ckplus/f01/tiny/ce", dataset="ckplus", deps=("p",),
@@ -219,6 +224,18 @@ def test_a_run_without_a_dead_rank_in_its_log_gets_no_post_mortem(tmp_path):
     rundir = RunDir(tmp_path / "run")
     _log(rundir, "rank 0 of 2 (local rank 0 of 2) in job 51_3: rendezvous vm:1, restart 0\n")
     assert dead_rank(rundir, "KEY", "51_3") is None
+
+
+def test_the_post_mortem_never_overwrites_the_units_own_reason(tmp_path):
+    rundir = RunDir(tmp_path / "run")
+    _log(rundir, "srun: error: vm: task 1: Killed\n")
+    record = Submission(backend="slurm", job_id="51_3", array="KEY")
+    rundir.mark_failed("u", "rank 1 of 2 stopped answering during epoch 3")
+    post_mortem(rundir, "u", record)
+    assert rundir.failure("u") == "rank 1 of 2 stopped answering during epoch 3"
+    rundir.clear_failed("u")
+    post_mortem(rundir, "u", record)
+    assert str(rundir.failure("u")).startswith("rank 1 ended on vm (Killed")
 
 
 def test_dry_run_shows_the_ranks_of_a_unit_and_counts_all_its_gpus(tmp_path):
