@@ -52,8 +52,12 @@ class SchedulerInfo(TypedDict):
 
 
 def scheduler_info() -> SchedulerInfo:
-    """Which scheduler runs this process, its job id and how often it was requeued."""
-    if "SLURM_JOB_ID" in os.environ:
+    """Which scheduler runs this process, its job id and how often it was requeued.
+
+    The local backend and Ray name themselves (FER_SCHEDULER) before SLURM's variables are
+    looked at: a launch inside an allocation (`salloc`, Ray on SLURM) passes the allocation's
+    SLURM_JOB_ID down to its workers, and that job is not the one running the unit."""
+    if "FER_SCHEDULER" not in os.environ and "SLURM_JOB_ID" in os.environ:
         return {
             "scheduler": "slurm",
             "job_id": _slurm_job_id(),

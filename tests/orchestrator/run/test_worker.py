@@ -130,6 +130,11 @@ def test_scheduler_info_reads_the_schedulers_environment(monkeypatch):
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "900")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "12")
     assert worker.scheduler_info()["job_id"] == "900_12"  # as the slurm backend records it
+    # a local launch inside an allocation: its workers inherit the allocation's SLURM_JOB_ID,
+    # which is not the job that runs them
+    monkeypatch.setenv("FER_SCHEDULER", "local")
+    monkeypatch.setenv("FER_JOB_ID", "4242")
+    assert worker.scheduler_info() == {"scheduler": "local", "job_id": "4242", "requeues": 0}
 
 
 def test_death_reason_says_how_a_worker_died(tmp_path):
