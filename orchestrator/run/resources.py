@@ -15,7 +15,8 @@ Two views of one attempt, stored apart so that neither writer can overwrite the 
 it has them, the worker's otherwise, both peak RSS figures; `queue_wait_s` (eligible -> start
 on SLURM, submit -> start locally), `elapsed_s` and `cpu_efficiency` = CPU time / (wall time x
 CPUs), from one view's pair: the worker's CPU time over its own wall time where the worker
-measured the attempt (to the microsecond), else the job's TotalCPU over its Elapsed (a killed
+measured the attempt (to the microsecond; in a unit of several ranks the worker is rank 0,
+so its CPU time is set against its own share of the unit's CPUs), else the job's TotalCPU over its Elapsed (a killed
 worker's attempt; SLURM gives Elapsed in whole seconds, which over a job of a few seconds
 can put the ratio well off, so it is only the fallback). `cpu_time_s` is the pair's CPU
 time. `query` shows it as `resources`; the report's cost section reads it.
@@ -56,8 +57,9 @@ class WorkerRow(TypedDict):
     submitted_at: float | None  # the unit's latest submission (submissions.json)
     started_at: float
     ended_at: float
-    cpus: int
+    cpus: int  # the unit's, every rank's together
     gpus: int
+    ranks: int  # processes of the unit (D-24); the worker measures rank 0's alone
     cpu_time_s: float
     max_rss_mb: float
     gpu_max_memory_mb: float | None
@@ -109,6 +111,7 @@ class Meter:
             "ended_at": time.time(),
             "cpus": _cpus(),
             "gpus": _gpus(),
+            "ranks": ranks_from_env().world_size,
             "cpu_time_s": _cpu_seconds(self.process) - self.cpu_start,
             "max_rss_mb": _peak_rss_mb(),
             "gpu_max_memory_mb": _torch_peak_mb(),
@@ -213,8 +216,9 @@ def resource_rows(rundir: RunDir, unit_ids: set[str] | None = None) -> list[dict
     merged: dict[tuple[str, str, int], dict[str, Any]] = {}
     for row in worker:
         key = (row["unit_id"], str(row["job_id"]), int(row["requeue"]))
-        # the worker's CPU time goes with its own wall time, not with the job's
-        own = (row["cpu_time_s"], row["ended_at"] - row["started_at"])
+        # the worker's CPU time goes with its own wall time, not with the job's, and with its
+        # own share of the CPUs: it measured rank 0, not the other ranks of the unit
+        own = (row["cpu_time_s"], row["ended_at"] - row["started_at"], row.get("ranks") or 1)
         merged[key] = {**row, "state": row["outcome"], "own": own}
     for row in sacct:
         key = (row["unit_id"], str(row["job_id"]), int(row["requeue"]))
@@ -238,10 +242,10 @@ def resource_rows(rundir: RunDir, unit_ids: set[str] | None = None) -> list[dict
         if wait is None and row.get("requeue", 0) == 0 and started and row.get("submitted_at"):
             wait = max(0.0, started - row["submitted_at"])
         cpus = row.get("cpus")
-        cpu_time, span = row.get("own", (row.get("cpu_time_s"), elapsed))
+        cpu_time, span, share = row.get("own", (row.get("cpu_time_s"), elapsed, 1))
         efficiency = None
         if span and cpus and cpu_time is not None:
-            efficiency = cpu_time / (span * cpus)
+            efficiency = cpu_time / (span * cpus / share)
         rows.append(
             {
                 **{c: row.get(c) for c in COLUMNS},

@@ -78,3 +78,22 @@ def test_each_attempt_failed_interrupted_or_done_is_a_measured_row(run, monkeypa
     # stage 2 runs tiny at the measured input size: its epochs are estimated
     assert (cost.measured, cost.unmeasured) == (1, 0) and cost.left_s > 0
     assert cost.lines()[1].startswith("time to completion: ~")
+
+
+def test_a_multi_rank_units_efficiency_sets_rank_0s_cpu_time_against_its_share(tmp_path):
+    """The worker of a unit of several ranks is rank 0: its CPU time is one rank's, so it is
+    set against one rank's share of the unit's CPUs (4 CPUs, 2 ranks: 2), not all 4."""
+    from orchestrator.run.rundir import RunDir
+
+    rundir = RunDir(tmp_path / "run")
+    row = {
+        "unit_id": "u", "kind": "train", "scheduler": "slurm", "job_id": "7", "requeue": 0,
+        "node": "n", "python": sys.executable, "outcome": "done", "submitted_at": None,
+        "started_at": 100.0, "ended_at": 110.0, "cpus": 4, "gpus": 0, "cpu_time_s": 10.0,
+        "max_rss_mb": 100.0, "gpu_max_memory_mb": None, "gpu_utilisation_pct": None,
+        "units_in_job": 1,
+    }  # fmt: skip
+    rundir.store.append("resources", "u", {**row, "ranks": 2})
+    rundir.store.append("resources", "v", {**row, "unit_id": "v", "ranks": 1})
+    efficiency = {r["unit_id"]: r["cpu_efficiency"] for r in resource_rows(rundir)}
+    assert efficiency == {"u": pytest.approx(0.5), "v": pytest.approx(0.25)}
