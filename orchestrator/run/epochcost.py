@@ -4,7 +4,9 @@ An epoch's time depends on the backbone, the input size and the device, so a mea
 counts only for units with the same three: `launch --dry-run --cluster slurm` and `status`
 never turn epochs timed on a CPU into GPU-hours, nor a ResNet-18 at 224 px into an
 Inception-v3 at 299 px. The device of a measurement is the `runs.device` of its unit (`cpu`,
-or the CUDA device's name); a job with GPUs runs on some GPU, one without on CPUs.
+or the CUDA device's name); a job with GPUs runs on some GPU, one without on CPUs. A unit
+that trained as several ranks (D-24) timed its epochs on that many devices together: its
+device is named with its rank count (`cpu (2 ranks)`) and counts only for units of as many.
 """
 
 from __future__ import annotations
@@ -25,9 +27,24 @@ class Measured:
     per_device: dict[str, dict[Shape, float]]
     epochs: dict[str, dict[Shape, int]]  # how many epochs each mean is of
 
-    def devices(self, gpu: bool) -> list[str]:
-        """The device names of one kind: GPUs (any name but `cpu`) or the CPU."""
-        return sorted(d for d in self.per_device if (d != "cpu") == gpu)
+    def devices(self, gpu: bool, world: int = 1) -> list[str]:
+        """The device names of one kind, GPUs (any name but `cpu`) or the CPU, measured by
+        units of `world` ranks."""
+        found = [d for d in self.per_device if device_world(d) == world]
+        return sorted(d for d in found if (d.partition(RANKS)[0] != "cpu") == gpu)
+
+
+RANKS = " ("  # `cpu (2 ranks)`: the device of a unit of 2 ranks
+
+
+def device_label(device: str, world: int) -> str:
+    return device if world <= 1 else f"{device}{RANKS}{world} ranks)"
+
+
+def device_world(label: str) -> int:
+    """The ranks of a `device_label` (1 for a plain device name)."""
+    _, sep, rest = label.rpartition(RANKS)
+    return int(rest.split()[0]) if sep and rest.endswith(" ranks)") else 1
 
 
 def measured_epochs(stores: list[Store]) -> Measured:
@@ -41,9 +58,14 @@ def measured_epochs(stores: list[Store]) -> Measured:
         names = set(runs.column_names)
         if not {"backbone", "input_size", "device"} <= names:
             continue
+        columns = ["unit_id", "backbone", "input_size", "device"]
+        columns += ["world_size"] if "world_size" in names else []
         shape = {
-            row["unit_id"]: (str(row["device"]), (str(row["backbone"]), int(row["input_size"])))
-            for row in runs.select(["unit_id", "backbone", "input_size", "device"]).to_pylist()
+            row["unit_id"]: (
+                device_label(str(row["device"]), int(row.get("world_size") or 1)),
+                (str(row["backbone"]), int(row["input_size"])),
+            )
+            for row in runs.select(columns).to_pylist()
         }
         for row in epochs.select(["unit_id", "seconds"]).to_pylist():
             if row["unit_id"] in shape and row["seconds"] is not None:

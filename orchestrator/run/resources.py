@@ -16,10 +16,10 @@ it has them, the worker's otherwise, both peak RSS figures; `queue_wait_s` (elig
 on SLURM, submit -> start locally), `elapsed_s` and `cpu_efficiency` = CPU time / (wall time x
 CPUs), from one view's pair: the worker's CPU time over its own wall time where the worker
 measured the attempt (to the microsecond; in a unit of several ranks the worker is rank 0,
-so its CPU time is set against its own share of the unit's CPUs), else the job's TotalCPU over its Elapsed (a killed
-worker's attempt; SLURM gives Elapsed in whole seconds, which over a job of a few seconds
-can put the ratio well off, so it is only the fallback). `cpu_time_s` is the pair's CPU
-time. `query` shows it as `resources`; the report's cost section reads it.
+so its CPU time is set against its own share of the unit's CPUs), else the job's TotalCPU
+over its Elapsed (a killed worker's attempt; SLURM gives Elapsed in whole seconds, which over
+a job of a few seconds can put the ratio well off, so it is only the fallback). `cpu_time_s`
+is the pair's CPU time. `query` shows it as `resources`; the report's cost section reads it.
 """
 
 from __future__ import annotations

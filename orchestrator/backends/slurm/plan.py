@@ -138,7 +138,8 @@ def _print_estimate(
         if not group:
             continue
         kind = "GPU" if gpu else "CPU"
-        devices = measured.devices(gpu)
+        # epochs timed by units of as many ranks as these will have (D-24)
+        devices = measured.devices(gpu, profile.unit_ranks(group[0]).world)
         if not devices:
             print(
                 f"  estimate: no measurement on this device ({kind}) for {len(group)} training "

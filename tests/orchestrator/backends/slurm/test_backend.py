@@ -700,9 +700,11 @@ def test_dry_run_shows_the_arrays_their_sbatch_parameters_and_gpu_hours(tmp_path
     first = next(u for u in units if u.kind == "train")
     size = first.spec["input_size"]
 
-    def measure(rundir: RunDir, unit_id: str, device: str, input_size: int, seconds: float):
+    def measure(
+        rundir: RunDir, unit_id: str, device: str, input_size: int, seconds: float, world=1
+    ):
         row = {"unit_id": unit_id, "backbone": "tiny", "input_size": input_size, "device": device}
-        rundir.store.write("runs", unit_id, [row])
+        rundir.store.write("runs", unit_id, [{**row, "world_size": world}])
         epochs = [{"unit_id": unit_id, "epoch": e, "seconds": seconds} for e in (1, 2)]
         rundir.store.write("epochs", unit_id, epochs)
 
@@ -716,6 +718,8 @@ def test_dry_run_shows_the_arrays_their_sbatch_parameters_and_gpu_hours(tmp_path
     earlier = RunDir(tmp_path / "earlier")
     measure(earlier, "aaaa", "NVIDIA H100", size, 0.5)
     measure(earlier, "bbbb", "NVIDIA H100", size * 2, 9.0)
+    # epochs of a 2-rank unit (D-24) count only for units of 2 ranks, not for this profile's 1
+    measure(earlier, "cccc", "NVIDIA H100", size, 0.3, world=2)
     out = io.StringIO()
     launch(
         "demo", cluster="slurm", run_dir=run, dry_run=True, out=out, estimate_from=[earlier.path]
@@ -726,3 +730,4 @@ def test_dry_run_shows_the_arrays_their_sbatch_parameters_and_gpu_hours(tmp_path
         f"estimate on NVIDIA H100: {left:.2f} GPU-hours ({left:.2f} unit-hours of training) "
         f"for 50 of 50 training units; from tiny@{size}px 0.50 s/epoch (2 epochs)"
     ) in out.getvalue(), out.getvalue()
+    assert "2 ranks" not in out.getvalue()
