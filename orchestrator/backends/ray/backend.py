@@ -35,6 +35,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,9 @@ from fer_core.errors import FerError
 from fer_core.io import atomic_write_text
 from orchestrator.backends.base import Backend
 from orchestrator.backends.ray.cluster import check_fits, ray_session
+from orchestrator.backends.ray.train import DRIVER_RESOURCES, concurrent_units
 from orchestrator.backends.ray.trial import SETUP_HOOK, ForkService, run_unit_trial
-from orchestrator.plan.profiles import RayProfile
+from orchestrator.plan.profiles import RayProfile, UnitRanks
 from orchestrator.plan.unit import Unit
 from orchestrator.run.processes import process_start
 from orchestrator.run.progress import Progress, unit_summary
@@ -136,7 +138,8 @@ class RayBackend(Backend[RayProfile]):
         hook = SETUP_HOOK if self.profile.address else None
         try:
             with ray_session(self.profile, setup_hook=hook) as resources:
-                check_fits(self.profile, resources, "ray profile")
+                widest = max((self.profile.unit_ranks(u) for u in units), key=_width, default=None)
+                check_fits(self.profile, resources, "ray profile", widest or UnitRanks())
                 for wave in range(1, max(waves.values(), default=0) + 1):
                     ready = []
                     for unit in (u for u in units if waves[u.id] == wave):
@@ -156,7 +159,14 @@ class RayBackend(Backend[RayProfile]):
                     if ready:
                         experiment = f"{stamp}-w{wave}"
                         interrupted += self._run_wave(
-                            rundir, ready, experiment, progress, failed, launcher, service
+                            rundir,
+                            ready,
+                            experiment,
+                            progress,
+                            failed,
+                            launcher,
+                            service,
+                            resources,
                         )
         finally:
             service.close()
@@ -210,12 +220,21 @@ class RayBackend(Backend[RayProfile]):
         failed: set[str],
         launcher: LauncherRecord,
         service: ForkService,
+        resources: dict[str, float],
     ) -> list[Unit]:
-        """One Tuner over `ready`; returns the units that did not finish (cancelled)."""
+        """One Tuner over `ready`; returns the units that did not finish (cancelled).
+
+        A unit of several ranks is a Ray Train run driven by its trial (`config["ranks"]`
+        names them; orchestrator.backends.ray.train): its trial holds DRIVER_RESOURCES, its
+        workers what the profile gives a rank, and the wave runs no more such trials at once
+        than the cluster fits.
+        """
         from ray import tune
         from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
         profile = self.profile
+        widths = {unit.id: profile.unit_ranks(unit) for unit in ready}
+        multi = {uid: ranks for uid, ranks in widths.items() if ranks.world > 1}
         rundir.record_submissions(
             {
                 unit.id: Submission(
@@ -228,17 +247,25 @@ class RayBackend(Backend[RayProfile]):
         )
         cancel_path = rundir.ray_dir / CANCEL_FILE
         callback = _unit_callback(rundir, {u.id: u for u in ready}, progress, failed, launcher)
+        trial_resources = {
+            uid: DRIVER_RESOURCES if uid in multi else profile.resources_per_trial for uid in widths
+        }
         tuner = tune.Tuner(
-            tune.with_resources(run_unit_trial, profile.resources_per_trial),
+            tune.with_resources(run_unit_trial, partial(_trial_resources, trial_resources)),
             param_space={
                 "unit_id": tune.grid_search([u.id for u in ready]),
                 "run_dir": str(rundir.path),
                 "experiment": experiment,
                 "threads": max(1, int(profile.cpus_per_trial)),
                 "fork_service": service.endpoint,
+                "ranks": {uid: [ranks.world, ranks.gpu] for uid, ranks in multi.items()},
+                "train": {
+                    "cpus_per_rank": profile.cpus_per_trial,
+                    "collective_timeout_s": profile.collective_timeout_s,
+                },
             },
             tune_config=tune.TuneConfig(
-                max_concurrent_trials=profile.max_concurrent,
+                max_concurrent_trials=concurrent_units(profile, resources, list(widths.values())),
                 trial_name_creator=_trial_name,
                 trial_dirname_creator=_trial_name,
                 reuse_actors=profile.reuse_actors,
@@ -283,6 +310,18 @@ def _quiet_tune() -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _width(ranks: UnitRanks) -> tuple[bool, int]:
+    """The order of a unit's ranks by what they take: GPU units over CPU ones, then count."""
+    return ranks.gpu, ranks.world
+
+
+def _trial_resources(by_unit: dict[str, dict[str, float]], config: dict[str, Any]) -> Any:
+    """What the trial of `config["unit_id"]` holds (Tune's per-trial resources callable)."""
+    from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
+
+    return resource_dict_to_pg_factory(by_unit[config["unit_id"]])
 
 
 def _trial_name(trial: Any) -> str:
