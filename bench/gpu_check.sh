@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks of the speed issue, as one prepared script for a lent H100/H200:
 #   run from the repo root; writes figures to ${OUT:-bench/out}.
-# Budget: about 10 minutes (6 without the data-path check (4)). The machine's own python3 has
-# torch/torchvision; fer_core's other imports (facenet-pytorch, pyarrow) are only needed for
-# backbones/paths not run here.
+# Budget: about 12 minutes (the data-path check (4) takes 4, the data-parallel check (5) up to
+# 2). The machine's own python3 has torch/torchvision; fer_core's other imports
+# (facenet-pytorch, pyarrow) are only needed for backbones/paths not run here.
 set -uo pipefail
 OUT=${OUT:-bench/out}
 mkdir -p "$OUT"
@@ -24,3 +24,10 @@ timeout 150 python3 bench/packing.py --backbone inception_v3 --size 299 --packs 
 # deleted at the end. About 4 minutes, most of it writing the store.
 timeout 330 python3 bench/data_path.py --n 200000 --size 112 --workers 8 --device cuda \
     --dir /tmp/data-path-bench --json "$OUT/data_path.json" 2>&1 | tail -25 | tee "$OUT/data_path.log"
+# (5) Data-parallel scaling (D-24): ResNet-18 @224, global batch 256, 1 rank vs every GPU
+# of the machine (NCCL); goal >= 85 % efficiency at 2-8 GPUs. About 1-2 minutes.
+GPUS=$(nvidia-smi --list-gpus | wc -l)
+PROCS="1"; for n in 2 4 8; do [ "$n" -le "$GPUS" ] && PROCS="$PROCS $n"; done
+timeout 240 python3 bench/data_parallel.py --device cuda --backbone resnet18 --size 224 \
+    --batch 256 --images 8192 --select 256 --epochs 2 --threads 4 --procs $PROCS \
+    --json "$OUT/data_parallel.json" 2>&1 | grep -v "^process group" | tee "$OUT/data_parallel.log"

@@ -20,7 +20,12 @@ FINAL_EPOCHS = ("best", "last")
 NAN_POLICIES = ("fail", "skip")
 SAMPLERS = ("shuffle", "balanced")
 # keys added after ids were first issued: left out of a spec at their default (StageConfig.to_dict)
-LATER_KEYS = {"deterministic": False, "final_epoch": "best", "sampler": "shuffle"}
+LATER_KEYS = {
+    "deterministic": False,
+    "final_epoch": "best",
+    "sampler": "shuffle",
+    "sync_batchnorm": False,
+}
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,9 @@ class StageConfig:
     # chain's final stage only (the grid's top-level `final_epoch`).
     final_epoch: str = "best"
     sampler: str = "shuffle"  # how training batches are drawn (fer_core.train.epoch_order)
+    # A unit of several ranks normalises each BatchNorm over the whole global batch (torch's
+    # SyncBatchNorm, GPUs only) rather than over each rank's share (D-24).
+    sync_batchnorm: bool = False
 
     def __post_init__(self) -> None:
         loss_spec(self.loss)
@@ -75,8 +83,9 @@ class StageConfig:
             _check_positive_int("lr_step_epoch", self.lr_step_epoch)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise FerError(f"seed: {self.seed!r} must be an integer")
-        if not isinstance(self.deterministic, bool):
-            raise FerError(f"deterministic: {self.deterministic!r} must be true or false")
+        for key in ("deterministic", "sync_batchnorm", "channels_last", "compile"):
+            if not isinstance(getattr(self, key), bool):
+                raise FerError(f"{key}: {getattr(self, key)!r} must be true or false")
         check_loss_params(self.loss, {key: getattr(self, key) for key in LOSS_PARAMS})
 
     @classmethod

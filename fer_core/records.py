@@ -105,6 +105,10 @@ class RunRow(RunCore, LibraryVersions):
     startup_seconds: float
     precision_used: str
     deterministic: bool
+    world_size: int  # ranks that trained it data-parallel (D-24); 1: one process
+    nodes: int  # nodes those ranks ran on
+    dist_backend: str  # the process group's: none (one process), gloo or nccl
+    rank_images_per_second: list[float]  # each rank's own training throughput
     git_commit: str | None
 
 

@@ -3,7 +3,8 @@
 `run_unit(spec, work_dir)` is the single entry point a worker (subprocess, SLURM job, Ray
 trial) calls. It takes a `UnitSpec` (plain data: the unit's canonical config and the paths
 of its inputs) and returns plain rows (the `runs`, `predictions` and `epochs` tables), so the
-orchestrator never handles tensors.
+orchestrator never handles tensors. A unit of several ranks (D-24) calls it on every rank:
+the ranks train and score together, and rank 0 alone returns the rows.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from fer_core.checkpoints import BEST, DIGESTS, load_best, load_verified_best
 from fer_core.config import StageConfig
 from fer_core.data.faces import FaceSet
 from fer_core.data.protocol import Holdout, Roles, fixed_roles, kfold_roles
+from fer_core.distributed import Group, is_collective_error, process_group
 from fer_core.errors import FerError
 from fer_core.evaluate import Evaluation
 from fer_core.inference.card import write_card
@@ -35,13 +37,6 @@ from fer_core.provenance import git_commit, library_versions
 from fer_core.records import EpochRecord, PredictionRow, RunCore, RunRow, UnitResult
 from fer_core.spec import UnitSpec
 from fer_core.train import StageData, StageOutcome, score, train_stage
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when present, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def weights_digest(model: FerNet) -> str:
@@ -116,18 +111,53 @@ def run_unit(
     work_dir: str | Path,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     score_test: bool = True,
-) -> UnitResult:
+) -> UnitResult | None:
     """Train and score one unit; returns {"run": {...}, "predictions": [...], "epochs": [...]}.
 
     `on_epoch` sees each epoch's record (a tuner reports it); `score_test=False` leaves the
     test fold untouched (a search trial must not see it: nested cross-validation), and the
-    result then has no predictions and a NaN test accuracy.
+    result then has no predictions and a NaN test accuracy. In a unit of several ranks
+    (`fer_core.distributed`) rank 0 returns the result and calls `on_epoch`; the other ranks
+    return None. A rank that stops answering fails the others with a FerError naming it.
     """
     process_start = process_started_at()
     started_at = time.time()
     config = StageConfig.from_dict(spec.config, where=f"unit {spec.unit_id}")
-    work_dir = Path(work_dir)
-    device = resolve_device(spec.device)
+    with process_group(spec.device) as (group, device):
+        try:
+            return _run(
+                spec,
+                Path(work_dir),
+                config,
+                group,
+                device,
+                on_epoch,
+                score_test,
+                (
+                    process_start,
+                    started_at,
+                ),
+            )
+        except FerError:
+            raise
+        except Exception as exc:
+            if group.distributed and is_collective_error(exc):
+                raise group.failure(exc) from exc
+            raise
+
+
+def _run(
+    spec: UnitSpec,
+    work_dir: Path,
+    config: StageConfig,
+    group: Group,
+    device: torch.device,
+    on_epoch: Callable[[EpochRecord], None] | None,
+    score_test: bool,
+    times: tuple[float, float],
+) -> UnitResult | None:
+    """`run_unit` as rank `group.rank` of the unit's group, on `device`."""
+    process_start, started_at = times
     faces = FaceSet.load(Path(spec.data_dir))
     input_size = spec.input_size or backbone_spec(spec.backbone).input_size
 
@@ -148,9 +178,12 @@ def run_unit(
 
     found = roles(faces, spec, config.selection)
     data = stage_data(faces, found)
-    outcome = train_stage(model, data, config, work_dir, input_size, device, on_epoch)
+    outcome = train_stage(
+        model, data, config, work_dir, input_size, device, on_epoch if group.leader else None, group
+    )
     load_best(model, work_dir)
-    write_card(work_dir, asdict(spec), faces.classes, input_size)
+    if group.leader:
+        write_card(work_dir, asdict(spec), faces.classes, input_size)
     test = found.test  # touched here for the first time (but under heldout)
     if not score_test:
         test = torch.zeros_like(test)
@@ -162,7 +195,10 @@ def run_unit(
         input_size,
         device,
         config.precision,
+        group,
     )
+    if not group.leader:
+        return None
     finished_at = time.time()
     run: RunRow = {
         **_run_row(spec, config, outcome, result, faces.classes, device, started_at, finished_at),
@@ -174,6 +210,10 @@ def run_unit(
         "startup_seconds": outcome.first_step_at - process_start,
         "precision_used": outcome.precision_used,
         "deterministic": config.deterministic,
+        "world_size": group.world,
+        "nodes": group.ranks.nodes,
+        "dist_backend": group.backend,
+        "rank_images_per_second": outcome.rank_images_per_second,
         "git_commit": git_commit(),
         **library_versions(),
     }

@@ -40,6 +40,11 @@ class AugmentParams:
     vflip: torch.Tensor
     angle: torch.Tensor
 
+    def part(self, start: int, stop: int) -> AugmentParams:
+        """The draws of samples start..stop-1: a rank's share of its global batch's draws,
+        so a data-parallel step augments each image as one process would (D-24)."""
+        return AugmentParams(self.hflip[start:stop], self.vflip[start:stop], self.angle[start:stop])
+
 
 def sample_params(
     n: int,
@@ -68,9 +73,12 @@ def train_transform(
     max_degrees: float = MAX_DEGREES,
 ) -> torch.Tensor:
     """Resize, random flips and rotation, normalise: the paper's training augmentation."""
-    x = resize(_to_unit(x), out_size)
-    params = sample_params(x.shape[0], generator, p_hflip, p_vflip, max_degrees)
-    return normalize(apply_affine(x, params))
+    return augment(x, out_size, sample_params(x.shape[0], generator, p_hflip, p_vflip, max_degrees))
+
+
+def augment(x: torch.Tensor, out_size: Size, params: AugmentParams) -> torch.Tensor:
+    """`train_transform` with its draws given (one per sample of `x`)."""
+    return normalize(apply_affine(resize(_to_unit(x), out_size), params))
 
 
 def test_transform(x: torch.Tensor, out_size: Size) -> torch.Tensor:

@@ -78,9 +78,10 @@ def load_unit(work_dir: Path, device: torch.device) -> LoadedUnit:
 def load_units(work_dirs: Sequence[Path], device: str = "auto") -> list[LoadedUnit]:
     """Load several units (one model's folds) onto `device` (`auto`: CUDA when present);
     they must describe the same model."""
-    from fer_core.unit import resolve_device
+    from fer_core.distributed import resolve_device
+    from fer_core.ranks import Ranks
 
-    units = [load_unit(Path(d), resolve_device(device)) for d in work_dirs]
+    units = [load_unit(Path(d), resolve_device(device, Ranks())) for d in work_dirs]
     first: Mapping[str, object] = units[0].card if units else {}
     for unit in units[1:]:
         card: Mapping[str, object] = unit.card

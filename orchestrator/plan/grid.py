@@ -331,6 +331,11 @@ def grid_from_mapping(
                     if config.deterministic and grid.device != "cpu":
                         for backbone in experiment.backbones:
                             _check_deterministic(grid, backbone, stage)
+                    if config.sync_batchnorm and grid.device == "cpu":
+                        raise FerError(
+                            f"{grid.path}: train.sync_batchnorm: true needs GPU ranks (torch's "
+                            "SyncBatchNorm runs on GPUs only) and this grid has device: cpu"
+                        )
                     if LOSSES[loss].focal and not focal_from_search:
                         _check_focal_given(grid, dataset_name, loss, stage)
     return grid

@@ -148,14 +148,14 @@ def test_resume_restores_every_global_rng(faces, tmp_path, monkeypatch, device):
     """An augmentation that draws from Python's and numpy's RNGs (as a user's might), and
     dropout drawing from torch's (CUDA's on a GPU): after a kill and a resume in a process
     whose RNGs are elsewhere, every RNG is where the uninterrupted run's is."""
-    real_transform = train_module.train_transform
+    real_augment = train_module.augment
 
-    def drawing_transform(x, out_size, generator):
+    def drawing_augment(x, out_size, params):
         random.random()
         np.random.rand()
-        return real_transform(x, out_size, generator)
+        return real_augment(x, out_size, params)
 
-    monkeypatch.setattr(train_module, "train_transform", drawing_transform)
+    monkeypatch.setattr(train_module, "augment", drawing_augment)
     config = StageConfig(epochs=3, lr_step_epoch=2, batch_size=64)
     data = stage_data(faces, kfold_roles(faces.folds, 3, 10, "heldout"))
     seen: dict[tuple[str, int], str] = {}
@@ -228,8 +228,8 @@ def test_store_and_memory_paths_give_identical_batches_and_training(faces, store
     assert torch.equal(data.train_rows, stored.train_rows)
     order = data.train_rows[epoch_order(data.train_labels, "shuffle", torch.Generator())]
     pairs = zip(
-        batches(data.images, order, 64, CPU),
-        batches(stored.images, order, 64, CPU),
+        batches(data.images, list(torch.split(order, 64)), CPU),
+        batches(stored.images, list(torch.split(order, 64)), CPU),
         strict=True,
     )
     assert all(torch.equal(a, b) for a, b in pairs)
@@ -278,7 +278,7 @@ data = stage_data(faces, kfold_roles(faces.folds, 1, 10, "inner"))
 generator = torch.Generator().manual_seed(0)
 order = data.train_rows[epoch_order(data.train_labels, "balanced", generator)]
 for rows in (order, data.select_rows):
-    for crops in batches(data.images, rows, 1024, torch.device("cpu")):
+    for crops in batches(data.images, list(torch.split(rows, 1024)), torch.device("cpu")):
         train_transform(crops, 32, generator)
 # VmHWM, not ru_maxrss: Linux carries that over an exec from the (large) test process
 status = Path("/proc/self/status").read_text().splitlines()

@@ -437,3 +437,15 @@ def test_the_wild_grid_dry_run_on_slurm_lists_its_arrays_and_gpu_hours(tmp_path)
     assert "360.0 GPU-hours (90 of 93 jobs with GPUs)" in text and "upper bound" in text
     assert "no measurement on this device (GPU)" in text
     assert not (tmp_path / "run" / "submissions.json").exists()
+
+
+def test_sync_batchnorm_keeps_ids_when_off_and_is_refused_on_cpu_ranks(tmp_path):
+    """`sync_batchnorm` is part of a unit's identity only when on (D-24), and a grid that
+    trains on the CPU cannot have it (torch's SyncBatchNorm is GPU-only): refused at load."""
+    assert _ids(small_grid(sync_batchnorm="false"), tmp_path) == _ids(small_grid(), tmp_path)
+    on = _ids(small_grid(sync_batchnorm="true"), tmp_path)
+    assert all(on[n] != _ids(small_grid(), tmp_path)[n] for n in on if "prepare" not in n)
+    path = tmp_path / "cpu.yaml"
+    path.write_text(small_grid(sync_batchnorm="true") + "device: cpu\n")
+    with pytest.raises(FerError, match="sync_batchnorm: true needs GPU ranks"):
+        load_grid(str(path))
