@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import sys
 import traceback
 from collections.abc import Mapping
@@ -183,6 +184,11 @@ def _rank_main(config: dict[str, Any]) -> None:
     use_threads(config["threads"])
     rundir = RunDir(Path(config["run_dir"]))
     with output_to(rundir.unit_log(config["unit_id"], log_name(rank))):
+        print(
+            f"ray train: rank {rank} of {os.environ['WORLD_SIZE']} on {socket.gethostname()} "
+            f"({os.environ[NODES]} nodes)",
+            flush=True,
+        )
         try:
             state = run(config["run_dir"], config["unit_id"])
             print(f"{config['unit_id']}: {state} (rank {rank})")

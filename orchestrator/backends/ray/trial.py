@@ -109,6 +109,8 @@ def _run_ranks_trial(config: dict[str, Any], rundir: RunDir, ranks: UnitRanks) -
         return
     if failure.died:
         rundir.clear_failed(unit_id)
+        with open(rundir.unit_log(unit_id, "ray"), "a") as log:  # the attempt's end, in its log
+            print(f"ray train: {failure.reason}", file=log)
         raise RuntimeError(failure.reason)
     reason = rundir.failure(unit_id)
     if reason is None:

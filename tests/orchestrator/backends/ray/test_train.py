@@ -16,6 +16,7 @@ import shutil
 import signal
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,13 @@ from orchestrator.run.launch import launch
 from orchestrator.run.rundir import RunDir
 from orchestrator.run.states import State
 from orchestrator.run.status import status_rows
-from tests.helpers import assert_grid_done_once, prepare_run, small_grid
+from tests.helpers import (
+    assert_grid_done_once,
+    prepare_run,
+    small_grid,
+    wait_mid_training,
+    wait_until,
+)
 
 pytestmark = pytest.mark.usefixtures("ray_left_as_found")
 
@@ -63,6 +70,12 @@ def files(tmp_path_factory) -> tuple[Path, Path]:
     grid.write_text(GRID)
     cluster.write_text(CLUSTER)
     return grid, cluster
+
+
+def _profile(cluster: Path, name: str) -> RayProfile:
+    profile = load_profile(name, cluster)
+    assert isinstance(profile, RayProfile)
+    return profile
 
 
 # --- no Ray needed -------------------------------------------------------------------------
@@ -110,7 +123,7 @@ def test_a_unit_too_wide_for_the_cluster_is_refused_before_any_trial(files, loca
     grid, cluster = files
     rundir, roles = prepare_run(grid, tmp_path / "run")
     with pytest.raises(FerError, match=r"3 ranks \(procs_per_unit\) needs 3 CPUs"):
-        RayBackend(load_profile("ray3", cluster)).submit(rundir, list(roles.values()))
+        RayBackend(_profile(cluster, "ray3")).submit(rundir, list(roles.values()))
     assert not rundir.submissions()
 
 
@@ -180,7 +193,7 @@ def test_a_ranks_error_fails_the_unit_once_and_blocks_its_child(
     grid, cluster = files
     rundir, roles = _copy(grid, prepared, tmp_path / "run")
     _edit_config(rundir, roles["s1f1"], data_dir=str(tmp_path / "gone"))
-    backend = RayBackend(load_profile("ray2", cluster))
+    backend = RayBackend(_profile(cluster, "ray2"))
     backend.submit(rundir, [roles["s1f1"], roles["s2f1"]])
     rows = {r["name"]: r for r in status_rows(rundir, backend)}
     assert rows[roles["s1f1"].name]["state"] == State.FAILED
@@ -198,6 +211,10 @@ def _rank_processes(log: Path) -> list[int]:
             if os.readlink(fd) == str(log):
                 found.append(int(fd.parent.parent.name))
     return found
+
+
+def _stopped(log: Path) -> bool:
+    return not _rank_processes(log)
 
 
 class RankKiller(threading.Thread):
@@ -226,7 +243,7 @@ def test_a_rank_that_dies_is_retried_then_fails_naming_the_rank(
     grid, cluster = files
     rundir, roles = _copy(grid, prepared, tmp_path / "run")
     unit = roles["s1f1"]
-    profile = load_profile("ray2", cluster)
+    profile = _profile(cluster, "ray2")
     killer = RankKiller(rundir.unit_log(unit.id, "ray.rank1"))
     killer.start()
     try:
@@ -238,3 +255,60 @@ def test_a_rank_that_dies_is_retried_then_fails_naming_the_rank(
     assert row["state"] == State.FAILED
     assert "rank 1 of 2: its Ray Train worker process died" in row["detail"]
     assert len(killer.killed) == 1 + profile.max_failures  # each attempt, then no more
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_rank_killed_mid_training_is_retried_from_its_last_epoch(
+    files, prepared, local_ray, tmp_path
+):
+    grid, cluster = files
+    rundir, roles = _copy(grid, prepared, tmp_path / "run")
+    unit, epochs = roles["s1f1"], 3
+    config = rundir.read_spec(unit.id)["spec"]["config"]
+    _edit_config(rundir, unit, config={**config, "epochs": epochs, "lr_step_epoch": epochs - 1})
+    rank1 = rundir.unit_log(unit.id, "ray.rank1")
+    killed: list[int] = []
+
+    def kill_rank_1_once() -> None:
+        wait_mid_training(rundir, unit.id, 1, epochs, timeout=300)
+        for pid in _rank_processes(rank1):
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    killer = threading.Thread(target=kill_rank_1_once, daemon=True)
+    killer.start()
+    RayBackend(_profile(cluster, "ray2")).submit(rundir, [unit])
+    killer.join()
+    assert killed, "rank 1 was not found running"
+    runs, epoch_rows = rundir.store.read("runs"), rundir.store.read("epochs", {unit.id})
+    assert runs is not None and epoch_rows is not None
+    (row,) = runs.to_pylist()
+    assert row["resumed_from_epoch"] >= 1  # from last.pt, not from scratch
+    assert [r["epoch"] for r in epoch_rows.to_pylist()] == list(range(1, epochs + 1))
+    assert rundir.failure(unit.id) is None
+
+
+@pytest.mark.ray
+def test_cancel_stops_every_rank_and_is_not_a_failure(files, prepared, local_ray, tmp_path):
+    grid, cluster = files
+    rundir, roles = _copy(grid, prepared, tmp_path / "run")
+    unit = roles["s1f1"]
+    config = rundir.read_spec(unit.id)["spec"]["config"]
+    _edit_config(rundir, unit, config={**config, "epochs": 500, "lr_step_epoch": 499})
+    logs = [rundir.unit_log(unit.id, log_name(rank)) for rank in (0, 1)]
+    backend = RayBackend(_profile(cluster, "ray2"))
+
+    def cancel_when_running() -> None:
+        wait_until(lambda: all(_rank_processes(log) for log in logs), 300, "both ranks")
+        backend.cancel(rundir)
+
+    canceller = threading.Thread(target=cancel_when_running, daemon=True)
+    canceller.start()
+    with pytest.raises(FerError, match="cancelled"):
+        backend.submit(rundir, [unit])
+    canceller.join()
+    for log in logs:
+        wait_until(partial(_stopped, log), 60, f"{log.name}'s rank to stop")
+    assert not rundir.store.is_done(unit.id, "train")
+    assert rundir.failure(unit.id) is None, "cancelled: not a failure"
