@@ -171,8 +171,10 @@ def _rank_main(config: dict[str, Any]) -> None:
 
     context = ray.train.get_context()
     rank = context.get_world_rank()
+    for name in [k for k in os.environ if k.startswith("SLURM_")]:  # launcher_free, in place
+        del os.environ[name]
     os.environ.update(config["env"])
-    os.environ.update(
+    os.environ.update(  # MASTER_ADDR and MASTER_PORT are Ray Train's, of the group it made
         {
             "RANK": str(rank),
             "WORLD_SIZE": str(context.get_world_size()),

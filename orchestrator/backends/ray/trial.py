@@ -17,9 +17,11 @@ import multiprocessing.connection
 import os
 import socket
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from fer_core.ranks import RANK_ENV
 from fer_core.runtime import PRELOAD
 from orchestrator.plan.profiles import UnitRanks
 from orchestrator.run.rundir import RunDir
@@ -39,6 +41,13 @@ def trial_env(experiment: str) -> dict[str, str]:
 
     job_id = f"{experiment}/{tune.get_context().get_trial_id()}"
     return {"FER_SCHEDULER": "ray", "FER_JOB_ID": job_id}
+
+
+def launcher_free(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` without what places a process in someone else's job: a SLURM allocation's
+    `SLURM_*` (Ray started inside one, `tune --cluster slurm`: the unit's row would name that
+    job as its scheduler) and a process group's rank variables (`fer_core.ranks.RANK_ENV`)."""
+    return {k: v for k, v in env.items() if not k.startswith("SLURM_") and k not in RANK_ENV}
 
 
 def run_unit_trial(config: dict[str, Any]) -> None:
@@ -62,7 +71,7 @@ def run_unit_trial(config: dict[str, Any]) -> None:
         return
     log_path = rundir.unit_log(unit_id, "ray")
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **trial_env(config["experiment"]), "PYTHONUNBUFFERED": "1"}
+    env = {**launcher_free(os.environ), **trial_env(config["experiment"]), "PYTHONUNBUFFERED": "1"}
     threads = max(1, int(config.get("threads") or 1))
     args = (run_dir, unit_id, str(log_path), env, threads)
     service = config.get("fork_service")

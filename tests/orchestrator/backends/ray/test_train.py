@@ -26,6 +26,7 @@ from fer_core.errors import FerError
 from orchestrator.backends.ray.backend import RayBackend
 from orchestrator.backends.ray.cluster import check_fits
 from orchestrator.backends.ray.train import concurrent_units, log_name, rank_failure
+from orchestrator.backends.ray.trial import launcher_free
 from orchestrator.plan.profiles import RayProfile, UnitRanks, load_profile
 from orchestrator.plan.unit import Unit
 from orchestrator.run import worker
@@ -113,6 +114,17 @@ def test_a_ranks_failure_names_the_rank_and_tells_a_death_from_an_error():
     lost = rank_failure({0: FerError("rank 1 of 2 stopped answering (killed...)")}, 2)
     assert lost.died and lost.reason.startswith("rank 0 of 2: rank 1 of 2 stopped answering")
     assert (log_name(0), log_name(1)) == ("ray", "ray.rank1")
+
+
+def test_a_unit_inherits_no_slurm_job_and_no_rank_from_its_launcher():
+    env = {
+        "PATH": "/bin",
+        "SLURM_JOB_ID": "7",
+        "SLURM_NTASKS": "2",
+        "RANK": "1",
+        "MASTER_PORT": "9",
+    }
+    assert launcher_free(env) == {"PATH": "/bin"}
 
 
 # --- a real local Ray ----------------------------------------------------------------------
