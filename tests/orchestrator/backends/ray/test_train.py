@@ -199,6 +199,7 @@ def _edit_config(rundir: RunDir, unit: Unit, **values: object) -> None:
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_a_ranks_error_fails_the_unit_once_and_blocks_its_child(
     files, prepared, local_ray, tmp_path
 ):
@@ -302,6 +303,7 @@ def test_a_rank_killed_mid_training_is_retried_from_its_last_epoch(
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_cancel_stops_every_rank_and_is_not_a_failure(files, prepared, local_ray, tmp_path):
     grid, cluster = files
     rundir, roles = _copy(grid, prepared, tmp_path / "run")
