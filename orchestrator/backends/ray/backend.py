@@ -9,7 +9,11 @@ Units. A trial runs its unit in a process of its own, forked from a server that 
 loaded (orchestrator.backends.ray.trial): on the launcher's host, the launcher's own server,
 which loads while Ray starts; on another node, one the trial's worker starts as it starts.
 The actor serves the next unit of the wave. A unit pays a fork, not an interpreter's
-start-up and imports.
+start-up and imports. A training unit of several ranks (`procs_per_unit`, `gpus_per_unit`)
+runs instead as a Ray Train run that its trial drives, one Ray Train worker per rank, each
+rank's output in units/<id>/ray.rank<r>.log beside rank 0's ray.log
+(orchestrator.backends.ray.train); stage 2 still waits for its wave and starts from its
+parent's best.
 
 Failures. A unit that fails (bad data, NaN loss, CUDA OOM: deterministic, a retry would
 fail again) has written its reason to units/<id>/failed.json, and its trial ends with
@@ -17,6 +21,8 @@ fail again) has written its reason to units/<id>/failed.json, and its trial ends
 alike. A unit whose process died without a reason (killed, OOM-killed), or whose trial's
 process died (node lost), is what Tune's `FailureConfig(max_failures)` retries (profile key
 `max_failures`, default 2), and fer_core resumes it from the unit's last.pt in its work dir.
+So for a unit of several ranks: a rank's own error fails it (the reason names the rank), a
+rank's process that died is retried by Tune.
 
 Lifetime. A local Ray (address: null) lives only as long as the launcher, so `launch` blocks
 until the waves finish, printing one line per finished unit. The launcher keeps
