@@ -236,7 +236,7 @@ AccountingStorageEnforce=associations,limits,qos,safe
 # sacct keeps each job's --comment (the orchestrator tags its jobs there).
 AccountingStoreFlags=job_comment
 # Per-step CPU time and peak RSS in sacct (TotalCPU, MaxRSS), as a production cluster gathers
-# them: the `resources` table and the report's cost section read it. Sampled every second
+# them: the resources table and the report's cost section read it. Sampled every second
 # (a production cluster: every 30 s or so), so that the test jobs of a few seconds get a sample.
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=1

@@ -6,8 +6,10 @@ used against requested (every attempt at its `--time`), per backbone and strateg
 efficiency and peak memory against the request, with the advice they imply per kind of
 job; the slowest units; the total queue wait; and `timeline.png`, one bar per attempt with
 its queue wait drawn apart from its run time, coloured by state, requeues marked. A packed
-job's figures are split between its units. The throughput table (`sections.cost_section`)
-comes first.
+job's figures are split between its units; a multi-rank unit's request counts the GPUs of
+all its nodes and the CPUs of all its tasks (`backends.slurm.ranks.job_totals`), as its
+attempts' GPUs and CPUs do (SLURM's AllocTRES, or the worker's: every rank's). The
+throughput table (`sections.cost_section`) comes first.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from typing import Any
 
 from fer_core.errors import FerError
 from fer_core.io import atomic_write_bytes
-from orchestrator.plan.profiles import JobResources, SlurmProfile, load_profile
+from orchestrator.backends.slurm.ranks import job_totals
+from orchestrator.plan.profiles import SlurmProfile, load_profile
 from orchestrator.plan.unit import Unit
 from orchestrator.report import figures, sections
 from orchestrator.report.study import Study
@@ -57,8 +60,12 @@ def _slurm_profile(rundir: RunDir) -> SlurmProfile | None:
     return profile if isinstance(profile, SlurmProfile) else None
 
 
-def _requested(profile: SlurmProfile | None, unit: Unit) -> JobResources | None:
-    return profile.resources_for([unit]) if profile is not None else None
+def _requested(profile: SlurmProfile | None, unit: Unit) -> tuple[float, int, int] | None:
+    """(time limit in seconds, GPUs, CPUs) that a job of `unit` asks for, all ranks'."""
+    if profile is None:
+        return None
+    gpus, cpus = job_totals(profile, [unit])
+    return profile.resources_for([unit]).time_min * 60.0, gpus, cpus
 
 
 def _used_section(
@@ -137,8 +144,9 @@ def _hours(
         used_cpu += elapsed * (row["cpus"] or 0) * share
         need = _requested(profile, units[row["unit_id"]])
         if need is not None:
-            req_gpu += need.time_min * 60 * need.gpus * share
-            req_cpu += need.time_min * 60 * need.cpus * share
+            limit_s, gpus, cpus = need
+            req_gpu += limit_s * gpus * share
+            req_cpu += limit_s * cpus * share
     return {
         "gpu": used_gpu / 3600,
         "gpu_req": req_gpu / 3600,

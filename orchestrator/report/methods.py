@@ -2,7 +2,8 @@
 
 Read from what the run itself recorded: each training unit's stage configuration (the runs
 row's `config` JSON once it has run, the DAG's spec before), the runs rows' versions,
-precision, determinism and git commit, and the copy of the effective grid in the run dir.
+precision, determinism, git commit and, for units that ran as several processes, their
+ranks, and the copy of the effective grid in the run dir.
 A fact the rows do not carry (run dirs from before a column existed) is shown as "not
 recorded", never guessed.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from statistics import median
 from typing import Any
 
 from fer_core.loss_registry import LOSS_PARAMS, LOSSES
@@ -208,6 +210,30 @@ def _backbones(study: Study) -> str:
     return "; ".join(f"`{b}` ({' / '.join(sorted(t))})" for b, t in seen.items()) or NONE
 
 
+def _parallelism(study: Study) -> list[str]:
+    """The data-parallel units' setup (world size, nodes, process-group backend, per-rank
+    throughput), as one line; none where every unit ran as one process (rows from before
+    `world_size` existed did: they read as world 1)."""
+    runs = study.results.runs
+    several = [r for r in runs if int(r.get("world_size") or 1) > 1]
+    if not several:
+        return []
+    rates = [float(x) for r in several for x in r.get("rank_images_per_second") or []]
+    line = (
+        f"{len(several)} of {len(runs)} units trained data-parallel, each as several "
+        f"processes (ranks) with the grid's `batch_size` as the global batch split evenly "
+        f"over them: world size {_counted([r.get('world_size') for r in several])}; nodes "
+        f"{_counted([r.get('nodes') for r in several])}; process-group backend "
+        f"{_counted([r.get('dist_backend') for r in several])}"
+    )
+    if rates:
+        line += (
+            f"; per-rank throughput median {median(rates):.1f} images/s (range "
+            f"{min(rates):.1f}–{max(rates):.1f} over {len(rates)} ranks)"
+        )
+    return [line]
+
+
 def _grid_copy(study: Study) -> str:
     info = study.results.info
     source = f"launched from `{info.get('grid_file', '?')}`"
@@ -242,6 +268,7 @@ def setup_section(study: Study) -> str:
         f"- **Model selection**: {selections} (what that means: see above).",
         f"- **Seeds**: {', '.join(str(s) for s in seeds)}"
         + (" (replicates: one unit per fold and seed)." if len(seeds) > 1 else "."),
+        *(f"- **Processes per unit**: {line}." for line in _parallelism(study)),
         f"- **Precision**: requested `{requested}`; used: "
         + _recorded(study, "precision_used", "these rows predate the `precision_used` column")
         + ".",

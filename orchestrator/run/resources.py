@@ -36,6 +36,7 @@ import psutil
 import pyarrow as pa
 
 from fer_core.errors import FerError
+from fer_core.ranks import ranks_from_env
 from orchestrator.run.rundir import RunDir
 
 NVML_INTERVAL_S = 5.0
@@ -129,19 +130,23 @@ def _peak_rss_mb() -> float:
 
 
 def _cpus() -> int:
-    """The CPUs this process may use: SLURM's allocation, else its affinity mask."""
+    """The CPUs the unit may use: SLURM's allocation (every task's: each rank of a multi-rank
+    unit is one), else this process's affinity mask (the ranks of a local unit share it)."""
     slurm = os.environ.get("SLURM_CPUS_PER_TASK")
     if slurm and slurm.isdigit():
-        return int(slurm)
+        tasks = os.environ.get("SLURM_NTASKS", "1")
+        return int(slurm) * (int(tasks) if tasks.isdigit() else 1)
     return len(os.sched_getaffinity(0))
 
 
 def _gpus() -> int:
+    """The GPUs the unit holds: this process's, times its ranks (each rank has its own)."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is None:
         torch = sys.modules.get("torch")
         return int(torch.cuda.device_count()) if torch is not None else 0
-    return len([g for g in visible.split(",") if g.strip() and g.strip() != "-1"])
+    own = len([g for g in visible.split(",") if g.strip() and g.strip() != "-1"])
+    return own * ranks_from_env().world_size
 
 
 def _torch_peak_mb() -> float | None:

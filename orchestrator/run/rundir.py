@@ -7,7 +7,9 @@ RUN_DIR/digests.json          file digests by stat (data identity, best.pt check
 RUN_DIR/dag.json              the units of the last launch, in topological order
 RUN_DIR/profile.json          the execution profile of the last launch (status, cancel)
 RUN_DIR/units/<id>/spec.json  what the worker runs; work/ holds checkpoints; *.log the logs
-RUN_DIR/units/<id>/failed.json  the last failure's one-line reason (removed on success)
+RUN_DIR/units/<id>/failed.json  the last failure's one-line reason (removed on success);
+                              failed.lock: held while a rank of a data-parallel unit writes it
+RUN_DIR/units/<id>/local.rank<r>.log  rank r > 0 of a data-parallel unit (local.log: rank 0)
 RUN_DIR/units/<id>/live.json  the last epoch's figures, for the live view (run.progress)
 RUN_DIR/units/<id>/slurm/     a packed SLURM unit's worker output
 RUN_DIR/submissions.json      unit id -> backend, scheduler job id, submit time, attempts
@@ -83,6 +85,15 @@ class _SubmissionKeys(TypedDict):
     job_id: str  # local: the worker's pid; slurm: `<array>_<task>` or a job id; ray: a trial
 
 
+class RankProcess(TypedDict):
+    """One rank's process of a data-parallel unit run by the local backend: its pid and start
+    time (`orchestrator.run.processes.process_start`), so `status` and `cancel` find every
+    rank, also those of a killed launcher."""
+
+    pid: int
+    start: str | None
+
+
 class Submission(_SubmissionKeys, total=False):
     """One unit's entry in submissions.json: the job that runs (or ran) it. A backend
     gives backend, job_id and its own keys; `record_submissions` adds the other two."""
@@ -92,6 +103,7 @@ class Submission(_SubmissionKeys, total=False):
     array: str  # slurm: the key of the array submission (RUN_DIR/arrays/<key>/)
     pack: list[str]  # slurm: the units sharing this job, when it runs a pack
     pid_start: str | None  # local: the worker's start time (/proc), so a reused pid is no match
+    ranks: list[RankProcess]  # local, a data-parallel unit: every rank's process, rank 0 first
     launcher_pid: int  # ray: the launcher, which is what runs the trials
 
 
@@ -265,6 +277,11 @@ class RunDir:
         """The worker output of a unit run by the local or Ray backend (or a tune trial)."""
         return self.unit_dir(unit_id) / f"{backend}.log"
 
+    def rank_log(self, unit_id: str, backend: str, rank: int) -> Path:
+        """The output of rank `rank` > 0 of a data-parallel unit, beside the unit's log of
+        record (rank 0's, `unit_log`)."""
+        return self.unit_dir(unit_id) / f"{backend}.rank{rank}.log"
+
     def live_path(self, unit_id: str) -> Path:
         return self.unit_dir(unit_id) / "live.json"
 
@@ -307,9 +324,34 @@ class RunDir:
     def failed_path(self, unit_id: str) -> Path:
         return self.unit_dir(unit_id) / "failed.json"
 
-    def mark_failed(self, unit_id: str, reason: str) -> None:
-        body = {"reason": reason, "at": time.time()}
-        atomic_write_text(self.failed_path(unit_id), json.dumps(body))
+    def mark_failed(
+        self, unit_id: str, reason: str, rank: int = 0, group: str | None = None
+    ) -> bool:
+        """Record the unit's failure (`{reason, at}`); whether it was written. Rank `rank` of
+        the data-parallel process group `group` (its rendezvous address) writes only where no
+        lower rank of that group did: the lowest rank's reason wins, rank 0's always (its
+        failure may be where the others' began). Ranks of one unit decide under a lock, as
+        they fail at nearly the same moment."""
+        path = self.failed_path(unit_id)
+        body: dict[str, Any] = {"reason": reason, "at": time.time()}
+        if group is None:
+            atomic_write_text(path, json.dumps(body))
+            return True
+        body.update(rank=rank, group=group)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.with_name("failed.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                earlier = json.loads(path.read_text())
+            except (OSError, ValueError):
+                earlier = {}
+            if earlier.get("group") == group and int(earlier.get("rank", 0)) < rank:
+                return False
+            atomic_write_text(path, json.dumps(body))
+            return True
+        finally:
+            os.close(fd)  # releases the lock
 
     def clear_failed(self, unit_id: str) -> None:
         self.failed_path(unit_id).unlink(missing_ok=True)

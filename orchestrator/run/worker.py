@@ -7,6 +7,13 @@ Idempotent: a unit already in the store is not run again. A failure leaves
 `units/<id>/failed.json` with a one-line reason for `status`, and re-raises. A training unit
 writes live.json and TensorBoard scalars after each epoch and its rows to the store. Every
 attempt, however it ends, adds its `resources` row (`orchestrator.run.resources.Meter`).
+
+A data-parallel unit runs this same worker once per rank, each with its rank's environment
+(`fer_core.ranks`). Rank 0, the leader, does all of the above; a rank > 0 only trains its share
+(`run_unit` returns it nothing) and keeps no records: no resources row, live.json,
+TensorBoard or store rows. Its failure is recorded only where no lower rank of the same
+process group recorded one (rank 0 died, say): the lowest rank's words win, and a rank > 0
+says which it is ("rank 1 of 2: ...").
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from pathlib import Path
 from typing import TypedDict
 
 from fer_core.errors import FerError
+from fer_core.ranks import Ranks, ranks_from_env
 from fer_core.records import EpochRecord, PrepareRow
 from fer_core.spec import PrepareSpec, UnitSpec
 from orchestrator.plan.labels import SEPARATOR
@@ -121,20 +129,28 @@ def run(run_dir: str | Path, unit_id: str, on_epoch: EpochHook | None = None) ->
     scheduler's requeue, Ctrl-C, Tune stopping a trial) is not a failure and is not recorded.
     `on_epoch` sees each epoch's record after the unit's own records (a tune trial reports
     it to Tune). A `trial` unit scores no test images (nested selection: its fold is not
-    looked at).
+    looked at). On a rank > 0 of a data-parallel unit (`fer_core.ranks`) it trains that
+    rank's share and records nothing but its failure (module docstring); `on_epoch` is the
+    leader's alone.
     """
     rundir = RunDir(Path(run_dir))
     body = rundir.read_spec(unit_id)
     kind = body["kind"]
     if rundir.is_done(unit_id, kind):
         return "already done"
+    ranks = ranks_from_env()
+    if not ranks.leader:
+        _run(rundir, unit_id, body, None, ranks)
+        return f"rank {ranks.rank} of {ranks.world_size} done"
     with Meter(rundir, unit_id, kind, dict(scheduler_info())).attempt():
-        _run(rundir, unit_id, body, on_epoch)
+        _run(rundir, unit_id, body, on_epoch, ranks)
     return "done"
 
 
-def _run(rundir: RunDir, unit_id: str, body: SpecFile, on_epoch: EpochHook | None) -> None:
-    """Run the unit and store its rows; a failure is recorded and re-raised."""
+def _run(
+    rundir: RunDir, unit_id: str, body: SpecFile, on_epoch: EpochHook | None, ranks: Ranks
+) -> None:
+    """Run the unit and (the leader) store its rows; a failure is recorded and re-raised."""
     kind, name = body["kind"], body["name"]
     try:
         from fer_core.unit import run_unit  # inside: a broken install is a recorded failure
@@ -144,12 +160,14 @@ def _run(rundir: RunDir, unit_id: str, body: SpecFile, on_epoch: EpochHook | Non
             rundir.store.write("prepare", unit_id, [row])
         else:
             spec = UnitSpec.from_dict(body["spec"])
+            hook = _epoch_logger(rundir, unit_id, body, spec, on_epoch) if ranks.leader else None
             result = run_unit(
-                spec,
-                rundir.work_dir(unit_id),
-                on_epoch=_epoch_logger(rundir, unit_id, body, spec, on_epoch),
-                score_test=kind != TRIAL,
+                spec, rundir.work_dir(unit_id), on_epoch=hook, score_test=kind != TRIAL
             )
+            if not ranks.leader:
+                return  # the leader stores the unit's rows (and clears failed.json)
+            if result is None:
+                raise FerError(f"unit {unit_id}: training returned no result on rank 0")
             run_row = {
                 **result["run"],
                 **scheduler_info(),
@@ -164,12 +182,23 @@ def _run(rundir: RunDir, unit_id: str, body: SpecFile, on_epoch: EpochHook | Non
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if not isinstance(exc, FerError):
             reason = f"{type(exc).__name__}: {reason}"
+        if not ranks.leader:
+            reason = f"rank {ranks.rank} of {ranks.world_size}: {reason}"
         try:
-            rundir.mark_failed(unit_id, reason)
+            rundir.mark_failed(unit_id, reason, rank=ranks.rank, group=_group(ranks))
         except (OSError, FerError):  # e.g. the run dir's disk is full too: keep the cause
             print(f"error: {reason}", file=sys.stderr)
         raise
     rundir.clear_failed(unit_id)
+
+
+def _group(ranks: Ranks) -> str | None:
+    """The process group this rank belongs to, named by its rendezvous (`MASTER_ADDR:PORT`,
+    fresh for each attempt), so that ranks of one attempt know each other's failure records
+    from an earlier attempt's; None for a one-process unit."""
+    if not ranks.distributed:
+        return None
+    return f"{os.environ.get('MASTER_ADDR', '')}:{os.environ.get('MASTER_PORT', '')}"
 
 
 def _epoch_logger(
@@ -207,9 +236,10 @@ def output_to(path: Path) -> Iterator[None]:
                 os.close(fd)
 
 
-def death_reason(code: int, log_path: Path) -> str:
+def death_reason(code: int, log_path: Path, who: str = "") -> str:
     """Why a worker process ended with `code` without recording an error itself (it was
-    killed, or crashed): the reason `status` shows, whichever backend started it."""
+    killed, or crashed): the reason `status` shows, whichever backend started it. `who`
+    names the process where the unit ran as several ("rank 1 of 2")."""
     if code < 0:
         try:
             name = signal.Signals(-code).name
@@ -217,10 +247,13 @@ def death_reason(code: int, log_path: Path) -> str:
             name = f"signal {-code}"
         why = {"SIGKILL": " (out of memory, or killed by hand)", "SIGTERM": " (stopped)"}
         return (
-            f"the worker process was killed by {name}{why.get(name, '')} before it finished; "
-            "a re-launch resumes it from its last epoch checkpoint"
+            f"{who or 'the worker process'} was killed by {name}{why.get(name, '')} before it "
+            "finished; a re-launch resumes it from its last epoch checkpoint"
         )
-    return f"the worker exited with status {code} without recording an error; see {log_path}"
+    return (
+        f"{who or 'the worker'} exited with status {code} without recording an error; "
+        f"see {log_path}"
+    )
 
 
 def run_forked(

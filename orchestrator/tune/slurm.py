@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from fer_core.errors import FerError
 from fer_core.io import atomic_write_text
 from orchestrator.backends.ray.cluster import render_ray_sbatch
+from orchestrator.backends.slurm.control import launcher_env
 from orchestrator.plan.profiles import DEFAULT_FILE, RayProfile, SlurmProfile, load_profile
 from orchestrator.run.rundir import RunDir
 from orchestrator.tune.space import TuneSpec
@@ -91,6 +92,7 @@ def submit_tune_job(spec: TuneSpec, args: TuneRequest, profile: SlurmProfile, ru
             capture_output=True,
             text=True,
             timeout=SBATCH_TIMEOUT_S,
+            env=launcher_env(),  # not the SLURM_* of an allocation it is launched from
         )
     except FileNotFoundError as exc:
         raise FerError("tune --cluster slurm: sbatch not found; run on a SLURM login node") from exc

@@ -46,6 +46,7 @@ from typing import Any
 
 from fer_core.errors import FerError
 from fer_core.io import atomic_write_text
+from fer_core.ranks import COLLECTIVE_TIMEOUT, NODES
 from orchestrator.backends.base import Backend
 from orchestrator.backends.slurm.accounting import record_accounting
 from orchestrator.backends.slurm.arrays import Array, dependency_of, plan_arrays
@@ -54,6 +55,7 @@ from orchestrator.backends.slurm.control import (
     Limits,
     Retry,
     TransientError,
+    clean_env,
     is_transient,
     queued_jobs,
     read_limits,
@@ -61,6 +63,7 @@ from orchestrator.backends.slurm.control import (
     slurm_call,
 )
 from orchestrator.backends.slurm.jobs import (
+    RUN_START,
     PackJob,
     UnitJob,
     job_comment,
@@ -71,7 +74,8 @@ from orchestrator.backends.slurm.jobs import (
     unrecorded_jobs,
 )
 from orchestrator.backends.slurm.pack import Pack, plan_packs
-from orchestrator.plan.profiles import JobResources, SlurmProfile
+from orchestrator.backends.slurm.ranks import job_ranks
+from orchestrator.plan.profiles import JobResources, SlurmProfile, UnitRanks
 from orchestrator.plan.unit import Unit
 from orchestrator.run.progress import Progress, unit_summary
 from orchestrator.run.rundir import RunDir, Submission
@@ -107,12 +111,13 @@ def job_parameters(
     """submitit SlurmExecutor parameters of an array of `tasks` (profile values as data; the
     resources of the tasks' unit kind and backbone, which every task of an array shares)."""
     need = profile.resources_for([unit for units in tasks for unit in units])
+    ranks = job_ranks(profile, tasks)
     params: dict[str, Any] = {
         "job_name": array_job_name(tasks),
         "comment": job_comment(rundir.path, key),
-        "nodes": 1,
-        "ntasks_per_node": 1,
-        "cpus_per_task": need.cpus,
+        "nodes": ranks.nodes,
+        "ntasks_per_node": ranks.per_node,
+        "cpus_per_task": need.cpus,  # per task: each rank has the unit's CPUs
         "time": need.time_min,
         "stderr_to_stdout": True,
         # no throttle: submitit writes one anyway (`%N`), so N is every task of the array
@@ -137,6 +142,10 @@ def job_parameters(
         extra["kill_on_invalid_dep"] = "yes"
     if extra:
         params["additional_parameters"] = extra
+    if ranks.world > 1:
+        # A rank that exits non-zero or dies ends the whole step (and the job): its peers
+        # would otherwise wait in a collective until the collective timeout.
+        params["srun_args"] = ["--kill-on-bad-exit=1"]
     return params
 
 
@@ -158,11 +167,17 @@ class SlurmBackend(Backend[SlurmProfile]):
 
     # --- submission -------------------------------------------------------------------------
     def job_env(self, units: tuple[Unit, ...]) -> dict[str, str]:
-        """Set before torch loads: threads = each unit's share of the job's CPUs, then the
+        """Set before torch loads: threads = each unit's share of the job's CPUs (each rank's
+        CPUs), then for a multi-rank unit its node count and collective timeout, then the
         profile's env."""
         cpus = self.profile.resources_for(units).cpus
         threads = str(max(1, cpus // len(units)))
-        return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, **self.profile.env}
+        env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        ranks = job_ranks(self.profile, [units])
+        if ranks.world > 1:
+            env[NODES] = str(ranks.nodes)
+            env[COLLECTIVE_TIMEOUT] = str(self.profile.collective_timeout_s)
+        return {**env, **self.profile.env}
 
     def executor(
         self, rundir: RunDir, tasks: list[tuple[Unit, ...]], dependency: str, key: str
@@ -259,7 +274,9 @@ class SlurmBackend(Backend[SlurmProfile]):
         def once() -> str:
             executor = self.executor(rundir, tasks, dependency, key)
             try:
-                with executor.batch():
+                # inside an allocation (salloc, srun, a Ray-on-SLURM job) the job must not
+                # take its launcher's SLURM_* and rank variables (sbatch exports them)
+                with clean_env(), executor.batch():
                     jobs = [executor.submit(*self._call(rundir, units)) for units in tasks]
             except Exception as exc:  # submitit raises its own error types for sbatch failures
                 _remove_unsubmitted(folder)
@@ -293,13 +310,16 @@ class SlurmBackend(Backend[SlurmProfile]):
         rundir.record_submissions(records)
         return job
 
-    def _resource_class(self, pack: Pack) -> JobResources:
-        return self.profile.resources_for(pack.units)
+    def _resource_class(self, pack: Pack) -> tuple[JobResources, UnitRanks]:
+        """What an array's tasks share: their resources and their ranks (a one-process unit,
+        a trial say, never runs in a multi-rank unit's array)."""
+        return self.profile.resources_for(pack.units), job_ranks(self.profile, [pack.units])
 
     def _call(self, rundir: RunDir, units: tuple[Unit, ...]) -> tuple:
-        """What a task runs: UnitJob for one unit, PackJob for a pack."""
+        """What a task runs: UnitJob for one unit (each of its ranks), PackJob for a pack."""
         if len(units) == 1:
-            return UnitJob(self.job_env(units)), str(rundir.path), units[0].id
+            gpu = self.profile.resources_for(units).gpus > 0
+            return UnitJob(self.job_env(units), gpu), str(rundir.path), units[0].id
         return PackJob(self.job_env(units)), str(rundir.path), [u.id for u in units]
 
     def _adopt_unrecorded(self, rundir: RunDir, units: list[Unit]) -> dict[str, str]:
@@ -393,6 +413,8 @@ class SlurmBackend(Backend[SlurmProfile]):
                 pack = records[unit_id].get("pack", []) if unit_id in records else []
                 job_units = [by_id.get(u, unit) for u in pack]
                 outcome[unit_id] = self._finished(rundir, unit, state, job_units or [unit])
+                if outcome[unit_id] == "failed" and unit_id in records:
+                    post_mortem(rundir, unit_id, records[unit_id])
                 detail = (
                     unit_summary(rundir, unit)
                     if outcome[unit_id] == "done"
@@ -442,11 +464,15 @@ class SlurmBackend(Backend[SlurmProfile]):
             return {}
         since = min(record.get("submitted_at", time.time()) for record in jobs.values())
         raw = raw_states([str(r["job_id"]) for r in jobs.values()], since, self.retry)
-        return {
+        states = {
             unit_id: normalise_state(raw[str(record["job_id"])])
             for unit_id, record in jobs.items()
             if str(record["job_id"]) in raw
         }
+        for unit_id, state in states.items():  # `status` of a launch that did not --wait
+            if state == State.FAILED:
+                post_mortem(rundir, unit_id, jobs[unit_id])
+        return states
 
     def record_accounting(self, rundir: RunDir) -> None:
         record_accounting(rundir, self.retry)
@@ -476,6 +502,46 @@ class SlurmBackend(Backend[SlurmProfile]):
             if still:
                 raise FerError(f"scancel failed for {rundir.path}: {done.stderr.strip()}")
         return active
+
+
+# srun's report of a task that ended badly, in the job's log: `srun: error: node7: task 1:
+# Killed`, `... tasks 0-1: Exited with exit code 1`, `... task 3: Out Of Memory`.
+SRUN_TASK_END = re.compile(r"srun: error: (\S+): tasks? (\d+)(?:[-,][\d,-]*)?: (.+?)\s*$")
+
+
+def post_mortem(rundir: RunDir, unit_id: str, record: Submission) -> None:
+    """Record why the failed job of `unit_id` ended where the unit could not (a rank killed
+    or crashed; `dead_rank`), unless a reason is recorded already."""
+    if rundir.failure(unit_id) is not None or rundir.is_done(unit_id):
+        return
+    died = dead_rank(rundir, str(record.get("array", "")), str(record.get("job_id", "")))
+    if died is not None:
+        rundir.mark_failed(unit_id, died)
+
+
+def dead_rank(rundir: RunDir, array: str, job_id: str) -> str | None:
+    """The reason a multi-rank unit's job ended without one of its own (a rank killed, out
+    of memory, crashed in native code): the first task srun reports ending badly in the job's
+    log, named as the rank it is (task N is rank N); None when the log names none."""
+    if not array or not job_id:
+        return None
+    log = rundir.array_dir(array) / f"{job_id}_0_log.out"  # the batch script's output too
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    # the log grows by one run per requeue: the last run is the one that failed
+    starts = [i for i, line in enumerate(lines) if RUN_START.match(line)]
+    for line in lines[starts[-1] if starts else 0 :]:
+        match = SRUN_TASK_END.search(line)
+        if match is not None:
+            node, rank, how = match.groups()
+            return (
+                f"rank {rank} ended on {node} ({how}, as srun reports in {log.name}) before the "
+                f"unit recorded a reason; the job ended with it; a re-launch resumes from the "
+                f"last epoch checkpoint"
+            )
+    return None
 
 
 def _remove_unsubmitted(folder: Path) -> None:

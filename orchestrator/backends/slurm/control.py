@@ -9,6 +9,11 @@ knows what it means. `sbatch` runs inside submitit; the backend retries it with 
 and checks `squeue` before each retry, so a job the controller accepted without answering is
 adopted rather than submitted twice.
 
+Every tool runs in `clean_env()`: the launcher's own `SLURM_*` variables (a launch inside
+`salloc`/`srun` or a Ray-on-SLURM job) and rank variables are left out, so `sbatch` does not
+read the enclosing allocation's options as its own and the job does not inherit them (sbatch
+exports the submitting environment), nor a `squeue`/`scancel` its filters.
+
 `read_limits` reads what caps a submission on this cluster: `MaxArraySize` (scontrol show
 config) and, when the controller enforces limits (`AccountingStorageEnforce`), the
 `MaxSubmitJobs`/`MaxJobs` of the user's association and QOS (sacctmgr). Each array task
@@ -17,15 +22,18 @@ counts as one job against them.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
+import os
 import re
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
 from fer_core.errors import FerError
+from fer_core.ranks import RANK_ENV
 from orchestrator.plan.profiles import SlurmProfile
 
 T = TypeVar("T")
@@ -42,6 +50,10 @@ TRANSIENT = re.compile(
 LIMIT_REFUSAL = re.compile(
     r"violates accounting/QOS policy|MaxSubmitJob|SubmitJobsLimit|SubmitJobLimit", re.IGNORECASE
 )
+# What an allocation, a job step or submitit sets in a process: a launcher inside one must not
+# hand it on. SLURM_CONF (where the cluster's config is) is the tools' own, and is kept.
+SCHEDULER_PREFIXES = ("SLURM_", "SLURMD_", "SRUN_", "SUBMITIT_")
+KEPT = frozenset({"SLURM_CONF"})
 CALL_TIMEOUT_S = 60.0
 MAX_DELAY_S = 30.0
 
@@ -100,13 +112,45 @@ def retrying(
     )
 
 
+def launcher_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`environ` (default: this process's) without the allocation's, the job step's and the
+    rank variables (SCHEDULER_PREFIXES, RANK_ENV), SLURM_CONF kept."""
+    environ = os.environ if environ is None else environ
+    return {
+        name: value
+        for name, value in environ.items()
+        if name in KEPT or not (name.startswith(SCHEDULER_PREFIXES) or name in RANK_ENV)
+    }
+
+
+@contextlib.contextmanager
+def clean_env() -> Iterator[None]:
+    """This process's environment as `launcher_env` for the block (submitit runs `sbatch`
+    with it, and the job inherits it); restored afterwards, whatever happens."""
+    saved = dict(os.environ)
+    kept = launcher_env(saved)
+    try:
+        for name in set(saved) - set(kept):
+            del os.environ[name]
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def slurm_call(argv: list[str], retry: Retry) -> subprocess.CompletedProcess:
-    """Run a SLURM tool (argv, never a shell string); retried while the controller is away."""
+    """Run a SLURM tool (argv, never a shell string, in `launcher_env`); retried while the
+    controller is away."""
 
     def once() -> subprocess.CompletedProcess:
         try:
             done = subprocess.run(
-                argv, capture_output=True, text=True, timeout=CALL_TIMEOUT_S, check=False
+                argv,
+                capture_output=True,
+                text=True,
+                timeout=CALL_TIMEOUT_S,
+                check=False,
+                env=launcher_env(),
             )
         except subprocess.TimeoutExpired as exc:
             raise TransientError(f"no answer within {CALL_TIMEOUT_S:.0f} s") from exc

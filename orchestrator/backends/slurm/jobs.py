@@ -8,6 +8,15 @@ returns at once). This module imports nothing heavy: a job unpickles it before t
 loaded, so the environment it sets (thread counts, profile `env:`) is in place when torch
 starts.
 
+A multi-rank unit (data-parallel: `SlurmProfile.unit_ranks`) is one job of N SLURM tasks,
+each running `UnitJob` as one rank (`srun --kill-on-bad-exit`: a rank that dies ends the
+step, so the job ends with its unit). Each task exports torch's `env://` variables from
+submitit's `TorchDistributedEnvironment`, with a rendezvous port of this attempt
+(`rendezvous_port`: the job id and SLURM_RESTART_COUNT), never the port of an earlier run of
+the same job id, whose store may linger. On a time limit or preemption (USR2) submitit's
+handler checkpoints and requeues from rank 0 alone; the other ranks stop quietly, as for
+`scancel`.
+
 `raw_states(job_ids)` asks `squeue` (the controller) and, for the jobs it no longer holds,
 `sacct` (the accounting record), both as argv lists; never submitit's `job.state`, which
 hangs without accounting. `tagged_jobs(run_dir)` finds a run dir's jobs (array tasks one by
@@ -29,6 +38,7 @@ from typing import Any
 from submitit.helpers import Checkpointable
 
 from fer_core.errors import FerError
+from fer_core.ranks import COLLECTIVE_TIMEOUT, DEFAULT_TIMEOUT_S, NODES
 from orchestrator.backends.slurm.control import Retry, slurm_call
 from orchestrator.run.states import State
 
@@ -60,11 +70,35 @@ STATE_MAP = {
 }
 
 
-class UnitJob(Checkpointable):
-    """Runs one unit of a run dir inside a SLURM job; requeued (not restarted) on preemption."""
+# The rendezvous ports of multi-rank units (submitit's helper draws from the same range).
+PORT_MIN, PORT_SPAN = 20000, 40000
+RESTART_COUNT = "SLURM_RESTART_COUNT"  # set by SLURM from the first requeue of a job on
+# Rank 0's first line of each run of a job (`UnitJob._join_ranks`): a job's log grows by one
+# run per requeue, and the post-mortem reads the last.
+RUN_START = re.compile(r"rank 0 of \d+ .*, restart \d+")
 
-    def __init__(self, env: dict[str, str] | None = None):
+
+def rendezvous_port(job_id: str, restart: int) -> int:
+    """The process group's port of attempt `restart` of job `job_id` (`A_i` for an array
+    task): every rank of the attempt computes the same one without talking to the others, and
+    each requeue of the job moves to the next port, so a requeued group never meets the store
+    (or a socket in TIME_WAIT) of its previous run. submitit's helper seeds it from the job id
+    alone, the same port on every run."""
+    base = int(hashlib.sha256(job_id.encode()).hexdigest()[:8], 16)
+    return PORT_MIN + (base + restart) % PORT_SPAN
+
+
+class UnitJob(Checkpointable):
+    """Runs one unit of a run dir inside a SLURM job, as its one process or, in a job of
+    several tasks, as one rank of it; requeued (not restarted) on preemption.
+
+    `env` is set before torch loads (threads, the profile's `env:`, and for a multi-rank unit
+    FER_NODES and FER_COLLECTIVE_TIMEOUT_S); `gpu`: each rank takes the GPU of its local rank.
+    """
+
+    def __init__(self, env: dict[str, str] | None = None, gpu: bool = False):
         self.env = dict(env or {})
+        self.gpu = gpu
 
     def __call__(self, run_dir: str, unit_id: str) -> str:
         # submitit ignores SIGTERM, so `scancel` would leave training running until SIGKILL
@@ -73,14 +107,62 @@ class UnitJob(Checkpointable):
         # still arrive as USR2 first (submitit's checkpoint-and-requeue handler).
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.environ.update(self.env)
+        if int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1:
+            self._join_ranks()
         from orchestrator.run.worker import run
 
         return run(run_dir, unit_id)
+
+    def _join_ranks(self) -> None:
+        """Export this task's place in the unit's process group (torch's `env://`), log it,
+        and on ranks > 0 let a USR2 stop the process quietly (rank 0 requeues the job)."""
+        from submitit import JobEnvironment
+        from submitit.helpers import TorchDistributedEnvironment
+
+        job = JobEnvironment()
+        restart = int(os.environ.get(RESTART_COUNT, "0") or 0)
+        # the helper takes MASTER_PORT from the environment when set: this attempt's port
+        os.environ["MASTER_PORT"] = str(rendezvous_port(job.job_id, restart))
+        dist = TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        os.environ.setdefault(NODES, str(job.num_nodes))
+        if self.gpu:
+            os.environ["CUDA_VISIBLE_DEVICES"] = local_gpu(dist.local_rank)
+        print(
+            f"rank {dist.rank} of {dist.world_size} (local rank {dist.local_rank} of "
+            f"{dist.local_world_size}, node {job.node} of {job.num_nodes}) in job {job.job_id}: "
+            f"rendezvous {dist.master_addr}:{dist.master_port}, restart {restart}, collective "
+            f"timeout {os.environ.get(COLLECTIVE_TIMEOUT, DEFAULT_TIMEOUT_S)} s",
+            flush=True,
+        )
+        if dist.rank > 0:
+            requeue = signal.getsignal(signal.SIGUSR2)
+            signal.signal(signal.SIGUSR2, _stop_quietly(dist.rank, requeue))
 
     def checkpoint(self, run_dir: str, unit_id: str) -> Any:
         # Nothing to save here: the trainer writes work/last.pt after every epoch, and the
         # requeued job's worker resumes from it. Resubmit the same call.
         return super().checkpoint(run_dir, unit_id)
+
+
+def local_gpu(local_rank: int) -> str:
+    """The GPU of a task's local rank: its entry of the job's CUDA_VISIBLE_DEVICES (SLURM's ids
+    of the node's allocated GPUs), or the index itself where none is set, as submitit sets
+    it."""
+    visible = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+    return visible[local_rank] if local_rank < len(visible) else str(local_rank)
+
+
+def _stop_quietly(rank: int, requeue: Any) -> Any:
+    """A USR2 handler for a rank > 0: submitit's (it logs, and only rank 0 requeues), then a
+    quiet end (an interruption, not a failure): the group is breaking for the requeue."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if callable(requeue):
+            requeue(signum, frame)
+        print(f"rank {rank}: stopping for the requeue of this job (rank 0 requeues)", flush=True)
+        raise SystemExit(0)
+
+    return handler
 
 
 class PackJob(Checkpointable):

@@ -4,10 +4,13 @@ Per wave, each job array (one `sbatch`) with its task count, its own sbatch para
 (`--array`, `--job-name`, `--dependency` naming the plan's arrays A1, A2..., and the
 resources where its unit kind or backbone has its own) and its first units; the parameters
 every training job shares once; the GPU- and CPU-hours requested at each job's `--time`,
-labelled as the upper bound it is; and an estimate of the GPU-hours (CPU-hours for jobs
+labelled as the upper bound it is (a multi-rank unit's job counts the GPUs of all its nodes
+and the CPUs of all its tasks); and an estimate of the GPU-hours (CPU-hours for jobs
 without a GPU) from epochs measured on that kind of device with the same backbone and input
 size (`orchestrator.run.epochcost`), in this run dir or those given by `--estimate-from`,
-one line per measured device; "no measurement on this device" otherwise.
+one line per measured device, times the GPUs (CPUs) a unit holds; "no measurement on this
+device" otherwise. A multi-rank unit's job shows its `--nodes` and `--ntasks-per-node` (one
+task per rank) and the srun flag that ends it with its first failed rank.
 Nothing here asks the cluster: its MaxArraySize and submission limits are applied at launch.
 """
 
@@ -18,6 +21,7 @@ from typing import Any, TextIO
 from orchestrator.backends.slurm.arrays import dependency_of, plan_arrays
 from orchestrator.backends.slurm.backend import job_parameters
 from orchestrator.backends.slurm.pack import Pack, plan_packs
+from orchestrator.backends.slurm.ranks import job_ranks, job_totals
 from orchestrator.plan.profiles import SlurmProfile
 from orchestrator.plan.unit import Unit
 from orchestrator.run.epochcost import (
@@ -45,7 +49,11 @@ def print_slurm_plan(
         print("  slurm: nothing to submit", file=out)
         return
     packs = plan_packs(units, profile.units_per_job, {})
-    arrays = plan_arrays(packs, None, lambda pack: profile.resources_for(pack.units))
+    arrays = plan_arrays(
+        packs,
+        None,
+        lambda pack: (profile.resources_for(pack.units), job_ranks(profile, [pack.units])),
+    )
     names = [f"A{i + 1}" for i in range(len(arrays))]
     shared = job_parameters(profile, rundir, [packs[-1].units], "", "KEY")
     print(
@@ -58,6 +66,7 @@ def print_slurm_plan(
         + _flags({k: v for k, v in shared.items() if k not in PER_ARRAY}),
         file=out,
     )
+    _print_ranks(profile, units, out)
     parallel = profile.array_parallelism
     for name, array in zip(names, arrays, strict=True):
         tasks = [pack.units for pack in array.packs]
@@ -65,7 +74,8 @@ def print_slurm_plan(
         differs = [
             k
             for k in shared
-            if k not in (*PER_ARRAY, "additional_parameters") and own.get(k) != shared[k]
+            if k not in (*PER_ARRAY, "additional_parameters", "srun_args")
+            and own.get(k) != shared[k]
         ]
         flags = {
             **{k: own[k] for k in differs if k in own},
@@ -84,12 +94,31 @@ def print_slurm_plan(
     _print_estimate(profile, units, measured, out)
 
 
+def _print_ranks(profile: SlurmProfile, units: list[Unit], out: TextIO) -> None:
+    """How a multi-rank training unit is laid out, when the profile makes one."""
+    trainings = [u for u in units if u.kind == "train"]
+    if not trainings:
+        return
+    ranks = profile.unit_ranks(trainings[0])
+    if ranks.world == 1:
+        return
+    gpus, cpus = job_totals(profile, [trainings[0]])
+    each = f"one GPU each, {gpus} GPUs" if ranks.gpu and gpus else f"{cpus} CPUs"
+    group = "NCCL" if ranks.gpu and gpus else "gloo"
+    print(
+        f"  data-parallel: each training unit is one job of {ranks.world} ranks (SLURM tasks) "
+        f"on {ranks.nodes} node(s), {ranks.per_node} per node ({each} in all, {group}); "
+        f"the job ends with its first failed rank",
+        file=out,
+    )
+
+
 def _print_requested(profile: SlurmProfile, packs: list[Pack], out: TextIO) -> None:
     """The `--time` upper bound: what the jobs ask for, the most the cluster will charge."""
-    needs = [profile.resources_for(pack.units) for pack in packs]
-    gpu_hours = sum(n.gpus * n.time_min for n in needs) / 60
-    cpu_hours = sum(n.cpus * n.time_min for n in needs) / 60
-    with_gpu = sum(1 for n in needs if n.gpus)
+    needs = [(profile.resources_for(pack.units), job_totals(profile, pack.units)) for pack in packs]
+    gpu_hours = sum(gpus * n.time_min for n, (gpus, _) in needs) / 60
+    cpu_hours = sum(cpus * n.time_min for n, (_, cpus) in needs) / 60
+    with_gpu = sum(1 for _, (gpus, _) in needs if gpus)
     print(
         f"  requested (upper bound, every job at its --time): {gpu_hours:.1f} GPU-hours "
         f"({with_gpu} of {len(needs)} jobs with GPUs), {cpu_hours:.1f} CPU-hours; "
@@ -143,13 +172,16 @@ def _print_estimate(
 
 
 def _share(profile: SlurmProfile, unit: Unit, gpu: bool) -> float:
-    """The GPUs (CPUs) one unit holds: its job's, split between the units of a pack."""
-    need = profile.resources_for([unit])
-    return (need.gpus if gpu else need.cpus) / profile.units_per_job
+    """The GPUs (CPUs) one unit holds: its job's (every node's, every rank's), split between
+    the units of a pack."""
+    gpus, cpus = job_totals(profile, [unit])
+    return (gpus if gpu else cpus) / profile.units_per_job
 
 
 def _flags(params: dict[str, Any]) -> str:
-    """submitit parameters as the sbatch flags they become."""
+    """submitit parameters as the sbatch flags they become (srun's after `srun`)."""
     params = dict(params)
     params.update(params.pop("additional_parameters", {}))
-    return " ".join(f"--{key.replace('_', '-')}={value}" for key, value in params.items())
+    srun = params.pop("srun_args", [])
+    flags = " ".join(f"--{key.replace('_', '-')}={value}" for key, value in params.items())
+    return flags + (f" (srun {' '.join(srun)})" if srun else "")

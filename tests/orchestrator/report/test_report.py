@@ -269,6 +269,28 @@ def test_setup_block_shows_recorded_lineage(tmp_path):
     assert "[`grid.yaml`](../grid.yaml) in the run dir" in text
 
 
+def test_setup_block_states_the_ranks_only_when_a_unit_ran_as_several_processes(tmp_path, full):
+    """A data-parallel run's setup block gives world size, nodes, process-group backend and
+    per-rank throughput; a run whose units each ran as one process (rows from before the
+    columns existed read so) says nothing of it."""
+    extra = {
+        "world_size": 2,
+        "nodes": 1,
+        "dist_backend": "gloo",
+        "rank_images_per_second": [50.0, 60.0],
+    }
+    run = make_run(tmp_path / "run", datasets=("ckplus",), extra_columns=extra)
+    text = write_report(run.path).path.read_text()
+    units = len(run.rundir.store.read("runs"))
+    line = next(x for x in text.splitlines() if x.startswith("- **Processes per unit**"))
+    assert f"{units} of {units} units trained data-parallel" in line
+    assert "world size 2; nodes 1; process-group backend gloo" in line
+    assert (
+        f"per-rank throughput median 55.0 images/s (range 50.0–60.0 over {2 * units} ranks)" in line
+    )
+    assert "Processes per unit" not in full[1].path.read_text()
+
+
 def test_augmentation_text_matches_the_library():
     from fer_core.data import augment
 
