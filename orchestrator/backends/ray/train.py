@@ -46,10 +46,10 @@ PRINT_PATCH = "RAY_TRAIN_ENABLE_PRINT_PATCH"
 PEER_LOST = ("stopped answering", "Connection closed by peer", "Connection reset by peer")
 
 
-def log_name(rank: int) -> str:
-    """The backend name of rank `rank`'s log (`RunDir.unit_log`): ray.log for rank 0, whose
-    log is the unit's log of record, ray.rank<r>.log beside it for the others."""
-    return "ray" if rank == 0 else f"ray.rank{rank}"
+def rank_log(rundir: RunDir, unit_id: str, rank: int) -> Path:
+    """Rank `rank`'s log: ray.log for rank 0 (the unit's log of record), ray.rank<r>.log
+    beside it for the others."""
+    return rundir.unit_log(unit_id, "ray") if rank == 0 else rundir.rank_log(unit_id, "ray", rank)
 
 
 def worker_resources(cpus: float, gpu: bool) -> dict[str, float]:
@@ -185,7 +185,7 @@ def _rank_main(config: dict[str, Any]) -> None:
     )
     use_threads(config["threads"])
     rundir = RunDir(Path(config["run_dir"]))
-    with output_to(rundir.unit_log(config["unit_id"], log_name(rank))):
+    with output_to(rank_log(rundir, config["unit_id"], rank)):
         print(
             f"ray train: rank {rank} of {os.environ['WORLD_SIZE']} on {socket.gethostname()} "
             f"({os.environ[NODES]} nodes)",

@@ -25,7 +25,7 @@ from ray.exceptions import ActorDiedError
 from fer_core.errors import FerError
 from orchestrator.backends.ray.backend import RayBackend
 from orchestrator.backends.ray.cluster import check_fits
-from orchestrator.backends.ray.train import concurrent_units, log_name, rank_failure
+from orchestrator.backends.ray.train import concurrent_units, rank_failure, rank_log
 from orchestrator.backends.ray.trial import launcher_free
 from orchestrator.plan.profiles import RayProfile, UnitRanks, load_profile
 from orchestrator.plan.unit import Unit
@@ -113,7 +113,6 @@ def test_a_ranks_failure_names_the_rank_and_tells_a_death_from_an_error():
     # Ray has not seen the death yet; the survivor's collective has.
     lost = rank_failure({0: FerError("rank 1 of 2 stopped answering (killed...)")}, 2)
     assert lost.died and lost.reason.startswith("rank 0 of 2: rank 1 of 2 stopped answering")
-    assert (log_name(0), log_name(1)) == ("ray", "ray.rank1")
 
 
 def test_a_unit_inherits_no_slurm_job_and_no_rank_from_its_launcher():
@@ -161,7 +160,7 @@ def test_two_ranks_each_unit_trains_once_over_every_test_image(two_rank_run):
         assert row["scheduler"] == "ray"
         # Rank 0 keeps the log of record; rank 1's is beside it.
         assert rundir.unit_log(row["unit_id"], "ray").is_file()
-        assert rundir.unit_log(row["unit_id"], "ray.rank1").is_file()
+        assert rundir.rank_log(row["unit_id"], "ray", 1).is_file()
     assert {s["attempts"] for s in rundir.submissions().values()} == {1}
 
 
@@ -257,7 +256,7 @@ def test_a_rank_that_dies_is_retried_then_fails_naming_the_rank(
     rundir, roles = _copy(grid, prepared, tmp_path / "run")
     unit = roles["s1f1"]
     profile = _profile(cluster, "ray2")
-    killer = RankKiller(rundir.unit_log(unit.id, "ray.rank1"))
+    killer = RankKiller(rundir.rank_log(unit.id, "ray", 1))
     killer.start()
     try:
         RayBackend(profile).submit(rundir, [unit])
@@ -280,7 +279,7 @@ def test_a_rank_killed_mid_training_is_retried_from_its_last_epoch(
     unit, epochs = roles["s1f1"], 3
     config = rundir.read_spec(unit.id)["spec"]["config"]
     _edit_config(rundir, unit, config={**config, "epochs": epochs, "lr_step_epoch": epochs - 1})
-    rank1 = rundir.unit_log(unit.id, "ray.rank1")
+    rank1 = rundir.rank_log(unit.id, "ray", 1)
     killed: list[int] = []
 
     def kill_rank_1_once() -> None:
@@ -310,7 +309,7 @@ def test_cancel_stops_every_rank_and_is_not_a_failure(files, prepared, local_ray
     unit = roles["s1f1"]
     config = rundir.read_spec(unit.id)["spec"]["config"]
     _edit_config(rundir, unit, config={**config, "epochs": 500, "lr_step_epoch": 499})
-    logs = [rundir.unit_log(unit.id, log_name(rank)) for rank in (0, 1)]
+    logs = [rank_log(rundir, unit.id, rank) for rank in (0, 1)]
     backend = RayBackend(_profile(cluster, "ray2"))
 
     def cancel_when_running() -> None:
