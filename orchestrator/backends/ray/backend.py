@@ -9,7 +9,11 @@ Units. A trial runs its unit in a process of its own, forked from a server that 
 loaded (orchestrator.backends.ray.trial): on the launcher's host, the launcher's own server,
 which loads while Ray starts; on another node, one the trial's worker starts as it starts.
 The actor serves the next unit of the wave. A unit pays a fork, not an interpreter's
-start-up and imports.
+start-up and imports. A training unit of several ranks (`procs_per_unit`, `gpus_per_unit`)
+runs instead as a Ray Train run that its trial drives, one Ray Train worker per rank, each
+rank's output in units/<id>/ray.rank<r>.log beside rank 0's ray.log
+(orchestrator.backends.ray.train); stage 2 still waits for its wave and starts from its
+parent's best.
 
 Failures. A unit that fails (bad data, NaN loss, CUDA OOM: deterministic, a retry would
 fail again) has written its reason to units/<id>/failed.json, and its trial ends with
@@ -17,6 +21,8 @@ fail again) has written its reason to units/<id>/failed.json, and its trial ends
 alike. A unit whose process died without a reason (killed, OOM-killed), or whose trial's
 process died (node lost), is what Tune's `FailureConfig(max_failures)` retries (profile key
 `max_failures`, default 2), and fer_core resumes it from the unit's last.pt in its work dir.
+So for a unit of several ranks: a rank's own error fails it (the reason names the rank), a
+rank's process that died is retried by Tune.
 
 Lifetime. A local Ray (address: null) lives only as long as the launcher, so `launch` blocks
 until the waves finish, printing one line per finished unit. The launcher keeps
@@ -35,6 +41,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +49,9 @@ from fer_core.errors import FerError
 from fer_core.io import atomic_write_text
 from orchestrator.backends.base import Backend
 from orchestrator.backends.ray.cluster import check_fits, ray_session
+from orchestrator.backends.ray.train import DRIVER_RESOURCES, concurrent_units
 from orchestrator.backends.ray.trial import SETUP_HOOK, ForkService, run_unit_trial
-from orchestrator.plan.profiles import RayProfile
+from orchestrator.plan.profiles import RayProfile, UnitRanks
 from orchestrator.plan.unit import Unit
 from orchestrator.run.processes import process_start
 from orchestrator.run.progress import Progress, unit_summary
@@ -136,7 +144,8 @@ class RayBackend(Backend[RayProfile]):
         hook = SETUP_HOOK if self.profile.address else None
         try:
             with ray_session(self.profile, setup_hook=hook) as resources:
-                check_fits(self.profile, resources, "ray profile")
+                widest = max((self.profile.unit_ranks(u) for u in units), key=_width, default=None)
+                check_fits(self.profile, resources, "ray profile", widest or UnitRanks())
                 for wave in range(1, max(waves.values(), default=0) + 1):
                     ready = []
                     for unit in (u for u in units if waves[u.id] == wave):
@@ -156,7 +165,14 @@ class RayBackend(Backend[RayProfile]):
                     if ready:
                         experiment = f"{stamp}-w{wave}"
                         interrupted += self._run_wave(
-                            rundir, ready, experiment, progress, failed, launcher, service
+                            rundir,
+                            ready,
+                            experiment,
+                            progress,
+                            failed,
+                            launcher,
+                            service,
+                            resources,
                         )
         finally:
             service.close()
@@ -210,12 +226,21 @@ class RayBackend(Backend[RayProfile]):
         failed: set[str],
         launcher: LauncherRecord,
         service: ForkService,
+        resources: dict[str, float],
     ) -> list[Unit]:
-        """One Tuner over `ready`; returns the units that did not finish (cancelled)."""
+        """One Tuner over `ready`; returns the units that did not finish (cancelled).
+
+        A unit of several ranks is a Ray Train run driven by its trial (`config["ranks"]`
+        names them; orchestrator.backends.ray.train): its trial holds DRIVER_RESOURCES, its
+        workers what the profile gives a rank, and the wave runs no more such trials at once
+        than the cluster fits.
+        """
         from ray import tune
         from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
         profile = self.profile
+        widths = {unit.id: profile.unit_ranks(unit) for unit in ready}
+        multi = {uid: ranks for uid, ranks in widths.items() if ranks.world > 1}
         rundir.record_submissions(
             {
                 unit.id: Submission(
@@ -228,17 +253,25 @@ class RayBackend(Backend[RayProfile]):
         )
         cancel_path = rundir.ray_dir / CANCEL_FILE
         callback = _unit_callback(rundir, {u.id: u for u in ready}, progress, failed, launcher)
+        trial_resources = {
+            uid: DRIVER_RESOURCES if uid in multi else profile.resources_per_trial for uid in widths
+        }
         tuner = tune.Tuner(
-            tune.with_resources(run_unit_trial, profile.resources_per_trial),
+            tune.with_resources(run_unit_trial, partial(_trial_resources, trial_resources)),
             param_space={
                 "unit_id": tune.grid_search([u.id for u in ready]),
                 "run_dir": str(rundir.path),
                 "experiment": experiment,
                 "threads": max(1, int(profile.cpus_per_trial)),
                 "fork_service": service.endpoint,
+                "ranks": {uid: [ranks.world, ranks.gpu] for uid, ranks in multi.items()},
+                "train": {
+                    "cpus_per_rank": profile.cpus_per_trial,
+                    "collective_timeout_s": profile.collective_timeout_s,
+                },
             },
             tune_config=tune.TuneConfig(
-                max_concurrent_trials=profile.max_concurrent,
+                max_concurrent_trials=concurrent_units(profile, resources, list(widths.values())),
                 trial_name_creator=_trial_name,
                 trial_dirname_creator=_trial_name,
                 reuse_actors=profile.reuse_actors,
@@ -283,6 +316,18 @@ def _quiet_tune() -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _width(ranks: UnitRanks) -> tuple[bool, int]:
+    """The order of a unit's ranks by what they take: GPU units over CPU ones, then count."""
+    return ranks.gpu, ranks.world
+
+
+def _trial_resources(by_unit: dict[str, dict[str, float]], config: dict[str, Any]) -> Any:
+    """What the trial of `config["unit_id"]` holds (Tune's per-trial resources callable)."""
+    from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
+
+    return resource_dict_to_pg_factory(by_unit[config["unit_id"]])
 
 
 def _trial_name(trial: Any) -> str:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from fer_core.errors import FerError
-from orchestrator.plan.profiles import RayProfile, SlurmProfile
+from orchestrator.plan.profiles import RayProfile, SlurmProfile, UnitRanks
 
 RAY_ENV_DEFAULTS = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -202,8 +202,12 @@ def ray_session(settings: RayProfile, setup_hook: str | None = None) -> Iterator
         ray.shutdown()
 
 
-def check_fits(settings: RayProfile, resources: dict[str, float], where: str) -> None:
-    """A trial must fit on the cluster, else Tune waits for ever for resources."""
+def check_fits(
+    settings: RayProfile, resources: dict[str, float], where: str, ranks: UnitRanks | None = None
+) -> None:
+    """A trial must fit on the cluster, else Tune waits for ever for resources; so must a
+    unit of `ranks.world` ranks (Ray Train workers of `cpus_per_trial` CPUs and, on a GPU
+    unit, one GPU each), else Ray Train waits for ever for its workers."""
     for key, ray_key, per_trial in (
         ("cpus_per_trial", "CPU", settings.cpus_per_trial),
         ("gpus_per_trial", "GPU", settings.gpus_per_trial),
@@ -213,6 +217,19 @@ def check_fits(settings: RayProfile, resources: dict[str, float], where: str) ->
             raise FerError(
                 f"{where}: {key}={per_trial:g} but the Ray cluster has {have:g} {ray_key}s; "
                 f"lower {key} or give Ray more (num_cpus/num_gpus for a local Ray)"
+            )
+    if ranks is None or ranks.world == 1:
+        return
+    need = {"CPU": ranks.world * settings.cpus_per_trial, "GPU": ranks.world if ranks.gpu else 0}
+    for ray_key, total in need.items():
+        have = resources.get(ray_key, 0.0)
+        if total > have:
+            keys = "gpus_per_unit" if ranks.gpu else "procs_per_unit"
+            raise FerError(
+                f"{where}: a unit of {ranks.world} ranks ({keys}) needs {total:g} {ray_key}s "
+                f"(cpus_per_trial={settings.cpus_per_trial:g} CPUs"
+                f"{' and 1 GPU' if ranks.gpu else ''} per rank) but the Ray cluster has "
+                f"{have:g}; lower {keys} or cpus_per_trial, or give Ray more"
             )
 
 

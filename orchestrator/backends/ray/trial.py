@@ -17,10 +17,13 @@ import multiprocessing.connection
 import os
 import socket
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from fer_core.ranks import RANK_ENV
 from fer_core.runtime import PRELOAD
+from orchestrator.plan.profiles import UnitRanks
 from orchestrator.run.rundir import RunDir
 
 
@@ -40,6 +43,13 @@ def trial_env(experiment: str) -> dict[str, str]:
     return {"FER_SCHEDULER": "ray", "FER_JOB_ID": job_id}
 
 
+def launcher_free(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` without what places a process in someone else's job: a SLURM allocation's
+    `SLURM_*` (Ray started inside one, `tune --cluster slurm`: the unit's row would name that
+    job as its scheduler) and a process group's rank variables (`fer_core.ranks.RANK_ENV`)."""
+    return {k: v for k, v in env.items() if not k.startswith("SLURM_") and k not in RANK_ENV}
+
+
 def run_unit_trial(config: dict[str, Any]) -> None:
     """The Tune function trainable: run one unit in a process forked from a preloaded server.
 
@@ -47,17 +57,22 @@ def run_unit_trial(config: dict[str, Any]) -> None:
     process forked from a server that has torch loaded): the fresh state of a `python -m
     orchestrator.run.worker` process without its seconds of imports. The trial's actor is
     reused for the next unit of its wave, and its forkserver with it. The unit's output goes
-    to units/<id>/ray.log.
+    to units/<id>/ray.log. A unit of several ranks (`config["ranks"]`) runs as a Ray Train
+    run instead (_run_ranks_trial).
     """
     from ray import tune
 
     unit_id, run_dir = config["unit_id"], config["run_dir"]
     rundir = RunDir(Path(run_dir))
+    rundir.clear_failed(unit_id)  # a failed.json left now is this attempt's
+    world, gpu = (config.get("ranks") or {}).get(unit_id, (1, False))
+    if world > 1:
+        _run_ranks_trial(config, rundir, UnitRanks(world=world, gpu=gpu))
+        return
     log_path = rundir.unit_log(unit_id, "ray")
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **trial_env(config["experiment"]), "PYTHONUNBUFFERED": "1"}
+    env = {**launcher_free(os.environ), **trial_env(config["experiment"]), "PYTHONUNBUFFERED": "1"}
     threads = max(1, int(config.get("threads") or 1))
-    rundir.clear_failed(unit_id)  # a failed.json left now is this attempt's
     args = (run_dir, unit_id, str(log_path), env, threads)
     service = config.get("fork_service")
     if service and service["host"] == socket.gethostname():
@@ -80,6 +95,36 @@ def run_unit_trial(config: dict[str, Any]) -> None:
         raise RuntimeError(death_reason(code, log_path))
     # Deterministic (bad data, NaN loss, CUDA OOM): end the trial as failed rather than
     # raise, which Tune would retry.
+    tune.report({"state": "failed", "reason": reason, "test_accuracy": math.nan})
+
+
+def _run_ranks_trial(config: dict[str, Any], rundir: RunDir, ranks: UnitRanks) -> None:
+    """A unit of several ranks: a Ray Train run driven from this trial
+    (orchestrator.backends.ray.train), its outcome told to Tune as a one-rank unit's is.
+
+    A rank's process that died (or whose peers lost it) raises, for Tune's FailureConfig to
+    retry from last.pt; whatever a surviving rank recorded about the lost peer is cleared, so
+    the reason shown is Ray's, naming the rank. A rank's own error ends the trial as failed,
+    with failed.json naming the rank where the ranks did not record it themselves.
+    """
+    from ray import tune
+
+    from orchestrator.backends.ray.train import run_ranks
+
+    unit_id = config["unit_id"]
+    failure = run_ranks(config, ranks, trial_env(config["experiment"]))
+    if failure is None:
+        tune.report(_metrics(rundir, unit_id, "done"))
+        return
+    if failure.died:
+        rundir.clear_failed(unit_id)
+        with open(rundir.unit_log(unit_id, "ray"), "a") as log:  # the attempt's end, in its log
+            print(f"ray train: {failure.reason}", file=log)
+        raise RuntimeError(failure.reason)
+    reason = rundir.failure(unit_id)
+    if reason is None:
+        rundir.mark_failed(unit_id, failure.reason)
+        reason = failure.reason
     tune.report({"state": "failed", "reason": reason, "test_accuracy": math.nan})
 
 
