@@ -17,6 +17,7 @@ and the message says rank 0.
 from __future__ import annotations
 
 import datetime
+import gc
 import math
 import time
 from collections.abc import Iterator
@@ -191,7 +192,10 @@ def process_group(device_name: str) -> Iterator[tuple[Group, torch.device]]:
         device = resolve_device(device_name, ranks)
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        yield Group(ranks, str(dist.get_backend())), device
+        try:
+            yield Group(ranks, str(dist.get_backend())), device
+        finally:
+            gc.collect()  # our DistributedDataParallel's cycles, before Ray tears the group down
         return
     device = resolve_device(device_name, ranks)
     if not ranks.distributed:
@@ -219,5 +223,10 @@ def process_group(device_name: str) -> Iterator[tuple[Group, torch.device]]:
     )
     try:
         yield Group(ranks, backend), device
+        dist.barrier()  # every rank is past its last collective before any tears the group down
     finally:
+        # DistributedDataParallel's reducer keeps the group in reference cycles; freed only at
+        # interpreter exit, gloo's worker threads were seen to abort the process (SIGABRT,
+        # "terminate called without an active exception") after a unit that had finished
+        gc.collect()
         dist.destroy_process_group()
