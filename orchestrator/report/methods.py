@@ -11,6 +11,7 @@ recorded", never guessed.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from statistics import median
 from typing import Any
@@ -218,7 +219,13 @@ def _parallelism(study: Study) -> list[str]:
     several = [r for r in runs if int(r.get("world_size") or 1) > 1]
     if not several:
         return []
-    rates = [float(x) for r in several for x in r.get("rank_images_per_second") or []]
+    # a unit resumed after its last epoch trained nothing in its final attempt: no rate (NaN)
+    rates = [
+        float(x)
+        for r in several
+        for x in r.get("rank_images_per_second") or []
+        if x is not None and math.isfinite(float(x))
+    ]
     line = (
         f"{len(several)} of {len(runs)} units trained data-parallel, each as several "
         f"processes (ranks) with the grid's `batch_size` as the global batch split evenly "

@@ -289,6 +289,11 @@ def test_setup_block_states_the_ranks_only_when_a_unit_ran_as_several_processes(
         f"per-rank throughput median 55.0 images/s (range 50.0–60.0 over {2 * units} ranks)" in line
     )
     assert "Processes per unit" not in full[1].path.read_text()
+    # a unit resumed after its last epoch trained nothing in its last attempt: no rate (NaN)
+    resumed = {**extra, "rank_images_per_second": [float("nan"), 70.0]}
+    run = make_run(tmp_path / "resumed", datasets=("ckplus",), extra_columns=resumed)
+    text = write_report(run.path).path.read_text()
+    assert f"median 70.0 images/s (range 70.0–70.0 over {units} ranks)" in text
 
 
 def test_augmentation_text_matches_the_library():
