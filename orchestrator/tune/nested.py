@@ -58,6 +58,9 @@ from orchestrator.tune.records import (
 )
 from orchestrator.tune.space import INVERSE_FREQUENCY, TuneSpec, alpha_label, load_tune
 
+# profile keys that make a training unit several ranks (D-24): `launch` only
+RANK_KEYS = ("procs_per_unit", "gpus_per_unit", "nodes_per_unit")
+
 
 @dataclass(frozen=True)
 class TuneRequest:
@@ -79,6 +82,13 @@ def run_tune(args: TuneRequest) -> int:
     started = time.monotonic()
     spec = load_tune(args.grid, parse_data_roots(args.data), args.samples, args.settings)
     profile = load_profile(args.cluster, args.cluster_file)
+    ranks = {k: getattr(profile, k) for k in RANK_KEYS if getattr(profile, k, 1) > 1}
+    if ranks:
+        raise FerError(
+            f"--cluster {args.cluster}: {', '.join(f'{k}: {v}' for k, v in ranks.items())}: "
+            "a search runs each trial as one process; data-parallel units are for `launch` "
+            "(use a profile without these keys)"
+        )
     run_dir = args.run_dir or RunDir.default_path(spec.grid.name)
     if args.dry_run and not isinstance(profile, SlurmProfile):
         print_plan(spec, run_dir)

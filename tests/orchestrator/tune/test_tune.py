@@ -212,6 +212,16 @@ def test_grid_search_runs_every_point_once_and_takes_no_samples(tmp_path):
         load_tune(str(path), samples=5)
 
 
+def test_a_profile_of_data_parallel_units_is_refused_for_a_search(grid, tmp_path, capsys):
+    """A search runs each trial as one process: a profile whose units are several ranks
+    (D-24) would train its final units one way and its trials another; refused, exit 2."""
+    argv = ["tune", "--grid", str(grid), "--run-dir", str(tmp_path / "run")]
+    assert cli_main([*argv, "--cluster", "local-2proc"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: --cluster local-2proc: procs_per_unit: 2: a search runs")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_dead_ray_address_fails_fast_naming_it(grid, cluster_file, tmp_path, capsys):
     assert not ray_running()  # else tune would reuse that Ray and never try the address
     started = time.monotonic()
