@@ -4,6 +4,7 @@ one process takes, score each image once, resume together, and a dead rank is na
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -94,5 +95,6 @@ def test_a_killed_rank_fails_the_unit_within_a_minute_naming_it(tmp_path):
     assert codes[1] == -9 and codes[0] == 1, codes
     message = (out / "rank0.err").read_text()
     assert message.startswith("rank 1 of 2 stopped answering"), message
-    assert "during epoch 2" in message  # rank 0 had finished epoch 1 when rank 1 died
+    epoch = int(re.search(r"during epoch (\d+)", message).group(1))
+    assert epoch >= 2  # rank 1 died once rank 0 had finished epoch 1 (how long after: load)
     assert took < 60, took
