@@ -141,8 +141,10 @@ def test_a_requeued_two_rank_job_resumes_with_a_fresh_rendezvous_and_finishes(
     ports = {restart: {port for _, _, port, r in lines if r == restart} for restart in (0, 1, 2)}
     assert ports == {r: {rendezvous_port(job, r)} for r in (0, 1, 2)}
     assert len({port for (port,) in ports.values()}) == 3
-    rank1 = next(rundir.path.glob(f"arrays/*/{job}_1_log.out")).read_text()
-    assert "rank 1: stopping for the requeue of this job (rank 0 requeues)" in rank1
+    # Rank 1 "stops quietly" on the notice: no failure above, whatever it got to print. Its
+    # handler's "stopping for the requeue" line is not asserted: a rank blocked in a gloo
+    # collective runs Python's USR2 handler only once the collective returns, and the
+    # requeue's SIGTERM may end it first (seen in 1 of 3 CI runs).
     print("\n".join(_quoted(rundir, job)))  # for the record (pytest -s)
 
 
