@@ -51,7 +51,7 @@ import yaml
 
 from fer_core.digest_cache import DigestCache
 from fer_core.errors import FerError
-from fer_core.io import atomic_write_text
+from fer_core.io import TEMP_PREFIX, atomic_write_text
 from fer_core.spec import UnitSpec
 from orchestrator.plan.labels import label_parts
 from orchestrator.plan.unit import Unit
@@ -352,6 +352,15 @@ class RunDir:
             return True
         finally:
             os.close(fd)  # releases the lock
+
+    def sweep_temp(self, unit_id: str) -> None:
+        """Remove what atomic writes of an earlier attempt left when it was killed between
+        a temp file and its rename (`.tmp-*` in the unit's folder and work dir: live.json,
+        checkpoints). One attempt of a unit runs at a time, so none of them is in progress."""
+        for folder in (self.unit_dir(unit_id), self.work_dir(unit_id)):
+            for path in folder.glob(f"{TEMP_PREFIX}*"):
+                if path.is_file() or path.is_symlink():
+                    path.unlink(missing_ok=True)
 
     def clear_failed(self, unit_id: str) -> None:
         self.failed_path(unit_id).unlink(missing_ok=True)

@@ -146,6 +146,7 @@ def run(run_dir: str | Path, unit_id: str, on_epoch: EpochHook | None = None) ->
     if not ranks.leader:
         _run(rundir, unit_id, body, None, ranks)
         return f"rank {ranks.rank} of {ranks.world_size} done"
+    rundir.sweep_temp(unit_id)  # an earlier attempt killed mid-write left its temp files
     with Meter(rundir, unit_id, kind, dict(scheduler_info())).attempt():
         _run(rundir, unit_id, body, on_epoch, ranks)
     return "done"

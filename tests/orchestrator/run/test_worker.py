@@ -181,3 +181,23 @@ def test_a_fixed_split_twin_is_generated_indexed_and_cropped_by_its_box(tmp_path
     grid.write_text(WILD_GRID.format(extra="\n    classes: 7"))
     _, seven = prepare_run(grid, tmp_path / "run7")
     assert seven["prepare"].id != prepare.id
+
+
+def test_an_attempt_removes_the_temp_files_a_killed_attempt_left(tmp_path):
+    """A worker killed between an atomic write's temp file and its rename (live.json, a
+    checkpoint) leaves `.tmp-*` behind; the next attempt of the unit removes them before it
+    starts (one attempt runs at a time), and keeps every finished file."""
+    from tests.helpers import prepare_run, small_grid, temp_files, tiny_ckplus
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(small_grid(root=tiny_ckplus(tmp_path / "ck", subjects=10), epochs=1))
+    rundir, units = prepare_run(grid, tmp_path / "run")
+    unit = units["prepare"]
+    folder, work = rundir.unit_dir(unit.id), rundir.work_dir(unit.id)
+    work.mkdir(parents=True, exist_ok=True)
+    left = [folder / ".tmp-live.json.abc123", work / ".tmp-last.pt.xyz"]
+    for path in left:
+        path.write_text("half")
+    (folder / "keep.txt").write_text("whole")
+    assert worker.run(rundir.path, unit.id) == "done"
+    assert not temp_files(folder) and (folder / "keep.txt").read_text() == "whole"
