@@ -54,7 +54,8 @@ def test_each_attempt_failed_interrupted_or_done_is_a_measured_row(run, monkeypa
     for row in rows:
         assert row["python"] == sys.executable and row["scheduler"] == "local"
         assert row["elapsed_s"] > 0 and row["max_rss_mb"] > 10 and row["cpus"] >= 1
-        assert 0 < row["cpu_efficiency"] <= 1.05, row
+        # CPU time counts in clock ticks (10 ms): an attempt shorter than one may show none
+        assert 0 <= row["cpu_efficiency"] <= 1.05, row
         assert row["gpus"] == 0 and row["gpu_max_memory_mb"] is None
 
     found = json.loads(
