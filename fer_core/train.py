@@ -503,8 +503,9 @@ def score(
 ) -> Evaluation:
     """Score `model` on crops `rows` of `images` against `labels` — used for the test set
     (sharded over `group`'s ranks, each image once)."""
+    group = group or Group(Ranks())
     if isinstance(images, torch.Tensor):
-        images = images[(group or Group(Ranks())).shard(rows)]
+        images = images[group.shard(rows)]
         rows = torch.arange(len(rows))
     return score_rows(
         model.to(device),

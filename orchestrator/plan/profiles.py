@@ -229,7 +229,9 @@ class SlurmProfile:
     qos: str | None = _key(None, _optional_name)
     gpus_per_job: int = _key(0, _int(0))
     cpus_per_job: int = _key(1, _int(1))
-    mem_gb: float | None = _key(None, _number(0.1))  # None: no --mem (the cluster's default)
+    # --mem, per node: a multi-rank unit's ranks on one node share it; None: no --mem (the
+    # cluster's default)
+    mem_gb: float | None = _key(None, _number(0.1))
     # A job hitting it is requeued and resumes from its last epoch; for `tune --cluster
     # slurm` it bounds the whole search's allocation.
     time_min: int = _key(60, _int(1))

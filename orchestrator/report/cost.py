@@ -184,11 +184,12 @@ def _advice(
         kinds.setdefault("prepare" if unit.kind == "prepare" else unit.backbone, []).append(row)
     lines = []
     for kind, members in sorted(kinds.items()):
-        need = profile.resources_for([units[members[0]["unit_id"]]])
+        unit = units[members[0]["unit_id"]]
+        need = profile.resources_for([unit])
         notes = []
         peak = _peak_gb(members)
         if need.mem_gb is not None and peak is not None:
-            notes.append(f"mem_gb {need.mem_gb:g} requested, {peak:.1f} used at most")
+            notes.append(_memory_note(need.mem_gb, peak, profile.unit_ranks(unit).per_node))
         longest = max((r["elapsed_s"] or 0.0) for r in members)
         notes.append(
             f"time_min {need.time_min} requested, the longest attempt ran {_duration(longest)}"
@@ -201,6 +202,18 @@ def _advice(
             notes.append(f"gpus {need.gpus}, mean utilisation {median(utilisation):.0f} %")
         lines.append(f"- {kind}: " + "; ".join(notes))
     return lines
+
+
+def _memory_note(requested_gb: float, peak_gb: float, per_node: int) -> str:
+    """The memory request against the most used. `--mem` is per node, and the ranks of a
+    multi-rank unit on one node share it, while a peak (the worker's, or sacct's MaxRSS) is
+    one process's: a node held up to `per_node` times that."""
+    if per_node == 1:
+        return f"mem_gb {requested_gb:g} requested, {peak_gb:.1f} used at most"
+    return (
+        f"mem_gb {requested_gb:g} requested per node, up to {per_node * peak_gb:.1f} used "
+        f"({per_node} ranks per node, each at most {peak_gb:.1f})"
+    )
 
 
 def _slowest_section(rows: list[dict[str, Any]], units: dict[str, Unit]) -> str:

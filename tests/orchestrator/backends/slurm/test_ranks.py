@@ -7,6 +7,7 @@ count for a multi-rank unit. The jobs themselves run in test_backend.py's cluste
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -27,7 +28,7 @@ from orchestrator.backends.slurm.jobs import PORT_MIN, PORT_SPAN, rendezvous_por
 from orchestrator.backends.slurm.ranks import job_totals
 from orchestrator.plan.profiles import SlurmProfile, load_profile
 from orchestrator.plan.unit import Unit
-from orchestrator.report.cost import _hours
+from orchestrator.report.cost import _advice, _hours
 from orchestrator.run.launch import launch
 from orchestrator.run.rundir import RunDir, Submission
 from tests.helpers import REPO, fake_slurm_tools, sbatch_script
@@ -301,3 +302,18 @@ def test_one_process_units_never_share_an_array_with_multi_rank_units(monkeypatc
         for a in arrays
     ]
     assert [params["ntasks_per_node"] for params in tasks] == [1, 2]
+
+
+def test_the_memory_advice_counts_every_rank_a_node_holds():
+    """`--mem` is per node; a peak RSS is one process's. With 4 ranks per node the advice
+    compares the request with 4 x the peak, and says so; a one-process job as before."""
+    rows = [{"unit_id": TRAIN.id, "max_rss_mb": 3072.0, "sacct_max_rss_mb": 2048.0,
+             "elapsed_s": 60.0, "cpu_efficiency": 0.5, "gpu_utilisation_pct": None}]  # fmt: skip
+    profile = dataclasses.replace(GPUS_8_ON_2, mem_gb=32)
+    (line,) = _advice(rows, {TRAIN.id: TRAIN}, profile)
+    assert "mem_gb 32 requested per node, up to 12.0 used (4 ranks per node, each at most 3.0)" in (
+        line
+    )
+    one = dataclasses.replace(profile, gpus_per_unit=1, nodes_per_unit=1)
+    (line,) = _advice(rows, {TRAIN.id: TRAIN}, one)
+    assert "mem_gb 32 requested, 3.0 used at most" in line
