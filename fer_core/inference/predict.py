@@ -2,11 +2,13 @@
 
 Each image is cropped as the unit's training data was (`card["crop"]`: MTCNN's largest face,
 squared with the same margin, resized to the same crop size, by `fer_core.data.faces.
-crop_frame`), then scored by `fer_core.evaluate.predict`, the function that produced the
-unit's `predictions` rows. An image in which MTCNN finds no face is reported as such and not
-scored, unless `fallback_center` asks for the centre crop (what the training cache does).
-Several units (the folds of one model) are averaged: the ensemble's probabilities are the
-mean of the folds' probabilities. A video file gives one row per frame (decoded by PyAV).
+crop_frame`; a unit trained on a dataset's own face boxes, detector `box`, meets new images
+that have none, and MTCNN's box stands in for it), then scored by `fer_core.evaluate.
+predict`, the function that produced the unit's `predictions` rows. An image in which
+MTCNN finds no face is reported as such and not scored, unless `fallback_center` asks for
+the centre crop (what the training cache does). Several units (the folds of one model) are
+averaged: the ensemble's probabilities are the mean of the folds' probabilities. A video
+file gives one row per frame (decoded by PyAV).
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".g
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 CHUNK = 64  # images read, cropped and scored at a time (memory stays flat on large inputs)
 DETECT_BATCH = 16  # frames per MTCNN call, as the training cache
+# The training crops' detectors for which new images are cropped on MTCNN's box: its own, and
+# a dataset's boxes (AffectNet's CSV), which a new image lacks; `center` takes the centre.
+DETECTED_BY_MTCNN = ("mtcnn", "box")
 # Card keys that must agree between the units of an ensemble.
 SAME = ("backbone", "classes", "input_size", "crop", "normalisation", "dataset")
 
@@ -162,7 +167,7 @@ def predict_files(
     if crop_size is None or margin is None:
         raise FerError(f"unit {card['unit_id']}: its best.json has no crop size or margin")
     device = next(units[0].model.parameters()).device
-    mtcnn = _load_mtcnn(str(device)) if crop["detector"] == "mtcnn" else None
+    mtcnn = _load_mtcnn(str(device)) if crop["detector"] in DETECTED_BY_MTCNN else None
     folds = ",".join(str(u.card["fold"]) for u in units)
     unit_ids = ",".join(u.card["unit_id"] for u in units)
     rows: list[dict[str, Any]] = []

@@ -149,6 +149,12 @@ def run(args: argparse.Namespace) -> int:
     choices = select_units(args)
     files = input_files(args.inputs)
     units = load_units([c.work_dir for c in choices], args.device)
+    if units[0].card["crop"]["detector"] == "box":
+        print(
+            "predict: the model was trained on the dataset's face boxes; new images have "
+            "none, so they are cropped on MTCNN's box (same margin and crop size)",
+            file=sys.stderr,
+        )
     started = time.monotonic()
 
     def progress(done: int, total: int | None) -> None:

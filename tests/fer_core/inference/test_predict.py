@@ -144,3 +144,19 @@ def test_a_timm_unit_predicts_from_its_card_and_checkpoint(tmp_path):
         expected = torch.softmax(model(test_transform(x, 160)), dim=1)[0]
     got = torch.tensor([row[f"p_{name}"] for name in CLASSES])
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_a_model_trained_on_a_datasets_boxes_crops_new_images_on_mtcnns_box(tmp_path):
+    """A new image has no dataset box (AffectNet's CSV): MTCNN's stands in, as for a model
+    trained on MTCNN's crops, never the centre square (a face off-centre would be missed)."""
+    skimage_data = pytest.importorskip("skimage.data")
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(skimage_data.astronaut()).save(photo)
+    boxed, detected = _unit(), _unit()
+    boxed.card["crop"] = {**boxed.card["crop"], "detector": "box"}
+    detected.card["crop"] = {**detected.card["crop"], "detector": "mtcnn"}
+    [row] = predict_files([photo], [boxed])
+    [reference] = predict_files([photo], [detected])
+    assert row["face"] == "detected" and row["face_probability"] > 0.9
+    assert row == reference
+    assert row["box_x1"] - row["box_x0"] < 256  # the face, not the 512 px centre square
