@@ -138,6 +138,15 @@ def select_units(args: argparse.Namespace) -> list[Choice]:
     return sorted(choices, key=lambda c: c.fold)
 
 
+# What a user should know of how new images are cropped, by the training crops' detector.
+CROP_NOTES = {
+    "box": "the model was trained on the dataset's face boxes; new images have none, so they "
+    "are cropped on MTCNN's box (same margin and crop size)",
+    "center": "the model was trained on images that are the face already (detector: center); "
+    "each image's centre square is scored as it is: give face crops, not whole photos",
+}
+
+
 def run(args: argparse.Namespace) -> int:
     from fer_core.inference.predict import input_files, load_units, predict_files
 
@@ -149,12 +158,9 @@ def run(args: argparse.Namespace) -> int:
     choices = select_units(args)
     files = input_files(args.inputs)
     units = load_units([c.work_dir for c in choices], args.device)
-    if units[0].card["crop"]["detector"] == "box":
-        print(
-            "predict: the model was trained on the dataset's face boxes; new images have "
-            "none, so they are cropped on MTCNN's box (same margin and crop size)",
-            file=sys.stderr,
-        )
+    note = CROP_NOTES.get(units[0].card["crop"]["detector"] or "")
+    if note:
+        print(f"predict: {note}", file=sys.stderr)
     started = time.monotonic()
 
     def progress(done: int, total: int | None) -> None:

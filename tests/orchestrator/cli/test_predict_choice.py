@@ -7,6 +7,7 @@ since the choice is made before any model is loaded."""
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import replace
 
 import pytest
@@ -106,3 +107,41 @@ def test_a_fold_with_two_units_of_the_chosen_options_is_refused(tmp_path, capsys
                  str(tmp_path / "face.png")])  # fmt: skip
     line = _one_line_error(capsys)
     assert code == 2 and "fold 1 has 2 finished units" in line
+
+
+@pytest.mark.parametrize(
+    ("detector", "said"),
+    [("box", "cropped on MTCNN's box"), ("center", "give face crops"), ("mtcnn", None)],
+)
+def test_predict_says_how_new_images_are_cropped_where_not_as_the_model_was(
+    tmp_path, capsys, detector, said
+):
+    """A model trained on a dataset's boxes (new images have none) or on images that are the
+    face already (a whole photo's centre is not) gets a line on stderr; an MTCNN model none."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from fer_core.models import build_model
+
+    rundir = _run(tmp_path)
+    (unit,) = [
+        u for u in rundir.read_dag() if u.kind == "train" and u.fold == 1 and u.strategy == "ce"
+    ]
+    work = rundir.work_dir(unit.id)
+    work.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": build_model("tiny", 3).state_dict(), "epoch": 1}, work / "best.pt")
+    crop = {"detector": detector, "crop_size": 32, "margin": 0.2, "crop_method": 1}
+    card = {"unit_id": unit.id, "backbone": "tiny", "classes": ["a", "b", "c"],
+            "input_size": 32, "crop": crop, "fold": 1}  # fmt: skip
+    (work / "best.json").write_text(json.dumps(card))
+    image = tmp_path / "face.png"
+    Image.fromarray(np.full((40, 40, 3), 128, dtype=np.uint8)).save(image)
+    code = main(["predict", "--run-dir", str(rundir.path), "--strategy", "ce", "--fold", "1",
+                 "--device", "cpu", "--fallback-center", str(image)])  # fmt: skip
+    assert code == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "trained on" in line]
+    if said is None:
+        assert notes == []
+    else:
+        assert len(notes) == 1 and notes[0].startswith("predict: ") and said in notes[0], notes
