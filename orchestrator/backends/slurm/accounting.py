@@ -8,7 +8,8 @@ Submit, Eligible (dependencies met), Start, End, Elapsed, TotalCPU, MaxRSS (of t
 steps), AllocTRES (CPUs, GPUs), State, ExitCode, NodeList. The queue wait is Start -
 Eligible: time spent waiting on a parent is not queue wait. A requeued job keeps its id;
 its instances are told apart by their order (requeue 0, 1, ...), as the worker's
-SLURM_RESTART_COUNT numbers them.
+SLURM_RESTART_COUNT numbers them. Each row also names its unit's kind (from the DAG), which an
+attempt with no worker row of its own would otherwise lack.
 """
 
 from __future__ import annotations
@@ -42,13 +43,15 @@ def record_accounting(rundir: RunDir, retry: Retry) -> int:
         for unit_id, record in records.items()
     }
     attempts = sacct_attempts([j for jobs in jobs_of.values() for j in jobs], since, retry)
+    # the unit's kind, which an attempt with no worker row (killed, requeued) would lack
+    kinds = {unit.id: unit.kind for unit in rundir.read_dag()} if rundir.dag_path.is_file() else {}
     by_unit: dict[str, list[dict[str, Any]]] = {}
     for unit_id, record in records.items():
         units = max(1, len(record.get("pack", [])))
         for job in jobs_of[unit_id]:
             for row in attempts.get(job, []):
                 by_unit.setdefault(unit_id, []).append(
-                    {"unit_id": unit_id, **row, "units_in_job": units}
+                    {"unit_id": unit_id, "kind": kinds.get(unit_id), **row, "units_in_job": units}
                 )
     for unit_id, rows in by_unit.items():
         rundir.store.write("accounting", unit_id, rows)

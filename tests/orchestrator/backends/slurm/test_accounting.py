@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from orchestrator.backends.slurm.accounting import record_accounting
 from orchestrator.backends.slurm.backend import SlurmBackend
+from orchestrator.backends.slurm.control import Retry
 from orchestrator.plan.profiles import load_profile
 from orchestrator.report.cost import TIMELINE_FIGURE, timeline_bars
 from orchestrator.report.document import write_report
@@ -27,7 +29,9 @@ from orchestrator.run.resources import resource_rows
 from orchestrator.run.status import print_status
 from tests.helpers import (
     job_logs,
+    prepare_run,
     small_grid,
+    tiny_ckplus,
     wait_mid_training,
     wait_requeued_to_end,
 )
@@ -163,3 +167,24 @@ def test_resources_of_every_attempt_one_sacct_timeline_and_the_jobs_own_settings
     sampled = [row for row in last if row["elapsed_s"] >= 3 * interval]
     assert sampled, (interval, last)
     assert all(row["sacct_max_rss_mb"] for row in sampled), sampled
+
+
+def test_an_attempt_known_only_to_sacct_has_its_units_kind(tmp_path, monkeypatch):
+    """A job killed before its worker wrote a row (out of memory, a node lost) is known from
+    sacct alone: its `resources` row still says what kind of unit it was. (sacct here is a
+    stand-in printing one line: no cluster needed.)"""
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(small_grid(root=tiny_ckplus(tmp_path / "ck", subjects=10), epochs=1))
+    rundir, roles = prepare_run(grid, tmp_path / "run")
+    unit = roles["s1f1"]
+    rundir.record_submissions({unit.id: {"backend": "slurm", "job_id": "77_0"}})
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    line = "77_0|2026-12-06T04:00:00|2026-12-06T04:00:00|2026-12-06T04:00:05|"
+    line += "2026-12-06T04:01:05|60|00:30.000|0|billing=1,cpu=1,node=1|OUT_OF_MEMORY|0:125|vm"
+    (bin_dir / "sacct").write_text(f"#!/bin/sh\necho '{line}'\n")
+    (bin_dir / "sacct").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    assert record_accounting(rundir, Retry(0, 0.0)) == 1
+    (row,) = resource_rows(rundir)
+    assert (row["unit_id"], row["kind"], row["state"]) == (unit.id, "train", "OUT_OF_MEMORY")
