@@ -105,6 +105,9 @@ class Submission(_SubmissionKeys, total=False):
     pid_start: str | None  # local: the worker's start time (/proc), so a reused pid is no match
     ranks: list[RankProcess]  # local, a data-parallel unit: every rank's process, rank 0 first
     launcher_pid: int  # ray: the launcher, which is what runs the trials
+    # the unit's earlier jobs, oldest first (`backend:job_id`): a job that died before its
+    # worker wrote a row is still found by the accounting
+    earlier_jobs: list[str]
 
 
 class RunDir:
@@ -448,12 +451,21 @@ class RunDir:
         return json.loads(path.read_text())
 
     def record_submissions(self, records: dict[str, Submission]) -> None:
-        """Merge scheduler job records (unit id -> record); attempts count up per unit."""
+        """Merge scheduler job records (unit id -> record); attempts count up per unit, and
+        a unit's earlier jobs are kept in `earlier_jobs`."""
         current = self.submissions()
         for unit_id, record in records.items():
             previous = current.get(unit_id)
             attempts = (previous.get("attempts", 0) if previous else 0) + 1
-            current[unit_id] = {**record, "attempts": attempts, "submitted_at": time.time()}
+            merged: Submission = {**record, "attempts": attempts, "submitted_at": time.time()}
+            if previous:
+                earlier = list(previous.get("earlier_jobs", []))
+                job = f"{previous['backend']}:{previous['job_id']}"
+                if previous["job_id"] != record["job_id"] and job not in earlier:
+                    earlier.append(job)
+                if earlier:
+                    merged["earlier_jobs"] = earlier
+            current[unit_id] = merged
         atomic_write_text(self.submissions_path, json.dumps(current, indent=1))
 
     def launcher(self) -> int | None:

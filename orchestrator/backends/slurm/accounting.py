@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from orchestrator.backends.slurm.control import Retry, slurm_call
-from orchestrator.run.rundir import RunDir
+from orchestrator.run.rundir import RunDir, Submission
 
 FIELDS = (
     "JobID", "Submit", "Eligible", "Start", "End", "ElapsedRaw", "TotalCPU", "MaxRSS",
@@ -39,7 +39,7 @@ def record_accounting(rundir: RunDir, retry: Retry) -> int:
         return 0
     since = min(record.get("submitted_at", time.time()) for record in records.values())
     jobs_of = {
-        unit_id: sorted({str(record["job_id"]), *_earlier_jobs(rundir, unit_id)})
+        unit_id: sorted({str(record["job_id"]), *_earlier_jobs(rundir, unit_id, record)})
         for unit_id, record in records.items()
     }
     attempts = sacct_attempts([j for jobs in jobs_of.values() for j in jobs], since, retry)
@@ -58,11 +58,15 @@ def record_accounting(rundir: RunDir, retry: Retry) -> int:
     return sum(len(rows) for rows in by_unit.values())
 
 
-def _earlier_jobs(rundir: RunDir, unit_id: str) -> list[str]:
-    """Job ids of the unit's earlier attempts (a re-launch records only the newest job in
-    submissions.json): from its worker rows, and from the accounting an earlier `status`
-    stored (a worker killed for memory leaves no row of its own)."""
-    jobs: list[str] = []
+def _earlier_jobs(rundir: RunDir, unit_id: str, record: Submission) -> list[str]:
+    """Job ids of the unit's earlier SLURM attempts: those submissions.json keeps beside its
+    newest job, its worker rows', and the accounting's an earlier `status` stored (a run dir
+    of a version that kept the newest job only)."""
+    jobs = [
+        job.partition(":")[2]
+        for job in record.get("earlier_jobs", [])
+        if job.partition(":")[0] == "slurm"
+    ]
     for table in ("resources", "accounting"):
         rows = rundir.store.read(table, {unit_id})
         if rows is not None:

@@ -169,22 +169,40 @@ def test_resources_of_every_attempt_one_sacct_timeline_and_the_jobs_own_settings
     assert all(row["sacct_max_rss_mb"] for row in sampled), sampled
 
 
-def test_an_attempt_known_only_to_sacct_has_its_units_kind(tmp_path, monkeypatch):
-    """A job killed before its worker wrote a row (out of memory, a node lost) is known from
-    sacct alone: its `resources` row still says what kind of unit it was. (sacct here is a
-    stand-in printing one line: no cluster needed.)"""
+def test_a_relaunched_units_first_job_known_only_to_sacct_is_accounted_with_its_kind(
+    tmp_path, monkeypatch
+):
+    """A job killed before its worker wrote a row (out of memory, a node lost), then a
+    re-launch before any `status`: submissions.json keeps the first job beside the new one,
+    so the one sacct call finds both attempts, each naming its unit's kind. (sacct here is
+    a stand-in printing two lines: no cluster needed.)"""
     grid = tmp_path / "grid.yaml"
     grid.write_text(small_grid(root=tiny_ckplus(tmp_path / "ck", subjects=10), epochs=1))
     rundir, roles = prepare_run(grid, tmp_path / "run")
     unit = roles["s1f1"]
-    rundir.record_submissions({unit.id: {"backend": "slurm", "job_id": "77_0"}})
+    for job in ("77_0", "78_0"):
+        rundir.record_submissions({unit.id: {"backend": "slurm", "job_id": job}})
+    record = rundir.submissions()[unit.id]
+    assert (record["job_id"], record["earlier_jobs"], record["attempts"]) == (
+        "78_0",
+        ["slurm:77_0"],
+        2,
+    )
+    lines = [
+        f"{job}|2026-12-06T04:0{m}:00|2026-12-06T04:0{m}:00|2026-12-06T04:0{m}:05|"
+        f"2026-12-06T04:0{m}:35|30|00:20.000|0|billing=1,cpu=1,node=1|{state}|0:0|vm"
+        for job, m, state in (("77_0", 1, "OUT_OF_MEMORY"), ("78_0", 3, "COMPLETED"))
+    ]
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    line = "77_0|2026-12-06T04:00:00|2026-12-06T04:00:00|2026-12-06T04:00:05|"
-    line += "2026-12-06T04:01:05|60|00:30.000|0|billing=1,cpu=1,node=1|OUT_OF_MEMORY|0:125|vm"
-    (bin_dir / "sacct").write_text(f"#!/bin/sh\necho '{line}'\n")
+    (bin_dir / "sacct").write_text(
+        "#!/bin/sh\nprintf '%s\\n' " + " ".join(f"'{x}'" for x in lines) + "\n"
+    )
     (bin_dir / "sacct").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    assert record_accounting(rundir, Retry(0, 0.0)) == 1
-    (row,) = resource_rows(rundir)
-    assert (row["unit_id"], row["kind"], row["state"]) == (unit.id, "train", "OUT_OF_MEMORY")
+    assert record_accounting(rundir, Retry(0, 0.0)) == 2
+    rows = resource_rows(rundir)
+    assert [(r["job_id"], r["kind"], r["state"], r["attempt"]) for r in rows] == [
+        ("77_0", "train", "OUT_OF_MEMORY", 1),
+        ("78_0", "train", "COMPLETED", 2),
+    ]
