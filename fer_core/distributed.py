@@ -36,12 +36,21 @@ MARK_WAIT_S = 10.0  # how long a surviving rank waits for the others' marks afte
 
 def resolve_device(name: str, ranks: Ranks) -> torch.device:
     """`auto` picks CUDA when present, else the CPU; a rank's CUDA device is its local rank's
-    (submitit and the local supervisor may also have narrowed CUDA_VISIBLE_DEVICES to one)."""
+    (SLURM tasks and Ray Train workers see only their own GPU: CUDA_VISIBLE_DEVICES narrowed
+    to one). A node's ranks that see several GPUs but fewer than they are would share one,
+    which NCCL refuses at the first collective: that is said here, before any work."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", ranks.local_rank % max(torch.cuda.device_count(), 1))
+        count = torch.cuda.device_count()
+        if 1 < count < ranks.local_world_size:
+            raise FerError(
+                f"{ranks.local_world_size} ranks on this node see {count} GPUs: two ranks would "
+                f"share a GPU, which NCCL refuses; run at most {count} ranks per node "
+                "(procs_per_unit / gpus_per_unit)"
+            )
+        device = torch.device("cuda", ranks.local_rank % max(count, 1))
     return device
 
 

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from fer_core.ranks import free_port, rank_env
@@ -98,3 +99,23 @@ def test_a_killed_rank_fails_the_unit_within_a_minute_naming_it(tmp_path):
     epoch = int(re.search(r"during epoch (\d+)", message).group(1))
     assert epoch >= 2  # rank 1 died once rank 0 had finished epoch 1 (how long after: load)
     assert took < 60, took
+
+
+def test_a_ranks_gpu_is_its_local_ranks_and_ranks_never_share_one(monkeypatch):
+    """No GPU here: torch's device count is set, the choice is what is checked. Four ranks
+    on a node of 4 visible GPUs take one each; each seeing only its own (SLURM, Ray Train)
+    takes cuda:0; four on 2 visible GPUs would pair up, which NCCL refuses: said before any
+    work."""
+    from fer_core.distributed import resolve_device
+    from fer_core.errors import FerError
+    from fer_core.ranks import Ranks
+
+    rank3 = Ranks(rank=3, world_size=4, local_rank=3, local_world_size=4)
+    for visible, expected in ((4, torch.device("cuda", 3)), (1, torch.device("cuda", 0))):
+        monkeypatch.setattr(torch.cuda, "device_count", lambda visible=visible: visible)
+        assert resolve_device("cuda", rank3) == expected
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(FerError, match="4 ranks on this node see 2 GPUs: two ranks would share"):
+        resolve_device("cuda", rank3)
+    assert resolve_device("cpu", rank3) == torch.device("cpu")
+    assert resolve_device("cuda:1", rank3) == torch.device("cuda", 1)  # a device named: as is
