@@ -94,6 +94,14 @@ class RankProcess(TypedDict):
     start: str | None
 
 
+class EarlierJob(TypedDict):
+    """A job that ran a unit before its newest (a re-launch submitted another)."""
+
+    backend: str
+    job_id: str
+    submitted_at: float | None
+
+
 class Submission(_SubmissionKeys, total=False):
     """One unit's entry in submissions.json: the job that runs (or ran) it. A backend
     gives backend, job_id and its own keys; `record_submissions` adds the other two."""
@@ -105,9 +113,9 @@ class Submission(_SubmissionKeys, total=False):
     pid_start: str | None  # local: the worker's start time (/proc), so a reused pid is no match
     ranks: list[RankProcess]  # local, a data-parallel unit: every rank's process, rank 0 first
     launcher_pid: int  # ray: the launcher, which is what runs the trials
-    # the unit's earlier jobs, oldest first (`backend:job_id`): a job that died before its
-    # worker wrote a row is still found by the accounting
-    earlier_jobs: list[str]
+    # the unit's earlier jobs, oldest first: a job that died before its worker wrote a row
+    # is still found by the accounting, however long ago it was submitted
+    earlier_jobs: list[EarlierJob]
 
 
 class RunDir:
@@ -460,9 +468,14 @@ class RunDir:
             merged: Submission = {**record, "attempts": attempts, "submitted_at": time.time()}
             if previous:
                 earlier = list(previous.get("earlier_jobs", []))
-                job = f"{previous['backend']}:{previous['job_id']}"
-                if previous["job_id"] != record["job_id"] and job not in earlier:
-                    earlier.append(job)
+                if previous["job_id"] != record["job_id"]:
+                    earlier.append(
+                        EarlierJob(
+                            backend=previous["backend"],
+                            job_id=str(previous["job_id"]),
+                            submitted_at=previous.get("submitted_at"),
+                        )
+                    )
                 if earlier:
                     merged["earlier_jobs"] = earlier
             current[unit_id] = merged

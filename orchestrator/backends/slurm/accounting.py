@@ -37,7 +37,15 @@ def record_accounting(rundir: RunDir, retry: Retry) -> int:
     }
     if not records:
         return 0
-    since = min(record.get("submitted_at", time.time()) for record in records.values())
+    since = min(
+        when
+        for record in records.values()
+        for when in (
+            record.get("submitted_at", time.time()),
+            *(job["submitted_at"] for job in record.get("earlier_jobs", [])),
+        )
+        if when is not None
+    )
     jobs_of = {
         unit_id: sorted({str(record["job_id"]), *_earlier_jobs(rundir, unit_id, record)})
         for unit_id, record in records.items()
@@ -62,11 +70,7 @@ def _earlier_jobs(rundir: RunDir, unit_id: str, record: Submission) -> list[str]
     """Job ids of the unit's earlier SLURM attempts: those submissions.json keeps beside its
     newest job, its worker rows', and the accounting's an earlier `status` stored (a run dir
     of a version that kept the newest job only)."""
-    jobs = [
-        job.partition(":")[2]
-        for job in record.get("earlier_jobs", [])
-        if job.partition(":")[0] == "slurm"
-    ]
+    jobs = [job["job_id"] for job in record.get("earlier_jobs", []) if job["backend"] == "slurm"]
     for table in ("resources", "accounting"):
         rows = rundir.store.read(table, {unit_id})
         if rows is not None:

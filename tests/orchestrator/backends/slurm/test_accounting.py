@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import sysconfig
+import time
 from pathlib import Path
 
 import pytest
@@ -174,20 +176,22 @@ def test_a_relaunched_units_first_job_known_only_to_sacct_is_accounted_with_its_
 ):
     """A job killed before its worker wrote a row (out of memory, a node lost), then a
     re-launch before any `status`: submissions.json keeps the first job beside the new one,
-    so the one sacct call finds both attempts, each naming its unit's kind. (sacct here is
-    a stand-in printing two lines: no cluster needed.)"""
+    so the one sacct call finds both attempts, each naming its unit's kind, and asks from
+    the first job's submission on, days before the second's. (sacct here is a stand-in
+    printing two lines and keeping its arguments: no cluster needed.)"""
     grid = tmp_path / "grid.yaml"
     grid.write_text(small_grid(root=tiny_ckplus(tmp_path / "ck", subjects=10), epochs=1))
     rundir, roles = prepare_run(grid, tmp_path / "run")
     unit = roles["s1f1"]
     for job in ("77_0", "78_0"):
         rundir.record_submissions({unit.id: {"backend": "slurm", "job_id": job}})
-    record = rundir.submissions()[unit.id]
-    assert (record["job_id"], record["earlier_jobs"], record["attempts"]) == (
-        "78_0",
-        ["slurm:77_0"],
-        2,
-    )
+    records = rundir.submissions()
+    record = records[unit.id]
+    (first,) = record["earlier_jobs"]
+    assert (record["job_id"], record["attempts"]) == ("78_0", 2)
+    assert (first["backend"], first["job_id"]) == ("slurm", "77_0")
+    first["submitted_at"] = record["submitted_at"] - 5 * 86400  # five days before the second
+    rundir.submissions_path.write_text(json.dumps(records))
     lines = [
         f"{job}|2026-12-06T04:0{m}:00|2026-12-06T04:0{m}:00|2026-12-06T04:0{m}:05|"
         f"2026-12-06T04:0{m}:35|30|00:20.000|0|billing=1,cpu=1,node=1|{state}|0:0|vm"
@@ -195,12 +199,18 @@ def test_a_relaunched_units_first_job_known_only_to_sacct_is_accounted_with_its_
     ]
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
+    args = tmp_path / "sacct.args"
     (bin_dir / "sacct").write_text(
-        "#!/bin/sh\nprintf '%s\\n' " + " ".join(f"'{x}'" for x in lines) + "\n"
+        f"#!/bin/sh\necho \"$@\" > {args}\nprintf '%s\\n' "
+        + " ".join(f"'{x}'" for x in lines)
+        + "\n"
     )
     (bin_dir / "sacct").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     assert record_accounting(rundir, Retry(0, 0.0)) == 2
+    start = args.read_text().split()[args.read_text().split().index("-S") + 1]
+    asked_from = time.mktime(time.strptime(start, "%Y-%m-%dT%H:%M:%S"))
+    assert asked_from <= first["submitted_at"]
     rows = resource_rows(rundir)
     assert [(r["job_id"], r["kind"], r["state"], r["attempt"]) for r in rows] == [
         ("77_0", "train", "OUT_OF_MEMORY", 1),
