@@ -39,6 +39,13 @@ DETECT_BATCH = 16  # frames per MTCNN call, as the training cache
 # The training crops' detectors for which new images are cropped on MTCNN's box: its own, and
 # a dataset's boxes (AffectNet's CSV), which a new image lacks; `center` takes the centre.
 DETECTED_BY_MTCNN = ("mtcnn", "box")
+# What a user should know of how new images are cropped, by the training crops' detector.
+CROP_NOTES = {
+    "box": "the model was trained on the dataset's face boxes; new images have none, so they "
+    "are cropped on MTCNN's box (same margin and crop size)",
+    "center": "the model was trained on images that are the face already (detector: center); "
+    "each image's centre square is scored as it is: give face crops, not whole photos",
+}
 # Card keys that must agree between the units of an ensemble.
 SAME = ("backbone", "classes", "input_size", "crop", "normalisation", "dataset")
 

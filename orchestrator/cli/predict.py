@@ -138,17 +138,8 @@ def select_units(args: argparse.Namespace) -> list[Choice]:
     return sorted(choices, key=lambda c: c.fold)
 
 
-# What a user should know of how new images are cropped, by the training crops' detector.
-CROP_NOTES = {
-    "box": "the model was trained on the dataset's face boxes; new images have none, so they "
-    "are cropped on MTCNN's box (same margin and crop size)",
-    "center": "the model was trained on images that are the face already (detector: center); "
-    "each image's centre square is scored as it is: give face crops, not whole photos",
-}
-
-
 def run(args: argparse.Namespace) -> int:
-    from fer_core.inference.predict import input_files, load_units, predict_files
+    from fer_core.inference.predict import CROP_NOTES, input_files, load_units, predict_files
 
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix not in (".csv", ".parquet"):
